@@ -1,0 +1,35 @@
+# The two commands: `make demo` runs the whole pipeline on the embedded default; `make test` runs the tests.
+# Both set up everything first (a virtual environment in .venv, a DVC repository).
+
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test setup clean
+
+$(BIN)/python:
+	python3 -m venv $(VENV)
+
+# Reinstalled only when pyproject.toml changes. pip's per-location warnings on this machine are noise.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install --quiet -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import rlhf, torch, prefect, dvc, trl" && touch $@
+
+setup: $(VENV)/.installed
+	@test -d .dvc || $(BIN)/dvc init --quiet
+	@$(BIN)/dvc config core.analytics false
+
+demo: setup
+	$(BIN)/python -m flows.pipeline
+	@echo
+	@$(BIN)/dvc metrics show
+	@echo "Report: reports/eval.md   Store: feedback.duckdb   Curves: dvc plots show"
+
+test: setup
+	$(BIN)/python -m pytest -ra
+
+clean:
+	rm -rf data models metrics plots reports feedback.duckdb* dvc.lock

@@ -1,0 +1,213 @@
+"""The params.yaml schema: one pydantic model per pipeline stage, validated once.
+
+Every knob of the pipeline lives in params.yaml and is described here, so this file is the
+reference for what each key means. A bad value stops with one line naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlhf.errors import ConfigError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreParams(Section):
+    path: str = "feedback.duckdb"
+    """The DuckDB feedback store; lives across runs and is never a DVC out."""
+    lock_timeout_s: float = Field(60.0, gt=0)
+    """How long a writer waits for the store's cross-process lock before giving up."""
+
+
+class BootstrapPolicyParams(Section):
+    source: Literal["demo", "pretrained"] = "demo"
+    """demo: train the tiny policy on the synthetic domain; pretrained: pass `model` through."""
+    model: str | None = None
+    """A local path or hub id of a causal LM (source: pretrained)."""
+    vocab_size: int = Field(1024, ge=300, le=65536)
+    """Size of the demo tokenizer's BPE vocabulary."""
+    n_layer: int = Field(2, ge=1, le=48)
+    n_embd: int = Field(128, ge=16, le=8192)
+    n_head: int = Field(4, ge=1, le=128)
+    demos_per_prompt: int = Field(12, ge=1)
+    """Mixed-quality demonstrations generated per training prompt."""
+    steps: int = Field(1500, ge=1)
+    """Optimizer steps of supervised fine-tuning on the demonstrations."""
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(3e-3, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _pretrained_needs_model(self):
+        if self.source == "pretrained" and not self.model:
+            raise ValueError("model: required when source is 'pretrained'")
+        if self.n_embd % self.n_head:
+            raise ValueError("n_embd: must be a multiple of n_head")
+        return self
+
+
+class CollectPromptsParams(Section):
+    source: Literal["demo", "file"] = "demo"
+    """demo: the synthetic domain's prompts; file: a .jsonl, .csv or .parquet with a `prompt` column."""
+    path: str | None = None
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    """Share of prompts held out for evaluation; the split is a hash of the prompt text."""
+    max_prompts: int | None = Field(None, ge=1)
+    """Keep at most this many prompts (after dedup, in a stable order)."""
+
+    @model_validator(mode="after")
+    def _file_needs_path(self):
+        if self.source == "file" and not self.path:
+            raise ValueError("path: required when source is 'file'")
+        return self
+
+
+class SampleResponsesParams(Section):
+    k: int = Field(4, ge=2, le=64)
+    """Responses sampled per prompt; a ranking of K gives C(K,2) comparisons."""
+    max_new_tokens: int = Field(40, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class ContainsAny(Section):
+    kind: Literal["contains_any"]
+    name: str
+    words: list[str] = Field(min_length=1)
+    weight: float = 1.0
+
+
+class ExcludesAll(Section):
+    kind: Literal["excludes_all"]
+    name: str
+    words: list[str] = Field(min_length=1)
+    weight: float = 1.0
+
+
+class MentionsTopic(Section):
+    kind: Literal["mentions_topic"]
+    name: str
+    weight: float = 1.0
+
+
+class WordCount(Section):
+    kind: Literal["word_count"]
+    name: str
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+    weight: float = 1.0
+
+
+Principle = Annotated[
+    Union[ContainsAny, ExcludesAll, MentionsTopic, WordCount], Field(discriminator="kind")
+]
+
+
+class RankResponsesParams(Section):
+    judge: Literal["rules"] = "rules"
+    """Which judge ranks the K responses of a prompt."""
+    principles: list[Principle] = Field(min_length=1)
+    """The rule judge's constitution: each principle met adds its weight to a response's score."""
+
+
+class TrainRewardParams(Section):
+    epochs: float = Field(4.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    max_length: int = Field(128, ge=8)
+
+
+class TrainPolicyParams(Section):
+    iterations: int = Field(60, ge=1)
+    """PPO iterations: each samples one batch of rollouts and updates on it."""
+    batch_size: int = Field(64, ge=1)
+    """Prompts (one response each) per rollout batch."""
+    minibatch_size: int = Field(32, ge=1)
+    ppo_epochs: int = Field(4, ge=1)
+    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    value_learning_rate: float = Field(3e-4, gt=0, lt=1)
+    kl_coef: float = Field(0.05, ge=0)
+    """Per-token KL penalty coefficient beta against the frozen reference policy."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    clip_range: float = Field(0.2, gt=0)
+    value_clip_range: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.5, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(40, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    missing_eos_penalty: float = Field(1.0, ge=0)
+    """Subtracted from the (normalised) score of a response that never emits EOS."""
+
+    @model_validator(mode="after")
+    def _minibatch_divides_batch(self):
+        if self.batch_size % self.minibatch_size:
+            raise ValueError("minibatch_size: must divide batch_size")
+        return self
+
+
+class EvaluateParams(Section):
+    samples_per_prompt: int = Field(2, ge=1)
+    report_samples: int = Field(8, ge=0)
+    """Held-out prompts shown with their before/after responses in the markdown report."""
+
+
+class Params(Section):
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    store: StoreParams = StoreParams()
+    bootstrap_policy: BootstrapPolicyParams = BootstrapPolicyParams()
+    collect_prompts: CollectPromptsParams = CollectPromptsParams()
+    sample_responses: SampleResponsesParams = SampleResponsesParams()
+    rank_responses: RankResponsesParams
+    train_reward: TrainRewardParams = TrainRewardParams()
+    train_policy: TrainPolicyParams = TrainPolicyParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+_UNION_TAGS = ("contains_any", "excludes_all", "mentions_topic", "word_count")
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    parts = [str(part) for part in first["loc"] if part not in _UNION_TAGS]
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error" and isinstance(first.get("input"), dict):
+        # A cross-field check of a section: its message starts with the key it is about.
+        key, _, message = message.partition(": ")
+        parts.append(key)
+    elif "input" in first and first["type"] != "missing":
+        message += f" (got {first['input']!r})"
+    extra = f" (+{len(error.errors()) - 1} more)" if len(error.errors()) > 1 else ""
+    return f"{source}: {'.'.join(parts) or '(top level)'}: {message}{extra}"
+
+
+def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, source)) from None
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return parse_params(raw, str(path))

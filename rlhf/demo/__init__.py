@@ -1,0 +1,1 @@
+"""The embedded default: a synthetic instruction domain, its tokenizer and a tiny GPT-2 policy."""

@@ -1,0 +1,80 @@
+"""Evaluation measures: win rate under the judge, KL, diversity, reward-model accuracy and baselines.
+
+ROUGE-L is written here (word-level LCS F-measure, 15 lines) rather than taken from the
+`rouge-score` package, which would pull nltk and absl in for one function.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from rlhf.judges.rules import RuleJudge, words
+from rlhf.ppo.trainer import response_logits, token_logprobs
+from rlhf.sampling import Generation
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(candidate: str, reference: str) -> float:
+    """ROUGE-L F1 between two texts, on lower-cased words (Lin 2004)."""
+    c, r = words(candidate), words(reference)
+    lcs = lcs_length(c, r)
+    if not lcs:
+        return 0.0
+    precision, recall = lcs / len(c), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
+    """How often a score orders a pair as the judge did; equal scores count half."""
+    if not chosen:
+        return float("nan")
+    hits = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]
+    return sum(hits) / len(hits)
+
+
+def baseline_accuracies(pairs: pd.DataFrame) -> dict[str, float]:
+    """Accuracy of two reward-free baselines on strict pairs: ROUGE-L against the prompt, and length."""
+    rouge_c = [rouge_l(c, p) for c, p in zip(pairs["chosen"], pairs["prompt"])]
+    rouge_r = [rouge_l(r, p) for r, p in zip(pairs["rejected"], pairs["prompt"])]
+    return {
+        "rouge_baseline_accuracy": pair_accuracy(rouge_c, rouge_r),
+        "length_baseline_accuracy": pair_accuracy(
+            [len(words(c)) for c in pairs["chosen"]], [len(words(r)) for r in pairs["rejected"]]
+        ),
+    }
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float:
+    """Unique n-grams over all n-grams across the texts (Li et al. 2016): low means collapse."""
+    grams = [tuple(ws[i : i + n]) for ws in map(words, texts) for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def win_rate(final_scores: list[float], start_scores: list[float]) -> float:
+    """Share of paired samples where the final policy's response scores higher; ties count half."""
+    return pair_accuracy(final_scores, start_scores)
+
+
+def principle_shares(judge: RuleJudge, prompts: list[str], topics: list, responses: list[str]) -> dict[str, float]:
+    checks = [judge.check(p, t, r) for p, t, r in zip(prompts, topics, responses)]
+    return {name: sum(c[name] for c in checks) / len(checks) for name in checks[0]} if checks else {}
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, generation: Generation, temperature: float) -> float:
+    """Mean over responses of sum_t log pi(a_t) - log pi_ref(a_t), on the policy's own samples (nats)."""
+    args = (generation.query_ids, generation.query_mask, generation.response_ids, generation.response_mask)
+    logp = token_logprobs(response_logits(policy, *args, temperature), generation.response_ids)
+    ref_logp = token_logprobs(response_logits(reference, *args, temperature), generation.response_ids)
+    return ((logp - ref_logp) * generation.response_mask).sum(-1).mean().item()
+

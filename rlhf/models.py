@@ -1,0 +1,66 @@
+"""Loading and saving models and tokenizers: one code path for the tiny demo and real models.
+
+A `name_or_path` is a local directory or a hub id; nothing here downloads unless the user
+names a hub id (the embedded default only ever passes local directories).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("params.yaml: device: 'cuda' was asked for but no CUDA device is visible")
+    return torch.device(device)
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tokenizer.pad_token is None:  # many causal LMs ship without one; EOS is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(name_or_path: str | Path, device: torch.device) -> PreTrainedModel:
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path))
+    return model.to(device)
+
+
+def load_scalar_head_model(name_or_path: str | Path, device: torch.device, pad_token_id: int) -> PreTrainedModel:
+    """A model with one scalar output: a reward model, or a critic initialised from one."""
+    model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), num_labels=1)
+    model.config.pad_token_id = pad_token_id
+    return model.to(device)
+
+
+def backbone(model: PreTrainedModel) -> torch.nn.Module:
+    """The transformer under a task head (GPT2's `transformer`, Llama's `model`, ...)."""
+    return getattr(model, model.base_model_prefix)
+
+
+def checkpoint_hash(directory: str | Path) -> str:
+    """A short content hash of a saved model directory: the provenance of what it generated."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(directory).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as generate() computes them.  (B, T)"""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)

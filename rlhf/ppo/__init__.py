@@ -1,0 +1,1 @@
+"""PPO for RLHF: pure loss functions in `core`, the rollout-and-update loop in `trainer`."""

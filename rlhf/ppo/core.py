@@ -1,0 +1,98 @@
+"""The equations of RLHF-PPO as small pure torch functions.
+
+Shapes: B = responses in the batch, T = response tokens. `mask` is 1 on real response tokens
+(up to and including EOS) and 0 on padding; every mean here is over the mask.
+
+References:
+  PPO: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7 (clipped surrogate).
+  GAE: Schulman et al. 2016, "High-Dimensional Continuous Control Using GAE", eq. 16.
+  RLHF rewards: Ziegler et al. 2019 / Stiennon et al. 2020, eq. 2: r = RM score - beta * KL.
+  Details (whitening, value clipping, per-token KL): Huang et al. 2024, "The N Implementation
+  Details of RLHF with PPO".
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    centred = values - masked_mean(values, mask)
+    return masked_mean(centred**2, mask)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise to unit variance over the mask (and zero mean unless shift_mean is False)."""
+    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k1 estimator of KL(pi || pi_ref) at each sampled token: log pi(a|s) - log pi_ref(a|s).  (B, T)"""
+    return logprobs - ref_logprobs
+
+
+def rlhf_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """Per-token rewards: -beta * KL at every token, plus the sequence score on the last real token.  (B, T)"""
+    rewards = -kl_coef * kl_per_token(logprobs, ref_logprobs) * mask
+    last = mask.sum(-1).long().clamp(min=1) - 1  # (B,) index of the final response token
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over each response.  Returns (advantages, returns), both (B, T).
+
+    delta_t = r_t + gamma * V(s_{t+1}) - V(s_t);  A_t = sum_l (gamma * lam)^l * delta_{t+l}.
+    Past the last real token V = 0 and r = 0, so the sum stops at the end of the response.
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    steps = rewards.shape[1]
+    for t in reversed(range(steps)):
+        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate, negated to minimise: -E[min(rho * A, clip(rho, 1-eps, 1+eps) * A)]."""
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    stats = {
+        "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
+        "approx_kl": masked_mean(0.5 * log_ratio**2, mask),  # Schulman's k2 estimator of KL(old || new)
+    }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> torch.Tensor:
+    """Clipped value loss: 0.5 * E[max((V - R)^2, (clip(V, V_old +- eps) - R)^2)]."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical at each position.  (B, T, V) -> (B, T)"""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)

@@ -1,0 +1,22 @@
+"""The evaluation report: metrics and sample responses before and after, as markdown."""
+
+from __future__ import annotations
+
+import html
+
+
+def _cell(text: str) -> str:
+    # Model text is shown as text: escape HTML and the table's own separator.
+    return html.escape(text).replace("|", "\\|").replace("\n", " ") or "(empty)"
+
+
+def markdown_report(
+    metrics: dict, prompts: list[str], before: list[str], after: list[str], samples: int, stride: int
+) -> str:
+    lines = ["# Evaluation report", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {key} | {value} |" for key, value in sorted(metrics.items())]
+    lines += ["", "## Held-out prompts: the bootstrap policy before, the trained policy after", ""]
+    lines += ["| prompt | before | after |", "| --- | --- | --- |"]
+    for i in range(0, min(len(prompts), samples * stride), stride):
+        lines.append(f"| {_cell(prompts[i])} | {_cell(before[i])} | {_cell(after[i])} |")
+    return "\n".join(lines) + "\n"

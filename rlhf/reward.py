@@ -1,0 +1,91 @@
+"""Reward model: Bradley-Terry on comparisons with TRL's RewardTrainer, and scoring with it.
+
+The model reads `text.join(prompt, response)` plus EOS and returns one scalar. It starts from the
+bootstrap policy's weights (InstructGPT initialises its RM from the SFT model), with a new head.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import RewardConfig, RewardTrainer
+
+from rlhf.config import TrainRewardParams
+from rlhf.errors import EmptyComparisonsError
+from rlhf.models import load_scalar_head_model, load_tokenizer
+from rlhf.text import join
+
+
+def preference_pairs(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """Strict pairs only (ties carry no preference), as full texts."""
+    strict = comparisons[~comparisons["tie"]]
+    return pd.DataFrame(
+        {
+            "chosen": [join(p, c) for p, c in zip(strict["prompt"], strict["chosen"])],
+            "rejected": [join(p, r) for p, r in zip(strict["prompt"], strict["rejected"])],
+        }
+    )
+
+
+def train_reward_model(
+    comparisons: pd.DataFrame,
+    init_from: Path,
+    params: TrainRewardParams,
+    seed: int,
+    device: torch.device,
+    out_dir: Path,
+) -> dict:
+    pairs = preference_pairs(comparisons[comparisons["split"] == "train"])
+    if pairs.empty:
+        raise EmptyComparisonsError("comparisons snapshot: no non-tie pairs in the train split")
+    tokenizer = load_tokenizer(init_from)
+    torch.manual_seed(seed)
+    model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
+    args = RewardConfig(
+        output_dir=tempfile.mkdtemp(prefix="reward-"),
+        num_train_epochs=params.epochs,
+        per_device_train_batch_size=params.batch_size,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.05,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        use_cpu=device.type == "cpu",
+        bf16=False,
+        gradient_checkpointing=False,
+        max_length=params.max_length,
+    )
+    trainer = RewardTrainer(
+        model=model, args=args, train_dataset=Dataset.from_pandas(pairs), processing_class=tokenizer
+    )
+    result = trainer.train()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {"train_pairs": len(pairs), "train_loss": round(result.training_loss, 4)}
+
+
+@torch.no_grad()
+def score_texts(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 128
+) -> torch.Tensor:
+    """Reward of each full text (prompt joined with response).  (N,)"""
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(texts), batch_size):
+        chunk = [t + tokenizer.eos_token for t in texts[start : start + batch_size]]
+        batch = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="right").to(device)
+        scores.append(model(**batch).logits[:, 0].float())
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def pairwise_accuracy(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> float:
+    """Share of pairs the scorer orders like the judge; an exact tie counts half."""
+    wins = (chosen_scores > rejected_scores).float() + 0.5 * (chosen_scores == rejected_scores).float()
+    return wins.mean().item() if len(wins) else float("nan")

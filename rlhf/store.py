@@ -1,0 +1,207 @@
+"""The DuckDB feedback store: every prompt, response, ranking and comparison, with provenance.
+
+All SQL of the project lives here. The concurrency rule (ARCHITECTURE.md): no process keeps
+the file open between operations; each write is one short transaction under a cross-process
+file lock, retried while another process (the DuckDB CLI, say) holds DuckDB's own lock.
+Rows are keyed by content hashes, so writing the same rows twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Iterator
+
+import duckdb
+import pandas as pd
+from filelock import FileLock
+
+from rlhf.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY,       -- pipeline run that first wrote rows (Prefect flow run id or local-...)
+    stage VARCHAR NOT NULL,           -- the stage that opened the run
+    git_rev VARCHAR,                  -- commit of the project when the run wrote
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS prompts (
+    prompt_id VARCHAR PRIMARY KEY,    -- sha256 of the prompt text
+    prompt VARCHAR NOT NULL,
+    topic VARCHAR,                    -- optional: what an on-topic response must mention
+    split VARCHAR NOT NULL,           -- train | test
+    source VARCHAR NOT NULL,          -- where the prompt came from (demo, a file path, ...)
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS responses (
+    response_id VARCHAR PRIMARY KEY,  -- sha256 of (prompt_id, policy_checkpoint, sample_index, text)
+    prompt_id VARCHAR NOT NULL,
+    sample_index INTEGER NOT NULL,    -- which of the K samples
+    response VARCHAR NOT NULL,
+    policy_checkpoint VARCHAR NOT NULL,  -- content hash of the policy that wrote it
+    sampling VARCHAR NOT NULL,        -- JSON of the sampling parameters
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rankings (
+    ranking_id VARCHAR NOT NULL,      -- sha256 of (prompt_id, judge, judge_version, response ids)
+    response_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    rank INTEGER NOT NULL,            -- 1 is best; equal ranks are ties
+    score DOUBLE NOT NULL,            -- the judge's score
+    reasons VARCHAR NOT NULL,         -- JSON: why the judge scored it so
+    judge VARCHAR NOT NULL,
+    judge_version VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    PRIMARY KEY (ranking_id, response_id)
+);
+CREATE TABLE IF NOT EXISTS comparisons (
+    ranking_id VARCHAR NOT NULL,
+    chosen_id VARCHAR NOT NULL,       -- the better response (for a tie: the smaller id)
+    rejected_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    margin DOUBLE NOT NULL,           -- score(chosen) - score(rejected); 0 for a tie
+    tie BOOLEAN NOT NULL,
+    run_id VARCHAR NOT NULL,
+    PRIMARY KEY (ranking_id, chosen_id, rejected_id)
+);
+"""
+
+# A K-way ranking becomes its C(K,2) pairs: one row per unordered pair of the ranking.
+PAIRS_FROM_RANKINGS = """
+INSERT INTO comparisons
+SELECT a.ranking_id,
+       a.response_id AS chosen_id,
+       b.response_id AS rejected_id,
+       a.prompt_id,
+       a.score - b.score AS margin,
+       a.rank = b.rank AS tie,
+       a.run_id
+FROM rankings a JOIN rankings b
+  ON a.ranking_id = b.ranking_id
+ AND (a.rank < b.rank OR (a.rank = b.rank AND a.response_id < b.response_id))
+WHERE a.ranking_id IN (SELECT DISTINCT ranking_id FROM new_rankings)
+ON CONFLICT DO NOTHING
+"""
+
+SNAPSHOT_QUERY = """
+SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id,
+       p.prompt, p.topic, p.split,
+       ch.response AS chosen, rj.response AS rejected,
+       c.margin, c.tie,
+       r.judge, r.judge_version, ch.policy_checkpoint
+FROM comparisons c
+JOIN prompts p USING (prompt_id)
+JOIN responses ch ON ch.response_id = c.chosen_id
+JOIN responses rj ON rj.response_id = c.rejected_id
+JOIN rankings r ON r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id
+ORDER BY c.ranking_id, c.chosen_id, c.rejected_id
+"""
+
+
+class FeedbackStore:
+    """Opens `path` for one operation at a time; never holds it between calls."""
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = 60.0, retries: int = 20):
+        self.path = Path(path)
+        self.lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
+        self.retries = retries
+
+    @contextlib.contextmanager
+    def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            for attempt in range(self.retries):
+                try:
+                    con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+                    break
+                except duckdb.IOException as error:  # another process holds DuckDB's own file lock
+                    if attempt == self.retries - 1:
+                        raise StoreError(f"{self.path}: cannot open the store: {error}") from None
+                    time.sleep(min(0.05 * 2**attempt, 2.0))
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One all-or-nothing write: committed on success, rolled back on any error."""
+        with self._connect() as con:
+            con.execute(SCHEMA)
+            if not con.execute("SELECT count(*) FROM schema_version").fetchone()[0]:
+                con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def ingest(
+        self,
+        run: dict,
+        prompts: pd.DataFrame,
+        responses: pd.DataFrame,
+        rankings: pd.DataFrame,
+    ) -> dict[str, int]:
+        """Write one stage's prompts, responses and rankings, and the pairs they imply, at once.
+
+        Returns how many rows each table gained: zero everywhere when the same data is re-ingested.
+        """
+        with self.transaction() as con:
+            before = self._counts(con)
+            con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, now()) ON CONFLICT DO NOTHING",
+                [run["run_id"], run["stage"], run.get("git_rev")],
+            )
+            con.register("new_prompts", prompts.assign(run_id=run["run_id"]))
+            con.execute(
+                "INSERT INTO prompts SELECT prompt_id, prompt, topic, split, source, run_id "
+                "FROM new_prompts ON CONFLICT DO NOTHING"
+            )
+            con.register("new_responses", responses.assign(run_id=run["run_id"]))
+            con.execute(
+                "INSERT INTO responses SELECT response_id, prompt_id, sample_index, response, "
+                "policy_checkpoint, sampling, run_id FROM new_responses ON CONFLICT DO NOTHING"
+            )
+            con.register("new_rankings", rankings.assign(run_id=run["run_id"]))
+            con.execute(
+                "INSERT INTO rankings SELECT ranking_id, response_id, prompt_id, rank, score, reasons, "
+                "judge, judge_version, run_id FROM new_rankings ON CONFLICT DO NOTHING"
+            )
+            con.execute(PAIRS_FROM_RANKINGS)
+            after = self._counts(con)
+        return {table: after[table] - before[table] for table in after}
+
+    @staticmethod
+    def _counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+        tables = ["runs", "prompts", "responses", "rankings", "comparisons"]
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+    def counts(self) -> dict[str, int]:
+        with self.transaction() as con:
+            return self._counts(con)
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        with self._connect(read_only=True) as con:
+            return con.execute(sql, params or []).df()
+
+    def snapshot_comparisons(self, out_path: str | Path) -> int:
+        """Write every comparison, joined with its texts, to Parquet in a fixed order.
+
+        The same store gives a byte-identical file, so DVC sees no change and skips what follows.
+        The file appears whole or not at all (written beside it, then renamed).
+        """
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = out_path.with_name(out_path.name + ".partial")
+        with self.transaction() as con:
+            con.execute(f"COPY ({SNAPSHOT_QUERY}) TO '{partial}' (FORMAT parquet)")
+            rows = con.execute("SELECT count(*) FROM comparisons").fetchone()[0]
+        partial.replace(out_path)
+        return rows

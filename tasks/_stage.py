@@ -1,0 +1,80 @@
+"""What every stage shares: argument parsing, params, run provenance, outputs, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from rlhf.config import Params, load_params
+from rlhf.errors import InputError
+
+# Errors that mean bad input, not a bug: print one line naming the file or key, exit 2.
+USER_ERRORS = (InputError, FileNotFoundError)
+
+
+def parse_paths(stage: str, inputs: list[str], outputs: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"The {stage} stage (see dvc.yaml).")
+    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    for name in inputs:
+        parser.add_argument(f"--{name}", required=True, help=f"input: {name.replace('_', ' ')}")
+    for name in outputs:
+        parser.add_argument(f"--{name}", required=True, help=f"output: {name.replace('_', ' ')}")
+    return parser.parse_args()
+
+
+def run_stage(stage: str, body: Callable[[], None]) -> None:
+    """Run a stage body; bad input becomes one line on stderr and exit status 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.time()
+    try:
+        body()
+    except USER_ERRORS as error:
+        print(f"{stage}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{stage}: done in {time.time() - started:.1f}s", flush=True)
+
+
+def params_from(args: argparse.Namespace) -> Params:
+    return load_params(args.params)
+
+
+def run_info(stage: str) -> dict:
+    """Provenance of this invocation: the flow run that drives it (if any) and the git revision."""
+    run_id = os.environ.get("RLHF_RUN_ID") or f"local-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    try:
+        git_rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        git_rev = None
+    return {"run_id": run_id, "stage": stage, "git_rev": git_rev}
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write a metrics file whole: to a temporary name first, then renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    partial.replace(path)
+
+
+def write_parquet(frame, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    frame.to_parquet(partial, index=False)
+    partial.replace(path)
+
+
+def log_progress(label: str) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        print(f"{label}: {done}/{total}", flush=True)
+
+    return report

@@ -1,0 +1,63 @@
+"""params.yaml validation: a bad value stops with one line naming the key."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from rlhf.config import load_params, parse_params
+from rlhf.errors import ConfigError
+
+
+@pytest.fixture()
+def raw(project_root):
+    return yaml.safe_load((project_root / "params.yaml").read_text())
+
+
+def test_shipped_params_are_valid(project_root):
+    params = load_params(project_root / "params.yaml")
+    assert params.sample_responses.k >= 2 and params.rank_responses.principles
+
+
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("train_policy", "kl_coef", -1, "params.yaml: train_policy.kl_coef: Input should be greater than or equal to 0"),
+        ("train_policy", "klcoef", 0.1, "params.yaml: train_policy.klcoef: Extra inputs are not permitted"),
+        ("sample_responses", "k", "four", "params.yaml: sample_responses.k: Input should be a valid integer"),
+        ("train_policy", "minibatch_size", 7, "params.yaml: train_policy.minibatch_size: must divide batch_size"),
+    ],
+)
+def test_bad_value_names_the_key(raw, section, key, value, expected):
+    bad = copy.deepcopy(raw)
+    bad[section][key] = value
+    with pytest.raises(ConfigError) as caught:
+        parse_params(bad)
+    message = str(caught.value)
+    assert message.startswith(expected) and "\n" not in message
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\ntrain_policy:\n  kl_coef: [1,\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: line \d+ not valid YAML"):
+        load_params(path)
+
+
+def test_stage_exits_2_with_one_line_and_writes_nothing(raw, tmp_path, project_root):
+    bad = copy.deepcopy(raw)
+    bad["collect_prompts"]["test_fraction"] = 1.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    out = tmp_path / "prompts.parquet"
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks.collect_prompts", "--params", str(tmp_path / "params.yaml"), "--prompts", str(out)],
+        cwd=project_root, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"collect_prompts: error: {tmp_path / 'params.yaml'}: collect_prompts.test_fraction: "
+        "Input should be less than 1 (got 1.5)"
+    ]
+    assert not out.exists()

@@ -1,0 +1,113 @@
+"""The rule judge, K-way rankings with ties, and the pairs the store derives from them."""
+
+import json
+
+import duckdb
+import pandas as pd
+import pytest
+
+from rlhf.config import load_params
+from rlhf.judges import RuleJudge, ranks_from_scores
+from rlhf.ranking import rank_all
+from rlhf.store import FeedbackStore
+from rlhf.text import content_id
+
+
+@pytest.fixture()
+def judge(project_root):
+    return RuleJudge(load_params(project_root / "params.yaml").rank_responses.principles)
+
+
+def test_ranks_from_scores_shares_ranks_on_ties():
+    assert ranks_from_scores([3.0, 1.0, 3.0, 2.0]) == [1, 4, 1, 3]
+
+
+def test_rule_judge_explains_each_principle(judge):
+    prompt = "tell me about cats . answer :"
+    good = "sure , happy to help . cats can be calm and warm . many people find cats quiet ."
+    bad = "whatever . dogs are old ."
+    score_good, why_good = judge.score(prompt, "cats", good)
+    score_bad, why_bad = judge.score(prompt, "cats", bad)
+    assert why_good == {"on_topic": True, "polite": True, "no_banned_words": True, "length_band": True}
+    assert why_bad == {"on_topic": False, "polite": False, "no_banned_words": False, "length_band": False}
+    assert score_good == 4 and score_bad == 0
+
+
+def ranking_frames(ranks_by_response):
+    """Prompts, responses and rankings frames for one prompt whose responses got the given ranks."""
+    prompt_id = content_id("p")
+    prompts = pd.DataFrame([{"prompt_id": prompt_id, "prompt": "p", "topic": None, "split": "train", "source": "t"}])
+    responses = pd.DataFrame(
+        [
+            {"response_id": rid, "prompt_id": prompt_id, "sample_index": i, "response": f"text {rid}",
+             "policy_checkpoint": "c", "sampling": "{}"}
+            for i, rid in enumerate(ranks_by_response)
+        ]
+    )
+    rankings = pd.DataFrame(
+        [
+            {"ranking_id": "r1", "response_id": rid, "prompt_id": prompt_id, "rank": rank, "score": -float(rank),
+             "reasons": "{}", "judge": "rules", "judge_version": "1"}
+            for rid, rank in ranks_by_response.items()
+        ]
+    )
+    return prompts, responses, rankings
+
+
+def test_k_way_ranking_with_ties_becomes_its_pairs(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    # a is best, b and c tie, d is worst: C(4,2) = 6 pairs, one of them a tie.
+    added = store.ingest({"run_id": "run-1", "stage": "test"}, *ranking_frames({"a": 1, "b": 2, "c": 2, "d": 4}))
+    assert added["comparisons"] == 6
+    pairs = store.query("SELECT chosen_id, rejected_id, tie, margin FROM comparisons ORDER BY ALL")
+    assert list(pairs.itertuples(index=False, name=None)) == [
+        ("a", "b", False, 1.0),
+        ("a", "c", False, 1.0),
+        ("a", "d", False, 3.0),
+        ("b", "c", True, 0.0),
+        ("b", "d", False, 2.0),
+        ("c", "d", False, 2.0),
+    ]
+
+
+def test_reingesting_the_same_rankings_adds_nothing_and_snapshot_is_byte_identical(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    frames = ranking_frames({"a": 1, "b": 2, "c": 3})
+    first = store.ingest({"run_id": "run-1", "stage": "test"}, *frames)
+    store.snapshot_comparisons(tmp_path / "one.parquet")
+    again = store.ingest({"run_id": "run-2", "stage": "test"}, *frames)
+    store.snapshot_comparisons(tmp_path / "two.parquet")
+    assert first["comparisons"] == 3 and first["responses"] == 3
+    assert {k: v for k, v in again.items() if k != "runs"} == {
+        "prompts": 0, "responses": 0, "rankings": 0, "comparisons": 0
+    }
+    assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
+    with duckdb.connect(str(tmp_path / "feedback.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM comparisons").fetchone()[0] == 3
+        assert con.execute("SELECT DISTINCT run_id FROM comparisons").fetchall() == [("run-1",)]
+
+
+def test_failed_ingest_leaves_store_unchanged(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    store.ingest({"run_id": "run-1", "stage": "test"}, *ranking_frames({"a": 1, "b": 2}))
+    prompts, responses, rankings = ranking_frames({"x": 1, "y": 2})
+    broken = rankings.drop(columns=["score"])  # the insert of rankings fails after responses went in
+    with pytest.raises(Exception):
+        store.ingest({"run_id": "run-2", "stage": "test"}, prompts, responses, broken)
+    assert store.counts()["responses"] == 2 and store.counts()["comparisons"] == 1
+
+
+def test_rank_all_records_why_and_ranks_each_prompt(judge):
+    prompts = pd.DataFrame(
+        [{"prompt_id": "p1", "prompt": "tell me about owls . answer :", "topic": "owls", "split": "train", "source": "t"}]
+    )
+    texts = ["thanks for asking . owls can be calm and warm . owls are rare but never old .", "ok . dogs .", "ok . dogs ."]
+    responses = pd.DataFrame(
+        [{"response_id": f"r{i}", "prompt_id": "p1", "sample_index": i, "response": t} for i, t in enumerate(texts)]
+    )
+    rankings = rank_all(judge, prompts, responses)
+    assert list(rankings["rank"]) == [1, 2, 2]
+    assert json.loads(rankings["reasons"][0]) == {
+        "length_band": True, "no_banned_words": True, "on_topic": True, "polite": True
+    }
+    assert rankings["ranking_id"].nunique() == 1
