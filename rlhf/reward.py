@@ -52,7 +52,7 @@ def train_reward_model(
         per_device_train_batch_size=params.batch_size,
         learning_rate=params.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.05,
+        warmup_steps=0.05,  # a float below 1 is a share of the total steps
         logging_steps=10,
         save_strategy="no",
         report_to=[],

@@ -48,7 +48,7 @@ class Rollout:
 
 def _joined(query_ids, query_mask, response_ids, mask):
     input_ids = torch.cat([query_ids, response_ids], dim=1)
-    attention_mask = torch.cat([query_mask, mask], dim=1)
+    attention_mask = torch.cat([query_mask, mask.to(query_mask.dtype)], dim=1)
     return input_ids, attention_mask, position_ids_from_mask(attention_mask)
 
 
