@@ -1,0 +1,80 @@
+"""Components on tiny random models: loading code, EOS masking, one PPO iteration."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+from rlhf.bootstrap import pass_through_pretrained
+from rlhf.config import TrainPolicyParams
+from rlhf.demo import domain
+from rlhf.demo.tokenizer import train_tokenizer
+from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer
+from rlhf.ppo.trainer import RewardScorer, collect_rollout, ppo_update
+from rlhf.sampling import mask_after_eos
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(domain.corpus(seed=0, size=300), vocab_size=400)
+
+
+def tiny_config(tokenizer, **extra):
+    return GPT2Config(
+        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=1, n_head=2,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **extra,
+    )
+
+
+def test_mask_keeps_tokens_up_to_and_including_first_eos():
+    eos = 9
+    ids = torch.tensor([[1, 2, 9, 3, 9], [1, 2, 3, 4, 5], [9, 1, 1, 1, 1]])
+    mask, ended = mask_after_eos(ids, eos)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert ended.tolist() == [True, False, True]
+
+
+def test_tokenizer_returns_no_token_type_ids(tokenizer):
+    # GPT-2 would add token-type embeddings and degenerate at generation (FACTS.md).
+    assert "token_type_ids" not in tokenizer("tell me about cats .")
+
+
+def test_pretrained_pass_through_uses_the_same_loading_code(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    source = tmp_path / "user-model"
+    GPT2LMHeadModel(tiny_config(tokenizer)).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    info = pass_through_pretrained(str(source), CPU, tmp_path / "sft")
+    original, copied = load_policy(source, CPU), load_policy(tmp_path / "sft", CPU)
+    assert info["parameters"] == original.num_parameters()
+    assert all(torch.equal(a, b) for a, b in zip(original.parameters(), copied.parameters()))
+    assert load_tokenizer(tmp_path / "sft").get_vocab() == tokenizer.get_vocab()
+
+
+def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(tiny_config(tokenizer)).eval()
+    reference = GPT2LMHeadModel(tiny_config(tokenizer)).eval()
+    reference.load_state_dict(policy.state_dict())
+    GPT2ForSequenceClassification(tiny_config(tokenizer, num_labels=1)).save_pretrained(tmp_path / "rm")
+    critic = load_scalar_head_model(tmp_path / "rm", CPU, tokenizer.pad_token_id).eval()
+    reward_model = load_scalar_head_model(tmp_path / "rm", CPU, tokenizer.pad_token_id).eval()
+    params = TrainPolicyParams(batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=8, learning_rate=1e-3)
+    prompts = [p for p, _ in domain.all_prompts()[:8]]
+    before = {name: p.detach().clone() for name, p in policy.named_parameters()}
+    critic_before = [p.detach().clone() for p in critic.parameters()]
+    reference_before = [p.detach().clone() for p in reference.parameters()]
+
+    rollout, stats = collect_rollout(policy, reference, critic, RewardScorer(reward_model, tokenizer), tokenizer, prompts, params)
+    assert stats["kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before any update
+    assert rollout.advantages.shape == rollout.mask.shape == rollout.response_ids.shape
+    update = ppo_update(
+        policy, critic, torch.optim.Adam(policy.parameters(), 1e-3), torch.optim.Adam(critic.parameters(), 1e-3),
+        rollout, params, torch.Generator().manual_seed(0),
+    )
+    assert set(update) >= {"policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"}
+    assert any(not torch.equal(before[name], p) for name, p in policy.named_parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(critic_before, critic.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(reference_before, reference.parameters()))
