@@ -24,9 +24,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/python -m flows.pipeline
-	@echo
-	@$(BIN)/dvc metrics show
-	@echo "Report: reports/eval.md   Store: feedback.duckdb   Curves: dvc plots show"
+	@echo "\nReport: reports/eval.md   Store: $(BIN)/rlhf store stats   Curves: $(BIN)/dvc plots show"
 
 test: setup
 	$(BIN)/python -m pytest -ra

@@ -74,8 +74,11 @@ def reproduce_stage(root: str, stage: str) -> str:
     return "skipped" if skipped else "ran"
 
 
-def publish_artifacts(root: Path, stages: list[PipelineStage]) -> None:
-    """Every stage's metrics as one table, and the markdown report, as Prefect artifacts."""
+def publish_artifacts(root: Path, stages: list[PipelineStage]) -> list[dict]:
+    """Every stage's metrics as one table, and the markdown report, as Prefect artifacts.
+
+    Returns the table's rows (stage, metric, value).
+    """
     rows = []
     for stage in stages:
         for out in stage.outs:
@@ -87,20 +90,31 @@ def publish_artifacts(root: Path, stages: list[PipelineStage]) -> None:
                 create_markdown_artifact(key=f"{stage.name.replace('_', '-')}-report", markdown=path.read_text())
     if rows:
         create_table_artifact(key="rlhf-metrics", table=rows, description="Metrics of every stage")
+    return rows
 
 
 @flow(name="rlhf-pipeline")
-def rlhf_pipeline(root: str = ".") -> dict[str, str]:
-    """Run every stage of dvc.yaml through DVC; returns each stage's outcome (ran or skipped)."""
+def rlhf_pipeline(root: str = ".") -> dict:
+    """Run every stage of dvc.yaml through DVC.
+
+    Returns {"stages": {stage: "ran" | "skipped"}, "metrics": [{stage, metric, value}, ...]}.
+    """
     root_path = Path(root).resolve()
     stages = pipeline_stages(root_path)
     outcomes = {}
     for stage in stages:
         outcomes[stage.name] = reproduce_stage.with_options(name=stage.name)(str(root_path), stage.name)
     get_run_logger().info("stage outcomes: %s", outcomes)
-    publish_artifacts(root_path, stages)
-    return outcomes
+    return {"stages": outcomes, "metrics": publish_artifacts(root_path, stages)}
+
+
+def summary(result: dict) -> str:
+    lines = ["", "stage               outcome"]
+    lines += [f"{stage:19} {outcome}" for stage, outcome in result["stages"].items()]
+    lines += ["", "metric                                    value"]
+    lines += [f"{row['stage'] + '.' + row['metric']:41} {row['value']}" for row in result["metrics"]]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(json.dumps(rlhf_pipeline(sys.argv[1] if len(sys.argv) > 1 else "."), indent=2))
+    print(summary(rlhf_pipeline(sys.argv[1] if len(sys.argv) > 1 else ".")))

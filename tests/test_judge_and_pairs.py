@@ -111,3 +111,16 @@ def test_rank_all_records_why_and_ranks_each_prompt(judge):
         "length_band": True, "no_banned_words": True, "on_topic": True, "polite": True
     }
     assert rankings["ranking_id"].nunique() == 1
+
+
+def test_cli_stats_and_query(tmp_path, capsys):
+    from rlhf.cli import main
+
+    path = str(tmp_path / "feedback.duckdb")
+    FeedbackStore(path).ingest({"run_id": "run-1", "stage": "test"}, *ranking_frames({"a": 1, "b": 2, "c": 3}))
+    assert main(["store", "--path", path, "stats"]) == 0
+    assert "comparisons  3" in capsys.readouterr().out
+    assert main(["store", "--path", path, "query", "SELECT count(*) AS n FROM comparisons WHERE NOT tie"]) == 0
+    assert capsys.readouterr().out.split() == ["n", "3"]
+    assert main(["store", "--path", path, "query", "SELECT nope FROM comparisons"]) == 2
+    assert "rlhf: error:" in capsys.readouterr().err

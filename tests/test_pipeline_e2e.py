@@ -75,7 +75,7 @@ def demo_repo(tmp_path_factory, project_root):
 def flow_outcomes(demo_repo, prefect_harness):
     from flows.pipeline import rlhf_pipeline
 
-    return rlhf_pipeline(str(demo_repo))
+    return rlhf_pipeline(str(demo_repo))["stages"]
 
 
 def test_flow_runs_every_stage_in_dvc_order(flow_outcomes):
@@ -105,7 +105,7 @@ def test_dvc_status_is_clean_after_the_flow_and_repro_runs_nothing(flow_outcomes
 def test_second_flow_run_skips_every_stage(flow_outcomes, demo_repo):
     from flows.pipeline import rlhf_pipeline
 
-    assert set(rlhf_pipeline(str(demo_repo)).values()) == {"skipped"}
+    assert set(rlhf_pipeline(str(demo_repo))["stages"].values()) == {"skipped"}
 
 
 def test_store_holds_every_pair_once_and_reingest_adds_nothing(flow_outcomes, demo_repo):
