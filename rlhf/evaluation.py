@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import pandas as pd
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.judges.rules import RuleJudge, words
-from rlhf.ppo.trainer import response_logits, token_logprobs
-from rlhf.sampling import Generation
+from rlhf.logprobs import response_logits, token_logprobs
+from rlhf.reward import accuracy_on, score_texts
+from rlhf.sampling import Generation, generate
+from rlhf.text import join
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:
@@ -78,3 +81,52 @@ def sequence_kl(policy, reference, generation: Generation, temperature: float) -
     ref_logp = token_logprobs(response_logits(reference, *args, temperature), generation.response_ids)
     return ((logp - ref_logp) * generation.response_mask).sum(-1).mean().item()
 
+
+
+def compare_policies(
+    start: PreTrainedModel,
+    final: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model: PreTrainedModel,
+    reward_tokenizer: PreTrainedTokenizerBase,
+    judge: RuleJudge,
+    prompts: list[str],
+    topics: list,
+    max_new_tokens: int,
+    temperature: float,
+) -> tuple[dict[str, float], list[str], list[str]]:
+    """Both policies answer the same prompts, sampled as in training, and are compared.
+
+    Returns (metrics, start responses, final responses).
+    """
+    start_gen = generate(start, tokenizer, prompts, max_new_tokens, temperature)
+    final_gen = generate(final, tokenizer, prompts, max_new_tokens, temperature)
+
+    def judged(responses: list[str]) -> list[float]:
+        return [judge.score(p, t, r)[0] for p, t, r in zip(prompts, topics, responses)]
+
+    def mean_reward(responses: list[str]) -> float:
+        texts = [join(p, r) for p, r in zip(prompts, responses)]
+        return score_texts(reward_model, reward_tokenizer, texts).mean().item()
+
+    metrics = {
+        "win_rate_vs_start": win_rate(judged(final_gen.texts), judged(start_gen.texts)),
+        "mean_reward_start": mean_reward(start_gen.texts),
+        "mean_reward_final": mean_reward(final_gen.texts),
+        "kl_to_start": sequence_kl(final, start, final_gen, temperature),
+        "distinct_2_start": distinct_n(start_gen.texts),
+        "distinct_2_final": distinct_n(final_gen.texts),
+    }
+    for when, gen in (("start", start_gen), ("final", final_gen)):
+        for name, share in principle_shares(judge, prompts, topics, gen.texts).items():
+            metrics[f"share_{name}_{when}"] = share
+    return metrics, start_gen.texts, final_gen.texts
+
+
+def reward_model_vs_baselines(
+    reward_model: PreTrainedModel, reward_tokenizer: PreTrainedTokenizerBase, comparisons: pd.DataFrame
+) -> dict[str, float]:
+    """On the given comparisons' strict pairs: the reward model's accuracy beside ROUGE-L and length."""
+    strict = comparisons[~comparisons["tie"]]
+    accuracy, pairs = accuracy_on(reward_model, reward_tokenizer, strict)
+    return {"rm_accuracy": accuracy, "rm_test_pairs": pairs, **baseline_accuracies(strict)}

@@ -85,7 +85,15 @@ def score_texts(
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
-def pairwise_accuracy(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> float:
-    """Share of pairs the scorer orders like the judge; an exact tie counts half."""
-    wins = (chosen_scores > rejected_scores).float() + 0.5 * (chosen_scores == rejected_scores).float()
-    return wins.mean().item() if len(wins) else float("nan")
+def accuracy_on(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, comparisons: pd.DataFrame
+) -> tuple[float, int]:
+    """(accuracy, pairs): how often the model scores the judge's chosen response higher, on strict pairs.
+
+    An exact tie of scores counts half.
+    """
+    pairs = preference_pairs(comparisons)
+    chosen = score_texts(model, tokenizer, list(pairs["chosen"]))
+    rejected = score_texts(model, tokenizer, list(pairs["rejected"]))
+    hits = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+    return (hits.mean().item() if len(hits) else float("nan")), len(pairs)

@@ -3,11 +3,9 @@
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from rlhf.evaluation import pair_accuracy
 from rlhf.models import load_scalar_head_model, load_tokenizer, resolve_device
-from rlhf.reward import preference_pairs, score_texts, train_reward_model
+from rlhf.reward import accuracy_on, train_reward_model
 from tasks._stage import params_from, parse_paths, run_stage, write_json
 
 STAGE = "train_reward"
@@ -18,15 +16,14 @@ def main() -> None:
     params = params_from(args)
     device = resolve_device(params.device)
     comparisons = pd.read_parquet(args.comparisons)
-    metrics = train_reward_model(comparisons, Path(args.init_dir), params.train_reward, params.seed, device, Path(args.model_dir))
+    metrics = train_reward_model(
+        comparisons, Path(args.init_dir), params.train_reward, params.seed, device, Path(args.model_dir)
+    )
     # Held-out accuracy by prompt split: no prompt of these pairs was trained on.
     tokenizer = load_tokenizer(args.model_dir)
     model = load_scalar_head_model(args.model_dir, device, tokenizer.pad_token_id).eval()
-    held_out = preference_pairs(comparisons[comparisons["split"] == "test"])
-    with torch.no_grad():
-        chosen = score_texts(model, tokenizer, list(held_out["chosen"])).tolist()
-        rejected = score_texts(model, tokenizer, list(held_out["rejected"])).tolist()
-    metrics.update({"test_pairs": len(held_out), "test_accuracy": round(pair_accuracy(chosen, rejected), 4)})
+    accuracy, pairs = accuracy_on(model, tokenizer, comparisons[comparisons["split"] == "test"])
+    metrics.update({"test_pairs": pairs, "test_accuracy": round(accuracy, 4)})
     write_json(args.metrics, metrics)
     print(f"{STAGE}: {metrics}")
 

@@ -20,7 +20,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.config import TrainPolicyParams
-from rlhf.models import backbone, position_ids_from_mask
+from rlhf.logprobs import joined_inputs, response_logits, token_logprobs
+from rlhf.models import backbone
 from rlhf.ppo import core
 from rlhf.reward import score_texts
 from rlhf.sampling import generate
@@ -46,27 +47,9 @@ class Rollout:
         return Rollout(**{name: tensor[index] for name, tensor in vars(self).items()})
 
 
-def _joined(query_ids, query_mask, response_ids, mask):
-    input_ids = torch.cat([query_ids, response_ids], dim=1)
-    attention_mask = torch.cat([query_mask, mask.to(query_mask.dtype)], dim=1)
-    return input_ids, attention_mask, position_ids_from_mask(attention_mask)
-
-
-def response_logits(model: PreTrainedModel, query_ids, query_mask, response_ids, mask, temperature: float):
-    """Logits that predicted each response token, scaled as at sampling time.  (B, T, V)"""
-    input_ids, attention_mask, position_ids = _joined(query_ids, query_mask, response_ids, mask)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    return logits[:, query_ids.shape[1] - 1 : -1] / temperature
-
-
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log p(token) under the logits.  (B, T, V), (B, T) -> (B, T)"""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
 def critic_values(critic: PreTrainedModel, query_ids, query_mask, response_ids, mask) -> torch.Tensor:
     """V(s_t) for every response position: the scalar head applied to every hidden state.  (B, T)"""
-    input_ids, attention_mask, position_ids = _joined(query_ids, query_mask, response_ids, mask)
+    input_ids, attention_mask, position_ids = joined_inputs(query_ids, query_mask, response_ids, mask)
     hidden = backbone(critic)(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
     ).last_hidden_state
