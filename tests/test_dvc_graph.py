@@ -1,0 +1,45 @@
+"""dvc.yaml against the code: one name per stage, and every stage depends on the code it runs."""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+# Changes to these never change a stage's outputs by themselves: params.yaml values are tracked
+# per stage, and errors only decide how bad input is reported.
+NOT_DEPS = {"rlhf/config.py", "rlhf/errors.py", "rlhf/__init__.py"}
+
+
+def imported_files(path: Path, root: Path, seen: set[str]) -> set[str]:
+    """The project files a module imports, followed through rlhf and tasks."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        for name in names:
+            if not name.startswith(("rlhf", "tasks")):
+                continue
+            module = root / name.replace(".", "/")
+            target = module / "__init__.py" if module.is_dir() else module.with_suffix(".py")
+            relative = target.relative_to(root).as_posix()
+            if relative not in seen:
+                seen.add(relative)
+                imported_files(target, root, seen)
+    return seen
+
+
+def test_stage_names_match_task_modules(project_root):
+    stages = yaml.safe_load((project_root / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        assert stage["cmd"].startswith(f"python -m tasks.{name} "), name
+        assert (project_root / "tasks" / f"{name}.py").exists(), name
+
+
+def test_every_stage_lists_the_code_it_imports(project_root):
+    stages = yaml.safe_load((project_root / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        deps = [d for d in stage["deps"] if not d.startswith("${")]
+        needed = imported_files(project_root / "tasks" / f"{name}.py", project_root, set()) - NOT_DEPS
+        needed.add(f"tasks/{name}.py")
+        missing = {f for f in needed if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
+        assert not missing, f"{name}: dvc.yaml deps miss {sorted(missing)}"
