@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -40,7 +41,8 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMI
 
 
 def run(command, cwd, check=True):
-    env = {**os.environ, **GIT_ENV}
+    # Stage commands say `python`: make it this interpreter, as `make` and the flow do.
+    env = {**os.environ, **GIT_ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     if check and result.returncode:
         raise AssertionError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
@@ -135,3 +137,27 @@ def test_flow_published_metrics_and_report_artifacts(flow_outcomes):
     assert {a.key for a in artifacts} == {"rlhf-metrics", "evaluate-report"}
     table = next(a for a in artifacts if a.key == "rlhf-metrics")
     assert "win_rate_vs_start" in json.dumps(table.data)
+
+
+def test_bad_params_value_fails_the_flow_with_one_line_naming_the_key(flow_outcomes, demo_repo):
+    """Runs last: breaks only the evaluate section, so only that stage re-runs, and fails."""
+    from flows.pipeline import rlhf_pipeline
+
+    params_file = demo_repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["evaluate"]["report_samples"] = -1
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        with pytest.raises(RuntimeError, match="stage evaluate failed"):
+            rlhf_pipeline(str(demo_repo))
+        direct = run([sys.executable, "-m", "dvc", "repro", "--single-item", "evaluate"], demo_repo, check=False)
+        assert direct.returncode != 0
+        assert "evaluate: error: params.yaml: evaluate.report_samples: Input should be greater than or equal to 0" in (
+            direct.stdout + direct.stderr
+        )
+        # DVC removed the stage's old outs before running it; the failed stage wrote nothing in their place.
+        assert not (demo_repo / "metrics" / "eval.json").exists()
+        assert not list(demo_repo.rglob("*.partial"))
+    finally:
+        params_file.write_text(original)
