@@ -1,7 +1,7 @@
 """`rlhf`: command-line access to the feedback store.
 
-  rlhf store stats                      row counts of every table
-  rlhf store query "SELECT ..."         run read-only SQL and print the result
+rlhf store stats                      row counts of every table
+rlhf store query "SELECT ..."         run read-only SQL and print the result
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from rlhf.store import FeedbackStore
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rlhf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     store = commands.add_parser("store", help="inspect the DuckDB feedback store")
     store.add_argument("--path", default="feedback.duckdb", help="the store file (default: feedback.duckdb)")
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     query = actions.add_parser(
         "query",
         help="run read-only SQL",
-        description="Example: rlhf store query \"SELECT judge, count(*) FROM rankings GROUP BY judge\"",
+        description='Example: rlhf store query "SELECT judge, count(*) FROM rankings GROUP BY judge"',
     )
     query.add_argument("sql", help="the SQL to run")
     return parser

@@ -107,9 +107,7 @@ class WordCount(Section):
     weight: float = 1.0
 
 
-Principle = Annotated[
-    Union[ContainsAny, ExcludesAll, MentionsTopic, WordCount], Field(discriminator="kind")
-]
+Principle = Annotated[Union[ContainsAny, ExcludesAll, MentionsTopic, WordCount], Field(discriminator="kind")]
 
 
 class RankResponsesParams(Section):

@@ -82,7 +82,6 @@ def sequence_kl(policy, reference, generation: Generation, temperature: float) -
     return ((logp - ref_logp) * generation.response_mask).sum(-1).mean().item()
 
 
-
 def compare_policies(
     start: PreTrainedModel,
     final: PreTrainedModel,

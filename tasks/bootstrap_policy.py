@@ -18,7 +18,9 @@ def main() -> None:
     out_dir = Path(args.model_dir)
     if section.source == "demo":
         # Demonstrations only for training prompts: held-out prompts stay unseen until evaluation.
-        train = [(p, t) for p, t in domain.all_prompts() if split_of(p, params.collect_prompts.test_fraction) == "train"]
+        train = [
+            (p, t) for p, t in domain.all_prompts() if split_of(p, params.collect_prompts.test_fraction) == "train"
+        ]
         metrics = train_demo_policy(section, train, params.seed, device, out_dir)
     else:
         metrics = pass_through_pretrained(section.model, device, out_dir)

@@ -42,7 +42,9 @@ def main() -> None:
             flush=True,
         )
 
-    history = train_ppo(policy, reference, critic, scorer, tokenizer, train_prompts, params.train_policy, params.seed, log)
+    history = train_ppo(
+        policy, reference, critic, scorer, tokenizer, train_prompts, params.train_policy, params.seed, log
+    )
     policy.save_pretrained(args.model_dir)
     tokenizer.save_pretrained(args.model_dir)
     write_curve(history, args.curve)

@@ -24,7 +24,12 @@ def test_shipped_params_are_valid(project_root):
 @pytest.mark.parametrize(
     "section, key, value, expected",
     [
-        ("train_policy", "kl_coef", -1, "params.yaml: train_policy.kl_coef: Input should be greater than or equal to 0"),
+        (
+            "train_policy",
+            "kl_coef",
+            -1,
+            "params.yaml: train_policy.kl_coef: Input should be greater than or equal to 0",
+        ),
         ("train_policy", "klcoef", 0.1, "params.yaml: train_policy.klcoef: Extra inputs are not permitted"),
         ("sample_responses", "k", "four", "params.yaml: sample_responses.k: Input should be a valid integer"),
         ("train_policy", "minibatch_size", 7, "params.yaml: train_policy.minibatch_size: must divide batch_size"),
@@ -52,8 +57,18 @@ def test_stage_exits_2_with_one_line_and_writes_nothing(raw, tmp_path, project_r
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
     out = tmp_path / "prompts.parquet"
     result = subprocess.run(
-        [sys.executable, "-m", "tasks.collect_prompts", "--params", str(tmp_path / "params.yaml"), "--prompts", str(out)],
-        cwd=project_root, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tasks.collect_prompts",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--prompts",
+            str(out),
+        ],
+        cwd=project_root,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [

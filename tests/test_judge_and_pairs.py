@@ -39,15 +39,29 @@ def ranking_frames(ranks_by_response):
     prompts = pd.DataFrame([{"prompt_id": prompt_id, "prompt": "p", "topic": None, "split": "train", "source": "t"}])
     responses = pd.DataFrame(
         [
-            {"response_id": rid, "prompt_id": prompt_id, "sample_index": i, "response": f"text {rid}",
-             "policy_checkpoint": "c", "sampling": "{}"}
+            {
+                "response_id": rid,
+                "prompt_id": prompt_id,
+                "sample_index": i,
+                "response": f"text {rid}",
+                "policy_checkpoint": "c",
+                "sampling": "{}",
+            }
             for i, rid in enumerate(ranks_by_response)
         ]
     )
     rankings = pd.DataFrame(
         [
-            {"ranking_id": "r1", "response_id": rid, "prompt_id": prompt_id, "rank": rank, "score": -float(rank),
-             "reasons": "{}", "judge": "rules", "judge_version": "1"}
+            {
+                "ranking_id": "r1",
+                "response_id": rid,
+                "prompt_id": prompt_id,
+                "rank": rank,
+                "score": -float(rank),
+                "reasons": "{}",
+                "judge": "rules",
+                "judge_version": "1",
+            }
             for rid, rank in ranks_by_response.items()
         ]
     )
@@ -79,7 +93,10 @@ def test_reingesting_the_same_rankings_adds_nothing_and_snapshot_is_byte_identic
     store.snapshot_comparisons(tmp_path / "two.parquet")
     assert first["comparisons"] == 3 and first["responses"] == 3
     assert {k: v for k, v in again.items() if k != "runs"} == {
-        "prompts": 0, "responses": 0, "rankings": 0, "comparisons": 0
+        "prompts": 0,
+        "responses": 0,
+        "rankings": 0,
+        "comparisons": 0,
     }
     assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
     with duckdb.connect(str(tmp_path / "feedback.duckdb"), read_only=True) as con:
@@ -99,16 +116,31 @@ def test_failed_ingest_leaves_store_unchanged(tmp_path):
 
 def test_rank_all_records_why_and_ranks_each_prompt(judge):
     prompts = pd.DataFrame(
-        [{"prompt_id": "p1", "prompt": "tell me about owls . answer :", "topic": "owls", "split": "train", "source": "t"}]
+        [
+            {
+                "prompt_id": "p1",
+                "prompt": "tell me about owls . answer :",
+                "topic": "owls",
+                "split": "train",
+                "source": "t",
+            }
+        ]
     )
-    texts = ["thanks for asking . owls can be calm and warm . owls are rare but never old .", "ok . dogs .", "ok . dogs ."]
+    texts = [
+        "thanks for asking . owls can be calm and warm . owls are rare but never old .",
+        "ok . dogs .",
+        "ok . dogs .",
+    ]
     responses = pd.DataFrame(
         [{"response_id": f"r{i}", "prompt_id": "p1", "sample_index": i, "response": t} for i, t in enumerate(texts)]
     )
     rankings = rank_all(judge, prompts, responses)
     assert list(rankings["rank"]) == [1, 2, 2]
     assert json.loads(rankings["reasons"][0]) == {
-        "length_band": True, "no_banned_words": True, "on_topic": True, "polite": True
+        "length_band": True,
+        "no_banned_words": True,
+        "on_topic": True,
+        "polite": True,
     }
     assert rankings["ranking_id"].nunique() == 1
 

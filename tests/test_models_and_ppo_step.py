@@ -22,9 +22,15 @@ def tokenizer():
 
 def tiny_config(tokenizer, **extra):
     return GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=1, n_head=2,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **extra,
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
 
 
@@ -67,12 +73,19 @@ def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, 
     critic_before = [p.detach().clone() for p in critic.parameters()]
     reference_before = [p.detach().clone() for p in reference.parameters()]
 
-    rollout, stats = collect_rollout(policy, reference, critic, RewardScorer(reward_model, tokenizer), tokenizer, prompts, params)
+    rollout, stats = collect_rollout(
+        policy, reference, critic, RewardScorer(reward_model, tokenizer), tokenizer, prompts, params
+    )
     assert stats["kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before any update
     assert rollout.advantages.shape == rollout.mask.shape == rollout.response_ids.shape
     update = ppo_update(
-        policy, critic, torch.optim.Adam(policy.parameters(), 1e-3), torch.optim.Adam(critic.parameters(), 1e-3),
-        rollout, params, torch.Generator().manual_seed(0),
+        policy,
+        critic,
+        torch.optim.Adam(policy.parameters(), 1e-3),
+        torch.optim.Adam(critic.parameters(), 1e-3),
+        rollout,
+        params,
+        torch.Generator().manual_seed(0),
     )
     assert set(update) >= {"policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"}
     assert any(not torch.equal(before[name], p) for name, p in policy.named_parameters())

@@ -27,8 +27,15 @@ STAGES = [
 ]
 
 SHRINK = {
-    "bootstrap_policy": {"steps": 120, "demos_per_prompt": 2, "n_layer": 1, "n_embd": 32, "n_head": 2,
-                         "vocab_size": 400, "batch_size": 16},
+    "bootstrap_policy": {
+        "steps": 120,
+        "demos_per_prompt": 2,
+        "n_layer": 1,
+        "n_embd": 32,
+        "n_head": 2,
+        "vocab_size": 400,
+        "batch_size": 16,
+    },
     "collect_prompts": {"max_prompts": 60},
     "sample_responses": {"k": 3, "max_new_tokens": 24},
     "train_reward": {"epochs": 1, "batch_size": 16},
@@ -36,8 +43,12 @@ SHRINK = {
     "evaluate": {"samples_per_prompt": 1, "report_samples": 2},
 }
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@localhost"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@localhost",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@localhost",
+}
 
 
 def run(command, cwd, check=True):
@@ -87,8 +98,16 @@ def test_flow_runs_every_stage_in_dvc_order(flow_outcomes):
 
 def test_evaluation_metrics_are_complete_and_in_range(flow_outcomes, demo_repo):
     metrics = json.loads((demo_repo / "metrics" / "eval.json").read_text())
-    for key in ["rm_accuracy", "rouge_baseline_accuracy", "length_baseline_accuracy", "win_rate_vs_start",
-                "distinct_2_start", "distinct_2_final", "share_on_topic_start", "share_polite_final"]:
+    for key in [
+        "rm_accuracy",
+        "rouge_baseline_accuracy",
+        "length_baseline_accuracy",
+        "win_rate_vs_start",
+        "distinct_2_start",
+        "distinct_2_final",
+        "share_on_topic_start",
+        "share_polite_final",
+    ]:
         assert 0.0 <= metrics[key] <= 1.0, key
     for key in ["mean_reward_start", "mean_reward_final", "kl_to_start"]:
         assert isinstance(metrics[key], float), key
@@ -119,9 +138,22 @@ def test_store_holds_every_pair_once_and_reingest_adds_nothing(flow_outcomes, de
     assert counts["responses"] == counts["prompts"] * k
     assert counts["comparisons"] == counts["prompts"] * k * (k - 1) // 2
     snapshot = (demo_repo / "data" / "comparisons.parquet").read_bytes()
-    run([sys.executable, "-m", "tasks.store_comparisons", "--prompts", "data/prompts.parquet",
-         "--responses", "data/responses.parquet", "--rankings", "data/rankings.parquet",
-         "--comparisons", "data/comparisons.parquet"], demo_repo)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "tasks.store_comparisons",
+            "--prompts",
+            "data/prompts.parquet",
+            "--responses",
+            "data/responses.parquet",
+            "--rankings",
+            "data/rankings.parquet",
+            "--comparisons",
+            "data/comparisons.parquet",
+        ],
+        demo_repo,
+    )
     assert {t: n for t, n in store.counts().items() if t != "runs"} == {t: n for t, n in counts.items() if t != "runs"}
     assert (demo_repo / "data" / "comparisons.parquet").read_bytes() == snapshot
 

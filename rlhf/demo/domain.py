@@ -13,10 +13,38 @@ import random
 from dataclasses import dataclass
 
 TOPICS = [
-    "cats", "dogs", "rivers", "bread", "tea", "chess", "music", "gardens", "stars", "bikes",
-    "rain", "books", "coffee", "bees", "trains", "maps", "clocks", "boats", "apples", "snow",
-    "forests", "kites", "owls", "bridges", "candles", "deserts", "violins", "lakes", "robots",
-    "cheese", "clouds", "horses",
+    "cats",
+    "dogs",
+    "rivers",
+    "bread",
+    "tea",
+    "chess",
+    "music",
+    "gardens",
+    "stars",
+    "bikes",
+    "rain",
+    "books",
+    "coffee",
+    "bees",
+    "trains",
+    "maps",
+    "clocks",
+    "boats",
+    "apples",
+    "snow",
+    "forests",
+    "kites",
+    "owls",
+    "bridges",
+    "candles",
+    "deserts",
+    "violins",
+    "lakes",
+    "robots",
+    "cheese",
+    "clouds",
+    "horses",
 ]
 
 PROMPT_TEMPLATES = [
@@ -80,11 +108,7 @@ def sample_response(topic: str, rng: random.Random) -> str:
 def demonstrations(prompts: list[tuple[str, str]], per_prompt: int, seed: int) -> list[Demonstration]:
     """`per_prompt` mixed-quality demonstrations for each (prompt, topic), deterministic by seed."""
     rng = random.Random(seed)
-    return [
-        Demonstration(prompt, sample_response(topic, rng))
-        for prompt, topic in prompts
-        for _ in range(per_prompt)
-    ]
+    return [Demonstration(prompt, sample_response(topic, rng)) for prompt, topic in prompts for _ in range(per_prompt)]
 
 
 def corpus(seed: int, size: int = 4000) -> list[str]:

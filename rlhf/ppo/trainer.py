@@ -96,7 +96,16 @@ def collect_rollout(
     advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
     advantages = core.whiten(advantages, mask)
     rollout = Rollout(
-        gen.query_ids, gen.query_mask, gen.response_ids, mask, logprobs, ref_logprobs, values, scores, advantages, returns
+        gen.query_ids,
+        gen.query_mask,
+        gen.response_ids,
+        mask,
+        logprobs,
+        ref_logprobs,
+        values,
+        scores,
+        advantages,
+        returns,
     )
     kl = (core.kl_per_token(logprobs, ref_logprobs) * mask).sum(-1)
     stats = {
