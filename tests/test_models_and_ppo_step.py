@@ -59,14 +59,16 @@ def test_pretrained_pass_through_uses_the_same_loading_code(tmp_path, tokenizer)
     assert load_tokenizer(tmp_path / "sft").get_vocab() == tokenizer.get_vocab()
 
 
-def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, tmp_path):
+@pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, tmp_path, device):
+    device = torch.device(device)
     torch.manual_seed(0)
-    policy = GPT2LMHeadModel(tiny_config(tokenizer)).eval()
-    reference = GPT2LMHeadModel(tiny_config(tokenizer)).eval()
+    policy = GPT2LMHeadModel(tiny_config(tokenizer)).to(device).eval()
+    reference = GPT2LMHeadModel(tiny_config(tokenizer)).to(device).eval()
     reference.load_state_dict(policy.state_dict())
     GPT2ForSequenceClassification(tiny_config(tokenizer, num_labels=1)).save_pretrained(tmp_path / "rm")
-    critic = load_scalar_head_model(tmp_path / "rm", CPU, tokenizer.pad_token_id).eval()
-    reward_model = load_scalar_head_model(tmp_path / "rm", CPU, tokenizer.pad_token_id).eval()
+    critic = load_scalar_head_model(tmp_path / "rm", device, tokenizer.pad_token_id).eval()
+    reward_model = load_scalar_head_model(tmp_path / "rm", device, tokenizer.pad_token_id).eval()
     params = TrainPolicyParams(batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=8, learning_rate=1e-3)
     prompts = [p for p, _ in domain.all_prompts()[:8]]
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
