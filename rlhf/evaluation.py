@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.judges.rules import RuleJudge, words
 from rlhf.logprobs import response_logits, token_logprobs
-from rlhf.reward import accuracy_on, score_texts
+from rlhf.reward import accuracy_on, pair_accuracy, score_texts
 from rlhf.sampling import Generation, generate
 from rlhf.text import join
 
@@ -35,14 +35,6 @@ def rouge_l(candidate: str, reference: str) -> float:
         return 0.0
     precision, recall = lcs / len(c), lcs / len(r)
     return 2 * precision * recall / (precision + recall)
-
-
-def pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
-    """How often a score orders a pair as the judge did; equal scores count half."""
-    if not chosen:
-        return float("nan")
-    hits = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]
-    return sum(hits) / len(hits)
 
 
 def baseline_accuracies(pairs: pd.DataFrame) -> dict[str, float]:

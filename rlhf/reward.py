@@ -40,6 +40,10 @@ def train_reward_model(
     device: torch.device,
     out_dir: Path,
 ) -> dict:
+    """Train on the train split's strict pairs, save to out_dir, and report accuracy on the test split.
+
+    The split is by prompt, so no held-out pair shares a prompt with a training pair.
+    """
     pairs = preference_pairs(comparisons[comparisons["split"] == "train"])
     if pairs.empty:
         raise EmptyComparisonsError("comparisons snapshot: no non-tie pairs in the train split")
@@ -68,7 +72,13 @@ def train_reward_model(
     result = trainer.train()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    return {"train_pairs": len(pairs), "train_loss": round(result.training_loss, 4)}
+    accuracy, test_pairs = accuracy_on(model.eval(), tokenizer, comparisons[comparisons["split"] == "test"])
+    return {
+        "train_pairs": len(pairs),
+        "train_loss": round(result.training_loss, 4),
+        "test_pairs": test_pairs,
+        "test_accuracy": round(accuracy, 4),
+    }
 
 
 @torch.no_grad()
@@ -85,15 +95,19 @@ def score_texts(
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
+def pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
+    """How often a score orders a pair as the judge did; equal scores count half."""
+    if not chosen:
+        return float("nan")
+    hits = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]
+    return sum(hits) / len(hits)
+
+
 def accuracy_on(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, comparisons: pd.DataFrame
 ) -> tuple[float, int]:
-    """(accuracy, pairs): how often the model scores the judge's chosen response higher, on strict pairs.
-
-    An exact tie of scores counts half.
-    """
+    """(accuracy, pairs): how often the model scores the judge's chosen response higher, on strict pairs."""
     pairs = preference_pairs(comparisons)
-    chosen = score_texts(model, tokenizer, list(pairs["chosen"]))
-    rejected = score_texts(model, tokenizer, list(pairs["rejected"]))
-    hits = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
-    return (hits.mean().item() if len(hits) else float("nan")), len(pairs)
+    chosen = score_texts(model, tokenizer, list(pairs["chosen"])).tolist()
+    rejected = score_texts(model, tokenizer, list(pairs["rejected"])).tolist()
+    return pair_accuracy(chosen, rejected), len(pairs)

@@ -201,7 +201,8 @@ class FeedbackStore:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         partial = out_path.with_name(out_path.name + ".partial")
         with self.transaction() as con:
-            con.execute(f"COPY ({SNAPSHOT_QUERY}) TO '{partial}' (FORMAT parquet)")
+            quoted = str(partial).replace("'", "''")  # COPY takes no bound parameter for its target
+            con.execute(f"COPY ({SNAPSHOT_QUERY}) TO '{quoted}' (FORMAT parquet)")
             rows = con.execute("SELECT count(*) FROM comparisons").fetchone()[0]
         partial.replace(out_path)
         return rows

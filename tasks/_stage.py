@@ -56,21 +56,21 @@ def run_info(stage: str) -> dict:
     return {"run_id": run_id, "stage": stage, "git_rev": git_rev}
 
 
-def write_json(path: str | Path, data: dict) -> None:
-    """Write a metrics file whole: to a temporary name first, then renamed into place."""
+def write_whole(path: str | Path, write: Callable[[Path], None]) -> None:
+    """An output appears whole or not at all: written under a temporary name, then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write(partial)
     partial.replace(path)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    write_whole(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
 def write_parquet(frame, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    frame.to_parquet(partial, index=False)
-    partial.replace(path)
+    write_whole(path, lambda p: frame.to_parquet(p, index=False))
 
 
 def log_progress(label: str) -> Callable[[int, int], None]:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from rlhf.models import load_scalar_head_model, load_tokenizer, resolve_device
-from rlhf.reward import accuracy_on, train_reward_model
+from rlhf.models import resolve_device
+from rlhf.reward import train_reward_model
 from tasks._stage import params_from, parse_paths, run_stage, write_json
 
 STAGE = "train_reward"
@@ -19,11 +19,6 @@ def main() -> None:
     metrics = train_reward_model(
         comparisons, Path(args.init_dir), params.train_reward, params.seed, device, Path(args.model_dir)
     )
-    # Held-out accuracy by prompt split: no prompt of these pairs was trained on.
-    tokenizer = load_tokenizer(args.model_dir)
-    model = load_scalar_head_model(args.model_dir, device, tokenizer.pad_token_id).eval()
-    accuracy, pairs = accuracy_on(model, tokenizer, comparisons[comparisons["split"] == "test"])
-    metrics.update({"test_pairs": pairs, "test_accuracy": round(accuracy, 4)})
     write_json(args.metrics, metrics)
     print(f"{STAGE}: {metrics}")
 

@@ -37,7 +37,6 @@ class Rollout:
     response_ids: torch.Tensor  # (B, T) sampled tokens, padded after EOS
     mask: torch.Tensor  # (B, T) 1 on response tokens up to and including EOS
     logprobs: torch.Tensor  # (B, T) log pi_old(a_t | s_t)
-    ref_logprobs: torch.Tensor  # (B, T) log pi_ref(a_t | s_t)
     values: torch.Tensor  # (B, T) V_old(s_t)
     scores: torch.Tensor  # (B,) normalised reward-model score, minus the missing-EOS penalty
     advantages: torch.Tensor  # (B, T) whitened GAE advantages
@@ -96,16 +95,7 @@ def collect_rollout(
     advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
     advantages = core.whiten(advantages, mask)
     rollout = Rollout(
-        gen.query_ids,
-        gen.query_mask,
-        gen.response_ids,
-        mask,
-        logprobs,
-        ref_logprobs,
-        values,
-        scores,
-        advantages,
-        returns,
+        gen.query_ids, gen.query_mask, gen.response_ids, mask, logprobs, values, scores, advantages, returns
     )
     kl = (core.kl_per_token(logprobs, ref_logprobs) * mask).sum(-1)
     stats = {
