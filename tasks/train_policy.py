@@ -1,23 +1,12 @@
 """Stage train_policy: PPO from the bootstrap policy against the reward model."""
 
-import csv
-from pathlib import Path
-
 import pandas as pd
 
 from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.ppo.trainer import RewardScorer, train_ppo
-from tasks._stage import params_from, parse_paths, run_stage, write_json
+from tasks._stage import params_from, parse_paths, run_stage, write_json, write_whole
 
 STAGE = "train_policy"
-
-
-def write_curve(history: list[dict], path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def main() -> None:
@@ -47,7 +36,7 @@ def main() -> None:
     )
     policy.save_pretrained(args.model_dir)
     tokenizer.save_pretrained(args.model_dir)
-    write_curve(history, args.curve)
+    write_whole(args.curve, lambda path: pd.DataFrame(history).to_csv(path, index=False))
     last = history[-1]
     write_json(args.metrics, {k: last[k] for k in ("score", "kl", "response_length", "entropy", "ended_share")})
 
