@@ -128,13 +128,29 @@ class TrainPolicyParams(Section):
     iterations: int = Field(60, ge=1)
     """PPO iterations: each samples one batch of rollouts and updates on it."""
     batch_size: int = Field(64, ge=1)
-    """Prompts (one response each) per rollout batch."""
+    """Prompts (one response each) per rollout batch, summed over all processes."""
     minibatch_size: int = Field(32, ge=1)
+    """Responses per optimizer step (per process)."""
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Responses per forward/backward; gradients accumulate over a minibatch. Default: minibatch_size."""
     ppo_epochs: int = Field(4, ge=1)
     learning_rate: float = Field(1e-4, gt=0, lt=1)
     value_learning_rate: float = Field(3e-4, gt=0, lt=1)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Decay of both learning rates over the run, after warmup."""
+    warmup_iterations: int = Field(0, ge=0)
     kl_coef: float = Field(0.05, ge=0)
-    """Per-token KL penalty coefficient beta against the frozen reference policy."""
+    """Per-token KL penalty coefficient beta against the frozen reference (the start value if adaptive)."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """k1: log(pi/pi_ref), unbiased, can be negative per token; k3: (r - 1) - log r, r = pi_ref/pi, never negative."""
+    kl_controller: Literal["fixed", "adaptive"] = "fixed"
+    """adaptive: Ziegler et al.'s proportional controller moves kl_coef toward target_kl."""
+    target_kl: float = Field(6.0, gt=0)
+    """Sequence-level KL the adaptive controller aims for (nats)."""
+    kl_horizon: int = Field(10000, ge=1)
+    """Episodes over which the adaptive controller closes the gap to target_kl."""
+    score_normalization: Literal["none", "initial", "running"] = "initial"
+    """Reward-model scores as used: raw; standardised by the starting policy's scores; or by running stats."""
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
     clip_range: float = Field(0.2, gt=0)
@@ -145,12 +161,44 @@ class TrainPolicyParams(Section):
     temperature: float = Field(1.0, gt=0)
     missing_eos_penalty: float = Field(1.0, ge=0)
     """Subtracted from the (normalised) score of a response that never emits EOS."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """auto: bf16 autocast on CUDA, full precision on CPU."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    compile: bool = False
+    """torch.compile the policy and critic for the update phase."""
+    lora_rank: int = Field(0, ge=0)
+    """0: train every weight. >0: LoRA adapters of this rank; the reference is the base with adapters off."""
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    launcher: Literal["single", "ddp", "deepspeed_zero2", "deepspeed_zero3"] = "single"
+    """single: one process. Otherwise the stage re-runs itself under `accelerate launch` (configs/accelerate/)."""
+    num_processes: int = Field(1, ge=1)
+    """Processes (GPUs) for a multi-process launcher."""
+    checkpoint_every: int = Field(10, ge=1)
+    """Iterations between resumable checkpoints (policy, critic, optimizer, scheduler, RNG, step)."""
+    max_kl: float | None = Field(None, gt=0)
+    """Hard ceiling on the mean sequence KL: above it the run stops with an error."""
+    early_stop_kl: float | None = Field(None, gt=0)
+    """Reward-hacking monitors: above any of these the run ends early and keeps the policy it has."""
+    early_stop_repetition: float | None = Field(None, gt=0, le=1)
+    early_stop_response_length: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _minibatch_divides_batch(self):
-        if self.batch_size % self.minibatch_size:
-            raise ValueError("minibatch_size: must divide batch_size")
+    def _batches_nest(self):
+        if self.batch_size % self.num_processes:
+            raise ValueError("batch_size: must be a multiple of num_processes")
+        if (self.batch_size // self.num_processes) % self.minibatch_size:
+            raise ValueError("minibatch_size: must divide batch_size / num_processes")
+        if self.minibatch_size % (self.micro_batch_size or self.minibatch_size):
+            raise ValueError("micro_batch_size: must divide minibatch_size")
+        if self.launcher == "single" and self.num_processes != 1:
+            raise ValueError("num_processes: needs a multi-process launcher (ddp, deepspeed_zero2, deepspeed_zero3)")
         return self
+
+    @property
+    def micro_batch(self) -> int:
+        return self.micro_batch_size or self.minibatch_size
 
 
 class EvaluateParams(Section):

@@ -19,3 +19,7 @@ class EmptyComparisonsError(InputError):
 
 class StoreError(InputError):
     """The feedback store could not be opened or written."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training met NaN/inf or crossed a safety ceiling; the message names the last good checkpoint."""

@@ -18,8 +18,12 @@ def joined_inputs(query_ids, query_mask, response_ids, mask):
 def response_logits(model: PreTrainedModel, query_ids, query_mask, response_ids, mask, temperature: float):
     """Logits that predicted each response token, scaled as at sampling time.  (B, T, V)"""
     input_ids, attention_mask, position_ids = joined_inputs(query_ids, query_mask, response_ids, mask)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    return logits[:, query_ids.shape[1] - 1 : -1] / temperature
+    steps = response_ids.shape[1]
+    # logits_to_keep: the LM head runs on the positions that predict response tokens, not on the prompt.
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=steps + 1
+    ).logits
+    return logits[:, :-1] / temperature
 
 
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

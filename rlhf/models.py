@@ -17,6 +17,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
 
 
 def resolve_device(device: str) -> torch.device:
@@ -44,6 +45,19 @@ def load_scalar_head_model(name_or_path: str | Path, device: torch.device, pad_t
     model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), num_labels=1)
     model.config.pad_token_id = pad_token_id
     return model.to(device)
+
+
+def use_fused_gelu(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap the Python tanh-GELU (GPT-2's `gelu_new`) for PyTorch's fused kernel of the same function.
+
+    transformers documents `GELUTanh` as equivalent to `NewGELUActivation` and much faster; they
+    differ by float rounding only. On the tiny CPU default it saves about a tenth of each forward.
+    """
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, (NewGELUActivation, FastGELUActivation)):
+                setattr(parent, name, GELUTanh())
+    return model
 
 
 def backbone(model: PreTrainedModel) -> torch.nn.Module:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf.config import Params, load_params
-from rlhf.errors import InputError
+from rlhf.errors import InputError, TrainingStopped
 
 # Errors that mean bad input, not a bug: print one line naming the file or key, exit 2.
 USER_ERRORS = (InputError, FileNotFoundError)
@@ -37,6 +37,9 @@ def run_stage(stage: str, body: Callable[[], None]) -> None:
     except USER_ERRORS as error:
         print(f"{stage}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as error:
+        print(f"{stage}: stopped: {error}", file=sys.stderr)
+        sys.exit(3)
     print(f"{stage}: done in {time.time() - started:.1f}s", flush=True)
 
 

@@ -1,44 +1,113 @@
-"""Stage train_policy: PPO from the bootstrap policy against the reward model."""
+"""Stage train_policy: PPO from the bootstrap policy against the reward model.
+
+With `train_policy.launcher` other than `single`, the stage runs itself again under
+`accelerate launch` with the matching file in configs/accelerate/ and `num_processes` processes.
+A run killed part-way resumes from `--checkpoint_dir` when it is started again with the same
+params and inputs; the directory is removed once the policy is written.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
+from accelerate.utils import set_seed
 
-from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer, resolve_device
-from rlhf.ppo.trainer import RewardScorer, train_ppo
+from rlhf.config import Params
+from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
+from rlhf.plots import render_curve
+from rlhf.ppo.checkpoint import Checkpoints
+from rlhf.ppo.models import PPOModels, count_parameters
+from rlhf.ppo.rollout import RewardScorer
+from rlhf.ppo.trainer import make_accelerator, save_policy, train_ppo
 from tasks._stage import params_from, parse_paths, run_stage, write_json, write_whole
 
 STAGE = "train_policy"
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+CURVE_COLUMNS = ["score", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss", "response_length"]
+
+
+def relaunch_under_accelerate(params: Params) -> None:
+    """Run this same command as `num_processes` processes under `accelerate launch`."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    launch += ["--config_file", str(ACCELERATE_CONFIGS / f"{params.train_policy.launcher}.yaml")]
+    launch += ["--num_processes", str(params.train_policy.num_processes)]
+    if resolve_device(params.device).type == "cpu":
+        launch += ["--cpu"]  # DDP over gloo: how the multi-process path is tested without GPUs
+    print(f"{STAGE}: launching {params.train_policy.num_processes} processes ({params.train_policy.launcher})")
+    done = subprocess.run([*launch, "-m", f"tasks.{STAGE}", *sys.argv[1:]])
+    sys.exit(done.returncode)
+
+
+def fingerprint(params: Params, args) -> dict:
+    """What a checkpoint must match to be resumed: the PPO settings, the seed and the inputs."""
+    return {
+        "train_policy": params.train_policy.model_dump(mode="json"),
+        "seed": params.seed,
+        "policy": checkpoint_hash(args.policy_dir),
+        "reward": checkpoint_hash(args.reward_dir),
+        "prompts": hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest()[:16],
+    }
 
 
 def main() -> None:
-    args = parse_paths(STAGE, ["prompts", "policy_dir", "reward_dir"], ["model_dir", "metrics", "curve"])
+    args = parse_paths(
+        STAGE,
+        ["prompts", "policy_dir", "reward_dir"],
+        ["model_dir", "metrics", "curve", "curve_png", "checkpoint_dir"],
+    )
     params = params_from(args)
-    device = resolve_device(params.device)
+    config = params.train_policy
+    if config.launcher != "single" and "WORLD_SIZE" not in os.environ:
+        relaunch_under_accelerate(params)
+    accelerator = make_accelerator(config, resolve_device(params.device))
+    set_seed(params.seed)  # LoRA adapters and new heads start the same in every process and every run
     prompts = pd.read_parquet(args.prompts)
     train_prompts = sorted(prompts.loc[prompts["split"] == "train", "prompt"])
     tokenizer = load_tokenizer(args.policy_dir)
     reward_tokenizer = load_tokenizer(args.reward_dir)
-    policy = load_policy(args.policy_dir, device)
-    reference = load_policy(args.policy_dir, device)
-    critic = load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id)
-    reward_model = load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id)
-    scorer = RewardScorer(reward_model, reward_tokenizer)
+    device = accelerator.device
+    models = PPOModels.build(
+        load_policy(args.policy_dir, device),
+        load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id),
+        config,
+        reference=None if config.lora_rank else load_policy(args.policy_dir, device),
+    )
+    scorer = RewardScorer(load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer)
+    trainable, total = count_parameters(models.trained.policy)
+    if accelerator.is_main_process:
+        print(f"{STAGE}: policy {total:,} parameters, {trainable:,} trained; {accelerator.num_processes} process(es)")
 
     def log(row: dict) -> None:
+        if not accelerator.is_main_process:
+            return
+        if "iteration" not in row or "score" not in row:
+            print(f"{STAGE}: {row}", flush=True)
+            return
         print(
-            f"{STAGE}: iteration {row['iteration']}/{params.train_policy.iterations} "
+            f"{STAGE}: iteration {row['iteration']}/{config.iterations} "
             f"score {row['score']:+.3f} kl {row['kl']:.3f} length {row['response_length']:.1f} "
-            f"entropy {row['entropy']:.3f} clip {row['clip_fraction']:.3f}",
+            f"repetition {row['repetition']:.3f} entropy {row['entropy']:.3f} clip {row['clip_fraction']:.3f}",
             flush=True,
         )
 
-    history = train_ppo(
-        policy, reference, critic, scorer, tokenizer, train_prompts, params.train_policy, params.seed, log
-    )
-    policy.save_pretrained(args.model_dir)
-    tokenizer.save_pretrained(args.model_dir)
-    write_whole(args.curve, lambda path: pd.DataFrame(history).to_csv(path, index=False))
-    last = history[-1]
-    write_json(args.metrics, {k: last[k] for k in ("score", "kl", "response_length", "entropy", "ended_share")})
+    result = train_ppo(
+        models, scorer, tokenizer, train_prompts, config, params.seed, log,
+        accelerator=accelerator, checkpoint_dir=args.checkpoint_dir, fingerprint=fingerprint(params, args),
+    )  # fmt: skip
+    save_policy(models, accelerator, tokenizer, args.model_dir)
+    if not accelerator.is_main_process:
+        return
+    curve = pd.DataFrame(result.history)
+    write_whole(args.curve, lambda path: curve.to_csv(path, index=False))
+    write_whole(args.curve_png, lambda path: render_curve(curve, CURVE_COLUMNS, path))
+    last = result.history[-1]
+    metrics = {k: last[k] for k in ("score", "kl", "response_length", "repetition", "entropy", "ended_share")}
+    metrics.update(iterations=len(result.history), stopped_early=result.stopped_early)
+    write_json(args.metrics, metrics)
+    Checkpoints(args.checkpoint_dir, {}, accelerator).remove()
 
 
 if __name__ == "__main__":

@@ -9,29 +9,19 @@ from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer
-from rlhf.ppo.trainer import RewardScorer, collect_rollout, ppo_update
-from rlhf.sampling import mask_after_eos
+from rlhf.logprobs import response_logits, token_logprobs
+from rlhf.ppo.models import PPOModels
+from rlhf.ppo.rollout import RewardScorer, ScoreNormalizer, collect_rollout
+from rlhf.ppo.trainer import make_accelerator, ppo_update
+from rlhf.sampling import mask_after_eos, sample_with_logprobs
+from tests.conftest import tiny_gpt2_config as tiny_config
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_tokenizer(domain.corpus(seed=0, size=300), vocab_size=400)
-
-
-def tiny_config(tokenizer, **extra):
-    return GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=1,
-        n_head=2,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **extra,
-    )
+def tokenizer(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 def test_mask_keeps_tokens_up_to_and_including_first_eos():
@@ -59,37 +49,47 @@ def test_pretrained_pass_through_uses_the_same_loading_code(tmp_path, tokenizer)
     assert load_tokenizer(tmp_path / "sft").get_vocab() == tokenizer.get_vocab()
 
 
+def test_sampling_keeps_the_logprobs_a_full_forward_pass_gives(tokenizer):
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(tiny_config(tokenizer)).eval()
+    query = tokenizer([p for p, _ in domain.all_prompts()[:6]], return_tensors="pt", padding=True, padding_side="left")
+    ids, mask, ended, logprobs = sample_with_logprobs(
+        policy, query["input_ids"], query["attention_mask"], 12, 0.7, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    with torch.no_grad():
+        logits = response_logits(policy, query["input_ids"], query["attention_mask"], ids, mask, 0.7)
+    assert torch.allclose(logprobs, token_logprobs(logits, ids) * mask, atol=1e-5)
+    assert (ids[mask == 0] == tokenizer.pad_token_id).all()
+
+
 @pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, tmp_path, device):
     device = torch.device(device)
     torch.manual_seed(0)
-    policy = GPT2LMHeadModel(tiny_config(tokenizer)).to(device).eval()
-    reference = GPT2LMHeadModel(tiny_config(tokenizer)).to(device).eval()
+    policy = GPT2LMHeadModel(tiny_config(tokenizer)).to(device)
+    reference = GPT2LMHeadModel(tiny_config(tokenizer)).to(device)
     reference.load_state_dict(policy.state_dict())
     GPT2ForSequenceClassification(tiny_config(tokenizer, num_labels=1)).save_pretrained(tmp_path / "rm")
-    critic = load_scalar_head_model(tmp_path / "rm", device, tokenizer.pad_token_id).eval()
-    reward_model = load_scalar_head_model(tmp_path / "rm", device, tokenizer.pad_token_id).eval()
-    params = TrainPolicyParams(batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=8, learning_rate=1e-3)
+    critic = load_scalar_head_model(tmp_path / "rm", device, tokenizer.pad_token_id)
+    reward_model = load_scalar_head_model(tmp_path / "rm", device, tokenizer.pad_token_id)
+    params = TrainPolicyParams(
+        batch_size=8, minibatch_size=4, micro_batch_size=2, ppo_epochs=2, max_new_tokens=8, learning_rate=1e-3
+    )
+    models = PPOModels.build(policy, critic, params, reference=reference)
     prompts = [p for p, _ in domain.all_prompts()[:8]]
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     critic_before = [p.detach().clone() for p in critic.parameters()]
     reference_before = [p.detach().clone() for p in reference.parameters()]
 
     rollout, stats = collect_rollout(
-        policy, reference, critic, RewardScorer(reward_model, tokenizer), tokenizer, prompts, params
+        models, RewardScorer(reward_model, tokenizer), ScoreNormalizer("none"), tokenizer, prompts, params, 0.05
     )
     assert stats["kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before any update
     assert rollout.advantages.shape == rollout.mask.shape == rollout.response_ids.shape
-    update = ppo_update(
-        policy,
-        critic,
-        torch.optim.Adam(policy.parameters(), 1e-3),
-        torch.optim.Adam(critic.parameters(), 1e-3),
-        rollout,
-        params,
-        torch.Generator().manual_seed(0),
-    )
-    assert set(update) >= {"policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl"}
+    accelerator = make_accelerator(params, device)
+    optimizer = torch.optim.Adam(models.trained.parameters(), 1e-3)
+    update = ppo_update(models.trained, accelerator, optimizer, rollout, params, torch.Generator().manual_seed(0), None)
+    assert set(update) >= {"policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "policy_grad_norm"}
     assert any(not torch.equal(before[name], p) for name, p in policy.named_parameters())
     assert any(not torch.equal(a, b) for a, b in zip(critic_before, critic.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(reference_before, reference.parameters()))

@@ -69,3 +69,60 @@ def test_whiten_gives_zero_mean_unit_variance_over_mask_only():
     whitened = core.whiten(values, mask)
     assert abs(core.masked_mean(whitened, mask).item()) < 1e-6
     assert abs(core.masked_var(whitened, mask).item() - 1.0) < 1e-4
+
+
+def test_k1_and_k3_estimators_match_hand_values():
+    logprobs, ref = torch.log(torch.tensor([[0.5, 0.2]])), torch.log(torch.tensor([[0.25, 0.4]]))
+    # k1 = log(p/q): log 2, log 0.5.  k3 = (r - 1) - log r with r = q/p = 0.5, 2
+    assert torch.allclose(core.kl_per_token(logprobs, ref, "k1"), torch.tensor([[math.log(2), math.log(0.5)]]))
+    k3 = core.kl_per_token(logprobs, ref, "k3")
+    assert torch.allclose(k3, torch.tensor([[-0.5 - math.log(0.5), 1.0 - math.log(2.0)]]), atol=1e-6)
+    assert (k3 >= 0).all()
+
+
+def test_k3_estimates_the_true_kl_without_bias():
+    torch.manual_seed(0)
+    p, q = torch.softmax(torch.randn(50), 0), torch.softmax(torch.randn(50), 0)
+    true_kl = (p * (p / q).log()).sum()
+    samples = torch.multinomial(p, 200_000, replacement=True)
+    estimate = core.kl_per_token(p.log()[samples], q.log()[samples], "k3").mean()
+    assert abs(estimate - true_kl) < 0.02 * true_kl + 0.005
+
+
+def test_adaptive_kl_controller_raises_beta_above_target_and_lowers_it_below():
+    above = core.AdaptiveKLController(0.1, target_kl=6.0, horizon=10_000)
+    above.update(current_kl=12.0, episodes=1000)  # error clipped to +0.2 -> beta * (1 + 0.2 * 0.1)
+    assert math.isclose(above.value, 0.1 * 1.02)
+    below = core.AdaptiveKLController(0.1, target_kl=6.0, horizon=10_000)
+    below.update(current_kl=5.4, episodes=1000)  # error -0.1 -> beta * (1 - 0.01)
+    assert math.isclose(below.value, 0.1 * 0.99)
+    on_target = core.AdaptiveKLController(0.1, target_kl=6.0, horizon=10_000)
+    on_target.update(current_kl=6.0, episodes=1000)
+    assert on_target.value == 0.1
+    restored = core.AdaptiveKLController(0.5, 6.0, 10_000)
+    restored.load_state_dict(above.state_dict())
+    assert restored.value == above.value
+
+
+def test_repetition_rate_counts_repeated_ngrams_within_each_response():
+    ids = torch.tensor([[1, 2, 3, 1, 2, 3, 9], [1, 2, 3, 4, 5, 6, 7]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 1]])
+    # row 0: trigrams 123 231 312 123 -> 1 of 4 repeats; row 1: all distinct
+    assert core.repetition_rate(ids, mask).tolist() == [0.25, 0.0]
+
+
+def test_whiten_over_processes_equals_whiten_over_the_joined_batch():
+    torch.manual_seed(0)
+    values, mask = torch.randn(6, 5), (torch.rand(6, 5) > 0.3).float()
+    halves = [(values[:3], mask[:3]), (values[3:], mask[3:])]
+
+    def all_reduce_for(rank):  # what the other process would contribute to the sum
+        other = halves[1 - rank]
+        return lambda local: local + torch.stack(
+            [(other[0] * other[1]).sum(), (other[0] ** 2 * other[1]).sum(), other[1].sum()]
+        ).double()
+
+    joined = core.whiten(values, mask)
+    for rank, (v, m) in enumerate(halves):
+        split = core.whiten(v, m, all_reduce=all_reduce_for(rank))
+        assert torch.allclose(split * m, joined[3 * rank : 3 * rank + 3] * m, atol=1e-5)

@@ -9,11 +9,18 @@ References:
   RLHF rewards: Ziegler et al. 2019 / Stiennon et al. 2020, eq. 2: r = RM score - beta * KL.
   Details (whitening, value clipping, per-token KL): Huang et al. 2024, "The N Implementation
   Details of RLHF with PPO".
+  KL estimators k1, k3: Schulman 2020, "Approximating KL Divergence" (joschu.net/blog/kl-approx).
+  Adaptive KL: Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", sec. 2.2.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+
+# Sums a tensor over every process (identity in a single process): whitening over the global batch.
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -25,23 +32,72 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean(centred**2, mask)
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, all_reduce: AllReduce | None = None
+) -> torch.Tensor:
     """Normalise to unit variance over the mask (and zero mean unless shift_mean is False)."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    if all_reduce is None:
+        mean, var = masked_mean(values, mask), masked_var(values, mask)
+    else:  # the same moments over every process's batch
+        sums = all_reduce(torch.stack([(values * mask).sum(), (values**2 * mask).sum(), mask.sum()]).double())
+        mean = sums[0] / sums[2].clamp(min=1)
+        var = (sums[1] / sums[2].clamp(min=1) - mean**2).clamp(min=0)
+        mean, var = mean.to(values.dtype), var.to(values.dtype)
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     return whitened if shift_mean else whitened + mean
 
 
-def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """k1 estimator of KL(pi || pi_ref) at each sampled token: log pi(a|s) - log pi_ref(a|s).  (B, T)"""
-    return logprobs - ref_logprobs
+def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Estimate of KL(pi || pi_ref) at each sampled token a ~ pi.  (B, T)
+
+    k1 = log pi(a) - log pi_ref(a): unbiased, negative at some tokens.
+    k3 = (r - 1) - log r with r = pi_ref(a) / pi(a): unbiased, never negative, lower variance.
+    """
+    log_ratio = ref_logprobs - logprobs
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k3":
+        return torch.expm1(log_ratio) - log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}")
+
+
+class FixedKLController:
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, episodes: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+class AdaptiveKLController(FixedKLController):
+    """Ziegler et al. 2019: beta <- beta * (1 + K_beta * e), e = clip(KL / target - 1, -0.2, 0.2),
+    K_beta = episodes / horizon. KL above target raises beta; below it lowers beta."""
+
+    def __init__(self, kl_coef: float, target_kl: float, horizon: int):
+        super().__init__(kl_coef)
+        self.target, self.horizon = target_kl, horizon
+
+    def update(self, current_kl: float, episodes: int) -> None:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * episodes / self.horizon
 
 
 def rlhf_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    kl_estimator: str = "k1",
 ) -> torch.Tensor:
     """Per-token rewards: -beta * KL at every token, plus the sequence score on the last real token.  (B, T)"""
-    rewards = -kl_coef * kl_per_token(logprobs, ref_logprobs) * mask
+    rewards = -kl_coef * kl_per_token(logprobs, ref_logprobs, kl_estimator) * mask
     last = mask.sum(-1).long().clamp(min=1) - 1  # (B,) index of the final response token
     rewards[torch.arange(len(scores)), last] += scores
     return rewards
@@ -92,7 +148,18 @@ def value_loss(
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical at each position.  (B, T, V) -> (B, T)"""
-    logp = torch.log_softmax(logits, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """Entropy of the categorical at each position, from its log-probabilities.  (B, T, V) -> (B, T)"""
+    return -(logprobs.exp() * logprobs).sum(-1)
+
+
+def repetition_rate(response_ids: torch.Tensor, mask: torch.Tensor, n: int = 3) -> torch.Tensor:
+    """Share of each response's n-grams that repeat an earlier n-gram of the same response.  (B,)
+
+    A reward-hacking monitor: a policy that finds a phrase the reward model likes tends to loop it.
+    """
+    rates = []
+    for ids, length in zip(response_ids.tolist(), mask.sum(-1).long().tolist()):
+        grams = [tuple(ids[i : i + n]) for i in range(length - n + 1)]
+        rates.append(1.0 - len(set(grams)) / len(grams) if grams else 0.0)
+    return torch.tensor(rates)

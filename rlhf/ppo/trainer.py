@@ -1,183 +1,282 @@
-"""The PPO loop for RLHF: sample -> score -> KL -> GAE -> whiten -> update, top to bottom.
+"""The PPO loop for RLHF, top to bottom: sample -> score -> KL -> GAE -> whiten -> update.
 
-Where this departs from the papers (a first version; issue #3 deepens it):
-  - The critic is a separate network initialised from the reward model (as in TRL's PPOv2 and
-    the N-details paper), not a head on the policy, so value loss never moves the policy.
-  - RM scores are normalised with the mean and std of scores the starting policy earns on one
-    batch, measured once before training (InstructGPT normalises the RM's bias the same way).
-  - The KL coefficient is fixed (no adaptive controller yet); the KL estimator is k1.
-  - Dropout is off in every model (models stay in eval mode), so log-probs of the rollout and
-    of the update agree at the first step.
+InstructGPT (Ouyang et al. 2022) and "The N Implementation Details of RLHF with PPO" (Huang et al.
+2024): RM score at the last token, per-token KL penalty (k1 or k3) against the frozen reference
+with a fixed or adaptive coefficient, missing-EOS penalty, score normalisation, GAE, whitened
+advantages, clipped surrogate and clipped value loss, several epochs over shuffled minibatches with
+gradient accumulation and clipping, an LR schedule, entropy and approximate-KL logging.
+
+Where this departs from the papers:
+  - The critic is a separate network initialised from the reward model (as in the N-details paper
+    and TRL's PPOv2), not a head on the policy; both train under one optimizer (a parameter group
+    each) and their gradients are clipped separately.
+  - The policy's rollout log-probs come from the sampling loop, not from a second forward pass;
+    they agree with a full forward to float rounding.
+  - Dropout is off in every model (detail 1 of the N-details paper).
+  - The adaptive KL controller updates once per iteration with the iteration's mean sequence KL.
+  - Whitening, score normalisation and logged statistics use the global batch across processes.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from rlhf.config import TrainPolicyParams
-from rlhf.logprobs import joined_inputs, response_logits, token_logprobs
-from rlhf.models import backbone
+from rlhf.errors import TrainingStopped
 from rlhf.ppo import core
-from rlhf.reward import score_texts
-from rlhf.sampling import generate
-from rlhf.text import join
+from rlhf.ppo.checkpoint import Checkpoints
+from rlhf.ppo.models import PPOModels
+from rlhf.ppo.rollout import RewardScorer, Rollout, ScoreNormalizer, collect_rollout
+from rlhf.sampling import sample_with_logprobs
 
 
 @dataclass
-class Rollout:
-    """One batch of experience. B = responses, Q = prompt tokens, T = response tokens."""
-
-    query_ids: torch.Tensor  # (B, Q) left-padded prompt tokens
-    query_mask: torch.Tensor  # (B, Q)
-    response_ids: torch.Tensor  # (B, T) sampled tokens, padded after EOS
-    mask: torch.Tensor  # (B, T) 1 on response tokens up to and including EOS
-    logprobs: torch.Tensor  # (B, T) log pi_old(a_t | s_t)
-    values: torch.Tensor  # (B, T) V_old(s_t)
-    scores: torch.Tensor  # (B,) normalised reward-model score, minus the missing-EOS penalty
-    advantages: torch.Tensor  # (B, T) whitened GAE advantages
-    returns: torch.Tensor  # (B, T) advantages + values: the value targets
-
-    def minibatch(self, index: torch.Tensor) -> "Rollout":
-        return Rollout(**{name: tensor[index] for name, tensor in vars(self).items()})
+class PPOResult:
+    history: list[dict]  # one row of statistics per iteration
+    stopped_early: str | None = None  # which reward-hacking monitor ended the run, if one did
+    resumed_from: int | None = None  # the iteration of the checkpoint this run resumed from
 
 
-def critic_values(critic: PreTrainedModel, query_ids, query_mask, response_ids, mask) -> torch.Tensor:
-    """V(s_t) for every response position: the scalar head applied to every hidden state.  (B, T)"""
-    input_ids, attention_mask, position_ids = joined_inputs(query_ids, query_mask, response_ids, mask)
-    hidden = backbone(critic)(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-    ).last_hidden_state
-    return critic.score(hidden)[:, query_ids.shape[1] - 1 : -1, 0].float()
+@dataclass
+class TrainerState:
+    """What a checkpoint holds beyond weights, optimizer and global RNGs (see checkpoint.py)."""
+
+    kl: core.FixedKLController
+    normalizer: ScoreNormalizer
+    prompt_rng: random.Random
+    shuffle: torch.Generator
+    iteration: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return {
+            "kl": self.kl.state_dict(),
+            "normalizer": self.normalizer.state_dict(),
+            "prompt_rng": self.prompt_rng.getstate(),
+            "shuffle": self.shuffle.get_state(),
+            "iteration": self.iteration,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl.load_state_dict(state["kl"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.prompt_rng.setstate(state["prompt_rng"])
+        self.shuffle.set_state(state["shuffle"])
+        self.iteration, self.history = state["iteration"], state["history"]
 
 
-class RewardScorer:
-    """The frozen reward model, with scores normalised by the starting policy's mean and std."""
-
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
-        self.model, self.tokenizer = model, tokenizer
-        self.mean, self.std = 0.0, 1.0
-
-    def raw(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return score_texts(self.model, self.tokenizer, [join(p, r) for p, r in zip(prompts, responses)])
-
-    def calibrate(self, prompts: list[str], responses: list[str]) -> None:
-        raw = self.raw(prompts, responses)
-        self.mean, self.std = raw.mean().item(), raw.std().clamp(min=1e-6).item()
-
-    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return (self.raw(prompts, responses) - self.mean) / self.std
-
-
-@torch.no_grad()
-def collect_rollout(
-    policy, ref_policy, critic, scorer: RewardScorer, tokenizer, prompts: list[str], params: TrainPolicyParams
-) -> tuple[Rollout, dict[str, float]]:
-    # 1. sample one response per prompt from the current policy
-    gen = generate(policy, tokenizer, prompts, params.max_new_tokens, params.temperature)
-    device = gen.response_ids.device
-    # 2. score: normalised RM score, minus a penalty for responses that never end
-    scores = scorer(prompts, gen.texts).to(device)
-    scores = scores - params.missing_eos_penalty * (~gen.ended).float()
-    # 3. log-probs under the policy and the frozen reference, and the critic's values
-    args = (gen.query_ids, gen.query_mask, gen.response_ids, gen.response_mask)
-    logprobs = token_logprobs(response_logits(policy, *args, params.temperature), gen.response_ids)
-    ref_logprobs = token_logprobs(response_logits(ref_policy, *args, params.temperature), gen.response_ids)
-    values = critic_values(critic, *args)
-    mask = gen.response_mask.float()
-    # 4. per-token KL penalty, sequence score on the last token
-    rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, params.kl_coef)
-    # 5. GAE, then whiten the advantages over the batch
-    advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
-    advantages = core.whiten(advantages, mask)
-    rollout = Rollout(
-        gen.query_ids, gen.query_mask, gen.response_ids, mask, logprobs, values, scores, advantages, returns
+def make_accelerator(params: TrainPolicyParams, device: torch.device) -> Accelerator:
+    bf16 = params.mixed_precision == "bf16" or (params.mixed_precision == "auto" and device.type == "cuda")
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision="bf16" if bf16 else "no",
+        gradient_accumulation_steps=params.minibatch_size // params.micro_batch,
     )
-    kl = (core.kl_per_token(logprobs, ref_logprobs) * mask).sum(-1)
-    stats = {
-        "score": scores.mean().item(),
-        "kl": kl.mean().item(),
-        "response_length": mask.sum(-1).mean().item(),
-        "ended_share": gen.ended.float().mean().item(),
-    }
-    return rollout, stats
+    if accelerator.state.deepspeed_plugin is not None:  # no dataloader to infer it from
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = params.micro_batch
+    return accelerator
 
 
-def ppo_update(policy, critic, policy_opt, critic_opt, rollout: Rollout, params: TrainPolicyParams, generator):
-    """Several epochs of clipped PPO over shuffled minibatches of one rollout."""
-    totals: dict[str, float] = {}
-    updates = 0
-    for _ in range(params.ppo_epochs):
-        order = torch.randperm(len(rollout.scores), generator=generator)
-        for start in range(0, len(order), params.minibatch_size):
-            mb = rollout.minibatch(order[start : start + params.minibatch_size].to(rollout.scores.device))
-            args = (mb.query_ids, mb.query_mask, mb.response_ids, mb.mask)
-            logits = response_logits(policy, *args, params.temperature)
-            logprobs = token_logprobs(logits, mb.response_ids)
-            pg_loss, pg_stats = core.policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, params.clip_range)
-            policy_opt.zero_grad()
-            pg_loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), params.max_grad_norm)
-            policy_opt.step()
-
-            values = critic_values(critic, *args)
-            v_loss = params.vf_coef * core.value_loss(values, mb.values, mb.returns, mb.mask, params.value_clip_range)
-            critic_opt.zero_grad()
-            v_loss.backward()
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), params.max_grad_norm)
-            critic_opt.step()
-
-            with torch.no_grad():
-                entropy = core.masked_mean(core.entropy_from_logits(logits.float()), mb.mask)
-            step = {"policy_loss": pg_loss.item(), "value_loss": v_loss.item(), "entropy": entropy.item()}
-            step.update({k: v.item() for k, v in pg_stats.items()})
-            for key, value in step.items():
-                totals[key] = totals.get(key, 0.0) + value
-            updates += 1
-    return {key: value / updates for key, value in totals.items()}
+def kl_controller(params: TrainPolicyParams) -> core.FixedKLController:
+    if params.kl_controller == "adaptive":
+        return core.AdaptiveKLController(params.kl_coef, params.target_kl, params.kl_horizon)
+    return core.FixedKLController(params.kl_coef)
 
 
 def train_ppo(
-    policy: PreTrainedModel,
-    ref_policy: PreTrainedModel,
-    critic: PreTrainedModel,
+    models: PPOModels,
     scorer: RewardScorer,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     params: TrainPolicyParams,
     seed: int,
     log: Callable[[dict], None] = print,
-) -> list[dict]:
-    """Run PPO; returns one row of statistics per iteration."""
-    for model in (policy, ref_policy, critic, scorer.model):
-        model.eval()  # dropout off everywhere (see module docstring); gradients still flow
-    ref_policy.requires_grad_(False)
-    scorer.model.requires_grad_(False)
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    policy_opt = torch.optim.Adam(policy.parameters(), lr=params.learning_rate, eps=1e-5)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=params.value_learning_rate, eps=1e-5)
+    accelerator: Accelerator | None = None,
+    checkpoint_dir: str | Path | None = None,
+    fingerprint: dict | None = None,
+) -> PPOResult:
+    """Run PPO on `models` in place; resumes from `checkpoint_dir` when it holds this run's checkpoint."""
+    device = next(models.trained.parameters()).device
+    accelerator = accelerator or make_accelerator(params, device)
+    set_seed(seed, device_specific=True)  # each process samples different responses
+    policy_params = [p for p in models.trained.policy.parameters() if p.requires_grad]
+    critic_params = [p for p in models.trained.critic.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(
+        [{"params": policy_params, "lr": params.learning_rate}, {"params": critic_params, "lr": params.value_learning_rate}],
+        eps=1e-5,  # as in the N-details paper
+    )
+    scheduler = get_scheduler(params.lr_schedule, optimizer, params.warmup_iterations, params.iterations)
+    models.trained.train()
+    trained, optimizer = accelerator.prepare(models.trained, optimizer)
+    update_forward = torch.compile(trained) if params.compile else trained
+    if _zero_stage(accelerator) == 3:
+        import deepspeed  # only present where ZeRO is configured
 
-    def batch_of_prompts() -> list[str]:
-        return [rng.choice(prompts) for _ in range(params.batch_size)]
+        policy = models.trained.policy
+        models.generation_context = lambda: deepspeed.zero.GatheredParameters(list(policy.parameters()))
+    state = TrainerState(
+        kl_controller(params),
+        ScoreNormalizer(params.score_normalization),
+        random.Random(f"{seed}-{accelerator.process_index}"),
+        torch.Generator().manual_seed(seed),
+    )
+    accelerator.register_for_checkpointing(state, scheduler)
+    local_batch = params.batch_size // accelerator.num_processes
 
-    calibration_prompts = batch_of_prompts()
-    calibration = generate(policy, tokenizer, calibration_prompts, params.max_new_tokens, params.temperature)
-    scorer.calibrate(calibration_prompts, calibration.texts)
+    def sample_prompts() -> list[str]:
+        return [state.prompt_rng.choice(prompts) for _ in range(local_batch)]
 
-    history = []
-    for iteration in range(1, params.iterations + 1):
-        rollout, stats = collect_rollout(policy, ref_policy, critic, scorer, tokenizer, batch_of_prompts(), params)
-        stats.update(ppo_update(policy, critic, policy_opt, critic_opt, rollout, params, generator))
-        for name, value in stats.items():
-            if not torch.isfinite(torch.tensor(value)):
-                raise FloatingPointError(f"PPO iteration {iteration}: {name} is {value}; stopping")
-        row = {"iteration": iteration, **{k: round(v, 5) for k, v in stats.items()}}
-        history.append(row)
+    checkpoints, resumed_from = None, None
+    if checkpoint_dir is not None:
+        checkpoints = Checkpoints(checkpoint_dir, fingerprint or {}, accelerator)
+        latest = checkpoints.latest()
+        if latest is not None:
+            accelerator.load_state(str(latest))
+            resumed_from = state.iteration
+            log({"resumed_from": resumed_from, "checkpoint": str(latest)})
+        else:
+            checkpoints.start_fresh()
+    if resumed_from is None and params.score_normalization == "initial":
+        calibrate(models, scorer, state.normalizer, tokenizer, sample_prompts(), params, accelerator)
+
+    stopped_early = None
+    for iteration in range(state.iteration + 1, params.iterations + 1):
+        rollout, stats = collect_rollout(
+            models, scorer, state.normalizer, tokenizer, sample_prompts(), params, state.kl.value,
+            all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
+        )  # fmt: skip
+        stop_if_unsafe(stats, iteration, params, checkpoints)
+        stats.update(ppo_update(update_forward, accelerator, optimizer, rollout, params, state.shuffle, checkpoints))
+        stop_if_unsafe(stats, iteration, params, checkpoints)
+        stats["kl_coef"] = state.kl.value
+        stats["learning_rate"] = scheduler.get_last_lr()[0]
+        state.kl.update(stats["kl"], params.batch_size)
+        scheduler.step()
+        row = {"iteration": iteration, **{k: round(v, 6) for k, v in stats.items()}}
+        state.history.append(row)
+        state.iteration = iteration
         log(row)
-    return history
+        stopped_early = reward_hacking_alarm(stats, params)
+        if stopped_early:
+            log({"stopped_early": stopped_early, "iteration": iteration})
+            break
+        if checkpoints and (iteration % params.checkpoint_every == 0 or iteration == params.iterations):
+            checkpoints.save(iteration)
+    return PPOResult(state.history, stopped_early, resumed_from)
+
+
+@torch.no_grad()
+def calibrate(models, scorer, normalizer, tokenizer, prompts, params, accelerator) -> None:
+    """Score one batch of the starting policy's responses: the 'initial' normalisation statistics."""
+    policy = models.trained.policy
+    device = next(policy.parameters()).device
+    query = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
+    policy.eval()
+    with models.generation_context():
+        response_ids, *_ = sample_with_logprobs(
+            policy, query["input_ids"], query["attention_mask"], params.max_new_tokens, params.temperature,
+            tokenizer.eos_token_id, tokenizer.pad_token_id,
+        )  # fmt: skip
+    policy.train()
+    texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
+    normalizer.observe(accelerator.gather(scorer(prompts, texts).to(device)))
+
+
+def ppo_update(forward, accelerator, optimizer, rollout: Rollout, params: TrainPolicyParams, shuffle, checkpoints):
+    """Several epochs of clipped PPO over shuffled minibatches, accumulating over micro-batches."""
+    model = accelerator.unwrap_model(forward) if params.compile else forward
+    inner = accelerator.unwrap_model(model)
+    totals: dict[str, float] = {}
+    micro_steps = 0
+    for _ in range(params.ppo_epochs):
+        order = torch.randperm(len(rollout.scores), generator=shuffle).to(rollout.scores.device)
+        for start in range(0, len(order), params.micro_batch):
+            mb = rollout.minibatch(order[start : start + params.micro_batch])
+            with accelerator.accumulate(model):
+                logits, values = forward(mb.query_ids, mb.query_mask, mb.response_ids, mb.mask, params.temperature)
+                all_logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V), shared with the entropy
+                logprobs = all_logprobs.gather(-1, mb.response_ids.unsqueeze(-1)).squeeze(-1)
+                pg_loss, step = core.policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, params.clip_range)
+                v_loss = core.value_loss(values, mb.values, mb.returns, mb.mask, params.value_clip_range)
+                loss = pg_loss + params.vf_coef * v_loss
+                if not torch.isfinite(loss):  # before the step: the weights stay as the last good ones
+                    where = checkpoints.latest() if checkpoints else None
+                    raise TrainingStopped(
+                        f"PPO loss is {loss.item()} (policy {pg_loss.item()}, value {v_loss.item()}); "
+                        f"stopped before the optimizer step; last good checkpoint: {where or 'none'}"
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    step["policy_grad_norm"] = _clip(accelerator, inner.policy, params.max_grad_norm)
+                    step["critic_grad_norm"] = _clip(accelerator, inner.critic, params.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            with torch.no_grad():
+                step["entropy"] = core.masked_mean(core.entropy(all_logprobs), mb.mask)
+            step.update(policy_loss=pg_loss, value_loss=v_loss)
+            for key, value in step.items():
+                totals[key] = totals.get(key, 0.0) + (value.item() if torch.is_tensor(value) else value)
+            micro_steps += 1
+    optimizer_steps = micro_steps // (params.minibatch_size // params.micro_batch)
+    return {
+        key: value / (optimizer_steps if key.endswith("grad_norm") else micro_steps) for key, value in totals.items()
+    }
+
+
+def _clip(accelerator: Accelerator, module: torch.nn.Module, max_norm: float) -> float:
+    norm = accelerator.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], max_norm)
+    return float(norm) if norm is not None else float("nan")
+
+
+def stop_if_unsafe(stats: dict, iteration: int, params: TrainPolicyParams, checkpoints: Checkpoints | None) -> None:
+    """NaN or inf anywhere, or KL over the configured ceiling, ends the run with a clear message."""
+    where = (checkpoints.latest() if checkpoints else None) or "none"
+    for name, value in stats.items():
+        if not math.isfinite(value) and not name.endswith("grad_norm"):
+            raise TrainingStopped(f"iteration {iteration}: {name} is {value}; last good checkpoint: {where}")
+    if params.max_kl is not None and stats.get("kl", 0.0) > params.max_kl:
+        raise TrainingStopped(
+            f"iteration {iteration}: KL {stats['kl']:.3f} is above train_policy.max_kl = {params.max_kl}; "
+            f"last good checkpoint: {where}"
+        )
+
+
+def reward_hacking_alarm(stats: dict, params: TrainPolicyParams) -> str | None:
+    """The first monitor over its early-stop threshold, as a sentence; None when all are within."""
+    limits = {
+        "kl": params.early_stop_kl,
+        "repetition": params.early_stop_repetition,
+        "response_length": params.early_stop_response_length,
+    }
+    for name, limit in limits.items():
+        if limit is not None and stats[name] > limit:
+            return f"{name} {stats[name]:.3f} passed early_stop_{name} = {limit}"
+    return None
+
+
+def save_policy(models: PPOModels, accelerator: Accelerator, tokenizer, directory: str | Path) -> None:
+    """Write the trained policy as a plain transformers model: LoRA merged, ZeRO-3 shards gathered."""
+    accelerator.wait_for_everyone()
+    state = accelerator.get_state_dict(models.trained) if _zero_stage(accelerator) == 3 else None
+    if accelerator.is_main_process:
+        policy = models.trained_policy()
+        if state is not None:
+            state = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+        policy.save_pretrained(directory, state_dict=state)
+        tokenizer.save_pretrained(directory)
+    accelerator.wait_for_everyone()
+
+
+def _zero_stage(accelerator: Accelerator) -> int:
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin.zero_stage if plugin is not None else 0

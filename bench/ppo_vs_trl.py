@@ -1,0 +1,208 @@
+"""Our PPO against TRL 0.29.1's PPOTrainer: same model, prompts, lengths, batch sizes, epochs, seed.
+
+    python bench/ppo_vs_trl.py [--device cpu|cuda] [--layers 2 --width 128] [--iterations 6]
+
+Writes one fixture (tokenizer, random-init GPT-2 policy / value / reward weights as safetensors,
+prompts, run settings), then runs each side in its own process so peak memory is per side:
+ours in this interpreter, TRL in `bench/.venv-trl` (built on first use: TRL 0.29.1 needs
+transformers < 5, so it is never a dependency of the project). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+TRL_VENV = BENCH / ".venv-trl"
+TRL_REQUIREMENTS = ["torch==2.13.0", "trl==0.29.1", "transformers<5", "accelerate", "datasets"]
+
+
+def ensure_trl_venv() -> Path:
+    python = TRL_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"building {TRL_VENV} (TRL 0.29.1, transformers<5) ...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *TRL_REQUIREMENTS], check=True)
+    return python
+
+
+def write_fixture(directory: Path, args: argparse.Namespace) -> None:
+    import torch
+    from safetensors.torch import save_model
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    from rlhf.demo import domain
+    from rlhf.demo.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(domain.corpus(seed=args.seed, size=2000), vocab_size=1024)
+    tokenizer.save_pretrained(directory / "tokenizer")
+    model_config = {
+        "vocab_size": len(tokenizer),
+        "n_positions": 256,
+        "n_embd": args.width,
+        "n_layer": args.layers,
+        "n_head": args.heads,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    torch.manual_seed(args.seed)
+    policy = GPT2LMHeadModel(GPT2Config(**model_config))
+    save_model(policy, str(directory / "policy.safetensors"))
+    for name in ("value", "reward"):
+        head_model = GPT2ForSequenceClassification(GPT2Config(**model_config, num_labels=1))
+        save_model(head_model, str(directory / f"{name}.safetensors"))
+    spec = {
+        "device": args.device,
+        "model_config": model_config,
+        "model_params": policy.num_parameters(),
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "prompts": [prompt for prompt, _ in domain.all_prompts()],
+        "run": {
+            "iterations": args.iterations,
+            "batch_size": args.batch_size,
+            "micro_batch_size": args.micro_batch_size,
+            "ppo_epochs": args.ppo_epochs,
+            "response_length": args.response_length,
+            "kl_coef": 0.05,
+            "learning_rate": 3e-6,
+            "seed": args.seed,
+        },
+    }
+    (directory / "spec.json").write_text(json.dumps(spec))
+
+
+def run_ours(fixture: Path) -> dict:
+    """Our side, in its own process (see main)."""
+    import torch
+    from safetensors.torch import load_model
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    from rlhf.config import TrainPolicyParams
+    from rlhf.models import load_tokenizer
+    from rlhf.ppo.models import PPOModels
+    from rlhf.ppo.rollout import RewardScorer
+    from rlhf.ppo.trainer import train_ppo
+
+    spec = json.loads((fixture / "spec.json").read_text())
+    device, run = torch.device(spec["device"]), spec["run"]
+    tokenizer = load_tokenizer(fixture / "tokenizer")
+
+    def load(cls, name, **extra):
+        model = cls(GPT2Config(**spec["model_config"], **extra))
+        load_model(model, str(fixture / f"{name}.safetensors"))
+        return model.to(device)
+
+    params = TrainPolicyParams(
+        iterations=run["iterations"],
+        batch_size=run["batch_size"],
+        minibatch_size=run["batch_size"],  # TRL 0.29 steps once per rollout batch (see trl_ppo_side.py)
+        micro_batch_size=run["micro_batch_size"],
+        ppo_epochs=run["ppo_epochs"],
+        max_new_tokens=run["response_length"],
+        kl_coef=run["kl_coef"],
+        learning_rate=run["learning_rate"],
+        value_learning_rate=run["learning_rate"],
+        mixed_precision="bf16" if device.type == "cuda" else "no",
+        compile=os.environ.get("BENCH_COMPILE") == "1",
+    )
+    models = PPOModels.build(
+        load(GPT2LMHeadModel, "policy"),
+        load(GPT2ForSequenceClassification, "value", num_labels=1),
+        params,
+        reference=load(GPT2LMHeadModel, "policy"),
+    )
+    scorer = RewardScorer(load(GPT2ForSequenceClassification, "reward", num_labels=1), tokenizer)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    result = train_ppo(models, scorer, tokenizer, spec["prompts"], params, seed=run["seed"], log=lambda row: None)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - started
+    peak_mb = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    episodes = run["batch_size"] * len(result.history)
+    return {"episodes": episodes, "seconds": elapsed, "episodes_per_s": episodes / elapsed, "peak_mem_mb": peak_mb}
+
+
+def run_side(command: list[str]) -> dict:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command[:2])} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--micro-batch-size", type=int, default=32, help="gradient accumulation unit")
+    parser.add_argument("--ppo-epochs", type=int, default=4)
+    parser.add_argument("--response-length", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; best kept")
+    parser.add_argument("--side", choices=["ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--fixture", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side == "ours":
+        print(json.dumps(run_ours(args.fixture)))
+        return
+    trl_python = ensure_trl_venv()
+    with tempfile.TemporaryDirectory() as tmp:
+        fixture = Path(tmp)
+        write_fixture(fixture, args)
+        spec = json.loads((fixture / "spec.json").read_text())
+        trl_runs, our_runs = [], []
+        for _ in range(args.repeats):  # alternate sides; each keeps its fastest run (as timeit does)
+            trl_runs.append(run_side([str(trl_python), str(BENCH / "trl_ppo_side.py"), str(fixture)]))
+            our_runs.append(run_side([sys.executable, __file__, "--side", "ours", "--fixture", str(fixture)]))
+        trl = max(trl_runs, key=lambda run: run["episodes_per_s"])
+        ours = max(our_runs, key=lambda run: run["episodes_per_s"])
+    print(
+        json.dumps(
+            {
+                "bench": "ppo_vs_trl",
+                "device": device_name(args.device),
+                "model_params": spec["model_params"],
+                "episodes": ours["episodes"],
+                "response_length": args.response_length,
+                "repeats": args.repeats,
+                "ours_episodes_per_s": round(ours["episodes_per_s"], 2),
+                "trl_episodes_per_s": round(trl["episodes_per_s"], 2),
+                "ratio": round(ours["episodes_per_s"] / trl["episodes_per_s"], 2),
+                "ours_peak_mem_mb": round(ours["peak_mem_mb"], 1),
+                "trl_peak_mem_mb": round(trl["peak_mem_mb"], 1),
+            }
+        )
+    )
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(BENCH.parent))
+    main()

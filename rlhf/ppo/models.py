@@ -1,0 +1,121 @@
+"""The networks PPO holds: the trained policy and critic as one module, and the frozen reference.
+
+Policy and critic live in one `nn.Module` so that one optimizer (a parameter group each, with its
+own learning rate) and one accelerate / DeepSpeed engine hold everything that trains. The critic
+is a separate network (initialised from the reward model), not a head on the policy, so the value
+loss never moves the policy. With LoRA the reference is the policy itself with its adapters
+switched off, so no second copy of the policy's weights is held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from rlhf.config import TrainPolicyParams
+from rlhf.logprobs import joined_inputs
+from rlhf.models import backbone, use_fused_gelu
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off everywhere, so log-probs of the rollout and of the update agree at the first step
+    (Huang et al. 2024, detail 1) while the model can stay in train mode for gradient checkpointing."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+class PolicyAndCritic(nn.Module):
+    def __init__(self, policy: PreTrainedModel, critic: PreTrainedModel):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+
+    def forward(self, query_ids, query_mask, response_ids, mask, temperature: float):
+        """(logits that predicted each response token, scaled as at sampling; V(s_t)): (B, T, V), (B, T)"""
+        input_ids, attention_mask, position_ids = joined_inputs(query_ids, query_mask, response_ids, mask)
+        steps = response_ids.shape[1]
+        # logits_to_keep: the LM head runs on the response positions only, not on the prompt.
+        logits = self.policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=steps + 1
+        ).logits[:, :-1]
+        hidden = backbone(self.critic)(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+        values = self.critic.score(hidden[:, -steps - 1 : -1])[..., 0]
+        return logits / temperature, values.float()
+
+
+@dataclass
+class PPOModels:
+    trained: PolicyAndCritic  # what the optimizer updates
+    reference: PreTrainedModel | None  # frozen starting policy; None under LoRA (adapters off instead)
+    # Around sampling: gathers the policy's ZeRO-3 shards (set by the trainer); nothing otherwise.
+    generation_context: Callable[[], ContextManager] = field(default=contextlib.nullcontext)
+
+    @property
+    def policy(self) -> PreTrainedModel:
+        return self.trained.policy
+
+    @classmethod
+    def build(
+        cls,
+        policy: PreTrainedModel,
+        critic: PreTrainedModel,
+        params: TrainPolicyParams,
+        reference: PreTrainedModel | None = None,
+    ) -> "PPOModels":
+        """Wire the models as params ask: LoRA or a frozen copy as reference, checkpointing, no dropout."""
+        if params.lora_rank:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=params.lora_rank,
+                lora_alpha=params.lora_alpha,
+                lora_dropout=0.0,
+                target_modules=params.lora_target_modules,
+                task_type="CAUSAL_LM",
+            )
+            policy, reference = get_peft_model(policy, lora), None
+        elif reference is None:
+            raise ValueError("a reference policy is needed unless lora_rank > 0")
+        else:
+            reference.requires_grad_(False).eval()
+            disable_dropout(reference)
+        for model in (policy, critic, reference):
+            if model is not None:
+                use_fused_gelu(model)
+        for model in (policy, critic):
+            disable_dropout(model)
+            if params.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                if params.lora_rank and model is policy:
+                    model.enable_input_require_grads()  # frozen embeddings would cut the recompute graph
+        return cls(PolicyAndCritic(policy, critic), reference)
+
+    def reference_policy(self):
+        """A context giving the reference policy: the frozen copy, or the policy with adapters off."""
+        if self.reference is not None:
+            return contextlib.nullcontext(self.reference)
+        return _adapters_off(self.trained.policy)
+
+    def trained_policy(self) -> PreTrainedModel:
+        """The policy to save: with LoRA, the adapters merged into the base weights (in place, at the end)."""
+        if self.reference is None:
+            return self.trained.policy.merge_and_unload()
+        return self.trained.policy
+
+
+@contextlib.contextmanager
+def _adapters_off(peft_model):
+    with peft_model.disable_adapter():
+        yield peft_model
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    total = sum(p.numel() for p in module.parameters())
+    return sum(p.numel() for p in module.parameters() if p.requires_grad), total

@@ -1,0 +1,158 @@
+"""One batch of PPO experience: sample -> score -> KL -> rewards -> GAE -> whiten.
+
+Forward passes per rollout: the sampling loop (which keeps the policy's log-probs, so the policy
+is not run again), one reference pass, one critic pass, one reward-model pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf.config import TrainPolicyParams
+from rlhf.logprobs import joined_inputs, response_logits, token_logprobs
+from rlhf.models import backbone, use_fused_gelu
+from rlhf.ppo import core
+from rlhf.ppo.models import PPOModels
+from rlhf.reward import score_texts
+from rlhf.sampling import sample_with_logprobs
+from rlhf.text import join
+
+
+@dataclass
+class Rollout:
+    """One batch of experience. B = responses, Q = prompt tokens, T = response tokens."""
+
+    query_ids: torch.Tensor  # (B, Q) left-padded prompt tokens
+    query_mask: torch.Tensor  # (B, Q)
+    response_ids: torch.Tensor  # (B, T) sampled tokens, padded after EOS
+    mask: torch.Tensor  # (B, T) 1 on response tokens up to and including EOS
+    logprobs: torch.Tensor  # (B, T) log pi_old(a_t | s_t)
+    values: torch.Tensor  # (B, T) V_old(s_t)
+    scores: torch.Tensor  # (B,) normalised reward-model score, minus the missing-EOS penalty
+    advantages: torch.Tensor  # (B, T) whitened GAE advantages
+    returns: torch.Tensor  # (B, T) advantages + values: the value targets
+
+    def minibatch(self, index: torch.Tensor) -> "Rollout":
+        """The rows at `index`, trimmed of columns that are padding in every one of them."""
+        rows = Rollout(**{name: tensor[index] for name, tensor in vars(self).items()})
+        first_prompt_column = int((rows.query_mask.sum(0) > 0).long().argmax())
+        response_columns = max(int(rows.mask.sum(-1).max()), 1)
+        for name, tensor in vars(rows).items():
+            if name.startswith("query"):
+                setattr(rows, name, tensor[:, first_prompt_column:])
+            elif tensor.dim() == 2:
+                setattr(rows, name, tensor[:, :response_columns])
+        return rows
+
+
+class ScoreNormalizer:
+    """Reward-model scores as PPO sees them (params: score_normalization).
+
+    none: raw. initial: standardised by the mean and std of the starting policy's scores on one
+    batch (InstructGPT normalises its RM so the SFT policy scores 0 on average). running: by the
+    running mean and std of every score seen so far (Welford's algorithm, merged per batch).
+    """
+
+    def __init__(self, mode: str):
+        self.mode, self.count, self.mean, self.m2 = mode, 0, 0.0, 0.0
+
+    def observe(self, raw: torch.Tensor) -> None:
+        raw = raw.double()
+        n, mean = len(raw), raw.mean().item()
+        m2 = ((raw - mean) ** 2).sum().item()
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return max((self.m2 / max(self.count - 1, 1)) ** 0.5, 1e-6)
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none" or self.count == 0:
+            return raw
+        return (raw - self.mean) / self.std
+
+    def state_dict(self) -> dict:
+        return {"mode": self.mode, "count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mode, self.count, self.mean, self.m2 = state["mode"], state["count"], state["mean"], state["m2"]
+
+
+class RewardScorer:
+    """The frozen reward model, reading `join(prompt, response)` plus EOS as it was trained to."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        self.model, self.tokenizer = use_fused_gelu(model.requires_grad_(False).eval()), tokenizer
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return score_texts(self.model, self.tokenizer, [join(p, r) for p, r in zip(prompts, responses)])
+
+
+def critic_values(critic: PreTrainedModel, query_ids, query_mask, response_ids, mask) -> torch.Tensor:
+    """V(s_t) for every response position.  (B, T)"""
+    input_ids, attention_mask, position_ids = joined_inputs(query_ids, query_mask, response_ids, mask)
+    hidden = backbone(critic)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    steps = response_ids.shape[1]
+    return critic.score(hidden.last_hidden_state[:, -steps - 1 : -1])[..., 0].float()
+
+
+@torch.no_grad()
+def collect_rollout(
+    models: PPOModels,
+    scorer: RewardScorer,
+    normalizer: ScoreNormalizer,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    params: TrainPolicyParams,
+    kl_coef: float,
+    all_reduce: core.AllReduce | None = None,
+    gather=lambda tensor: tensor,
+) -> tuple[Rollout, dict[str, float]]:
+    policy, critic = models.trained.policy, models.trained.critic
+    device = next(critic.parameters()).device
+    query = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
+    query_ids, query_mask = query["input_ids"], query["attention_mask"]
+    # 1. sample one response per prompt from the current policy, keeping log pi_old
+    policy.eval()  # generation wants the KV cache, which gradient checkpointing turns off in train mode
+    with models.generation_context():
+        response_ids, mask, ended, logprobs = sample_with_logprobs(
+            policy, query_ids, query_mask, params.max_new_tokens, params.temperature,
+            tokenizer.eos_token_id, tokenizer.pad_token_id,
+        )  # fmt: skip
+    policy.train()
+    texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
+    mask = mask.float()
+    # 2. score: the reward model at the end of the response, normalised, minus the missing-EOS penalty
+    raw_scores = scorer(prompts, texts).to(device)
+    if normalizer.mode == "running":
+        normalizer.observe(gather(raw_scores))
+    scores = normalizer(raw_scores) - params.missing_eos_penalty * (~ended).float()
+    # 3. reference log-probs and the critic's values
+    args = (query_ids, query_mask, response_ids, mask)
+    with models.reference_policy() as reference:
+        ref_logprobs = token_logprobs(response_logits(reference, *args, params.temperature), response_ids)
+    values = critic_values(critic, *args) * mask
+    ref_logprobs = ref_logprobs * mask
+    # 4. per-token KL penalty, sequence score on the last token
+    rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, params.kl_estimator)
+    # 5. GAE, then whiten the advantages over the (global) batch
+    advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
+    advantages = core.whiten(advantages, mask, all_reduce=all_reduce)
+    rollout = Rollout(query_ids, query_mask, response_ids, mask, logprobs, values, scores, advantages, returns)
+    kl = (core.kl_per_token(logprobs, ref_logprobs, params.kl_estimator) * mask).sum(-1)
+    stats = {
+        "score": gather(scores).mean().item(),
+        "raw_score": gather(raw_scores).mean().item(),
+        "kl": gather(kl).mean().item(),
+        "response_length": gather(mask.sum(-1)).mean().item(),
+        "repetition": gather(core.repetition_rate(response_ids, mask).to(device)).mean().item(),
+        "ended_share": gather(ended.float()).mean().item(),
+    }
+    return rollout, stats

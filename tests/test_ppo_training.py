@@ -1,0 +1,223 @@
+"""PPO as a whole on tiny models: it learns, it resumes exactly, it stops safely, and its options work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+
+from rlhf.config import TrainPolicyParams
+from rlhf.demo import domain
+from rlhf.errors import TrainingStopped
+from rlhf.models import load_policy
+from rlhf.ppo.models import PPOModels
+from rlhf.ppo.trainer import train_ppo
+from tests.conftest import tiny_gpt2_config
+
+PROMPTS = [prompt for prompt, _ in domain.all_prompts()[:40]]
+
+
+def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0) -> PPOModels:
+    torch.manual_seed(seed)
+    policy = GPT2LMHeadModel(tiny_gpt2_config(tokenizer))
+    reference = GPT2LMHeadModel(tiny_gpt2_config(tokenizer))
+    reference.load_state_dict(policy.state_dict())
+    critic = GPT2ForSequenceClassification(tiny_gpt2_config(tokenizer, num_labels=1))
+    return PPOModels.build(policy, critic, params, reference=None if params.lora_rank else reference)
+
+
+class TokenCountReward:
+    """Toy reward: how many of the response's tokens fall in a fixed set (a tenth of the vocabulary)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.liked = set(range(100, 100 + len(tokenizer) // 10))
+
+    def __call__(self, prompts, responses):
+        ids = self.tokenizer(responses, add_special_tokens=False)["input_ids"]
+        return torch.tensor([float(sum(token in self.liked for token in row)) for row in ids])
+
+
+def test_ppo_raises_a_toy_reward_within_a_fixed_budget(tiny_tokenizer):
+    params = TrainPolicyParams(
+        iterations=14, batch_size=32, minibatch_size=16, ppo_epochs=4, learning_rate=3e-3,
+        value_learning_rate=3e-3, kl_coef=0.0, max_new_tokens=12, missing_eos_penalty=0.0,
+        score_normalization="none",
+    )  # fmt: skip
+    models = tiny_models(tiny_tokenizer, params)
+    history = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+    scores = [row["score"] for row in history.history]
+    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert last > first + 1.0, scores  # about 1 liked token of 12 at the start
+    assert history.history[-1]["kl"] > 0.0  # it got there by moving away from the reference
+
+
+def test_lora_reference_is_the_base_with_adapters_off_and_base_weights_stay(tiny_tokenizer):
+    params = TrainPolicyParams(
+        iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=1e-2, lora_rank=4,
+        lora_target_modules=["c_attn", "c_fc"],
+    )  # fmt: skip
+    models = tiny_models(tiny_tokenizer, params)
+    assert models.reference is None  # no second copy of the policy
+    base = {n: p.detach().clone() for n, p in models.policy.named_parameters() if "lora_" not in n}
+    result = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+    assert result.history[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # adapters start as a no-op
+    assert result.history[-1]["kl"] != pytest.approx(0.0, abs=1e-6)
+    assert all(torch.equal(base[n], p) for n, p in models.policy.named_parameters() if n in base)
+    merged = models.trained_policy()
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_tokenizer):
+    def final_weights(checkpointing: bool):
+        params = TrainPolicyParams(
+            iterations=2, batch_size=8, minibatch_size=4, max_new_tokens=8, gradient_checkpointing=checkpointing
+        )
+        models = tiny_models(tiny_tokenizer, params)
+        train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+        return [p.detach().clone() for p in models.policy.parameters()]
+
+    for plain, checkpointed in zip(final_weights(False), final_weights(True)):
+        assert torch.allclose(plain, checkpointed, atol=1e-6)
+
+
+def test_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp_path):
+    params = TrainPolicyParams(iterations=5, batch_size=8, minibatch_size=4, max_new_tokens=8, checkpoint_every=1)
+    calls = []
+
+    def reward_turning_nan(prompts, responses):
+        calls.append(1)
+        scores = torch.ones(len(responses))
+        return scores * float("nan") if len(calls) == 4 else scores  # calibration, iterations 1, 2, then NaN
+
+    with pytest.raises(TrainingStopped) as stopped:
+        train_ppo(
+            tiny_models(tiny_tokenizer, params), reward_turning_nan, tiny_tokenizer, PROMPTS, params, 0,
+            log=lambda r: 0, checkpoint_dir=tmp_path / "ckpt",
+        )  # fmt: skip
+    message = str(stopped.value)
+    assert message.startswith("iteration 3: score is nan") and message.endswith("iteration-000002")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["fingerprint.json", "iteration-000002"]
+
+
+def test_kl_ceiling_stops_the_run(tiny_tokenizer):
+    params = TrainPolicyParams(
+        iterations=6, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=5e-2, kl_coef=0.0, max_kl=1e-4
+    )
+    with pytest.raises(TrainingStopped, match=r"is above train_policy.max_kl = 0.0001"):
+        train_ppo(tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS,
+                  params, 0, log=lambda r: 0)  # fmt: skip
+
+
+def test_reward_hacking_monitor_ends_the_run_early(tiny_tokenizer):
+    params = TrainPolicyParams(iterations=5, batch_size=8, minibatch_size=4, max_new_tokens=8,
+                               early_stop_response_length=2.0)  # fmt: skip
+    result = train_ppo(tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer,
+                       PROMPTS, params, 0, log=lambda r: 0)  # fmt: skip
+    assert len(result.history) == 1
+    assert result.stopped_early.startswith("response_length") and "early_stop_response_length = 2.0" in (
+        result.stopped_early
+    )
+
+
+# --- the stage as a process: kill and resume, one-line stops, many processes ---
+
+
+@pytest.fixture
+def stage_workspace(tmp_path, tiny_checkpoints, project_root):
+    """Inputs of train_policy as dvc.yaml passes them, and a function that runs the stage on them."""
+    policy_dir, reward_dir = tiny_checkpoints
+    pd.DataFrame({"prompt": PROMPTS, "split": "train"}).to_parquet(tmp_path / "prompts.parquet")
+    base = yaml.safe_load((project_root / "params.yaml").read_text())
+
+    def command(**train_policy):
+        params = {**base, "train_policy": {**base["train_policy"], **train_policy}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        return [
+            sys.executable, "-m", "tasks.train_policy", "--params", str(tmp_path / "params.yaml"),
+            "--prompts", str(tmp_path / "prompts.parquet"), "--policy_dir", str(policy_dir),
+            "--reward_dir", str(reward_dir), "--model_dir", str(tmp_path / "policy"),
+            "--metrics", str(tmp_path / "policy.json"), "--curve", str(tmp_path / "ppo.csv"),
+            "--curve_png", str(tmp_path / "ppo.png"), "--checkpoint_dir", str(tmp_path / "ckpt"),
+        ]  # fmt: skip
+
+    return tmp_path, command
+
+
+STAGE_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+SMALL_RUN = dict(iterations=6, batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=10, checkpoint_every=1)
+
+
+def run_stage(command, project_root):
+    return subprocess.run(command, cwd=project_root, capture_output=True, text=True, env=STAGE_ENV, timeout=600)
+
+
+def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(stage_workspace, project_root):
+    root, command = stage_workspace
+    done = run_stage(command(**SMALL_RUN), project_root)
+    assert done.returncode == 0, done.stderr
+    uninterrupted = load_policy(root / "policy", torch.device("cpu")).state_dict()
+    uninterrupted_curve = pd.read_csv(root / "ppo.csv")
+    assert not (root / "ckpt").exists()  # removed once the policy is written
+    assert (root / "ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for path in ("policy", "ppo.csv", "ppo.png", "policy.json"):
+        subprocess.run(["rm", "-rf", str(root / path)], check=True)
+
+    process = subprocess.Popen(command(**SMALL_RUN), cwd=project_root, env=STAGE_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not (root / "ckpt" / "iteration-000003").exists():
+        assert process.poll() is None and time.time() < deadline, "the stage ended before its third checkpoint"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (root / "policy").exists()
+
+    resumed = run_stage(command(**SMALL_RUN), project_root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "'resumed_from': 3" in resumed.stdout or "'resumed_from': 4" in resumed.stdout
+    final = load_policy(root / "policy", torch.device("cpu")).state_dict()
+    assert all(torch.equal(uninterrupted[name], final[name]) for name in uninterrupted)
+    pd.testing.assert_frame_equal(pd.read_csv(root / "ppo.csv"), uninterrupted_curve)
+
+
+def test_stage_does_not_resume_a_checkpoint_of_other_params(stage_workspace, project_root):
+    root, command = stage_workspace
+    process = subprocess.Popen(command(**SMALL_RUN), cwd=project_root, env=STAGE_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    while not (root / "ckpt" / "iteration-000002").exists():
+        assert process.poll() is None
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = run_stage(command(**{**SMALL_RUN, "learning_rate": 1e-3}), project_root)
+    assert done.returncode == 0, done.stderr
+    assert "resumed_from" not in done.stdout
+    assert len(pd.read_csv(root / "ppo.csv")) == SMALL_RUN["iterations"]
+
+
+def test_stage_stops_with_one_line_naming_the_ceiling(stage_workspace, project_root):
+    root, command = stage_workspace
+    done = run_stage(command(**{**SMALL_RUN, "learning_rate": 0.05, "kl_coef": 0.0, "max_kl": 1e-4}), project_root)
+    assert done.returncode == 3
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("train_policy: stopped: iteration ") and "train_policy.max_kl" in last_line
+    assert "Traceback" not in done.stderr
+    assert not (root / "policy").exists()
+
+
+def test_stage_runs_as_two_ddp_processes_under_accelerate_launch(stage_workspace, project_root):
+    root, command = stage_workspace
+    done = run_stage(command(**{**SMALL_RUN, "iterations": 2, "launcher": "ddp", "num_processes": 2}), project_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in done.stdout
+    metrics = json.loads((root / "policy.json").read_text())
+    assert metrics["iterations"] == 2
+    assert load_policy(root / "policy", torch.device("cpu")).num_parameters() > 0
