@@ -76,6 +76,7 @@ def write_fixture(directory: Path, args: argparse.Namespace) -> None:
             "kl_coef": 0.05,
             "learning_rate": 3e-6,
             "seed": args.seed,
+            "compile": args.compile,
         },
     }
     (directory / "spec.json").write_text(json.dumps(spec))
@@ -113,7 +114,8 @@ def run_ours(fixture: Path) -> dict:
         learning_rate=run["learning_rate"],
         value_learning_rate=run["learning_rate"],
         mixed_precision="bf16" if device.type == "cuda" else "no",
-        compile=os.environ.get("BENCH_COMPILE") == "1",
+        score_normalization="none",  # TRL 0.29 uses raw scores (whiten_rewards is off by default)
+        compile=run["compile"],
     )
     models = PPOModels.build(
         load(GPT2LMHeadModel, "policy"),
@@ -135,12 +137,48 @@ def run_ours(fixture: Path) -> dict:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     episodes = run["batch_size"] * len(result.history)
-    return {"episodes": episodes, "seconds": elapsed, "episodes_per_s": episodes / elapsed, "peak_mem_mb": peak_mb}
+    trained = sum(p.numel() for p in models.trained.parameters() if p.requires_grad)
+    prompt_tokens = tokenizer(spec["prompts"], padding=True, return_tensors="pt")["input_ids"].shape[1]
+    history = result.history
+    update_flops = sum(
+        6 * trained * run["batch_size"] * (prompt_tokens + row["response_length"]) * run["ppo_epochs"]
+        for row in history
+    )
+    decode_bytes = sum(  # each decode step streams the policy's weights once (bf16 on GPU)
+        (2 if device.type == "cuda" else 4)
+        * models.policy.num_parameters()
+        * row["generated_tokens"]
+        / run["batch_size"]
+        for row in history
+    )
+    return {
+        "episodes": episodes,
+        "seconds": elapsed,
+        "episodes_per_s": episodes / elapsed,
+        "peak_mem_mb": peak_mb,
+        "update_flops_per_s": update_flops / sum(row["update_seconds"] for row in history),
+        "generation_bytes_per_s": decode_bytes / sum(row["generation_seconds"] for row in history),
+    }
+
+
+# Dense bf16 peak FLOP/s and HBM bandwidth (bytes/s) of the cards the GPU figures are quoted for.
+PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12), "A100": (312e12, 2.0e12)}
+
+
+def utilisation(ours: dict, device: str) -> dict:
+    """Update-phase MFU and generation-phase memory-bandwidth utilisation, where the card's peaks are known."""
+    peak = next((value for name, value in PEAKS.items() if name in device), None)
+    if peak is None:
+        return {"update_mfu": None, "generation_bandwidth_util": None}
+    return {
+        "update_mfu": round(ours["update_flops_per_s"] / peak[0], 4),
+        "generation_bandwidth_util": round(ours["generation_bytes_per_s"] / peak[1], 4),
+    }
 
 
 def run_side(command: list[str]) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command[:2])} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -158,6 +196,7 @@ def main() -> None:
     parser.add_argument("--ppo-epochs", type=int, default=4)
     parser.add_argument("--response-length", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true", help="torch.compile our update phase")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; best kept")
     parser.add_argument("--side", choices=["ours"], help=argparse.SUPPRESS)
     parser.add_argument("--fixture", type=Path, help=argparse.SUPPRESS)
@@ -190,6 +229,8 @@ def main() -> None:
                 "ratio": round(ours["episodes_per_s"] / trl["episodes_per_s"], 2),
                 "ours_peak_mem_mb": round(ours["peak_mem_mb"], 1),
                 "trl_peak_mem_mb": round(trl["peak_mem_mb"], 1),
+                "ours_update_gflops_per_s": round(ours["update_flops_per_s"] / 1e9, 1),
+                **utilisation(ours, device_name(args.device)),
             }
         )
     )

@@ -88,7 +88,11 @@ def main(fixture: Path) -> None:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     episodes = run["batch_size"] * run["iterations"]
-    print(json.dumps({"episodes": episodes, "seconds": elapsed, "episodes_per_s": episodes / elapsed, "peak_mem_mb": peak_mb}))
+    print(
+        json.dumps(
+            {"episodes": episodes, "seconds": elapsed, "episodes_per_s": episodes / elapsed, "peak_mem_mb": peak_mb}
+        )
+    )
 
 
 if __name__ == "__main__":

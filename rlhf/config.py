@@ -7,7 +7,7 @@ reference for what each key means. A bad value stops with one line naming the ke
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -107,7 +107,7 @@ class WordCount(Section):
     weight: float = 1.0
 
 
-Principle = Annotated[Union[ContainsAny, ExcludesAll, MentionsTopic, WordCount], Field(discriminator="kind")]
+Principle = Annotated[ContainsAny | ExcludesAll | MentionsTopic | WordCount, Field(discriminator="kind")]
 
 
 class RankResponsesParams(Section):

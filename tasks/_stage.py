@@ -8,8 +8,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rlhf.config import Params, load_params
 from rlhf.errors import InputError, TrainingStopped

@@ -16,6 +16,7 @@ import pandas as pd
 from accelerate.utils import set_seed
 
 from rlhf.config import Params
+from rlhf.errors import ConfigError
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.plots import render_curve
 from rlhf.ppo.checkpoint import Checkpoints
@@ -29,15 +30,23 @@ ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accel
 CURVE_COLUMNS = ["score", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss", "response_length"]
 
 
-def relaunch_under_accelerate(params: Params) -> None:
-    """Run this same command as `num_processes` processes under `accelerate launch`."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch"]
-    launch += ["--config_file", str(ACCELERATE_CONFIGS / f"{params.train_policy.launcher}.yaml")]
-    launch += ["--num_processes", str(params.train_policy.num_processes)]
+def relaunch_as_processes(params: Params) -> None:
+    """Run this same command as `num_processes` processes: `accelerate launch` with the launcher's
+    config on GPUs; torchrun (DDP over gloo) on CPU, where accelerate would need MPI."""
+    config = params.train_policy
+    if os.environ.get("RLHF_LAUNCHED"):
+        raise RuntimeError("train_policy: the launcher started a single process; see configs/accelerate/")
     if resolve_device(params.device).type == "cpu":
-        launch += ["--cpu"]  # DDP over gloo: how the multi-process path is tested without GPUs
-    print(f"{STAGE}: launching {params.train_policy.num_processes} processes ({params.train_policy.launcher})")
-    done = subprocess.run([*launch, "-m", f"tasks.{STAGE}", *sys.argv[1:]])
+        if config.launcher != "ddp":
+            raise ConfigError(f"params.yaml: train_policy.launcher: {config.launcher} needs CUDA devices")
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+        launch += [str(config.num_processes)]
+    else:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(config.num_processes)]
+        launch += ["--config_file", str(ACCELERATE_CONFIGS / f"{config.launcher}.yaml")]
+    print(f"{STAGE}: launching {config.num_processes} processes ({config.launcher})", flush=True)
+    env = {**os.environ, "RLHF_LAUNCHED": "1"}
+    done = subprocess.run([*launch, "-m", f"tasks.{STAGE}", *sys.argv[1:]], env=env, check=False)
     sys.exit(done.returncode)
 
 
@@ -61,7 +70,7 @@ def main() -> None:
     params = params_from(args)
     config = params.train_policy
     if config.launcher != "single" and "WORLD_SIZE" not in os.environ:
-        relaunch_under_accelerate(params)
+        relaunch_as_processes(params)
     accelerator = make_accelerator(config, resolve_device(params.device))
     set_seed(params.seed)  # LoRA adapters and new heads start the same in every process and every run
     prompts = pd.read_parquet(args.prompts)
@@ -75,7 +84,9 @@ def main() -> None:
         config,
         reference=None if config.lora_rank else load_policy(args.policy_dir, device),
     )
-    scorer = RewardScorer(load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer)
+    scorer = RewardScorer(
+        load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer
+    )
     trainable, total = count_parameters(models.trained.policy)
     if accelerator.is_main_process:
         print(f"{STAGE}: policy {total:,} parameters, {trainable:,} trained; {accelerator.num_processes} process(es)")

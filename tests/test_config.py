@@ -32,7 +32,12 @@ def test_shipped_params_are_valid(project_root):
         ),
         ("train_policy", "klcoef", 0.1, "params.yaml: train_policy.klcoef: Extra inputs are not permitted"),
         ("sample_responses", "k", "four", "params.yaml: sample_responses.k: Input should be a valid integer"),
-        ("train_policy", "minibatch_size", 7, "params.yaml: train_policy.minibatch_size: must divide batch_size"),
+        (
+            "train_policy",
+            "minibatch_size",
+            7,
+            "params.yaml: train_policy.minibatch_size: must divide batch_size / num_processes",
+        ),
     ],
 )
 def test_bad_value_names_the_key(raw, section, key, value, expected):

@@ -2,14 +2,13 @@
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from rlhf.bootstrap import pass_through_pretrained
 from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
-from rlhf.demo.tokenizer import train_tokenizer
-from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer
 from rlhf.logprobs import response_logits, token_logprobs
+from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer
 from rlhf.ppo.models import PPOModels
 from rlhf.ppo.rollout import RewardScorer, ScoreNormalizer, collect_rollout
 from rlhf.ppo.trainer import make_accelerator, ppo_update
@@ -53,7 +52,7 @@ def test_sampling_keeps_the_logprobs_a_full_forward_pass_gives(tokenizer):
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(tiny_config(tokenizer)).eval()
     query = tokenizer([p for p, _ in domain.all_prompts()[:6]], return_tensors="pt", padding=True, padding_side="left")
-    ids, mask, ended, logprobs = sample_with_logprobs(
+    ids, mask, _, logprobs = sample_with_logprobs(
         policy, query["input_ids"], query["attention_mask"], 12, 0.7, tokenizer.eos_token_id, tokenizer.pad_token_id
     )
     with torch.no_grad():
@@ -88,7 +87,8 @@ def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, 
     assert rollout.advantages.shape == rollout.mask.shape == rollout.response_ids.shape
     accelerator = make_accelerator(params, device)
     optimizer = torch.optim.Adam(models.trained.parameters(), 1e-3)
-    update = ppo_update(models.trained, accelerator, optimizer, rollout, params, torch.Generator().manual_seed(0), None)
+    shuffle = torch.Generator().manual_seed(0)
+    update = ppo_update(models.trained, models.trained, accelerator, optimizer, rollout, params, shuffle, None)
     assert set(update) >= {"policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "policy_grad_norm"}
     assert any(not torch.equal(before[name], p) for name, p in policy.named_parameters())
     assert any(not torch.equal(a, b) for a, b in zip(critic_before, critic.parameters()))

@@ -68,7 +68,7 @@ def dvc(*args, cwd):
 def demo_repo(tmp_path_factory, project_root):
     """A fresh git + DVC repository holding the project's code and a shrunk params.yaml."""
     root = tmp_path_factory.mktemp("repo")
-    for name in ["rlhf", "tasks", "flows"]:
+    for name in ["rlhf", "tasks", "flows", "configs"]:
         shutil.copytree(project_root / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ["dvc.yaml", ".gitignore"]:
         shutil.copy(project_root / name, root / name)

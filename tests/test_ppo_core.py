@@ -118,9 +118,10 @@ def test_whiten_over_processes_equals_whiten_over_the_joined_batch():
 
     def all_reduce_for(rank):  # what the other process would contribute to the sum
         other = halves[1 - rank]
-        return lambda local: local + torch.stack(
-            [(other[0] * other[1]).sum(), (other[0] ** 2 * other[1]).sum(), other[1].sum()]
-        ).double()
+        return lambda local: (
+            local
+            + torch.stack([(other[0] * other[1]).sum(), (other[0] ** 2 * other[1]).sum(), other[1].sum()]).double()
+        )
 
     joined = core.whiten(values, mask)
     for rank, (v, m) in enumerate(halves):

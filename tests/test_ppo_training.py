@@ -24,12 +24,12 @@ from tests.conftest import tiny_gpt2_config
 PROMPTS = [prompt for prompt, _ in domain.all_prompts()[:40]]
 
 
-def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0) -> PPOModels:
+def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0, device: str = "cpu") -> PPOModels:
     torch.manual_seed(seed)
-    policy = GPT2LMHeadModel(tiny_gpt2_config(tokenizer))
-    reference = GPT2LMHeadModel(tiny_gpt2_config(tokenizer))
+    policy = GPT2LMHeadModel(tiny_gpt2_config(tokenizer)).to(device)
+    reference = GPT2LMHeadModel(tiny_gpt2_config(tokenizer)).to(device)
     reference.load_state_dict(policy.state_dict())
-    critic = GPT2ForSequenceClassification(tiny_gpt2_config(tokenizer, num_labels=1))
+    critic = GPT2ForSequenceClassification(tiny_gpt2_config(tokenizer, num_labels=1)).to(device)
     return PPOModels.build(policy, critic, params, reference=None if params.lora_rank else reference)
 
 
@@ -75,17 +75,25 @@ def test_lora_reference_is_the_base_with_adapters_off_and_base_weights_stay(tiny
     assert not any("lora_" in name for name, _ in merged.named_parameters())
 
 
-def test_gradient_checkpointing_gives_the_same_training(tiny_tokenizer):
-    def final_weights(checkpointing: bool):
+def test_gradient_checkpointing_saves_fewer_activations_and_trains_the_same(tiny_tokenizer):
+    def run(checkpointing: bool):
         params = TrainPolicyParams(
             iterations=2, batch_size=8, minibatch_size=4, max_new_tokens=8, gradient_checkpointing=checkpointing
         )
         models = tiny_models(tiny_tokenizer, params)
+        models.trained.train()
+        saved = []
+        query = tiny_tokenizer(PROMPTS[:4], return_tensors="pt", padding=True, padding_side="left")
+        response = torch.randint(0, len(tiny_tokenizer), (4, 6))
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            models.trained(query["input_ids"], query["attention_mask"], response, torch.ones(4, 6), 1.0)
         train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
-        return [p.detach().clone() for p in models.policy.parameters()]
+        return [p.detach().clone() for p in models.policy.parameters()], sum(saved)
 
-    for plain, checkpointed in zip(final_weights(False), final_weights(True)):
-        assert torch.allclose(plain, checkpointed, atol=1e-6)
+    (plain, plain_saved), (checkpointed, checkpointed_saved) = run(False), run(True)
+    assert checkpointed_saved < plain_saved / 2  # activations kept for the backward pass
+    for a, b in zip(plain, checkpointed):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp_path):
@@ -127,6 +135,20 @@ def test_reward_hacking_monitor_ends_the_run_early(tiny_tokenizer):
     )
 
 
+@pytest.mark.gpu
+def test_ppo_on_cuda_with_bf16_autocast_learns_the_toy_reward(tiny_tokenizer):
+    params = TrainPolicyParams(
+        iterations=14, batch_size=32, minibatch_size=16, ppo_epochs=4, learning_rate=3e-3,
+        value_learning_rate=3e-3, kl_coef=0.0, max_new_tokens=12, missing_eos_penalty=0.0,
+        score_normalization="none", mixed_precision="auto",
+    )  # fmt: skip
+    models = tiny_models(tiny_tokenizer, params, device="cuda")
+    result = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+    scores = [row["score"] for row in result.history]
+    assert all(torch.isfinite(torch.tensor(scores)))
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 1.0, scores
+
+
 # --- the stage as a process: kill and resume, one-line stops, many processes ---
 
 
@@ -152,11 +174,20 @@ def stage_workspace(tmp_path, tiny_checkpoints, project_root):
 
 
 STAGE_ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-SMALL_RUN = dict(iterations=6, batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=10, checkpoint_every=1)
+SMALL_RUN = {
+    "iterations": 6,
+    "batch_size": 8,
+    "minibatch_size": 4,
+    "ppo_epochs": 2,
+    "max_new_tokens": 10,
+    "checkpoint_every": 1,
+}
 
 
 def run_stage(command, project_root):
-    return subprocess.run(command, cwd=project_root, capture_output=True, text=True, env=STAGE_ENV, timeout=600)
+    return subprocess.run(
+        command, cwd=project_root, capture_output=True, text=True, env=STAGE_ENV, timeout=600, check=False
+    )
 
 
 def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(stage_workspace, project_root):

@@ -16,9 +16,57 @@ NAME = "rules"
 VERSION = "1"
 
 _STOPWORDS = frozenset(
-    "a an and answer are about can do does for give how i in is it me of on or please say "
-    "share short some tell the this to what when where which who why with write you your "
-    "explain describe fact few note tip words people like know".split()
+    [
+        "a",
+        "an",
+        "and",
+        "answer",
+        "are",
+        "about",
+        "can",
+        "do",
+        "does",
+        "for",
+        "give",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "me",
+        "of",
+        "on",
+        "or",
+        "please",
+        "say",
+        "share",
+        "short",
+        "some",
+        "tell",
+        "the",
+        "this",
+        "to",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "with",
+        "write",
+        "you",
+        "your",
+        "explain",
+        "describe",
+        "fact",
+        "few",
+        "note",
+        "tip",
+        "words",
+        "people",
+        "like",
+        "know",
+    ]
 )
 
 

@@ -10,8 +10,8 @@ switched off, so no second copy of the policy's weights is held.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -54,7 +54,7 @@ class PPOModels:
     trained: PolicyAndCritic  # what the optimizer updates
     reference: PreTrainedModel | None  # frozen starting policy; None under LoRA (adapters off instead)
     # Around sampling: gathers the policy's ZeRO-3 shards (set by the trainer); nothing otherwise.
-    generation_context: Callable[[], ContextManager] = field(default=contextlib.nullcontext)
+    generation_context: Callable[[], contextlib.AbstractContextManager] = field(default=contextlib.nullcontext)
 
     @property
     def policy(self) -> PreTrainedModel:
@@ -67,7 +67,7 @@ class PPOModels:
         critic: PreTrainedModel,
         params: TrainPolicyParams,
         reference: PreTrainedModel | None = None,
-    ) -> "PPOModels":
+    ) -> PPOModels:
         """Wire the models as params ask: LoRA or a frozen copy as reference, checkpointing, no dropout."""
         if params.lora_rank:
             from peft import LoraConfig, get_peft_model
@@ -91,7 +91,7 @@ class PPOModels:
         for model in (policy, critic):
             disable_dropout(model)
             if params.gradient_checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.activation_checkpointing_enable({"use_reentrant": False})
                 if params.lora_rank and model is policy:
                     model.enable_input_require_grads()  # frozen embeddings would cut the recompute graph
         return cls(PolicyAndCritic(policy, critic), reference)

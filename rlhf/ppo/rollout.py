@@ -6,6 +6,7 @@ is not run again), one reference pass, one critic pass, one reward-model pass.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -35,7 +36,7 @@ class Rollout:
     advantages: torch.Tensor  # (B, T) whitened GAE advantages
     returns: torch.Tensor  # (B, T) advantages + values: the value targets
 
-    def minibatch(self, index: torch.Tensor) -> "Rollout":
+    def minibatch(self, index: torch.Tensor) -> Rollout:
         """The rows at `index`, trimmed of columns that are padding in every one of them."""
         rows = Rollout(**{name: tensor[index] for name, tensor in vars(self).items()})
         first_prompt_column = int((rows.query_mask.sum(0) > 0).long().argmax())
@@ -121,11 +122,17 @@ def collect_rollout(
     query_ids, query_mask = query["input_ids"], query["attention_mask"]
     # 1. sample one response per prompt from the current policy, keeping log pi_old
     policy.eval()  # generation wants the KV cache, which gradient checkpointing turns off in train mode
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    generation_started = time.perf_counter()
     with models.generation_context():
         response_ids, mask, ended, logprobs = sample_with_logprobs(
             policy, query_ids, query_mask, params.max_new_tokens, params.temperature,
             tokenizer.eos_token_id, tokenizer.pad_token_id,
         )  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    generation_seconds = time.perf_counter() - generation_started
     policy.train()
     texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
     mask = mask.float()
@@ -154,5 +161,7 @@ def collect_rollout(
         "response_length": gather(mask.sum(-1)).mean().item(),
         "repetition": gather(core.repetition_rate(response_ids, mask).to(device)).mean().item(),
         "ended_share": gather(ended.float()).mean().item(),
+        "generation_seconds": generation_seconds,
+        "generated_tokens": gather(mask.sum()).sum().item(),
     }
     return rollout, stats

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import math
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -112,10 +113,16 @@ def train_ppo(
     policy_params = [p for p in models.trained.policy.parameters() if p.requires_grad]
     critic_params = [p for p in models.trained.critic.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(
-        [{"params": policy_params, "lr": params.learning_rate}, {"params": critic_params, "lr": params.value_learning_rate}],
+        [
+            {"params": policy_params, "lr": params.learning_rate},
+            {"params": critic_params, "lr": params.value_learning_rate},
+        ],
         eps=1e-5,  # as in the N-details paper
     )
-    scheduler = get_scheduler(params.lr_schedule, optimizer, params.warmup_iterations, params.iterations)
+    schedule = (
+        "constant_with_warmup" if params.lr_schedule == "constant" and params.warmup_iterations else params.lr_schedule
+    )
+    scheduler = get_scheduler(schedule, optimizer, params.warmup_iterations, params.iterations)
     models.trained.train()
     trained, optimizer = accelerator.prepare(models.trained, optimizer)
     update_forward = torch.compile(trained) if params.compile else trained
@@ -151,12 +158,18 @@ def train_ppo(
 
     stopped_early = None
     for iteration in range(state.iteration + 1, params.iterations + 1):
+        rollout_started = _clock(device)
         rollout, stats = collect_rollout(
             models, scorer, state.normalizer, tokenizer, sample_prompts(), params, state.kl.value,
             all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
         )  # fmt: skip
+        stats["rollout_seconds"] = _clock(device) - rollout_started
         stop_if_unsafe(stats, iteration, params, checkpoints)
-        stats.update(ppo_update(update_forward, accelerator, optimizer, rollout, params, state.shuffle, checkpoints))
+        update_started = _clock(device)
+        stats.update(
+            ppo_update(trained, update_forward, accelerator, optimizer, rollout, params, state.shuffle, checkpoints)
+        )
+        stats["update_seconds"] = _clock(device) - update_started
         stop_if_unsafe(stats, iteration, params, checkpoints)
         stats["kl_coef"] = state.kl.value
         stats["learning_rate"] = scheduler.get_last_lr()[0]
@@ -192,9 +205,13 @@ def calibrate(models, scorer, normalizer, tokenizer, prompts, params, accelerato
     normalizer.observe(accelerator.gather(scorer(prompts, texts).to(device)))
 
 
-def ppo_update(forward, accelerator, optimizer, rollout: Rollout, params: TrainPolicyParams, shuffle, checkpoints):
-    """Several epochs of clipped PPO over shuffled minibatches, accumulating over micro-batches."""
-    model = accelerator.unwrap_model(forward) if params.compile else forward
+def ppo_update(
+    model, forward, accelerator, optimizer, rollout: Rollout, params: TrainPolicyParams, shuffle, checkpoints
+):
+    """Several epochs of clipped PPO over shuffled minibatches, accumulating over micro-batches.
+
+    `model` is the prepared policy+critic module; `forward` is it or its torch.compile'd wrapper.
+    """
     inner = accelerator.unwrap_model(model)
     totals: dict[str, float] = {}
     micro_steps = 0
@@ -217,8 +234,10 @@ def ppo_update(forward, accelerator, optimizer, rollout: Rollout, params: TrainP
                     )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    step["policy_grad_norm"] = _clip(accelerator, inner.policy, params.max_grad_norm)
-                    step["critic_grad_norm"] = _clip(accelerator, inner.critic, params.max_grad_norm)
+                    for name, module in (("policy_grad_norm", inner.policy), ("critic_grad_norm", inner.critic)):
+                        norm = _clip(accelerator, module, params.max_grad_norm)
+                        if norm is not None:  # DeepSpeed clips inside its engine and reports nothing here
+                            step[name] = norm
                 optimizer.step()
                 optimizer.zero_grad()
             with torch.no_grad():
@@ -233,16 +252,23 @@ def ppo_update(forward, accelerator, optimizer, rollout: Rollout, params: TrainP
     }
 
 
-def _clip(accelerator: Accelerator, module: torch.nn.Module, max_norm: float) -> float:
+def _clip(accelerator: Accelerator, module: torch.nn.Module, max_norm: float) -> float | None:
     norm = accelerator.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], max_norm)
-    return float(norm) if norm is not None else float("nan")
+    return None if norm is None else float(norm)
+
+
+def _clock(device: torch.device) -> float:
+    """Wall time, after the device has finished its queued work (phase timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def stop_if_unsafe(stats: dict, iteration: int, params: TrainPolicyParams, checkpoints: Checkpoints | None) -> None:
     """NaN or inf anywhere, or KL over the configured ceiling, ends the run with a clear message."""
     where = (checkpoints.latest() if checkpoints else None) or "none"
     for name, value in stats.items():
-        if not math.isfinite(value) and not name.endswith("grad_norm"):
+        if not math.isfinite(value):
             raise TrainingStopped(f"iteration {iteration}: {name} is {value}; last good checkpoint: {where}")
     if params.max_kl is not None and stats.get("kl", 0.0) > params.max_kl:
         raise TrainingStopped(
