@@ -84,6 +84,7 @@ class ContainsAny(Section):
     name: str
     words: list[str] = Field(min_length=1)
     weight: float = 1.0
+    description: str | None = None
 
 
 class ExcludesAll(Section):
@@ -91,12 +92,14 @@ class ExcludesAll(Section):
     name: str
     words: list[str] = Field(min_length=1)
     weight: float = 1.0
+    description: str | None = None
 
 
 class MentionsTopic(Section):
     kind: Literal["mentions_topic"]
     name: str
     weight: float = 1.0
+    description: str | None = None
 
 
 class WordCount(Section):
@@ -105,16 +108,67 @@ class WordCount(Section):
     min: int = Field(ge=0)
     max: int = Field(ge=1)
     weight: float = 1.0
+    description: str | None = None
 
 
 Principle = Annotated[ContainsAny | ExcludesAll | MentionsTopic | WordCount, Field(discriminator="kind")]
 
 
+class LLMJudgeParams(Section):
+    model: str
+    """A local path or hub id of a causal LM that reads the comparison and answers "1" or "2"."""
+    chain_of_thought: bool = False
+    """Let the judge write a rationale (greedy) before the choice is read."""
+    rationale_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class OpenAIJudgeParams(Section):
+    base_url: str
+    """An OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (vLLM) or https://api.openai.com/v1."""
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    """The environment variable holding the API key (the key itself never goes in params.yaml)."""
+    max_concurrency: int = Field(8, ge=1, le=256)
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    """First retry delay; doubles on each retry (a 429's Retry-After wins)."""
+    chain_of_thought: bool = False
+    rationale_tokens: int = Field(256, ge=1)
+    price_per_1k_prompt_tokens: float = Field(0.0, ge=0)
+    price_per_1k_completion_tokens: float = Field(0.0, ge=0)
+
+
+class RewardModelJudgeParams(Section):
+    path: str
+    """A reward model directory (e.g. a previous round's models/reward)."""
+
+
 class RankResponsesParams(Section):
-    judge: Literal["rules"] = "rules"
+    judge: Literal["rules", "llm", "openai", "reward_model"] = "rules"
     """Which judge ranks the K responses of a prompt."""
     principles: list[Principle] = Field(min_length=1)
-    """The rule judge's constitution: each principle met adds its weight to a response's score."""
+    """The constitution: the rule judge scores by it; AI judges read it (descriptions) in their preamble."""
+    preamble: str | None = None
+    """What AI judges are told before each comparison. Default: built from the principles."""
+    batch_prompts: int = Field(32, ge=1)
+    """Prompts handed to the judge at a time (progress is reported per batch)."""
+    llm: LLMJudgeParams | None = None
+    openai: OpenAIJudgeParams | None = None
+    reward_model: RewardModelJudgeParams | None = None
+
+    @model_validator(mode="after")
+    def _judge_section_present(self):
+        if self.judge != "rules" and getattr(self, self.judge) is None:
+            raise ValueError(f"{self.judge}: required when judge is '{self.judge}'")
+        return self
+
+    def judge_preamble(self) -> str:
+        if self.preamble:
+            return self.preamble
+        wants = "; ".join(p.description or p.name.replace("_", " ") for p in self.principles)
+        return f"You compare two responses to a prompt. A better response is: {wants}."
 
 
 class TrainRewardParams(Section):

@@ -21,5 +21,9 @@ class StoreError(InputError):
     """The feedback store could not be opened or written."""
 
 
+class JudgeEndpointError(InputError):
+    """A judge's endpoint timed out, refused or kept failing after its retries."""
+
+
 class TrainingStopped(RuntimeError):
     """Training met NaN/inf or crossed a safety ceiling; the message names the last good checkpoint."""

@@ -6,24 +6,53 @@ import json
 
 import pandas as pd
 
-from rlhf.judges import RuleJudge
+from rlhf.judges import Judge
 from rlhf.text import content_id
 
 RANKING_COLUMNS = ["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"]
 
 
-def rank_all(judge: RuleJudge, prompts: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
+def rank_all(
+    judge: Judge, prompts: pd.DataFrame, responses: pd.DataFrame, batch_prompts: int = 32, progress=None
+) -> pd.DataFrame:
     by_prompt = prompts.set_index("prompt_id")
+    groups = list(responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True))
     rows = []
-    for prompt_id, group in responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True):
-        prompt = by_prompt.loc[prompt_id]
-        topic = None if pd.isna(prompt["topic"]) else prompt["topic"]
-        judgement = judge.rank(prompt["prompt"], topic, list(group["response"]))
-        # The same judge over the same responses is the same ranking: re-runs add nothing.
-        ranking_id = content_id(prompt_id, judge.name, judge.version, *sorted(group["response_id"]))
-        for response_id, rank, score, reasons in zip(
-            group["response_id"], judgement.ranks, judgement.scores, judgement.reasons
-        ):
-            reasons_json = json.dumps(reasons, sort_keys=True)
-            rows.append((ranking_id, response_id, prompt_id, rank, score, reasons_json, judge.name, judge.version))
+    for start in range(0, len(groups), batch_prompts):
+        chunk = groups[start : start + batch_prompts]
+        items = []
+        for prompt_id, group in chunk:
+            prompt = by_prompt.loc[prompt_id]
+            topic = None if pd.isna(prompt["topic"]) else prompt["topic"]
+            items.append((prompt["prompt"], topic, list(group["response"])))
+        for (prompt_id, group), judgement in zip(chunk, judge.rank_batch(items)):
+            # The same judge over the same responses is the same ranking: re-runs add nothing.
+            ranking_id = content_id(prompt_id, judge.name, judge.version, *sorted(group["response_id"]))
+            for response_id, rank, score, reasons in zip(
+                group["response_id"], judgement.ranks, judgement.scores, judgement.reasons
+            ):
+                reasons_json = json.dumps(reasons, sort_keys=True)
+                rows.append((ranking_id, response_id, prompt_id, rank, score, reasons_json, judge.name, judge.version))
+        if progress:
+            progress(min(start + batch_prompts, len(groups)), len(groups))
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
+
+
+def judge_report(judge: Judge, rankings: pd.DataFrame) -> dict:
+    """The ranking stage's metrics: what judged, how much, and (for pairwise AI judges) how biased."""
+    report = {
+        "judge": judge.name,
+        "judge_version": judge.version,
+        "prompts": int(rankings["ranking_id"].nunique()),
+        "responses": len(rankings),
+        "tie_share": round(float(rankings.duplicated(["ranking_id", "rank"], keep=False).mean()), 4)
+        if len(rankings)
+        else 0.0,
+    }
+    stats = getattr(judge, "stats", None)
+    if stats is not None:
+        report.update(pairs_judged=stats.pairs, position_bias_rate=round(stats.position_bias_rate, 4))
+    usage = getattr(judge, "usage", None)
+    if usage is not None:
+        report.update(usage, cost=round(judge.cost, 6))
+    return report

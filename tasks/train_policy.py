@@ -94,8 +94,11 @@ def main() -> None:
     def log(row: dict) -> None:
         if not accelerator.is_main_process:
             return
-        if "iteration" not in row or "score" not in row:
-            print(f"{STAGE}: {row}", flush=True)
+        if "resumed_from" in row:
+            print(f"{STAGE}: resumed after iteration {row['resumed_from']} from {row['checkpoint']}", flush=True)
+            return
+        if "stopped_early" in row:
+            print(f"{STAGE}: stopped early at iteration {row['iteration']}: {row['stopped_early']}", flush=True)
             return
         print(
             f"{STAGE}: iteration {row['iteration']}/{config.iterations} "

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,10 +214,12 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
 
     resumed = run_stage(command(**SMALL_RUN), project_root)
     assert resumed.returncode == 0, resumed.stderr
-    assert "'resumed_from': 3" in resumed.stdout or "'resumed_from': 4" in resumed.stdout
+    assert re.search(r"resumed after iteration [34] from", resumed.stdout)  # the kill lands within a step
     final = load_policy(root / "policy", torch.device("cpu")).state_dict()
     assert all(torch.equal(uninterrupted[name], final[name]) for name in uninterrupted)
-    pd.testing.assert_frame_equal(pd.read_csv(root / "ppo.csv"), uninterrupted_curve)
+    curve = pd.read_csv(root / "ppo.csv")
+    timings = [column for column in curve if column.endswith("_seconds")]
+    pd.testing.assert_frame_equal(curve.drop(columns=timings), uninterrupted_curve.drop(columns=timings))
 
 
 def test_stage_does_not_resume_a_checkpoint_of_other_params(stage_workspace, project_root):
@@ -230,7 +233,7 @@ def test_stage_does_not_resume_a_checkpoint_of_other_params(stage_workspace, pro
     process.wait()
     done = run_stage(command(**{**SMALL_RUN, "learning_rate": 1e-3}), project_root)
     assert done.returncode == 0, done.stderr
-    assert "resumed_from" not in done.stdout
+    assert "resumed" not in done.stdout
     assert len(pd.read_csv(root / "ppo.csv")) == SMALL_RUN["iterations"]
 
 

@@ -113,6 +113,9 @@ class RuleJudge:
         verdict = self.check(prompt, topic, response)
         return sum(p.weight for p in self.principles if verdict[p.name]), verdict
 
+    def rank_batch(self, items: list[tuple[str, str | None, list[str]]]) -> list[Judgement]:
+        return [self.rank(*item) for item in items]
+
     def rank(self, prompt: str, topic: str | None, responses: list[str]) -> Judgement:
         scored = [self.score(prompt, topic, r) for r in responses]
         scores = [s for s, _ in scored]

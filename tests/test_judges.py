@@ -1,0 +1,186 @@
+"""AI judges: order-swap debiasing on a real (tiny) local LM, an OpenAI-compatible endpoint on
+127.0.0.1 that misbehaves, and the reward-model judge."""
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from rlhf.config import ConfigError, parse_params
+from rlhf.errors import JudgeEndpointError
+from rlhf.judges.llm import LLMJudge
+from rlhf.judges.openai_compatible import OpenAICompatibleJudge
+from rlhf.judges.pairwise import PairwiseJudge
+from rlhf.judges.reward_model import RewardModelJudge
+from tests.conftest import tiny_gpt2_config
+
+PROMPT = "tell me about owls . answer :"
+RESPONSES = ["owls hunt at night , thanks", "whatever", "owls are birds", "thanks , owls fly"]
+
+
+def first_position_lover(tokenizer, p_first: float = 0.9) -> GPT2LMHeadModel:
+    """A real GPT-2 whose next-token distribution ignores its input and favours the choice "1".
+
+    The final layer norm outputs a constant vector h, so the logits W h are the same everywhere;
+    the "1" and "2" rows of W are set so that P("1") / (P("1") + P("2")) = p_first.
+    """
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2_config(tokenizer, tie_word_embeddings=False, n_positions=512)).eval()
+    one = tokenizer(" 1", add_special_tokens=False)["input_ids"][-1]
+    two = tokenizer(" 2", add_special_tokens=False)["input_ids"][-1]
+    with torch.no_grad():
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(torch.ones_like(model.transformer.ln_f.bias))
+        width = model.lm_head.weight.shape[1]
+        model.lm_head.weight[one] = math.log(p_first / (1 - p_first)) / width
+        model.lm_head.weight[two] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("chain_of_thought", [False, True])
+def test_llm_judge_order_swap_turns_a_first_position_bias_into_symmetric_preferences(
+    tiny_tokenizer, chain_of_thought
+):
+    judge = LLMJudge(first_position_lover(tiny_tokenizer), tiny_tokenizer, "be polite", chain_of_thought, 4)
+    raw = judge.first_preferred([(PROMPT, RESPONSES[0], RESPONSES[1]), (PROMPT, RESPONSES[1], RESPONSES[0])])
+    assert raw == pytest.approx([0.9, 0.9], abs=1e-4)  # it picks whatever is shown first
+    [judgement] = judge.rank_batch([(PROMPT, None, RESPONSES)])
+    assert all(p == pytest.approx(0.5, abs=1e-4) for p in judgement.preferences.values())
+    assert len(judgement.preferences) == 6  # C(4, 2)
+    assert judgement.ranks == [1, 1, 1, 1]  # no real preference left: all tie
+    assert judge.stats.position_bias_rate == 1.0
+    assert all(judgement.confidence(i, j) < 1e-3 for i, j in judgement.preferences)
+
+
+class PoliteFirstJudge(PairwiseJudge):
+    """A consistent judge (no position bias) that prefers responses saying thanks."""
+
+    def first_preferred(self, queries):
+        return [0.5 + 0.4 * (("thanks" in first) - ("thanks" in second)) for _, first, second in queries]
+
+
+def test_pairwise_preferences_become_a_k_way_ranking_with_ties_and_confidences():
+    [judgement] = PoliteFirstJudge().rank_batch([(PROMPT, None, RESPONSES)])
+    assert judgement.ranks == [1, 3, 3, 1]
+    assert judgement.preferences[(0, 1)] == pytest.approx(0.9)
+    assert judgement.confidence(0, 1) == pytest.approx(0.8)
+    assert judgement.confidence(1, 2) == pytest.approx(0.0)
+    assert judgement.reasons[0]["p_beats"] == {"1": 0.9, "2": 0.9, "3": 0.5}
+
+
+def test_reward_model_judge_ranks_by_score(tiny_tokenizer, tiny_checkpoints):
+    from rlhf.models import load_scalar_head_model
+
+    _, reward_dir = tiny_checkpoints
+    model = load_scalar_head_model(reward_dir, torch.device("cpu"), tiny_tokenizer.pad_token_id)
+    [judgement] = RewardModelJudge(model, tiny_tokenizer, "v").rank_batch([(PROMPT, None, RESPONSES)])
+    order = sorted(range(4), key=lambda i: -judgement.scores[i])
+    assert [judgement.ranks[i] for i in order] == sorted(judgement.ranks)
+    p01 = 1 / (1 + math.exp(judgement.scores[1] - judgement.scores[0]))
+    assert judgement.preferences[(0, 1)] == pytest.approx(p01)
+
+
+def test_ai_judge_needs_its_section_in_params(project_root):
+    import yaml
+
+    raw = yaml.safe_load((project_root / "params.yaml").read_text())
+    raw["rank_responses"]["judge"] = "openai"
+    with pytest.raises(ConfigError, match=r"^params.yaml: rank_responses.openai: required when judge is 'openai'$"):
+        parse_params(raw)
+
+
+# --- an OpenAI-compatible server on 127.0.0.1 that times out once and rate-limits once ---
+
+SECRET = "sk-test-not-a-real-key-1234567890"
+
+
+class ScriptedAPI(BaseHTTPRequestHandler):
+    script: list[str] = []  # what to do with each request, in order: "sleep", "429", then "answer"
+    seen: list[dict] = []
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        with self.lock:
+            action = self.script.pop(0) if self.script else "answer"
+            self.seen.append({"auth": self.headers.get("authorization"), "body": body, "action": action})
+        if action == "sleep":
+            time.sleep(1.0)  # past the client's timeout
+            return self._send(500, {"error": "too late"})
+        if action == "429":
+            return self._send(429, {"error": {"message": f"slow down, {SECRET}"}}, {"Retry-After": "0"})
+        if action == "fail":
+            return self._send(503, {"error": {"message": "unavailable"}})
+        text = body["messages"][-1]["content"]
+        first = text.split("Response 1:")[1].split("Response 2:")[0]
+        second = text.split("Response 2:")[1]
+        p_first = 0.5 + 0.4 * (("thanks" in first) - ("thanks" in second))
+        top = [{"token": "1", "logprob": math.log(p_first)}, {"token": "2", "logprob": math.log(1 - p_first)}]
+        answer = {
+            "choices": [
+                {
+                    "message": {"role": "assistant", "content": "1" if p_first >= 0.5 else "2"},
+                    "logprobs": {"content": [{"token": "1", "logprob": top[0]["logprob"], "top_logprobs": top}]},
+                }
+            ],
+            "usage": {"prompt_tokens": 50, "completion_tokens": 1},
+        }
+        self._send(200, answer)
+
+    def _send(self, status, payload, headers=None):
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up on a request it timed out
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def api(monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("JUDGE_TEST_KEY", SECRET)
+    ScriptedAPI.seen = []
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_openai_judge_survives_a_timeout_and_a_429_and_counts_tokens(api):
+    ScriptedAPI.script = ["sleep", "429"]
+    judge = OpenAICompatibleJudge(
+        api, "judge-model", "be polite", api_key_env="JUDGE_TEST_KEY", max_concurrency=1, timeout_s=0.3,
+        backoff_s=0.01, price_per_1k_prompt_tokens=1.0, price_per_1k_completion_tokens=2.0,
+    )  # fmt: skip
+    [judgement] = judge.rank_batch([(PROMPT, None, RESPONSES)])
+    assert judgement.ranks == [1, 3, 3, 1]
+    assert judgement.preferences[(0, 1)] == pytest.approx(0.9)
+    assert judge.usage["retries"] == 2
+    assert judge.usage["requests"] == 12  # 6 pairs, both orders
+    assert judge.usage["prompt_tokens"] == 600 and judge.cost == pytest.approx(0.6 + 0.024)
+    assert all(seen["auth"] == f"Bearer {SECRET}" for seen in ScriptedAPI.seen)
+    assert [seen["action"] for seen in ScriptedAPI.seen[:3]] == ["sleep", "429", "answer"]
+    assert SECRET not in json.dumps(judgement.reasons)
+
+
+def test_openai_judge_gives_one_clear_error_when_the_endpoint_keeps_failing(api):
+    ScriptedAPI.script = ["429"] * 10
+    judge = OpenAICompatibleJudge(api, "m", "p", api_key_env="JUDGE_TEST_KEY", max_retries=2, backoff_s=0.0)
+    with pytest.raises(JudgeEndpointError) as failure:
+        judge.rank_batch([(PROMPT, None, RESPONSES[:2])])
+    message = str(failure.value)
+    assert message.startswith(f"rank_responses.openai: {api}/chat/completions did not answer after 3 attempt(s)")
+    assert "HTTP 429" in message and SECRET not in message and "***" in message
