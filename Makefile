@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup browser clean
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -26,7 +26,14 @@ demo: setup
 	$(BIN)/python -m flows.pipeline
 	@echo "\nReport: reports/eval.md   Store: $(BIN)/rlhf store stats   Curves: $(BIN)/dvc plots show"
 
-test: setup
+# The ranking page's tests drive Debian's headless Chromium; installed here when apt-get and root allow.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "no chromium/chromedriver: the browser tests will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -ra
 
 clean:

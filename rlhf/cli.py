@@ -2,6 +2,7 @@
 
 rlhf store stats                      row counts of every table
 rlhf store query "SELECT ..."         run read-only SQL and print the result
+rlhf annotate serve --tokens FILE     the human ranking page on http://127.0.0.1:8765
 """
 
 from __future__ import annotations
@@ -30,11 +31,41 @@ def build_parser() -> argparse.ArgumentParser:
         description='Example: rlhf store query "SELECT judge, count(*) FROM rankings GROUP BY judge"',
     )
     query.add_argument("sql", help="the SQL to run")
+    annotate = commands.add_parser("annotate", help="the human ranking page")
+    annotate_actions = annotate.add_subparsers(dest="action", required=True)
+    serve = annotate_actions.add_parser(
+        "serve",
+        help="serve the ranking page",
+        description="Example: rlhf annotate serve --tokens annotators.json  "
+        '(annotators.json: {"<token of 16+ characters>": "alice", ...}; '
+        "each person opens http://127.0.0.1:8765/#token=<their token>)",
+    )
+    serve.add_argument("--store", default="feedback.duckdb", help="the store file (default: feedback.duckdb)")
+    serve.add_argument("--tokens", required=True, help="JSON file: token -> annotator name")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765)
     return parser
+
+
+def serve_annotation_page(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from rlhf.annotation.app import create_app, load_tokens
+
+    app = create_app(FeedbackStore(args.store), load_tokens(args.tokens))
+    print(f"rlhf: ranking page on http://{args.host}:{args.port}/#token=<token>", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "annotate":
+        try:
+            serve_annotation_page(args)
+        except InputError as error:
+            print(f"rlhf: error: {error}", file=sys.stderr)
+            return 2
+        return 0
     store = FeedbackStore(args.path)
     try:
         if not store.path.exists():

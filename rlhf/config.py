@@ -146,8 +146,13 @@ class RewardModelJudgeParams(Section):
 
 
 class RankResponsesParams(Section):
-    judge: Literal["rules", "llm", "openai", "reward_model"] = "rules"
-    """Which judge ranks the K responses of a prompt."""
+    judge: Literal["rules", "llm", "openai", "reward_model", "human", "hybrid"] = "rules"
+    """Which judge ranks the K responses of a prompt. human: every prompt goes to the ranking page's
+    queue. hybrid: `ai_judge` labels every pair; pairs it is unsure of go to the queue."""
+    ai_judge: Literal["rules", "llm", "openai", "reward_model"] = "llm"
+    """The AI judge of a hybrid."""
+    confidence_threshold: float = Field(0.5, ge=0, le=1)
+    """Hybrid: a pair whose judge confidence |2 P - 1| is below this goes to people."""
     principles: list[Principle] = Field(min_length=1)
     """The constitution: the rule judge scores by it; AI judges read it (descriptions) in their preamble."""
     preamble: str | None = None
@@ -160,8 +165,9 @@ class RankResponsesParams(Section):
 
     @model_validator(mode="after")
     def _judge_section_present(self):
-        if self.judge != "rules" and getattr(self, self.judge) is None:
-            raise ValueError(f"{self.judge}: required when judge is '{self.judge}'")
+        judge = self.ai_judge if self.judge == "hybrid" else self.judge
+        if judge not in ("rules", "human") and getattr(self, judge) is None:
+            raise ValueError(f"{judge}: required when the judge is '{judge}'")
         return self
 
     def judge_preamble(self) -> str:

@@ -7,17 +7,40 @@ import json
 import pandas as pd
 
 from rlhf.judges import Judge
+from rlhf.judges.base import all_pairs
 from rlhf.text import content_id
 
 RANKING_COLUMNS = ["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"]
+QUEUE_COLUMNS = ["item_id", "prompt_id", "response_ids", "reason"]
+
+
+def queue_item(prompt_id: str, response_ids: list[str], reason: str) -> tuple:
+    """A queue row: a prompt and the responses a person should rank (a pair: sorted, so it matches
+    the store's pair key)."""
+    ids = sorted(response_ids) if len(response_ids) == 2 else list(response_ids)
+    return (content_id(prompt_id, *ids), prompt_id, json.dumps(ids), reason)
+
+
+def queue_everything(responses: pd.DataFrame) -> pd.DataFrame:
+    """Judge `human`: every prompt's K responses go to people."""
+    groups = responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True)
+    rows = [queue_item(prompt_id, list(group["response_id"]), "human") for prompt_id, group in groups]
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
 
 
 def rank_all(
-    judge: Judge, prompts: pd.DataFrame, responses: pd.DataFrame, batch_prompts: int = 32, progress=None
-) -> pd.DataFrame:
+    judge: Judge,
+    prompts: pd.DataFrame,
+    responses: pd.DataFrame,
+    batch_prompts: int = 32,
+    progress=None,
+    route_below: float | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rankings, queue): the judge's rankings, and the pairs whose confidence is below `route_below`
+    (hybrid routing) as items for the human queue."""
     by_prompt = prompts.set_index("prompt_id")
     groups = list(responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True))
-    rows = []
+    rows, queue = [], []
     for start in range(0, len(groups), batch_prompts):
         chunk = groups[start : start + batch_prompts]
         items = []
@@ -33,9 +56,16 @@ def rank_all(
             ):
                 reasons_json = json.dumps(reasons, sort_keys=True)
                 rows.append((ranking_id, response_id, prompt_id, rank, score, reasons_json, judge.name, judge.version))
+            if route_below is not None:
+                ids = list(group["response_id"])
+                queue += [
+                    queue_item(prompt_id, [ids[i], ids[j]], "low_confidence")
+                    for i, j in all_pairs(len(ids))
+                    if judgement.confidence(i, j) < route_below
+                ]
         if progress:
             progress(min(start + batch_prompts, len(groups)), len(groups))
-    return pd.DataFrame(rows, columns=RANKING_COLUMNS)
+    return pd.DataFrame(rows, columns=RANKING_COLUMNS), pd.DataFrame(queue, columns=QUEUE_COLUMNS)
 
 
 def judge_report(judge: Judge, rankings: pd.DataFrame) -> dict:

@@ -9,6 +9,7 @@ Rows are keyed by content hashes, so writing the same rows twice adds nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 from filelock import FileLock
 
 from rlhf.errors import StoreError
+from rlhf.text import content_id
 
 SCHEMA_VERSION = 1
 
@@ -68,7 +70,24 @@ CREATE TABLE IF NOT EXISTS comparisons (
     run_id VARCHAR NOT NULL,
     PRIMARY KEY (ranking_id, chosen_id, rejected_id)
 );
+CREATE TABLE IF NOT EXISTS annotation_queue (
+    item_id VARCHAR PRIMARY KEY,      -- sha256 of (prompt_id, the response ids in order)
+    prompt_id VARCHAR NOT NULL,
+    response_ids VARCHAR NOT NULL,    -- JSON list: the responses a person ranks, in display order
+    reason VARCHAR NOT NULL,          -- human (every prompt) | low_confidence (an AI judge was unsure)
+    run_id VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS annotation_events (
+    item_id VARCHAR NOT NULL,
+    annotator VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,          -- ranked | skipped | flagged_unsafe
+    response_id VARCHAR,              -- the flagged response (flagged_unsafe only)
+    created_at TIMESTAMP NOT NULL
+);
 """
+
+HUMAN_JUDGE = "human"
 
 # A K-way ranking becomes its C(K,2) pairs: one row per unordered pair of the ranking.
 PAIRS_FROM_RANKINGS = """
@@ -98,6 +117,12 @@ JOIN prompts p USING (prompt_id)
 JOIN responses ch ON ch.response_id = c.chosen_id
 JOIN responses rj ON rj.response_id = c.rejected_id
 JOIN rankings r ON r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id
+-- an AI label of a pair that hybrid routing sent to people is not a label: the people's is
+WHERE r.judge = 'human' OR NOT EXISTS (
+    SELECT 1 FROM annotation_queue q
+    WHERE q.reason = 'low_confidence'
+      AND q.response_ids = '["' || least(c.chosen_id, c.rejected_id) || '", "'
+                               || greatest(c.chosen_id, c.rejected_id) || '"]')
 ORDER BY c.ranking_id, c.chosen_id, c.rejected_id
 """
 
@@ -148,8 +173,9 @@ class FeedbackStore:
         prompts: pd.DataFrame,
         responses: pd.DataFrame,
         rankings: pd.DataFrame,
+        queue: pd.DataFrame | None = None,
     ) -> dict[str, int]:
-        """Write one stage's prompts, responses and rankings, and the pairs they imply, at once.
+        """Write one stage's prompts, responses, rankings and queue items, and the pairs they imply, at once.
 
         Returns how many rows each table gained: zero everywhere when the same data is re-ingested.
         """
@@ -175,17 +201,123 @@ class FeedbackStore:
                 "judge, judge_version, run_id FROM new_rankings ON CONFLICT DO NOTHING"
             )
             con.execute(PAIRS_FROM_RANKINGS)
+            if queue is not None and len(queue):
+                con.register("new_items", queue.assign(run_id=run["run_id"]))
+                con.execute(
+                    "INSERT INTO annotation_queue SELECT item_id, prompt_id, response_ids, reason, run_id, now() "
+                    "FROM new_items ON CONFLICT DO NOTHING"
+                )
             after = self._counts(con)
         return {table: after[table] - before[table] for table in after}
 
     @staticmethod
     def _counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-        tables = ["runs", "prompts", "responses", "rankings", "comparisons"]
+        tables = ["runs", "prompts", "responses", "rankings", "comparisons", "annotation_queue"]
         return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
 
     def counts(self) -> dict[str, int]:
         with self.transaction() as con:
             return self._counts(con)
+
+    # --- the human annotation queue (the ranking page is a thin shell over these) ---
+
+    def enqueue(self, run: dict, items: pd.DataFrame) -> int:
+        """Add items (item_id, prompt_id, response_ids JSON, reason) to the queue; returns how many were new."""
+        with self.transaction() as con:
+            before = con.execute("SELECT count(*) FROM annotation_queue").fetchone()[0]
+            con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, now()) ON CONFLICT DO NOTHING",
+                [run["run_id"], run["stage"], run.get("git_rev")],
+            )
+            con.register("new_items", items.assign(run_id=run["run_id"]))
+            con.execute(
+                "INSERT INTO annotation_queue SELECT item_id, prompt_id, response_ids, reason, run_id, now() "
+                "FROM new_items ON CONFLICT DO NOTHING"
+            )
+            return con.execute("SELECT count(*) FROM annotation_queue").fetchone()[0] - before
+
+    def next_item(self, annotator: str) -> dict | None:
+        """The oldest queued item this annotator has neither ranked nor skipped, with its texts."""
+        with self.transaction() as con:
+            row = con.execute(
+                """SELECT q.item_id, q.prompt_id, p.prompt, q.response_ids FROM annotation_queue q
+                   JOIN prompts p USING (prompt_id)
+                   WHERE q.item_id NOT IN (SELECT item_id FROM annotation_events
+                                           WHERE annotator = ? AND action IN ('ranked', 'skipped'))
+                   ORDER BY q.created_at, q.item_id LIMIT 1""",
+                [annotator],
+            ).fetchone()
+            if row is None:
+                return None
+            item_id, prompt_id, prompt, response_ids = row
+            ids = json.loads(response_ids)
+            texts = dict(
+                con.execute("SELECT response_id, response FROM responses WHERE list_contains(?, response_id)", [ids])
+                .fetchall()
+            )
+        return {
+            "item_id": item_id,
+            "prompt_id": prompt_id,
+            "prompt": prompt,
+            "responses": [{"response_id": i, "text": texts[i]} for i in ids],
+        }
+
+    def annotation_progress(self, annotator: str) -> dict[str, int]:
+        with self.transaction() as con:
+            total = con.execute("SELECT count(*) FROM annotation_queue").fetchone()[0]
+            done = con.execute(
+                "SELECT count(DISTINCT item_id) FROM annotation_events WHERE annotator = ? "
+                "AND action IN ('ranked', 'skipped')",
+                [annotator],
+            ).fetchone()[0]
+        return {"done": done, "total": total}
+
+    def record_human_ranking(
+        self, annotator: str, item_id: str, ranks: dict[str, int], unsafe: list[str], run_id: str
+    ) -> int:
+        """One person's ranking of a queued item: ranking rows, their pairs and the events, at once.
+
+        `ranks` maps every response of the item to its rank (1 best; equal ranks tie). Returns the
+        number of pairs written. Refuses a ranking that does not cover exactly the item's responses.
+        """
+        with self.transaction() as con:
+            row = con.execute(
+                "SELECT prompt_id, response_ids FROM annotation_queue WHERE item_id = ?", [item_id]
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"annotation: no queued item {item_id!r}")
+            prompt_id, response_ids = row[0], json.loads(row[1])
+            if sorted(ranks) != sorted(response_ids) or not set(unsafe) <= set(response_ids):
+                raise StoreError(f"annotation: the ranking of {item_id!r} must rank exactly its responses")
+            ranking_id = content_id(item_id, HUMAN_JUDGE, annotator)
+            con.execute(
+                "INSERT INTO runs VALUES (?, 'annotate', NULL, now()) ON CONFLICT DO NOTHING", [run_id]
+            )
+            rows = pd.DataFrame(
+                {
+                    "ranking_id": ranking_id,
+                    "response_id": list(ranks),
+                    "prompt_id": prompt_id,
+                    "rank": [int(r) for r in ranks.values()],
+                    "score": [float(-r) for r in ranks.values()],
+                    "reasons": [json.dumps({"unsafe": rid in unsafe}) for rid in ranks],
+                    "judge": HUMAN_JUDGE,
+                    "judge_version": annotator,
+                    "run_id": run_id,
+                }
+            )
+            con.register("new_rankings", rows)
+            con.execute("DELETE FROM comparisons WHERE ranking_id = ?", [ranking_id])  # a person may re-rank
+            con.execute("DELETE FROM rankings WHERE ranking_id = ?", [ranking_id])
+            con.execute("INSERT INTO rankings SELECT * FROM new_rankings")
+            con.execute(PAIRS_FROM_RANKINGS)
+            events = [(item_id, annotator, "ranked", None)] + [(item_id, annotator, "flagged_unsafe", r) for r in unsafe]
+            con.executemany("INSERT INTO annotation_events VALUES (?, ?, ?, ?, now())", events)
+            return con.execute("SELECT count(*) FROM comparisons WHERE ranking_id = ?", [ranking_id]).fetchone()[0]
+
+    def skip_item(self, annotator: str, item_id: str) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT INTO annotation_events VALUES (?, ?, 'skipped', NULL, now())", [item_id, annotator])
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         with self._connect(read_only=True) as con:

@@ -4,23 +4,34 @@ import pandas as pd
 
 from rlhf.judges import make_judge
 from rlhf.models import resolve_device
-from rlhf.ranking import judge_report, rank_all
+from rlhf.ranking import RANKING_COLUMNS, judge_report, queue_everything, rank_all
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_parquet
 
 STAGE = "rank_responses"
 
 
 def main() -> None:
-    args = parse_paths(STAGE, ["prompts", "responses"], ["rankings", "metrics"])
+    args = parse_paths(STAGE, ["prompts", "responses"], ["rankings", "queue", "metrics"])
     params = params_from(args)
-    judge = make_judge(params.rank_responses, resolve_device(params.device))
-    rankings = rank_all(
-        judge, pd.read_parquet(args.prompts), pd.read_parquet(args.responses),
-        params.rank_responses.batch_prompts, log_progress(f"{STAGE}: prompts ranked"),
-    )  # fmt: skip
+    config = params.rank_responses
+    responses = pd.read_parquet(args.responses)
+    if config.judge == "human":  # people rank everything, on the ranking page (`rlhf annotate serve`)
+        rankings, queue = pd.DataFrame(columns=RANKING_COLUMNS), queue_everything(responses)
+        report = {"judge": "human", "prompts": 0, "responses": 0}
+    else:
+        kind = config.ai_judge if config.judge == "hybrid" else config.judge
+        judge = make_judge(config, resolve_device(params.device), kind)
+        rankings, queue = rank_all(
+            judge, pd.read_parquet(args.prompts), responses, config.batch_prompts,
+            log_progress(f"{STAGE}: prompts ranked"),
+            route_below=config.confidence_threshold if config.judge == "hybrid" else None,
+        )  # fmt: skip
+        report = judge_report(judge, rankings)
+    report["queued_for_people"] = len(queue)
     write_parquet(rankings, args.rankings)
-    write_json(args.metrics, judge_report(judge, rankings))
-    print(f"{STAGE}: ranked {rankings['ranking_id'].nunique()} prompts with the {judge.name} judge")
+    write_parquet(queue, args.queue)
+    write_json(args.metrics, report)
+    print(f"{STAGE}: {report['prompts']} prompts ranked by {report['judge']}; {len(queue)} items queued for people")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage store_comparisons: ingest rankings into the DuckDB store; snapshot all comparisons."""
+"""Stage store_comparisons: ingest rankings (and items for people) into the DuckDB store; snapshot
+all comparisons, human ones included, leaving out AI pairs that were routed to people."""
 
 import pandas as pd
 
@@ -9,7 +10,7 @@ STAGE = "store_comparisons"
 
 
 def main() -> None:
-    args = parse_paths(STAGE, ["prompts", "responses", "rankings"], ["comparisons"])
+    args = parse_paths(STAGE, ["prompts", "responses", "rankings", "queue"], ["comparisons"])
     params = params_from(args)
     store = FeedbackStore(params.store.path, params.store.lock_timeout_s)
     added = store.ingest(
@@ -17,6 +18,7 @@ def main() -> None:
         pd.read_parquet(args.prompts),
         pd.read_parquet(args.responses),
         pd.read_parquet(args.rankings),
+        pd.read_parquet(args.queue),
     )
     rows = store.snapshot_comparisons(args.comparisons)
     print(f"{STAGE}: added {added}; snapshot holds {rows} comparisons")

@@ -97,6 +97,7 @@ def test_reingesting_the_same_rankings_adds_nothing_and_snapshot_is_byte_identic
         "responses": 0,
         "rankings": 0,
         "comparisons": 0,
+        "annotation_queue": 0,
     }
     assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
     with duckdb.connect(str(tmp_path / "feedback.duckdb"), read_only=True) as con:
@@ -134,7 +135,8 @@ def test_rank_all_records_why_and_ranks_each_prompt(judge):
     responses = pd.DataFrame(
         [{"response_id": f"r{i}", "prompt_id": "p1", "sample_index": i, "response": t} for i, t in enumerate(texts)]
     )
-    rankings = rank_all(judge, prompts, responses)
+    rankings, queue = rank_all(judge, prompts, responses)
+    assert queue.empty  # no routing asked for
     assert list(rankings["rank"]) == [1, 2, 2]
     assert json.loads(rankings["reasons"][0]) == {
         "length_band": True,

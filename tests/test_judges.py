@@ -90,7 +90,7 @@ def test_ai_judge_needs_its_section_in_params(project_root):
 
     raw = yaml.safe_load((project_root / "params.yaml").read_text())
     raw["rank_responses"]["judge"] = "openai"
-    with pytest.raises(ConfigError, match=r"^params.yaml: rank_responses.openai: required when judge is 'openai'$"):
+    with pytest.raises(ConfigError, match=r"^params.yaml: rank_responses.openai: required when the judge is 'openai'$"):
         parse_params(raw)
 
 
@@ -184,3 +184,44 @@ def test_openai_judge_gives_one_clear_error_when_the_endpoint_keeps_failing(api)
     message = str(failure.value)
     assert message.startswith(f"rank_responses.openai: {api}/chat/completions did not answer after 3 attempt(s)")
     assert "HTTP 429" in message and SECRET not in message and "***" in message
+
+
+def test_hybrid_routing_sends_exactly_the_low_confidence_pairs_to_people(tmp_path):
+    import pandas as pd
+
+    from rlhf.ranking import rank_all
+    from rlhf.store import FeedbackStore
+
+    prompts = pd.DataFrame(
+        [("p1", PROMPT, "owls", "train", "test")], columns=["prompt_id", "prompt", "topic", "split", "source"]
+    )
+    ids = [f"r{i}" for i in range(4)]
+    responses = pd.DataFrame(
+        {"response_id": ids, "prompt_id": "p1", "sample_index": range(4), "response": RESPONSES,
+         "policy_checkpoint": "c", "sampling": "{}"}
+    )  # fmt: skip
+    judge = PoliteFirstJudge()
+    rankings, queue = rank_all(judge, prompts, responses, route_below=0.5)
+    [judgement] = judge.rank_batch([(PROMPT, None, RESPONSES)])
+    unsure = {(ids[i], ids[j]) for i, j in judgement.preferences if judgement.confidence(i, j) < 0.5}
+    assert unsure == {("r0", "r3"), ("r1", "r2")}  # polite vs polite, rude vs rude
+    assert {tuple(json.loads(r)) for r in queue["response_ids"]} == unsure
+    assert set(queue["reason"]) == {"low_confidence"}
+
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    store.ingest({"run_id": "run-1", "stage": "test"}, prompts, responses, rankings, queue)
+    snapshot = tmp_path / "comparisons.parquet"
+    store.snapshot_comparisons(snapshot)
+    labelled = pd.read_parquet(snapshot)
+    assert len(labelled) == 4  # the AI's 6 pairs less the 2 it was unsure of
+    assert not {tuple(sorted(p)) for p in zip(labelled["chosen_id"], labelled["rejected_id"])} & unsure
+
+    item = queue.iloc[0]
+    first, second = json.loads(item["response_ids"])
+    store.record_human_ranking("alice", item["item_id"], {first: 1, second: 2}, [], "annotate-run")
+    store.snapshot_comparisons(snapshot)
+    labelled = pd.read_parquet(snapshot)
+    assert len(labelled) == 5
+    human = labelled[labelled["judge"] == "human"]
+    assert list(zip(human["chosen_id"], human["rejected_id"])) == [(first, second)]
+    assert set(labelled["judge"]) == {"pairwise", "human"}  # each label says where it came from

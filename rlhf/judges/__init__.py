@@ -11,11 +11,12 @@ from rlhf.judges.rules import RuleJudge
 __all__ = ["Judge", "Judgement", "RuleJudge", "make_judge", "ranks_from_scores"]
 
 
-def make_judge(params: RankResponsesParams, device: torch.device) -> Judge:
-    """The judge params.yaml asks for, with its version naming what judges (model, options)."""
-    if params.judge == "rules":
+def make_judge(params: RankResponsesParams, device: torch.device, kind: str | None = None) -> Judge:
+    """The AI judge params.yaml asks for (`kind`, default params.judge), its version naming the model."""
+    kind = kind or params.judge
+    if kind == "rules":
         return RuleJudge(params.principles)
-    if params.judge == "llm":
+    if kind == "llm":
         from rlhf.judges.llm import LLMJudge
         from rlhf.models import load_policy, load_tokenizer
 
@@ -26,7 +27,7 @@ def make_judge(params: RankResponsesParams, device: torch.device) -> Judge:
         )  # fmt: skip
         judge.version = f"{LLMJudge.version}+{config.model}{'+cot' if config.chain_of_thought else ''}"
         return judge
-    if params.judge == "openai":
+    if kind == "openai":
         from rlhf.judges.openai_compatible import OpenAICompatibleJudge
 
         config = params.openai

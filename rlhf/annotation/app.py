@@ -1,0 +1,119 @@
+"""The ranking page's HTTP API. All state is in the feedback store (its concurrency rule holds:
+each request is one short transaction), so the page and the pipeline can run at the same time.
+
+Every /api request needs `Authorization: Bearer <token>`; tokens map to annotator names in a JSON
+file that only the operator sees. The page shows model text with textContent only, and a
+Content-Security-Policy forbids inline script, so a response that contains HTML stays text.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import time
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi.responses import FileResponse, Response
+from pydantic import BaseModel, Field
+
+from rlhf.errors import InputError, StoreError
+from rlhf.store import FeedbackStore
+
+STATIC = Path(__file__).parent / "static"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; object-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class Submission(BaseModel):
+    item_id: str
+    order: list[str] = Field(min_length=2)
+    """Response ids, best first."""
+    tied_with_above: list[bool]
+    """Per position: shares the rank of the response above it."""
+    unsafe: list[str] = []
+
+
+class Skip(BaseModel):
+    item_id: str
+
+
+def load_tokens(path: str | Path) -> dict[str, str]:
+    """{token: annotator} from a JSON file; one clear error if it is missing or malformed."""
+    try:
+        tokens = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: tokens file not found") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
+    if not isinstance(tokens, dict) or not tokens or not all(
+        isinstance(k, str) and len(k) >= 16 and isinstance(v, str) and v for k, v in tokens.items()
+    ):
+        raise InputError(f"{path}: expected a JSON object of token (16+ characters) -> annotator name")
+    return tokens
+
+
+def ranks_from_order(order: list[str], tied_with_above: list[bool]) -> dict[str, int]:
+    """Competition ranks from a best-first order where some positions tie with the one above."""
+    ranks: dict[str, int] = {}
+    for position, (response_id, tied) in enumerate(zip(order, tied_with_above)):
+        ranks[response_id] = ranks[order[position - 1]] if tied and position else position + 1
+    return ranks
+
+
+def create_app(store: FeedbackStore, tokens: dict[str, str]) -> FastAPI:
+    app = FastAPI(title="rlhf ranking page", docs_url=None, redoc_url=None, openapi_url=None)
+    run_id = f"annotate-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+
+    def annotator(authorization: str = Header(default="")) -> str:
+        offered = authorization.removeprefix("Bearer ").strip()
+        for token, name in tokens.items():
+            if hmac.compare_digest(offered.encode(), token.encode()):
+                return name
+        raise HTTPException(status_code=401, detail="token refused")
+
+    @app.middleware("http")
+    async def security_headers(request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.get("/")
+    def page() -> Response:
+        return FileResponse(STATIC / "page.html", media_type="text/html")
+
+    @app.get("/page.js")
+    def script() -> Response:
+        return FileResponse(STATIC / "page.js", media_type="text/javascript")
+
+    @app.get("/page.css")
+    def style() -> Response:
+        return FileResponse(STATIC / "page.css", media_type="text/css")
+
+    @app.get("/api/next")
+    def next_item(name: str = Depends(annotator)) -> dict:
+        return {"annotator": name, "item": store.next_item(name), "progress": store.annotation_progress(name)}
+
+    @app.post("/api/submit")
+    def submit(submission: Submission, name: str = Depends(annotator)) -> dict:
+        if len(submission.tied_with_above) != len(submission.order) or len(set(submission.order)) != len(
+            submission.order
+        ):
+            raise HTTPException(status_code=422, detail="order and tied_with_above must match, without repeats")
+        ranks = ranks_from_order(submission.order, submission.tied_with_above)
+        try:
+            pairs = store.record_human_ranking(name, submission.item_id, ranks, submission.unsafe, run_id)
+        except StoreError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
+        return {"pairs": pairs, "progress": store.annotation_progress(name)}
+
+    @app.post("/api/skip")
+    def skip(request: Skip, name: str = Depends(annotator)) -> dict:
+        store.skip_item(name, request.item_id)
+        return {"progress": store.annotation_progress(name)}
+
+    return app

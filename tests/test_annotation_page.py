@@ -1,0 +1,203 @@
+"""The human ranking page, served for real on 127.0.0.1 and driven in headless Chromium."""
+
+import json
+import shutil
+import socket
+import threading
+import time
+
+import httpx
+import pandas as pd
+import pytest
+import uvicorn
+
+from rlhf.annotation.app import create_app, load_tokens, ranks_from_order
+from rlhf.errors import InputError
+from rlhf.ranking import RANKING_COLUMNS
+from rlhf.sampling import RESPONSE_COLUMNS
+from rlhf.store import FeedbackStore
+from rlhf.text import content_id
+
+TOKEN, OTHER_TOKEN = "alice-token-0123456789", "bob-token-0123456789ab"
+PAYLOAD = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
+PROMPTS = {"p-owls": "tell me about owls . answer :", "p-cats": "tell me about cats . answer :"}
+RESPONSES = {
+    "p-owls": ["owls hunt at night , thanks", "whatever", PAYLOAD],
+    "p-cats": ["cats purr", "cats sleep a lot , glad to help", "dunno"],
+}
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    prompts = pd.DataFrame(
+        [(pid, text, None, "train", "test") for pid, text in PROMPTS.items()],
+        columns=["prompt_id", "prompt", "topic", "split", "source"],
+    )
+    responses = pd.DataFrame(
+        [(f"{pid}-r{i}", pid, i, text, "ckpt", "{}") for pid, texts in RESPONSES.items() for i, text in enumerate(texts)],
+        columns=RESPONSE_COLUMNS,
+    )
+    run = {"run_id": "test-run", "stage": "test"}
+    store.ingest(run, prompts, responses, pd.DataFrame(columns=RANKING_COLUMNS))
+    items = pd.DataFrame(
+        [
+            (content_id(pid, *ids), pid, json.dumps(ids), "human")
+            for pid in PROMPTS
+            for ids in [[f"{pid}-r{i}" for i in range(3)]]
+        ],
+        columns=["item_id", "prompt_id", "response_ids", "reason"],
+    )
+    assert store.enqueue(run, items) == 2
+    assert store.enqueue(run, items) == 0  # idempotent
+    return store
+
+
+@pytest.fixture
+def server(store):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(store, {TOKEN: "alice", OTHER_TOKEN: "bob"})
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not uvicorn_server.started:
+        assert time.time() < deadline, "the page did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.implicitly_wait(10)
+    yield driver
+    driver.quit()
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, "timed out waiting for the page"
+        time.sleep(0.05)
+
+
+def response_rows(browser):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_elements(By.CSS_SELECTOR, "#responses li")
+
+
+pytestmark = pytest.mark.browser
+
+
+def test_rank_with_the_keyboard_submit_and_find_the_ranking_and_pairs_in_the_store(server, browser, store):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{server}/#token={TOKEN}")
+    wait_for(lambda: len(response_rows(browser)) == 3)
+    assert browser.find_element(By.ID, "progress").text == "0 of 2 done"
+    item_prompt = browser.find_element(By.ID, "prompt").text
+    prompt_id = next(pid for pid, text in PROMPTS.items() if text == item_prompt)
+    shown = [row.get_attribute("data-id") for row in response_rows(browser)]
+    assert shown == [f"{prompt_id}-r{i}" for i in range(3)]
+
+    # Move the last response to the top (Shift+Up twice), then tie the second with the first.
+    last = response_rows(browser)[2]
+    last.click()
+    last.send_keys(Keys.SHIFT, Keys.ARROW_UP)
+    last.send_keys(Keys.SHIFT, Keys.ARROW_UP)
+    order = [row.get_attribute("data-id") for row in response_rows(browser)]
+    assert order == [shown[2], shown[0], shown[1]]
+    second = response_rows(browser)[1]
+    second.send_keys(Keys.ARROW_UP)  # focus moves up without moving anything
+    second.send_keys("t")
+    assert [row.find_element(By.CLASS_NAME, "rank").text for row in response_rows(browser)] == ["1", "1", "3"]
+    response_rows(browser)[2].send_keys("u")  # flag the worst as unsafe
+    response_rows(browser)[0].send_keys(Keys.ENTER)
+
+    wait_for(lambda: browser.find_element(By.ID, "progress").text == "1 of 2 done")
+    ranking = store.query(
+        "SELECT response_id, rank, judge, judge_version, reasons FROM rankings WHERE judge = 'human' ORDER BY rank"
+    )
+    assert dict(zip(ranking["response_id"], ranking["rank"])) == {shown[2]: 1, shown[0]: 1, shown[1]: 3}
+    assert set(ranking["judge_version"]) == {"alice"}
+    assert json.loads(ranking.set_index("response_id").loc[shown[1], "reasons"]) == {"unsafe": True}
+    pairs = store.query("SELECT chosen_id, rejected_id, tie FROM comparisons ORDER BY tie, chosen_id")
+    assert len(pairs) == 3 and pairs["tie"].sum() == 1
+    assert set(pairs.loc[~pairs["tie"], "rejected_id"]) == {shown[1]}
+    events = store.query("SELECT action, response_id FROM annotation_events ORDER BY action")
+    assert list(events["action"]) == ["flagged_unsafe", "ranked"] and events["response_id"][0] == shown[1]
+
+
+def test_a_script_in_a_response_stays_inert_text(server, browser, store):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/#token={TOKEN}")
+    wait_for(lambda: len(response_rows(browser)) == 3)
+    if browser.find_element(By.ID, "prompt").text != PROMPTS["p-owls"]:
+        browser.find_element(By.ID, "skip").click()  # the owls prompt carries the payload
+        wait_for(lambda: browser.find_element(By.ID, "prompt").text == PROMPTS["p-owls"])
+    texts = [row.find_element(By.CLASS_NAME, "text").text for row in response_rows(browser)]
+    assert PAYLOAD in texts
+    assert browser.execute_script("return window.pwned === undefined")
+    assert browser.find_elements(By.CSS_SELECTOR, "#responses script, #responses img") == []
+
+
+def test_a_wrong_token_is_refused(server, browser):
+    from selenium.webdriver.common.by import By
+
+    assert httpx.get(f"{server}/api/next", headers={"Authorization": "Bearer wrong-token-123456"}).status_code == 401
+    assert httpx.get(f"{server}/api/next").status_code == 401
+    bad = httpx.post(f"{server}/api/submit", json={"item_id": "x", "order": ["a", "b"], "tied_with_above": [0, 0]})
+    assert bad.status_code == 401
+    browser.get(f"{server}/#token=wrong-token-123456")
+    wait_for(lambda: browser.find_element(By.ID, "status").text == "Token refused.")
+    assert browser.find_element(By.ID, "login").is_displayed()
+    assert not browser.find_element(By.ID, "task").is_displayed()
+
+
+def test_two_annotators_have_their_own_progress(server, store):
+    for token in (TOKEN, OTHER_TOKEN):
+        item = httpx.get(f"{server}/api/next", headers={"Authorization": f"Bearer {token}"}).json()["item"]
+        order = [r["response_id"] for r in item["responses"]]
+        done = httpx.post(
+            f"{server}/api/submit",
+            headers={"Authorization": f"Bearer {token}"},
+            json={"item_id": item["item_id"], "order": order, "tied_with_above": [False] * 3},
+        )
+        assert done.status_code == 200 and done.json()["pairs"] == 3
+        assert done.json()["progress"] == {"done": 1, "total": 2}
+    assert sorted(store.query("SELECT DISTINCT judge_version FROM rankings")["judge_version"]) == ["alice", "bob"]
+
+
+def test_ranks_from_order_gives_competition_ranks_with_ties():
+    assert ranks_from_order(["a", "b", "c", "d"], [False, True, False, True]) == {"a": 1, "b": 1, "c": 3, "d": 3}
+
+
+def test_tokens_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "tokens.json"
+    bad.write_text('{"short": "alice"}')
+    with pytest.raises(InputError, match="tokens.json: expected a JSON object of token"):
+        load_tokens(bad)
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match=r"tokens.json: line 1: not valid JSON"):
+        load_tokens(bad)
