@@ -2,17 +2,23 @@
 
 rlhf store stats                      row counts of every table
 rlhf store query "SELECT ..."         run read-only SQL and print the result
+rlhf store agreement                  AI-vs-human and inter-annotator agreement (accuracy, Cohen's kappa)
+rlhf store import FILE --format F     rankings made elsewhere: csv, jsonl, argilla, hh-rlhf
 rlhf annotate serve --tokens FILE     the human ranking page on http://127.0.0.1:8765
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 import duckdb
 
+from rlhf.agreement import agreement_report
 from rlhf.errors import InputError
+from rlhf.importers import FORMATS, read_rankings
 from rlhf.store import FeedbackStore
 
 
@@ -31,6 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
         description='Example: rlhf store query "SELECT judge, count(*) FROM rankings GROUP BY judge"',
     )
     query.add_argument("sql", help="the SQL to run")
+    actions.add_parser(
+        "agreement",
+        help="AI-vs-human and inter-annotator agreement",
+        description="Example: rlhf store agreement  (pairs labelled by both; accuracy and Cohen's kappa)",
+    )
+    imports = actions.add_parser(
+        "import",
+        help="import rankings made elsewhere",
+        description="Example: rlhf store import hh-rlhf-train.jsonl --format hh-rlhf  "
+        "(formats are described in rlhf/importers.py)",
+    )
+    imports.add_argument("file", help="the rankings file")
+    imports.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     annotate = commands.add_parser("annotate", help="the human ranking page")
     annotate_actions = annotate.add_subparsers(dest="action", required=True)
     serve = annotate_actions.add_parser(
@@ -57,6 +76,16 @@ def serve_annotation_page(args: argparse.Namespace) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
+def print_agreement(report: dict) -> None:
+    rows = [(f"{judge} vs people", figures) for judge, figures in report["ai_vs_human"].items()]
+    if report["inter_annotator"]:
+        rows.append(("person vs person", report["inter_annotator"]))
+    if not rows:
+        print("no pair has been labelled by both an AI judge and a person, or by two people, yet")
+    for name, figures in rows:
+        print(f"{name:28} pairs {figures['pairs']:6}  accuracy {figures['accuracy']:.3f}  kappa {figures['kappa']:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "annotate":
@@ -68,11 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     store = FeedbackStore(args.path)
     try:
-        if not store.path.exists():
+        if not store.path.exists() and args.action != "import":
             raise InputError(f"{store.path}: no store here yet (run the pipeline first)")
         if args.action == "stats":
             for table, rows in store.counts().items():
-                print(f"{table:12} {rows}")
+                print(f"{table:16} {rows}")
+        elif args.action == "agreement":
+            print_agreement(agreement_report(store.pair_labels()))
+        elif args.action == "import":
+            run = {"run_id": f"import-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}", "stage": "import"}
+            added = store.ingest(run, *read_rankings(args.file, args.fmt))
+            print(f"imported {args.file}: " + ", ".join(f"{table} +{n}" for table, n in added.items()))
         else:
             print(store.query(args.sql).to_string(index=False))
     except (InputError, duckdb.Error) as error:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from rlhf.demo import domain
 from rlhf.errors import PromptSourceError
+from rlhf.jsonl import json_objects
 from rlhf.text import content_id
 
 PROMPT_COLUMNS = ["prompt_id", "prompt", "topic", "split", "source"]
@@ -27,18 +27,7 @@ def demo_prompts() -> pd.DataFrame:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PromptSourceError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise PromptSourceError(f"{path}:{number}: expected a JSON object")
-        records.append(record)
-    return pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records([record for _, record in json_objects(path, PromptSourceError)])
 
 
 def file_prompts(path: str | Path) -> pd.DataFrame:

@@ -181,10 +181,7 @@ class FeedbackStore:
         """
         with self.transaction() as con:
             before = self._counts(con)
-            con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, now()) ON CONFLICT DO NOTHING",
-                [run["run_id"], run["stage"], run.get("git_rev")],
-            )
+            self._insert_run(con, run)
             con.register("new_prompts", prompts.assign(run_id=run["run_id"]))
             con.execute(
                 "INSERT INTO prompts SELECT prompt_id, prompt, topic, split, source, run_id "
@@ -202,11 +199,7 @@ class FeedbackStore:
             )
             con.execute(PAIRS_FROM_RANKINGS)
             if queue is not None and len(queue):
-                con.register("new_items", queue.assign(run_id=run["run_id"]))
-                con.execute(
-                    "INSERT INTO annotation_queue SELECT item_id, prompt_id, response_ids, reason, run_id, now() "
-                    "FROM new_items ON CONFLICT DO NOTHING"
-                )
+                self._insert_queue(con, run, queue)
             after = self._counts(con)
         return {table: after[table] - before[table] for table in after}
 
@@ -225,16 +218,24 @@ class FeedbackStore:
         """Add items (item_id, prompt_id, response_ids JSON, reason) to the queue; returns how many were new."""
         with self.transaction() as con:
             before = con.execute("SELECT count(*) FROM annotation_queue").fetchone()[0]
-            con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, now()) ON CONFLICT DO NOTHING",
-                [run["run_id"], run["stage"], run.get("git_rev")],
-            )
-            con.register("new_items", items.assign(run_id=run["run_id"]))
-            con.execute(
-                "INSERT INTO annotation_queue SELECT item_id, prompt_id, response_ids, reason, run_id, now() "
-                "FROM new_items ON CONFLICT DO NOTHING"
-            )
+            self._insert_run(con, run)
+            self._insert_queue(con, run, items)
             return con.execute("SELECT count(*) FROM annotation_queue").fetchone()[0] - before
+
+    @staticmethod
+    def _insert_run(con: duckdb.DuckDBPyConnection, run: dict) -> None:
+        con.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, now()) ON CONFLICT DO NOTHING",
+            [run["run_id"], run["stage"], run.get("git_rev")],
+        )
+
+    @staticmethod
+    def _insert_queue(con: duckdb.DuckDBPyConnection, run: dict, items: pd.DataFrame) -> None:
+        con.register("new_items", items.assign(run_id=run["run_id"]))
+        con.execute(
+            "INSERT INTO annotation_queue SELECT item_id, prompt_id, response_ids, reason, run_id, now() "
+            "FROM new_items ON CONFLICT DO NOTHING"
+        )
 
     def next_item(self, annotator: str) -> dict | None:
         """The oldest queued item this annotator has neither ranked nor skipped, with its texts."""
@@ -252,8 +253,9 @@ class FeedbackStore:
             item_id, prompt_id, prompt, response_ids = row
             ids = json.loads(response_ids)
             texts = dict(
-                con.execute("SELECT response_id, response FROM responses WHERE list_contains(?, response_id)", [ids])
-                .fetchall()
+                con.execute(
+                    "SELECT response_id, response FROM responses WHERE list_contains(?, response_id)", [ids]
+                ).fetchall()
             )
         return {
             "item_id": item_id,
@@ -290,9 +292,7 @@ class FeedbackStore:
             if sorted(ranks) != sorted(response_ids) or not set(unsafe) <= set(response_ids):
                 raise StoreError(f"annotation: the ranking of {item_id!r} must rank exactly its responses")
             ranking_id = content_id(item_id, HUMAN_JUDGE, annotator)
-            con.execute(
-                "INSERT INTO runs VALUES (?, 'annotate', NULL, now()) ON CONFLICT DO NOTHING", [run_id]
-            )
+            con.execute("INSERT INTO runs VALUES (?, 'annotate', NULL, now()) ON CONFLICT DO NOTHING", [run_id])
             rows = pd.DataFrame(
                 {
                     "ranking_id": ranking_id,
@@ -311,13 +311,27 @@ class FeedbackStore:
             con.execute("DELETE FROM rankings WHERE ranking_id = ?", [ranking_id])
             con.execute("INSERT INTO rankings SELECT * FROM new_rankings")
             con.execute(PAIRS_FROM_RANKINGS)
-            events = [(item_id, annotator, "ranked", None)] + [(item_id, annotator, "flagged_unsafe", r) for r in unsafe]
+            events = [(item_id, annotator, "ranked", None)] + [
+                (item_id, annotator, "flagged_unsafe", r) for r in unsafe
+            ]
             con.executemany("INSERT INTO annotation_events VALUES (?, ?, ?, ?, now())", events)
             return con.execute("SELECT count(*) FROM comparisons WHERE ranking_id = ?", [ranking_id]).fetchone()[0]
 
     def skip_item(self, annotator: str, item_id: str) -> None:
         with self.transaction() as con:
             con.execute("INSERT INTO annotation_events VALUES (?, ?, 'skipped', NULL, now())", [item_id, annotator])
+
+    def pair_labels(self) -> pd.DataFrame:
+        """Every labelled pair as (a, b, judge, judge_version, label): a < b are response ids; label
+        +1 means a is better, -1 b, 0 a tie. Routed AI pairs are included: agreement needs them."""
+        return self.query(
+            """SELECT least(c.chosen_id, c.rejected_id) AS a, greatest(c.chosen_id, c.rejected_id) AS b,
+                      r.judge, r.judge_version,
+                      CASE WHEN c.tie THEN 0 WHEN c.chosen_id < c.rejected_id THEN 1 ELSE -1 END AS label
+               FROM comparisons c
+               JOIN rankings r ON r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id
+               ORDER BY a, b, r.judge, r.judge_version"""
+        )
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         with self._connect(read_only=True) as con:

@@ -1,5 +1,6 @@
 """Stage evaluate: the final policy against the bootstrap policy on held-out prompts."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -14,9 +15,22 @@ from tasks._stage import params_from, parse_paths, run_stage, write_json
 STAGE = "evaluate"
 
 
+def feedback_quality(rank: dict, feedback: dict) -> dict:
+    """The judge's position bias and how far judges agree, flattened for metrics/eval.json."""
+    agreement = feedback.get("agreement", {})
+    quality = {"judge_position_bias_rate": rank.get("position_bias_rate")}
+    for judge, figures in agreement.get("ai_vs_human", {}).items():
+        quality.update({f"ai_vs_human_{judge}_{k}": v for k, v in figures.items()})
+    for key, value in (agreement.get("inter_annotator") or {}).items():
+        quality[f"inter_annotator_{key}"] = value
+    return quality
+
+
 def main() -> None:
     args = parse_paths(
-        STAGE, ["prompts", "comparisons", "start_dir", "policy_dir", "reward_dir"], ["metrics", "report"]
+        STAGE,
+        ["prompts", "comparisons", "rank_metrics", "feedback_metrics", "start_dir", "policy_dir", "reward_dir"],
+        ["metrics", "report"],
     )
     params = params_from(args)
     device = resolve_device(params.device)
@@ -47,7 +61,14 @@ def main() -> None:
         rm_metrics = reward_model_vs_baselines(
             reward_model, reward_tokenizer, comparisons[comparisons["split"] == "test"]
         )
-    metrics = {"held_out_prompts": len(held_out), **policy_metrics, **rm_metrics}
+    metrics = {
+        "held_out_prompts": len(held_out),
+        **policy_metrics,
+        **rm_metrics,
+        **feedback_quality(
+            json.loads(Path(args.rank_metrics).read_text()), json.loads(Path(args.feedback_metrics).read_text())
+        ),
+    }
     metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     write_json(args.metrics, metrics)
     report = markdown_report(metrics, texts, before, after, section.report_samples, section.samples_per_prompt)

@@ -3,14 +3,15 @@ all comparisons, human ones included, leaving out AI pairs that were routed to p
 
 import pandas as pd
 
+from rlhf.agreement import agreement_report
 from rlhf.store import FeedbackStore
-from tasks._stage import params_from, parse_paths, run_info, run_stage
+from tasks._stage import params_from, parse_paths, run_info, run_stage, write_json
 
 STAGE = "store_comparisons"
 
 
 def main() -> None:
-    args = parse_paths(STAGE, ["prompts", "responses", "rankings", "queue"], ["comparisons"])
+    args = parse_paths(STAGE, ["prompts", "responses", "rankings", "queue"], ["comparisons", "metrics"])
     params = params_from(args)
     store = FeedbackStore(params.store.path, params.store.lock_timeout_s)
     added = store.ingest(
@@ -21,7 +22,17 @@ def main() -> None:
         pd.read_parquet(args.queue),
     )
     rows = store.snapshot_comparisons(args.comparisons)
-    print(f"{STAGE}: added {added}; snapshot holds {rows} comparisons")
+    counts = store.counts()
+    waiting = store.query(
+        "SELECT count(*) AS n FROM annotation_queue WHERE item_id NOT IN "
+        "(SELECT item_id FROM annotation_events WHERE action = 'ranked')"
+    )["n"][0]
+    write_json(
+        args.metrics,
+        {"snapshot_comparisons": rows, "store": counts, "queue_waiting": int(waiting),
+         "agreement": agreement_report(store.pair_labels())},
+    )  # fmt: skip
+    print(f"{STAGE}: added {added}; snapshot holds {rows} comparisons; {waiting} items wait for people")
 
 
 if __name__ == "__main__":

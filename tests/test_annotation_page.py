@@ -35,7 +35,11 @@ def store(tmp_path):
         columns=["prompt_id", "prompt", "topic", "split", "source"],
     )
     responses = pd.DataFrame(
-        [(f"{pid}-r{i}", pid, i, text, "ckpt", "{}") for pid, texts in RESPONSES.items() for i, text in enumerate(texts)],
+        [
+            (f"{pid}-r{i}", pid, i, text, "ckpt", "{}")
+            for pid, texts in RESPONSES.items()
+            for i, text in enumerate(texts)
+        ],
         columns=RESPONSE_COLUMNS,
     )
     run = {"run_id": "test-run", "stage": "test"}

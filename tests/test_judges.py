@@ -6,6 +6,7 @@ import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 import torch
@@ -43,9 +44,7 @@ def first_position_lover(tokenizer, p_first: float = 0.9) -> GPT2LMHeadModel:
 
 
 @pytest.mark.parametrize("chain_of_thought", [False, True])
-def test_llm_judge_order_swap_turns_a_first_position_bias_into_symmetric_preferences(
-    tiny_tokenizer, chain_of_thought
-):
+def test_llm_judge_order_swap_turns_a_first_position_bias_into_symmetric_preferences(tiny_tokenizer, chain_of_thought):
     judge = LLMJudge(first_position_lover(tiny_tokenizer), tiny_tokenizer, "be polite", chain_of_thought, 4)
     raw = judge.first_preferred([(PROMPT, RESPONSES[0], RESPONSES[1]), (PROMPT, RESPONSES[1], RESPONSES[0])])
     assert raw == pytest.approx([0.9, 0.9], abs=1e-4)  # it picks whatever is shown first
@@ -100,11 +99,11 @@ SECRET = "sk-test-not-a-real-key-1234567890"
 
 
 class ScriptedAPI(BaseHTTPRequestHandler):
-    script: list[str] = []  # what to do with each request, in order: "sleep", "429", then "answer"
-    seen: list[dict] = []
+    script: ClassVar[list[str]] = []  # what to do with each request, in order: "sleep", "429", then "answer"
+    seen: ClassVar[list[dict]] = []
     lock = threading.Lock()
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         with self.lock:
             action = self.script.pop(0) if self.script else "answer"
@@ -225,3 +224,27 @@ def test_hybrid_routing_sends_exactly_the_low_confidence_pairs_to_people(tmp_pat
     human = labelled[labelled["judge"] == "human"]
     assert list(zip(human["chosen_id"], human["rejected_id"])) == [(first, second)]
     assert set(labelled["judge"]) == {"pairwise", "human"}  # each label says where it came from
+
+
+def test_params_pick_the_llm_judge_with_a_local_model_path(project_root, tiny_checkpoints, tiny_tokenizer, tmp_path):
+    import yaml
+
+    from rlhf.errors import InputError
+    from rlhf.judges import make_judge
+
+    short_context_dir, _ = tiny_checkpoints  # 128 positions: too short for a comparison
+    raw = yaml.safe_load((project_root / "params.yaml").read_text())
+    raw["rank_responses"].update(judge="llm", llm={"model": str(short_context_dir), "batch_size": 4})
+    with pytest.raises(InputError, match="more than the judge model's 128-token context"):
+        make_judge(parse_params(raw).rank_responses, torch.device("cpu")).rank_batch([(PROMPT, None, RESPONSES[:2])])
+
+    policy_dir = tmp_path / "judge-model"
+    GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer, n_positions=512)).save_pretrained(policy_dir)
+    tiny_tokenizer.save_pretrained(policy_dir)
+    raw["rank_responses"]["llm"]["model"] = str(policy_dir)
+    judge = make_judge(parse_params(raw).rank_responses, torch.device("cpu"))
+    assert isinstance(judge, LLMJudge) and judge.version == f"1+{policy_dir}"
+    assert "A better response is: on topic; polite" in judge.preamble
+    [judgement] = judge.rank_batch([("tell me about owls", None, ["owls fly", "whatever"])])
+    assert sorted(judgement.ranks) in ([1, 1], [1, 2])
+    assert 0.0 <= judgement.preferences[(0, 1)] <= 1.0

@@ -138,22 +138,7 @@ def test_store_holds_every_pair_once_and_reingest_adds_nothing(flow_outcomes, de
     assert counts["responses"] == counts["prompts"] * k
     assert counts["comparisons"] == counts["prompts"] * k * (k - 1) // 2
     snapshot = (demo_repo / "data" / "comparisons.parquet").read_bytes()
-    run(
-        [
-            sys.executable,
-            "-m",
-            "tasks.store_comparisons",
-            "--prompts",
-            "data/prompts.parquet",
-            "--responses",
-            "data/responses.parquet",
-            "--rankings",
-            "data/rankings.parquet",
-            "--comparisons",
-            "data/comparisons.parquet",
-        ],
-        demo_repo,
-    )
+    dvc("repro", "--force", "--single-item", "store_comparisons", cwd=demo_repo)  # the stage's own command
     assert {t: n for t, n in store.counts().items() if t != "runs"} == {t: n for t, n in counts.items() if t != "runs"}
     assert (demo_repo / "data" / "comparisons.parquet").read_bytes() == snapshot
 

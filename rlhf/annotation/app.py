@@ -50,8 +50,10 @@ def load_tokens(path: str | Path) -> dict[str, str]:
         raise InputError(f"{path}: tokens file not found") from None
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
-    if not isinstance(tokens, dict) or not tokens or not all(
-        isinstance(k, str) and len(k) >= 16 and isinstance(v, str) and v for k, v in tokens.items()
+    if (
+        not isinstance(tokens, dict)
+        or not tokens
+        or not all(isinstance(k, str) and len(k) >= 16 and isinstance(v, str) and v for k, v in tokens.items())
     ):
         raise InputError(f"{path}: expected a JSON object of token (16+ characters) -> annotator name")
     return tokens

@@ -66,7 +66,11 @@ class OpenAICompatibleJudge(PairwiseJudge):
 
     def _ask(self, query: tuple[str, str, str]) -> float:
         prompt, first, second = query
-        cue = (RATIONALE_CUE + " ... then end with the line:\n" + CHOICE_CUE + " <1 or 2>") if self.chain_of_thought else CHOICE_CUE
+        cue = (
+            (RATIONALE_CUE + " ... then end with the line:\n" + CHOICE_CUE + " <1 or 2>")
+            if self.chain_of_thought
+            else CHOICE_CUE
+        )
         body = {
             "model": self.model,
             "messages": [
