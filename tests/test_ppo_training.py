@@ -255,3 +255,19 @@ def test_stage_runs_as_two_ddp_processes_under_accelerate_launch(stage_workspace
     metrics = json.loads((root / "policy.json").read_text())
     assert metrics["iterations"] == 2
     assert load_policy(root / "policy", torch.device("cpu")).num_parameters() > 0
+
+
+def test_linear_schedule_with_warmup_and_adaptive_kl_move_per_iteration(tiny_tokenizer):
+    params = TrainPolicyParams(
+        iterations=4, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=1e-3, lr_schedule="linear",
+        warmup_iterations=1, kl_controller="adaptive", target_kl=1e-6, kl_horizon=8, kl_coef=0.1, kl_estimator="k3",
+    )  # fmt: skip
+    result = train_ppo(tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer,
+                       PROMPTS, params, 0, log=lambda r: 0)  # fmt: skip
+    rates = [row["learning_rate"] for row in result.history]
+    assert rates == pytest.approx([0.0, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3], abs=1e-6)  # warm up, then decay to zero
+    coefs, kls = [row["kl_coef"] for row in result.history], [row["kl"] for row in result.history]
+    # Iterations 1-2 sample an unchanged policy (no step during warmup): KL ~ 0 < target, beta shrinks;
+    # once the policy moves, KL passes the target and beta grows.
+    assert kls[0] < 1e-6 and coefs[1] == pytest.approx(0.1 * (1 - 0.2))
+    assert kls[2] > 1e-6 and coefs[3] == pytest.approx(coefs[2] * (1 + 0.2))
