@@ -4,6 +4,7 @@ rlhf store stats                      row counts of every table
 rlhf store query "SELECT ..."         run read-only SQL and print the result
 rlhf store agreement                  AI-vs-human and inter-annotator agreement (accuracy, Cohen's kappa)
 rlhf store import FILE --format F     rankings made elsewhere: csv, jsonl, argilla, hh-rlhf
+rlhf store export OUT --format F      labelled pairs for other tools: trl, trl-conversational, hf-dataset, csv
 rlhf annotate serve --tokens FILE     the human ranking page on http://127.0.0.1:8765
 """
 
@@ -18,6 +19,8 @@ import duckdb
 
 from rlhf.agreement import agreement_report
 from rlhf.errors import InputError
+from rlhf.exporters import FORMATS as EXPORT_FORMATS
+from rlhf.exporters import export_pairs
 from rlhf.importers import FORMATS, read_rankings
 from rlhf.store import FeedbackStore
 
@@ -50,6 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imports.add_argument("file", help="the rankings file")
     imports.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    imports.add_argument(
+        "--map",
+        default="",
+        help="csv/jsonl column names, e.g. prompt=question,response=answer,rank=position,annotator=user",
+    )
+    exports = actions.add_parser(
+        "export",
+        help="export labelled pairs",
+        description="Example: rlhf store export pairs.jsonl --format trl --split train  "
+        "(formats are described in rlhf/exporters.py)",
+    )
+    exports.add_argument("out", help="the file (a directory for hf-dataset) to write")
+    exports.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="fmt")
+    exports.add_argument("--split", default="all", choices=["all", "train", "test"])
     annotate = commands.add_parser("annotate", help="the human ranking page")
     annotate_actions = annotate.add_subparsers(dest="action", required=True)
     serve = annotate_actions.add_parser(
@@ -104,9 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{table:16} {rows}")
         elif args.action == "agreement":
             print_agreement(agreement_report(store.pair_labels()))
+        elif args.action == "export":
+            rows = export_pairs(store.comparisons(), args.out, args.fmt, args.split)
+            print(f"exported {rows} pairs to {args.out} ({args.fmt})")
         elif args.action == "import":
             run = {"run_id": f"import-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}", "stage": "import"}
-            added = store.ingest(run, *read_rankings(args.file, args.fmt))
+            columns = dict(pair.split("=", 1) for pair in args.map.split(",") if "=" in pair)
+            added = store.ingest(run, *read_rankings(args.file, args.fmt, columns=columns))
             print(f"imported {args.file}: " + ", ".join(f"{table} +{n}" for table, n in added.items()))
         else:
             print(store.query(args.sql).to_string(index=False))

@@ -6,12 +6,15 @@ their source like labels from the ranking page. A malformed file stops with one 
 file and the line or record.
 
 - csv / jsonl: one row per response: `prompt`, `response`, `rank` (1 best; equal ranks tie), and
-  optionally `annotator`. Rows of the same prompt and annotator are one ranking.
+  optionally `annotator`. Rows of the same prompt and annotator are one ranking. `columns` maps
+  these names to the file's own (e.g. {"prompt": "question"}).
 - argilla: a JSON list (or JSONL) of Argilla FeedbackDataset records: `fields` holding the prompt
   and responses, `responses` holding each annotator's submitted `ranking` value
   (`[{"value": <field name>, "rank": n}, ...]`).
 - hh-rlhf: Anthropic HH-RLHF JSONL, `chosen` and `rejected` transcripts that share a prompt and
-  differ in the last `Assistant:` turn; each line is a ranking of two.
+  differ in the last `Assistant:` turn; each line is a ranking of two. `.jsonl.gz` is read as is.
+
+An import is all or nothing: the whole file is read and checked before one transaction writes it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from rlhf.errors import InputError
-from rlhf.jsonl import json_objects
+from rlhf.jsonl import json_objects, read_text
 from rlhf.prompts import PROMPT_COLUMNS, split_of
 from rlhf.ranking import RANKING_COLUMNS
 from rlhf.sampling import RESPONSE_COLUMNS
@@ -37,12 +40,14 @@ class ImportFileError(InputError):
     """A rankings file that cannot be read as its format says."""
 
 
-def read_rankings(path: str | Path, fmt: str, test_fraction: float = 0.2) -> tuple[pd.DataFrame, ...]:
+def read_rankings(
+    path: str | Path, fmt: str, test_fraction: float = 0.2, columns: dict[str, str] | None = None
+) -> tuple[pd.DataFrame, ...]:
     path = Path(path)
     if not path.exists():
         raise ImportFileError(f"{path}: not found")
     if fmt in ("csv", "jsonl"):
-        groups = _table_groups(path, fmt)
+        groups = _table_groups(path, fmt, columns or {})
     elif fmt == "argilla":
         groups = _argilla_groups(path)
     elif fmt == "hh-rlhf":
@@ -75,15 +80,16 @@ def _frames(groups: list[tuple[str, str, list[tuple[str, int]]]], source: str, t
     )
 
 
-def _table_groups(path: Path, fmt: str) -> list:
+def _table_groups(path: Path, fmt: str, columns: dict[str, str]) -> list:
+    rename = {theirs: ours for ours, theirs in columns.items()}
     if fmt == "csv":
         try:
-            table = pd.read_csv(path, dtype={"prompt": str, "response": str})
+            table = pd.read_csv(path, dtype=str).rename(columns=rename)
         except (pd.errors.ParserError, UnicodeDecodeError) as error:
             raise ImportFileError(f"{path}: not readable as CSV ({error})") from None
         records = [(number + 2, row) for number, row in enumerate(table.to_dict("records"))]  # +2: header, 1-based
     else:
-        records = list(_json_lines(path))
+        records = [(line, {rename.get(k, k): v for k, v in row.items()}) for line, row in _json_lines(path)]
     groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for line, row in records:
         missing = [key for key in ("prompt", "response", "rank") if key not in row or pd.isna(row[key])]
@@ -103,7 +109,7 @@ def _json_lines(path: Path):
 
 
 def _argilla_groups(path: Path) -> list:
-    text = path.read_text()
+    text = read_text(path)
     try:
         records = list(enumerate(json.loads(text), start=1)) if text.lstrip().startswith("[") else None
     except json.JSONDecodeError as error:

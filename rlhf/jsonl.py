@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 
+def read_text(path: Path) -> str:
+    """The file's text, gunzipped when its name ends in .gz."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            return handle.read()
+    return path.read_text()
+
+
 def json_objects(path: Path, error: type[Exception]) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; `error` names the file and line of a bad one."""
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:

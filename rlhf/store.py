@@ -21,17 +21,18 @@ from filelock import FileLock
 from rlhf.errors import StoreError
 from rlhf.text import content_id
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the newest version this code reads and writes; MIGRATIONS lead up to it
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
+# Version 1: the tables of the first release. A new store is created at version 1 and migrated
+# forward like any old one, so every store goes through the same steps.
+SCHEMA_V1 = """
+CREATE TABLE runs (
     run_id VARCHAR PRIMARY KEY,       -- pipeline run that first wrote rows (Prefect flow run id or local-...)
     stage VARCHAR NOT NULL,           -- the stage that opened the run
     git_rev VARCHAR,                  -- commit of the project when the run wrote
     created_at TIMESTAMP NOT NULL
 );
-CREATE TABLE IF NOT EXISTS prompts (
+CREATE TABLE prompts (
     prompt_id VARCHAR PRIMARY KEY,    -- sha256 of the prompt text
     prompt VARCHAR NOT NULL,
     topic VARCHAR,                    -- optional: what an on-topic response must mention
@@ -39,7 +40,7 @@ CREATE TABLE IF NOT EXISTS prompts (
     source VARCHAR NOT NULL,          -- where the prompt came from (demo, a file path, ...)
     run_id VARCHAR NOT NULL
 );
-CREATE TABLE IF NOT EXISTS responses (
+CREATE TABLE responses (
     response_id VARCHAR PRIMARY KEY,  -- sha256 of (prompt_id, policy_checkpoint, sample_index, text)
     prompt_id VARCHAR NOT NULL,
     sample_index INTEGER NOT NULL,    -- which of the K samples
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS responses (
     sampling VARCHAR NOT NULL,        -- JSON of the sampling parameters
     run_id VARCHAR NOT NULL
 );
-CREATE TABLE IF NOT EXISTS rankings (
+CREATE TABLE rankings (
     ranking_id VARCHAR NOT NULL,      -- sha256 of (prompt_id, judge, judge_version, response ids)
     response_id VARCHAR NOT NULL,
     prompt_id VARCHAR NOT NULL,
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS rankings (
     run_id VARCHAR NOT NULL,
     PRIMARY KEY (ranking_id, response_id)
 );
-CREATE TABLE IF NOT EXISTS comparisons (
+CREATE TABLE comparisons (
     ranking_id VARCHAR NOT NULL,
     chosen_id VARCHAR NOT NULL,       -- the better response (for a tie: the smaller id)
     rejected_id VARCHAR NOT NULL,
@@ -70,7 +71,11 @@ CREATE TABLE IF NOT EXISTS comparisons (
     run_id VARCHAR NOT NULL,
     PRIMARY KEY (ranking_id, chosen_id, rejected_id)
 );
-CREATE TABLE IF NOT EXISTS annotation_queue (
+"""
+
+# MIGRATIONS[n] takes a store from version n - 1 to n, in the same transaction as the version bump.
+MIGRATIONS = {
+    2: """CREATE TABLE annotation_queue (
     item_id VARCHAR PRIMARY KEY,      -- sha256 of (prompt_id, the response ids in order)
     prompt_id VARCHAR NOT NULL,
     response_ids VARCHAR NOT NULL,    -- JSON list: the responses a person ranks, in display order
@@ -78,27 +83,40 @@ CREATE TABLE IF NOT EXISTS annotation_queue (
     run_id VARCHAR NOT NULL,
     created_at TIMESTAMP NOT NULL
 );
-CREATE TABLE IF NOT EXISTS annotation_events (
+CREATE TABLE annotation_events (
     item_id VARCHAR NOT NULL,
     annotator VARCHAR NOT NULL,
     action VARCHAR NOT NULL,          -- ranked | skipped | flagged_unsafe
     response_id VARCHAR,              -- the flagged response (flagged_unsafe only)
     created_at TIMESTAMP NOT NULL
 );
-"""
+CREATE TABLE annotators (
+    annotator VARCHAR PRIMARY KEY,    -- the name a person ranks under (the ranking page, an import)
+    source VARCHAR NOT NULL,          -- where the name first came from: page | import:<file>
+    first_seen TIMESTAMP NOT NULL
+);
+ALTER TABLE runs ADD COLUMN dvc_rev VARCHAR;   -- sha256 of dvc.lock when the run wrote: its DVC revision
+ALTER TABLE comparisons ADD COLUMN weight DOUBLE DEFAULT 0;  -- 1 / pairs of its ranking: a ranking sums to 1
+UPDATE comparisons SET weight = 1.0 / per_ranking.pairs
+FROM (SELECT ranking_id, count(*) AS pairs FROM comparisons GROUP BY ranking_id) per_ranking
+WHERE comparisons.ranking_id = per_ranking.ranking_id;
+""",
+}
 
 HUMAN_JUDGE = "human"
 
-# A K-way ranking becomes its C(K,2) pairs: one row per unordered pair of the ranking.
+# A K-way ranking becomes its C(K,2) pairs: one row per unordered pair of the ranking, each pair
+# weighted 1 / C(K,2) so that every ranking (one prompt, one judge) counts the same (InstructGPT).
 PAIRS_FROM_RANKINGS = """
-INSERT INTO comparisons
+INSERT INTO comparisons (ranking_id, chosen_id, rejected_id, prompt_id, margin, tie, run_id, weight)
 SELECT a.ranking_id,
        a.response_id AS chosen_id,
        b.response_id AS rejected_id,
        a.prompt_id,
        a.score - b.score AS margin,
        a.rank = b.rank AS tie,
-       a.run_id
+       a.run_id,
+       1.0 / count(*) OVER (PARTITION BY a.ranking_id) AS weight
 FROM rankings a JOIN rankings b
   ON a.ranking_id = b.ranking_id
  AND (a.rank < b.rank OR (a.rank = b.rank AND a.response_id < b.response_id))
@@ -110,7 +128,7 @@ SNAPSHOT_QUERY = """
 SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id,
        p.prompt, p.topic, p.split,
        ch.response AS chosen, rj.response AS rejected,
-       c.margin, c.tie,
+       c.margin, c.tie, c.weight,
        r.judge, r.judge_version, ch.policy_checkpoint
 FROM comparisons c
 JOIN prompts p USING (prompt_id)
@@ -156,9 +174,7 @@ class FeedbackStore:
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One all-or-nothing write: committed on success, rolled back on any error."""
         with self._connect() as con:
-            con.execute(SCHEMA)
-            if not con.execute("SELECT count(*) FROM schema_version").fetchone()[0]:
-                con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+            self._migrate(con)
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
@@ -166,6 +182,34 @@ class FeedbackStore:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Bring the file to SCHEMA_VERSION: version 1 into an empty file, then each migration in turn,
+        all in one transaction, so a store is at one version or the next, never between."""
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: schema version {version} is newer than this code reads ({SCHEMA_VERSION}); "
+                    "upgrade the project"
+                )
+            if version == 0:
+                con.execute(SCHEMA_V1)
+            for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                con.execute(MIGRATIONS[target])
+            if version != SCHEMA_VERSION:
+                con.execute("DELETE FROM schema_version")
+                con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def schema_version(self) -> int:
+        with self.transaction() as con:
+            return con.execute("SELECT version FROM schema_version").fetchone()[0]
 
     def ingest(
         self,
@@ -198,6 +242,11 @@ class FeedbackStore:
                 "judge, judge_version, run_id FROM new_rankings ON CONFLICT DO NOTHING"
             )
             con.execute(PAIRS_FROM_RANKINGS)
+            con.execute(
+                "INSERT INTO annotators SELECT DISTINCT judge_version, ?, now() FROM new_rankings "
+                "WHERE judge = ? ON CONFLICT DO NOTHING",
+                [run["stage"], HUMAN_JUDGE],
+            )
             if queue is not None and len(queue):
                 self._insert_queue(con, run, queue)
             after = self._counts(con)
@@ -205,7 +254,7 @@ class FeedbackStore:
 
     @staticmethod
     def _counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-        tables = ["runs", "prompts", "responses", "rankings", "comparisons", "annotation_queue"]
+        tables = ["runs", "prompts", "responses", "rankings", "comparisons", "annotation_queue", "annotators"]
         return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
 
     def counts(self) -> dict[str, int]:
@@ -225,8 +274,9 @@ class FeedbackStore:
     @staticmethod
     def _insert_run(con: duckdb.DuckDBPyConnection, run: dict) -> None:
         con.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, now()) ON CONFLICT DO NOTHING",
-            [run["run_id"], run["stage"], run.get("git_rev")],
+            "INSERT INTO runs (run_id, stage, git_rev, dvc_rev, created_at) VALUES (?, ?, ?, ?, now()) "
+            "ON CONFLICT DO NOTHING",
+            [run["run_id"], run["stage"], run.get("git_rev"), run.get("dvc_rev")],
         )
 
     @staticmethod
@@ -292,7 +342,8 @@ class FeedbackStore:
             if sorted(ranks) != sorted(response_ids) or not set(unsafe) <= set(response_ids):
                 raise StoreError(f"annotation: the ranking of {item_id!r} must rank exactly its responses")
             ranking_id = content_id(item_id, HUMAN_JUDGE, annotator)
-            con.execute("INSERT INTO runs VALUES (?, 'annotate', NULL, now()) ON CONFLICT DO NOTHING", [run_id])
+            self._insert_run(con, {"run_id": run_id, "stage": "annotate"})
+            con.execute("INSERT INTO annotators VALUES (?, 'page', now()) ON CONFLICT DO NOTHING", [annotator])
             rows = pd.DataFrame(
                 {
                     "ranking_id": ranking_id,
@@ -336,6 +387,11 @@ class FeedbackStore:
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         with self._connect(read_only=True) as con:
             return con.execute(sql, params or []).df()
+
+    def comparisons(self) -> pd.DataFrame:
+        """Every labelled pair with its texts and provenance: what the snapshot holds."""
+        with self.transaction() as con:
+            return con.execute(SNAPSHOT_QUERY).df()
 
     def snapshot_comparisons(self, out_path: str | Path) -> int:
         """Write every comparison, joined with its texts, to Parquet in a fixed order.

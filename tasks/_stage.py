@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -56,7 +57,9 @@ def run_info(stage: str) -> dict:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         git_rev = None
-    return {"run_id": run_id, "stage": stage, "git_rev": git_rev}
+    lock = Path("dvc.lock")
+    dvc_rev = hashlib.sha256(lock.read_bytes()).hexdigest()[:16] if lock.exists() else None
+    return {"run_id": run_id, "stage": stage, "git_rev": git_rev, "dvc_rev": dvc_rev}
 
 
 def write_whole(path: str | Path, write: Callable[[Path], None]) -> None:

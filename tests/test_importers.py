@@ -3,6 +3,7 @@
 import json
 import re
 
+import pandas as pd
 import pytest
 
 from rlhf.cli import main
@@ -85,3 +86,49 @@ def test_a_malformed_file_is_one_clear_error_and_the_store_is_untouched(tmp_path
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"rlhf: error: {path}") and len(error.splitlines()) == 1
     assert not store.exists()
+
+
+def test_hh_rlhf_gz_and_column_mapping(tmp_path):
+    import gzip
+
+    path = tmp_path / "hh.jsonl.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write(json.dumps(HH[0]) + "\n")
+    _, _, rankings = read_rankings(path, "hh-rlhf")
+    assert len(rankings) == 2
+    mapped = tmp_path / "mapped.jsonl"
+    mapped.write_text('{"q": "hi", "a": "hello", "pos": 1}\n{"q": "hi", "a": "yo", "pos": 2}\n')
+    _, responses, rankings = read_rankings(mapped, "jsonl", columns={"prompt": "q", "response": "a", "rank": "pos"})
+    assert sorted(responses["response"]) == ["hello", "yo"] and sorted(rankings["rank"]) == [1, 2]
+
+
+def test_export_trl_standard_conversational_hf_dataset_and_csv(tmp_path, capsys):
+    from datasets import load_from_disk
+
+    source = tmp_path / "ranks.csv"
+    source.write_text("prompt,response,rank\nq,good,1\nq,ok,2\nq,also ok,2\n")
+    store = str(tmp_path / "feedback.duckdb")
+    assert main(["store", "--path", store, "import", str(source), "--format", "csv"]) == 0
+    out = tmp_path / "out"
+    assert main(["store", "--path", store, "export", str(out / "pairs.jsonl"), "--format", "trl"]) == 0
+    lines = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(line["chosen"] == "good" and line["prompt"] == "q" for line in lines)  # tie left out
+    assert main(["store", "--path", store, "export", str(out / "chat.jsonl"), "--format", "trl-conversational"]) == 0
+    first = json.loads((out / "chat.jsonl").read_text().splitlines()[0])
+    assert first["prompt"] == [{"role": "user", "content": "q"}] and first["chosen"][0]["role"] == "assistant"
+    assert main(["store", "--path", store, "export", str(out / "hf"), "--format", "hf-dataset"]) == 0
+    dataset = load_from_disk(str(out / "hf"))
+    assert dataset.column_names == ["prompt", "chosen", "rejected"] and len(dataset) == 2
+    assert main(["store", "--path", store, "export", str(out / "all.csv"), "--format", "csv"]) == 0
+    table = pd.read_csv(out / "all.csv")
+    assert len(table) == 3 and table["tie"].sum() == 1 and table["weight"].sum() == pytest.approx(1.0)
+    assert not list(out.glob("*.partial"))
+
+
+def test_every_store_command_has_help_with_an_example(capsys):
+    for command in (["store", "stats"], ["store", "query"], ["store", "agreement"], ["store", "import"],
+                    ["store", "export"], ["annotate", "serve"]):  # fmt: skip
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0
+        assert "Example: rlhf " in capsys.readouterr().out

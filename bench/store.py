@@ -1,0 +1,94 @@
+"""Feedback store throughput: ingest of K-way rankings into pairs, and the Parquet snapshot.
+
+    python bench/store.py [--pairs 1000000] [--k 4]
+
+Builds rankings that expand to `--pairs` comparisons, ingests them in one batch (prompts,
+responses, rankings, and the SQL self-join into pairs, all under the store's lock and
+transaction), then snapshots every pair to Parquet. The baseline writes the same pairs as JSON
+Lines with the standard library, in the same process. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pandas as pd  # noqa: E402
+
+from rlhf.store import FeedbackStore  # noqa: E402
+
+
+def rankings_for(pairs: int, k: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    prompts = -(-pairs // (k * (k - 1) // 2))
+    prompt_ids = [f"{i:032x}" for i in range(prompts)]
+    prompt_frame = pd.DataFrame(
+        {"prompt_id": prompt_ids, "prompt": [f"prompt {i}" for i in range(prompts)], "topic": None,
+         "split": "train", "source": "bench"}
+    )  # fmt: skip
+    response_ids = [f"{p}-{j}" for p in prompt_ids for j in range(k)]
+    response_frame = pd.DataFrame(
+        {"response_id": response_ids, "prompt_id": [p for p in prompt_ids for _ in range(k)],
+         "sample_index": list(range(k)) * prompts, "response": [f"response {r}" for r in response_ids],
+         "policy_checkpoint": "bench", "sampling": "{}"}
+    )  # fmt: skip
+    ranking_frame = pd.DataFrame(
+        {"ranking_id": [p for p in prompt_ids for _ in range(k)], "response_id": response_ids,
+         "prompt_id": [p for p in prompt_ids for _ in range(k)], "rank": list(range(1, k + 1)) * prompts,
+         "score": [float(-j) for j in range(k)] * prompts, "reasons": "{}", "judge": "bench", "judge_version": "1"}
+    )  # fmt: skip
+    return prompt_frame, response_frame, ranking_frame
+
+
+def jsonl_baseline(pairs: pd.DataFrame, path: Path) -> float:
+    """Seconds to write the same pairs as JSON Lines with json.dumps, the way a script would."""
+    started = time.perf_counter()
+    with path.open("w") as handle:
+        for row in pairs.itertuples(index=False):
+            handle.write(json.dumps({"prompt": row.prompt, "chosen": row.chosen, "rejected": row.rejected,
+                                     "margin": row.margin}) + "\n")  # fmt: skip
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument("--k", type=int, default=4)
+    args = parser.parse_args()
+    frames = rankings_for(args.pairs, args.k)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = FeedbackStore(Path(tmp) / "feedback.duckdb")
+        store.counts()  # create the schema outside the timing
+        started = time.perf_counter()
+        added = store.ingest({"run_id": "bench", "stage": "bench"}, *frames)
+        ingest_s = time.perf_counter() - started
+        started = time.perf_counter()
+        rows = store.snapshot_comparisons(Path(tmp) / "comparisons.parquet")
+        snapshot_s = time.perf_counter() - started
+        pairs = pd.read_parquet(Path(tmp) / "comparisons.parquet")
+        baseline_s = jsonl_baseline(pairs, Path(tmp) / "pairs.jsonl")
+    ingest_rate, baseline_rate = added["comparisons"] / ingest_s, rows / baseline_s
+    print(
+        json.dumps(
+            {
+                "bench": "store",
+                "pairs": added["comparisons"],
+                "k": args.k,
+                "ingest_pairs_per_s": round(ingest_rate),
+                "jsonl_baseline_pairs_per_s": round(baseline_rate),
+                "ratio": round(ingest_rate / baseline_rate, 2),
+                f"snapshot_{args.pairs // 1_000_000}m_pairs_s" if args.pairs >= 1_000_000 else "snapshot_s": round(
+                    snapshot_s, 3
+                ),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The store's schema: versioned, migrated forward in place, weights per ranking, provenance."""
+
+import duckdb
+import pandas as pd
+import pytest
+
+from rlhf.errors import StoreError
+from rlhf.store import SCHEMA_V1, SCHEMA_VERSION, FeedbackStore
+
+
+def version_one_store(path):
+    """A store as the first release wrote it, with one ranking of three responses (3 pairs)."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    con.execute(SCHEMA_V1)
+    con.execute("INSERT INTO schema_version VALUES (1)")
+    con.execute("INSERT INTO runs VALUES ('run-1', 'store_comparisons', 'abc', now())")
+    con.execute("INSERT INTO prompts VALUES ('p', 'q', NULL, 'train', 'demo', 'run-1')")
+    for i in range(3):
+        con.execute(f"INSERT INTO responses VALUES ('r{i}', 'p', {i}, 'text {i}', 'ckpt', '{{}}', 'run-1')")
+        con.execute(f"INSERT INTO rankings VALUES ('k', 'r{i}', 'p', {i + 1}, {-i}, '{{}}', 'rules', '1', 'run-1')")
+    for a, b in [(0, 1), (0, 2), (1, 2)]:
+        con.execute(f"INSERT INTO comparisons VALUES ('k', 'r{a}', 'r{b}', 'p', {b - a}, false, 'run-1')")
+    con.close()
+
+
+def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
+    path = tmp_path / "feedback.duckdb"
+    version_one_store(path)
+    store = FeedbackStore(path)
+    counts = store.counts()
+    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert {k: counts[k] for k in ("runs", "prompts", "responses", "rankings", "comparisons")} == {
+        "runs": 1, "prompts": 1, "responses": 3, "rankings": 3, "comparisons": 3,
+    }  # fmt: skip
+    assert counts["annotators"] == 0 and counts["annotation_queue"] == 0
+    weights = store.query("SELECT weight FROM comparisons")["weight"]
+    assert weights.tolist() == pytest.approx([1 / 3] * 3)
+    assert store.query("SELECT dvc_rev FROM runs")["dvc_rev"].isna().all()
+    FeedbackStore(path).counts()  # opening again migrates nothing
+    assert store.schema_version() == 2
+
+
+def test_a_store_from_newer_code_is_refused_with_one_line(tmp_path):
+    path = tmp_path / "feedback.duckdb"
+    FeedbackStore(path).counts()
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE schema_version SET version = 99")
+    con.close()
+    with pytest.raises(StoreError, match=r"schema version 99 is newer than this code reads \(2\); upgrade"):
+        FeedbackStore(path).counts()
+
+
+def test_each_rankings_pairs_weigh_one_in_total_and_provenance_is_kept(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    prompts = pd.DataFrame(
+        [(p, p, None, "train", "t") for p in "ab"], columns=["prompt_id", "prompt", "topic", "split", "source"]
+    )
+    sizes = {"a": 4, "b": 2}
+    responses = pd.DataFrame(
+        [(f"{p}{i}", p, i, f"{p} {i}", "ckpt-1", '{"k": 4}') for p, k in sizes.items() for i in range(k)],
+        columns=["response_id", "prompt_id", "sample_index", "response", "policy_checkpoint", "sampling"],
+    )
+    rankings = pd.DataFrame(
+        [
+            (f"rank-{p}", f"{p}{i}", p, i + 1, float(-i), "{}", "human", "alice")
+            for p, k in sizes.items()
+            for i in range(k)
+        ],
+        columns=["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"],
+    )
+    store.ingest({"run_id": "run-7", "stage": "import", "git_rev": "g1", "dvc_rev": "d1"}, prompts, responses, rankings)
+    totals = store.query(
+        "SELECT prompt_id, sum(weight) AS total, count(*) AS pairs FROM comparisons GROUP BY 1 ORDER BY 1"
+    )
+    assert totals["pairs"].tolist() == [6, 1] and totals["total"].tolist() == pytest.approx([1.0, 1.0])
+    row = store.query(
+        """SELECT r.git_rev, r.dvc_rev, r.stage, k.judge, k.judge_version, s.policy_checkpoint, s.sampling
+           FROM comparisons c JOIN runs r USING (run_id) JOIN rankings k ON k.ranking_id = c.ranking_id
+           AND k.response_id = c.chosen_id JOIN responses s ON s.response_id = c.chosen_id LIMIT 1"""
+    ).iloc[0]
+    assert tuple(row) == ("g1", "d1", "import", "human", "alice", "ckpt-1", '{"k": 4}')
+    assert store.query("SELECT annotator, source FROM annotators").values.tolist() == [["alice", "import"]]
