@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from rlhf.store import FeedbackStore  # noqa: E402
+from rlhf.store import FeedbackStore
 
 
 def rankings_for(pairs: int, k: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -75,7 +75,7 @@ CREATE TABLE comparisons (
 
 # MIGRATIONS[n] takes a store from version n - 1 to n, in the same transaction as the version bump.
 MIGRATIONS = {
-    2: """CREATE TABLE annotation_queue (
+    2: """CREATE TABLE IF NOT EXISTS annotation_queue (
     item_id VARCHAR PRIMARY KEY,      -- sha256 of (prompt_id, the response ids in order)
     prompt_id VARCHAR NOT NULL,
     response_ids VARCHAR NOT NULL,    -- JSON list: the responses a person ranks, in display order
@@ -83,7 +83,7 @@ MIGRATIONS = {
     run_id VARCHAR NOT NULL,
     created_at TIMESTAMP NOT NULL
 );
-CREATE TABLE annotation_events (
+CREATE TABLE IF NOT EXISTS annotation_events (
     item_id VARCHAR NOT NULL,
     annotator VARCHAR NOT NULL,
     action VARCHAR NOT NULL,          -- ranked | skipped | flagged_unsafe
