@@ -99,6 +99,7 @@ def test_reingesting_the_same_rankings_adds_nothing_and_snapshot_is_byte_identic
         "rankings": 0,
         "comparisons": 0,
         "annotation_queue": 0,
+        "annotators": 0,
     }
     assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
     with duckdb.connect(str(tmp_path / "feedback.duckdb"), read_only=True) as con:
