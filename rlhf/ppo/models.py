@@ -13,11 +13,12 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from rlhf.config import TrainPolicyParams
-from rlhf.logprobs import joined_inputs
+from rlhf.logprobs import joined_inputs, response_logits
 from rlhf.models import backbone, use_fused_gelu
 
 
@@ -36,17 +37,16 @@ class PolicyAndCritic(nn.Module):
 
     def forward(self, query_ids, query_mask, response_ids, mask, temperature: float):
         """(logits that predicted each response token, scaled as at sampling; V(s_t)): (B, T, V), (B, T)"""
-        input_ids, attention_mask, position_ids = joined_inputs(query_ids, query_mask, response_ids, mask)
-        steps = response_ids.shape[1]
-        # logits_to_keep: the LM head runs on the response positions only, not on the prompt.
-        logits = self.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=steps + 1
-        ).logits[:, :-1]
-        hidden = backbone(self.critic)(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        ).last_hidden_state
-        values = self.critic.score(hidden[:, -steps - 1 : -1])[..., 0]
-        return logits / temperature, values.float()
+        args = (query_ids, query_mask, response_ids, mask)
+        return response_logits(self.policy, *args, temperature), critic_values(self.critic, *args)
+
+
+def critic_values(critic: PreTrainedModel, query_ids, query_mask, response_ids, mask) -> torch.Tensor:
+    """V(s_t) for every response position: the scalar head on the hidden states that precede each token.  (B, T)"""
+    input_ids, attention_mask, position_ids = joined_inputs(query_ids, query_mask, response_ids, mask)
+    hidden = backbone(critic)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    steps = response_ids.shape[1]
+    return critic.score(hidden.last_hidden_state[:, -steps - 1 : -1])[..., 0].float()
 
 
 @dataclass

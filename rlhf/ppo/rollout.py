@@ -13,10 +13,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.config import TrainPolicyParams
-from rlhf.logprobs import joined_inputs, response_logits, token_logprobs
-from rlhf.models import backbone, use_fused_gelu
+from rlhf.logprobs import response_logits, token_logprobs
+from rlhf.models import use_fused_gelu
 from rlhf.ppo import core
-from rlhf.ppo.models import PPOModels
+from rlhf.ppo.models import PPOModels, critic_values
 from rlhf.reward import score_texts
 from rlhf.sampling import sample_with_logprobs
 from rlhf.text import join
@@ -94,14 +94,6 @@ class RewardScorer:
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         return score_texts(self.model, self.tokenizer, [join(p, r) for p, r in zip(prompts, responses)])
-
-
-def critic_values(critic: PreTrainedModel, query_ids, query_mask, response_ids, mask) -> torch.Tensor:
-    """V(s_t) for every response position.  (B, T)"""
-    input_ids, attention_mask, position_ids = joined_inputs(query_ids, query_mask, response_ids, mask)
-    hidden = backbone(critic)(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    steps = response_ids.shape[1]
-    return critic.score(hidden.last_hidden_state[:, -steps - 1 : -1])[..., 0].float()
 
 
 @torch.no_grad()
