@@ -73,40 +73,99 @@ CREATE TABLE comparisons (
 );
 """
 
-# MIGRATIONS[n] takes a store from version n - 1 to n, in the same transaction as the version bump.
-MIGRATIONS = {
-    2: """CREATE TABLE IF NOT EXISTS annotation_queue (
-    item_id VARCHAR PRIMARY KEY,      -- sha256 of (prompt_id, the response ids in order)
+# Version 2: no primary-key indexes (inserting into DuckDB's ART indexes was 70% of a 1M-pair
+# ingest); every key stays unique because each write runs alone under the store's lock and adds
+# only rows whose key is not there yet (anti-joins below). Adds the annotation tables, annotators,
+# runs.dvc_rev and comparisons.weight. Comments here are the column documentation (docs/store.md).
+TABLES_V2 = """
+CREATE TABLE runs (
+    run_id VARCHAR NOT NULL,          -- key. Pipeline run that first wrote rows (Prefect flow run id or local-...)
+    stage VARCHAR NOT NULL,           -- the stage (or import, annotate) that opened the run
+    git_rev VARCHAR,                  -- commit of the project when the run wrote
+    dvc_rev VARCHAR,                  -- sha256 of dvc.lock when the run wrote: its DVC revision
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE prompts (
+    prompt_id VARCHAR NOT NULL,       -- key. sha256 of the prompt text
+    prompt VARCHAR NOT NULL,
+    topic VARCHAR,                    -- optional: what an on-topic response must mention
+    split VARCHAR NOT NULL,           -- train or test, by a hash of the text
+    source VARCHAR NOT NULL,          -- where the prompt came from (demo, a file path, import:<file>)
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE responses (
+    response_id VARCHAR NOT NULL,     -- key. sha256 of (prompt_id, policy_checkpoint, sample_index, text)
+    prompt_id VARCHAR NOT NULL,
+    sample_index INTEGER NOT NULL,    -- which of the K samples
+    response VARCHAR NOT NULL,
+    policy_checkpoint VARCHAR NOT NULL,  -- content hash of the policy that wrote it (import:<file> if imported)
+    sampling VARCHAR NOT NULL,        -- JSON of the sampling parameters
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE rankings (
+    ranking_id VARCHAR NOT NULL,      -- key with response_id. sha256 of (prompt, judge, version, responses)
+    response_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    rank INTEGER NOT NULL,            -- 1 is best; equal ranks are ties
+    score DOUBLE NOT NULL,            -- the judge's score (people: minus the rank)
+    reasons VARCHAR NOT NULL,         -- JSON: why the judge scored it so (people: unsafe flag)
+    judge VARCHAR NOT NULL,           -- rules, llm, openai, reward_model, pairwise, human
+    judge_version VARCHAR NOT NULL,   -- version and model of an AI judge; the annotator for human
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE comparisons (
+    ranking_id VARCHAR NOT NULL,      -- key with chosen_id and rejected_id
+    chosen_id VARCHAR NOT NULL,       -- the better response (for a tie: the smaller id)
+    rejected_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    margin DOUBLE NOT NULL,           -- score(chosen) - score(rejected); 0 for a tie
+    tie BOOLEAN NOT NULL,
+    run_id VARCHAR NOT NULL,
+    weight DOUBLE NOT NULL            -- 1 / pairs of its ranking: each ranking's pairs sum to 1
+);
+CREATE TABLE IF NOT EXISTS annotation_queue (
+    item_id VARCHAR NOT NULL,         -- key. sha256 of (prompt_id, the response ids in order)
     prompt_id VARCHAR NOT NULL,
     response_ids VARCHAR NOT NULL,    -- JSON list: the responses a person ranks, in display order
-    reason VARCHAR NOT NULL,          -- human (every prompt) | low_confidence (an AI judge was unsure)
+    reason VARCHAR NOT NULL,          -- human (every prompt) or low_confidence (an AI judge was unsure)
     run_id VARCHAR NOT NULL,
     created_at TIMESTAMP NOT NULL
 );
 CREATE TABLE IF NOT EXISTS annotation_events (
     item_id VARCHAR NOT NULL,
     annotator VARCHAR NOT NULL,
-    action VARCHAR NOT NULL,          -- ranked | skipped | flagged_unsafe
+    action VARCHAR NOT NULL,          -- ranked, skipped or flagged_unsafe
     response_id VARCHAR,              -- the flagged response (flagged_unsafe only)
     created_at TIMESTAMP NOT NULL
 );
 CREATE TABLE annotators (
-    annotator VARCHAR PRIMARY KEY,    -- the name a person ranks under (the ranking page, an import)
-    source VARCHAR NOT NULL,          -- where the name first came from: page | import:<file>
+    annotator VARCHAR NOT NULL,       -- key. The name a person ranks under (the ranking page, an import)
+    source VARCHAR NOT NULL,          -- where the name first came from: annotate or import
     first_seen TIMESTAMP NOT NULL
 );
-ALTER TABLE runs ADD COLUMN dvc_rev VARCHAR;   -- sha256 of dvc.lock when the run wrote: its DVC revision
-ALTER TABLE comparisons ADD COLUMN weight DOUBLE DEFAULT 0;  -- 1 / pairs of its ranking: a ranking sums to 1
-UPDATE comparisons SET weight = 1.0 / per_ranking.pairs
-FROM (SELECT ranking_id, count(*) AS pairs FROM comparisons GROUP BY ranking_id) per_ranking
-WHERE comparisons.ranking_id = per_ranking.ranking_id;
-""",
+"""
+
+_V1_TABLES = ["runs", "prompts", "responses", "rankings", "comparisons"]
+
+# MIGRATIONS[n] takes a store from version n - 1 to n, in the same transaction as the version bump.
+MIGRATIONS = {
+    2: "".join(f"ALTER TABLE {t} RENAME TO {t}_v1;\n" for t in _V1_TABLES)
+    + TABLES_V2
+    + """
+INSERT INTO runs SELECT run_id, stage, git_rev, NULL, created_at FROM runs_v1;
+INSERT INTO prompts SELECT * FROM prompts_v1;
+INSERT INTO responses SELECT * FROM responses_v1;
+INSERT INTO rankings SELECT * FROM rankings_v1;
+INSERT INTO comparisons SELECT *, 1.0 / count(*) OVER (PARTITION BY ranking_id) FROM comparisons_v1;
+"""
+    + "".join(f"DROP TABLE {t}_v1;\n" for t in _V1_TABLES),
 }
 
 HUMAN_JUDGE = "human"
 
 # A K-way ranking becomes its C(K,2) pairs: one row per unordered pair of the ranking, each pair
 # weighted 1 / C(K,2) so that every ranking (one prompt, one judge) counts the same (InstructGPT).
+# `new_rankings` holds only rankings not yet in the store, whole (a ranking is written in one go).
 PAIRS_FROM_RANKINGS = """
 INSERT INTO comparisons (ranking_id, chosen_id, rejected_id, prompt_id, margin, tie, run_id, weight)
 SELECT a.ranking_id,
@@ -117,11 +176,9 @@ SELECT a.ranking_id,
        a.rank = b.rank AS tie,
        a.run_id,
        1.0 / count(*) OVER (PARTITION BY a.ranking_id) AS weight
-FROM rankings a JOIN rankings b
+FROM new_rankings a JOIN new_rankings b
   ON a.ranking_id = b.ranking_id
  AND (a.rank < b.rank OR (a.rank = b.rank AND a.response_id < b.response_id))
-WHERE a.ranking_id IN (SELECT DISTINCT ranking_id FROM new_rankings)
-ON CONFLICT DO NOTHING
 """
 
 SNAPSHOT_QUERY = """
@@ -226,27 +283,27 @@ class FeedbackStore:
         with self.transaction() as con:
             before = self._counts(con)
             self._insert_run(con, run)
-            con.register("new_prompts", prompts.assign(run_id=run["run_id"]))
+            con.register("incoming_prompts", prompts.assign(run_id=run["run_id"]))
             con.execute(
-                "INSERT INTO prompts SELECT prompt_id, prompt, topic, split, source, run_id "
-                "FROM new_prompts ON CONFLICT DO NOTHING"
+                "INSERT INTO prompts SELECT DISTINCT ON (prompt_id) prompt_id, prompt, topic, split, source, run_id "
+                "FROM incoming_prompts n WHERE NOT EXISTS (SELECT 1 FROM prompts p WHERE p.prompt_id = n.prompt_id)"
             )
-            con.register("new_responses", responses.assign(run_id=run["run_id"]))
+            con.register("incoming_responses", responses.assign(run_id=run["run_id"]))
             con.execute(
-                "INSERT INTO responses SELECT response_id, prompt_id, sample_index, response, "
-                "policy_checkpoint, sampling, run_id FROM new_responses ON CONFLICT DO NOTHING"
+                "INSERT INTO responses SELECT DISTINCT ON (response_id) response_id, prompt_id, sample_index, "
+                "response, policy_checkpoint, sampling, run_id FROM incoming_responses n "
+                "WHERE NOT EXISTS (SELECT 1 FROM responses r WHERE r.response_id = n.response_id)"
             )
-            con.register("new_rankings", rankings.assign(run_id=run["run_id"]))
+            con.register("incoming_rankings", rankings.assign(run_id=run["run_id"]))
             con.execute(
-                "INSERT INTO rankings SELECT ranking_id, response_id, prompt_id, rank, score, reasons, "
-                "judge, judge_version, run_id FROM new_rankings ON CONFLICT DO NOTHING"
+                "CREATE OR REPLACE TEMP TABLE new_rankings AS SELECT DISTINCT ON (ranking_id, response_id) "
+                "ranking_id, response_id, prompt_id, rank, score, reasons, judge, judge_version, run_id "
+                "FROM incoming_rankings n WHERE NOT EXISTS "
+                "(SELECT 1 FROM rankings k WHERE k.ranking_id = n.ranking_id AND k.response_id = n.response_id)"
             )
+            con.execute("INSERT INTO rankings SELECT * FROM new_rankings")
             con.execute(PAIRS_FROM_RANKINGS)
-            con.execute(
-                "INSERT INTO annotators SELECT DISTINCT judge_version, ?, now() FROM new_rankings "
-                "WHERE judge = ? ON CONFLICT DO NOTHING",
-                [run["stage"], HUMAN_JUDGE],
-            )
+            self._insert_annotators(con, run["stage"])
             if queue is not None and len(queue):
                 self._insert_queue(con, run, queue)
             after = self._counts(con)
@@ -271,20 +328,32 @@ class FeedbackStore:
             self._insert_queue(con, run, items)
             return con.execute("SELECT count(*) FROM annotation_queue").fetchone()[0] - before
 
+    # Each helper adds only rows whose key is not in the table yet: with every write serialised by
+    # the store's lock, that keeps keys unique without index maintenance (see TABLES_V2).
+
     @staticmethod
     def _insert_run(con: duckdb.DuckDBPyConnection, run: dict) -> None:
         con.execute(
-            "INSERT INTO runs (run_id, stage, git_rev, dvc_rev, created_at) VALUES (?, ?, ?, ?, now()) "
-            "ON CONFLICT DO NOTHING",
-            [run["run_id"], run["stage"], run.get("git_rev"), run.get("dvc_rev")],
+            "INSERT INTO runs SELECT ?, ?, ?, ?, now() WHERE NOT EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
+            [run["run_id"], run["stage"], run.get("git_rev"), run.get("dvc_rev"), run["run_id"]],
         )
 
     @staticmethod
     def _insert_queue(con: duckdb.DuckDBPyConnection, run: dict, items: pd.DataFrame) -> None:
-        con.register("new_items", items.assign(run_id=run["run_id"]))
+        con.register("incoming_items", items.assign(run_id=run["run_id"]))
         con.execute(
-            "INSERT INTO annotation_queue SELECT item_id, prompt_id, response_ids, reason, run_id, now() "
-            "FROM new_items ON CONFLICT DO NOTHING"
+            "INSERT INTO annotation_queue SELECT DISTINCT ON (item_id) item_id, prompt_id, response_ids, reason, "
+            "run_id, now() FROM incoming_items n "
+            "WHERE NOT EXISTS (SELECT 1 FROM annotation_queue q WHERE q.item_id = n.item_id)"
+        )
+
+    @staticmethod
+    def _insert_annotators(con: duckdb.DuckDBPyConnection, source: str) -> None:
+        """People who ranked in `new_rankings` (judge human; the version is the annotator)."""
+        con.execute(
+            "INSERT INTO annotators SELECT DISTINCT judge_version, ?, now() FROM new_rankings n WHERE judge = ? "
+            "AND NOT EXISTS (SELECT 1 FROM annotators a WHERE a.annotator = n.judge_version)",
+            [source, HUMAN_JUDGE],
         )
 
     def next_item(self, annotator: str) -> dict | None:
@@ -343,7 +412,6 @@ class FeedbackStore:
                 raise StoreError(f"annotation: the ranking of {item_id!r} must rank exactly its responses")
             ranking_id = content_id(item_id, HUMAN_JUDGE, annotator)
             self._insert_run(con, {"run_id": run_id, "stage": "annotate"})
-            con.execute("INSERT INTO annotators VALUES (?, 'page', now()) ON CONFLICT DO NOTHING", [annotator])
             rows = pd.DataFrame(
                 {
                     "ranking_id": ranking_id,
@@ -362,6 +430,7 @@ class FeedbackStore:
             con.execute("DELETE FROM rankings WHERE ranking_id = ?", [ranking_id])
             con.execute("INSERT INTO rankings SELECT * FROM new_rankings")
             con.execute(PAIRS_FROM_RANKINGS)
+            self._insert_annotators(con, "annotate")
             events = [(item_id, annotator, "ranked", None)] + [
                 (item_id, annotator, "flagged_unsafe", r) for r in unsafe
             ]

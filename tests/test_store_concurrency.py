@@ -98,11 +98,11 @@ def test_a_writer_killed_mid_batch_leaves_the_store_as_before_and_the_next_run_c
     store = FeedbackStore(path)
     store.ingest({"run_id": "first", "stage": "test"}, *frames("small", 5))
     before = store.counts()
-    script = WRITER.format(root=str(project_root), path=str(path), prompts=60_000)
+    script = WRITER.format(root=str(project_root), path=str(path), prompts=200_000)
 
     writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "writing"
-    time.sleep(1.0)  # inside the transaction: frames are built, the inserts are running
+    time.sleep(0.8)  # inside the transaction: frames are built, the inserts are running
     assert writer.poll() is None, "the batch finished before it could be killed; make it bigger"
     writer.send_signal(signal.SIGKILL)
     writer.wait()
@@ -111,5 +111,5 @@ def test_a_writer_killed_mid_batch_leaves_the_store_as_before_and_the_next_run_c
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
     added = json.loads(done.stdout.strip().splitlines()[-1].replace("'", '"'))
-    assert added["comparisons"] == 60_000 * K * (K - 1) // 2 and added["rankings"] == 60_000 * K
+    assert added["comparisons"] == 200_000 * K * (K - 1) // 2 and added["rankings"] == 200_000 * K
     assert store.counts()["comparisons"] == before["comparisons"] + added["comparisons"]
