@@ -96,6 +96,49 @@ class RewardScorer:
         return score_texts(self.model, self.tokenizer, [join(p, r) for p, r in zip(prompts, responses)])
 
 
+def device_clock(device: torch.device) -> float:
+    """Wall time, after the device has finished its queued work (phase timings)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+@dataclass
+class Samples:
+    """One response per prompt from the current policy. B = prompts, Q = prompt tokens, T = response tokens."""
+
+    query_ids: torch.Tensor  # (B, Q) left-padded
+    query_mask: torch.Tensor  # (B, Q)
+    response_ids: torch.Tensor  # (B, T) padded after EOS
+    mask: torch.Tensor  # (B, T) float, 1 up to and including EOS
+    ended: torch.Tensor  # (B,) emitted EOS
+    logprobs: torch.Tensor  # (B, T) log pi(a_t | s_t) at sampling
+    texts: list[str]  # (B,) decoded responses
+    seconds: float  # wall time of the sampling loop
+
+
+@torch.no_grad()
+def sample_responses(
+    models: PPOModels, tokenizer: PreTrainedTokenizerBase, prompts: list[str], params: TrainPolicyParams
+) -> Samples:
+    policy = models.trained.policy
+    device = next(policy.parameters()).device
+    query = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
+    policy.eval()  # generation wants the KV cache, which gradient checkpointing turns off in train mode
+    started = device_clock(device)
+    with models.generation_context():
+        response_ids, mask, ended, logprobs = sample_with_logprobs(
+            policy, query["input_ids"], query["attention_mask"], params.max_new_tokens, params.temperature,
+            tokenizer.eos_token_id, tokenizer.pad_token_id,
+        )  # fmt: skip
+    seconds = device_clock(device) - started
+    policy.train()
+    texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
+    return Samples(
+        query["input_ids"], query["attention_mask"], response_ids, mask.float(), ended, logprobs, texts, seconds
+    )
+
+
 @torch.no_grad()
 def collect_rollout(
     models: PPOModels,
@@ -108,28 +151,12 @@ def collect_rollout(
     all_reduce: core.AllReduce | None = None,
     gather=lambda tensor: tensor,
 ) -> tuple[Rollout, dict[str, float]]:
-    policy, critic = models.trained.policy, models.trained.critic
-    device = next(critic.parameters()).device
-    query = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
-    query_ids, query_mask = query["input_ids"], query["attention_mask"]
     # 1. sample one response per prompt from the current policy, keeping log pi_old
-    policy.eval()  # generation wants the KV cache, which gradient checkpointing turns off in train mode
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    generation_started = time.perf_counter()
-    with models.generation_context():
-        response_ids, mask, ended, logprobs = sample_with_logprobs(
-            policy, query_ids, query_mask, params.max_new_tokens, params.temperature,
-            tokenizer.eos_token_id, tokenizer.pad_token_id,
-        )  # fmt: skip
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    generation_seconds = time.perf_counter() - generation_started
-    policy.train()
-    texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
-    mask = mask.float()
+    sample = sample_responses(models, tokenizer, prompts, params)
+    query_ids, query_mask, response_ids, mask = sample.query_ids, sample.query_mask, sample.response_ids, sample.mask
+    logprobs, ended, device = sample.logprobs, sample.ended, response_ids.device
     # 2. score: the reward model at the end of the response, normalised, minus the missing-EOS penalty
-    raw_scores = scorer(prompts, texts).to(device)
+    raw_scores = scorer(prompts, sample.texts).to(device)
     if normalizer.mode == "running":
         normalizer.observe(gather(raw_scores))
     scores = normalizer(raw_scores) - params.missing_eos_penalty * (~ended).float()
@@ -137,7 +164,7 @@ def collect_rollout(
     args = (query_ids, query_mask, response_ids, mask)
     with models.reference_policy() as reference:
         ref_logprobs = token_logprobs(response_logits(reference, *args, params.temperature), response_ids)
-    values = critic_values(critic, *args) * mask
+    values = critic_values(models.trained.critic, *args) * mask
     ref_logprobs = ref_logprobs * mask
     # 4. per-token KL penalty, sequence score on the last token
     rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, params.kl_estimator)
@@ -153,7 +180,7 @@ def collect_rollout(
         "response_length": gather(mask.sum(-1)).mean().item(),
         "repetition": gather(core.repetition_rate(response_ids, mask).to(device)).mean().item(),
         "ended_share": gather(ended.float()).mean().item(),
-        "generation_seconds": generation_seconds,
+        "generation_seconds": sample.seconds,
         "generated_tokens": gather(mask.sum()).sum().item(),
     }
     return rollout, stats

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,14 @@ from rlhf.errors import TrainingStopped
 from rlhf.ppo import core
 from rlhf.ppo.checkpoint import Checkpoints
 from rlhf.ppo.models import PPOModels
-from rlhf.ppo.rollout import RewardScorer, Rollout, ScoreNormalizer, collect_rollout
-from rlhf.sampling import sample_with_logprobs
+from rlhf.ppo.rollout import (
+    RewardScorer,
+    Rollout,
+    ScoreNormalizer,
+    collect_rollout,
+    device_clock,
+    sample_responses,
+)
 
 
 @dataclass
@@ -158,18 +163,18 @@ def train_ppo(
 
     stopped_early = None
     for iteration in range(state.iteration + 1, params.iterations + 1):
-        rollout_started = _clock(device)
+        rollout_started = device_clock(device)
         rollout, stats = collect_rollout(
             models, scorer, state.normalizer, tokenizer, sample_prompts(), params, state.kl.value,
             all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
         )  # fmt: skip
-        stats["rollout_seconds"] = _clock(device) - rollout_started
+        stats["rollout_seconds"] = device_clock(device) - rollout_started
         stop_if_unsafe(stats, iteration, params, checkpoints)
-        update_started = _clock(device)
+        update_started = device_clock(device)
         stats.update(
             ppo_update(trained, update_forward, accelerator, optimizer, rollout, params, state.shuffle, checkpoints)
         )
-        stats["update_seconds"] = _clock(device) - update_started
+        stats["update_seconds"] = device_clock(device) - update_started
         stop_if_unsafe(stats, iteration, params, checkpoints)
         stats["kl_coef"] = state.kl.value
         stats["learning_rate"] = scheduler.get_last_lr()[0]
@@ -188,21 +193,10 @@ def train_ppo(
     return PPOResult(state.history, stopped_early, resumed_from)
 
 
-@torch.no_grad()
 def calibrate(models, scorer, normalizer, tokenizer, prompts, params, accelerator) -> None:
     """Score one batch of the starting policy's responses: the 'initial' normalisation statistics."""
-    policy = models.trained.policy
-    device = next(policy.parameters()).device
-    query = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
-    policy.eval()
-    with models.generation_context():
-        response_ids, *_ = sample_with_logprobs(
-            policy, query["input_ids"], query["attention_mask"], params.max_new_tokens, params.temperature,
-            tokenizer.eos_token_id, tokenizer.pad_token_id,
-        )  # fmt: skip
-    policy.train()
-    texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
-    normalizer.observe(accelerator.gather(scorer(prompts, texts).to(device)))
+    sample = sample_responses(models, tokenizer, prompts, params)
+    normalizer.observe(accelerator.gather(scorer(prompts, sample.texts).to(sample.response_ids.device)))
 
 
 def ppo_update(
@@ -255,13 +249,6 @@ def ppo_update(
 def _clip(accelerator: Accelerator, module: torch.nn.Module, max_norm: float) -> float | None:
     norm = accelerator.clip_grad_norm_([p for p in module.parameters() if p.requires_grad], max_norm)
     return None if norm is None else float(norm)
-
-
-def _clock(device: torch.device) -> float:
-    """Wall time, after the device has finished its queued work (phase timings)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def stop_if_unsafe(stats: dict, iteration: int, params: TrainPolicyParams, checkpoints: Checkpoints | None) -> None:
