@@ -4,7 +4,7 @@
 
 Builds rankings that expand to `--pairs` comparisons, ingests them in one batch (prompts,
 responses, rankings, and the SQL self-join into pairs, all under the store's lock and
-transaction), then snapshots every pair to Parquet. The baseline writes the same pairs as JSON
+transaction), then snapshots every pair to Parquet (pairs, and the prompts and responses they name). The baseline writes the same pairs as JSON
 Lines with the standard library, in the same process. Prints one JSON line.
 """
 
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
 
+from rlhf.snapshot import read_comparisons
 from rlhf.store import FeedbackStore
 
 
@@ -68,9 +69,9 @@ def main() -> None:
         added = store.ingest({"run_id": "bench", "stage": "bench"}, *frames)
         ingest_s = time.perf_counter() - started
         started = time.perf_counter()
-        rows = store.snapshot_comparisons(Path(tmp) / "comparisons.parquet")
+        rows = store.snapshot_comparisons(Path(tmp) / "comparisons")
         snapshot_s = time.perf_counter() - started
-        pairs = pd.read_parquet(Path(tmp) / "comparisons.parquet")
+        pairs = read_comparisons(Path(tmp) / "comparisons")
         baseline_s = jsonl_baseline(pairs, Path(tmp) / "pairs.jsonl")
     ingest_rate, baseline_rate = added["comparisons"] / ingest_s, rows / baseline_s
     print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from filelock import FileLock
 from rlhf.errors import StoreError
 from rlhf.text import content_id
 
-SCHEMA_VERSION = 2  # the newest version this code reads and writes; MIGRATIONS lead up to it
+SCHEMA_VERSION = 3  # the newest version this code reads and writes; MIGRATIONS lead up to it
 
 # Version 1: the tables of the first release. A new store is created at version 1 and migrated
 # forward like any old one, so every store goes through the same steps.
@@ -159,6 +160,16 @@ INSERT INTO rankings SELECT * FROM rankings_v1;
 INSERT INTO comparisons SELECT *, 1.0 / count(*) OVER (PARTITION BY ranking_id) FROM comparisons_v1;
 """
     + "".join(f"DROP TABLE {t}_v1;\n" for t in _V1_TABLES),
+    # Version 3: each pair carries the judge of its ranking, so the snapshot and the agreement
+    # report read who labelled a pair without joining 1M pairs to the rankings.
+    3: """
+ALTER TABLE comparisons ADD COLUMN judge VARCHAR;
+ALTER TABLE comparisons ADD COLUMN judge_version VARCHAR;
+UPDATE comparisons c SET judge = r.judge, judge_version = r.judge_version
+FROM rankings r WHERE r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id;
+ALTER TABLE comparisons ALTER COLUMN judge SET NOT NULL;
+ALTER TABLE comparisons ALTER COLUMN judge_version SET NOT NULL;
+""",
 }
 
 HUMAN_JUDGE = "human"
@@ -167,7 +178,8 @@ HUMAN_JUDGE = "human"
 # weighted 1 / C(K,2) so that every ranking (one prompt, one judge) counts the same (InstructGPT).
 # `new_rankings` holds only rankings not yet in the store, whole (a ranking is written in one go).
 PAIRS_FROM_RANKINGS = """
-INSERT INTO comparisons (ranking_id, chosen_id, rejected_id, prompt_id, margin, tie, run_id, weight)
+INSERT INTO comparisons (ranking_id, chosen_id, rejected_id, prompt_id, margin, tie, run_id, weight,
+                         judge, judge_version)
 SELECT a.ranking_id,
        a.response_id AS chosen_id,
        b.response_id AS rejected_id,
@@ -175,29 +187,52 @@ SELECT a.ranking_id,
        a.score - b.score AS margin,
        a.rank = b.rank AS tie,
        a.run_id,
-       1.0 / count(*) OVER (PARTITION BY a.ranking_id) AS weight
+       1.0 / count(*) OVER (PARTITION BY a.ranking_id) AS weight,
+       a.judge,
+       a.judge_version
 FROM new_rankings a JOIN new_rankings b
   ON a.ranking_id = b.ranking_id
  AND (a.rank < b.rank OR (a.rank = b.rank AND a.response_id < b.response_id))
 """
 
-SNAPSHOT_QUERY = """
+# The pairs that are labels. An AI label of a pair that hybrid routing sent to people is not a
+# label: the people's is. Such queue items hold the pair's two ids in order.
+LABELLED_PAIRS = """
+SELECT c.* FROM comparisons c
+ANTI JOIN (SELECT response_ids->>'$[0]' AS low, response_ids->>'$[1]' AS high FROM annotation_queue
+           WHERE reason = 'low_confidence' AND json_array_length(response_ids) = 2) routed
+  ON c.judge <> 'human'
+ AND routed.low = least(c.chosen_id, c.rejected_id) AND routed.high = greatest(c.chosen_id, c.rejected_id)
+"""
+
+# The snapshot is three files, each row once: the labelled pairs, and every prompt and response.
+# Texts are not repeated per pair (a response is in K - 1 pairs): the files stay small and a
+# 1M-pair snapshot takes under 2 s. `rlhf.snapshot.read_comparisons` joins them back. Each file
+# has its own COPY options: the pairs' hash ids gain nothing from Parquet's dictionary encoding.
+SNAPSHOT_FILES = {
+    "pairs": (
+        f"""SELECT ranking_id, prompt_id, chosen_id, rejected_id, margin, tie, weight, judge, judge_version
+            FROM ({LABELLED_PAIRS}) ORDER BY ranking_id, chosen_id, rejected_id""",
+        "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1",
+    ),
+    "prompts": ("SELECT prompt_id, prompt, topic, split FROM prompts ORDER BY prompt_id", "FORMAT parquet"),
+    "responses": (
+        "SELECT response_id, prompt_id, response, policy_checkpoint FROM responses ORDER BY response_id",
+        "FORMAT parquet",
+    ),
+}
+
+# Every labelled pair with its texts, in the snapshot's order (exports and the DataFrame API).
+COMPARISONS_QUERY = f"""
 SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id,
        p.prompt, p.topic, p.split,
        ch.response AS chosen, rj.response AS rejected,
        c.margin, c.tie, c.weight,
-       r.judge, r.judge_version, ch.policy_checkpoint
-FROM comparisons c
+       c.judge, c.judge_version, ch.policy_checkpoint
+FROM ({LABELLED_PAIRS}) c
 JOIN prompts p USING (prompt_id)
 JOIN responses ch ON ch.response_id = c.chosen_id
 JOIN responses rj ON rj.response_id = c.rejected_id
-JOIN rankings r ON r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id
--- an AI label of a pair that hybrid routing sent to people is not a label: the people's is
-WHERE r.judge = 'human' OR NOT EXISTS (
-    SELECT 1 FROM annotation_queue q
-    WHERE q.reason = 'low_confidence'
-      AND q.response_ids = '["' || least(c.chosen_id, c.rejected_id) || '", "'
-                               || greatest(c.chosen_id, c.rejected_id) || '"]')
 ORDER BY c.ranking_id, c.chosen_id, c.rejected_id
 """
 
@@ -444,36 +479,43 @@ class FeedbackStore:
     def pair_labels(self) -> pd.DataFrame:
         """Every labelled pair as (a, b, judge, judge_version, label): a < b are response ids; label
         +1 means a is better, -1 b, 0 a tie. Routed AI pairs are included: agreement needs them."""
-        return self.query(
-            """SELECT least(c.chosen_id, c.rejected_id) AS a, greatest(c.chosen_id, c.rejected_id) AS b,
-                      r.judge, r.judge_version,
-                      CASE WHEN c.tie THEN 0 WHEN c.chosen_id < c.rejected_id THEN 1 ELSE -1 END AS label
-               FROM comparisons c
-               JOIN rankings r ON r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id
-               ORDER BY a, b, r.judge, r.judge_version"""
-        )
+        with self.transaction() as con:
+            return con.execute(
+                """SELECT least(chosen_id, rejected_id) AS a, greatest(chosen_id, rejected_id) AS b,
+                          judge, judge_version,
+                          CASE WHEN tie THEN 0 WHEN chosen_id < rejected_id THEN 1 ELSE -1 END AS label
+                   FROM comparisons ORDER BY a, b, judge, judge_version"""
+            ).df()
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         with self._connect(read_only=True) as con:
             return con.execute(sql, params or []).df()
 
     def comparisons(self) -> pd.DataFrame:
-        """Every labelled pair with its texts and provenance: what the snapshot holds."""
-        with self.transaction() as con:
-            return con.execute(SNAPSHOT_QUERY).df()
+        """Every labelled pair with its prompt and response texts, in a fixed order."""
+        with self.transaction() as con:  # a transaction brings an older store to this schema first
+            return con.execute(COMPARISONS_QUERY).df()
 
-    def snapshot_comparisons(self, out_path: str | Path) -> int:
-        """Write every comparison, joined with its texts, to Parquet in a fixed order.
+    def snapshot_comparisons(self, out_dir: str | Path) -> int:
+        """Write the labelled pairs, the prompts and the responses to `out_dir` as Parquet files in a
+        fixed order; returns the number of pairs.
 
-        The same store gives a byte-identical file, so DVC sees no change and skips what follows.
-        The file appears whole or not at all (written beside it, then renamed).
+        The same store gives byte-identical files, so DVC sees no change and skips what follows.
+        The directory appears whole or not at all: it is written beside its place, then renamed
+        (a crash between removing the old one and the rename leaves none, and the stage runs again).
         """
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = out_path.with_name(out_path.name + ".partial")
+        out_dir = Path(out_dir)
+        partial = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
         with self.transaction() as con:
-            quoted = str(partial).replace("'", "''")  # COPY takes no bound parameter for its target
-            con.execute(f"COPY ({SNAPSHOT_QUERY}) TO '{quoted}' (FORMAT parquet)")
-            rows = con.execute("SELECT count(*) FROM comparisons").fetchone()[0]
-        partial.replace(out_path)
+            for name, (query, options) in SNAPSHOT_FILES.items():
+                target = str(partial / f"{name}.parquet").replace("'", "''")  # COPY binds no target
+                con.execute(f"COPY ({query}) TO '{target}' ({options})")
+            rows = con.execute("SELECT count(*) FROM read_parquet(?)", [str(partial / "pairs.parquet")]).fetchone()[0]
+        if out_dir.is_dir():
+            shutil.rmtree(out_dir)
+        elif out_dir.exists():
+            out_dir.unlink()  # a single-file snapshot of an older version
+        partial.rename(out_dir)
         return rows

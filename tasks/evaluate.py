@@ -10,6 +10,7 @@ from rlhf.evaluation import compare_policies, reward_model_vs_baselines
 from rlhf.judges import RuleJudge
 from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.report import markdown_report
+from rlhf.snapshot import read_comparisons
 from tasks._stage import params_from, parse_paths, run_stage, write_json
 
 STAGE = "evaluate"
@@ -57,7 +58,7 @@ def main() -> None:
             params.train_policy.max_new_tokens,
             params.train_policy.temperature,
         )
-        comparisons = pd.read_parquet(args.comparisons)
+        comparisons = read_comparisons(args.comparisons)
         rm_metrics = reward_model_vs_baselines(
             reward_model, reward_tokenizer, comparisons[comparisons["split"] == "test"]
         )

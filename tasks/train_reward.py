@@ -2,10 +2,9 @@
 
 from pathlib import Path
 
-import pandas as pd
-
 from rlhf.models import resolve_device
 from rlhf.reward import train_reward_model
+from rlhf.snapshot import read_comparisons
 from tasks._stage import params_from, parse_paths, run_stage, write_json
 
 STAGE = "train_reward"
@@ -15,7 +14,7 @@ def main() -> None:
     args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics"])
     params = params_from(args)
     device = resolve_device(params.device)
-    comparisons = pd.read_parquet(args.comparisons)
+    comparisons = read_comparisons(args.comparisons)
     metrics = train_reward_model(
         comparisons, Path(args.init_dir), params.train_reward, params.seed, device, Path(args.model_dir)
     )

@@ -89,9 +89,9 @@ def test_reingesting_the_same_rankings_adds_nothing_and_snapshot_is_byte_identic
     store = FeedbackStore(tmp_path / "feedback.duckdb")
     frames = ranking_frames({"a": 1, "b": 2, "c": 3})
     first = store.ingest({"run_id": "run-1", "stage": "test"}, *frames)
-    store.snapshot_comparisons(tmp_path / "one.parquet")
+    store.snapshot_comparisons(tmp_path / "one")
     again = store.ingest({"run_id": "run-2", "stage": "test"}, *frames)
-    store.snapshot_comparisons(tmp_path / "two.parquet")
+    store.snapshot_comparisons(tmp_path / "two")
     assert first["comparisons"] == 3 and first["responses"] == 3
     assert {k: v for k, v in again.items() if k != "runs"} == {
         "prompts": 0,
@@ -101,7 +101,10 @@ def test_reingesting_the_same_rankings_adds_nothing_and_snapshot_is_byte_identic
         "annotation_queue": 0,
         "annotators": 0,
     }
-    assert (tmp_path / "one.parquet").read_bytes() == (tmp_path / "two.parquet").read_bytes()
+    for part in ("pairs", "prompts", "responses"):
+        assert (tmp_path / "one" / f"{part}.parquet").read_bytes() == (
+            tmp_path / "two" / f"{part}.parquet"
+        ).read_bytes()
     with duckdb.connect(str(tmp_path / "feedback.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM comparisons").fetchone()[0] == 3
         assert con.execute("SELECT DISTINCT run_id FROM comparisons").fetchall() == [("run-1",)]
@@ -160,3 +163,20 @@ def test_cli_stats_and_query(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["n", "3"]
     assert main(["store", "--path", path, "query", "SELECT nope FROM comparisons"]) == 2
     assert "rlhf: error:" in capsys.readouterr().err
+
+
+def test_snapshot_reads_back_as_the_stores_comparisons_and_replaces_a_stale_partial(tmp_path):
+    from rlhf.errors import StoreError
+    from rlhf.snapshot import read_comparisons
+
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    store.ingest({"run_id": "run-1", "stage": "test"}, *ranking_frames({"a": 1, "b": 2, "c": 2}))
+    stale = tmp_path / "snap.partial"  # what a writer killed mid-snapshot leaves
+    stale.mkdir()
+    (stale / "pairs.parquet").write_text("half")
+    assert store.snapshot_comparisons(tmp_path / "snap") == 3
+    assert not stale.exists()
+    pd.testing.assert_frame_equal(read_comparisons(tmp_path / "snap"), store.comparisons())
+    (tmp_path / "snap" / "responses.parquet").unlink()
+    with pytest.raises(StoreError, match=r"snap: not a comparisons snapshot \(missing responses.parquet\)"):
+        read_comparisons(tmp_path / "snap")

@@ -189,6 +189,7 @@ def test_hybrid_routing_sends_exactly_the_low_confidence_pairs_to_people(tmp_pat
     import pandas as pd
 
     from rlhf.ranking import rank_all
+    from rlhf.snapshot import read_comparisons
     from rlhf.store import FeedbackStore
 
     prompts = pd.DataFrame(
@@ -209,9 +210,9 @@ def test_hybrid_routing_sends_exactly_the_low_confidence_pairs_to_people(tmp_pat
 
     store = FeedbackStore(tmp_path / "feedback.duckdb")
     store.ingest({"run_id": "run-1", "stage": "test"}, prompts, responses, rankings, queue)
-    snapshot = tmp_path / "comparisons.parquet"
+    snapshot = tmp_path / "comparisons"
     store.snapshot_comparisons(snapshot)
-    labelled = pd.read_parquet(snapshot)
+    labelled = read_comparisons(snapshot)
     assert len(labelled) == 4  # the AI's 6 pairs less the 2 it was unsure of
     assert not {tuple(sorted(p)) for p in zip(labelled["chosen_id"], labelled["rejected_id"])} & unsure
 
@@ -219,7 +220,7 @@ def test_hybrid_routing_sends_exactly_the_low_confidence_pairs_to_people(tmp_pat
     first, second = json.loads(item["response_ids"])
     store.record_human_ranking("alice", item["item_id"], {first: 1, second: 2}, [], "annotate-run")
     store.snapshot_comparisons(snapshot)
-    labelled = pd.read_parquet(snapshot)
+    labelled = read_comparisons(snapshot)
     assert len(labelled) == 5
     human = labelled[labelled["judge"] == "human"]
     assert list(zip(human["chosen_id"], human["rejected_id"])) == [(first, second)]

@@ -137,10 +137,11 @@ def test_store_holds_every_pair_once_and_reingest_adds_nothing(flow_outcomes, de
     k = SHRINK["sample_responses"]["k"]
     assert counts["responses"] == counts["prompts"] * k
     assert counts["comparisons"] == counts["prompts"] * k * (k - 1) // 2
-    snapshot = (demo_repo / "data" / "comparisons.parquet").read_bytes()
+    snapshot = {p.name: p.read_bytes() for p in (demo_repo / "data" / "comparisons").iterdir()}
     dvc("repro", "--force", "--single-item", "store_comparisons", cwd=demo_repo)  # the stage's own command
     assert {t: n for t, n in store.counts().items() if t != "runs"} == {t: n for t, n in counts.items() if t != "runs"}
-    assert (demo_repo / "data" / "comparisons.parquet").read_bytes() == snapshot
+    assert {p.name: p.read_bytes() for p in (demo_repo / "data" / "comparisons").iterdir()} == snapshot
+    assert set(snapshot) == {"pairs.parquet", "prompts.parquet", "responses.parquet"}
 
 
 def test_flow_published_metrics_and_report_artifacts(flow_outcomes):

@@ -29,7 +29,7 @@ def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
     version_one_store(path)
     store = FeedbackStore(path)
     counts = store.counts()
-    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.schema_version() == SCHEMA_VERSION == 3
     assert {k: counts[k] for k in ("runs", "prompts", "responses", "rankings", "comparisons")} == {
         "runs": 1, "prompts": 1, "responses": 3, "rankings": 3, "comparisons": 3,
     }  # fmt: skip
@@ -37,8 +37,10 @@ def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
     weights = store.query("SELECT weight FROM comparisons")["weight"]
     assert weights.tolist() == pytest.approx([1 / 3] * 3)
     assert store.query("SELECT dvc_rev FROM runs")["dvc_rev"].isna().all()
+    judges = store.query("SELECT DISTINCT judge, judge_version FROM comparisons")  # version 3: from the ranking
+    assert judges.values.tolist() == [["rules", "1"]]
     FeedbackStore(path).counts()  # opening again migrates nothing
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
 
 
 def test_a_store_from_newer_code_is_refused_with_one_line(tmp_path):
@@ -47,7 +49,7 @@ def test_a_store_from_newer_code_is_refused_with_one_line(tmp_path):
     con = duckdb.connect(str(path))
     con.execute("UPDATE schema_version SET version = 99")
     con.close()
-    with pytest.raises(StoreError, match=r"schema version 99 is newer than this code reads \(2\); upgrade"):
+    with pytest.raises(StoreError, match=r"schema version 99 is newer than this code reads \(3\); upgrade"):
         FeedbackStore(path).counts()
 
 

@@ -1,0 +1,38 @@
+"""Read the comparisons snapshot that `store_comparisons` writes for DVC (see FeedbackStore.snapshot_comparisons)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from rlhf.errors import StoreError
+
+SNAPSHOT_PARTS = ("pairs", "prompts", "responses")
+
+
+def read_comparisons(snapshot_dir: str | Path) -> pd.DataFrame:
+    """Every pair of the snapshot with its prompt and both texts, in the snapshot's order:
+    ranking_id, prompt_id, chosen_id, rejected_id, prompt, topic, split, chosen, rejected, margin,
+    tie, weight, judge, judge_version, policy_checkpoint."""
+    snapshot_dir = Path(snapshot_dir)
+    missing = [part for part in SNAPSHOT_PARTS if not (snapshot_dir / f"{part}.parquet").is_file()]
+    if missing:
+        raise StoreError(
+            f"{snapshot_dir}: not a comparisons snapshot (missing {', '.join(f'{m}.parquet' for m in missing)}); "
+            "run the store_comparisons stage"
+        )
+    pairs, prompts, responses = (str(snapshot_dir / f"{part}.parquet") for part in SNAPSHOT_PARTS)
+    with duckdb.connect() as con:
+        return con.execute(
+            """SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id, p.prompt, p.topic, p.split,
+                      ch.response AS chosen, rj.response AS rejected, c.margin, c.tie, c.weight,
+                      c.judge, c.judge_version, ch.policy_checkpoint
+               FROM read_parquet(?) c
+               JOIN read_parquet(?) p USING (prompt_id)
+               JOIN read_parquet(?) ch ON ch.response_id = c.chosen_id
+               JOIN read_parquet(?) rj ON rj.response_id = c.rejected_id
+               ORDER BY c.ranking_id, c.chosen_id, c.rejected_id""",
+            [pairs, prompts, responses, responses],
+        ).df()
