@@ -7,7 +7,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup browser clean
+.PHONY: demo test setup browser clean ui
+DVC_REMOTE ?= $(HOME)/.cache/rlhf/dvc-remote
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
@@ -21,10 +22,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	@$(BIN)/dvc config core.analytics false
+	@$(BIN)/dvc remote default >/dev/null 2>&1 || $(BIN)/dvc remote add --local --default local $(DVC_REMOTE)
 
 demo: setup
 	$(BIN)/python -m flows.pipeline
 	@echo "\nReport: reports/eval.md   Store: $(BIN)/rlhf store stats   Curves: $(BIN)/dvc plots show"
+
+# The Prefect UI with the deployments of prefect.yaml and a worker (README: "Operate it").
+ui: setup
+	$(BIN)/python -m flows.ui --port 4200
 
 # The ranking page's tests drive Debian's headless Chromium; installed here when apt-get and root allow.
 browser:

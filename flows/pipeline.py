@@ -1,120 +1,177 @@
 """The RLHF pipeline as a Prefect flow over the DVC graph.
 
-dvc.yaml is the pipeline; this flow adds orchestration around it. It reads the stage graph from
-DVC, and runs one Prefect task per stage, named after it, in DVC's topological order. Each task
-runs `dvc repro --single-item <stage>`, so DVC decides what is up to date, updates dvc.lock and
-skips unchanged stages; Prefect's own cache is off (NO_CACHE) so the two never disagree. Stage
-output streams into the Prefect logs; the evaluation report and metrics become artifacts.
+dvc.yaml is the pipeline; this flow adds orchestration around it: one Prefect task per stage in
+DVC's topological order (flows/stages.py), retries for the judge, a timeout per stage, a run
+lock so two runs never write the feedback store at once, the human and approval
+gates (flows/gates.py), iterated rounds versioned by git + DVC (flows/rounds.py), `dvc push` at
+the end, and the artifacts the Prefect UI shows (flows/artifacts.py).
+
+A run killed mid-stage and started again skips the stages DVC finds up to date and finishes the
+rest; the store's content-hash keys make the re-run of a half-done stage add no row twice.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import networkx as nx
-from dvc.repo import Repo
-from dvc.stage import PipelineStage
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
+import yaml
+from filelock import FileLock, Timeout
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-SKIPPED_MARK = "didn't change, skipping"
+from flows import artifacts, gates
+from flows.rounds import PREVIOUS_POLICY, commit_round, current_round, dvc_push, is_git_repo, start_next_round
+from flows.stages import pipeline_stages, stage_task
+from rlhf.config import load_params
+
+STORE_RUN_LOCK_SUFFIX = ".run.lock"  # held by a run for its whole length: one writing run at a time
+HUMAN_JUDGES = {"human", "hybrid"}
+GATE_AFTER = "store_comparisons"  # the queue is in the store once this stage has run
+APPROVAL_BEFORE = "train_policy"
 
 
-def pipeline_stages(root: str | Path) -> list[PipelineStage]:
-    """The stages of dvc.yaml in an order that runs every stage after the stages it depends on.
+@contextmanager
+def one_run_at_a_time(store_path: Path, wait_s: float) -> Iterator[None]:
+    """Hold the store's run lock for the whole run, so two runs never write the store at once.
 
-    Among stages free to run, dvc.yaml's own order decides, so the order is stable.
+    A kernel file lock rather than a Prefect global concurrency limit: the kernel frees it when a
+    run is killed, so the resumed run starts at once (a killed run's Prefect slot stayed taken on
+    the temporary server, blocking the resume), and it also covers runs started outside Prefect.
     """
-    repo = Repo(str(root))
+    lock = FileLock(str(store_path) + STORE_RUN_LOCK_SUFFIX)
     try:
-        graph = repo.index.graph  # an edge points from a stage to a stage it depends on
-        stages = [s for s in graph.nodes if isinstance(s, PipelineStage)]
-        position = {stage.name: i for i, stage in enumerate(repo.index.stages) if isinstance(stage, PipelineStage)}
-        dependency_first = graph.subgraph(stages).reverse(copy=True)
-        return list(nx.lexicographical_topological_sort(dependency_first, key=lambda s: f"{position[s.name]:06d}"))
+        lock.acquire(timeout=0)
+    except Timeout:
+        get_run_logger().info("another run is writing %s; waiting up to %.0fs for it to end", store_path, wait_s)
+        try:
+            lock.acquire(timeout=wait_s)
+        except Timeout:
+            raise RuntimeError(f"{store_path}: another run held the store for {wait_s:.0f}s; not started") from None
+    try:
+        yield
     finally:
-        repo.close()
+        lock.release()
 
 
-def stage_environment() -> dict[str, str]:
-    """The stage subprocess's environment: this interpreter's tools first, quiet progress bars."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.setdefault("TQDM_DISABLE", "1")  # carriage-return progress bars would flood the Prefect log
-    env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run_id = flow_run.get_id()
-    if run_id:
-        env["RLHF_RUN_ID"] = f"prefect-{run_id}"
-    return env
+def artifact_paths(root: Path) -> dict[str, str]:
+    return yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["paths"]
 
 
-@task(cache_policy=NO_CACHE)
-def reproduce_stage(root: str, stage: str) -> str:
-    """`dvc repro --single-item <stage>`, its output streamed into this task's log. Returns ran | skipped."""
-    logger = get_run_logger()
-    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
-    process = subprocess.Popen(
-        command, cwd=root, env=stage_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    skipped = False
-    for line in process.stdout:
-        line = line.rstrip()
-        if line:
-            logger.info(line)
-            skipped = skipped or SKIPPED_MARK in line
-    if process.wait() != 0:
-        raise RuntimeError(f"stage {stage} failed (dvc repro exit {process.returncode}); its log is above")
-    return "skipped" if skipped else "ran"
-
-
-def publish_artifacts(root: Path, stages: list[PipelineStage]) -> list[dict]:
-    """Every stage's metrics as one table, and the markdown report, as Prefect artifacts.
-
-    Returns the table's rows (stage, metric, value).
-    """
-    rows = []
-    for stage in stages:
-        for out in stage.outs:
-            path = root / str(out.def_path)
-            if out.metric and path.exists():
-                metrics = json.loads(path.read_text())
-                rows += [{"stage": stage.name, "metric": k, "value": v} for k, v in sorted(metrics.items())]
-            elif str(out.def_path).endswith(".md") and path.exists():
-                create_markdown_artifact(key=f"{stage.name.replace('_', '-')}-report", markdown=path.read_text())
-    if rows:
-        create_table_artifact(key="rlhf-metrics", table=rows, description="Metrics of every stage")
-    return rows
+def run_round(
+    root: Path,
+    stage_names: list[str],
+    progress: artifacts.RunProgress,
+    *,
+    stage_timeout_s: float,
+    judge_retries: int,
+    judge_retry_delay_s: float,
+    human_gate_timeout_s: float,
+    approve_before_ppo: bool,
+) -> dict[str, str]:
+    """Every stage once, in order, with the gates where they belong; returns {stage: ran | skipped}."""
+    params = load_params(root / "params.yaml")
+    outcomes: dict[str, str] = {}
+    for stage in stage_names:
+        if stage == APPROVAL_BEFORE and approve_before_ppo:
+            gates.approval_gate("PPO", human_gate_timeout_s)
+        run = stage_task(stage, judge_retries, judge_retry_delay_s)
+        outcomes[stage] = run(str(root), stage, stage_timeout_s, on_progress=progress.within_stage)
+        progress.stage_finished()
+        if stage == GATE_AFTER and params.rank_responses.judge in HUMAN_JUDGES:
+            store_path = str(root / params.store.path)
+            if gates.human_gate(store_path, human_gate_timeout_s) != "no items wait for people":
+                # People's rankings went into the store, not into a DVC dependency: snapshot again.
+                outcomes[stage] = run(str(root), stage, stage_timeout_s, force=True)
+    return outcomes
 
 
 @flow(name="rlhf-pipeline")
-def rlhf_pipeline(root: str = ".") -> dict:
-    """Run every stage of dvc.yaml through DVC.
+def rlhf_pipeline(
+    root: str = ".",
+    rounds: int = 1,
+    new_round: bool = False,
+    approve_before_ppo: bool = False,
+    human_gate_timeout_s: float = 24 * 3600,
+    stage_timeout_s: float = 6 * 3600,
+    judge_retries: int = 3,
+    judge_retry_delay_s: float = 10.0,
+    commit_rounds: bool = False,
+    push: bool = True,
+    store_wait_s: float = 6 * 3600,
+) -> dict:
+    """Run the stages of dvc.yaml through DVC, `rounds` times.
 
-    Returns {"stages": {stage: "ran" | "skipped"}, "metrics": [{stage, metric, value}, ...]}.
+    The first round reproduces the workspace as it is (from the policy in params.yaml's
+    `round.start_policy`); each further round, and the first one too with `new_round`, first makes
+    the last trained policy the start. `commit_rounds` commits and tags every round in git;
+    `push` runs `dvc push` when a DVC remote is set.
+
+    Returns {"rounds": [{"round", "stages", "tag"}], "stages": <last round's>, "metrics": [...], "pushed_to"}.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds: must be at least 1 (got {rounds})")
+    logger = get_run_logger()
     root_path = Path(root).resolve()
     stages = pipeline_stages(root_path)
-    outcomes = {}
-    for stage in stages:
-        outcomes[stage.name] = reproduce_stage.with_options(name=stage.name)(str(root_path), stage.name)
-    get_run_logger().info("stage outcomes: %s", outcomes)
-    return {"stages": outcomes, "metrics": publish_artifacts(root_path, stages)}
+    stage_names = [stage.name for stage in stages]
+    paths = artifact_paths(root_path)
+    progress = artifacts.RunProgress(stage_names, rounds)
+    if commit_rounds and not is_git_repo(root_path):
+        raise RuntimeError(f"{root_path}: commit_rounds needs a git repository")
+    history = []
+    store_path = root_path / load_params(root_path / "params.yaml").store.path
+    with one_run_at_a_time(store_path, store_wait_s):
+        for index in range(rounds):
+            if index > 0 or new_round:
+                logger.info("round %d starts from %s", start_next_round(root_path, paths["policy"]), PREVIOUS_POLICY)
+            number = int(current_round(root_path)["number"])
+            outcomes = run_round(
+                root_path, stage_names, progress,
+                stage_timeout_s=stage_timeout_s, judge_retries=judge_retries, judge_retry_delay_s=judge_retry_delay_s,
+                human_gate_timeout_s=human_gate_timeout_s, approve_before_ppo=approve_before_ppo,
+            )  # fmt: skip
+            metrics = artifacts.publish(root_path, stages, paths, number)
+            tag = commit_round(root_path, number, flow_run.get_name()) if commit_rounds else None
+            logger.info("round %d: %s%s", number, outcomes, f"; committed as {tag}" if tag else "")
+            history.append({"round": number, "stages": outcomes, "tag": tag})
+    pushed_to = dvc_push(root_path) if push else None
+    logger.info("dvc push: %s", f"to remote {pushed_to!r}" if pushed_to else "no DVC remote set, nothing pushed")
+    return {"rounds": history, "stages": history[-1]["stages"], "metrics": metrics, "pushed_to": pushed_to}
 
 
 def summary(result: dict) -> str:
-    lines = ["", "stage               outcome"]
-    lines += [f"{stage:19} {outcome}" for stage, outcome in result["stages"].items()]
+    lines = []
+    for entry in result["rounds"]:
+        lines += [
+            "",
+            f"round {entry['round']}" + (f" ({entry['tag']})" if entry["tag"] else ""),
+            "stage               outcome",
+        ]
+        lines += [f"{stage:19} {outcome}" for stage, outcome in entry["stages"].items()]
     lines += ["", "metric                                    value"]
     lines += [f"{row['stage'] + '.' + row['metric']:41} {row['value']}" for row in result["metrics"]]
     return "\n".join(lines)
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.pipeline", description="Run the RLHF pipeline as a Prefect flow."
+    )
+    parser.add_argument("root", nargs="?", default=".", help="the project directory (default: .)")
+    parser.add_argument("--rounds", type=int, default=1, help="feedback rounds to run (default: 1)")
+    parser.add_argument("--new-round", action="store_true", help="start a new round from the last policy first")
+    parser.add_argument("--commit-rounds", action="store_true", help="commit and tag every round in git")
+    parser.add_argument("--approve-before-ppo", action="store_true", help="wait for a reviewer before PPO")
+    args = parser.parse_args()
+    result = rlhf_pipeline(
+        args.root, rounds=args.rounds, new_round=args.new_round, commit_rounds=args.commit_rounds,
+        approve_before_ppo=args.approve_before_ppo,
+    )  # fmt: skip
+    print(summary(result))
+
+
 if __name__ == "__main__":
-    print(summary(rlhf_pipeline(sys.argv[1] if len(sys.argv) > 1 else ".")))
+    main()

@@ -267,6 +267,14 @@ class EvaluateParams(Section):
     """Held-out prompts shown with their before/after responses in the markdown report."""
 
 
+class RoundParams(Section):
+    number: int = Field(1, ge=1)
+    """The feedback round this workspace is in. The flow raises it when it starts a new round."""
+    start_policy: str = Field("models/sft", min_length=1)
+    """The policy a round samples from and PPO starts from: models/sft in round 1, then the previous
+    round's policy (the flow copies it to models/previous-policy and tracks it with `dvc add`)."""
+
+
 class Params(Section):
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -278,6 +286,7 @@ class Params(Section):
     train_reward: TrainRewardParams = TrainRewardParams()
     train_policy: TrainPolicyParams = TrainPolicyParams()
     evaluate: EvaluateParams = EvaluateParams()
+    round: RoundParams = RoundParams()
 
 
 _UNION_TAGS = ("contains_any", "excludes_all", "mentions_topic", "word_count")

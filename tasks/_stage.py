@@ -13,10 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rlhf.config import Params, load_params
-from rlhf.errors import InputError, TrainingStopped
+from rlhf.errors import InputError, JudgeEndpointError, TrainingStopped
 
 # Errors that mean bad input, not a bug: print one line naming the file or key, exit 2.
 USER_ERRORS = (InputError, FileNotFoundError)
+# A judge endpoint that timed out or kept failing: worth another try later (sysexits EX_TEMPFAIL).
+# The flow retries a stage, with backoff, only when it exits with this status.
+TRANSIENT_EXIT = 75
 
 
 def parse_paths(stage: str, inputs: list[str], outputs: list[str]) -> argparse.Namespace:
@@ -35,6 +38,9 @@ def run_stage(stage: str, body: Callable[[], None]) -> None:
     started = time.time()
     try:
         body()
+    except JudgeEndpointError as error:
+        print(f"{stage}: error: {error}", file=sys.stderr)
+        sys.exit(TRANSIENT_EXIT)
     except USER_ERRORS as error:
         print(f"{stage}: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -56,6 +56,7 @@ def fingerprint(params: Params, args) -> dict:
         "train_policy": params.train_policy.model_dump(mode="json"),
         "seed": params.seed,
         "policy": checkpoint_hash(args.policy_dir),
+        "reference": checkpoint_hash(args.reference_dir),
         "reward": checkpoint_hash(args.reward_dir),
         "prompts": hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest()[:16],
     }
@@ -64,7 +65,7 @@ def fingerprint(params: Params, args) -> dict:
 def main() -> None:
     args = parse_paths(
         STAGE,
-        ["prompts", "policy_dir", "reward_dir"],
+        ["prompts", "policy_dir", "reference_dir", "reward_dir"],
         ["model_dir", "metrics", "curve", "curve_png", "checkpoint_dir"],
     )
     params = params_from(args)
@@ -82,7 +83,9 @@ def main() -> None:
         load_policy(args.policy_dir, device),
         load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id),
         config,
-        reference=None if config.lora_rank else load_policy(args.policy_dir, device),
+        # The KL anchor stays the SFT policy over every round; with LoRA it is the round's start
+        # policy with adapters off (no second copy is held).
+        reference=None if config.lora_rank else load_policy(args.reference_dir, device),
     )
     scorer = RewardScorer(
         load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer

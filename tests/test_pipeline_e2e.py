@@ -4,84 +4,19 @@ One module-scoped run of the flow (a few minutes on 2 CPU cores) backs every tes
 """
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.pipeline_repo import SHRINK, STAGES, dvc, make_repo, run
+
 pytestmark = pytest.mark.slow
-
-STAGES = [
-    "bootstrap_policy",
-    "collect_prompts",
-    "sample_responses",
-    "rank_responses",
-    "store_comparisons",
-    "train_reward",
-    "train_policy",
-    "evaluate",
-]
-
-SHRINK = {
-    "bootstrap_policy": {
-        "steps": 120,
-        "demos_per_prompt": 2,
-        "n_layer": 1,
-        "n_embd": 32,
-        "n_head": 2,
-        "vocab_size": 400,
-        "batch_size": 16,
-    },
-    "collect_prompts": {"max_prompts": 60},
-    "sample_responses": {"k": 3, "max_new_tokens": 24},
-    "train_reward": {"epochs": 1, "batch_size": 16},
-    "train_policy": {"iterations": 2, "batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2, "max_new_tokens": 24},
-    "evaluate": {"samples_per_prompt": 1, "report_samples": 2},
-}
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@localhost",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@localhost",
-}
-
-
-def run(command, cwd, check=True):
-    # Stage commands say `python`: make it this interpreter, as `make` and the flow do.
-    env = {**os.environ, **GIT_ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
-    if check and result.returncode:
-        raise AssertionError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def dvc(*args, cwd):
-    return run([sys.executable, "-m", "dvc", *args], cwd)
 
 
 @pytest.fixture(scope="module")
 def demo_repo(tmp_path_factory, project_root):
-    """A fresh git + DVC repository holding the project's code and a shrunk params.yaml."""
-    root = tmp_path_factory.mktemp("repo")
-    for name in ["rlhf", "tasks", "flows", "configs"]:
-        shutil.copytree(project_root / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ["dvc.yaml", ".gitignore"]:
-        shutil.copy(project_root / name, root / name)
-    params = yaml.safe_load((project_root / "params.yaml").read_text())
-    for section, values in SHRINK.items():
-        params[section].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], root)
-    dvc("init", "-q", cwd=root)
-    dvc("config", "core.analytics", "false", cwd=root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "init"], root)
-    return root
+    return make_repo(tmp_path_factory.mktemp("repo"), project_root)
 
 
 @pytest.fixture(scope="module")
@@ -148,13 +83,39 @@ def test_flow_published_metrics_and_report_artifacts(flow_outcomes):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
+    keys = {"rlhf-metrics", "evaluate-report", "ranked-samples", "ppo-curves", "rlhf-progress"}
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["rlhf-metrics", "evaluate-report"]))
-        )
-    assert {a.key for a in artifacts} == {"rlhf-metrics", "evaluate-report"}
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys))))
+    assert {a.key for a in artifacts} == keys
     table = next(a for a in artifacts if a.key == "rlhf-metrics")
     assert "win_rate_vs_start" in json.dumps(table.data)
+    samples = next(a for a in artifacts if a.key == "ranked-samples").data
+    samples = json.loads(samples) if isinstance(samples, str) else samples
+    assert {"prompt", "rank", "score", "judge", "response"} <= set(samples[0])
+    assert [row["rank"] for row in samples[: SHRINK["sample_responses"]["k"]]] == sorted(
+        row["rank"] for row in samples[: SHRINK["sample_responses"]["k"]]
+    )
+    assert "| iteration | score | kl" in next(a for a in artifacts if a.key == "ppo-curves").data
+    progress = [a for a in artifacts if a.key == "rlhf-progress"]
+    assert max(float(a.data) for a in progress) == 100.0
+
+
+def test_dvc_exp_run_sets_any_params_key_and_plots_render(flow_outcomes, demo_repo):
+    run(["git", "add", "-A"], demo_repo)
+    run(["git", "commit", "-qm", "the flow's round"], demo_repo)
+    output = dvc("exp", "run", "-n", "fewer-samples", "-S", "evaluate.report_samples=1", cwd=demo_repo).stdout
+    assert "Running stage 'evaluate'" in output and "Running stage 'train_policy'" not in output
+    shown = json.loads(dvc("exp", "show", "--json", cwd=demo_repo).stdout)
+    assert "fewer-samples" in json.dumps(shown)
+    bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train_policy.iterations=many"], demo_repo, check=False)
+    assert bad.returncode != 0
+    assert "params.yaml: train_policy.iterations: Input should be a valid integer" in bad.stdout + bad.stderr
+    run(["git", "checkout", "--", "params.yaml"], demo_repo)
+    dvc("checkout", "--quiet", cwd=demo_repo)
+    html = demo_repo / "plots.html"
+    dvc("plots", "show", "-o", str(demo_repo / "plots-out"), cwd=demo_repo)
+    rendered = (demo_repo / "plots-out" / "index.html").read_text()
+    assert "PPO per iteration" in rendered and not html.exists()
 
 
 def test_bad_params_value_fails_the_flow_with_one_line_naming_the_key(flow_outcomes, demo_repo):

@@ -166,7 +166,7 @@ def stage_workspace(tmp_path, tiny_checkpoints, project_root):
         return [
             sys.executable, "-m", "tasks.train_policy", "--params", str(tmp_path / "params.yaml"),
             "--prompts", str(tmp_path / "prompts.parquet"), "--policy_dir", str(policy_dir),
-            "--reward_dir", str(reward_dir), "--model_dir", str(tmp_path / "policy"),
+            "--reference_dir", str(policy_dir), "--reward_dir", str(reward_dir), "--model_dir", str(tmp_path / "policy"),
             "--metrics", str(tmp_path / "policy.json"), "--curve", str(tmp_path / "ppo.csv"),
             "--curve_png", str(tmp_path / "ppo.png"), "--checkpoint_dir", str(tmp_path / "ckpt"),
         ]  # fmt: skip

@@ -1,0 +1,91 @@
+"""What Prefect and DVC cost: the demo's stages run directly, then through the flow, in one invocation.
+
+    python bench/orchestration_overhead.py [--shrink]
+
+Copies the project twice into fresh git + DVC repositories. The baseline runs each stage's
+command (as dvc.yaml renders it) one after another with nothing around it; the other runs
+`python -m flows.pipeline` (Prefect's temporary server, one task per stage, `dvc repro` of each
+stage with its hashing and dvc.lock, artifacts). `--shrink` uses the test suite's small config:
+the fixed costs weigh more there, so its share is an upper bound for the default's. Prints one
+JSON line; target: overhead_share <= 0.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.pipeline_repo import make_repo  # noqa: E402 - the repository builder the tests use
+
+
+def stage_commands(root: Path) -> list[tuple[str, str]]:
+    from dvc.repo import Repo
+
+    from flows.stages import pipeline_stages
+
+    repo = Repo(str(root))
+    try:
+        return [(stage.name, stage.cmd) for stage in pipeline_stages(root)]
+    finally:
+        repo.close()
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+
+
+def run_direct(root: Path) -> float:
+    started = time.perf_counter()
+    for name, command in stage_commands(root):
+        result = subprocess.run(
+            command, shell=True, cwd=root, env=environment(), capture_output=True, text=True, check=False
+        )
+        if result.returncode:
+            raise SystemExit(f"stage {name} failed:\n{result.stderr}")
+    return time.perf_counter() - started
+
+
+def run_flow(root: Path, prefect_home: Path) -> float:
+    env = {**environment(), "PREFECT_HOME": str(prefect_home)}
+    env.pop("PREFECT_API_URL", None)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "flows.pipeline", str(root)], cwd=root, env=env,
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    if result.returncode:
+        raise SystemExit(f"the flow failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shrink", action="store_true", help="the test suite's small config")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        import tests.pipeline_repo as pipeline_repo
+
+        if not args.shrink:
+            pipeline_repo.SHRINK = {}
+        direct_root = make_repo(tmp / "direct", ROOT)
+        flow_root = make_repo(tmp / "flow", ROOT)
+        direct_s = run_direct(direct_root)
+        flow_s = run_flow(flow_root, tmp / "prefect-home")
+    print(json.dumps({
+        "bench": "orchestration_overhead", "config": "shrunk" if args.shrink else "default",
+        "direct_s": round(direct_s, 1), "flow_s": round(flow_s, 1), "ratio": round(flow_s / direct_s, 3),
+        "overhead_share": round((flow_s - direct_s) / flow_s, 3),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""The human-ranking deployment: serve the ranking page until people have ranked the queue.
+
+The page (rlhf/annotation) runs in this flow run's process; the run's progress artifact shows how
+much of the queue is done, and the run ends when nothing waits or after `timeout_s` (then it fails,
+saying how many items were left). A paused pipeline run waiting at its human gate resumes by itself
+once the queue is done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from flows.gates import waiting_items
+from rlhf.annotation.app import create_app, load_tokens
+from rlhf.config import load_params
+from rlhf.store import FeedbackStore
+
+PROGRESS_KEY = "human-ranking-progress"
+
+
+class QueueNotDone(RuntimeError):
+    """The serving window ended with items still waiting for people."""
+
+
+@flow(name="rlhf-human-ranking")
+def human_ranking(
+    root: str = ".",
+    tokens: str = "annotators.json",
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    timeout_s: float = 8 * 3600,
+    poll_s: float = 10.0,
+) -> dict:
+    """Serve the ranking page on host:port for the people in `tokens` until the queue is done."""
+    logger = get_run_logger()
+    root_path = Path(root).resolve()
+    store_path = str(root_path / load_params(root_path / "params.yaml").store.path)
+    total = int(FeedbackStore(store_path).counts()["annotation_queue"])
+    app = create_app(FeedbackStore(store_path), load_tokens(root_path / tokens))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    logger.info("ranking page on http://%s:%d/#token=<token>; %d items in the queue", host, port, total)
+    progress = create_progress_artifact(progress=0.0, key=PROGRESS_KEY, description="share of the queue ranked")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (waiting := waiting_items(store_path)) and time.monotonic() < deadline:
+            update_progress_artifact(progress, progress=100.0 * (total - waiting) / max(total, 1))
+            time.sleep(poll_s)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    update_progress_artifact(progress, progress=100.0 * (total - waiting) / max(total, 1))
+    if waiting:
+        raise QueueNotDone(f"the ranking page closed after {timeout_s:.0f}s with {waiting} of {total} items waiting")
+    return {"items": total, "waiting": 0}

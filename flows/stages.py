@@ -1,0 +1,151 @@
+"""One Prefect task per DVC stage: `dvc repro --single-item <stage>` in a subprocess.
+
+DVC decides what is up to date, updates dvc.lock and skips unchanged stages; Prefect's own cache
+is off (NO_CACHE) so the two never disagree. The stage's output streams into the task's log, and
+its `<what>: done/total` lines move the flow's progress artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import networkx as nx
+from dvc.repo import Repo
+from dvc.stage import PipelineStage
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from tasks._stage import TRANSIENT_EXIT
+
+SKIPPED_MARK = "didn't change, skipping"
+PROGRESS_LINE = re.compile(r"\b(\d+)/(\d+)\b")
+# `dvc repro` exits 255 whatever the command's status; it names that status in its error line.
+COMMAND_EXIT = re.compile(r"exited with (\d+)")
+# Stages that call a judge over the network: retried with backoff when they exit TRANSIENT_EXIT.
+RETRIED_STAGES = {"rank_responses"}
+
+
+class TransientStageError(RuntimeError):
+    """A stage failed in a way worth retrying (its judge endpoint timed out or kept failing)."""
+
+
+def pipeline_stages(root: str | Path) -> list[PipelineStage]:
+    """The stages of dvc.yaml in an order that runs every stage after the stages it depends on.
+
+    Among stages free to run, dvc.yaml's own order decides, so the order is stable.
+    """
+    repo = Repo(str(root))
+    try:
+        graph = repo.index.graph  # an edge points from a stage to a stage it depends on
+        stages = [s for s in graph.nodes if isinstance(s, PipelineStage)]
+        position = {stage.name: i for i, stage in enumerate(repo.index.stages) if isinstance(stage, PipelineStage)}
+        dependency_first = graph.subgraph(stages).reverse(copy=True)
+        return list(nx.lexicographical_topological_sort(dependency_first, key=lambda s: f"{position[s.name]:06d}"))
+    finally:
+        repo.close()
+
+
+def stage_environment() -> dict[str, str]:
+    """The stage subprocess's environment: this interpreter's tools first, quiet progress bars."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("TQDM_DISABLE", "1")  # carriage-return progress bars would flood the Prefect log
+    env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run_id = flow_run.get_id()
+    if run_id:
+        env["RLHF_RUN_ID"] = f"prefect-{run_id}"
+    return env
+
+
+def only_transient_failures(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry a stage only when its judge endpoint was the trouble."""
+    try:
+        state.result()
+    except TransientStageError:
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is final: bad input, a bug, a timeout
+        return False
+    return False
+
+
+def stage_progress(stage: str, line: str) -> float | None:
+    """The share done that a stage's `<stage>...: done/total` line reports, if it is one."""
+    if not line.startswith(stage):
+        return None
+    match = PROGRESS_LINE.search(line)
+    if not match or int(match.group(2)) == 0:
+        return None
+    return min(int(match.group(1)) / int(match.group(2)), 1.0)
+
+
+@task(cache_policy=NO_CACHE)
+def reproduce_stage(
+    root: str,
+    stage: str,
+    timeout_s: float,
+    force: bool = False,
+    on_progress: Callable[[str, float], None] | None = None,
+) -> str:
+    """Reproduce one stage through DVC; returns "ran" or "skipped".
+
+    Kills the stage (and everything it started) after `timeout_s` seconds. A non-zero exit raises,
+    naming the stage: TransientStageError for TRANSIENT_EXIT (retried), RuntimeError otherwise.
+    """
+    logger = get_run_logger()
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    process = subprocess.Popen(
+        command, cwd=root, env=stage_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,  # its own process group, so a timeout kills the whole stage
+    )  # fmt: skip
+    timed_out = threading.Event()
+
+    def kill_on_timeout() -> None:
+        timed_out.set()
+        os.killpg(process.pid, 9)
+
+    watchdog = threading.Timer(timeout_s, kill_on_timeout)
+    watchdog.start()
+    skipped, command_exit = False, None
+    try:
+        for line in process.stdout:
+            line = line.rstrip()
+            if not line:
+                continue
+            logger.info(line)
+            skipped = skipped or SKIPPED_MARK in line
+            if exit_match := COMMAND_EXIT.search(line):
+                command_exit = int(exit_match.group(1))
+            share = stage_progress(stage, line)
+            if share is not None and on_progress:
+                on_progress(stage, share)
+        returncode = process.wait()
+    finally:
+        watchdog.cancel()
+    if timed_out.is_set():
+        raise TimeoutError(f"stage {stage} ran past its {timeout_s:.0f}s timeout and was stopped")
+    if returncode and command_exit == TRANSIENT_EXIT:
+        raise TransientStageError(f"stage {stage}: its judge endpoint failed (exit {returncode}); see the log above")
+    if returncode != 0:
+        raise RuntimeError(f"stage {stage} failed (dvc repro exit {returncode}); its log is above")
+    return "skipped" if skipped else "ran"
+
+
+def stage_task(stage: str, judge_retries: int, retry_delay_s: float):
+    """The task for one stage, named after it; retried with exponential backoff where that helps."""
+    if stage not in RETRIED_STAGES or judge_retries == 0:
+        return reproduce_stage.with_options(name=stage)
+    return reproduce_stage.with_options(
+        name=stage,
+        retries=judge_retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s)(judge_retries),
+        retry_condition_fn=only_transient_failures,
+    )
