@@ -270,3 +270,54 @@ def test_a_run_killed_mid_stage_resumes_without_redoing_stages_or_duplicating_ro
     assert {t: n for t, n in store.counts().items() if t != "runs"} == {
         t: n for t, n in counts_at_kill.items() if t != "runs"
     }
+
+
+def test_an_expired_human_gate_fails_the_run_saying_what_still_waits(prefect_harness, tmp_path):
+    import pandas as pd
+    from prefect import flow
+
+    from flows.gates import GateTimeout, human_gate
+    from rlhf.store import FeedbackStore
+
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    prompts = pd.DataFrame([{"prompt_id": "p", "prompt": "q", "topic": None, "split": "train", "source": "t"}])
+    responses = pd.DataFrame(
+        [{"response_id": f"r{i}", "prompt_id": "p", "sample_index": i, "response": f"a{i}",
+          "policy_checkpoint": "c", "sampling": "{}"} for i in range(2)]
+    )  # fmt: skip
+    rankings = pd.DataFrame(columns=["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge",
+                                     "judge_version"])  # fmt: skip
+    queue = pd.DataFrame([{"item_id": "i", "prompt_id": "p", "response_ids": '["r0", "r1"]', "reason": "human"}])
+    store.ingest({"run_id": "run-1", "stage": "test"}, prompts, responses, rankings, queue)
+
+    @flow
+    def gated() -> str:
+        return human_gate(str(store.path), timeout_s=3, poll_s=1)
+
+    with pytest.raises(GateTimeout, match=r"nobody resumed the run within 3s; 1 items still wait for people"):
+        gated()
+
+
+def test_a_second_run_waits_for_the_store_while_a_first_holds_it(prefect_harness, tmp_path):
+    from prefect import flow
+
+    from flows.pipeline import one_run_at_a_time
+
+    store = tmp_path / "feedback.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from filelock import FileLock; import time\n"
+         f"with FileLock({str(store) + '.run.lock'!r}):\n    print('held', flush=True); time.sleep(4)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+
+    @flow
+    def writer(wait_s: float) -> float:
+        started = time.monotonic()
+        with one_run_at_a_time(store, wait_s):
+            return time.monotonic() - started
+
+    with pytest.raises(RuntimeError, match=r"another run held the store for 1s; not started"):
+        writer(1)
+    assert writer(60) > 1  # got the lock once the first run ended
+    holder.wait()
