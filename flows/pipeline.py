@@ -13,6 +13,7 @@ rest; the store's content-hash keys make the re-run of a half-done stage add no 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from flows import artifacts, gates
 from flows.rounds import PREVIOUS_POLICY, commit_round, current_round, dvc_push, is_git_repo, start_next_round
 from flows.stages import pipeline_stages, stage_task
 from rlhf.config import load_params
+from rlhf.errors import InputError
 
 STORE_RUN_LOCK_SUFFIX = ".run.lock"  # held by a run for its whole length: one writing run at a time
 HUMAN_JUDGES = {"human", "hybrid"}
@@ -107,7 +109,7 @@ def rlhf_pipeline(
     The first round reproduces the workspace as it is (from the policy in params.yaml's
     `round.start_policy`); each further round, and the first one too with `new_round`, first makes
     the last trained policy the start. `commit_rounds` commits and tags every round in git;
-    `push` runs `dvc push` when a DVC remote is set.
+    `push` runs `dvc push` after every round when a DVC remote is set.
 
     Returns {"rounds": [{"round", "stages", "tag"}], "stages": <last round's>, "metrics": [...], "pushed_to"}.
     """
@@ -135,10 +137,13 @@ def rlhf_pipeline(
             )  # fmt: skip
             metrics = artifacts.publish(root_path, stages, paths, number)
             tag = commit_round(root_path, number, flow_run.get_name()) if commit_rounds else None
-            logger.info("round %d: %s%s", number, outcomes, f"; committed as {tag}" if tag else "")
+            # Every round's outputs go to the remote, not only the last round's: each tag stays pullable.
+            pushed_to = dvc_push(root_path) if push else None
+            logger.info(
+                "round %d: %s%s; dvc push: %s", number, outcomes, f"; committed as {tag}" if tag else "",
+                f"to remote {pushed_to!r}" if pushed_to else "no DVC remote set, nothing pushed",
+            )  # fmt: skip
             history.append({"round": number, "stages": outcomes, "tag": tag})
-    pushed_to = dvc_push(root_path) if push else None
-    logger.info("dvc push: %s", f"to remote {pushed_to!r}" if pushed_to else "no DVC remote set, nothing pushed")
     return {"rounds": history, "stages": history[-1]["stages"], "metrics": metrics, "pushed_to": pushed_to}
 
 
@@ -166,10 +171,14 @@ def main() -> None:
     parser.add_argument("--commit-rounds", action="store_true", help="commit and tag every round in git")
     parser.add_argument("--approve-before-ppo", action="store_true", help="wait for a reviewer before PPO")
     args = parser.parse_args()
-    result = rlhf_pipeline(
-        args.root, rounds=args.rounds, new_round=args.new_round, commit_rounds=args.commit_rounds,
-        approve_before_ppo=args.approve_before_ppo,
-    )  # fmt: skip
+    try:
+        result = rlhf_pipeline(
+            args.root, rounds=args.rounds, new_round=args.new_round, commit_rounds=args.commit_rounds,
+            approve_before_ppo=args.approve_before_ppo,
+        )  # fmt: skip
+    except InputError as error:  # bad params.yaml: the flow's log has the trace, the terminal one line
+        print(f"rlhf-pipeline: error: {error}", file=sys.stderr)
+        sys.exit(2)
     print(summary(result))
 
 

@@ -7,6 +7,7 @@ its `<what>: done/total` lines move the flow's progress artifact.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import networkx as nx
+import psutil
 from dvc.repo import Repo
 from dvc.stage import PipelineStage
 from prefect import get_run_logger, task
@@ -77,6 +79,16 @@ def only_transient_failures(task, task_run, state) -> bool:
     return False
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything it started (dvc, the stage, torchrun's workers)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        parent = psutil.Process(pid)
+        for child in parent.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        parent.kill()
+
+
 def stage_progress(stage: str, line: str) -> float | None:
     """The share done that a stage's `<stage>...: done/total` line reports, if it is one."""
     if not line.startswith(stage):
@@ -102,15 +114,16 @@ def reproduce_stage(
     """
     logger = get_run_logger()
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
+    # The stage stays in the flow's process group: whatever kills the flow run (a worker cancelling
+    # it, a SIGKILL of the group) kills the stage too, and no orphan keeps writing after it.
     process = subprocess.Popen(
-        command, cwd=root, env=stage_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,  # its own process group, so a timeout kills the whole stage
-    )  # fmt: skip
+        command, cwd=root, env=stage_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     timed_out = threading.Event()
 
     def kill_on_timeout() -> None:
         timed_out.set()
-        os.killpg(process.pid, 9)
+        kill_tree(process.pid)
 
     watchdog = threading.Timer(timeout_s, kill_on_timeout)
     watchdog.start()

@@ -178,8 +178,12 @@ class RankResponsesParams(Section):
 
 
 class TrainRewardParams(Section):
+    batching: Literal["kwise", "pairwise"] = "kwise"
+    """kwise: one batch element per ranking, its K responses scored once and all its pairs' losses
+    averaged (InstructGPT); pairwise: one element per pair with TRL's RewardTrainer."""
     epochs: float = Field(4.0, gt=0)
     batch_size: int = Field(32, ge=1)
+    """Pairs per step (pairwise) or rankings per step (kwise)."""
     learning_rate: float = Field(5e-4, gt=0, lt=1)
     max_length: int = Field(128, ge=8)
 

@@ -1,4 +1,4 @@
-"""Reward model: Bradley-Terry on comparisons with TRL's RewardTrainer, and scoring with it.
+"""Reward model: Bradley-Terry on comparisons, K-wise per ranking or pairwise (TRL), and scoring with it.
 
 The model reads `text.join(prompt, response)` plus EOS and returns one scalar. It starts from the
 bootstrap policy's weights (InstructGPT initialises its RM from the SFT model), with a new head.
@@ -7,6 +7,7 @@ bootstrap policy's weights (InstructGPT initialises its RM from the SFT model), 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +19,8 @@ from trl import RewardConfig, RewardTrainer
 from rlhf.config import TrainRewardParams
 from rlhf.errors import EmptyComparisonsError
 from rlhf.models import load_scalar_head_model, load_tokenizer
+from rlhf.reward_kwise import rankings_from_comparisons, train_on_rankings
+from rlhf.reward_report import render_reward_distribution, reward_report
 from rlhf.text import join
 
 
@@ -39,17 +42,41 @@ def train_reward_model(
     seed: int,
     device: torch.device,
     out_dir: Path,
+    distribution_png: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Train on the train split's strict pairs, save to out_dir, and report accuracy on the test split.
+    """Train on the train split's strict pairs, save to out_dir, and report on the test split.
 
     The split is by prompt, so no held-out pair shares a prompt with a training pair.
     """
-    pairs = preference_pairs(comparisons[comparisons["split"] == "train"])
+    train = comparisons[comparisons["split"] == "train"]
+    pairs = preference_pairs(train)
     if pairs.empty:
         raise EmptyComparisonsError("comparisons snapshot: no non-tie pairs in the train split")
     tokenizer = load_tokenizer(init_from)
     torch.manual_seed(seed)
     model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
+    if params.batching == "kwise":
+        stats = train_on_rankings(
+            model, tokenizer, rankings_from_comparisons(train), epochs=params.epochs, batch_size=params.batch_size,
+            learning_rate=params.learning_rate, max_length=params.max_length, seed=seed, progress=progress,
+        )  # fmt: skip
+        train_loss = stats["train_loss"]
+    else:
+        train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    report = evaluate_reward_model(
+        model.eval(), tokenizer, comparisons[comparisons["split"] == "test"], distribution_png
+    )
+    return {"batching": params.batching, "train_pairs": len(pairs), "train_loss": train_loss, **report}
+
+
+def train_with_trl(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame, params: TrainRewardParams,
+    seed: int, device: torch.device,
+) -> float:  # fmt: skip
+    """Plain pairwise Bradley-Terry with TRL's RewardTrainer; returns the mean training loss."""
     args = RewardConfig(
         output_dir=tempfile.mkdtemp(prefix="reward-"),
         num_train_epochs=params.epochs,
@@ -69,16 +96,20 @@ def train_reward_model(
     trainer = RewardTrainer(
         model=model, args=args, train_dataset=Dataset.from_pandas(pairs), processing_class=tokenizer
     )
-    result = trainer.train()
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    accuracy, test_pairs = accuracy_on(model.eval(), tokenizer, comparisons[comparisons["split"] == "test"])
-    return {
-        "train_pairs": len(pairs),
-        "train_loss": round(result.training_loss, 4),
-        "test_pairs": test_pairs,
-        "test_accuracy": round(accuracy, 4),
-    }
+    return round(trainer.train().training_loss, 4)
+
+
+def evaluate_reward_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, comparisons: pd.DataFrame, distribution_png: Path | None
+) -> dict:
+    """Accuracy, calibration, accuracy by label source and by margin on strict held-out pairs (rlhf.reward_report)."""
+    strict = comparisons[~comparisons["tie"]]
+    pairs = preference_pairs(strict)
+    chosen = score_texts(model, tokenizer, list(pairs["chosen"])).cpu().numpy()
+    rejected = score_texts(model, tokenizer, list(pairs["rejected"])).cpu().numpy()
+    if distribution_png is not None and len(pairs):
+        render_reward_distribution(chosen, rejected, distribution_png)
+    return reward_report(strict.reset_index(drop=True), chosen, rejected)
 
 
 @torch.no_grad()

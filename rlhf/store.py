@@ -146,6 +146,21 @@ CREATE TABLE annotators (
 );
 """
 
+COMPARISONS_V3 = """
+CREATE TABLE comparisons (
+    ranking_id VARCHAR NOT NULL,      -- key with chosen_id and rejected_id
+    chosen_id VARCHAR NOT NULL,       -- the better response (for a tie: the smaller id)
+    rejected_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    margin DOUBLE NOT NULL,           -- score(chosen) - score(rejected); 0 for a tie
+    tie BOOLEAN NOT NULL,
+    run_id VARCHAR NOT NULL,
+    weight DOUBLE NOT NULL,           -- 1 / pairs of its ranking: each ranking's pairs sum to 1
+    judge VARCHAR NOT NULL,           -- the judge of its ranking (as in rankings)
+    judge_version VARCHAR NOT NULL    -- the judge's version and model; the annotator for human
+);
+"""
+
 _V1_TABLES = ["runs", "prompts", "responses", "rankings", "comparisons"]
 
 # MIGRATIONS[n] takes a store from version n - 1 to n, in the same transaction as the version bump.
@@ -161,14 +176,16 @@ INSERT INTO comparisons SELECT *, 1.0 / count(*) OVER (PARTITION BY ranking_id) 
 """
     + "".join(f"DROP TABLE {t}_v1;\n" for t in _V1_TABLES),
     # Version 3: each pair carries the judge of its ranking, so the snapshot and the agreement
-    # report read who labelled a pair without joining 1M pairs to the rankings.
-    3: """
-ALTER TABLE comparisons ADD COLUMN judge VARCHAR;
-ALTER TABLE comparisons ADD COLUMN judge_version VARCHAR;
-UPDATE comparisons c SET judge = r.judge, judge_version = r.judge_version
-FROM rankings r WHERE r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id;
-ALTER TABLE comparisons ALTER COLUMN judge SET NOT NULL;
-ALTER TABLE comparisons ALTER COLUMN judge_version SET NOT NULL;
+    # report read who labelled a pair without joining 1M pairs to the rankings. The table is
+    # rebuilt rather than altered: DuckDB refuses SET NOT NULL after an UPDATE in one transaction.
+    3: "ALTER TABLE comparisons RENAME TO comparisons_v2;\n"
+    + COMPARISONS_V3
+    + """
+INSERT INTO comparisons
+SELECT c.*, coalesce(r.judge, 'unknown'), coalesce(r.judge_version, 'unknown')
+FROM comparisons_v2 c
+LEFT JOIN rankings r ON r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id;
+DROP TABLE comparisons_v2;
 """,
 }
 

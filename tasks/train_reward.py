@@ -5,19 +5,30 @@ from pathlib import Path
 from rlhf.models import resolve_device
 from rlhf.reward import train_reward_model
 from rlhf.snapshot import read_comparisons
-from tasks._stage import params_from, parse_paths, run_stage, write_json
+from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json
 
 STAGE = "train_reward"
 
 
 def main() -> None:
-    args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics"])
+    args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics", "distribution_png"])
     params = params_from(args)
     device = resolve_device(params.device)
     comparisons = read_comparisons(args.comparisons)
+    partial_png = Path(args.distribution_png + ".partial")
+    partial_png.parent.mkdir(parents=True, exist_ok=True)
     metrics = train_reward_model(
-        comparisons, Path(args.init_dir), params.train_reward, params.seed, device, Path(args.model_dir)
+        comparisons,
+        Path(args.init_dir),
+        params.train_reward,
+        params.seed,
+        device,
+        Path(args.model_dir),
+        partial_png,
+        progress=log_progress(f"{STAGE}: steps"),
     )
+    if partial_png.exists():
+        partial_png.replace(args.distribution_png)
     write_json(args.metrics, metrics)
     print(f"{STAGE}: {metrics}")
 

@@ -1,0 +1,157 @@
+"""K-wise reward-model training (InstructGPT, Ouyang et al. 2022, section 3.5).
+
+One batch element is one ranking: a prompt's K responses go through the model once each, and all
+the ranking's strict pairs are scored from those K rewards. The loss of a ranking is the mean of
+-log sigmoid(r_winner - r_loser) over its pairs, so a prompt with many correlated pairs counts
+as much as any other. Plain pairwise training is the same loop with every pair its own
+"ranking" of two responses: 2 forward passes per pair instead of K per C(K,2) pairs.
+
+This sits beside TRL's RewardTrainer rather than on top of it: RewardTrainer tokenises a
+chosen/rejected column pair per row, and a ranking of K texts with a pair index does not fit that
+row shape without replacing its dataset preparation, collator and loss, which is all of it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+
+from rlhf.text import join
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """One prompt's responses as full texts, and its strict pairs as (winner, loser) indices."""
+
+    texts: tuple[str, ...]
+    pairs: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class RankingBatch:
+    input_ids: torch.Tensor  # (N, L) every text of every ranking in the batch
+    attention_mask: torch.Tensor  # (N, L)
+    winners: torch.Tensor  # (P,) row of each pair's better text
+    losers: torch.Tensor  # (P,)
+    pair_weights: torch.Tensor  # (P,) 1 / (pairs of its ranking * rankings in the batch): sums to 1
+
+    def to(self, device: torch.device) -> RankingBatch:
+        return RankingBatch(*(t.to(device) for t in vars(self).values()))
+
+
+def rankings_from_comparisons(comparisons: pd.DataFrame) -> list[Ranking]:
+    """Group the snapshot's strict pairs (ties carry no preference) back into their rankings."""
+    strict = comparisons[~comparisons["tie"]].sort_values(["ranking_id", "chosen_id", "rejected_id"])
+    rankings = []
+    for _, group in strict.groupby("ranking_id", sort=True):
+        texts: dict[str, str] = {}
+        prompt = group["prompt"].iloc[0]
+        for rid, text in [*zip(group["chosen_id"], group["chosen"]), *zip(group["rejected_id"], group["rejected"])]:
+            texts.setdefault(rid, join(prompt, text))
+        order = sorted(texts)
+        index = {rid: i for i, rid in enumerate(order)}
+        pairs = tuple((index[c], index[r]) for c, r in zip(group["chosen_id"], group["rejected_id"]))
+        rankings.append(Ranking(tuple(texts[rid] for rid in order), pairs))
+    return rankings
+
+
+def as_pairs(rankings: list[Ranking]) -> list[Ranking]:
+    """Plain pairwise batching: each pair becomes a ranking of its own two texts."""
+    return [Ranking((r.texts[w], r.texts[loser]), ((0, 1),)) for r in rankings for w, loser in r.pairs]
+
+
+class RankingCollator:
+    """Tokenises each ranking's texts (EOS appended, right-padded) and lays out its pair index."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, rankings: list[Ranking]) -> RankingBatch:
+        texts = [t + self.tokenizer.eos_token for r in rankings for t in r.texts]
+        tokens = self.tokenizer(
+            texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
+            max_length=self.max_length,
+        )  # fmt: skip
+        winners, losers, weights, offset = [], [], [], 0
+        for ranking in rankings:
+            for w, loser in ranking.pairs:
+                winners.append(offset + w)
+                losers.append(offset + loser)
+                weights.append(1.0 / (len(ranking.pairs) * len(rankings)))
+            offset += len(ranking.texts)
+        return RankingBatch(
+            tokens["input_ids"], tokens["attention_mask"], torch.tensor(winners), torch.tensor(losers),
+            torch.tensor(weights),
+        )  # fmt: skip
+
+
+def ranking_loss(rewards: torch.Tensor, batch: RankingBatch) -> torch.Tensor:
+    """Weighted Bradley-Terry loss: sum over pairs of w * -log sigmoid(r_winner - r_loser).  (scalar)"""
+    margins = rewards[batch.winners] - rewards[batch.losers]
+    return -(batch.pair_weights * F.logsigmoid(margins)).sum()
+
+
+def train_on_rankings(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rankings: list[Ranking],
+    *,
+    epochs: float,
+    batch_size: int,
+    learning_rate: float,
+    max_length: int,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Train `model` in place on `rankings`, `batch_size` of them per optimizer step.
+
+    `progress(step, total_steps)` is called about twenty times over the run.
+
+    Returns {"steps", "pairs_seen", "seconds", "pairs_per_s", "train_loss"} (loss: last epoch's mean).
+    """
+    device = next(model.parameters()).device
+    collate = RankingCollator(tokenizer, max_length)
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(rankings) / batch_size)
+    total_steps = max(1, round(epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.05 * total_steps), total_steps)
+    model.train()
+    step, pairs_seen, losses = 0, 0, []
+    started = time.perf_counter()
+    while step < total_steps:
+        order = torch.randperm(len(rankings), generator=generator).tolist()
+        losses = []
+        for start in range(0, len(order), batch_size):
+            if step == total_steps:
+                break
+            chosen = [rankings[i] for i in order[start : start + batch_size]]
+            batch = collate(chosen).to(device)
+            rewards = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, 0]
+            loss = ranking_loss(rewards, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            pairs_seen += len(batch.winners)
+            step += 1
+            if progress and (step % max(1, total_steps // 20) == 0 or step == total_steps):
+                progress(step, total_steps)
+    seconds = time.perf_counter() - started
+    model.eval()
+    return {
+        "steps": step,
+        "pairs_seen": pairs_seen,
+        "seconds": round(seconds, 3),
+        "pairs_per_s": round(pairs_seen / seconds, 1),
+        "train_loss": round(sum(losses) / max(len(losses), 1), 4),
+    }

@@ -1,0 +1,85 @@
+"""K-wise reward batching (InstructGPT) against plain pairs, and the held-out report's figures."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rlhf.reward_kwise import Ranking, RankingCollator, as_pairs, ranking_loss, rankings_from_comparisons
+from rlhf.reward_report import accuracy, expected_calibration_error, reward_report
+
+
+def test_collator_lays_out_texts_pairs_and_weights(tiny_tokenizer):
+    rankings = [Ranking(("a b", "b", "c c c"), ((0, 1), (0, 2), (1, 2))), Ranking(("x", "y y"), ((1, 0),))]
+    batch = RankingCollator(tiny_tokenizer, max_length=16)(rankings)
+    assert batch.input_ids.shape[0] == 5  # every text once, rankings one after another
+    assert batch.winners.tolist() == [0, 0, 1, 4] and batch.losers.tolist() == [1, 2, 2, 3]
+    assert batch.pair_weights.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2])  # each ranking weighs 1/2
+    lengths = batch.attention_mask.sum(dim=1)
+    last_tokens = batch.input_ids[torch.arange(5), lengths - 1]
+    assert (last_tokens == tiny_tokenizer.eos_token_id).all()  # EOS appended; padding on the right
+    assert batch.attention_mask[:, 0].all()
+
+
+def test_kwise_and_pairwise_losses_agree_on_a_single_pair_and_kwise_averages_a_ranking():
+    rewards = torch.tensor([1.5, -0.25, 0.5])
+    one_pair = Ranking(("a", "b"), ((0, 1),))
+    batch = _layout([one_pair])
+    expected = -F.logsigmoid(torch.tensor(1.5 - -0.25))
+    assert ranking_loss(rewards[:2], batch).item() == pytest.approx(expected.item())
+    three = Ranking(("a", "b", "c"), ((0, 1), (0, 2), (2, 1)))
+    kwise = ranking_loss(rewards, _layout([three])).item()
+    pair_losses = [-F.logsigmoid(rewards[w] - rewards[loser]).item() for w, loser in three.pairs]
+    assert kwise == pytest.approx(sum(pair_losses) / 3)
+    pairwise = as_pairs([three])
+    assert [r.pairs for r in pairwise] == [((0, 1),)] * 3
+    assert [r.texts for r in pairwise] == [("a", "b"), ("a", "c"), ("c", "b")]
+
+
+def _layout(rankings):
+    """The collator's index layout without tokenising (rewards are given directly)."""
+    from rlhf.reward_kwise import RankingBatch
+
+    winners, losers, weights, offset = [], [], [], 0
+    for ranking in rankings:
+        for w, loser in ranking.pairs:
+            winners.append(offset + w)
+            losers.append(offset + loser)
+            weights.append(1 / (len(ranking.pairs) * len(rankings)))
+        offset += len(ranking.texts)
+    empty = torch.zeros(0)
+    return RankingBatch(empty, empty, torch.tensor(winners), torch.tensor(losers), torch.tensor(weights))
+
+
+def test_rankings_are_rebuilt_from_the_snapshots_pairs_without_ties():
+    frame = pd.DataFrame(
+        [
+            ("k1", "p", "r1", "r2", "good", "bad", False),
+            ("k1", "p", "r1", "r3", "good", "meh", False),
+            ("k1", "p", "r3", "r2", "meh", "bad", True),  # a tie: no preference
+            ("k2", "q", "s2", "s1", "yes", "no", False),
+        ],
+        columns=["ranking_id", "prompt", "chosen_id", "rejected_id", "chosen", "rejected", "tie"],
+    )
+    first, second = rankings_from_comparisons(frame)
+    assert first.texts == ("p good", "p bad", "p meh") and first.pairs == ((0, 1), (0, 2))
+    assert second.texts == ("q no", "q yes") and second.pairs == ((1, 0),)
+
+
+def test_calibration_error_and_report_by_judge_and_margin():
+    assert expected_calibration_error(np.array([0.9, 0.9, 0.9, 0.9])) == pytest.approx(0.1)  # 90% sure, all right
+    assert expected_calibration_error(np.array([0.75, 0.25])) == pytest.approx(0.25)  # 75% sure, half right
+    assert accuracy(np.array([1.0, -1.0, 0.0, 2.0])) == pytest.approx(0.625)
+    pairs = pd.DataFrame({"judge": ["human", "rules", "rules"], "margin": [0.5, 1.5, 3.0]})
+    report = reward_report(pairs, np.array([1.0, 0.0, 2.0]), np.array([0.0, 1.0, 1.0]))
+    assert report["test_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    assert report["accuracy_human"] == 1.0 and report["accuracy_rules"] == 0.5
+    assert (report["accuracy_margin_0_1"], report["accuracy_margin_1_2"], report["accuracy_margin_2_up"]) == (
+        1.0,
+        0.0,
+        1.0,
+    )
+    assert report["test_ece"] == pytest.approx(abs(1 / (1 + math.exp(-1)) - 2 / 3), abs=1e-4)
