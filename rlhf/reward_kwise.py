@@ -79,17 +79,20 @@ class RankingCollator:
             texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
             max_length=self.max_length,
         )  # fmt: skip
-        winners, losers, weights, offset = [], [], [], 0
-        for ranking in rankings:
-            for w, loser in ranking.pairs:
-                winners.append(offset + w)
-                losers.append(offset + loser)
-                weights.append(1.0 / (len(ranking.pairs) * len(rankings)))
-            offset += len(ranking.texts)
-        return RankingBatch(
-            tokens["input_ids"], tokens["attention_mask"], torch.tensor(winners), torch.tensor(losers),
-            torch.tensor(weights),
-        )  # fmt: skip
+        return RankingBatch(tokens["input_ids"], tokens["attention_mask"], *pair_layout(rankings))
+
+
+def pair_layout(rankings: list[Ranking]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(winners, losers, weights): each pair's rows among the rankings' texts laid end to end, and
+    its weight 1 / (pairs of its ranking * rankings), so each ranking weighs the same."""
+    winners, losers, weights, offset = [], [], [], 0
+    for ranking in rankings:
+        for w, loser in ranking.pairs:
+            winners.append(offset + w)
+            losers.append(offset + loser)
+            weights.append(1.0 / (len(ranking.pairs) * len(rankings)))
+        offset += len(ranking.texts)
+    return torch.tensor(winners), torch.tensor(losers), torch.tensor(weights)
 
 
 def ranking_loss(rewards: torch.Tensor, batch: RankingBatch) -> torch.Tensor:

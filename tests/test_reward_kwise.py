@@ -8,7 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf.reward_kwise import Ranking, RankingCollator, as_pairs, ranking_loss, rankings_from_comparisons
+from rlhf.reward_kwise import (
+    Ranking,
+    RankingBatch,
+    RankingCollator,
+    as_pairs,
+    pair_layout,
+    ranking_loss,
+    rankings_from_comparisons,
+)
 from rlhf.reward_report import accuracy, expected_calibration_error, reward_report
 
 
@@ -40,18 +48,9 @@ def test_kwise_and_pairwise_losses_agree_on_a_single_pair_and_kwise_averages_a_r
 
 
 def _layout(rankings):
-    """The collator's index layout without tokenising (rewards are given directly)."""
-    from rlhf.reward_kwise import RankingBatch
-
-    winners, losers, weights, offset = [], [], [], 0
-    for ranking in rankings:
-        for w, loser in ranking.pairs:
-            winners.append(offset + w)
-            losers.append(offset + loser)
-            weights.append(1 / (len(ranking.pairs) * len(rankings)))
-        offset += len(ranking.texts)
+    """A batch of the rankings' pair layout alone: the rewards are given, nothing is tokenised."""
     empty = torch.zeros(0)
-    return RankingBatch(empty, empty, torch.tensor(winners), torch.tensor(losers), torch.tensor(weights))
+    return RankingBatch(empty, empty, *pair_layout(rankings))
 
 
 def test_rankings_are_rebuilt_from_the_snapshots_pairs_without_ties():
