@@ -3,8 +3,8 @@
 dvc.yaml is the pipeline; this flow adds orchestration around it: one Prefect task per stage in
 DVC's topological order (flows/stages.py), retries for the judge, a timeout per stage, a run
 lock so two runs never write the feedback store at once, the human and approval
-gates (flows/gates.py), iterated rounds versioned by git + DVC (flows/rounds.py), `dvc push` at
-the end, and the artifacts the Prefect UI shows (flows/artifacts.py).
+gates (flows/gates.py), iterated rounds versioned by git + DVC (flows/rounds.py), `dvc push`
+after each round, and the artifacts the Prefect UI shows (flows/artifacts.py).
 
 A run killed mid-stage and started again skips the stages DVC finds up to date and finishes the
 rest; the store's content-hash keys make the re-run of a half-done stage add no row twice.

@@ -178,9 +178,9 @@ class RankResponsesParams(Section):
 
 
 class TrainRewardParams(Section):
-    batching: Literal["kwise", "pairwise"] = "kwise"
-    """kwise: one batch element per ranking, its K responses scored once and all its pairs' losses
-    averaged (InstructGPT); pairwise: one element per pair with TRL's RewardTrainer."""
+    batching: Literal["kwise", "pairwise"] = "pairwise"
+    """pairwise: one element per pair with TRL's RewardTrainer; kwise: one batch element per ranking,
+    its K responses scored once and all its pairs' losses averaged (InstructGPT)."""
     epochs: float = Field(4.0, gt=0)
     batch_size: int = Field(32, ge=1)
     """Pairs per step (pairwise) or rankings per step (kwise)."""
