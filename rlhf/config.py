@@ -186,6 +186,10 @@ class TrainRewardParams(Section):
     """Pairs per step (pairwise) or rankings per step (kwise)."""
     learning_rate: float = Field(5e-4, gt=0, lt=1)
     max_length: int = Field(128, ge=8)
+    lora_rank: int = Field(0, ge=0)
+    """0: train every weight. >0: LoRA adapters of this rank on every linear layer (the scalar head
+    trains fully); the adapters are merged before saving, so the saved model loads like any other."""
+    lora_alpha: float = Field(16.0, gt=0)
 
 
 class TrainPolicyParams(Section):

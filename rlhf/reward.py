@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from datasets import Dataset
+from peft import LoraConfig, TaskType, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
@@ -56,6 +57,8 @@ def train_reward_model(
     tokenizer = load_tokenizer(init_from)
     torch.manual_seed(seed)
     model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
+    if params.lora_rank:
+        model = with_lora(model, params)
     if params.batching == "kwise":
         stats = train_on_rankings(
             model, tokenizer, rankings_from_comparisons(train), epochs=params.epochs, batch_size=params.batch_size,
@@ -64,12 +67,23 @@ def train_reward_model(
         train_loss = stats["train_loss"]
     else:
         train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device)
+    if params.lora_rank:
+        model = model.merge_and_unload()  # a plain model again: PPO, judges and evaluate load it as is
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     report = evaluate_reward_model(
         model.eval(), tokenizer, comparisons[comparisons["split"] == "test"], distribution_png
     )
     return {"batching": params.batching, "train_pairs": len(pairs), "train_loss": train_loss, **report}
+
+
+def with_lora(model: PreTrainedModel, params: TrainRewardParams) -> PreTrainedModel:
+    """LoRA adapters on every linear layer; peft's sequence-classification task trains the head fully."""
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=params.lora_rank, lora_alpha=params.lora_alpha, lora_dropout=0.0,
+        target_modules="all-linear",
+    )  # fmt: skip
+    return get_peft_model(model, config)
 
 
 def train_with_trl(

@@ -82,3 +82,30 @@ def test_calibration_error_and_report_by_judge_and_margin():
         1.0,
     )
     assert report["test_ece"] == pytest.approx(abs(1 / (1 + math.exp(-1)) - 2 / 3), abs=1e-4)
+
+
+def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_checkpoints, tmp_path):
+    from rlhf.config import TrainRewardParams
+    from rlhf.models import load_scalar_head_model
+    from rlhf.reward import train_reward_model
+
+    policy_dir, _ = tiny_checkpoints
+    rows = []
+    for p in range(12):
+        split = "test" if p % 4 == 0 else "train"
+        texts = {f"r{p}-{i}": ("thanks , " * (3 - i)) + f"answer {p}" for i in range(3)}
+        for a, b in [(0, 1), (0, 2), (1, 2)]:
+            rows.append((f"k{p}", f"p{p}", f"r{p}-{a}", f"r{p}-{b}", f"prompt {p}", texts[f"r{p}-{a}"],
+                         texts[f"r{p}-{b}"], float(b - a), False, split, "rules"))  # fmt: skip
+    comparisons = pd.DataFrame(rows, columns=["ranking_id", "prompt_id", "chosen_id", "rejected_id", "prompt", "chosen",
+                                              "rejected", "margin", "tie", "split", "judge"])  # fmt: skip
+    params = TrainRewardParams(batching="kwise", epochs=2, batch_size=3, learning_rate=1e-3, max_length=32, lora_rank=2)
+    metrics = train_reward_model(comparisons, policy_dir, params, 0, torch.device("cpu"), tmp_path / "rm")
+    assert metrics["test_pairs"] == 9 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    saved = load_scalar_head_model(tmp_path / "rm", torch.device("cpu"), 0)
+    start = load_scalar_head_model(policy_dir, torch.device("cpu"), 0)
+    assert not any("lora" in name for name, _ in saved.named_parameters())  # merged: a plain model
+    # LoRA leaves the embeddings alone and changes the linear layers by a low-rank delta.
+    assert torch.equal(saved.transformer.wte.weight, start.transformer.wte.weight)
+    delta = saved.transformer.h[0].attn.c_attn.weight - start.transformer.h[0].attn.c_attn.weight
+    assert 0 < torch.linalg.matrix_rank(delta).item() <= 2
