@@ -28,15 +28,9 @@ from tests.pipeline_repo import make_repo  # noqa: E402 - the repository builder
 
 
 def stage_commands(root: Path) -> list[tuple[str, str]]:
-    from dvc.repo import Repo
-
     from flows.stages import pipeline_stages
 
-    repo = Repo(str(root))
-    try:
-        return [(stage.name, stage.cmd) for stage in pipeline_stages(root)]
-    finally:
-        repo.close()
+    return [(stage.name, stage.cmd) for stage in pipeline_stages(root)]
 
 
 def environment() -> dict[str, str]:

@@ -73,7 +73,6 @@ def main() -> None:
     parser.add_argument("--rankings-per-step", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     comparisons = comparisons_frame(args.k, args.rankings_per_prompt, args.seed)
     train, test = comparisons[comparisons["split"] == "train"], comparisons[comparisons["split"] == "test"]
     tokenizer = train_tokenizer(domain.corpus(seed=args.seed, size=2000), vocab_size=1024)

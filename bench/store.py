@@ -4,8 +4,9 @@
 
 Builds rankings that expand to `--pairs` comparisons, ingests them in one batch (prompts,
 responses, rankings, and the SQL self-join into pairs, all under the store's lock and
-transaction), then snapshots every pair to Parquet (pairs, and the prompts and responses they name). The baseline writes the same pairs as JSON
-Lines with the standard library, in the same process. Prints one JSON line.
+transaction), then snapshots the store to Parquet (pairs, prompts, responses). The baseline
+writes the same pairs as JSON Lines with the standard library, in the same process. Prints one
+JSON line.
 """
 
 from __future__ import annotations

@@ -36,15 +36,7 @@ class ReviewDecision(RunInput):
 
 
 def waiting_items(store_path: str) -> int:
-    """Queued items no person has ranked or skipped yet."""
-    return int(
-        FeedbackStore(store_path)
-        .query(
-            "SELECT count(*) AS n FROM annotation_queue q WHERE NOT EXISTS "
-            "(SELECT 1 FROM annotation_events e WHERE e.item_id = q.item_id AND e.action IN ('ranked', 'skipped'))"
-        )["n"]
-        .iloc[0]
-    )
+    return FeedbackStore(store_path).waiting_items()
 
 
 def _resume_when_queue_done(run_id, store_path: str, stop: threading.Event, poll_s: float) -> None:
@@ -64,12 +56,13 @@ def _pause(description: str, timeout_s: float) -> ReviewDecision:
     return decision
 
 
-def human_gate(store_path: str, timeout_s: float, poll_s: float = 5.0) -> str:
-    """Pause while people still have items to rank. Returns why the run went on."""
+def human_gate(store_path: str, timeout_s: float, poll_s: float = 5.0) -> str | None:
+    """Pause while people still have items to rank. Returns why the run went on, or None when
+    nothing waited (then the run never paused)."""
     logger = get_run_logger()
     waiting = waiting_items(store_path)
     if waiting == 0:
-        return "no items wait for people"
+        return None
     logger.info(
         "human gate: %d items wait at the ranking page (rlhf annotate serve); the run resumes when they are "
         "done or when a reviewer resumes it in the UI",

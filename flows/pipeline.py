@@ -84,7 +84,7 @@ def run_round(
         progress.stage_finished()
         if stage == GATE_AFTER and params.rank_responses.judge in HUMAN_JUDGES:
             store_path = str(root / params.store.path)
-            if gates.human_gate(store_path, human_gate_timeout_s) != "no items wait for people":
+            if gates.human_gate(store_path, human_gate_timeout_s) is not None:
                 # People's rankings went into the store, not into a DVC dependency: snapshot again.
                 outcomes[stage] = run(str(root), stage, stage_timeout_s, force=True)
     return outcomes

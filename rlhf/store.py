@@ -435,6 +435,14 @@ class FeedbackStore:
             "responses": [{"response_id": i, "text": texts[i]} for i in ids],
         }
 
+    def waiting_items(self) -> int:
+        """Queued items nobody has ranked or skipped yet: what still waits for people."""
+        with self.transaction() as con:
+            return con.execute(
+                "SELECT count(*) FROM annotation_queue q WHERE NOT EXISTS (SELECT 1 FROM annotation_events e "
+                "WHERE e.item_id = q.item_id AND e.action IN ('ranked', 'skipped'))"
+            ).fetchone()[0]
+
     def annotation_progress(self, annotator: str) -> dict[str, int]:
         with self.transaction() as con:
             total = con.execute("SELECT count(*) FROM annotation_queue").fetchone()[0]

@@ -23,10 +23,7 @@ def main() -> None:
     )
     rows = store.snapshot_comparisons(args.comparisons)
     counts = store.counts()
-    waiting = store.query(
-        "SELECT count(*) AS n FROM annotation_queue WHERE item_id NOT IN "
-        "(SELECT item_id FROM annotation_events WHERE action = 'ranked')"
-    )["n"][0]
+    waiting = store.waiting_items()
     write_json(
         args.metrics,
         {"snapshot_comparisons": rows, "store": counts, "queue_waiting": int(waiting),
