@@ -5,7 +5,8 @@
 Writes one fixture (tokenizer, random-init GPT-2 policy / value / reward weights as safetensors,
 prompts, run settings), then runs each side in its own process so peak memory is per side:
 ours in this interpreter, TRL in `bench/.venv-trl` (built on first use: TRL 0.29.1 needs
-transformers < 5, so it is never a dependency of the project). Prints one JSON line.
+transformers < 5, so it is never a dependency of the project) or in the interpreter that
+`--trl-python` names (on a machine with no package index). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ TRL_VENV = BENCH / ".venv-trl"
 TRL_REQUIREMENTS = ["torch==2.13.0", "trl==0.29.1", "transformers<5", "accelerate", "datasets"]
 
 
-def ensure_trl_venv() -> Path:
+def ensure_trl_venv(given: Path | None) -> Path:
+    if given is not None:  # an interpreter that already imports TRL 0.29.1 (an offline GPU machine)
+        return given
     python = TRL_VENV / "bin" / "python"
     if not python.exists():
         print(f"building {TRL_VENV} (TRL 0.29.1, transformers<5) ...", file=sys.stderr, flush=True)
@@ -198,13 +201,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile our update phase")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating; best kept")
+    parser.add_argument("--trl-python", type=Path, help="a Python that imports TRL 0.29.1 (default: build bench/.venv-trl)")
     parser.add_argument("--side", choices=["ours"], help=argparse.SUPPRESS)
     parser.add_argument("--fixture", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side == "ours":
         print(json.dumps(run_ours(args.fixture)))
         return
-    trl_python = ensure_trl_venv()
+    trl_python = ensure_trl_venv(args.trl_python)
     with tempfile.TemporaryDirectory() as tmp:
         fixture = Path(tmp)
         write_fixture(fixture, args)
