@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -38,18 +39,24 @@ def environment() -> dict[str, str]:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
 
 
-def run_direct(root: Path) -> float:
-    started = time.perf_counter()
+# The flow logs "stage <name> ran in <s> s" for each stage (flows/stages.py).
+STAGE_TIME = re.compile(r"stage (\w+) (?:ran|skipped) in ([\d.]+) s")
+
+
+def run_direct(root: Path) -> tuple[float, dict[str, float]]:
+    started, stage_s = time.perf_counter(), {}
     for name, command in stage_commands(root):
+        stage_started = time.perf_counter()
         result = subprocess.run(
             command, shell=True, cwd=root, env=environment(), capture_output=True, text=True, check=False
         )
         if result.returncode:
             raise SystemExit(f"stage {name} failed:\n{result.stderr}")
-    return time.perf_counter() - started
+        stage_s[name] = time.perf_counter() - stage_started
+    return time.perf_counter() - started, stage_s
 
 
-def run_flow(root: Path, prefect_home: Path) -> float:
+def run_flow(root: Path, prefect_home: Path) -> tuple[float, dict[str, float]]:
     env = {**environment(), "PREFECT_HOME": str(prefect_home)}
     env.pop("PREFECT_API_URL", None)
     started = time.perf_counter()
@@ -57,7 +64,8 @@ def run_flow(root: Path, prefect_home: Path) -> float:
                             capture_output=True, text=True, check=False)  # fmt: skip
     if result.returncode:
         raise SystemExit(f"the flow failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    return elapsed, {name: float(s) for name, s in STAGE_TIME.findall(result.stdout + result.stderr)}
 
 
 def main() -> None:
@@ -72,12 +80,15 @@ def main() -> None:
             pipeline_repo.SHRINK = {}
         direct_root = make_repo(tmp / "direct", ROOT)
         flow_root = make_repo(tmp / "flow", ROOT)
-        direct_s = run_direct(direct_root)
-        flow_s = run_flow(flow_root, tmp / "prefect-home")
+        direct_s, direct_stages = run_direct(direct_root)
+        flow_s, flow_stages = run_flow(flow_root, tmp / "prefect-home")
     print(json.dumps({
         "bench": "orchestration_overhead", "config": "shrunk" if args.shrink else "default",
         "direct_s": round(direct_s, 1), "flow_s": round(flow_s, 1), "ratio": round(flow_s / direct_s, 3),
         "overhead_share": round((flow_s - direct_s) / flow_s, 3),
+        # Per stage: [run directly, its task in the flow (dvc repro and all)]; the flow's remainder is
+        # Prefect's start, the stage graph, the gates and the artifacts.
+        "stages_s": {name: [round(s, 1), round(flow_stages.get(name, float("nan")), 1)] for name, s in direct_stages.items()},
     }))  # fmt: skip
 
 

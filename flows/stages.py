@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def reproduce_stage(
     naming the stage: TransientStageError for TRANSIENT_EXIT (retried), RuntimeError otherwise.
     """
     logger = get_run_logger()
+    started = time.perf_counter()
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     # The stage stays in the flow's process group: whatever kills the flow run (a worker cancelling
     # it, a SIGKILL of the group) kills the stage too, and no orphan keeps writing after it.
@@ -149,7 +151,9 @@ def reproduce_stage(
         raise TransientStageError(f"stage {stage}: its judge endpoint failed (exit {returncode}); see the log above")
     if returncode != 0:
         raise RuntimeError(f"stage {stage} failed (dvc repro exit {returncode}); its log is above")
-    return "skipped" if skipped else "ran"
+    outcome = "skipped" if skipped else "ran"
+    logger.info("stage %s %s in %.1f s", stage, outcome, time.perf_counter() - started)
+    return outcome
 
 
 def stage_task(stage: str, judge_retries: int, retry_delay_s: float):
