@@ -192,7 +192,21 @@ class TrainRewardParams(Section):
     lora_alpha: float = Field(16.0, gt=0)
 
 
+class DPOParams(Section):
+    beta: float = Field(0.1, gt=0)
+    """Strength of the implicit KL to the reference: higher keeps the policy closer to it."""
+    epochs: float = Field(3.0, gt=0)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    log_every: int = Field(5, ge=1)
+    """Optimizer steps between rows of the training curve."""
+
+
 class TrainPolicyParams(Section):
+    algorithm: Literal["ppo", "dpo"] = "ppo"
+    """ppo: online RL against the reward model (below). dpo: offline, on the comparisons snapshot
+    itself (the `dpo` section); the reward model is then only used by evaluate."""
+    dpo: DPOParams = DPOParams()
     iterations: int = Field(60, ge=1)
     """PPO iterations: each samples one batch of rollouts and updates on it."""
     batch_size: int = Field(64, ge=1)

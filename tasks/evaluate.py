@@ -30,7 +30,10 @@ def feedback_quality(rank: dict, feedback: dict) -> dict:
 def main() -> None:
     args = parse_paths(
         STAGE,
-        ["prompts", "comparisons", "rank_metrics", "feedback_metrics", "start_dir", "policy_dir", "reward_dir"],
+        [
+            "prompts", "comparisons", "rank_metrics", "feedback_metrics", "policy_metrics", "start_dir", "policy_dir",
+            "reward_dir",
+        ],  # fmt: skip
         ["metrics", "report"],
     )
     params = params_from(args)
@@ -62,7 +65,12 @@ def main() -> None:
         rm_metrics = reward_model_vs_baselines(
             reward_model, reward_tokenizer, comparisons[comparisons["split"] == "test"]
         )
+    trained = json.loads(Path(args.policy_metrics).read_text())
     metrics = {
+        # Which algorithm made the policy and how long it trained: `dvc exp show` puts a PPO and a DPO
+        # experiment side by side on the same held-out prompts.
+        "policy_algorithm": trained.get("algorithm", "ppo"),
+        "policy_train_wall_s": trained.get("train_wall_s"),
         "held_out_prompts": len(held_out),
         **policy_metrics,
         **rm_metrics,

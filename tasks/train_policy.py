@@ -1,4 +1,5 @@
-"""Stage train_policy: PPO from the bootstrap policy against the reward model.
+"""Stage train_policy: PPO from the round's start policy against the reward model, or DPO on
+the comparisons snapshot (`train_policy.algorithm`).
 
 With `train_policy.launcher` other than `single`, the stage runs itself again under
 `accelerate launch` with the matching file in configs/accelerate/ and `num_processes` processes.
@@ -10,12 +11,14 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 from accelerate.utils import set_seed
 
 from rlhf.config import Params
+from rlhf.dpo import train_dpo
 from rlhf.errors import ConfigError
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.plots import render_curve
@@ -23,11 +26,13 @@ from rlhf.ppo.checkpoint import Checkpoints
 from rlhf.ppo.models import PPOModels, count_parameters
 from rlhf.ppo.rollout import RewardScorer
 from rlhf.ppo.trainer import make_accelerator, save_policy, train_ppo
-from tasks._stage import params_from, parse_paths, run_stage, write_json, write_whole
+from rlhf.snapshot import read_comparisons
+from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_whole
 
 STAGE = "train_policy"
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 CURVE_COLUMNS = ["score", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss", "response_length"]
+DPO_CURVE_COLUMNS = ["loss", "reward_margin", "reward_accuracy"]
 
 
 def relaunch_as_processes(params: Params) -> None:
@@ -62,14 +67,43 @@ def fingerprint(params: Params, args) -> dict:
     }
 
 
+def write_curve(args, history: list[dict], columns: list[str]) -> None:
+    curve = pd.DataFrame(history)
+    write_whole(args.curve, lambda path: curve.to_csv(path, index=False))
+    write_whole(args.curve_png, lambda path: render_curve(curve, columns, path))
+
+
+def main_dpo(args, params: Params) -> None:
+    """DPO: the policy from the round's start, the bootstrap policy as reference, the snapshot's pairs."""
+    config = params.train_policy
+    device = resolve_device(params.device)
+    set_seed(params.seed)
+    tokenizer = load_tokenizer(args.policy_dir)
+    policy = load_policy(args.policy_dir, device)
+    print(f"{STAGE}: DPO, beta {config.dpo.beta}, {count_parameters(policy)[1]:,} parameters", flush=True)
+    result = train_dpo(
+        policy, load_policy(args.reference_dir, device), tokenizer, read_comparisons(args.comparisons),
+        config.dpo, params.seed, max_length=params.train_reward.max_length, progress=log_progress(f"{STAGE}: steps"),
+    )  # fmt: skip
+    policy.save_pretrained(args.model_dir)
+    tokenizer.save_pretrained(args.model_dir)
+    history = [{"iteration": row["step"], **row} for row in result.history]
+    write_curve(args, history, DPO_CURVE_COLUMNS)
+    write_json(args.metrics, {"algorithm": "dpo", **result.metrics})
+    print(f"{STAGE}: {result.metrics}", flush=True)
+
+
 def main() -> None:
     args = parse_paths(
         STAGE,
-        ["prompts", "policy_dir", "reference_dir", "reward_dir"],
+        ["prompts", "comparisons", "policy_dir", "reference_dir", "reward_dir"],
         ["model_dir", "metrics", "curve", "curve_png", "checkpoint_dir"],
     )
     params = params_from(args)
     config = params.train_policy
+    if config.algorithm == "dpo":
+        main_dpo(args, params)
+        return
     if config.launcher != "single" and "WORLD_SIZE" not in os.environ:
         relaunch_as_processes(params)
     accelerator = make_accelerator(config, resolve_device(params.device))
@@ -110,6 +144,7 @@ def main() -> None:
             flush=True,
         )
 
+    started = time.perf_counter()
     result = train_ppo(
         models, scorer, tokenizer, train_prompts, config, params.seed, log,
         accelerator=accelerator, checkpoint_dir=args.checkpoint_dir, fingerprint=fingerprint(params, args),
@@ -117,12 +152,12 @@ def main() -> None:
     save_policy(models, accelerator, tokenizer, args.model_dir)
     if not accelerator.is_main_process:
         return
-    curve = pd.DataFrame(result.history)
-    write_whole(args.curve, lambda path: curve.to_csv(path, index=False))
-    write_whole(args.curve_png, lambda path: render_curve(curve, CURVE_COLUMNS, path))
+    write_curve(args, result.history, CURVE_COLUMNS)
     last = result.history[-1]
-    metrics = {k: last[k] for k in ("score", "kl", "response_length", "repetition", "entropy", "ended_share")}
+    metrics = {"algorithm": "ppo"}
+    metrics.update({k: last[k] for k in ("score", "kl", "response_length", "repetition", "entropy", "ended_share")})
     metrics.update(iterations=len(result.history), stopped_early=result.stopped_early)
+    metrics.update(train_wall_s=round(time.perf_counter() - started, 1))
     write_json(args.metrics, metrics)
     Checkpoints(args.checkpoint_dir, {}, accelerator).remove()
 

@@ -1,0 +1,60 @@
+"""PPO, DPO (and PPO-Lagrangian) on the same shrunk pipeline, compared as DVC experiments."""
+
+import json
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.pipeline_repo import dvc, make_repo, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ppo_repo(tmp_path_factory, project_root):
+    """The shrunk pipeline reproduced with PPO, committed: the baseline every experiment diffs against."""
+    root = make_repo(tmp_path_factory.mktemp("algorithms") / "repo", project_root)
+    dvc("repro", "--quiet", cwd=root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "ppo"], root)
+    return root
+
+
+def metrics_diff(root) -> dict:
+    """`dvc metrics diff --json`: {file: {key: {old, new, diff}}} between HEAD and the workspace."""
+    return json.loads(dvc("metrics", "diff", "--all", "--json", cwd=root).stdout)
+
+
+def test_dpo_trains_on_the_comparisons_and_evaluate_compares_it_with_ppo(ppo_repo):
+    output = dvc("exp", "run", "-n", "dpo", "-S", "train_policy.algorithm=dpo", cwd=ppo_repo).stdout
+    # The comparisons, reward model and samples are reused: only the policy and its evaluation re-run.
+    assert "Running stage 'train_policy'" in output and "Running stage 'evaluate'" in output
+    assert "Running stage 'train_reward'" not in output and "Running stage 'sample_responses'" not in output
+    policy = json.loads((ppo_repo / "metrics" / "policy.json").read_text())
+    assert policy["algorithm"] == "dpo" and policy["train_pairs"] > 0
+    # The policy starts as the reference: every implicit reward margin is 0; training must move it up,
+    # on the training batches and on held-out pairs it never saw.
+    assert policy["held_out_margin_before"] == 0.0
+    assert policy["held_out_margin_after"] > 0.0
+    curve = pd.read_csv(ppo_repo / "plots" / "ppo.csv")
+    assert list(curve.columns[:2]) == ["iteration", "step"] and len(curve) >= 2
+    assert curve["reward_margin"].iloc[-1] > curve["reward_margin"].iloc[0]
+    # evaluate measures the DPO policy on the held-out prompts PPO was measured on; the diff puts
+    # the two side by side: algorithm, judge win rate against the start, KL to it, training time.
+    diff = metrics_diff(ppo_repo)["metrics/eval.json"]
+    assert diff["policy_algorithm"]["old"] == "ppo" and diff["policy_algorithm"]["new"] == "dpo"
+    for key in ("win_rate_vs_start", "kl_to_start", "policy_train_wall_s"):
+        assert isinstance(diff[key]["old"], float) and isinstance(diff[key]["new"], float), key
+    assert diff["held_out_prompts"]["old"] == diff["held_out_prompts"]["new"]
+    assert "dpo" in dvc("exp", "show", "--json", cwd=ppo_repo).stdout
+    dvc("plots", "show", "-o", str(ppo_repo.parent / "plots-dpo"), cwd=ppo_repo)
+    assert '"reward_margin"' in (ppo_repo.parent / "plots-dpo" / "index.html").read_text()
+
+
+def test_unknown_algorithm_fails_naming_the_key(ppo_repo):
+    bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train_policy.algorithm=sac"], ppo_repo, check=False)
+    assert bad.returncode != 0
+    assert "params.yaml: train_policy.algorithm: Input should be 'ppo' or 'dpo'" in bad.stdout + bad.stderr
+    run(["git", "checkout", "--", "."], ppo_repo)
+    dvc("checkout", "--quiet", "--force", cwd=ppo_repo)
