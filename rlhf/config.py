@@ -155,6 +155,10 @@ class RankResponsesParams(Section):
     """Hybrid: a pair whose judge confidence |2 P - 1| is below this goes to people."""
     principles: list[Principle] = Field(min_length=1)
     """The constitution: the rule judge scores by it; AI judges read it (descriptions) in their preamble."""
+    unsafe_words: list[str] = []
+    """Harmlessness, beside whichever AI judge ranks: a response containing any of these phrases is
+    flagged unsafe (its reasons get `"unsafe": true`); the flags train the cost model (Safe RLHF).
+    People flag unsafe responses on the ranking page. Empty: AI rankings carry no harmlessness label."""
     preamble: str | None = None
     """What AI judges are told before each comparison. Default: built from the principles."""
     batch_prompts: int = Field(32, ge=1)
@@ -192,6 +196,26 @@ class TrainRewardParams(Section):
     lora_alpha: float = Field(16.0, gt=0)
 
 
+class TrainCostParams(Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    max_length: int = Field(128, ge=8)
+
+
+class SafetyParams(Section):
+    """PPO-Lagrangian (Safe RLHF): maximise reward subject to E[P(unsafe)] <= cost_limit."""
+
+    cost_limit: float = Field(0.05, ge=0, le=1)
+    """The most expected P(unsafe) (the cost model's sigmoid) the policy may have."""
+    lagrange_init: float = Field(1.0, ge=0)
+    """The multiplier lambda at the start: the weight of cost against the normalised reward."""
+    lagrange_lr: float = Field(5.0, gt=0)
+    """lambda += lagrange_lr * (measured cost - cost_limit) after each iteration, kept >= 0."""
+    lagrange_max: float = Field(20.0, gt=0)
+    """Upper bound on lambda: a constraint that cannot be met must not drown the reward for good."""
+
+
 class DPOParams(Section):
     beta: float = Field(0.1, gt=0)
     """Strength of the implicit KL to the reference: higher keeps the policy closer to it."""
@@ -203,10 +227,12 @@ class DPOParams(Section):
 
 
 class TrainPolicyParams(Section):
-    algorithm: Literal["ppo", "dpo"] = "ppo"
+    algorithm: Literal["ppo", "dpo", "ppo_lagrangian"] = "ppo"
     """ppo: online RL against the reward model (below). dpo: offline, on the comparisons snapshot
-    itself (the `dpo` section); the reward model is then only used by evaluate."""
+    itself (the `dpo` section); the reward model is then only used by evaluate. ppo_lagrangian:
+    PPO that also keeps the cost model's expected P(unsafe) under `safety.cost_limit`."""
     dpo: DPOParams = DPOParams()
+    safety: SafetyParams = SafetyParams()
     iterations: int = Field(60, ge=1)
     """PPO iterations: each samples one batch of rollouts and updates on it."""
     batch_size: int = Field(64, ge=1)
@@ -306,6 +332,7 @@ class Params(Section):
     sample_responses: SampleResponsesParams = SampleResponsesParams()
     rank_responses: RankResponsesParams
     train_reward: TrainRewardParams = TrainRewardParams()
+    train_cost: TrainCostParams = TrainCostParams()
     train_policy: TrainPolicyParams = TrainPolicyParams()
     evaluate: EvaluateParams = EvaluateParams()
     round: RoundParams = RoundParams()

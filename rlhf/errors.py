@@ -25,5 +25,9 @@ class JudgeEndpointError(InputError):
     """A judge's endpoint timed out, refused or kept failing after its retries."""
 
 
+class NoCostModelError(InputError):
+    """PPO-Lagrangian needs a cost model, and train_cost had no harmlessness labels to train one."""
+
+
 class TrainingStopped(RuntimeError):
     """Training met NaN/inf or crossed a safety ceiling; the message names the last good checkpoint."""

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf.judges.rules import RuleJudge, words
+from rlhf.judges.rules import RuleJudge, is_unsafe, words
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.reward import accuracy_on, pair_accuracy, score_texts
 from rlhf.sampling import Generation, generate
@@ -85,8 +85,10 @@ def compare_policies(
     topics: list,
     max_new_tokens: int,
     temperature: float,
+    unsafe_words: list[str] | None = None,
 ) -> tuple[dict[str, float], list[str], list[str]]:
-    """Both policies answer the same prompts, sampled as in training, and are compared.
+    """Both policies answer the same prompts, sampled as in training, and are compared; with
+    `unsafe_words`, also the share of unsafe responses before and after (the harmlessness check).
 
     Returns (metrics, start responses, final responses).
     """
@@ -111,6 +113,8 @@ def compare_policies(
     for when, gen in (("start", start_gen), ("final", final_gen)):
         for name, share in principle_shares(judge, prompts, topics, gen.texts).items():
             metrics[f"share_{name}_{when}"] = share
+        if unsafe_words:
+            metrics[f"unsafe_share_{when}"] = sum(is_unsafe(r, unsafe_words) for r in gen.texts) / max(len(gen.texts), 1)
     return metrics, start_gen.texts, final_gen.texts
 
 

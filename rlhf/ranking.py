@@ -8,6 +8,7 @@ import pandas as pd
 
 from rlhf.judges import Judge
 from rlhf.judges.base import all_pairs
+from rlhf.judges.rules import is_unsafe
 from rlhf.text import content_id
 
 RANKING_COLUMNS = ["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"]
@@ -35,9 +36,11 @@ def rank_all(
     batch_prompts: int = 32,
     progress=None,
     route_below: float | None = None,
+    unsafe_words: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rankings, queue): the judge's rankings, and the pairs whose confidence is below `route_below`
-    (hybrid routing) as items for the human queue."""
+    (hybrid routing) as items for the human queue. With `unsafe_words`, each response's reasons
+    also say whether it is unsafe (the harmlessness label, independent of its rank)."""
     by_prompt = prompts.set_index("prompt_id")
     groups = list(responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True))
     rows, queue = [], []
@@ -51,9 +54,11 @@ def rank_all(
         for (prompt_id, group), judgement in zip(chunk, judge.rank_batch(items)):
             # The same judge over the same responses is the same ranking: re-runs add nothing.
             ranking_id = content_id(prompt_id, judge.name, judge.version, *sorted(group["response_id"]))
-            for response_id, rank, score, reasons in zip(
-                group["response_id"], judgement.ranks, judgement.scores, judgement.reasons
+            for response_id, text, rank, score, reasons in zip(
+                group["response_id"], group["response"], judgement.ranks, judgement.scores, judgement.reasons
             ):
+                if unsafe_words:
+                    reasons = {**reasons, "unsafe": is_unsafe(text, unsafe_words)}
                 reasons_json = json.dumps(reasons, sort_keys=True)
                 rows.append((ranking_id, response_id, prompt_id, rank, score, reasons_json, judge.name, judge.version))
             if route_below is not None:

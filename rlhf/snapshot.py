@@ -12,10 +12,8 @@ from rlhf.errors import StoreError
 SNAPSHOT_PARTS = ("pairs", "prompts", "responses")
 
 
-def read_comparisons(snapshot_dir: str | Path) -> pd.DataFrame:
-    """Every pair of the snapshot with its prompt and both texts, in the snapshot's order:
-    ranking_id, prompt_id, chosen_id, rejected_id, prompt, topic, split, chosen, rejected, margin,
-    tie, weight, judge, judge_version, policy_checkpoint."""
+def _parts(snapshot_dir: str | Path) -> list[str]:
+    """The snapshot's three part files, or one error naming those missing."""
     snapshot_dir = Path(snapshot_dir)
     missing = [part for part in SNAPSHOT_PARTS if not (snapshot_dir / f"{part}.parquet").is_file()]
     if missing:
@@ -23,7 +21,14 @@ def read_comparisons(snapshot_dir: str | Path) -> pd.DataFrame:
             f"{snapshot_dir}: not a comparisons snapshot (missing {', '.join(f'{m}.parquet' for m in missing)}); "
             "run the store_comparisons stage"
         )
-    pairs, prompts, responses = (str(snapshot_dir / f"{part}.parquet") for part in SNAPSHOT_PARTS)
+    return [str(snapshot_dir / f"{part}.parquet") for part in SNAPSHOT_PARTS]
+
+
+def read_comparisons(snapshot_dir: str | Path) -> pd.DataFrame:
+    """Every pair of the snapshot with its prompt and both texts, in the snapshot's order:
+    ranking_id, prompt_id, chosen_id, rejected_id, prompt, topic, split, chosen, rejected, margin,
+    tie, weight, judge, judge_version, policy_checkpoint."""
+    pairs, prompts, responses = _parts(snapshot_dir)
     with duckdb.connect() as con:
         return con.execute(
             """SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id, p.prompt, p.topic, p.split,
@@ -35,4 +40,17 @@ def read_comparisons(snapshot_dir: str | Path) -> pd.DataFrame:
                JOIN read_parquet(?) rj ON rj.response_id = c.rejected_id
                ORDER BY c.ranking_id, c.chosen_id, c.rejected_id""",
             [pairs, prompts, responses, responses],
+        ).df()
+
+
+def read_safety_labels(snapshot_dir: str | Path) -> pd.DataFrame:
+    """Every response that carries a harmlessness label, with its prompt: response_id, prompt,
+    split, response, unsafe (bool), ordered by response_id."""
+    _, prompts, responses = _parts(snapshot_dir)
+    with duckdb.connect() as con:
+        return con.execute(
+            """SELECT r.response_id, p.prompt, p.split, r.response, r.unsafe
+               FROM read_parquet(?) r JOIN read_parquet(?) p USING (prompt_id)
+               WHERE r.unsafe IS NOT NULL ORDER BY r.response_id""",
+            [responses, prompts],
         ).df()

@@ -226,6 +226,12 @@ ANTI JOIN (SELECT response_ids->>'$[0]' AS low, response_ids->>'$[1]' AS high FR
 # Texts are not repeated per pair (a response is in K - 1 pairs): the files stay small and a
 # 1M-pair snapshot takes under 2 s. `rlhf.snapshot.read_comparisons` joins them back. Each file
 # has its own COPY options: the pairs' hash ids gain nothing from Parquet's dictionary encoding.
+# A LIKE, not a JSON parse: reasons are written by json.dumps, and this runs over every ranking row.
+UNSAFE_LABELS = """
+SELECT response_id, bool_or(reasons LIKE '%"unsafe": true%') AS unsafe
+FROM rankings WHERE reasons LIKE '%"unsafe": %' GROUP BY response_id
+"""
+
 SNAPSHOT_FILES = {
     "pairs": (
         f"""SELECT ranking_id, prompt_id, chosen_id, rejected_id, margin, tie, weight, judge, judge_version
@@ -233,8 +239,11 @@ SNAPSHOT_FILES = {
         "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1",
     ),
     "prompts": ("SELECT prompt_id, prompt, topic, split FROM prompts ORDER BY prompt_id", "FORMAT parquet"),
+    # unsafe: the harmlessness label (Safe RLHF's cost model): true if any ranking of the response
+    # flagged it, false if rankings say and none did, NULL if no ranking carries the label.
     "responses": (
-        "SELECT response_id, prompt_id, response, policy_checkpoint FROM responses ORDER BY response_id",
+        f"""SELECT r.response_id, r.prompt_id, r.response, r.policy_checkpoint, s.unsafe
+            FROM responses r LEFT JOIN ({UNSAFE_LABELS}) s USING (response_id) ORDER BY response_id""",
         "FORMAT parquet",
     ),
 }

@@ -60,6 +60,7 @@ def main() -> None:
             topics,
             params.train_policy.max_new_tokens,
             params.train_policy.temperature,
+            params.rank_responses.unsafe_words,
         )
         comparisons = read_comparisons(args.comparisons)
         rm_metrics = reward_model_vs_baselines(

@@ -25,8 +25,11 @@ def main() -> None:
             judge, pd.read_parquet(args.prompts), responses, config.batch_prompts,
             log_progress(f"{STAGE}: prompts ranked"),
             route_below=config.confidence_threshold if config.judge == "hybrid" else None,
+            unsafe_words=config.unsafe_words,
         )  # fmt: skip
         report = judge_report(judge, rankings)
+        if config.unsafe_words:
+            report["unsafe_share"] = round(float(rankings["reasons"].str.contains('"unsafe": true').mean()), 4)
     report["queued_for_people"] = len(queue)
     write_parquet(rankings, args.rankings)
     write_parquet(queue, args.queue)

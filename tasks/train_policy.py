@@ -18,6 +18,7 @@ import pandas as pd
 from accelerate.utils import set_seed
 
 from rlhf.config import Params
+from rlhf.cost import load_cost_model
 from rlhf.dpo import train_dpo
 from rlhf.errors import ConfigError
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
@@ -33,6 +34,7 @@ STAGE = "train_policy"
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 CURVE_COLUMNS = ["score", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss", "response_length"]
 DPO_CURVE_COLUMNS = ["loss", "reward_margin", "reward_accuracy"]
+SAFETY_CURVE_COLUMNS = ["cost", "lagrange_multiplier"]
 
 
 def relaunch_as_processes(params: Params) -> None:
@@ -63,6 +65,7 @@ def fingerprint(params: Params, args) -> dict:
         "policy": checkpoint_hash(args.policy_dir),
         "reference": checkpoint_hash(args.reference_dir),
         "reward": checkpoint_hash(args.reward_dir),
+        "cost": checkpoint_hash(args.cost_dir) if params.train_policy.algorithm == "ppo_lagrangian" else None,
         "prompts": hashlib.sha256(Path(args.prompts).read_bytes()).hexdigest()[:16],
     }
 
@@ -96,7 +99,7 @@ def main_dpo(args, params: Params) -> None:
 def main() -> None:
     args = parse_paths(
         STAGE,
-        ["prompts", "comparisons", "policy_dir", "reference_dir", "reward_dir"],
+        ["prompts", "comparisons", "policy_dir", "reference_dir", "reward_dir", "cost_dir"],
         ["model_dir", "metrics", "curve", "curve_png", "checkpoint_dir"],
     )
     params = params_from(args)
@@ -124,6 +127,7 @@ def main() -> None:
     scorer = RewardScorer(
         load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer
     )
+    cost_scorer = RewardScorer(*load_cost_model(args.cost_dir, device)) if config.algorithm == "ppo_lagrangian" else None
     trainable, total = count_parameters(models.trained.policy)
     if accelerator.is_main_process:
         print(f"{STAGE}: policy {total:,} parameters, {trainable:,} trained; {accelerator.num_processes} process(es)")
@@ -140,7 +144,8 @@ def main() -> None:
         print(
             f"{STAGE}: iteration {row['iteration']}/{config.iterations} "
             f"score {row['score']:+.3f} kl {row['kl']:.3f} length {row['response_length']:.1f} "
-            f"repetition {row['repetition']:.3f} entropy {row['entropy']:.3f} clip {row['clip_fraction']:.3f}",
+            f"repetition {row['repetition']:.3f} entropy {row['entropy']:.3f} clip {row['clip_fraction']:.3f}"
+            + (f" cost {row['cost']:.3f} lambda {row['lagrange_multiplier']:.2f}" if "cost" in row else ""),
             flush=True,
         )
 
@@ -148,14 +153,17 @@ def main() -> None:
     result = train_ppo(
         models, scorer, tokenizer, train_prompts, config, params.seed, log,
         accelerator=accelerator, checkpoint_dir=args.checkpoint_dir, fingerprint=fingerprint(params, args),
+        cost_scorer=cost_scorer,
     )  # fmt: skip
     save_policy(models, accelerator, tokenizer, args.model_dir)
     if not accelerator.is_main_process:
         return
-    write_curve(args, result.history, CURVE_COLUMNS)
+    safety = SAFETY_CURVE_COLUMNS if cost_scorer else []
+    write_curve(args, result.history, CURVE_COLUMNS + safety)
     last = result.history[-1]
-    metrics = {"algorithm": "ppo"}
+    metrics = {"algorithm": config.algorithm}
     metrics.update({k: last[k] for k in ("score", "kl", "response_length", "repetition", "entropy", "ended_share")})
+    metrics.update({k: last[k] for k in safety})
     metrics.update(iterations=len(result.history), stopped_early=result.stopped_early)
     metrics.update(train_wall_s=round(time.perf_counter() - started, 1))
     write_json(args.metrics, metrics)

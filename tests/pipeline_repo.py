@@ -15,6 +15,7 @@ STAGES = [
     "rank_responses",
     "store_comparisons",
     "train_reward",
+    "train_cost",
     "train_policy",
     "evaluate",
 ]
@@ -32,6 +33,7 @@ SHRINK = {
     "collect_prompts": {"max_prompts": 60},
     "sample_responses": {"k": 3, "max_new_tokens": 24},
     "train_reward": {"batching": "kwise", "epochs": 1, "batch_size": 4},  # the demo trains pairwise
+    "train_cost": {"epochs": 1},
     "train_policy": {"iterations": 2, "batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2, "max_new_tokens": 24},
     "evaluate": {"samples_per_prompt": 1, "report_samples": 2},
 }

@@ -270,7 +270,7 @@ def test_a_run_killed_mid_stage_resumes_without_redoing_stages_or_duplicating_ro
     finished = run(command, human_repo, env=env).stdout
     outcomes = dict(line.split() for line in finished.splitlines() if line.split()[:1] and line.split()[0] in STAGES)
     assert [s for s in STAGES if outcomes[s] == "skipped"] == STAGES[:5]  # done before the kill
-    assert [s for s in STAGES if outcomes[s] == "ran"] == ["train_reward", "train_policy", "evaluate"]
+    assert [s for s in STAGES if outcomes[s] == "ran"] == ["train_reward", "train_cost", "train_policy", "evaluate"]
     assert {t: n for t, n in store.counts().items() if t != "runs"} == {
         t: n for t, n in counts_at_kill.items() if t != "runs"
     }

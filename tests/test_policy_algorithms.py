@@ -1,4 +1,4 @@
-"""PPO, DPO (and PPO-Lagrangian) on the same shrunk pipeline, compared as DVC experiments."""
+"""PPO, DPO and PPO-Lagrangian on the same shrunk pipeline, compared as DVC experiments."""
 
 import json
 import sys
@@ -13,8 +13,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ppo_repo(tmp_path_factory, project_root):
-    """The shrunk pipeline reproduced with PPO, committed: the baseline every experiment diffs against."""
-    root = make_repo(tmp_path_factory.mktemp("algorithms") / "repo", project_root)
+    """The shrunk pipeline reproduced with PPO, committed: the baseline every experiment diffs against.
+
+    The bootstrap trains longer than the shrunk default so that its samples hold some harmful tips
+    (about 8% of them): the cost model needs both labels."""
+    overrides = {"bootstrap_policy": {"steps": 400}, "train_cost": {"epochs": 3}}
+    root = make_repo(tmp_path_factory.mktemp("algorithms") / "repo", project_root, overrides)
     dvc("repro", "--quiet", cwd=root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "ppo"], root)
@@ -52,9 +56,35 @@ def test_dpo_trains_on_the_comparisons_and_evaluate_compares_it_with_ppo(ppo_rep
     assert '"reward_margin"' in (ppo_repo.parent / "plots-dpo" / "index.html").read_text()
 
 
+def test_cost_model_learns_the_harmlessness_flags(ppo_repo):
+    cost = json.loads((ppo_repo / "metrics" / "cost.json").read_text())
+    assert cost["trained"] and 0.0 < cost["train_unsafe_share"] < 1.0
+    # better than a coin on each class (calling everything safe scores 0.5)
+    assert cost["test_balanced_accuracy"] > 0.6, cost
+    responses = pd.read_parquet(ppo_repo / "data" / "comparisons" / "responses.parquet")
+    assert responses["unsafe"].notna().all() and responses["unsafe"].any()
+
+
+def test_ppo_lagrangian_runs_against_the_cost_model_and_evaluate_reports_unsafe_shares(ppo_repo):
+    output = dvc("exp", "run", "-n", "safe", "-S", "train_policy.algorithm=ppo_lagrangian",
+                 "-S", "train_policy.iterations=3", cwd=ppo_repo).stdout  # fmt: skip
+    assert "Running stage 'train_cost'" not in output and "Running stage 'train_policy'" in output
+    assert " cost " in output and " lambda " in output  # the per-iteration line
+    policy = json.loads((ppo_repo / "metrics" / "policy.json").read_text())
+    assert policy["algorithm"] == "ppo_lagrangian" and 0.0 <= policy["cost"] <= 1.0
+    assert policy["lagrange_multiplier"] >= 0.0
+    curve = pd.read_csv(ppo_repo / "plots" / "ppo.csv")
+    assert {"cost", "lagrange_multiplier"} <= set(curve.columns) and len(curve) == 3
+    evaluation = json.loads((ppo_repo / "metrics" / "eval.json").read_text())
+    for key in ("unsafe_share_start", "unsafe_share_final", "win_rate_vs_start"):
+        assert 0.0 <= evaluation[key] <= 1.0, key
+
+
 def test_unknown_algorithm_fails_naming_the_key(ppo_repo):
     bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train_policy.algorithm=sac"], ppo_repo, check=False)
     assert bad.returncode != 0
-    assert "params.yaml: train_policy.algorithm: Input should be 'ppo' or 'dpo'" in bad.stdout + bad.stderr
+    assert "params.yaml: train_policy.algorithm: Input should be 'ppo', 'dpo' or 'ppo_lagrangian'" in (
+        bad.stdout + bad.stderr
+    )
     run(["git", "checkout", "--", "."], ppo_repo)
     dvc("checkout", "--quiet", "--force", cwd=ppo_repo)

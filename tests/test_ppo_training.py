@@ -60,6 +60,79 @@ def test_ppo_raises_a_toy_reward_within_a_fixed_budget(tiny_tokenizer):
     assert history.history[-1]["kl"] > 0.0  # it got there by moving away from the reference
 
 
+class LetterReward:
+    """Toy reward read off the text itself (no re-tokenising): how many of the response's characters
+    are common English letters. Every vocabulary entry decodes to fixed characters, so the policy
+    controls this directly."""
+
+    liked = set("etaoinshr")
+
+    def __call__(self, prompts, responses):
+        return torch.tensor([float(sum(ch in self.liked for ch in text)) for text in responses])
+
+
+class LetterCost:
+    """Toy cost model: a logit of +6 (P(unsafe) ~ 1) when the response holds the letter `unsafe` at
+    least `times` times, else -6. The letter is one the reward likes: the constraint has a price,
+    and a policy can meet it and still collect reward with the other liked letters."""
+
+    def __init__(self, unsafe: str, times: int):
+        self.unsafe, self.times = unsafe, times
+
+    def __call__(self, prompts, responses):
+        return torch.tensor([6.0 if text.count(self.unsafe) >= self.times else -6.0 for text in responses])
+
+
+def test_ppo_lagrangian_lowers_the_unsafe_share_while_the_reward_holds(tiny_tokenizer):
+    from rlhf.ppo.rollout import sample_responses
+
+    def run(safety: dict) -> list[dict]:
+        params = TrainPolicyParams(
+            algorithm="ppo_lagrangian", iterations=14, batch_size=32, minibatch_size=16, ppo_epochs=4,
+            learning_rate=3e-3, value_learning_rate=3e-3, kl_coef=0.0, max_new_tokens=12, missing_eos_penalty=0.0,
+            score_normalization="none", safety=safety,
+        )  # fmt: skip
+        # "e" at its median count per starting response or more is unsafe: about half start unsafe.
+        start = sample_responses(tiny_models(tiny_tokenizer, params), tiny_tokenizer, PROMPTS[:32], params)
+        median = sorted(text.count("e") for text in start.texts)[len(start.texts) // 2]
+        return train_ppo(
+            tiny_models(tiny_tokenizer, params), LetterReward(), tiny_tokenizer, PROMPTS, params, 0,
+            log=lambda r: 0, cost_scorer=LetterCost("e", max(median, 1)),
+        ).history  # fmt: skip
+
+    def mean(key, part):
+        return sum(row[key] for row in part) / len(part)
+
+    constrained = run({"cost_limit": 0.1, "lagrange_init": 1.0, "lagrange_lr": 5.0})
+    unconstrained = run({"lagrange_init": 0.0, "lagrange_lr": 1e-9})  # lambda stays 0: plain PPO
+    first, last = constrained[:3], constrained[-3:]
+    assert mean("cost", first) > 0.3, [row["cost"] for row in constrained]
+    assert mean("cost", last) < mean("cost", first) - 0.2, [row["cost"] for row in constrained]
+    assert mean("raw_score", last) >= 0.8 * mean("raw_score", first), [row["raw_score"] for row in constrained]
+    assert max(row["lagrange_multiplier"] for row in constrained) > 1.0  # lambda rose while over the limit
+    # Without the constraint the same run buys reward with unsafe responses.
+    assert mean("cost", unconstrained[-3:]) > mean("cost", last) + 0.2, [row["cost"] for row in unconstrained]
+    assert mean("raw_score", unconstrained[-3:]) > mean("raw_score", last)
+
+
+def test_lagrange_multiplier_follows_the_constraint():
+    from rlhf.ppo.core import LagrangeMultiplier
+
+    lagrange = LagrangeMultiplier(1.0, limit=0.1, lr=5.0, maximum=3.0)
+    lagrange.update(0.3)  # over the limit by 0.2: +1.0
+    assert lagrange.value == pytest.approx(2.0)
+    lagrange.update(0.5)  # +2.0, held at the maximum
+    assert lagrange.value == pytest.approx(3.0)
+    lagrange.update(0.0)  # under the limit by 0.1: -0.5
+    assert lagrange.value == pytest.approx(2.5)
+    for _ in range(10):
+        lagrange.update(0.0)
+    assert lagrange.value == 0.0  # never negative
+    lagrange.value = 1.0
+    penalised = lagrange.penalised(torch.tensor([2.0, 2.0]), torch.tensor([0.0, 1.0]))
+    assert penalised.tolist() == pytest.approx([1.0, 0.5])  # (2 - 1 * cost) / (1 + 1)
+
+
 def test_lora_reference_is_the_base_with_adapters_off_and_base_weights_stay(tiny_tokenizer):
     params = TrainPolicyParams(
         iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=1e-2, lora_rank=4,
@@ -167,6 +240,8 @@ def stage_workspace(tmp_path, tiny_checkpoints, project_root):
             sys.executable, "-m", "tasks.train_policy", "--params", str(tmp_path / "params.yaml"),
             "--prompts", str(tmp_path / "prompts.parquet"), "--policy_dir", str(policy_dir),
             "--reference_dir", str(policy_dir), "--reward_dir", str(reward_dir), "--model_dir", str(tmp_path / "policy"),
+            # PPO reads neither the comparisons (DPO does) nor a cost model (PPO-Lagrangian does)
+            "--comparisons", str(tmp_path / "unused"), "--cost_dir", str(tmp_path / "unused"),
             "--metrics", str(tmp_path / "policy.json"), "--curve", str(tmp_path / "ppo.csv"),
             "--curve_png", str(tmp_path / "ppo.png"), "--checkpoint_dir", str(tmp_path / "ckpt"),
         ]  # fmt: skip

@@ -3,8 +3,11 @@
 Prompts ask about one topic. Demonstration responses vary in quality along the axes the
 default "constitution" judge checks (see `judge.rules` and params.yaml): they open politely
 or not, stay on the prompt's topic or drift to another one, sometimes use a banned word,
-and vary in length. The tiny policy learns this mixed distribution in `bootstrap_policy`;
-RLHF then has to discover which parts of it the judge prefers.
+and vary in length. Some give a tip after the opener: most are safe, some harmful ("you should set fire to
+the bees"). Tips look alike to a helpfulness judge (the default constitution rewards advice,
+whichever), so only a harmlessness check (`rank_responses.unsafe_words`) tells them apart: the
+dimension Safe RLHF's cost model and PPO-Lagrangian constrain. The tiny policy learns this mixed
+distribution in `bootstrap_policy`; RLHF then has to discover which parts of it the judge prefers.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ POLITE_OPENERS = ["sure , happy to help .", "thanks for asking .", "glad you ask
 PLAIN_OPENERS = ["ok .", "well .", "right ."]
 BANNED_PHRASES = ["whatever .", "this is stupid .", "dunno ."]
 
+SAFE_TIPS = ["you should look after {t} with care .", "you should ask an expert about {t} ."]
+HARMFUL_TIPS = ["you should set fire to {t} .", "you should throw {t} at people ."]
+UNSAFE_WORDS = ["set fire", "throw"]  # what flags HARMFUL_TIPS (params.yaml: rank_responses.unsafe_words)
+
 ADJECTIVES = ["calm", "bright", "old", "useful", "small", "quiet", "strong", "simple", "warm", "rare"]
 FACT_TEMPLATES = [
     "{t} can be {a} and {b} .",
@@ -102,6 +109,8 @@ def sample_response(topic: str, rng: random.Random) -> str:
         parts.append(rng.choice(FACT_TEMPLATES).format(t=subject, a=a, b=b))
     if rng.random() < 0.35:
         parts.insert(rng.randrange(1, len(parts) + 1), rng.choice(BANNED_PHRASES))
+    if rng.random() < 0.5:  # right after the opener, so even short generations reach it
+        parts.insert(1, rng.choice(HARMFUL_TIPS if rng.random() < 0.4 else SAFE_TIPS).format(t=subject))
     return " ".join(parts)
 
 

@@ -74,10 +74,16 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
-def _contains_phrase(text_words: list[str], phrase: str) -> bool:
+def contains_phrase(text_words: list[str], phrase: str) -> bool:
     needle = words(phrase)
     n = len(needle)
     return any(text_words[i : i + n] == needle for i in range(len(text_words) - n + 1))
+
+
+def is_unsafe(response: str, unsafe_words: list[str]) -> bool:
+    """The harmlessness check: does the response contain any of the unsafe phrases?"""
+    response_words = words(response)
+    return any(contains_phrase(response_words, phrase) for phrase in unsafe_words)
 
 
 def topic_words(prompt: str, topic: str | None) -> set[str]:
@@ -88,9 +94,9 @@ def topic_words(prompt: str, topic: str | None) -> set[str]:
 def meets(principle: Principle, prompt: str, topic: str | None, response: str) -> bool:
     response_words = words(response)
     if isinstance(principle, ContainsAny):
-        return any(_contains_phrase(response_words, phrase) for phrase in principle.words)
+        return any(contains_phrase(response_words, phrase) for phrase in principle.words)
     if isinstance(principle, ExcludesAll):
-        return not any(_contains_phrase(response_words, phrase) for phrase in principle.words)
+        return not any(contains_phrase(response_words, phrase) for phrase in principle.words)
     if isinstance(principle, MentionsTopic):
         return bool(topic_words(prompt, topic) & set(response_words))
     if isinstance(principle, WordCount):

@@ -88,6 +88,31 @@ class AdaptiveKLController(FixedKLController):
         self.value *= 1.0 + error * episodes / self.horizon
 
 
+class LagrangeMultiplier:
+    """PPO-Lagrangian's lambda for the constraint E[cost] <= limit (Safe RLHF, Dai et al. 2023).
+
+    Projected gradient ascent on the dual: lambda <- clip(lambda + lr * (cost - limit), 0, max),
+    once per iteration with the iteration's measured mean cost. Dai et al. step log(lambda); the
+    plain step lets lambda reach 0 and stay there while the constraint holds.
+    """
+
+    def __init__(self, value: float, limit: float, lr: float, maximum: float):
+        self.value, self.limit, self.lr, self.maximum = value, limit, lr, maximum
+
+    def update(self, cost: float) -> None:
+        self.value = min(max(self.value + self.lr * (cost - self.limit), 0.0), self.maximum)
+
+    def penalised(self, scores: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+        """(score - lambda cost) / (1 + lambda): Safe RLHF's combination, kept on the reward's scale."""
+        return (scores - self.value * costs) / (1.0 + self.value)
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
 def rlhf_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,

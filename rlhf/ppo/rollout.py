@@ -32,7 +32,7 @@ class Rollout:
     mask: torch.Tensor  # (B, T) 1 on response tokens up to and including EOS
     logprobs: torch.Tensor  # (B, T) log pi_old(a_t | s_t)
     values: torch.Tensor  # (B, T) V_old(s_t)
-    scores: torch.Tensor  # (B,) normalised reward-model score, minus the missing-EOS penalty
+    scores: torch.Tensor  # (B,) normalised reward-model score, minus the missing-EOS penalty (and the cost)
     advantages: torch.Tensor  # (B, T) whitened GAE advantages
     returns: torch.Tensor  # (B, T) advantages + values: the value targets
 
@@ -87,7 +87,7 @@ class ScoreNormalizer:
 
 
 class RewardScorer:
-    """The frozen reward model, reading `join(prompt, response)` plus EOS as it was trained to."""
+    """The frozen reward (or cost) model, reading `join(prompt, response)` plus EOS as it was trained to."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
         self.model, self.tokenizer = use_fused_gelu(model.requires_grad_(False).eval()), tokenizer
@@ -150,6 +150,8 @@ def collect_rollout(
     kl_coef: float,
     all_reduce: core.AllReduce | None = None,
     gather=lambda tensor: tensor,
+    cost_scorer: RewardScorer | None = None,
+    lagrange: core.LagrangeMultiplier | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     # 1. sample one response per prompt from the current policy, keeping log pi_old
     sample = sample_responses(models, tokenizer, prompts, params)
@@ -160,6 +162,10 @@ def collect_rollout(
     if normalizer.mode == "running":
         normalizer.observe(gather(raw_scores))
     scores = normalizer(raw_scores) - params.missing_eos_penalty * (~ended).float()
+    costs = None
+    if cost_scorer is not None:  # PPO-Lagrangian: the cost model's P(unsafe), weighed by lambda
+        costs = torch.sigmoid(cost_scorer(prompts, sample.texts).to(device))
+        scores = lagrange.penalised(scores, costs)
     # 3. reference log-probs and the critic's values
     args = (query_ids, query_mask, response_ids, mask)
     with models.reference_policy() as reference:
@@ -183,4 +189,6 @@ def collect_rollout(
         "generation_seconds": sample.seconds,
         "generated_tokens": gather(mask.sum()).sum().item(),
     }
+    if costs is not None:
+        stats.update(cost=gather(costs).mean().item(), lagrange_multiplier=lagrange.value)
     return rollout, stats

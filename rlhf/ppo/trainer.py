@@ -15,6 +15,8 @@ Where this departs from the papers:
   - Dropout is off in every model (detail 1 of the N-details paper).
   - The adaptive KL controller updates once per iteration with the iteration's mean sequence KL.
   - Whitening, score normalisation and logged statistics use the global batch across processes.
+  - PPO-Lagrangian (Safe RLHF): one critic learns the combined return of (score - lambda cost) /
+    (1 + lambda), where Dai et al. keep a reward critic and a cost critic and combine advantages.
 """
 
 from __future__ import annotations
@@ -62,9 +64,11 @@ class TrainerState:
     shuffle: torch.Generator
     iteration: int = 0
     history: list[dict] = field(default_factory=list)
+    lagrange: core.LagrangeMultiplier | None = None  # PPO-Lagrangian only
 
     def state_dict(self) -> dict:
         return {
+            "lagrange": self.lagrange.state_dict() if self.lagrange else None,
             "kl": self.kl.state_dict(),
             "normalizer": self.normalizer.state_dict(),
             "prompt_rng": self.prompt_rng.getstate(),
@@ -79,6 +83,8 @@ class TrainerState:
         self.prompt_rng.setstate(state["prompt_rng"])
         self.shuffle.set_state(state["shuffle"])
         self.iteration, self.history = state["iteration"], state["history"]
+        if self.lagrange and state.get("lagrange"):
+            self.lagrange.load_state_dict(state["lagrange"])
 
 
 def make_accelerator(params: TrainPolicyParams, device: torch.device) -> Accelerator:
@@ -110,8 +116,12 @@ def train_ppo(
     accelerator: Accelerator | None = None,
     checkpoint_dir: str | Path | None = None,
     fingerprint: dict | None = None,
+    cost_scorer: RewardScorer | None = None,
 ) -> PPOResult:
-    """Run PPO on `models` in place; resumes from `checkpoint_dir` when it holds this run's checkpoint."""
+    """Run PPO on `models` in place; resumes from `checkpoint_dir` when it holds this run's checkpoint.
+
+    With `cost_scorer` (algorithm ppo_lagrangian) the reward is penalised by lambda times the cost
+    model's P(unsafe), and lambda follows the measured cost toward `params.safety.cost_limit`."""
     device = next(models.trained.parameters()).device
     accelerator = accelerator or make_accelerator(params, device)
     set_seed(seed, device_specific=True)  # each process samples different responses
@@ -142,6 +152,11 @@ def train_ppo(
         random.Random(f"{seed}-{accelerator.process_index}"),
         torch.Generator().manual_seed(seed),
     )
+    if cost_scorer is not None:
+        safety = params.safety
+        state.lagrange = core.LagrangeMultiplier(
+            safety.lagrange_init, safety.cost_limit, safety.lagrange_lr, safety.lagrange_max
+        )
     accelerator.register_for_checkpointing(state, scheduler)
     local_batch = params.batch_size // accelerator.num_processes
 
@@ -167,6 +182,7 @@ def train_ppo(
         rollout, stats = collect_rollout(
             models, scorer, state.normalizer, tokenizer, sample_prompts(), params, state.kl.value,
             all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
+            cost_scorer=cost_scorer, lagrange=state.lagrange,
         )  # fmt: skip
         stats["rollout_seconds"] = device_clock(device) - rollout_started
         stop_if_unsafe(stats, iteration, params, checkpoints)
@@ -179,6 +195,8 @@ def train_ppo(
         stats["kl_coef"] = state.kl.value
         stats["learning_rate"] = scheduler.get_last_lr()[0]
         state.kl.update(stats["kl"], params.batch_size)
+        if state.lagrange is not None:
+            state.lagrange.update(stats["cost"])
         scheduler.step()
         row = {"iteration": iteration, **{k: round(v, 6) for k, v in stats.items()}}
         state.history.append(row)

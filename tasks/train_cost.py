@@ -1,0 +1,26 @@
+"""Stage train_cost: Safe RLHF's cost model on the snapshot's harmlessness labels (rlhf.cost)."""
+
+from pathlib import Path
+
+from rlhf.cost import train_cost_model
+from rlhf.models import resolve_device
+from rlhf.snapshot import read_safety_labels
+from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json
+
+STAGE = "train_cost"
+
+
+def main() -> None:
+    args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics"])
+    params = params_from(args)
+    labels = read_safety_labels(args.comparisons)
+    metrics = train_cost_model(
+        labels, Path(args.init_dir), params.train_cost, params.seed, resolve_device(params.device),
+        Path(args.model_dir), progress=log_progress(f"{STAGE}: steps"),
+    )  # fmt: skip
+    write_json(args.metrics, metrics)
+    print(f"{STAGE}: {metrics}")
+
+
+if __name__ == "__main__":
+    run_stage(STAGE, main)
