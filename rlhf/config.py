@@ -194,6 +194,9 @@ class TrainRewardParams(Section):
     """0: train every weight. >0: LoRA adapters of this rank on every linear layer (the scalar head
     trains fully); the adapters are merged before saving, so the saved model loads like any other."""
     lora_alpha: float = Field(16.0, gt=0)
+    ensemble: int = Field(1, ge=1, le=16)
+    """>1: train this many reward models (seeds seed, seed+1, ...) and score with their mean;
+    metrics/reward.json then also gives the members' mean accuracy alone."""
 
 
 class TrainCostParams(Section):

@@ -21,6 +21,7 @@ from rlhf.config import TrainRewardParams
 from rlhf.errors import EmptyComparisonsError
 from rlhf.models import load_scalar_head_model, load_tokenizer
 from rlhf.reward_kwise import rankings_from_comparisons, train_on_rankings
+from rlhf.reward_ensemble import RewardEnsemble, save_reward_models
 from rlhf.reward_report import render_reward_distribution, reward_report
 from rlhf.text import join
 
@@ -55,6 +56,27 @@ def train_reward_model(
     if pairs.empty:
         raise EmptyComparisonsError("comparisons snapshot: no non-tie pairs in the train split")
     tokenizer = load_tokenizer(init_from)
+    members, losses = [], []
+    for member in range(params.ensemble):
+        model, loss = train_one(train, pairs, tokenizer, init_from, params, seed + member, device, progress)
+        members.append(model.eval())
+        losses.append(loss)
+    save_reward_models(members, tokenizer, out_dir)
+    test = comparisons[comparisons["split"] == "test"]
+    scorer = members[0] if len(members) == 1 else RewardEnsemble(members)
+    report = evaluate_reward_model(scorer, tokenizer, test, distribution_png)
+    if len(members) > 1:  # does the ensemble help? each member alone, on the same held-out pairs
+        alone = [evaluate_reward_model(m, tokenizer, test, None)["test_accuracy"] for m in members]
+        report.update(ensemble=len(members), member_test_accuracy_mean=round(sum(alone) / len(alone), 4))
+    train_loss = round(sum(losses) / len(losses), 4)
+    return {"batching": params.batching, "train_pairs": len(pairs), "train_loss": train_loss, **report}
+
+
+def train_one(
+    train: pd.DataFrame, pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, init_from: Path,
+    params: TrainRewardParams, seed: int, device: torch.device, progress: Callable[[int, int], None] | None,
+) -> tuple[PreTrainedModel, float]:  # fmt: skip
+    """One reward model from `init_from` with a fresh head: (model, mean training loss)."""
     torch.manual_seed(seed)
     model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
     if params.lora_rank:
@@ -69,12 +91,7 @@ def train_reward_model(
         train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device)
     if params.lora_rank:
         model = model.merge_and_unload()  # a plain model again: PPO, judges and evaluate load it as is
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    report = evaluate_reward_model(
-        model.eval(), tokenizer, comparisons[comparisons["split"] == "test"], distribution_png
-    )
-    return {"batching": params.batching, "train_pairs": len(pairs), "train_loss": train_loss, **report}
+    return model, train_loss
 
 
 def with_lora(model: PreTrainedModel, params: TrainRewardParams) -> PreTrainedModel:
@@ -114,7 +131,7 @@ def train_with_trl(
 
 
 def evaluate_reward_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, comparisons: pd.DataFrame, distribution_png: Path | None
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, comparisons: pd.DataFrame, distribution_png: Path | None
 ) -> dict:
     """Accuracy, calibration, accuracy by label source and by margin on strict held-out pairs (rlhf.reward_report)."""
     strict = comparisons[~comparisons["tie"]]
@@ -128,7 +145,7 @@ def evaluate_reward_model(
 
 @torch.no_grad()
 def score_texts(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 128
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 128
 ) -> torch.Tensor:
     """Reward of each full text (prompt joined with response).  (N,)"""
     device = next(model.parameters()).device

@@ -8,7 +8,8 @@ import torch
 
 from rlhf.evaluation import compare_policies, reward_model_vs_baselines
 from rlhf.judges import RuleJudge
-from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer, resolve_device
+from rlhf.models import load_policy, load_tokenizer, resolve_device
+from rlhf.reward_ensemble import load_reward_model
 from rlhf.report import markdown_report
 from rlhf.snapshot import read_comparisons
 from tasks._stage import params_from, parse_paths, run_stage, write_json
@@ -46,7 +47,7 @@ def main() -> None:
 
     tokenizer = load_tokenizer(args.start_dir)
     reward_tokenizer = load_tokenizer(args.reward_dir)
-    reward_model = load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id).eval()
+    reward_model = load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id).eval()
     torch.manual_seed(params.seed)
     with torch.no_grad():
         policy_metrics, before, after = compare_policies(

@@ -27,6 +27,7 @@ from rlhf.ppo.checkpoint import Checkpoints
 from rlhf.ppo.models import PPOModels, count_parameters
 from rlhf.ppo.rollout import RewardScorer
 from rlhf.ppo.trainer import make_accelerator, save_policy, train_ppo
+from rlhf.reward_ensemble import load_reward_model
 from rlhf.snapshot import read_comparisons
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_whole
 
@@ -124,9 +125,7 @@ def main() -> None:
         # policy with adapters off (no second copy is held).
         reference=None if config.lora_rank else load_policy(args.reference_dir, device),
     )
-    scorer = RewardScorer(
-        load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer
-    )
+    scorer = RewardScorer(load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer)
     cost_scorer = RewardScorer(*load_cost_model(args.cost_dir, device)) if config.algorithm == "ppo_lagrangian" else None
     trainable, total = count_parameters(models.trained.policy)
     if accelerator.is_main_process:

@@ -84,12 +84,8 @@ def test_calibration_error_and_report_by_judge_and_margin():
     assert report["test_ece"] == pytest.approx(abs(1 / (1 + math.exp(-1)) - 2 / 3), abs=1e-4)
 
 
-def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_checkpoints, tmp_path):
-    from rlhf.config import TrainRewardParams
-    from rlhf.models import load_scalar_head_model
-    from rlhf.reward import train_reward_model
-
-    policy_dir, _ = tiny_checkpoints
+def small_comparisons() -> pd.DataFrame:
+    """12 prompts x 3 responses ranked by how often they say thanks; every fourth prompt held out."""
     rows = []
     for p in range(12):
         split = "test" if p % 4 == 0 else "train"
@@ -97,8 +93,17 @@ def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_c
         for a, b in [(0, 1), (0, 2), (1, 2)]:
             rows.append((f"k{p}", f"p{p}", f"r{p}-{a}", f"r{p}-{b}", f"prompt {p}", texts[f"r{p}-{a}"],
                          texts[f"r{p}-{b}"], float(b - a), False, split, "rules"))  # fmt: skip
-    comparisons = pd.DataFrame(rows, columns=["ranking_id", "prompt_id", "chosen_id", "rejected_id", "prompt", "chosen",
-                                              "rejected", "margin", "tie", "split", "judge"])  # fmt: skip
+    return pd.DataFrame(rows, columns=["ranking_id", "prompt_id", "chosen_id", "rejected_id", "prompt", "chosen",
+                                       "rejected", "margin", "tie", "split", "judge"])  # fmt: skip
+
+
+def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_checkpoints, tmp_path):
+    from rlhf.config import TrainRewardParams
+    from rlhf.models import load_scalar_head_model
+    from rlhf.reward import train_reward_model
+
+    policy_dir, _ = tiny_checkpoints
+    comparisons = small_comparisons()
     params = TrainRewardParams(batching="kwise", epochs=2, batch_size=3, learning_rate=1e-3, max_length=32, lora_rank=2)
     metrics = train_reward_model(comparisons, policy_dir, params, 0, torch.device("cpu"), tmp_path / "rm")
     assert metrics["test_pairs"] == 9 and 0.0 <= metrics["test_accuracy"] <= 1.0
@@ -109,3 +114,33 @@ def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_c
     assert torch.equal(saved.transformer.wte.weight, start.transformer.wte.weight)
     delta = saved.transformer.h[0].attn.c_attn.weight - start.transformer.h[0].attn.c_attn.weight
     assert 0 < torch.linalg.matrix_rank(delta).item() <= 2
+
+
+def test_reward_ensemble_scores_with_the_mean_of_its_members(tiny_checkpoints, tmp_path):
+    from rlhf.config import TrainRewardParams
+    from rlhf.models import load_scalar_head_model, load_tokenizer
+    from rlhf.reward import score_texts, train_reward_model
+    from rlhf.reward_ensemble import RewardEnsemble, load_reward_model
+
+    policy_dir, _ = tiny_checkpoints
+    params = TrainRewardParams(batching="kwise", epochs=2, batch_size=3, learning_rate=1e-3, max_length=32, ensemble=3)
+    metrics = train_reward_model(small_comparisons(), policy_dir, params, 0, torch.device("cpu"), tmp_path / "rm")
+    assert metrics["ensemble"] == 3 and 0.0 <= metrics["member_test_accuracy_mean"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "rm").iterdir() if p.is_dir()) == ["member-1", "member-2"]
+    tokenizer = load_tokenizer(tmp_path / "rm")
+    ensemble = load_reward_model(tmp_path / "rm", torch.device("cpu"), tokenizer.pad_token_id)
+    assert isinstance(ensemble, RewardEnsemble) and len(ensemble.members) == 3
+    texts = ["prompt 1 thanks , answer 1", "prompt 1 answer 1"]
+    members = [
+        score_texts(load_scalar_head_model(tmp_path / "rm" / name, torch.device("cpu"), tokenizer.pad_token_id),
+                    tokenizer, texts)  # fmt: skip
+        for name in (".", "member-1", "member-2")
+    ]
+    assert not torch.allclose(members[0], members[1])  # different seeds: different models
+    assert torch.allclose(score_texts(ensemble, tokenizer, texts), torch.stack(members).mean(0), atol=1e-6)
+    # one model stays one model
+    single = train_reward_model(small_comparisons(), policy_dir, params.model_copy(update={"ensemble": 1}), 0,
+                                torch.device("cpu"), tmp_path / "one")  # fmt: skip
+    assert "ensemble" not in single
+    assert not isinstance(load_reward_model(tmp_path / "one", torch.device("cpu"), tokenizer.pad_token_id),
+                          RewardEnsemble)  # fmt: skip

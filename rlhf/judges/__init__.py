@@ -35,8 +35,9 @@ def make_judge(params: RankResponsesParams, device: torch.device, kind: str | No
         judge.version = f"{OpenAICompatibleJudge.version}+{config.model}{'+cot' if config.chain_of_thought else ''}"
         return judge
     from rlhf.judges.reward_model import RewardModelJudge
-    from rlhf.models import checkpoint_hash, load_scalar_head_model, load_tokenizer
+    from rlhf.models import checkpoint_hash, load_tokenizer
+    from rlhf.reward_ensemble import load_reward_model
 
     tokenizer = load_tokenizer(params.reward_model.path)
-    model = load_scalar_head_model(params.reward_model.path, device, tokenizer.pad_token_id)
+    model = load_reward_model(params.reward_model.path, device, tokenizer.pad_token_id)
     return RewardModelJudge(model, tokenizer, checkpoint_hash(params.reward_model.path))

@@ -89,7 +89,7 @@ class ScoreNormalizer:
 class RewardScorer:
     """The frozen reward (or cost) model, reading `join(prompt, response)` plus EOS as it was trained to."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase):
         self.model, self.tokenizer = use_fused_gelu(model.requires_grad_(False).eval()), tokenizer
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
