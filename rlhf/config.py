@@ -220,11 +220,11 @@ class SafetyParams(Section):
 
 
 class DPOParams(Section):
-    beta: float = Field(0.1, gt=0)
+    beta: float = Field(0.3, gt=0)
     """Strength of the implicit KL to the reference: higher keeps the policy closer to it."""
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
     log_every: int = Field(5, ge=1)
     """Optimizer steps between rows of the training curve."""
 
