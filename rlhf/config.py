@@ -225,6 +225,8 @@ class DPOParams(Section):
     epochs: float = Field(3.0, gt=0)
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(2e-4, gt=0, lt=1)
+    max_length: int = Field(128, ge=8)
+    """Prompt plus response tokens; longer pairs are truncated at the end."""
     log_every: int = Field(5, ge=1)
     """Optimizer steps between rows of the training curve."""
 

@@ -63,7 +63,6 @@ def train_dpo(
     comparisons: pd.DataFrame,
     params: DPOParams,
     seed: int,
-    max_length: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> DPOResult:
     """Train `policy` in place on the train split's pairs; measure on the test split's."""
@@ -81,7 +80,7 @@ def train_dpo(
         learning_rate=params.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
-        max_length=max_length,
+        max_length=params.max_length,
         logging_steps=max(1, params.log_every),
         save_strategy="no",
         eval_strategy="no",

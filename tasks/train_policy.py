@@ -87,7 +87,7 @@ def main_dpo(args, params: Params) -> None:
     print(f"{STAGE}: DPO, beta {config.dpo.beta}, {count_parameters(policy)[1]:,} parameters", flush=True)
     result = train_dpo(
         policy, load_policy(args.reference_dir, device), tokenizer, read_comparisons(args.comparisons),
-        config.dpo, params.seed, max_length=params.train_reward.max_length, progress=log_progress(f"{STAGE}: steps"),
+        config.dpo, params.seed, progress=log_progress(f"{STAGE}: steps"),
     )  # fmt: skip
     policy.save_pretrained(args.model_dir)
     tokenizer.save_pretrained(args.model_dir)
