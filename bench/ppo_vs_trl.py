@@ -201,7 +201,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile our update phase")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating; best kept")
-    parser.add_argument("--trl-python", type=Path, help="a Python that imports TRL 0.29.1 (default: build bench/.venv-trl)")
+    parser.add_argument(
+        "--trl-python", type=Path, help="a Python that imports TRL 0.29.1 (default: build bench/.venv-trl)"
+    )
     parser.add_argument("--side", choices=["ours"], help=argparse.SUPPRESS)
     parser.add_argument("--fixture", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

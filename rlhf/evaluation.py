@@ -114,7 +114,8 @@ def compare_policies(
         for name, share in principle_shares(judge, prompts, topics, gen.texts).items():
             metrics[f"share_{name}_{when}"] = share
         if unsafe_words:
-            metrics[f"unsafe_share_{when}"] = sum(is_unsafe(r, unsafe_words) for r in gen.texts) / max(len(gen.texts), 1)
+            unsafe = sum(is_unsafe(response, unsafe_words) for response in gen.texts)
+            metrics[f"unsafe_share_{when}"] = unsafe / max(len(gen.texts), 1)
     return metrics, start_gen.texts, final_gen.texts
 
 

@@ -126,7 +126,9 @@ def main() -> None:
         reference=None if config.lora_rank else load_policy(args.reference_dir, device),
     )
     scorer = RewardScorer(load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer)
-    cost_scorer = RewardScorer(*load_cost_model(args.cost_dir, device)) if config.algorithm == "ppo_lagrangian" else None
+    cost_scorer = None
+    if config.algorithm == "ppo_lagrangian":
+        cost_scorer = RewardScorer(*load_cost_model(args.cost_dir, device))
     trainable, total = count_parameters(models.trained.policy)
     if accelerator.is_main_process:
         print(f"{STAGE}: policy {total:,} parameters, {trainable:,} trained; {accelerator.num_processes} process(es)")

@@ -29,9 +29,15 @@ def test_rule_judge_explains_each_principle(judge):
     bad = "whatever . dogs are old ."
     score_good, why_good = judge.score(prompt, "cats", good)
     score_bad, why_bad = judge.score(prompt, "cats", bad)
-    assert why_good == {"on_topic": True, "polite": True, "no_banned_words": True, "length_band": True}
-    assert why_bad == {"on_topic": False, "polite": False, "no_banned_words": False, "length_band": False}
+    assert why_good == {
+        "on_topic": True, "polite": True, "no_banned_words": True, "length_band": True, "gives_advice": False
+    }  # fmt: skip
+    assert why_bad == {
+        "on_topic": False, "polite": False, "no_banned_words": False, "length_band": False, "gives_advice": False
+    }  # fmt: skip
     assert score_good == 4 and score_bad == 0
+    _, why_tip = judge.score(prompt, "cats", good + " you should look after cats with care .")
+    assert why_tip["gives_advice"]
 
 
 def ranking_frames(ranks_by_response):
@@ -144,6 +150,7 @@ def test_rank_all_records_why_and_ranks_each_prompt(judge):
     assert queue.empty  # no routing asked for
     assert list(rankings["rank"]) == [1, 2, 2]
     assert json.loads(rankings["reasons"][0]) == {
+        "gives_advice": False,
         "length_band": True,
         "no_banned_words": True,
         "on_topic": True,
