@@ -222,16 +222,16 @@ ANTI JOIN (SELECT response_ids->>'$[0]' AS low, response_ids->>'$[1]' AS high FR
  AND routed.low = least(c.chosen_id, c.rejected_id) AND routed.high = greatest(c.chosen_id, c.rejected_id)
 """
 
-# The snapshot is three files, each row once: the labelled pairs, and every prompt and response.
-# Texts are not repeated per pair (a response is in K - 1 pairs): the files stay small and a
-# 1M-pair snapshot takes under 2 s. `rlhf.snapshot.read_comparisons` joins them back. Each file
-# has its own COPY options: the pairs' hash ids gain nothing from Parquet's dictionary encoding.
 # A LIKE, not a JSON parse: reasons are written by json.dumps, and this runs over every ranking row.
 UNSAFE_LABELS = """
 SELECT response_id, bool_or(reasons LIKE '%"unsafe": true%') AS unsafe
 FROM rankings WHERE reasons LIKE '%"unsafe": %' GROUP BY response_id
 """
 
+# The snapshot is three files, each row once: the labelled pairs, and every prompt and response.
+# Texts are not repeated per pair (a response is in K - 1 pairs): the files stay small and a
+# 1M-pair snapshot takes under 2 s. `rlhf.snapshot.read_comparisons` joins them back. Each file
+# has its own COPY options: the pairs' hash ids gain nothing from Parquet's dictionary encoding.
 SNAPSHOT_FILES = {
     "pairs": (
         f"""SELECT ranking_id, prompt_id, chosen_id, rejected_id, margin, tie, weight, judge, judge_version
