@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
-import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import DPOConfig, DPOTrainer
@@ -123,6 +122,5 @@ def _held_out(trainer: DPOTrainer, held_out: pd.DataFrame) -> dict:
     """Implicit reward margin and preference accuracy on the held-out pairs."""
     if held_out.empty:
         return {}
-    with torch.no_grad():
-        logged = trainer.evaluate()
+    logged = trainer.evaluate()  # the Trainer's evaluation loop runs without gradients
     return {"held_out_margin": logged["eval_rewards/margins"], "held_out_accuracy": logged["eval_rewards/accuracies"]}
