@@ -1,6 +1,7 @@
 """Our PPO against TRL 0.29.1's PPOTrainer: same model, prompts, lengths, batch sizes, epochs, seed.
 
     python bench/ppo_vs_trl.py [--device cpu|cuda] [--layers 2 --width 128] [--iterations 6]
+        [--compile-generation] [--warmup-iterations N]
 
 Writes one fixture (tokenizer, random-init GPT-2 policy / value / reward weights as safetensors,
 prompts, run settings), then runs each side in its own process so peak memory is per side:
@@ -80,6 +81,7 @@ def write_fixture(directory: Path, args: argparse.Namespace) -> None:
             "learning_rate": 3e-6,
             "seed": args.seed,
             "compile": args.compile,
+            "compile_generation": args.compile_generation,
         },
     }
     (directory / "spec.json").write_text(json.dumps(spec))
@@ -119,6 +121,7 @@ def run_ours(fixture: Path) -> dict:
         mixed_precision="bf16" if device.type == "cuda" else "no",
         score_normalization="none",  # TRL 0.29 uses raw scores (whiten_rewards is off by default)
         compile=run["compile"],
+        compile_generation=run["compile_generation"],
     )
     models = PPOModels.build(
         load(GPT2LMHeadModel, "policy"),
@@ -129,8 +132,15 @@ def run_ours(fixture: Path) -> dict:
     scorer = RewardScorer(load(GPT2ForSequenceClassification, "reward", num_labels=1), tokenizer)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    iteration_ends = []
+
+    def clock(row: dict) -> None:  # train_ppo logs once per iteration, after its update
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        iteration_ends.append(time.perf_counter() - started)
+
     started = time.perf_counter()
-    result = train_ppo(models, scorer, tokenizer, spec["prompts"], params, seed=run["seed"], log=lambda row: None)
+    result = train_ppo(models, scorer, tokenizer, spec["prompts"], params, seed=run["seed"], log=clock)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
@@ -142,25 +152,22 @@ def run_ours(fixture: Path) -> dict:
     episodes = run["batch_size"] * len(result.history)
     trained = sum(p.numel() for p in models.trained.parameters() if p.requires_grad)
     prompt_tokens = tokenizer(spec["prompts"], padding=True, return_tensors="pt")["input_ids"].shape[1]
-    history = result.history
-    update_flops = sum(
-        6 * trained * run["batch_size"] * (prompt_tokens + row["response_length"]) * run["ppo_epochs"]
-        for row in history
-    )
-    decode_bytes = sum(  # each decode step streams the policy's weights once (bf16 on GPU)
-        (2 if device.type == "cuda" else 4)
-        * models.policy.num_parameters()
-        * row["generated_tokens"]
-        / run["batch_size"]
-        for row in history
-    )
+    weight_bytes = (2 if device.type == "cuda" else 4) * models.policy.num_parameters()  # bf16 on GPU
     return {
         "episodes": episodes,
         "seconds": elapsed,
         "episodes_per_s": episodes / elapsed,
         "peak_mem_mb": peak_mb,
-        "update_flops_per_s": update_flops / sum(row["update_seconds"] for row in history),
-        "generation_bytes_per_s": decode_bytes / sum(row["generation_seconds"] for row in history),
+        "iteration_ends_s": iteration_ends,
+        # per iteration: the update's FLOP (6 per trained parameter per token, per epoch) and the
+        # bytes the decode steps streamed (each step reads the policy's weights once), with their times
+        "update_flop": [
+            6 * trained * run["batch_size"] * (prompt_tokens + row["response_length"]) * run["ppo_epochs"]
+            for row in result.history
+        ],
+        "update_seconds": [row["update_seconds"] for row in result.history],
+        "decode_bytes": [weight_bytes * row["generated_tokens"] / run["batch_size"] for row in result.history],
+        "generation_seconds": [row["generation_seconds"] for row in result.history],
     }
 
 
@@ -168,15 +175,25 @@ def run_ours(fixture: Path) -> dict:
 PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12), "A100": (312e12, 2.0e12)}
 
 
-def utilisation(ours: dict, device: str) -> dict:
-    """Update-phase MFU and generation-phase memory-bandwidth utilisation, where the card's peaks are known."""
+def utilisation(ours: dict, device: str, warmup: int) -> dict:
+    """Update-phase FLOP/s and MFU, generation-phase memory-bandwidth utilisation, over the timed iterations."""
+    update_flops_per_s = sum(ours["update_flop"][warmup:]) / sum(ours["update_seconds"][warmup:])
+    generation_bytes_per_s = sum(ours["decode_bytes"][warmup:]) / sum(ours["generation_seconds"][warmup:])
     peak = next((value for name, value in PEAKS.items() if name in device), None)
-    if peak is None:
-        return {"update_mfu": None, "generation_bandwidth_util": None}
     return {
-        "update_mfu": round(ours["update_flops_per_s"] / peak[0], 4),
-        "generation_bandwidth_util": round(ours["generation_bytes_per_s"] / peak[1], 4),
+        "ours_update_gflops_per_s": round(update_flops_per_s / 1e9, 1),
+        "update_mfu": round(update_flops_per_s / peak[0], 4) if peak else None,
+        "generation_bandwidth_util": round(generation_bytes_per_s / peak[1], 4) if peak else None,
     }
+
+
+def steady_rate(run: dict, batch_size: int, warmup: int) -> float:
+    """Episodes per second after the first `warmup` iterations (compiles, allocator and cache warm-up);
+    the whole run's rate when `warmup` is 0."""
+    if not warmup:
+        return run["episodes_per_s"]
+    ends = run["iteration_ends_s"]
+    return (len(ends) - warmup) * batch_size / (ends[-1] - ends[warmup - 1])
 
 
 def run_side(command: list[str]) -> dict:
@@ -200,6 +217,11 @@ def main() -> None:
     parser.add_argument("--response-length", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile our update phase")
+    parser.add_argument("--compile-generation", action="store_true", help="our static KV cache + compiled decode step")
+    parser.add_argument(
+        "--warmup-iterations", type=int, default=0,
+        help="time both sides from the end of this iteration on (0: the whole run, compiles included)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating; best kept")
     parser.add_argument(
         "--trl-python", type=Path, help="a Python that imports TRL 0.29.1 (default: build bench/.venv-trl)"
@@ -207,6 +229,8 @@ def main() -> None:
     parser.add_argument("--side", choices=["ours"], help=argparse.SUPPRESS)
     parser.add_argument("--fixture", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not 0 <= args.warmup_iterations < args.iterations:
+        parser.error("--warmup-iterations must be at least 0 and below --iterations")
     if args.side == "ours":
         print(json.dumps(run_ours(args.fixture)))
         return
@@ -219,6 +243,8 @@ def main() -> None:
         for _ in range(args.repeats):  # alternate sides; each keeps its fastest run (as timeit does)
             trl_runs.append(run_side([str(trl_python), str(BENCH / "trl_ppo_side.py"), str(fixture)]))
             our_runs.append(run_side([sys.executable, __file__, "--side", "ours", "--fixture", str(fixture)]))
+        for run in trl_runs + our_runs:
+            run["episodes_per_s"] = steady_rate(run, args.batch_size, args.warmup_iterations)
         trl = max(trl_runs, key=lambda run: run["episodes_per_s"])
         ours = max(our_runs, key=lambda run: run["episodes_per_s"])
     print(
@@ -230,13 +256,16 @@ def main() -> None:
                 "episodes": ours["episodes"],
                 "response_length": args.response_length,
                 "repeats": args.repeats,
+                "warmup_iterations": args.warmup_iterations,
+                "compile_generation": args.compile_generation,
+                "ours_first_iteration_s": round(ours["iteration_ends_s"][0], 2),
+                "trl_first_iteration_s": round(trl["iteration_ends_s"][0], 2),
                 "ours_episodes_per_s": round(ours["episodes_per_s"], 2),
                 "trl_episodes_per_s": round(trl["episodes_per_s"], 2),
                 "ratio": round(ours["episodes_per_s"] / trl["episodes_per_s"], 2),
                 "ours_peak_mem_mb": round(ours["peak_mem_mb"], 1),
                 "trl_peak_mem_mb": round(trl["peak_mem_mb"], 1),
-                "ours_update_gflops_per_s": round(ours["update_flops_per_s"] / 1e9, 1),
-                **utilisation(ours, device_name(args.device)),
+                **utilisation(ours, device_name(args.device), args.warmup_iterations),
             }
         )
     )

@@ -1,7 +1,7 @@
 """The TRL side of bench/ppo_vs_trl.py: TRL 0.29.1's PPOTrainer on a fixture the bench wrote.
 
 Runs inside its own virtual environment (TRL 0.29.1 needs transformers < 5), so it imports
-nothing from this project. Prints one JSON line: episodes/s and peak memory.
+nothing from this project. Prints one JSON line: episodes/s, peak memory and the time at which each iteration ended.
 """
 
 import json
@@ -14,8 +14,29 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from safetensors.torch import load_model
-from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    TrainerCallback,
+)
 from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+
+class IterationClock(TrainerCallback):
+    """Seconds from `start()` to the end of each PPO iteration (TRL steps the callbacks once per rollout batch)."""
+
+    def __init__(self, device: str):
+        self.device, self.started, self.ends = device, 0.0, []
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        self.ends.append(time.perf_counter() - self.started)
 
 
 def main(fixture: Path) -> None:
@@ -75,9 +96,12 @@ def main(fixture: Path) -> None:
             train_dataset=dataset,
             value_model=value_model,
         )
+        clock = IterationClock(device)
+        trainer.add_callback(clock)
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
+        clock.start()
         trainer.train()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -90,7 +114,13 @@ def main(fixture: Path) -> None:
     episodes = run["batch_size"] * run["iterations"]
     print(
         json.dumps(
-            {"episodes": episodes, "seconds": elapsed, "episodes_per_s": episodes / elapsed, "peak_mem_mb": peak_mb}
+            {
+                "episodes": episodes,
+                "seconds": elapsed,
+                "episodes_per_s": episodes / elapsed,
+                "peak_mem_mb": peak_mb,
+                "iteration_ends_s": clock.ends,
+            }
         )
     )
 

@@ -49,6 +49,13 @@ def test_bad_value_names_the_key(raw, section, key, value, expected):
     assert message.startswith(expected) and "\n" not in message
 
 
+def test_compiled_generation_is_refused_under_zero3_naming_both_keys(raw):
+    bad = copy.deepcopy(raw)
+    bad["train_policy"].update(compile_generation=True, launcher="deepspeed_zero3", num_processes=2)
+    with pytest.raises(ConfigError, match=r"^params.yaml: train_policy.compile_generation: .*deepspeed_zero3"):
+        parse_params(bad)
+
+
 def test_malformed_yaml_names_the_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 0\ntrain_policy:\n  kl_coef: [1,\n")

@@ -1,5 +1,7 @@
 """Components on tiny random models: loading code, EOS masking, one PPO iteration."""
 
+import functools
+
 import pytest
 import torch
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
@@ -12,7 +14,7 @@ from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer
 from rlhf.ppo.models import PPOModels
 from rlhf.ppo.rollout import RewardScorer, ScoreNormalizer, collect_rollout
 from rlhf.ppo.trainer import make_accelerator, ppo_update
-from rlhf.sampling import mask_after_eos, sample_with_logprobs
+from rlhf.sampling import CompiledSampler, mask_after_eos, sample_with_logprobs
 from tests.conftest import tiny_gpt2_config as tiny_config
 
 CPU = torch.device("cpu")
@@ -48,17 +50,39 @@ def test_pretrained_pass_through_uses_the_same_loading_code(tmp_path, tokenizer)
     assert load_tokenizer(tmp_path / "sft").get_vocab() == tokenizer.get_vocab()
 
 
-def test_sampling_keeps_the_logprobs_a_full_forward_pass_gives(tokenizer):
+@pytest.mark.parametrize("sampler", ["eager", "compiled"])
+def test_sampling_keeps_the_logprobs_a_full_forward_pass_gives(tokenizer, sampler):
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(tiny_config(tokenizer)).eval()
+    sample = CompiledSampler(policy) if sampler == "compiled" else functools.partial(sample_with_logprobs, policy)
     query = tokenizer([p for p, _ in domain.all_prompts()[:6]], return_tensors="pt", padding=True, padding_side="left")
-    ids, mask, _, logprobs = sample_with_logprobs(
-        policy, query["input_ids"], query["attention_mask"], 12, 0.7, tokenizer.eos_token_id, tokenizer.pad_token_id
+    ids, mask, ended, logprobs = sample(
+        query["input_ids"], query["attention_mask"], 12, 0.7, tokenizer.eos_token_id, tokenizer.pad_token_id
     )
     with torch.no_grad():
         logits = response_logits(policy, query["input_ids"], query["attention_mask"], ids, mask, 0.7)
     assert torch.allclose(logprobs, token_logprobs(logits, ids) * mask, atol=1e-5)
     assert (ids[mask == 0] == tokenizer.pad_token_id).all()
+    assert ids.shape[1] == int(mask.sum(-1).max())  # no column of padding only: it stops at the last EOS
+    assert ended.tolist() == (ids == tokenizer.eos_token_id).any(-1).tolist()
+
+
+def test_compiled_sampler_keeps_its_cache_buffers_for_batches_of_the_same_shape(tokenizer):
+    torch.manual_seed(0)
+    sampler = CompiledSampler(GPT2LMHeadModel(tiny_config(tokenizer)).eval())
+    prompts = [p for p, _ in domain.all_prompts()]
+
+    def sample(batch):
+        query = tokenizer(batch, return_tensors="pt", padding=True, padding_side="left")
+        return sampler(query["input_ids"], query["attention_mask"], 6, 1.0, -1, tokenizer.pad_token_id)
+
+    sample(prompts[:4])
+    cache, keys = sampler.cache, sampler.cache.layers[0].keys.data_ptr()
+    ids, mask, ended, _ = sample(prompts[4:8])  # other prompts, other lengths, same bucket
+    assert sampler.cache is cache and cache.layers[0].keys.data_ptr() == keys  # the captured graph's buffers
+    assert ids.shape == (4, 6) and mask.all() and not ended.any()  # no EOS id (-1): every step runs
+    sample(prompts[:3])
+    assert sampler.cache is not cache  # another batch size: a new cache (and compile)
 
 
 @pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -46,14 +46,16 @@ class TokenCountReward:
         return torch.tensor([float(sum(token in self.liked for token in row)) for row in ids])
 
 
-def test_ppo_raises_a_toy_reward_within_a_fixed_budget(tiny_tokenizer):
+@pytest.mark.parametrize("compile_generation", [False, True])
+def test_ppo_raises_a_toy_reward_within_a_fixed_budget(tiny_tokenizer, compile_generation):
     params = TrainPolicyParams(
         iterations=14, batch_size=32, minibatch_size=16, ppo_epochs=4, learning_rate=3e-3,
         value_learning_rate=3e-3, kl_coef=0.0, max_new_tokens=12, missing_eos_penalty=0.0,
-        score_normalization="none",
+        score_normalization="none", compile_generation=compile_generation,
     )  # fmt: skip
     models = tiny_models(tiny_tokenizer, params)
     history = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+    assert (models.compiled_sampler is not None) == compile_generation
     scores = [row["score"] for row in history.history]
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     assert last > first + 1.0, scores  # about 1 liked token of 12 at the start
@@ -210,11 +212,12 @@ def test_reward_hacking_monitor_ends_the_run_early(tiny_tokenizer):
 
 
 @pytest.mark.gpu
-def test_ppo_on_cuda_with_bf16_autocast_learns_the_toy_reward(tiny_tokenizer):
+@pytest.mark.parametrize("compile_generation", [False, True])
+def test_ppo_on_cuda_with_bf16_autocast_learns_the_toy_reward(tiny_tokenizer, compile_generation):
     params = TrainPolicyParams(
         iterations=14, batch_size=32, minibatch_size=16, ppo_epochs=4, learning_rate=3e-3,
         value_learning_rate=3e-3, kl_coef=0.0, max_new_tokens=12, missing_eos_penalty=0.0,
-        score_normalization="none", mixed_precision="auto",
+        score_normalization="none", mixed_precision="auto", compile_generation=compile_generation,
     )  # fmt: skip
     models = tiny_models(tiny_tokenizer, params, device="cuda")
     result = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)

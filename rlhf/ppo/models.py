@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from rlhf.config import TrainPolicyParams
 from rlhf.logprobs import joined_inputs, response_logits
 from rlhf.models import backbone, use_fused_gelu
+from rlhf.sampling import CompiledSampler
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -55,6 +56,8 @@ class PPOModels:
     reference: PreTrainedModel | None  # frozen starting policy; None under LoRA (adapters off instead)
     # Around sampling: gathers the policy's ZeRO-3 shards (set by the trainer); nothing otherwise.
     generation_context: Callable[[], contextlib.AbstractContextManager] = field(default=contextlib.nullcontext)
+    # The policy's sampler when train_policy.compile_generation is on (set by the trainer); else the eager loop.
+    compiled_sampler: CompiledSampler | None = None
 
     @property
     def policy(self) -> PreTrainedModel:

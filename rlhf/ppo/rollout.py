@@ -6,11 +6,12 @@ is not run again), one reference pass, one critic pass, one reward-model pass.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import TrainPolicyParams
 from rlhf.logprobs import response_logits, token_logprobs
@@ -126,9 +127,10 @@ def sample_responses(
     query = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
     policy.eval()  # generation wants the KV cache, which gradient checkpointing turns off in train mode
     started = device_clock(device)
+    sampler = models.compiled_sampler or functools.partial(sample_with_logprobs, policy)
     with models.generation_context():
-        response_ids, mask, ended, logprobs = sample_with_logprobs(
-            policy, query["input_ids"], query["attention_mask"], params.max_new_tokens, params.temperature,
+        response_ids, mask, ended, logprobs = sampler(
+            query["input_ids"], query["attention_mask"], params.max_new_tokens, params.temperature,
             tokenizer.eos_token_id, tokenizer.pad_token_id,
         )  # fmt: skip
     seconds = device_clock(device) - started

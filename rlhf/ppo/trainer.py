@@ -45,6 +45,7 @@ from rlhf.ppo.rollout import (
     device_clock,
     sample_responses,
 )
+from rlhf.sampling import CompiledSampler
 
 
 @dataclass
@@ -141,6 +142,8 @@ def train_ppo(
     models.trained.train()
     trained, optimizer = accelerator.prepare(models.trained, optimizer)
     update_forward = torch.compile(trained) if params.compile else trained
+    if params.compile_generation:
+        models.compiled_sampler = CompiledSampler(models.trained.policy)
     if _zero_stage(accelerator) == 3:
         import deepspeed  # only present where ZeRO is configured
 
@@ -179,11 +182,12 @@ def train_ppo(
     stopped_early = None
     for iteration in range(state.iteration + 1, params.iterations + 1):
         rollout_started = device_clock(device)
-        rollout, stats = collect_rollout(
-            models, scorer, state.normalizer, tokenizer, sample_prompts(), params, state.kl.value,
-            all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
-            cost_scorer=cost_scorer, lagrange=state.lagrange,
-        )  # fmt: skip
+        with accelerator.autocast():  # bf16 on CUDA, as the update phase: rollout log-probs match its own
+            rollout, stats = collect_rollout(
+                models, scorer, state.normalizer, tokenizer, sample_prompts(), params, state.kl.value,
+                all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
+                cost_scorer=cost_scorer, lagrange=state.lagrange,
+            )  # fmt: skip
         stats["rollout_seconds"] = device_clock(device) - rollout_started
         stop_if_unsafe(stats, iteration, params, checkpoints)
         update_started = device_clock(device)
@@ -213,8 +217,9 @@ def train_ppo(
 
 def calibrate(models, scorer, normalizer, tokenizer, prompts, params, accelerator) -> None:
     """Score one batch of the starting policy's responses: the 'initial' normalisation statistics."""
-    sample = sample_responses(models, tokenizer, prompts, params)
-    normalizer.observe(accelerator.gather(scorer(prompts, sample.texts).to(sample.response_ids.device)))
+    with accelerator.autocast():
+        sample = sample_responses(models, tokenizer, prompts, params)
+        normalizer.observe(accelerator.gather(scorer(prompts, sample.texts).to(sample.response_ids.device)))
 
 
 def ppo_update(
