@@ -205,3 +205,75 @@ def test_tokens_file_errors_name_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(InputError, match=r"tokens.json: line 1: not valid JSON"):
         load_tokens(bad)
+
+
+# --- the human-ranking deployment's flow: it serves this page until the queue is done ---
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def ranking_workspace(store, tmp_path, project_root):
+    """A workspace whose params.yaml points at the store above, with a tokens file for alice."""
+    shutil.copy(project_root / "params.yaml", tmp_path / "params.yaml")  # store.path: feedback.duckdb, as here
+    (tmp_path / "annotators.json").write_text(json.dumps({TOKEN: "alice"}))
+    return tmp_path
+
+
+def run_in_thread(function, **kwargs) -> tuple[threading.Thread, dict]:
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = function(**kwargs)
+        except Exception as error:  # noqa: BLE001 - handed to the test thread, which asserts on it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_human_ranking_flow_serves_the_page_until_people_rank_the_queue(prefect_harness, ranking_workspace):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.human_ranking import PROGRESS_KEY, human_ranking
+
+    port = free_port()
+    thread, outcome = run_in_thread(human_ranking, root=str(ranking_workspace), port=port, timeout_s=120, poll_s=0.2)
+    page, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+    deadline, ranked = time.monotonic() + 60, 0
+    while time.monotonic() < deadline and ranked < 2:
+        try:
+            item = httpx.get(f"{page}/api/next", headers=headers).json()["item"]
+        except httpx.TransportError:  # the flow has not started serving yet
+            time.sleep(0.2)
+            continue
+        order = [r["response_id"] for r in item["responses"]]
+        httpx.post(
+            f"{page}/api/submit", headers=headers,
+            json={"item_id": item["item_id"], "order": order, "tied_with_above": [False] * len(order)},
+        ).raise_for_status()  # fmt: skip
+        ranked += 1
+        if ranked == 1:
+            time.sleep(0.5)  # a few of the flow's polls
+            assert thread.is_alive()  # one item still waits: the flow keeps serving
+    thread.join(timeout=60)
+    assert outcome == {"result": {"items": 2, "waiting": 0}}
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[PROGRESS_KEY])))
+    assert max(float(a.data) for a in artifacts) == 100.0
+    with pytest.raises(httpx.TransportError):  # the page closed with the run
+        httpx.get(f"{page}/api/next", headers=headers, timeout=2)
+
+
+def test_human_ranking_flow_fails_naming_what_still_waits_when_its_window_ends(prefect_harness, ranking_workspace):
+    from flows.human_ranking import QueueNotDone, human_ranking
+
+    with pytest.raises(QueueNotDone, match=r"closed after 1s with 2 of 2 items waiting"):
+        human_ranking(root=str(ranking_workspace), port=free_port(), timeout_s=1, poll_s=0.2)
