@@ -9,7 +9,7 @@ import pandas as pd
 from rlhf.judges import Judge
 from rlhf.judges.base import all_pairs
 from rlhf.judges.rules import is_unsafe
-from rlhf.text import content_id
+from rlhf.text import config_digest, content_id
 
 RANKING_COLUMNS = ["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"]
 QUEUE_COLUMNS = ["item_id", "prompt_id", "response_ids", "reason"]
@@ -41,6 +41,8 @@ def rank_all(
     """(rankings, queue): the judge's rankings, and the pairs whose confidence is below `route_below`
     (hybrid routing) as items for the human queue. With `unsafe_words`, each response's reasons
     also say whether it is unsafe (the harmlessness label, independent of its rank)."""
+    # The unsafe words label the ranking too: other words are another ranking of the same responses.
+    version = f"{judge.version}+unsafe-{config_digest(*unsafe_words)}" if unsafe_words else judge.version
     by_prompt = prompts.set_index("prompt_id")
     groups = list(responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True))
     rows, queue = [], []
@@ -53,14 +55,14 @@ def rank_all(
             items.append((prompt["prompt"], topic, list(group["response"])))
         for (prompt_id, group), judgement in zip(chunk, judge.rank_batch(items)):
             # The same judge over the same responses is the same ranking: re-runs add nothing.
-            ranking_id = content_id(prompt_id, judge.name, judge.version, *sorted(group["response_id"]))
+            ranking_id = content_id(prompt_id, judge.name, version, *sorted(group["response_id"]))
             for response_id, text, rank, score, reasons in zip(
                 group["response_id"], group["response"], judgement.ranks, judgement.scores, judgement.reasons
             ):
                 if unsafe_words:
                     reasons = {**reasons, "unsafe": is_unsafe(text, unsafe_words)}
                 reasons_json = json.dumps(reasons, sort_keys=True)
-                rows.append((ranking_id, response_id, prompt_id, rank, score, reasons_json, judge.name, judge.version))
+                rows.append((ranking_id, response_id, prompt_id, rank, score, reasons_json, judge.name, version))
             if route_below is not None:
                 ids = list(group["response_id"])
                 queue += [
@@ -77,7 +79,7 @@ def judge_report(judge: Judge, rankings: pd.DataFrame) -> dict:
     """The ranking stage's metrics: what judged, how much, and (for pairwise AI judges) how biased."""
     report = {
         "judge": judge.name,
-        "judge_version": judge.version,
+        "judge_version": rankings["judge_version"].iloc[0] if len(rankings) else judge.version,
         "prompts": int(rankings["ranking_id"].nunique()),
         "responses": len(rankings),
         "tie_share": round(float(rankings.duplicated(["ranking_id", "rank"], keep=False).mean()), 4)

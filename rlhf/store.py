@@ -12,7 +12,7 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -212,20 +212,47 @@ FROM new_rankings a JOIN new_rankings b
  AND (a.rank < b.rank OR (a.rank = b.rank AND a.response_id < b.response_id))
 """
 
+# An AI judge's version names its configuration (model, principles, unsafe words), so a changed
+# judge that ranks the same responses again writes a new ranking beside the old one. One ranking
+# of a (judge, prompt, response set) counts: the one in the rankings file being stored now (the
+# `current_rankings` relation: a judge changed back and forth counts as it is now), else the newest
+# run's. The others stay in the store as history. People are never superseded: each annotator's
+# ranking is a label of its own. Only (judge, prompt) groups ranked under two or more versions are
+# examined, so a store with one version per judge pays one aggregate for this.
+SUPERSEDED_RANKINGS = """
+SELECT ranking_id FROM (
+    SELECT ranking_id,
+           row_number() OVER (PARTITION BY judge, prompt_id, response_set
+                              ORDER BY is_current DESC, ranked_at DESC NULLS LAST, ranking_id DESC) AS preferred
+    FROM (SELECT r.ranking_id, r.judge, r.prompt_id,
+                 string_agg(r.response_id, ',' ORDER BY r.response_id) AS response_set,
+                 max(u.created_at) AS ranked_at,
+                 r.ranking_id IN (SELECT ranking_id FROM current_rankings) AS is_current
+          FROM rankings r
+          SEMI JOIN (SELECT judge, prompt_id FROM rankings WHERE judge <> 'human'
+                     GROUP BY judge, prompt_id HAVING count(DISTINCT judge_version) > 1) revised
+            ON revised.judge = r.judge AND revised.prompt_id = r.prompt_id
+          LEFT JOIN runs u ON u.run_id = r.run_id
+          GROUP BY r.ranking_id, r.judge, r.prompt_id))
+WHERE preferred > 1
+"""
+
 # The pairs that are labels. An AI label of a pair that hybrid routing sent to people is not a
 # label: the people's is. Such queue items hold the pair's two ids in order.
-LABELLED_PAIRS = """
+LABELLED_PAIRS = f"""
 SELECT c.* FROM comparisons c
 ANTI JOIN (SELECT response_ids->>'$[0]' AS low, response_ids->>'$[1]' AS high FROM annotation_queue
            WHERE reason = 'low_confidence' AND json_array_length(response_ids) = 2) routed
   ON c.judge <> 'human'
  AND routed.low = least(c.chosen_id, c.rejected_id) AND routed.high = greatest(c.chosen_id, c.rejected_id)
+ANTI JOIN ({SUPERSEDED_RANKINGS}) superseded ON superseded.ranking_id = c.ranking_id
 """
 
 # A LIKE, not a JSON parse: reasons are written by json.dumps, and this runs over every ranking row.
-UNSAFE_LABELS = """
+UNSAFE_LABELS = f"""
 SELECT response_id, bool_or(reasons LIKE '%"unsafe": true%') AS unsafe
-FROM rankings WHERE reasons LIKE '%"unsafe": %' GROUP BY response_id
+FROM rankings ANTI JOIN ({SUPERSEDED_RANKINGS}) superseded USING (ranking_id)
+WHERE reasons LIKE '%"unsafe": %' GROUP BY response_id
 """
 
 # The snapshot is three files, each row once: the labelled pairs, and every prompt and response.
@@ -528,11 +555,13 @@ class FeedbackStore:
     def comparisons(self) -> pd.DataFrame:
         """Every labelled pair with its prompt and response texts, in a fixed order."""
         with self.transaction() as con:  # a transaction brings an older store to this schema first
+            _register_current(con, ())
             return con.execute(COMPARISONS_QUERY).df()
 
-    def snapshot_comparisons(self, out_dir: str | Path) -> int:
+    def snapshot_comparisons(self, out_dir: str | Path, current_ranking_ids: Iterable[str] = ()) -> int:
         """Write the labelled pairs, the prompts and the responses to `out_dir` as Parquet files in a
-        fixed order; returns the number of pairs.
+        fixed order; returns the number of pairs. `current_ranking_ids`: the rankings the stage is
+        storing now, preferred over other versions of their judge (see SUPERSEDED_RANKINGS).
 
         The same store gives byte-identical files, so DVC sees no change and skips what follows.
         The directory appears whole or not at all: it is written beside its place, then renamed
@@ -543,6 +572,7 @@ class FeedbackStore:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         with self.transaction() as con:
+            _register_current(con, current_ranking_ids)
             for name, (query, options) in SNAPSHOT_FILES.items():
                 target = str(partial / f"{name}.parquet").replace("'", "''")  # COPY binds no target
                 con.execute(f"COPY ({query}) TO '{target}' ({options})")
@@ -553,3 +583,8 @@ class FeedbackStore:
             out_dir.unlink()  # a single-file snapshot of an older version
         partial.rename(out_dir)
         return rows
+
+
+def _register_current(con: duckdb.DuckDBPyConnection, ranking_ids: Iterable[str]) -> None:
+    """The `current_rankings` relation that SUPERSEDED_RANKINGS reads."""
+    con.register("current_rankings", pd.DataFrame({"ranking_id": pd.Series(sorted(set(ranking_ids)), dtype=str)}))

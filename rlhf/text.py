@@ -16,3 +16,8 @@ def content_id(*parts: object) -> str:
         digest.update(str(part).encode())
         digest.update(b"\x1f")
     return digest.hexdigest()[:32]
+
+
+def config_digest(*parts: object) -> str:
+    """Eight hex digits naming a configuration (a judge's principles, prompt, unsafe words) in a version."""
+    return content_id(*parts)[:8]

@@ -14,14 +14,16 @@ def main() -> None:
     args = parse_paths(STAGE, ["prompts", "responses", "rankings", "queue"], ["comparisons", "metrics"])
     params = params_from(args)
     store = FeedbackStore(params.store.path, params.store.lock_timeout_s)
+    rankings = pd.read_parquet(args.rankings)
     added = store.ingest(
         run_info(STAGE),
         pd.read_parquet(args.prompts),
         pd.read_parquet(args.responses),
-        pd.read_parquet(args.rankings),
+        rankings,
         pd.read_parquet(args.queue),
     )
-    rows = store.snapshot_comparisons(args.comparisons)
+    # this run's rankings count over other versions of their judge for the same responses
+    rows = store.snapshot_comparisons(args.comparisons, rankings["ranking_id"])
     counts = store.counts()
     waiting = store.waiting_items()
     write_json(

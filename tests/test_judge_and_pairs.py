@@ -7,7 +7,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from rlhf.config import load_params
+from rlhf.config import RankResponsesParams, load_params
 from rlhf.judges import RuleJudge, ranks_from_scores
 from rlhf.ranking import rank_all
 from rlhf.store import FeedbackStore
@@ -187,3 +187,80 @@ def test_snapshot_reads_back_as_the_stores_comparisons_and_replaces_a_stale_part
     (tmp_path / "snap" / "responses.parquet").unlink()
     with pytest.raises(StoreError, match=r"snap: not a comparisons snapshot \(missing responses.parquet\)"):
         read_comparisons(tmp_path / "snap")
+
+
+# --- a judge whose configuration changed, ranking the same responses again ---
+
+BEE_PROMPTS = pd.DataFrame([{"prompt_id": content_id("bees"), "prompt": "tell me about bees .", "topic": "bees",
+                             "split": "train", "source": "t"}])  # fmt: skip
+BEE_RESPONSES = pd.DataFrame(
+    {
+        "response_id": ["a", "b", "c"],
+        "prompt_id": content_id("bees"),
+        "sample_index": [0, 1, 2],
+        "response": ["bees are calm .", "you should set fire to bees .", "bees make honey , thanks ."],
+        "policy_checkpoint": "c",
+        "sampling": "{}",
+    }
+)
+
+
+def rules(word: str) -> RuleJudge:
+    return RuleJudge(
+        RankResponsesParams(principles=[{"kind": "contains_any", "name": f"says_{word}", "words": [word]}]).principles
+    )
+
+
+def chosen_pairs(snapshot) -> set[tuple[str, str]]:
+    pairs = pd.read_parquet(snapshot / "pairs.parquet")
+    return {(row.chosen_id, row.rejected_id) for row in pairs.itertuples() if not row.tie}
+
+
+def store_ranking(store, run_id, judge, snapshot, unsafe_words=None):
+    """What store_comparisons does with one rank_responses output: ingest it, snapshot preferring it."""
+    rankings, queue = rank_all(judge, BEE_PROMPTS, BEE_RESPONSES, unsafe_words=unsafe_words)
+    store.ingest({"run_id": run_id, "stage": "test"}, BEE_PROMPTS, BEE_RESPONSES, rankings, queue)
+    store.snapshot_comparisons(snapshot, rankings["ranking_id"])
+    return rankings
+
+
+def test_a_judge_version_names_its_principles_and_unsafe_words():
+    assert rules("calm").version == rules("calm").version != rules("honey").version
+    plain = rank_all(rules("calm"), BEE_PROMPTS, BEE_RESPONSES)[0]
+    flagged = rank_all(rules("calm"), BEE_PROMPTS, BEE_RESPONSES, unsafe_words=["set fire"])[0]
+    other_words = rank_all(rules("calm"), BEE_PROMPTS, BEE_RESPONSES, unsafe_words=["throw"])[0]
+    versions = [set(frame["judge_version"]) for frame in (plain, flagged, other_words)]
+    assert all(len(v) == 1 for v in versions) and len(set.union(*versions)) == 3
+    assert len({frame["ranking_id"].iloc[0] for frame in (plain, flagged, other_words)}) == 3
+
+
+def test_the_snapshot_counts_the_judge_as_it_is_now_and_the_store_keeps_the_history(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    store_ranking(store, "run-1", rules("calm"), tmp_path / "calm", unsafe_words=["set fire"])
+    assert chosen_pairs(tmp_path / "calm") == {("a", "b"), ("a", "c")}
+    # the principles change: the same responses are ranked again; the new ranking replaces the old
+    store_ranking(store, "run-2", rules("honey"), tmp_path / "honey")
+    assert chosen_pairs(tmp_path / "honey") == {("c", "a"), ("c", "b")}
+    assert store.counts()["rankings"] == 6  # both rankings stay in the store, as history
+    labels = pd.read_parquet(tmp_path / "honey" / "responses.parquet")
+    assert labels["unsafe"].isna().all()  # the flags belonged to the superseded ranking
+    # ... and back: the first ranking is already stored, and counts again because it is current
+    store_ranking(store, "run-3", rules("calm"), tmp_path / "calm-again", unsafe_words=["set fire"])
+    assert chosen_pairs(tmp_path / "calm-again") == chosen_pairs(tmp_path / "calm")
+    assert store.counts()["rankings"] == 6
+    # without a current file (exports, the DataFrame API) the newest run's ranking counts
+    assert {(r.chosen_id, r.rejected_id) for r in store.comparisons().itertuples() if not r.tie} == {
+        ("c", "a"), ("c", "b")
+    }  # fmt: skip
+
+
+def test_people_and_other_judges_are_never_superseded(tmp_path):
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    ai = store_ranking(store, "run-1", rules("calm"), tmp_path / "one")
+    for annotator, order in (("ann", "abc"), ("bob", "cba")):
+        human = ai.assign(ranking_id=f"h-{annotator}", judge="human", judge_version=annotator, reasons="{}",
+                          rank=[order.index(r) + 1 for r in ai["response_id"]])  # fmt: skip
+        store.ingest({"run_id": f"run-{annotator}", "stage": "test"}, BEE_PROMPTS, BEE_RESPONSES, human)
+    store_ranking(store, "run-2", rules("calm"), tmp_path / "two")
+    judges = pd.read_parquet(tmp_path / "two" / "pairs.parquet").groupby("judge_version")["ranking_id"].nunique()
+    assert judges.to_dict() == {"ann": 1, "bob": 1, rules("calm").version: 1}

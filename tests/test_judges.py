@@ -244,7 +244,10 @@ def test_params_pick_the_llm_judge_with_a_local_model_path(project_root, tiny_ch
     tiny_tokenizer.save_pretrained(policy_dir)
     raw["rank_responses"]["llm"]["model"] = str(policy_dir)
     judge = make_judge(parse_params(raw).rank_responses, torch.device("cpu"))
-    assert isinstance(judge, LLMJudge) and judge.version == f"1+{policy_dir}"
+    assert isinstance(judge, LLMJudge) and judge.version.startswith(f"1+{policy_dir}+")
+    raw["rank_responses"]["preamble"] = "Prefer the shorter response."
+    assert make_judge(parse_params(raw).rank_responses, torch.device("cpu")).version != judge.version  # its prompt
+    del raw["rank_responses"]["preamble"]
     assert "A better response is: on topic; polite" in judge.preamble
     [judgement] = judge.rank_batch([("tell me about owls", None, ["owls fly", "whatever"])])
     assert sorted(judgement.ranks) in ([1, 1], [1, 2])

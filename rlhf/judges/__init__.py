@@ -7,12 +7,19 @@ import torch
 from rlhf.config import RankResponsesParams
 from rlhf.judges.base import Judge, Judgement, ranks_from_scores
 from rlhf.judges.rules import RuleJudge
+from rlhf.text import config_digest
 
 __all__ = ["Judge", "Judgement", "RuleJudge", "make_judge", "ranks_from_scores"]
 
 
+def model_judge_version(code_version: str, model: str, chain_of_thought: bool, preamble: str) -> str:
+    """A model judge's version: its code, model, whether it reasons first, and its prompt (the
+    principles it is told), so that another prompt is another judge (see store.SUPERSEDED_RANKINGS)."""
+    return f"{code_version}+{model}{'+cot' if chain_of_thought else ''}+{config_digest(preamble)}"
+
+
 def make_judge(params: RankResponsesParams, device: torch.device, kind: str | None = None) -> Judge:
-    """The AI judge params.yaml asks for (`kind`, default params.judge), its version naming the model."""
+    """The AI judge params.yaml asks for (`kind`, default params.judge), its version naming its configuration."""
     kind = kind or params.judge
     if kind == "rules":
         return RuleJudge(params.principles)
@@ -25,14 +32,16 @@ def make_judge(params: RankResponsesParams, device: torch.device, kind: str | No
             load_policy(config.model, device), load_tokenizer(config.model), params.judge_preamble(),
             config.chain_of_thought, config.rationale_tokens, config.batch_size,
         )  # fmt: skip
-        judge.version = f"{LLMJudge.version}+{config.model}{'+cot' if config.chain_of_thought else ''}"
+        judge.version = model_judge_version(LLMJudge.version, config.model, config.chain_of_thought, judge.preamble)
         return judge
     if kind == "openai":
         from rlhf.judges.openai_compatible import OpenAICompatibleJudge
 
         config = params.openai
         judge = OpenAICompatibleJudge(preamble=params.judge_preamble(), **config.model_dump())
-        judge.version = f"{OpenAICompatibleJudge.version}+{config.model}{'+cot' if config.chain_of_thought else ''}"
+        judge.version = model_judge_version(
+            OpenAICompatibleJudge.version, config.model, config.chain_of_thought, params.judge_preamble()
+        )
         return judge
     from rlhf.judges.reward_model import RewardModelJudge
     from rlhf.models import checkpoint_hash, load_tokenizer

@@ -11,6 +11,7 @@ import re
 
 from rlhf.config import ContainsAny, ExcludesAll, MentionsTopic, Principle, WordCount
 from rlhf.judges.base import Judgement, ranks_from_scores
+from rlhf.text import config_digest
 
 NAME = "rules"
 VERSION = "1"
@@ -106,10 +107,12 @@ def meets(principle: Principle, prompt: str, topic: str | None, response: str) -
 
 class RuleJudge:
     name = NAME
-    version = VERSION
 
     def __init__(self, principles: list[Principle]):
         self.principles = principles
+        # The principles are part of the version: other principles are another judge, whose rankings
+        # of the same responses the store keeps beside these (and the snapshot prefers, being newer).
+        self.version = f"{VERSION}+{config_digest(*(p.model_dump_json() for p in principles))}"
 
     def check(self, prompt: str, topic: str | None, response: str) -> dict[str, bool]:
         """Which principles one response meets, by principle name."""
