@@ -85,6 +85,26 @@ def test_compiled_sampler_keeps_its_cache_buffers_for_batches_of_the_same_shape(
     assert sampler.cache is not cache  # another batch size: a new cache (and compile)
 
 
+@pytest.mark.gpu
+def test_compiled_sampler_replays_a_cuda_graph_under_bf16_autocast(tokenizer):
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(tiny_config(tokenizer)).cuda().eval()
+    sampler = CompiledSampler(policy)
+    query = tokenizer([p for p, _ in domain.all_prompts()[:8]], return_tensors="pt", padding=True, padding_side="left")
+    query = {name: tensor.cuda() for name, tensor in query.items()}
+    counters.clear()
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+        for _ in range(3):  # cudagraph trees warm up, record, then replay
+            ids, mask, _, logprobs = sampler(
+                query["input_ids"], query["attention_mask"], 12, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id
+            )
+        full = token_logprobs(response_logits(policy, query["input_ids"], query["attention_mask"], ids, mask, 1.0), ids)
+    assert counters["inductor"]["cudagraph_skips"] == 0  # the step ran as a CUDA graph, not eagerly
+    assert torch.allclose(logprobs, full.float() * mask, atol=0.1)  # bf16 on both sides, cache vs full pass
+
+
 @pytest.mark.parametrize("device", [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, tmp_path, device):
     device = torch.device(device)
