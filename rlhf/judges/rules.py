@@ -111,7 +111,8 @@ class RuleJudge:
     def __init__(self, principles: list[Principle]):
         self.principles = principles
         # The principles are part of the version: other principles are another judge, whose rankings
-        # of the same responses the store keeps beside these (and the snapshot prefers, being newer).
+        # of the same responses the store keeps beside these (the snapshot counts one: see
+        # store.SUPERSEDED_RANKINGS).
         self.version = f"{VERSION}+{config_digest(*(p.model_dump_json() for p in principles))}"
 
     def check(self, prompt: str, topic: str | None, response: str) -> dict[str, bool]:
