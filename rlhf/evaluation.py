@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.judges.rules import RuleJudge, is_unsafe, words
-from rlhf.logprobs import response_logits, token_logprobs
+from rlhf.logprobs import response_logits
 from rlhf.reward import accuracy_on, pair_accuracy, score_texts
 from rlhf.sampling import Generation, generate
 from rlhf.text import join
@@ -67,11 +67,19 @@ def principle_shares(judge: RuleJudge, prompts: list[str], topics: list, respons
 
 @torch.no_grad()
 def sequence_kl(policy, reference, generation: Generation, temperature: float) -> float:
-    """Mean over responses of sum_t log pi(a_t) - log pi_ref(a_t), on the policy's own samples (nats)."""
+    """KL(pi || pi_ref) of whole responses (nats), on the policy's own samples.
+
+    At each response position the KL between the two next-token distributions is computed exactly
+    (a sum over the vocabulary) and summed along the response: by the chain rule its mean over
+    sampled responses is an unbiased estimate of the sequence KL, like the sampled-token estimate
+    sum_t log pi(a_t) - log pi_ref(a_t), but never negative and of much lower variance (that one
+    read -0.36 nats on a policy that had barely moved).
+    """
     args = (generation.query_ids, generation.query_mask, generation.response_ids, generation.response_mask)
-    logp = token_logprobs(response_logits(policy, *args, temperature), generation.response_ids)
-    ref_logp = token_logprobs(response_logits(reference, *args, temperature), generation.response_ids)
-    return ((logp - ref_logp) * generation.response_mask).sum(-1).mean().item()
+    logp = torch.log_softmax(response_logits(policy, *args, temperature).float(), dim=-1)
+    ref_logp = torch.log_softmax(response_logits(reference, *args, temperature).float(), dim=-1)
+    per_position = (logp.exp() * (logp - ref_logp)).sum(-1)  # (B, T)
+    return (per_position * generation.response_mask).sum(-1).mean().item()
 
 
 def compare_policies(

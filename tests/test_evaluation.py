@@ -3,8 +3,15 @@
 import math
 
 import pandas as pd
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
 
-from rlhf.evaluation import baseline_accuracies, distinct_n, rouge_l, win_rate
+from rlhf.demo import domain
+from rlhf.evaluation import baseline_accuracies, distinct_n, rouge_l, sequence_kl, win_rate
+from rlhf.logprobs import response_logits
+from rlhf.sampling import generate
+from tests.conftest import tiny_gpt2_config
 
 
 def test_rouge_l_from_longest_common_subsequence():
@@ -32,3 +39,23 @@ def test_baselines_prefer_overlap_with_prompt_and_length():
         }
     )
     assert baseline_accuracies(pairs) == {"rouge_baseline_accuracy": 0.75, "length_baseline_accuracy": 0.0}
+
+
+def test_sequence_kl_is_exact_per_position_zero_for_the_same_policy_and_positive_when_moved(tiny_tokenizer):
+    torch.manual_seed(0)
+    reference = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)).eval()
+    policy = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)).eval()
+    policy.load_state_dict(reference.state_dict())
+    prompts = [p for p, _ in domain.all_prompts()[:6]]
+    same = generate(policy, tiny_tokenizer, prompts, 8, 1.0)
+    assert sequence_kl(policy, reference, same, 1.0) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        policy.lm_head.weight.add_(0.5 * torch.randn_like(policy.lm_head.weight))  # ties wte: moves every logit
+    moved = generate(policy, tiny_tokenizer, prompts, 8, 1.0)
+    args = (moved.query_ids, moved.query_mask, moved.response_ids, moved.response_mask)
+    with torch.no_grad():
+        p = torch.softmax(response_logits(policy, *args, 1.0), -1)
+        q = torch.softmax(response_logits(reference, *args, 1.0), -1)
+    # by hand: sum over the vocabulary of p log(p / q), summed over each response's positions
+    by_hand = ((p * (p / q).log()).sum(-1) * moved.response_mask).sum(-1).mean().item()
+    assert sequence_kl(policy, reference, moved, 1.0) == pytest.approx(by_hand, rel=1e-4) and by_hand > 0.01
