@@ -5,6 +5,13 @@
 #   bash bench/gpu_checks.sh                      # a machine with the project's venv and a TRL 0.29.1 Python
 #   WHEELS=.whl bash bench/gpu_checks.sh          # an offline machine: install wheels from .whl/ours, .whl/trl
 #
+# The wheels, fetched here for the GPU machine's Python 3.12 (its torch stays as it is):
+#   get() { pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$@"; }
+#   get .whl/ours trl==1.16.0 transformers==5.24.0 pydantic==2.14.0 pydantic-core==2.50.0 \
+#     annotated-types typing-inspection datasets==4.4.1 dill multiprocess
+#   get .whl/trl trl==0.29.1 transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.0 \
+#     datasets==4.4.1 dill multiprocess
 # TRL_PYTHON names a Python that imports TRL 0.29.1 (default: the one built from $WHEELS/trl, or the
 # bench's own bench/.venv-trl). BENCH_TIMEOUT bounds each bench run (seconds, default 240).
 set -u
