@@ -17,6 +17,7 @@ from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
 from rlhf.errors import TrainingStopped
+from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import load_policy
 from rlhf.ppo.models import PPOModels
 from rlhf.ppo.trainer import train_ppo
@@ -46,6 +47,17 @@ class TokenCountReward:
         return torch.tensor([float(sum(token in self.liked for token in row)) for row in ids])
 
 
+def assert_sampler_follows_the_weights(models: PPOModels, tokenizer, prompts: list[str]) -> None:
+    """The compiled sampler's log-probs equal a full forward pass of the policy as trained."""
+    query = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+    args = (query["input_ids"], query["attention_mask"])
+    models.policy.eval()  # as the rollout samples: the step compiled for eval mode is the one reused
+    ids, mask, _, logprobs = models.compiled_sampler(*args, 12, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = token_logprobs(response_logits(models.policy, *args, ids, mask, 1.0), ids) * mask
+    assert torch.allclose(logprobs, expected, atol=1e-4)
+
+
 @pytest.mark.parametrize("compile_generation", [False, True])
 def test_ppo_raises_a_toy_reward_within_a_fixed_budget(tiny_tokenizer, compile_generation):
     params = TrainPolicyParams(
@@ -56,6 +68,8 @@ def test_ppo_raises_a_toy_reward_within_a_fixed_budget(tiny_tokenizer, compile_g
     models = tiny_models(tiny_tokenizer, params)
     history = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
     assert (models.compiled_sampler is not None) == compile_generation
+    if compile_generation:  # the compiled step reads the weights as they are now, not as they were compiled
+        assert_sampler_follows_the_weights(models, tiny_tokenizer, PROMPTS[: params.batch_size])
     scores = [row["score"] for row in history.history]
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     assert last > first + 1.0, scores  # about 1 liked token of 12 at the start
@@ -135,10 +149,11 @@ def test_lagrange_multiplier_follows_the_constraint():
     assert penalised.tolist() == pytest.approx([1.0, 0.5])  # (2 - 1 * cost) / (1 + 1)
 
 
-def test_lora_reference_is_the_base_with_adapters_off_and_base_weights_stay(tiny_tokenizer):
+@pytest.mark.parametrize("compile_generation", [False, True])
+def test_lora_reference_is_the_base_with_adapters_off_and_base_weights_stay(tiny_tokenizer, compile_generation):
     params = TrainPolicyParams(
         iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=1e-2, lora_rank=4,
-        lora_target_modules=["c_attn", "c_fc"],
+        lora_target_modules=["c_attn", "c_fc"], compile_generation=compile_generation,
     )  # fmt: skip
     models = tiny_models(tiny_tokenizer, params)
     assert models.reference is None  # no second copy of the policy
@@ -147,6 +162,8 @@ def test_lora_reference_is_the_base_with_adapters_off_and_base_weights_stay(tiny
     assert result.history[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # adapters start as a no-op
     assert result.history[-1]["kl"] != pytest.approx(0.0, abs=1e-6)
     assert all(torch.equal(base[n], p) for n, p in models.policy.named_parameters() if n in base)
+    if compile_generation:  # the adapters it samples with are the trained ones
+        assert_sampler_follows_the_weights(models, tiny_tokenizer, PROMPTS[: params.batch_size])
     merged = models.trained_policy()
     assert not any("lora_" in name for name, _ in merged.named_parameters())
 
