@@ -34,6 +34,10 @@ class Checkpoints:
 
     def start_fresh(self) -> None:
         """Clear checkpoints of another configuration and stamp the directory with this one."""
+        # Every process has read the directory (latest()) before the main one rewrites it: without
+        # this, a slower process could read a half-written fingerprint.json or a directory being
+        # removed, and crash while the others wait at the barrier below.
+        self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             if self.directory.exists():
                 shutil.rmtree(self.directory)
