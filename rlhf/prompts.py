@@ -12,7 +12,9 @@ from rlhf.errors import PromptSourceError
 from rlhf.jsonl import json_objects
 from rlhf.text import content_id
 
-PROMPT_COLUMNS = ["prompt_id", "prompt", "topic", "split", "source"]
+# prompt: the text (rlhf.chat.transcript); messages: the chat messages as JSON (rlhf.chat.to_json);
+# source_row: the prompt's row in its source (1-based), None where the source has no rows.
+PROMPT_COLUMNS = ["prompt_id", "prompt", "messages", "topic", "split", "source", "source_row"]
 
 
 def split_of(prompt: str, test_fraction: float) -> str:

@@ -13,7 +13,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 from rlhf.models import position_ids_from_mask
 from rlhf.text import content_id
 
-RESPONSE_COLUMNS = ["response_id", "prompt_id", "sample_index", "response", "policy_checkpoint", "sampling"]
+# response: the text (rlhf.chat.transcript of its turns); messages: its chat turns as JSON;
+# rendered_prompt: the exact text the policy continued (its chat template's rendering; None if imported).
+RESPONSE_COLUMNS = [
+    "response_id", "prompt_id", "sample_index", "response", "messages", "rendered_prompt", "policy_checkpoint",
+    "sampling",
+]
 
 
 @dataclass

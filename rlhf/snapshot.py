@@ -26,13 +26,16 @@ def _parts(snapshot_dir: str | Path) -> list[str]:
 
 def read_comparisons(snapshot_dir: str | Path) -> pd.DataFrame:
     """Every pair of the snapshot with its prompt and both texts, in the snapshot's order:
-    ranking_id, prompt_id, chosen_id, rejected_id, prompt, topic, split, chosen, rejected, margin,
-    tie, weight, judge, judge_version, policy_checkpoint."""
+    ranking_id, prompt_id, chosen_id, rejected_id, prompt, prompt_messages, topic, split, chosen,
+    rejected, chosen_messages, rejected_messages, margin, tie, weight, judge, judge_version,
+    policy_checkpoint. The *_messages columns are JSON chat messages (rlhf.chat)."""
     pairs, prompts, responses = _parts(snapshot_dir)
     with duckdb.connect() as con:
         return con.execute(
-            """SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id, p.prompt, p.topic, p.split,
-                      ch.response AS chosen, rj.response AS rejected, c.margin, c.tie, c.weight,
+            """SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id, p.prompt,
+                      p.messages AS prompt_messages, p.topic, p.split,
+                      ch.response AS chosen, rj.response AS rejected,
+                      ch.messages AS chosen_messages, rj.messages AS rejected_messages, c.margin, c.tie, c.weight,
                       c.judge, c.judge_version, ch.policy_checkpoint
                FROM read_parquet(?) c
                JOIN read_parquet(?) p USING (prompt_id)
@@ -45,11 +48,12 @@ def read_comparisons(snapshot_dir: str | Path) -> pd.DataFrame:
 
 def read_safety_labels(snapshot_dir: str | Path) -> pd.DataFrame:
     """Every response that carries a harmlessness label, with its prompt: response_id, prompt,
-    split, response, unsafe (bool), ordered by response_id."""
+    prompt_messages, split, response, response_messages, unsafe (bool), ordered by response_id."""
     _, prompts, responses = _parts(snapshot_dir)
     with duckdb.connect() as con:
         return con.execute(
-            """SELECT r.response_id, p.prompt, p.split, r.response, r.unsafe
+            """SELECT r.response_id, p.prompt, p.messages AS prompt_messages, p.split, r.response,
+                      r.messages AS response_messages, r.unsafe
                FROM read_parquet(?) r JOIN read_parquet(?) p USING (prompt_id)
                WHERE r.unsafe IS NOT NULL ORDER BY r.response_id""",
             [responses, prompts],

@@ -19,10 +19,11 @@ import duckdb
 import pandas as pd
 from filelock import FileLock
 
+from rlhf import chat
 from rlhf.errors import StoreError
 from rlhf.text import content_id
 
-SCHEMA_VERSION = 3  # the newest version this code reads and writes; MIGRATIONS lead up to it
+SCHEMA_VERSION = 4  # the newest version this code reads and writes; MIGRATIONS lead up to it
 
 # Version 1: the tables of the first release. A new store is created at version 1 and migrated
 # forward like any old one, so every store goes through the same steps.
@@ -187,6 +188,18 @@ FROM comparisons_v2 c
 LEFT JOIN rankings r ON r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id;
 DROP TABLE comparisons_v2;
 """,
+    # Version 4: conversations (rlhf.chat). A prompt keeps its chat messages and where in its
+    # source it was found; a response keeps its turns and the exact text the policy continued
+    # (its chat template's rendering). Older rows were plain strings: one user message, one
+    # assistant message; the rendered prompt of an old response is not known (NULL).
+    4: """
+ALTER TABLE prompts ADD COLUMN messages VARCHAR;    -- JSON chat messages of the prompt (rlhf.chat)
+ALTER TABLE prompts ADD COLUMN source_row BIGINT;   -- row of the prompt in its source (1-based), if it has rows
+ALTER TABLE responses ADD COLUMN messages VARCHAR;  -- JSON chat messages of the response: the turns after the prompt
+ALTER TABLE responses ADD COLUMN rendered_prompt VARCHAR;  -- the text the policy continued (NULL if imported)
+UPDATE prompts SET messages = json_array(json_object('role', 'user', 'content', prompt));
+UPDATE responses SET messages = json_array(json_object('role', 'assistant', 'content', response));
+""",
 }
 
 HUMAN_JUDGE = "human"
@@ -265,11 +278,11 @@ SNAPSHOT_FILES = {
             FROM ({LABELLED_PAIRS}) ORDER BY ranking_id, chosen_id, rejected_id""",
         "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1",
     ),
-    "prompts": ("SELECT prompt_id, prompt, topic, split FROM prompts ORDER BY prompt_id", "FORMAT parquet"),
+    "prompts": ("SELECT prompt_id, prompt, messages, topic, split FROM prompts ORDER BY prompt_id", "FORMAT parquet"),
     # unsafe: the harmlessness label (Safe RLHF's cost model): true if any ranking of the response
     # flagged it, false if rankings say and none did, NULL if no ranking carries the label.
     "responses": (
-        f"""SELECT r.response_id, r.prompt_id, r.response, r.policy_checkpoint, s.unsafe
+        f"""SELECT r.response_id, r.prompt_id, r.response, r.messages, r.policy_checkpoint, s.unsafe
             FROM responses r LEFT JOIN ({UNSAFE_LABELS}) s USING (response_id) ORDER BY response_id""",
         "FORMAT parquet",
     ),
@@ -278,8 +291,9 @@ SNAPSHOT_FILES = {
 # Every labelled pair with its texts, in the snapshot's order (exports and the DataFrame API).
 COMPARISONS_QUERY = f"""
 SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id,
-       p.prompt, p.topic, p.split,
+       p.prompt, p.messages AS prompt_messages, p.topic, p.split,
        ch.response AS chosen, rj.response AS rejected,
+       ch.messages AS chosen_messages, rj.messages AS rejected_messages,
        c.margin, c.tie, c.weight,
        c.judge, c.judge_version, ch.policy_checkpoint
 FROM ({LABELLED_PAIRS}) c
@@ -371,15 +385,16 @@ class FeedbackStore:
         with self.transaction() as con:
             before = self._counts(con)
             self._insert_run(con, run)
+            prompts, responses = with_messages(prompts, responses)
             con.register("incoming_prompts", prompts.assign(run_id=run["run_id"]))
             con.execute(
-                "INSERT INTO prompts SELECT DISTINCT ON (prompt_id) prompt_id, prompt, topic, split, source, run_id "
-                "FROM incoming_prompts n WHERE NOT EXISTS (SELECT 1 FROM prompts p WHERE p.prompt_id = n.prompt_id)"
+                "INSERT INTO prompts SELECT DISTINCT ON (prompt_id) prompt_id, prompt, topic, split, source, run_id, "
+                "messages, source_row FROM incoming_prompts n WHERE NOT EXISTS (SELECT 1 FROM prompts p WHERE p.prompt_id = n.prompt_id)"
             )
             con.register("incoming_responses", responses.assign(run_id=run["run_id"]))
             con.execute(
                 "INSERT INTO responses SELECT DISTINCT ON (response_id) response_id, prompt_id, sample_index, "
-                "response, policy_checkpoint, sampling, run_id FROM incoming_responses n "
+                "response, policy_checkpoint, sampling, run_id, messages, rendered_prompt FROM incoming_responses n "
                 "WHERE NOT EXISTS (SELECT 1 FROM responses r WHERE r.response_id = n.response_id)"
             )
             con.register("incoming_rankings", rankings.assign(run_id=run["run_id"]))
@@ -583,6 +598,19 @@ class FeedbackStore:
             out_dir.unlink()  # a single-file snapshot of an older version
         partial.rename(out_dir)
         return rows
+
+
+def with_messages(prompts: pd.DataFrame, responses: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Frames written before conversations (plain strings) get the columns of schema version 4."""
+    if "messages" not in prompts:
+        prompts = prompts.assign(messages=[chat.to_json(chat.as_conversation(p)) for p in prompts["prompt"]])
+    if "source_row" not in prompts:
+        prompts = prompts.assign(source_row=pd.Series(pd.NA, index=prompts.index, dtype="Int64"))
+    if "messages" not in responses:
+        responses = responses.assign(messages=[chat.to_json(chat.assistant_turns(r)) for r in responses["response"]])
+    if "rendered_prompt" not in responses:
+        responses = responses.assign(rendered_prompt=pd.Series(None, index=responses.index, dtype=object))
+    return prompts, responses
 
 
 def _register_current(con: duckdb.DuckDBPyConnection, ranking_ids: Iterable[str]) -> None:
