@@ -3,7 +3,7 @@
 rlhf store stats                      row counts of every table
 rlhf store query "SELECT ..."         run read-only SQL and print the result
 rlhf store agreement                  AI-vs-human and inter-annotator agreement (accuracy, Cohen's kappa)
-rlhf store import FILE --format F     rankings made elsewhere: csv, jsonl, argilla, hh-rlhf
+rlhf store import FILE --format F     rankings made elsewhere: csv, jsonl, argilla, hh-rlhf, trl, ultrafeedback
 rlhf store export OUT --format F      labelled pairs for other tools: trl, trl-conversational, hf-dataset, csv
 rlhf annotate serve --tokens FILE     the human ranking page on http://127.0.0.1:8765
 """
@@ -21,7 +21,7 @@ from rlhf.agreement import agreement_report
 from rlhf.errors import InputError
 from rlhf.exporters import FORMATS as EXPORT_FORMATS
 from rlhf.exporters import export_pairs
-from rlhf.importers import FORMATS, read_rankings
+from rlhf.importers import FORMATS, ON_BAD_ROW, OddRow, read_rankings
 from rlhf.store import FeedbackStore
 
 
@@ -48,15 +48,27 @@ def build_parser() -> argparse.ArgumentParser:
     imports = actions.add_parser(
         "import",
         help="import rankings made elsewhere",
-        description="Example: rlhf store import hh-rlhf-train.jsonl --format hh-rlhf  "
-        "(formats are described in rlhf/importers.py)",
+        description="Example: rlhf store import hh-rlhf-train.jsonl.gz --format hh-rlhf  "
+        "(formats are described in rlhf/importers.py). Rows that cannot be taken (identical chosen "
+        "and rejected, no shared Human turn, a line that is not JSON, ...) are listed with file, line "
+        "and reason; the rows taken are written in one transaction, all or nothing.",
     )
-    imports.add_argument("file", help="the rankings file")
+    imports.add_argument(
+        "file", help="the rankings file (.jsonl, .jsonl.gz, .csv, .json, or .parquet for trl/ultrafeedback)"
+    )
     imports.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
     imports.add_argument(
         "--map",
         default="",
         help="csv/jsonl column names, e.g. prompt=question,response=answer,rank=position,annotator=user",
+    )
+    imports.add_argument(
+        "--on-bad-row",
+        default="skip",
+        choices=ON_BAD_ROW,
+        help="skip (default): import the other rows, list the odd ones, exit 0 (public dumps have a few "
+        "odd rows, and they should not cost the rest); fail: import nothing and exit 2, naming the first "
+        "odd line",
     )
     exports = actions.add_parser(
         "export",
@@ -103,6 +115,26 @@ def print_agreement(report: dict) -> None:
         print(f"{name:28} pairs {figures['pairs']:6}  accuracy {figures['accuracy']:.3f}  kappa {figures['kappa']:.3f}")
 
 
+def import_rankings(store: FeedbackStore, args: argparse.Namespace) -> None:
+    columns = dict(pair.split("=", 1) for pair in args.map.split(",") if "=" in pair)
+    imported = read_rankings(args.file, args.fmt, columns=columns, on_bad_row=args.on_bad_row)
+    run = {"run_id": f"import-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}", "stage": "import"}
+    added = store.ingest(run, *imported.frames())
+    print(
+        f"imported {args.file}: {imported.taken} rankings, {len(imported.odd_rows)} odd rows skipped; "
+        + ", ".join(f"{table} +{n}" for table, n in added.items())
+    )
+    print_odd_rows(imported.odd_rows)
+
+
+def print_odd_rows(odd_rows: list[OddRow], shown: int = 50) -> None:
+    """To stderr, one line each; past `shown`, a count (a wrong --format would make every row odd)."""
+    for odd in odd_rows[:shown]:
+        print(f"rlhf: skipped {odd}", file=sys.stderr)
+    if len(odd_rows) > shown:
+        print(f"rlhf: ... and {len(odd_rows) - shown} more odd rows skipped", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "annotate":
@@ -125,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = export_pairs(store.comparisons(), args.out, args.fmt, args.split)
             print(f"exported {rows} pairs to {args.out} ({args.fmt})")
         elif args.action == "import":
-            run = {"run_id": f"import-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}", "stage": "import"}
-            columns = dict(pair.split("=", 1) for pair in args.map.split(",") if "=" in pair)
-            added = store.ingest(run, *read_rankings(args.file, args.fmt, columns=columns))
-            print(f"imported {args.file}: " + ", ".join(f"{table} +{n}" for table, n in added.items()))
+            import_rankings(store, args)
         else:
             print(store.query(args.sql).to_string(index=False))
     except (InputError, duckdb.Error) as error:

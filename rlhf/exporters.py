@@ -1,8 +1,12 @@
 """The store's labelled pairs, written for other tools.
 
-- trl: JSONL in TRL's standard preference format, {"prompt", "chosen", "rejected"} per line.
-- trl-conversational: the same as chat messages: prompt as a user turn, chosen/rejected as
-  assistant turns.
+- trl: JSONL in TRL's standard preference format, {"prompt", "chosen", "rejected"} per line, each
+  a string: a prompt of one user message is its text, a longer conversation its transcript
+  ("Human: ...\\n\\nAssistant: ..."); a response of several turns likewise.
+- trl-conversational: the same as chat messages, from the store's `messages` columns: the prompt's
+  turns as they were imported or sampled, chosen and rejected as the turns after the prompt.
+  Importing such a file (`rlhf store import --format trl`) and exporting it gives it back (in the
+  store's order, ties left out); an implicit-prompt file comes back with its prompt explicit.
 - hf-dataset: a Hugging Face `datasets` dataset (standard format) saved to disk (`load_from_disk`).
 - csv: every column of the comparisons snapshot, ties, weights and provenance included.
 
@@ -16,6 +20,8 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+
+from rlhf import chat
 
 FORMATS = ("trl", "trl-conversational", "hf-dataset", "csv")
 
@@ -53,7 +59,7 @@ def _trl_record(row, conversational: bool) -> dict:
     if not conversational:
         return {"prompt": row.prompt, "chosen": row.chosen, "rejected": row.rejected}
     return {
-        "prompt": [{"role": "user", "content": row.prompt}],
-        "chosen": [{"role": "assistant", "content": row.chosen}],
-        "rejected": [{"role": "assistant", "content": row.rejected}],
+        "prompt": chat.from_json(row.prompt_messages),
+        "chosen": chat.from_json(row.chosen_messages),
+        "rejected": chat.from_json(row.rejected_messages),
     }
