@@ -30,7 +30,8 @@ from rlhf.config import load_params  # noqa: E402
 from rlhf.demo import domain  # noqa: E402
 from rlhf.demo.tokenizer import train_tokenizer  # noqa: E402
 from rlhf.judges import RuleJudge  # noqa: E402
-from rlhf.reward import preference_pairs, score_texts  # noqa: E402
+from rlhf.reward import preference_pairs  # noqa: E402
+from rlhf.scoring import score_texts  # noqa: E402
 from rlhf.reward_kwise import as_pairs, rankings_from_comparisons, train_on_rankings  # noqa: E402
 from rlhf.reward_report import accuracy  # noqa: E402
 from rlhf.text import content_id  # noqa: E402
@@ -59,7 +60,7 @@ def comparisons_frame(k: int, rankings_per_prompt: int, seed: int) -> pd.DataFra
 
 
 def held_out_accuracy(model, tokenizer, test: pd.DataFrame) -> float:
-    pairs = preference_pairs(test)
+    pairs = preference_pairs(test, tokenizer)
     chosen = score_texts(model, tokenizer, list(pairs["chosen"])).numpy()
     rejected = score_texts(model, tokenizer, list(pairs["rejected"])).numpy()
     return accuracy(chosen - rejected)
@@ -78,7 +79,7 @@ def main() -> None:
     tokenizer = train_tokenizer(domain.corpus(seed=args.seed, size=2000), vocab_size=1024)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=128, n_layer=2, n_head=4, num_labels=1,
                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    rankings = rankings_from_comparisons(train)
+    rankings = rankings_from_comparisons(train, tokenizer)
     pairs_per_step = round(args.rankings_per_step * np.mean([len(r.pairs) for r in rankings]))
     results = {}
     for name, data, per_step in [

@@ -42,7 +42,9 @@ def as_conversation(prompt: str | Sequence[Message], where: str = "prompt") -> C
     if hasattr(prompt, "tolist"):  # a numpy array of dicts, as pandas reads a list column from Parquet
         prompt = prompt.tolist()
     if not isinstance(prompt, (list, tuple)) or not prompt:
-        raise InputError(f"{where}: expected a string or a non-empty list of chat messages, got {type(prompt).__name__}")
+        raise InputError(
+            f"{where}: expected a string or a non-empty list of chat messages, got {type(prompt).__name__}"
+        )
     messages = []
     for turn, message in enumerate(prompt, 1):
         if not isinstance(message, dict) or not {"role", "content"} <= set(message):
@@ -58,9 +60,19 @@ def from_json(messages_json: str) -> Conversation:
     return as_conversation(json.loads(messages_json))
 
 
+def conversations_of(prompts) -> list[Conversation]:
+    """The conversations of a prompts frame: its `messages` JSON column, or for a frame of plain
+    strings (written before conversations, or by hand) its `prompt` column."""
+    if "messages" in prompts:
+        return [from_json(m) for m in prompts["messages"]]
+    return [as_conversation(p) for p in prompts["prompt"]]
+
+
 def to_json(conversation: Conversation) -> str:
     """The canonical JSON of a conversation: the store's `messages` columns and content keys."""
-    return json.dumps([{"role": m["role"], "content": m["content"]} for m in conversation], ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        [{"role": m["role"], "content": m["content"]} for m in conversation], ensure_ascii=False, separators=(",", ":")
+    )
 
 
 def assistant_turns(response: str | Sequence[Message]) -> Conversation:
@@ -79,6 +91,11 @@ def transcript(conversation: Conversation) -> str:
     if is_single_user_turn(conversation):
         return conversation[0]["content"]
     return "\n\n".join(f"{PLAIN_SPEAKERS[m['role']]}: {m['content']}" for m in conversation)
+
+
+def last_user_content(conversation: Conversation) -> str:
+    """The newest user turn: what a response must answer (the rules judge reads its topic from it)."""
+    return next((m["content"] for m in reversed(conversation) if m["role"] == "user"), "")
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:

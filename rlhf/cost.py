@@ -6,7 +6,7 @@ response's safe/unsafe label. Our harmlessness labels are per-response flags (a 
 alone: binary cross-entropy of sigmoid(cost) against the flag, the rarer class up-weighted.
 PPO-Lagrangian reads sigmoid(cost) as P(unsafe) and constrains its mean.
 
-Like the reward model it starts from the bootstrap policy, reads `join(prompt, response)` + EOS,
+Like the reward model it starts from the bootstrap policy, reads the exchange as rlhf.scoring renders it,
 trains on the train split's prompts and is measured on the test split's.
 """
 
@@ -23,8 +23,7 @@ import torch
 from rlhf.config import TrainCostParams
 from rlhf.errors import NoCostModelError
 from rlhf.models import load_scalar_head_model, load_tokenizer
-from rlhf.reward import score_texts
-from rlhf.text import join
+from rlhf.scoring import batch_of, encode, frame_texts, score_texts
 
 # Written into the model directory when there was nothing to learn from, instead of a model.
 UNTRAINED_MARKER = "untrained.json"
@@ -52,24 +51,21 @@ def train_cost_model(
     tokenizer = load_tokenizer(init_from)
     torch.manual_seed(seed)
     model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
-    texts = [join(p, r) + tokenizer.eos_token for p, r in zip(train["prompt"], train["response"])]
+    ids = [row[: params.max_length] for row in encode(tokenizer, frame_texts(tokenizer, train, "response"))]
     flags = torch.tensor(train["unsafe"].to_numpy(dtype=float), dtype=torch.float32)
     unsafe_share = float(flags.mean())
     # Up-weight the unsafe class to the weight of the safe one: a rare flag must not be ignored.
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor((1 - unsafe_share) / unsafe_share, device=device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate)
-    order, rng = list(range(len(texts))), random.Random(seed)
-    steps_per_epoch = -(-len(texts) // params.batch_size)
+    order, rng = list(range(len(ids))), random.Random(seed)
+    steps_per_epoch = -(-len(ids) // params.batch_size)
     total_steps, step, losses = steps_per_epoch * params.epochs, 0, []
     model.train()
     for _ in range(params.epochs):
         rng.shuffle(order)
         for start in range(0, len(order), params.batch_size):
             index = order[start : start + params.batch_size]
-            batch = tokenizer(
-                [texts[i] for i in index], return_tensors="pt", padding=True, padding_side="right",
-                truncation=True, max_length=params.max_length,
-            ).to(device)  # fmt: skip
+            batch = batch_of(tokenizer, [ids[i] for i in index], device)
             loss = loss_fn(model(**batch).logits[:, 0].float(), flags[index].to(device))
             loss.backward()
             optimizer.step()
@@ -97,7 +93,7 @@ def classification_report(model, tokenizer, labelled: pd.DataFrame) -> dict:
     P(unsafe) = 0.5."""
     if labelled.empty:
         return {"test_responses": 0}
-    costs = score_texts(model, tokenizer, [join(p, r) for p, r in zip(labelled["prompt"], labelled["response"])])
+    costs = score_texts(model, tokenizer, frame_texts(tokenizer, labelled, "response"))
     predicted = (costs > 0).cpu()
     actual = torch.tensor(labelled["unsafe"].to_numpy(dtype=bool))
     true_positives = int((predicted & actual).sum())

@@ -21,6 +21,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import DPOConfig, DPOTrainer
 
+from rlhf import chat
 from rlhf.config import DPOParams
 from rlhf.errors import EmptyComparisonsError
 
@@ -34,13 +35,14 @@ class DPOResult:
     metrics: dict  # train_pairs, held-out margin and accuracy before and after, wall_s
 
 
-def dpo_pairs(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """prompt / chosen / rejected texts of the strict pairs; the completion keeps the space that
-    `rlhf.text.join` puts between prompt and response, so DPO scores the tokens the policy samples."""
+def dpo_pairs(comparisons: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
+    """prompt / chosen / rejected texts of the strict pairs: the prompt rendered with the policy's
+    chat template (rlhf.chat.render_prompt), as PPO and sampling render it; the completion starts
+    with a space, as the policy samples it after the demo's "answer :"."""
     strict = comparisons[~comparisons["tie"]]
     return pd.DataFrame(
         {
-            "prompt": list(strict["prompt"]),
+            "prompt": [chat.render_prompt(tokenizer, chat.from_json(m)) for m in strict["prompt_messages"]],
             "chosen": [" " + text.strip() for text in strict["chosen"]],
             "rejected": [" " + text.strip() for text in strict["rejected"]],
         }
@@ -65,8 +67,8 @@ def train_dpo(
     progress: Callable[[int, int], None] | None = None,
 ) -> DPOResult:
     """Train `policy` in place on the train split's pairs; measure on the test split's."""
-    train = dpo_pairs(comparisons[comparisons["split"] == "train"])
-    held_out = dpo_pairs(comparisons[comparisons["split"] == "test"])
+    train = dpo_pairs(comparisons[comparisons["split"] == "train"], tokenizer)
+    held_out = dpo_pairs(comparisons[comparisons["split"] == "test"], tokenizer)
     if train.empty:
         raise EmptyComparisonsError("comparisons snapshot: no non-tie pairs in the train split for DPO")
     device = next(policy.parameters()).device

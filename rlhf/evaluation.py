@@ -12,9 +12,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.judges.rules import RuleJudge, is_unsafe, words
 from rlhf.logprobs import response_logits
-from rlhf.reward import accuracy_on, pair_accuracy, score_texts
+from rlhf import chat
+from rlhf.reward import accuracy_on, pair_accuracy
 from rlhf.sampling import Generation, generate
-from rlhf.text import join
+from rlhf.scoring import score_exchanges
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:
@@ -89,7 +90,7 @@ def compare_policies(
     reward_model: PreTrainedModel,
     reward_tokenizer: PreTrainedTokenizerBase,
     judge: RuleJudge,
-    prompts: list[str],
+    prompts: list[chat.Conversation],
     topics: list,
     max_new_tokens: int,
     temperature: float,
@@ -100,15 +101,17 @@ def compare_policies(
 
     Returns (metrics, start responses, final responses).
     """
-    start_gen = generate(start, tokenizer, prompts, max_new_tokens, temperature)
-    final_gen = generate(final, tokenizer, prompts, max_new_tokens, temperature)
+    prompts = [chat.as_conversation(prompt) for prompt in prompts]  # a plain string is one user turn
+    rendered = [chat.render_prompt(tokenizer, conversation) for conversation in prompts]
+    start_gen = generate(start, tokenizer, rendered, max_new_tokens, temperature)
+    final_gen = generate(final, tokenizer, rendered, max_new_tokens, temperature)
+    asked = [chat.last_user_content(conversation) for conversation in prompts]  # what the rules read
 
     def judged(responses: list[str]) -> list[float]:
-        return [judge.score(p, t, r)[0] for p, t, r in zip(prompts, topics, responses)]
+        return [judge.score(p, t, r)[0] for p, t, r in zip(asked, topics, responses)]
 
     def mean_reward(responses: list[str]) -> float:
-        texts = [join(p, r) for p, r in zip(prompts, responses)]
-        return score_texts(reward_model, reward_tokenizer, texts).mean().item()
+        return score_exchanges(reward_model, reward_tokenizer, prompts, responses).mean().item()
 
     metrics = {
         "win_rate_vs_start": win_rate(judged(final_gen.texts), judged(start_gen.texts)),
@@ -119,7 +122,7 @@ def compare_policies(
         "distinct_2_final": distinct_n(final_gen.texts),
     }
     for when, gen in (("start", start_gen), ("final", final_gen)):
-        for name, share in principle_shares(judge, prompts, topics, gen.texts).items():
+        for name, share in principle_shares(judge, asked, topics, gen.texts).items():
             metrics[f"share_{name}_{when}"] = share
         if unsafe_words:
             unsafe = sum(is_unsafe(response, unsafe_words) for response in gen.texts)

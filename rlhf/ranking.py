@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 
+from rlhf import chat
 from rlhf.judges import Judge
 from rlhf.judges.base import all_pairs
 from rlhf.judges.rules import is_unsafe
@@ -44,6 +45,7 @@ def rank_all(
     # The unsafe words label the ranking too: other words are another ranking of the same responses.
     version = f"{judge.version}+unsafe-{config_digest(*unsafe_words)}" if unsafe_words else judge.version
     by_prompt = prompts.set_index("prompt_id")
+    conversations = dict(zip(prompts["prompt_id"], chat.conversations_of(prompts)))
     groups = list(responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True))
     rows, queue = [], []
     for start in range(0, len(groups), batch_prompts):
@@ -52,7 +54,7 @@ def rank_all(
         for prompt_id, group in chunk:
             prompt = by_prompt.loc[prompt_id]
             topic = None if pd.isna(prompt["topic"]) else prompt["topic"]
-            items.append((prompt["prompt"], topic, list(group["response"])))
+            items.append((conversations[prompt_id], topic, list(group["response"])))
         for (prompt_id, group), judgement in zip(chunk, judge.rank_batch(items)):
             # The same judge over the same responses is the same ranking: re-runs add nothing.
             ranking_id = content_id(prompt_id, judge.name, version, *sorted(group["response_id"]))

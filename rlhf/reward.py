@@ -1,7 +1,9 @@
 """Reward model: Bradley-Terry on comparisons, K-wise per ranking or pairwise (TRL), and scoring with it.
 
-The model reads `text.join(prompt, response)` plus EOS and returns one scalar. It starts from the
-bootstrap policy's weights (InstructGPT initialises its RM from the SFT model), with a new head.
+The model reads the conversation and response rendered with its own tokenizer (rlhf.scoring) and
+returns one scalar. By default it starts from the bootstrap policy's weights (InstructGPT
+initialises its RM from the SFT model) with a new head; `train_reward.backbone` starts it from any
+sequence-classifier backbone instead, and `train: false` takes a trained reward model as it is.
 """
 
 from __future__ import annotations
@@ -23,16 +25,24 @@ from rlhf.models import load_scalar_head_model, load_tokenizer
 from rlhf.reward_kwise import rankings_from_comparisons, train_on_rankings
 from rlhf.reward_ensemble import RewardEnsemble, save_reward_models
 from rlhf.reward_report import render_reward_distribution, reward_report
-from rlhf.text import join
+from rlhf.scoring import encode, frame_texts, score_texts
 
 
-def preference_pairs(comparisons: pd.DataFrame) -> pd.DataFrame:
-    """Strict pairs only (ties carry no preference), as full texts."""
+def preference_pairs(comparisons: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
+    """Strict pairs only (ties carry no preference), as the texts the reward model reads (rlhf.scoring)."""
     strict = comparisons[~comparisons["tie"]]
     return pd.DataFrame(
+        {"chosen": frame_texts(tokenizer, strict, "chosen"), "rejected": frame_texts(tokenizer, strict, "rejected")}
+    )
+
+
+def tokenized_pairs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+    """The pairs as token ids under the scoring convention: RewardTrainer takes them as they are
+    (it would otherwise append EOS and add special tokens by its own rules)."""
+    return Dataset.from_dict(
         {
-            "chosen": [join(p, c) for p, c in zip(strict["prompt"], strict["chosen"])],
-            "rejected": [join(p, r) for p, r in zip(strict["prompt"], strict["rejected"])],
+            "chosen_ids": encode(tokenizer, list(pairs["chosen"])),
+            "rejected_ids": encode(tokenizer, list(pairs["rejected"])),
         }
     )
 
@@ -49,27 +59,55 @@ def train_reward_model(
 ) -> dict:
     """Train on the train split's strict pairs, save to out_dir, and report on the test split.
 
-    The split is by prompt, so no held-out pair shares a prompt with a training pair.
+    The split is by prompt, so no held-out pair shares a prompt with a training pair. `init_from`
+    is the bootstrap policy; `params.backbone`, where set, replaces it.
     """
+    init_from = params.backbone or init_from
+    test = comparisons[comparisons["split"] == "test"]
+    if not params.train:
+        return use_as_is(init_from, test, device, out_dir, distribution_png)
     train = comparisons[comparisons["split"] == "train"]
-    pairs = preference_pairs(train)
-    if pairs.empty:
+    if params.label_sources is not None:
+        train = train[train["judge"].isin(params.label_sources)]
+        if train.empty:
+            raise EmptyComparisonsError(
+                f"train_reward.label_sources: no train pairs labelled by {params.label_sources} "
+                f"(the snapshot's judges: {sorted(comparisons['judge'].unique())})"
+            )
+    if train["tie"].all():
         raise EmptyComparisonsError("comparisons snapshot: no non-tie pairs in the train split")
     tokenizer = load_tokenizer(init_from)
+    pairs = preference_pairs(train, tokenizer)
     members, losses = [], []
     for member in range(params.ensemble):
         model, loss = train_one(train, pairs, tokenizer, init_from, params, seed + member, device, progress)
         members.append(model.eval())
         losses.append(loss)
     save_reward_models(members, tokenizer, out_dir)
-    test = comparisons[comparisons["split"] == "test"]
     scorer = members[0] if len(members) == 1 else RewardEnsemble(members)
     report = evaluate_reward_model(scorer, tokenizer, test, distribution_png)
     if len(members) > 1:  # does the ensemble help? each member alone, on the same held-out pairs
         alone = [evaluate_reward_model(m, tokenizer, test, None)["test_accuracy"] for m in members]
         report.update(ensemble=len(members), member_test_accuracy_mean=round(sum(alone) / len(alone), 4))
     train_loss = round(sum(losses) / len(losses), 4)
-    return {"batching": params.batching, "train_pairs": len(pairs), "train_loss": train_loss, **report}
+    return {
+        "backbone": str(params.backbone or "bootstrap policy"), "batching": params.batching,
+        "train_pairs": len(pairs), "train_loss": train_loss, **report,
+    }  # fmt: skip
+
+
+def use_as_is(
+    name_or_path: str | Path, test: pd.DataFrame, device: torch.device, out_dir: Path, distribution_png: Path | None
+) -> dict:
+    """A trained reward model taken without training: saved into the pipeline's slot, and reported."""
+    tokenizer = load_tokenizer(name_or_path)
+    model = load_scalar_head_model(name_or_path, device, tokenizer.pad_token_id).eval()
+    save_reward_models([model], tokenizer, out_dir)
+    return {
+        "backbone": str(name_or_path),
+        "trained": False,
+        **evaluate_reward_model(model, tokenizer, test, distribution_png),
+    }
 
 
 def train_one(
@@ -83,8 +121,9 @@ def train_one(
         model = with_lora(model, params)
     if params.batching == "kwise":
         stats = train_on_rankings(
-            model, tokenizer, rankings_from_comparisons(train), epochs=params.epochs, batch_size=params.batch_size,
-            learning_rate=params.learning_rate, max_length=params.max_length, seed=seed, progress=progress,
+            model, tokenizer, rankings_from_comparisons(train, tokenizer), epochs=params.epochs,
+            batch_size=params.batch_size, learning_rate=params.learning_rate, max_length=params.max_length, seed=seed,
+            progress=progress,
         )  # fmt: skip
         train_loss = stats["train_loss"]
     else:
@@ -125,7 +164,7 @@ def train_with_trl(
         max_length=params.max_length,
     )
     trainer = RewardTrainer(
-        model=model, args=args, train_dataset=Dataset.from_pandas(pairs), processing_class=tokenizer
+        model=model, args=args, train_dataset=tokenized_pairs(pairs, tokenizer), processing_class=tokenizer
     )
     return round(trainer.train().training_loss, 4)
 
@@ -135,26 +174,12 @@ def evaluate_reward_model(
 ) -> dict:
     """Accuracy, calibration, accuracy by label source and by margin on strict held-out pairs (rlhf.reward_report)."""
     strict = comparisons[~comparisons["tie"]]
-    pairs = preference_pairs(strict)
+    pairs = preference_pairs(strict, tokenizer)
     chosen = score_texts(model, tokenizer, list(pairs["chosen"])).cpu().numpy()
     rejected = score_texts(model, tokenizer, list(pairs["rejected"])).cpu().numpy()
     if distribution_png is not None and len(pairs):
         render_reward_distribution(chosen, rejected, distribution_png)
     return reward_report(strict.reset_index(drop=True), chosen, rejected)
-
-
-@torch.no_grad()
-def score_texts(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 128
-) -> torch.Tensor:
-    """Reward of each full text (prompt joined with response).  (N,)"""
-    device = next(model.parameters()).device
-    scores = []
-    for start in range(0, len(texts), batch_size):
-        chunk = [t + tokenizer.eos_token for t in texts[start : start + batch_size]]
-        batch = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="right").to(device)
-        scores.append(model(**batch).logits[:, 0].float())
-    return torch.cat(scores) if scores else torch.zeros(0)
 
 
 def pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
@@ -169,7 +194,7 @@ def accuracy_on(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, comparisons: pd.DataFrame
 ) -> tuple[float, int]:
     """(accuracy, pairs): how often the model scores the judge's chosen response higher, on strict pairs."""
-    pairs = preference_pairs(comparisons)
+    pairs = preference_pairs(comparisons, tokenizer)
     chosen = score_texts(model, tokenizer, list(pairs["chosen"])).tolist()
     rejected = score_texts(model, tokenizer, list(pairs["rejected"])).tolist()
     return pair_accuracy(chosen, rejected), len(pairs)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
-from rlhf.text import join
+from rlhf.scoring import batch_of, encode, frame_texts
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,18 @@ class RankingBatch:
         return RankingBatch(*(t.to(device) for t in vars(self).values()))
 
 
-def rankings_from_comparisons(comparisons: pd.DataFrame) -> list[Ranking]:
-    """Group the snapshot's strict pairs (ties carry no preference) back into their rankings."""
+def rankings_from_comparisons(comparisons: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> list[Ranking]:
+    """Group the snapshot's strict pairs (ties carry no preference) back into their rankings, each
+    response as the text the reward model reads (rlhf.scoring)."""
     strict = comparisons[~comparisons["tie"]].sort_values(["ranking_id", "chosen_id", "rejected_id"])
     rankings = []
     for _, group in strict.groupby("ranking_id", sort=True):
         texts: dict[str, str] = {}
-        prompt = group["prompt"].iloc[0]
-        for rid, text in [*zip(group["chosen_id"], group["chosen"]), *zip(group["rejected_id"], group["rejected"])]:
-            texts.setdefault(rid, join(prompt, text))
+        ids = [*group["chosen_id"], *group["rejected_id"]]
+        for rid, text in zip(
+            ids, [*frame_texts(tokenizer, group, "chosen"), *frame_texts(tokenizer, group, "rejected")]
+        ):
+            texts.setdefault(rid, text)
         order = sorted(texts)
         index = {rid: i for i, rid in enumerate(order)}
         pairs = tuple((index[c], index[r]) for c, r in zip(group["chosen_id"], group["rejected_id"]))
@@ -68,17 +71,15 @@ def as_pairs(rankings: list[Ranking]) -> list[Ranking]:
 
 
 class RankingCollator:
-    """Tokenises each ranking's texts (EOS appended, right-padded) and lays out its pair index."""
+    """Tokenises each ranking's texts (rlhf.scoring's convention, cut at max_length, right-padded)
+    and lays out its pair index."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, rankings: list[Ranking]) -> RankingBatch:
-        texts = [t + self.tokenizer.eos_token for r in rankings for t in r.texts]
-        tokens = self.tokenizer(
-            texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
-            max_length=self.max_length,
-        )  # fmt: skip
+        ids = [row[: self.max_length] for row in encode(self.tokenizer, [t for r in rankings for t in r.texts])]
+        tokens = batch_of(self.tokenizer, ids, torch.device("cpu"))
         return RankingBatch(tokens["input_ids"], tokens["attention_mask"], *pair_layout(rankings))
 
 

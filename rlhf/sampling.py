@@ -10,13 +10,20 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
+from rlhf import chat
 from rlhf.models import position_ids_from_mask
 from rlhf.text import content_id
 
 # response: the text (rlhf.chat.transcript of its turns); messages: its chat turns as JSON;
 # rendered_prompt: the exact text the policy continued (its chat template's rendering; None if imported).
 RESPONSE_COLUMNS = [
-    "response_id", "prompt_id", "sample_index", "response", "messages", "rendered_prompt", "policy_checkpoint",
+    "response_id",
+    "prompt_id",
+    "sample_index",
+    "response",
+    "messages",
+    "rendered_prompt",
+    "policy_checkpoint",
     "sampling",
 ]
 
@@ -48,7 +55,13 @@ def generate(
     top_p: float = 1.0,
 ) -> Generation:
     device = next(model.parameters()).device
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
+    batch = tokenizer(
+        prompts,
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+        add_special_tokens=chat.add_special_tokens_for(tokenizer),
+    ).to(device)
     sequences = model.generate(
         **batch,
         do_sample=True,
@@ -229,14 +242,21 @@ def sample_k(
     sampling = json.dumps(
         {"k": k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}, sort_keys=True
     )
-    jobs = [(row.prompt_id, row.prompt, i) for row in prompts.itertuples() for i in range(k)]
+    # Each prompt is rendered with the policy's own chat template (rlhf.chat), once.
+    rendered = {
+        prompt_id: chat.render_prompt(tokenizer, conversation)
+        for prompt_id, conversation in zip(prompts["prompt_id"], chat.conversations_of(prompts))
+    }
+    jobs = [(prompt_id, i) for prompt_id in prompts["prompt_id"] for i in range(k)]
     rows = []
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
-        generation = generate(model, tokenizer, [p for _, p, _ in chunk], max_new_tokens, temperature, top_p)
-        for (prompt_id, _, index), text in zip(chunk, generation.texts):
+        texts = [rendered[prompt_id] for prompt_id, _ in chunk]
+        generation = generate(model, tokenizer, texts, max_new_tokens, temperature, top_p)
+        for (prompt_id, index), text in zip(chunk, generation.texts):
             response_id = content_id(prompt_id, policy_checkpoint, index, text)
-            rows.append((response_id, prompt_id, index, text, policy_checkpoint, sampling))
+            turns = chat.to_json(chat.assistant_turns(text))
+            rows.append((response_id, prompt_id, index, text, turns, rendered[prompt_id], policy_checkpoint, sampling))
         if progress:
             progress(min(start + batch_size, len(jobs)), len(jobs))
     return pd.DataFrame(rows, columns=RESPONSE_COLUMNS)

@@ -389,7 +389,8 @@ class FeedbackStore:
             con.register("incoming_prompts", prompts.assign(run_id=run["run_id"]))
             con.execute(
                 "INSERT INTO prompts SELECT DISTINCT ON (prompt_id) prompt_id, prompt, topic, split, source, run_id, "
-                "messages, source_row FROM incoming_prompts n WHERE NOT EXISTS (SELECT 1 FROM prompts p WHERE p.prompt_id = n.prompt_id)"
+                "messages, source_row FROM incoming_prompts n "
+                "WHERE NOT EXISTS (SELECT 1 FROM prompts p WHERE p.prompt_id = n.prompt_id)"
             )
             con.register("incoming_responses", responses.assign(run_id=run["run_id"]))
             con.execute(

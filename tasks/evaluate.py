@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from rlhf import chat
 from rlhf.evaluation import compare_policies, reward_model_vs_baselines
 from rlhf.judges import RuleJudge
 from rlhf.models import load_policy, load_tokenizer, resolve_device
@@ -32,7 +33,13 @@ def main() -> None:
     args = parse_paths(
         STAGE,
         [
-            "prompts", "comparisons", "rank_metrics", "feedback_metrics", "policy_metrics", "start_dir", "policy_dir",
+            "prompts",
+            "comparisons",
+            "rank_metrics",
+            "feedback_metrics",
+            "policy_metrics",
+            "start_dir",
+            "policy_dir",
             "reward_dir",
         ],  # fmt: skip
         ["metrics", "report"],
@@ -44,6 +51,7 @@ def main() -> None:
     held_out = prompts[prompts["split"] == "test"].sort_values("prompt_id")
     rows = held_out.loc[held_out.index.repeat(section.samples_per_prompt)]
     texts, topics = list(rows["prompt"]), [None if pd.isna(t) else t for t in rows["topic"]]
+    conversations = chat.conversations_of(rows)
 
     tokenizer = load_tokenizer(args.start_dir)
     reward_tokenizer = load_tokenizer(args.reward_dir)
@@ -57,7 +65,7 @@ def main() -> None:
             reward_model,
             reward_tokenizer,
             RuleJudge(params.rank_responses.principles),
-            texts,
+            conversations,
             topics,
             params.train_policy.max_new_tokens,
             params.train_policy.temperature,

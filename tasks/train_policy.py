@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from accelerate.utils import set_seed
 
+from rlhf import chat
 from rlhf.config import Params
 from rlhf.cost import load_cost_model
 from rlhf.dpo import train_dpo
@@ -24,7 +25,7 @@ from rlhf.errors import ConfigError
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.plots import render_curve
 from rlhf.ppo.checkpoint import Checkpoints
-from rlhf.ppo.models import PPOModels, count_parameters
+from rlhf.ppo.models import PPOModels, count_parameters, critic_start
 from rlhf.ppo.rollout import RewardScorer
 from rlhf.ppo.trainer import make_accelerator, save_policy, train_ppo
 from rlhf.reward_ensemble import load_reward_model
@@ -97,6 +98,12 @@ def main_dpo(args, params: Params) -> None:
     print(f"{STAGE}: {result.metrics}", flush=True)
 
 
+def train_conversations(prompts: pd.DataFrame) -> list[chat.Conversation]:
+    """The train split's prompts as conversations, in the order of their text (a fixed order)."""
+    train = prompts[prompts["split"] == "train"].sort_values("prompt", kind="stable")
+    return chat.conversations_of(train)
+
+
 def main() -> None:
     args = parse_paths(
         STAGE,
@@ -113,13 +120,14 @@ def main() -> None:
     accelerator = make_accelerator(config, resolve_device(params.device))
     set_seed(params.seed)  # LoRA adapters and new heads start the same in every process and every run
     prompts = pd.read_parquet(args.prompts)
-    train_prompts = sorted(prompts.loc[prompts["split"] == "train", "prompt"])
+    train_prompts = train_conversations(prompts)
     tokenizer = load_tokenizer(args.policy_dir)
     reward_tokenizer = load_tokenizer(args.reward_dir)
     device = accelerator.device
+    critic_dir = critic_start(Path(args.policy_dir), Path(args.reward_dir), tokenizer, reward_tokenizer)
     models = PPOModels.build(
         load_policy(args.policy_dir, device),
-        load_scalar_head_model(args.reward_dir, device, reward_tokenizer.pad_token_id),
+        load_scalar_head_model(critic_dir, device, tokenizer.pad_token_id),
         config,
         # The KL anchor stays the SFT policy over every round; with LoRA it is the round's start
         # policy with adapters off (no second copy is held).

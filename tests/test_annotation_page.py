@@ -14,9 +14,11 @@ import uvicorn
 from rlhf.annotation.app import create_app, load_tokens, ranks_from_order
 from rlhf.errors import InputError
 from rlhf.ranking import RANKING_COLUMNS
-from rlhf.sampling import RESPONSE_COLUMNS
 from rlhf.store import FeedbackStore
 from rlhf.text import content_id
+
+# Rows as code before conversations wrote them: the store gives them their messages (schema 4).
+PLAIN_RESPONSE_COLUMNS = ["response_id", "prompt_id", "sample_index", "response", "policy_checkpoint", "sampling"]
 
 TOKEN, OTHER_TOKEN = "alice-token-0123456789", "bob-token-0123456789ab"
 PAYLOAD = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">'
@@ -40,7 +42,7 @@ def store(tmp_path):
             for pid, texts in RESPONSES.items()
             for i, text in enumerate(texts)
         ],
-        columns=RESPONSE_COLUMNS,
+        columns=PLAIN_RESPONSE_COLUMNS,
     )
     run = {"run_id": "test-run", "stage": "test"}
     store.ingest(run, prompts, responses, pd.DataFrame(columns=RANKING_COLUMNS))

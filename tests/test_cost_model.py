@@ -54,7 +54,9 @@ def test_snapshot_labels_a_response_unsafe_if_any_ranking_flagged_it(tmp_path):
     store.snapshot_comparisons(tmp_path / "snapshot")
     labels = read_safety_labels(tmp_path / "snapshot")
     assert dict(zip(labels["response_id"], labels["unsafe"])) == {"a": True, "b": True, "c": False}
-    assert set(labels.columns) == {"response_id", "prompt", "split", "response", "unsafe"}
+    assert set(labels.columns) == {
+        "response_id", "prompt", "prompt_messages", "split", "response", "response_messages", "unsafe",
+    }  # fmt: skip
     parts = pd.read_parquet(tmp_path / "snapshot" / "responses.parquet")
     assert parts.set_index("response_id")["unsafe"].isna().to_dict() == {
         "a": False, "b": False, "c": False, "d": True, "e": True

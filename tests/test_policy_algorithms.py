@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from rlhf.cost import load_cost_model
-from rlhf.reward import score_texts
+from rlhf.scoring import frame_texts, score_texts
 from rlhf.snapshot import read_safety_labels
-from rlhf.text import join
 from tests.pipeline_repo import dvc, make_repo, run
 
 pytestmark = pytest.mark.slow
@@ -71,7 +70,7 @@ def test_cost_model_learns_the_harmlessness_flags(ppo_repo):
     labels = read_safety_labels(ppo_repo / "data" / "comparisons")
     train = labels[labels["split"] == "train"]
     model, tokenizer = load_cost_model(ppo_repo / "models" / "cost", torch.device("cpu"))
-    costs = score_texts(model, tokenizer, [join(p, r) for p, r in zip(train["prompt"], train["response"])])
+    costs = score_texts(model, tokenizer, frame_texts(tokenizer, train, "response"))
     flagged = torch.tensor(train["unsafe"].to_numpy(dtype=bool))
     assert costs[flagged].mean() > costs[~flagged].mean() + 1.0, (costs[flagged].mean(), costs[~flagged].mean())
 

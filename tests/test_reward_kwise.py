@@ -17,18 +17,21 @@ from rlhf.reward_kwise import (
     ranking_loss,
     rankings_from_comparisons,
 )
+from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.reward_report import accuracy, expected_calibration_error, reward_report
 
 
 def test_collator_lays_out_texts_pairs_and_weights(tiny_tokenizer):
-    rankings = [Ranking(("a b", "b", "c c c"), ((0, 1), (0, 2), (1, 2))), Ranking(("x", "y y"), ((1, 0),))]
+    eos = tiny_tokenizer.eos_token  # texts arrive rendered (rlhf.scoring): the template wrote EOS
+    texts = [f"{t}{eos}" for t in ("a b", "b", "c c c", "x", "y y")]
+    rankings = [Ranking(tuple(texts[:3]), ((0, 1), (0, 2), (1, 2))), Ranking(tuple(texts[3:]), ((1, 0),))]
     batch = RankingCollator(tiny_tokenizer, max_length=16)(rankings)
     assert batch.input_ids.shape[0] == 5  # every text once, rankings one after another
     assert batch.winners.tolist() == [0, 0, 1, 4] and batch.losers.tolist() == [1, 2, 2, 3]
     assert batch.pair_weights.tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2])  # each ranking weighs 1/2
     lengths = batch.attention_mask.sum(dim=1)
     last_tokens = batch.input_ids[torch.arange(5), lengths - 1]
-    assert (last_tokens == tiny_tokenizer.eos_token_id).all()  # EOS appended; padding on the right
+    assert (last_tokens == tiny_tokenizer.eos_token_id).all()  # EOS kept, not doubled; padding on the right
     assert batch.attention_mask[:, 0].all()
 
 
@@ -63,9 +66,11 @@ def test_rankings_are_rebuilt_from_the_snapshots_pairs_without_ties():
         ],
         columns=["ranking_id", "prompt", "chosen_id", "rejected_id", "chosen", "rejected", "tie"],
     )
-    first, second = rankings_from_comparisons(frame)
-    assert first.texts == ("p good", "p bad", "p meh") and first.pairs == ((0, 1), (0, 2))
-    assert second.texts == ("q no", "q yes") and second.pairs == ((1, 0),)
+    tokenizer = train_tokenizer(["p good bad meh q yes no"], vocab_size=300)  # the demo's chat template
+    first, second = rankings_from_comparisons(frame, tokenizer)
+    eos = tokenizer.eos_token
+    assert first.texts == (f"p good{eos}", f"p bad{eos}", f"p meh{eos}") and first.pairs == ((0, 1), (0, 2))
+    assert second.texts == (f"q no{eos}", f"q yes{eos}") and second.pairs == ((1, 0),)
 
 
 def test_calibration_error_and_report_by_judge_and_margin():
@@ -119,7 +124,8 @@ def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_c
 def test_reward_ensemble_scores_with_the_mean_of_its_members(tiny_checkpoints, tmp_path):
     from rlhf.config import TrainRewardParams
     from rlhf.models import load_scalar_head_model, load_tokenizer
-    from rlhf.reward import score_texts, train_reward_model
+    from rlhf.reward import train_reward_model
+    from rlhf.scoring import score_texts
     from rlhf.reward_ensemble import RewardEnsemble, load_reward_model
 
     policy_dir, _ = tiny_checkpoints
@@ -132,8 +138,11 @@ def test_reward_ensemble_scores_with_the_mean_of_its_members(tiny_checkpoints, t
     assert isinstance(ensemble, RewardEnsemble) and len(ensemble.members) == 3
     texts = ["prompt 1 thanks , answer 1", "prompt 1 answer 1"]
     members = [
-        score_texts(load_scalar_head_model(tmp_path / "rm" / name, torch.device("cpu"), tokenizer.pad_token_id),
-                    tokenizer, texts)  # fmt: skip
+        score_texts(
+            load_scalar_head_model(tmp_path / "rm" / name, torch.device("cpu"), tokenizer.pad_token_id),
+            tokenizer,
+            texts,
+        )  # fmt: skip
         for name in (".", "member-1", "member-2")
     ]
     assert not torch.allclose(members[0], members[1])  # different seeds: different models

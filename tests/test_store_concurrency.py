@@ -10,8 +10,10 @@ import time
 import pandas as pd
 
 from rlhf.ranking import QUEUE_COLUMNS, RANKING_COLUMNS, queue_item
-from rlhf.sampling import RESPONSE_COLUMNS
 from rlhf.store import FeedbackStore
+
+# Rows as code before conversations wrote them: the store gives them their messages (schema 4).
+PLAIN_RESPONSE_COLUMNS = ["response_id", "prompt_id", "sample_index", "response", "policy_checkpoint", "sampling"]
 
 ANNOTATORS, ITEMS, K = 8, 6, 3
 PIPELINE_BATCHES, PROMPTS_PER_BATCH = 4, 25
@@ -28,7 +30,7 @@ def frames(prefix: str, prompts: int, k: int = K):
             rankings.append((f"{prefix}k{i}", response_id, f"{prefix}p{i}", j + 1, float(-j), "{}", "rules", "1"))
     return (
         pd.DataFrame(prompt_rows, columns=["prompt_id", "prompt", "topic", "split", "source"]),
-        pd.DataFrame(responses, columns=RESPONSE_COLUMNS),
+        pd.DataFrame(responses, columns=PLAIN_RESPONSE_COLUMNS),
         pd.DataFrame(rankings, columns=RANKING_COLUMNS),
     )
 
@@ -86,6 +88,7 @@ import sys
 sys.path.insert(0, {root!r})
 from tests.test_store_concurrency import frames
 from rlhf.store import FeedbackStore
+
 store = FeedbackStore({path!r})
 batch = frames("big", {prompts})
 print("writing", flush=True)

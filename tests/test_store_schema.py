@@ -29,7 +29,7 @@ def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
     version_one_store(path)
     store = FeedbackStore(path)
     counts = store.counts()
-    assert store.schema_version() == SCHEMA_VERSION == 3
+    assert store.schema_version() == SCHEMA_VERSION == 4
     assert {k: counts[k] for k in ("runs", "prompts", "responses", "rankings", "comparisons")} == {
         "runs": 1, "prompts": 1, "responses": 3, "rankings": 3, "comparisons": 3,
     }  # fmt: skip
@@ -40,10 +40,10 @@ def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
     judges = store.query("SELECT DISTINCT judge, judge_version FROM comparisons")  # version 3: from the ranking
     assert judges.values.tolist() == [["rules", "1"]]
     FeedbackStore(path).counts()  # opening again migrates nothing
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
 
 
-def test_a_populated_version_two_store_migrates_to_three_with_each_pairs_judge(tmp_path):
+def test_a_populated_version_two_store_migrates_forward_with_each_pairs_judge(tmp_path):
     """The upgrade users meet: a store last written (and committed) by version-2 code."""
     path = tmp_path / "feedback.duckdb"
     version_one_store(path)
@@ -53,7 +53,7 @@ def test_a_populated_version_two_store_migrates_to_three_with_each_pairs_judge(t
     con.execute("INSERT INTO annotators VALUES ('alice', 'annotate', now())")
     con.close()
     store = FeedbackStore(path)
-    assert store.schema_version() == 3
+    assert store.schema_version() == 4
     rows = store.query(
         "SELECT chosen_id, judge, judge_version, weight FROM comparisons ORDER BY chosen_id, rejected_id"
     )
@@ -61,7 +61,31 @@ def test_a_populated_version_two_store_migrates_to_three_with_each_pairs_judge(t
         ["r1", "rules", "1", pytest.approx(1 / 3)]
     ]
     assert store.counts()["annotators"] == 1
-    store.snapshot_comparisons(tmp_path / "snapshot")  # the v3 snapshot reads the migrated table
+    store.snapshot_comparisons(tmp_path / "snapshot")  # the snapshot reads the migrated table
+
+
+def test_plain_text_rows_become_one_turn_conversations_in_version_four(tmp_path):
+    """Version 4 (conversations): an old store's prompts and responses gain their chat messages,
+    and the snapshot carries them to the reward model."""
+    import json
+
+    from rlhf.snapshot import read_comparisons
+
+    path = tmp_path / "feedback.duckdb"
+    version_one_store(path)
+    store = FeedbackStore(path)
+    assert store.schema_version() == 4  # opening for a write migrates
+    prompt = store.query("SELECT prompt, messages, source_row FROM prompts").iloc[0]
+    assert json.loads(prompt["messages"]) == [{"role": "user", "content": "q"}] and pd.isna(prompt["source_row"])
+    responses = store.query("SELECT response, messages, rendered_prompt FROM responses ORDER BY response_id")
+    assert [json.loads(m) for m in responses["messages"]] == [
+        [{"role": "assistant", "content": f"text {i}"}] for i in range(3)
+    ]
+    assert responses["rendered_prompt"].isna().all()  # not known for rows written before version 4
+    store.snapshot_comparisons(tmp_path / "snapshot")
+    pairs = read_comparisons(tmp_path / "snapshot")
+    assert json.loads(pairs["prompt_messages"].iloc[0]) == [{"role": "user", "content": "q"}]
+    assert json.loads(pairs["chosen_messages"].iloc[0])[0]["content"] == pairs["chosen"].iloc[0]
 
 
 def test_a_store_from_newer_code_is_refused_with_one_line(tmp_path):
@@ -70,7 +94,7 @@ def test_a_store_from_newer_code_is_refused_with_one_line(tmp_path):
     con = duckdb.connect(str(path))
     con.execute("UPDATE schema_version SET version = 99")
     con.close()
-    with pytest.raises(StoreError, match=r"schema version 99 is newer than this code reads \(3\); upgrade"):
+    with pytest.raises(StoreError, match=r"schema version 99 is newer than this code reads \(4\); upgrade"):
         FeedbackStore(path).counts()
 
 

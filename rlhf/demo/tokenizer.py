@@ -8,6 +8,19 @@ from transformers import PreTrainedTokenizerFast
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
+# The demo's chat template, so the embedded default walks the same code path as a real instruct
+# model (rlhf.chat). It renders the turns the way the demo has always written them: a user turn is
+# its text ("tell me about owls . answer :"), an assistant turn follows after one space and ends
+# with EOS, later turns follow after a space. The generation prompt adds nothing: the demo's
+# prompts end with their own cue, "answer :".
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if not loop.first %} {% endif -%}"
+    "{%- if message['role'] == 'assistant' -%}{{ message['content'] | trim }}{{ eos_token }}"
+    "{%- else -%}{{ message['content'] }}{%- endif -%}"
+    "{%- endfor -%}"
+)
+
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     bpe = Tokenizer(models.BPE())
@@ -20,7 +33,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token=EOS,
         bos_token=EOS,
@@ -29,3 +42,5 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         # embeddings: training loss looks fine but generation degenerates (see FACTS.md).
         model_input_names=["input_ids", "attention_mask"],
     )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer

@@ -30,8 +30,9 @@ class Judge(Protocol):
     name: str
     version: str
 
-    def rank_batch(self, items: list[tuple[str, str | None, list[str]]]) -> list[Judgement]:
-        """Rank each (prompt, topic, K responses) item."""
+    def rank_batch(self, items: list[tuple[list[dict], str | None, list[str]]]) -> list[Judgement]:
+        """Rank each (prompt conversation, topic, K responses) item; the conversation is chat
+        messages (rlhf.chat), a one-turn prompt included."""
 
 
 def ranks_from_scores(scores: list[float]) -> list[int]:

@@ -40,7 +40,7 @@ class LLMJudge(PairwiseJudge):
         return ids[-1]  # " 1" may split into a space and "1": the digit is what the model chooses
 
     @torch.no_grad()
-    def first_preferred(self, queries: list[tuple[str, str, str]]) -> list[float]:
+    def first_preferred(self, queries: list[tuple[list[dict], str, str]]) -> list[float]:
         texts = [comparison_text(self.preamble, *query) for query in queries]
         preferences = []
         for start in range(0, len(texts), self.batch_size):

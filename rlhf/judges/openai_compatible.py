@@ -60,12 +60,12 @@ class OpenAICompatibleJudge(PairwiseJudge):
     def cost(self) -> float:
         return (self.usage["prompt_tokens"] * self.prices[0] + self.usage["completion_tokens"] * self.prices[1]) / 1000
 
-    def first_preferred(self, queries: list[tuple[str, str, str]]) -> list[float]:
+    def first_preferred(self, queries: list[tuple[list[dict], str, str]]) -> list[float]:
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             return list(pool.map(self._ask, queries))
 
-    def _ask(self, query: tuple[str, str, str]) -> float:
-        prompt, first, second = query
+    def _ask(self, query: tuple[list[dict], str, str]) -> float:
+        conversation, first, second = query
         cue = (
             (RATIONALE_CUE + " ... then end with the line:\n" + CHOICE_CUE + " <1 or 2>")
             if self.chain_of_thought
@@ -75,7 +75,7 @@ class OpenAICompatibleJudge(PairwiseJudge):
             "model": self.model,
             "messages": [
                 {"role": "system", "content": self.preamble},
-                {"role": "user", "content": comparison_text("", prompt, first, second).strip() + "\n" + cue},
+                {"role": "user", "content": comparison_text("", conversation, first, second).strip() + "\n" + cue},
             ],
             "temperature": 0,
             "max_tokens": self.rationale_tokens if self.chain_of_thought else 1,

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rlhf import chat
 from rlhf.judges.base import Judgement, all_pairs, judgement_from_preferences
 
 TEMPLATE = """{preamble}
 
-Prompt: {prompt}
+{context}
 Response 1: {first}
 Response 2: {second}
 """
@@ -21,8 +22,15 @@ RATIONALE_CUE = "Think about which response is better, then say which.\nRational
 CHOICE_CUE = "Preferred response (1 or 2):"
 
 
-def comparison_text(preamble: str, prompt: str, first: str, second: str) -> str:
-    return TEMPLATE.format(preamble=preamble, prompt=prompt, first=first, second=second)
+def comparison_text(preamble: str, conversation: str | chat.Conversation, first: str, second: str) -> str:
+    """The judge's view of a pair: a one-message prompt as "Prompt: ...", a longer conversation
+    as its turns (rlhf.chat.transcript), then both responses."""
+    conversation = chat.as_conversation(conversation)
+    if chat.is_single_user_turn(conversation):
+        context = f"Prompt: {conversation[0]['content']}"
+    else:
+        context = f"Conversation:\n{chat.transcript(conversation)}"
+    return TEMPLATE.format(preamble=preamble, context=context, first=first, second=second)
 
 
 @dataclass
@@ -36,7 +44,7 @@ class PairwiseStats:
 
 
 class PairwiseJudge:
-    """Subclasses implement `first_preferred(queries)`: P(Response 1 is better) per (prompt, first, second)."""
+    """Subclasses implement `first_preferred(queries)`: P(Response 1 is better) per (conversation, first, second)."""
 
     name = "pairwise"
     version = "1"
@@ -44,14 +52,15 @@ class PairwiseJudge:
     def __init__(self):
         self.stats = PairwiseStats()
 
-    def first_preferred(self, queries: list[tuple[str, str, str]]) -> list[float]:
+    def first_preferred(self, queries: list[tuple[chat.Conversation, str, str]]) -> list[float]:
         raise NotImplementedError
 
-    def rank_batch(self, items: list[tuple[str, str | None, list[str]]]) -> list[Judgement]:
+    def rank_batch(self, items: list[tuple[chat.Conversation, str | None, list[str]]]) -> list[Judgement]:
         queries, index = [], []
         for item, (prompt, _, responses) in enumerate(items):
+            conversation = chat.as_conversation(prompt)  # a plain string prompt is one user turn
             for i, j in all_pairs(len(responses)):
-                queries += [(prompt, responses[i], responses[j]), (prompt, responses[j], responses[i])]
+                queries += [(conversation, responses[i], responses[j]), (conversation, responses[j], responses[i])]
                 index.append((item, i, j))
         answers = self.first_preferred(queries)
         preferences: list[dict[tuple[int, int], float]] = [{} for _ in items]

@@ -6,9 +6,9 @@ import math
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf import chat
 from rlhf.judges.base import Judgement, all_pairs, ranks_from_scores
-from rlhf.reward import score_texts
-from rlhf.text import join
+from rlhf.scoring import score_exchanges
 
 
 class RewardModelJudge:
@@ -19,8 +19,10 @@ class RewardModelJudge:
         self.version = version  # the reward model's checkpoint hash
 
     def rank_batch(self, items: list[tuple[str, str | None, list[str]]]) -> list[Judgement]:
-        texts = [join(prompt, response) for prompt, _, responses in items for response in responses]
-        flat = score_texts(self.model, self.tokenizer, texts).tolist()
+        conversations = [chat.as_conversation(prompt) for prompt, _, responses in items for _ in responses]
+        flat = score_exchanges(
+            self.model, self.tokenizer, conversations, [r for _, _, responses in items for r in responses]
+        ).tolist()
         judgements, start = [], 0
         for _, _, responses in items:
             scores = [round(s, 6) for s in flat[start : start + len(responses)]]

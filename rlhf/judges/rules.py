@@ -11,6 +11,7 @@ import re
 
 from rlhf.config import ContainsAny, ExcludesAll, MentionsTopic, Principle, WordCount
 from rlhf.judges.base import Judgement, ranks_from_scores
+from rlhf import chat
 from rlhf.text import config_digest
 
 NAME = "rules"
@@ -123,8 +124,12 @@ class RuleJudge:
         verdict = self.check(prompt, topic, response)
         return sum(p.weight for p in self.principles if verdict[p.name]), verdict
 
-    def rank_batch(self, items: list[tuple[str, str | None, list[str]]]) -> list[Judgement]:
-        return [self.rank(*item) for item in items]
+    def rank_batch(self, items: list[tuple[chat.Conversation, str | None, list[str]]]) -> list[Judgement]:
+        """The rules read the newest user turn of each conversation (its topic words)."""
+        return [
+            self.rank(chat.last_user_content(chat.as_conversation(conversation)), topic, responses)
+            for conversation, topic, responses in items
+        ]
 
     def rank(self, prompt: str, topic: str | None, responses: list[str]) -> Judgement:
         scored = [self.score(prompt, topic, r) for r in responses]

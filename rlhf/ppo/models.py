@@ -2,7 +2,7 @@
 
 Policy and critic live in one `nn.Module` so that one optimizer (a parameter group each, with its
 own learning rate) and one accelerate / DeepSpeed engine hold everything that trains. The critic
-is a separate network (initialised from the reward model), not a head on the policy, so the value
+is a separate network (initialised as `critic_start` says), not a head on the policy, so the value
 loss never moves the policy. With LoRA the reference is the policy itself with its adapters
 switched off, so no second copy of the policy's weights is held.
 """
@@ -15,12 +15,27 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.config import TrainPolicyParams
 from rlhf.logprobs import joined_inputs, response_logits
 from rlhf.models import backbone, use_fused_gelu
 from rlhf.sampling import CompiledSampler
+
+
+def critic_start(
+    policy_dir: Path, reward_dir: Path, policy_tokenizer: PreTrainedTokenizerBase,
+    reward_tokenizer: PreTrainedTokenizerBase,
+) -> Path:  # fmt: skip
+    """Where the critic's weights start. The critic reads the policy's token ids (V(s_t) at every
+    response position), so it starts from the reward model only where that shares the policy's
+    tokenizer: then it already values these texts (InstructGPT's choice; Huang et al. 2024). A
+    reward model on another backbone (an encoder, another vocabulary) cannot read the policy's
+    tokens, so the critic starts from the policy itself with a new value head: its backbone reads
+    them, and the value head learns from the first rollouts."""
+    return reward_dir if policy_tokenizer.get_vocab() == reward_tokenizer.get_vocab() else policy_dir
 
 
 def disable_dropout(model: nn.Module) -> None:

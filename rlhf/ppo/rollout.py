@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import use_fused_gelu
 from rlhf.ppo import core
 from rlhf.ppo.models import PPOModels, critic_values
-from rlhf.reward import score_texts
 from rlhf.sampling import sample_with_logprobs
-from rlhf.text import join
+from rlhf.scoring import score_exchanges
 
 
 @dataclass
@@ -88,13 +88,15 @@ class ScoreNormalizer:
 
 
 class RewardScorer:
-    """The frozen reward (or cost) model, reading `join(prompt, response)` plus EOS as it was trained to."""
+    """The frozen reward (or cost) model, reading each exchange with its own tokenizer as it was
+    trained to (rlhf.scoring): the text crosses over, not the policy's token ids."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase):
         self.model, self.tokenizer = use_fused_gelu(model.requires_grad_(False).eval()), tokenizer
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return score_texts(self.model, self.tokenizer, [join(p, r) for p, r in zip(prompts, responses)])
+    def __call__(self, prompts: list[chat.Conversation], responses: list[str]) -> torch.Tensor:
+        conversations = [chat.as_conversation(prompt) for prompt in prompts]  # a plain string is one user turn
+        return score_exchanges(self.model, self.tokenizer, conversations, responses)
 
 
 def device_clock(device: torch.device) -> float:
@@ -120,11 +122,19 @@ class Samples:
 
 @torch.no_grad()
 def sample_responses(
-    models: PPOModels, tokenizer: PreTrainedTokenizerBase, prompts: list[str], params: TrainPolicyParams
+    models: PPOModels, tokenizer: PreTrainedTokenizerBase, prompts: list[chat.Conversation], params: TrainPolicyParams
 ) -> Samples:
+    """One response per prompt conversation, rendered with the policy's chat template (rlhf.chat)."""
     policy = models.trained.policy
     device = next(policy.parameters()).device
-    query = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
+    texts = [chat.render_prompt(tokenizer, chat.as_conversation(prompt)) for prompt in prompts]
+    query = tokenizer(
+        texts,
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+        add_special_tokens=chat.add_special_tokens_for(tokenizer),
+    ).to(device)
     policy.eval()  # generation wants the KV cache, which gradient checkpointing turns off in train mode
     started = device_clock(device)
     sampler = models.compiled_sampler or functools.partial(sample_with_logprobs, policy)
@@ -147,7 +157,7 @@ def collect_rollout(
     scorer: RewardScorer,
     normalizer: ScoreNormalizer,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: list[chat.Conversation],
     params: TrainPolicyParams,
     kl_coef: float,
     all_reduce: core.AllReduce | None = None,

@@ -32,6 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
+from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.errors import TrainingStopped
 from rlhf.ppo import core
@@ -110,7 +111,7 @@ def train_ppo(
     models: PPOModels,
     scorer: RewardScorer,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: list[chat.Conversation],
     params: TrainPolicyParams,
     seed: int,
     log: Callable[[dict], None] = print,
@@ -163,7 +164,7 @@ def train_ppo(
     accelerator.register_for_checkpointing(state, scheduler)
     local_batch = params.batch_size // accelerator.num_processes
 
-    def sample_prompts() -> list[str]:
+    def sample_prompts() -> list[chat.Conversation]:
         return [state.prompt_rng.choice(prompts) for _ in range(local_batch)]
 
     checkpoints, resumed_from = None, None
