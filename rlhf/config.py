@@ -54,20 +54,104 @@ class BootstrapPolicyParams(Section):
         return self
 
 
-class CollectPromptsParams(Section):
-    source: Literal["demo", "file"] = "demo"
-    """demo: the synthetic domain's prompts; file: a .jsonl, .csv or .parquet with a `prompt` column."""
+class PromptSourceBase(Section):
+    limit: int | None = Field(None, ge=1)
+    """Take at most this many prompts from this source: its first ones, in the source's order, that
+    no earlier source gave already."""
+
+
+class DemoPromptSource(PromptSourceBase):
+    kind: Literal["demo"]
+    """The synthetic domain's prompts (rlhf/demo)."""
+
+
+# Our column names a `columns` mapping may rename: {prompt: question} reads the file's `question`.
+PromptColumn = Literal["prompt", "messages", "topic"]
+
+
+def _one_prompt_column(columns: dict[str, str]) -> None:
+    if "prompt" in columns and "messages" in columns:
+        raise ValueError("columns: map prompt or messages, not both")
+
+
+class FilePromptSource(PromptSourceBase):
+    kind: Literal["file"]
+    path: str = Field(min_length=1)
+    """A .jsonl, .csv or .parquet file with a `messages` column (chat messages; JSON text in CSV) or a
+    `prompt` column (text, or chat messages as TRL's conversational format has it), optionally `topic`."""
+    columns: dict[PromptColumn, str] = {}
+    """Our column name -> the file's, e.g. {prompt: question}."""
+
+    @model_validator(mode="after")
+    def _columns(self):
+        _one_prompt_column(self.columns)
+        return self
+
+
+class HFDatasetPromptSource(PromptSourceBase):
+    kind: Literal["hf_dataset"]
     path: str | None = None
+    """A directory written by `Dataset.save_to_disk` (or `DatasetDict.save_to_disk`)."""
+    name: str | None = None
+    """A hub dataset id, e.g. HuggingFaceH4/ultrafeedback_binarized; needs the network."""
+    config: str | None = None
+    """The hub dataset's configuration (subset), if it has several."""
+    split: str | None = None
+    """Which split to read; required when there are several. For a hub id also a slice: train[:1000]."""
+    column: str | None = None
+    """The column holding the prompts (text or chat messages): shorthand for columns: {prompt: ...}."""
+    columns: dict[PromptColumn, str] = {}
+    """Our column name -> the dataset's, as for a file; default: messages, else prompt, and topic."""
+
+    @model_validator(mode="after")
+    def _one_dataset(self):
+        if (self.path is None) == (self.name is None):
+            raise ValueError("path: give either path (a save_to_disk directory) or name (a hub id)")
+        if self.column and ({"prompt", "messages"} & set(self.columns)):
+            raise ValueError("column: give column or columns.prompt / columns.messages, not both")
+        _one_prompt_column(self.columns)
+        return self
+
+    @property
+    def prompt_columns(self) -> dict[str, str]:
+        return {**self.columns, "prompt": self.column} if self.column else dict(self.columns)
+
+
+class SQLPromptSource(PromptSourceBase):
+    kind: Literal["sql"]
+    query: str = Field(min_length=1)
+    """A DuckDB query returning a `messages` or `prompt` column (and optionally `topic`). Its row order
+    decides which rows a limit keeps and which of two equal prompts wins: end it with ORDER BY."""
+    database: str | None = None
+    """A DuckDB file, opened read-only (the feedback store's own file too, through the store's lock);
+    null: an in-memory DuckDB, for queries over Parquet files with read_parquet(...)."""
+
+
+PromptSource = Annotated[
+    DemoPromptSource | FilePromptSource | HFDatasetPromptSource | SQLPromptSource, Field(discriminator="kind")
+]
+
+
+class CollectPromptsParams(Section):
+    sources: list[PromptSource] = Field(default_factory=lambda: [DemoPromptSource(kind="demo")], min_length=1)
+    """Where prompts come from, in order: the same prompt from two sources is kept once, from the first."""
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     """Share of prompts held out for evaluation; the split is a hash of the prompt text."""
     max_prompts: int | None = Field(None, ge=1)
-    """Keep at most this many prompts (after dedup, in a stable order)."""
+    """Keep at most this many prompts in all (after dedup, in the sources' order)."""
 
-    @model_validator(mode="after")
-    def _file_needs_path(self):
-        if self.source == "file" and not self.path:
-            raise ValueError("path: required when source is 'file'")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source_shorthand(cls, data):
+        """The older form, `source: demo | file` (with `path:`), still reads: as a one-source list."""
+        if not isinstance(data, dict) or "source" not in data:
+            return data
+        data = dict(data)
+        kind, path = data.pop("source"), data.pop("path", None)
+        if "sources" in data:
+            raise ValueError("source: give sources, or the older source and path, not both")
+        data["sources"] = [{"kind": kind, "path": path} if kind == "file" else {"kind": kind}]
+        return data
 
 
 class SampleResponsesParams(Section):
