@@ -16,7 +16,7 @@ from rlhf.config import ConfigError, parse_params
 from rlhf.errors import JudgeEndpointError
 from rlhf.judges.llm import LLMJudge
 from rlhf.judges.openai_compatible import OpenAICompatibleJudge
-from rlhf.judges.pairwise import PairwiseJudge
+from rlhf.judges.pairwise import PairwiseJudge, comparison_text
 from rlhf.judges.reward_model import RewardModelJudge
 from tests.conftest import tiny_gpt2_config
 
@@ -252,3 +252,79 @@ def test_params_pick_the_llm_judge_with_a_local_model_path(project_root, tiny_ch
     [judgement] = judge.rank_batch([("tell me about owls", None, ["owls fly", "whatever"])])
     assert sorted(judgement.ranks) in ([1, 1], [1, 2])
     assert 0.0 <= judgement.preferences[(0, 1)] <= 1.0
+
+
+def digit_splitting_tokenizer():
+    """A byte-level BPE that puts every digit in a token of its own, so " 1" is a space token then "1"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )  # fmt: skip
+    bpe.train_from_iterator([PROMPT, *RESPONSES, "Preferred response (1 or 2): 1 2"] * 5, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        model_input_names=["input_ids", "attention_mask"],
+    )  # fmt: skip
+
+
+def space_then_one_lover(tokenizer) -> GPT2LMHeadModel:
+    """A real GPT-2 with no blocks whose next token depends on the current one only: after the
+    space token it strongly prefers "1" over "2", after any other token "2" over "1"."""
+    from transformers import GPT2Config
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=0, n_embd=2, n_head=1, n_positions=1024, tie_word_embeddings=False,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    model = GPT2LMHeadModel(config).eval()
+    space = tokenizer.convert_tokens_to_ids("Ġ")
+    one, two = tokenizer.convert_tokens_to_ids("1"), tokenizer.convert_tokens_to_ids("2")
+    with torch.no_grad():
+        model.transformer.wpe.weight.zero_()
+        model.transformer.wte.weight[:] = torch.tensor([-1.0, 1.0])
+        model.transformer.wte.weight[space] = torch.tensor([1.0, -1.0])
+        model.transformer.ln_f.weight.fill_(1.0)
+        model.transformer.ln_f.bias.zero_()
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[one] = torch.tensor([2.0, -2.0])  # logit +4 after the space, -4 elsewhere
+    assert two != one
+    return model
+
+
+def test_llm_judge_reads_the_digit_after_the_space_where_the_tokenizer_splits_digits():
+    """' 1' is a space then '1' here: the choice is read after the space. Read one position
+    early (where the model predicts the space), P('1') would come out 0.02 instead of 0.98."""
+    tokenizer = digit_splitting_tokenizer()
+    assert tokenizer.convert_ids_to_tokens(tokenizer(" 1")["input_ids"]) == ["Ġ", "1"]
+    judge = LLMJudge(space_then_one_lover(tokenizer), tokenizer, "be polite")
+    raw = judge.first_preferred([(PROMPT, RESPONSES[0], RESPONSES[1]), (PROMPT, RESPONSES[1], RESPONSES[0])])
+    assert raw == pytest.approx([torch.sigmoid(torch.tensor(4.0)).item()] * 2, abs=1e-3)
+
+
+def test_a_pair_at_exactly_one_half_in_one_order_is_not_position_biased():
+    class HalfThenFirst(PairwiseJudge):
+        def first_preferred(self, queries):
+            return [0.5 if n % 2 == 0 else 0.3 for n in range(len(queries))]  # forward 0.5, backward 0.3
+
+    judge = HalfThenFirst()
+    judge.rank_batch([(PROMPT, None, RESPONSES[:2])])
+    assert judge.stats.pairs == 1 and judge.stats.position_bias_rate == 0.0
+
+
+def test_the_llm_judge_sees_a_multi_turn_conversation_through_its_chat_template(tiny_tokenizer):
+    conversation = [
+        {"role": "user", "content": "hi ."}, {"role": "assistant", "content": "hello ."},
+        {"role": "user", "content": PROMPT},
+    ]  # fmt: skip
+    text = comparison_text("be polite", conversation, RESPONSES[0], RESPONSES[1])
+    assert "Human: hi .\n\nAssistant: hello .\n\nHuman: " + PROMPT in text
+    judge = LLMJudge(first_position_lover(tiny_tokenizer), tiny_tokenizer, "be polite")
+    assert judge._question(text) == tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )

@@ -4,6 +4,12 @@ As in RLAIF (Lee et al. 2023): a preamble stating the principles, the prompt and
 then the preference taken from the probabilities of the two choice tokens ("1", "2") at the next
 position, normalised over the two. Both orders are scored (see pairwise.py). With
 `chain_of_thought`, the model first writes a rationale (greedy) and the choice is read after it.
+
+The comparison is one user message rendered with the judge's own chat template (rlhf.chat; the
+plain format without one), and the judge's answer is prefilled with the cue, so an instruct model
+reads the question the way it was trained to. The choice is read from the exact encoding the
+text ends with: where " 1" is encoded as a space and then "1" (tokenizers that split digits), the
+space is appended to the input and P("1") is read after it, not one position early.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf import chat
 from rlhf.errors import InputError
 from rlhf.judges.pairwise import CHOICE_CUE, RATIONALE_CUE, PairwiseJudge, comparison_text
 from rlhf.models import position_ids_from_mask
@@ -33,15 +40,10 @@ class LLMJudge(PairwiseJudge):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.preamble, self.chain_of_thought = preamble, chain_of_thought
         self.rationale_tokens, self.batch_size = rationale_tokens, batch_size
-        self.choice_ids = [self._single_token(" 1"), self._single_token(" 2")]
-
-    def _single_token(self, text: str) -> int:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids[-1]  # " 1" may split into a space and "1": the digit is what the model chooses
 
     @torch.no_grad()
     def first_preferred(self, queries: list[tuple[list[dict], str, str]]) -> list[float]:
-        texts = [comparison_text(self.preamble, *query) for query in queries]
+        texts = [self._question(comparison_text(self.preamble, *query)) for query in queries]
         preferences = []
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start : start + self.batch_size]
@@ -49,6 +51,10 @@ class LLMJudge(PairwiseJudge):
                 chunk = self._with_rationales(chunk)
             preferences += self._choice_probabilities([t + CHOICE_CUE for t in chunk])
         return preferences
+
+    def _question(self, comparison: str) -> str:
+        """The comparison as a user turn of the judge's chat template, the answer about to start."""
+        return chat.render_prompt(self.tokenizer, [{"role": "user", "content": comparison}])
 
     def _with_rationales(self, texts: list[str]) -> list[str]:
         cued = [t + RATIONALE_CUE for t in texts]
@@ -63,19 +69,62 @@ class LLMJudge(PairwiseJudge):
         return [c + r.strip() + "\n" for c, r in zip(cued, rationales)]
 
     def _choice_probabilities(self, texts: list[str]) -> list[float]:
-        batch = self._encode(texts)
+        """P("1") / (P("1") + P("2")) after each text, each choice's probability that of all its tokens."""
+        readings = [choice_endings(self.tokenizer, text) for text in texts]
+        rows = [base + ending for base, endings in readings for ending in endings]  # text + " 1", text + " 2"
+        ending_lengths = [len(ending) for _, endings in readings for ending in endings]
+        device = next(self.model.parameters()).device
+        batch = left_padded(rows, self.tokenizer.pad_token_id, device)
+        self._check_context(batch["input_ids"].shape[1])
         positions = position_ids_from_mask(batch["attention_mask"])  # left padding must not shift positions
-        logits = self.model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1].float()  # (B, V)
-        pair = torch.log_softmax(logits[:, self.choice_ids], dim=-1)  # normalised over "1" and "2"
+        keep = max(ending_lengths) + 1
+        logprobs = torch.log_softmax(
+            self.model(**batch, position_ids=positions, logits_to_keep=keep).logits.float(), dim=-1
+        )  # (2B, keep, V): the last positions, which predict each ending's tokens
+        choice_logprobs = []
+        for row, length in enumerate(ending_lengths):
+            targets = batch["input_ids"][row, -length:]
+            predicted = logprobs[row, -length - 1 : -1].gather(-1, targets[:, None])  # (length, 1)
+            choice_logprobs.append(predicted.sum())
+        pair = torch.stack(choice_logprobs).view(-1, 2).log_softmax(-1)  # (B, 2) normalised over "1" and "2"
         return pair[:, 0].exp().tolist()
 
     def _encode(self, texts: list[str]):
         device = next(self.model.parameters()).device
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(device)
+        batch = self.tokenizer(
+            texts, return_tensors="pt", padding=True, padding_side="left",
+            add_special_tokens=chat.add_special_tokens_for(self.tokenizer),
+        ).to(device)  # fmt: skip
+        self._check_context(batch["input_ids"].shape[1] + self.rationale_tokens * self.chain_of_thought)
+        return batch
+
+    def _check_context(self, tokens: int) -> None:
         context = getattr(self.model.config, "max_position_embeddings", None)
-        if context and batch["input_ids"].shape[1] + self.rationale_tokens * self.chain_of_thought > context:
+        if context and tokens > context:
             raise InputError(
-                f"rank_responses.llm: a comparison needs {batch['input_ids'].shape[1]} tokens (plus the rationale), "
+                f"rank_responses.llm: a comparison needs {tokens} tokens (with the rationale, if any), "
                 f"more than the judge model's {context}-token context"
             )
-        return batch
+
+
+def choice_endings(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[list[int]]]:
+    """(ids of `text`, [the tokens " 1" adds, the tokens " 2" adds]), read from the encoding of the
+    whole text so the boundary tokenises as it does in context: where " 1" is a space then "1",
+    the space is part of the ending and P("1") is read after it."""
+    special = chat.add_special_tokens_for(tokenizer)
+    base = tokenizer(text, add_special_tokens=special)["input_ids"]
+    endings = []
+    for choice in (" 1", " 2"):
+        full = tokenizer(text + choice, add_special_tokens=special)["input_ids"]
+        if full[: len(base)] != base:  # the text's last token merged with the choice: take the choice alone
+            full = base + tokenizer(choice, add_special_tokens=False)["input_ids"]
+        endings.append(full[len(base) :])
+    return base, endings
+
+
+def left_padded(rows: list[list[int]], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask of token-id lists, padded on the left.  (B, T), (B, T)"""
+    width = max(len(row) for row in rows)
+    input_ids = torch.tensor([[pad_token_id] * (width - len(row)) + row for row in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], device=device)
+    return {"input_ids": input_ids, "attention_mask": mask}

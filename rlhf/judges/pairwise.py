@@ -68,7 +68,8 @@ class PairwiseJudge:
             forward, backward = answers[2 * n], answers[2 * n + 1]
             preferences[item][(i, j)] = (forward + 1.0 - backward) / 2.0
             self.stats.pairs += 1
-            self.stats.position_biased += (forward > 0.5) == (backward > 0.5) and forward != 0.5
+            # Biased: the same position wins in both orders. An order at exactly 0.5 picks no position.
+            self.stats.position_biased += (forward > 0.5 and backward > 0.5) or (forward < 0.5 and backward < 0.5)
         return [
             judgement_from_preferences(len(responses), prefs, [beats(prefs, i) for i in range(len(responses))])
             for (_, _, responses), prefs in zip(items, preferences)
