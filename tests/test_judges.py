@@ -280,8 +280,9 @@ def space_then_one_lover(tokenizer) -> GPT2LMHeadModel:
     space token it strongly prefers "1" over "2", after any other token "2" over "1"."""
     from transformers import GPT2Config
 
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=0, n_embd=2, n_head=1, n_positions=1024, tie_word_embeddings=False,
-                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=0, n_embd=2, n_head=1, n_positions=1024,
+                        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id)  # fmt: skip
     model = GPT2LMHeadModel(config).eval()
     space = tokenizer.convert_tokens_to_ids("Ġ")
     one, two = tokenizer.convert_tokens_to_ids("1"), tokenizer.convert_tokens_to_ids("2")
