@@ -461,10 +461,12 @@ class FeedbackStore:
         )
 
     def next_item(self, annotator: str) -> dict | None:
-        """The oldest queued item this annotator has neither ranked nor skipped, with its texts."""
+        """The oldest queued item this annotator has neither ranked nor skipped, with its texts and
+        chat messages (the prompt's turns; each response's turns after the prompt). A row without
+        messages (NULL) reads as one user turn, or one assistant turn, of its text."""
         with self.transaction() as con:
             row = con.execute(
-                """SELECT q.item_id, q.prompt_id, p.prompt, q.response_ids FROM annotation_queue q
+                """SELECT q.item_id, q.prompt_id, p.prompt, p.messages, q.response_ids FROM annotation_queue q
                    JOIN prompts p USING (prompt_id)
                    WHERE q.item_id NOT IN (SELECT item_id FROM annotation_events
                                            WHERE annotator = ? AND action IN ('ranked', 'skipped'))
@@ -473,18 +475,24 @@ class FeedbackStore:
             ).fetchone()
             if row is None:
                 return None
-            item_id, prompt_id, prompt, response_ids = row
+            item_id, prompt_id, prompt, prompt_messages, response_ids = row
             ids = json.loads(response_ids)
-            texts = dict(
-                con.execute(
-                    "SELECT response_id, response FROM responses WHERE list_contains(?, response_id)", [ids]
+            responses = {
+                response_id: {
+                    "response_id": response_id,
+                    "text": text,
+                    "messages": chat.from_json(messages) if messages else chat.assistant_turns(text),
+                }
+                for response_id, text, messages in con.execute(
+                    "SELECT response_id, response, messages FROM responses WHERE list_contains(?, response_id)", [ids]
                 ).fetchall()
-            )
+            }
         return {
             "item_id": item_id,
             "prompt_id": prompt_id,
             "prompt": prompt,
-            "responses": [{"response_id": i, "text": texts[i]} for i in ids],
+            "messages": chat.from_json(prompt_messages) if prompt_messages else chat.as_conversation(prompt),
+            "responses": [responses[i] for i in ids],
         }
 
     def waiting_items(self) -> int:

@@ -1,5 +1,6 @@
 """The human ranking page, served for real on 127.0.0.1 and driven in headless Chromium."""
 
+import contextlib
 import json
 import shutil
 import socket
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import uvicorn
 
+from rlhf import chat
 from rlhf.annotation.app import create_app, load_tokens, ranks_from_order
 from rlhf.errors import InputError
 from rlhf.ranking import RANKING_COLUMNS
@@ -59,8 +61,52 @@ def store(tmp_path):
     return store
 
 
+# A conversation: the prompt runs over three turns, one response over three (an HH-RLHF import).
+SCRIPT = "<script>window.pwned=1</script>"
+CHAT_PROMPT = [
+    {"role": "user", "content": "how do owls hunt ?"},
+    {"role": "assistant", "content": f"at night . {SCRIPT}"},
+    {"role": "user", "content": "and cats ?"},
+]
+CHAT_RESPONSES = [
+    [{"role": "assistant", "content": "cats stalk by day"}],
+    [
+        {"role": "assistant", "content": "cats pounce"},
+        {"role": "user", "content": SCRIPT},
+        {"role": "assistant", "content": "they do , glad to help"},
+    ],
+]
+
+
 @pytest.fixture
-def server(store):
+def chat_store(tmp_path):
+    """A store with one queued item whose prompt and second response span several turns."""
+    store = FeedbackStore(tmp_path / "chat.duckdb")
+    prompts = pd.DataFrame(
+        [("p-chat", chat.transcript(CHAT_PROMPT), chat.to_json(CHAT_PROMPT), None, "train", "test")],
+        columns=["prompt_id", "prompt", "messages", "topic", "split", "source"],
+    )
+    responses = pd.DataFrame(
+        [
+            (f"p-chat-r{i}", "p-chat", i, turns[0]["content"], chat.to_json(turns), "ckpt", "{}")
+            for i, turns in enumerate(CHAT_RESPONSES)
+        ],
+        columns=["response_id", "prompt_id", "sample_index", "response", "messages", "policy_checkpoint", "sampling"],
+    )
+    run = {"run_id": "chat-run", "stage": "test"}
+    store.ingest(run, prompts, responses, pd.DataFrame(columns=RANKING_COLUMNS))
+    ids = ["p-chat-r0", "p-chat-r1"]
+    items = pd.DataFrame(
+        [(content_id("p-chat", *ids), "p-chat", json.dumps(ids), "human")],
+        columns=["item_id", "prompt_id", "response_ids", "reason"],
+    )
+    assert store.enqueue(run, items) == 1
+    return store
+
+
+@contextlib.contextmanager
+def serving(store):
+    """The page over `store`, served on a free port of 127.0.0.1; yields its address."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -72,9 +118,23 @@ def server(store):
     while not uvicorn_server.started:
         assert time.time() < deadline, "the page did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def server(store):
+    with serving(store) as address:
+        yield address
+
+
+@pytest.fixture
+def chat_server(chat_store):
+    with serving(chat_store) as address:
+        yield address
 
 
 @pytest.fixture
@@ -165,7 +225,88 @@ def test_a_script_in_a_response_stays_inert_text(server, browser, store):
     texts = [row.find_element(By.CLASS_NAME, "text").text for row in response_rows(browser)]
     assert PAYLOAD in texts
     assert browser.execute_script("return window.pwned === undefined")
-    assert browser.find_elements(By.CSS_SELECTOR, "#responses script, #responses img") == []
+    assert count(browser, "#responses script, #responses img") == 0
+
+
+def turns_shown(browser, selector):
+    """(role label, text) of each turn under `selector`, as the page renders them ("" where no label).
+    Read with one script: a find_elements that finds nothing waits out the implicit wait."""
+    return [
+        tuple(turn)
+        for turn in browser.execute_script(
+            "return Array.from(document.querySelectorAll(arguments[0] + ' .turn'), (turn) => "
+            "[turn.querySelector('.role')?.innerText ?? '', turn.querySelector('.content').innerText])",
+            selector,
+        )
+    ]
+
+
+def count(browser, selector) -> int:
+    return browser.execute_script("return document.querySelectorAll(arguments[0]).length", selector)
+
+
+def test_a_multi_turn_prompt_shows_its_turns_with_their_roles_in_order(chat_server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{chat_server}/#token={TOKEN}")
+    wait_for(lambda: len(response_rows(browser)) == 2)
+    assert turns_shown(browser, "#prompt") == [
+        ("User", "how do owls hunt ?"),
+        ("Assistant", f"at night . {SCRIPT}"),
+        ("User", "and cats ?"),
+    ]
+    roles = [turn.get_attribute("data-role") for turn in browser.find_elements(By.CSS_SELECTOR, "#prompt .turn")]
+    assert roles == ["user", "assistant", "user"]
+    assert turns_shown(browser, "#responses li:nth-child(1)") == [("", "cats stalk by day")]  # as before: its text
+    assert response_rows(browser)[0].find_element(By.CLASS_NAME, "text").text == "cats stalk by day"
+    assert turns_shown(browser, "#responses li:nth-child(2)") == [
+        ("Assistant", "cats pounce"),
+        ("User", SCRIPT),
+        ("Assistant", "they do , glad to help"),
+    ]
+
+
+def test_a_script_in_a_message_renders_as_text(chat_server, browser, chat_store):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{chat_server}/#token={TOKEN}")
+    wait_for(lambda: len(response_rows(browser)) == 2)
+    assert browser.execute_script("return window.pwned === undefined")
+    assert count(browser, "#prompt script, #responses script, .content *") == 0
+    contents = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.content'), (node) => node.textContent)"
+    )
+    assert contents.count(f"at night . {SCRIPT}") == 1 and contents.count(SCRIPT) == 1
+    # The keyboard flow works over multi-turn rows: move the three-turn response up, tie, submit.
+    second = response_rows(browser)[1]
+    second.click()
+    second.send_keys(Keys.SHIFT, Keys.ARROW_UP)
+    assert [row.get_attribute("data-id") for row in response_rows(browser)] == ["p-chat-r1", "p-chat-r0"]
+    response_rows(browser)[1].send_keys("t")
+    response_rows(browser)[1].send_keys(Keys.ENTER)
+    wait_for(lambda: browser.find_element(By.ID, "done").is_displayed())
+    ranks = chat_store.query("SELECT response_id, rank FROM rankings WHERE judge = 'human'")
+    assert dict(zip(ranks["response_id"], ranks["rank"])) == {"p-chat-r1": 1, "p-chat-r0": 1}
+    assert browser.execute_script("return window.pwned === undefined")
+
+
+def test_next_item_returns_the_messages_of_the_prompt_and_each_response(chat_store, store):
+    item = chat_store.next_item("alice")
+    assert item["prompt"] == chat.transcript(CHAT_PROMPT)
+    assert item["messages"] == CHAT_PROMPT
+    assert [r["messages"] for r in item["responses"]] == CHAT_RESPONSES
+    assert [r["text"] for r in item["responses"]] == ["cats stalk by day", "cats pounce"]
+    # Rows written as plain strings have one user turn and one assistant turn each.
+    plain = store.next_item("alice")
+    assert plain["messages"] == [{"role": "user", "content": PROMPTS[plain["prompt_id"]]}]
+    texts = RESPONSES[plain["prompt_id"]]
+    assert [r["messages"] for r in plain["responses"]] == [[{"role": "assistant", "content": t}] for t in texts]
+    # A row without messages (NULL) falls back to the same, from its text.
+    with store.transaction() as con:
+        con.execute("UPDATE prompts SET messages = NULL")
+        con.execute("UPDATE responses SET messages = NULL")
+    assert store.next_item("alice") == plain
 
 
 def test_a_wrong_token_is_refused(server, browser):

@@ -2,8 +2,10 @@
 each request is one short transaction), so the page and the pipeline can run at the same time.
 
 Every /api request needs `Authorization: Bearer <token>`; tokens map to annotator names in a JSON
-file that only the operator sees. The page shows model text with textContent only, and a
-Content-Security-Policy forbids inline script, so a response that contains HTML stays text.
+file that only the operator sees. An item is a conversation: the prompt's chat messages (several
+turns, each shown with its role) and each response's turns after it (`FeedbackStore.next_item`).
+The page shows model text with textContent only, and a Content-Security-Policy forbids inline
+script, so a message that contains HTML stays text.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 // The ranking page. Model text is only ever set with textContent, never parsed as HTML.
+// A prompt is a conversation (chat messages, rlhf/chat.py); each response is the turns after it.
 "use strict";
 
 const state = { token: "", item: null };
@@ -46,6 +47,30 @@ function renumber() {
   });
 }
 
+const ROLE_NAMES = { user: "User", assistant: "Assistant", system: "System" };
+
+// A conversation as turns, each with its role shown. A lone message in the expected role (a
+// prompt's one user turn, a response's one assistant turn) shows just its text.
+function turns(messages, loneRole) {
+  const lone = messages.length === 1 && messages[0].role === loneRole;
+  return messages.map((message) => {
+    const turn = document.createElement("div");
+    turn.className = "turn";
+    turn.dataset.role = message.role;
+    if (!lone) {
+      const role = document.createElement("div");
+      role.className = "role";
+      role.textContent = ROLE_NAMES[message.role] || message.role;
+      turn.append(role);
+    }
+    const content = document.createElement("div");
+    content.className = "content";
+    content.textContent = message.content; // text, never HTML
+    turn.append(content);
+    return turn;
+  });
+}
+
 function checkbox(className, label) {
   const wrapper = document.createElement("label");
   const box = document.createElement("input");
@@ -65,7 +90,7 @@ function responseRow(response) {
   rank.className = "rank";
   const text = document.createElement("div");
   text.className = "text";
-  text.textContent = response.text; // text, never HTML
+  text.replaceChildren(...turns(response.messages || [{ role: "assistant", content: response.text }], "assistant"));
   const controls = document.createElement("div");
   controls.className = "controls";
   controls.append(checkbox("tie", "tie with above"), checkbox("unsafe-box", "unsafe"));
@@ -119,7 +144,7 @@ function show(item) {
   $("task").hidden = !item;
   $("done").hidden = !!item;
   if (!item) return;
-  $("prompt").textContent = item.prompt; // text, never HTML
+  $("prompt").replaceChildren(...turns(item.messages || [{ role: "user", content: item.prompt }], "user"));
   $("responses").replaceChildren(...item.responses.map(responseRow));
   renumber();
   rows()[0].focus();
