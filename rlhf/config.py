@@ -28,11 +28,46 @@ class StoreParams(Section):
     """How long a writer waits for the store's cross-process lock before giving up."""
 
 
+class BootstrapSFTParams(Section):
+    """Supervised fine-tuning of a pretrained model on `demonstrations` (TRL SFTTrainer, loss on the
+    completion tokens only). Defaults suit a real pretrained model, not the demo's from-scratch run."""
+
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training demonstrations."""
+    batch_size: int = Field(8, ge=1)
+    """Demonstrations per device per optimizer step (times gradient_accumulation_steps)."""
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-5, gt=0, lt=1)
+    """Peak learning rate (cosine schedule, 3% warmup). LoRA usually wants about 10x more (2e-4)."""
+    max_length: int = Field(1024, ge=8)
+    """Tokens per rendered demonstration; longer ones are cut at the end, and one whose prompt alone
+    fills it is dropped (counted as `dropped_too_long` in metrics/bootstrap.json)."""
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of demonstrations held out by a hash of their prompt (stable across runs and file
+    order); their loss before and after training goes to metrics/bootstrap.json. 0: none held out."""
+    lora_rank: int = Field(0, ge=0)
+    """>0: train LoRA adapters of this rank (peft) and merge them into the saved model, so later
+    stages load a plain model; 0: fine-tune every weight."""
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """auto: bf16 autocast on a CUDA device that supports it, else fp32."""
+    gradient_checkpointing: bool = False
+
+
 class BootstrapPolicyParams(Section):
     source: Literal["demo", "pretrained"] = "demo"
-    """demo: train the tiny policy on the synthetic domain; pretrained: pass `model` through."""
+    """demo: train the tiny policy on the synthetic domain; pretrained: start from `model`, passed
+    through as it is or fine-tuned on `demonstrations`."""
     model: str | None = None
     """A local path or hub id of a causal LM (source: pretrained)."""
+    demonstrations: str | None = None
+    """source: pretrained: a .jsonl, .parquet or .csv file, or a `datasets` save_to_disk directory,
+    of `prompt` + `completion` (strings or chat messages) or of `messages` (a whole conversation:
+    its last assistant turn is the completion, every turn before it the prompt). null: no SFT,
+    the model is passed through. Not a DVC dep: after editing the file, `dvc repro -f bootstrap_policy`."""
+    sft: BootstrapSFTParams = BootstrapSFTParams()
+    """How `demonstrations` fine-tune the pretrained model. The demo's SFT uses the keys below."""
     vocab_size: int = Field(1024, ge=300, le=65536)
     """Size of the demo tokenizer's BPE vocabulary."""
     n_layer: int = Field(2, ge=1, le=48)
@@ -41,7 +76,7 @@ class BootstrapPolicyParams(Section):
     demos_per_prompt: int = Field(12, ge=1)
     """Mixed-quality demonstrations generated per training prompt."""
     steps: int = Field(1500, ge=1)
-    """Optimizer steps of supervised fine-tuning on the demonstrations."""
+    """Optimizer steps of the demo's supervised fine-tuning (source: demo; a pretrained model's is `sft`)."""
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(3e-3, gt=0, lt=1)
 
@@ -49,6 +84,8 @@ class BootstrapPolicyParams(Section):
     def _pretrained_needs_model(self):
         if self.source == "pretrained" and not self.model:
             raise ValueError("model: required when source is 'pretrained'")
+        if self.source == "demo" and self.demonstrations:
+            raise ValueError("demonstrations: only with source 'pretrained' (the demo generates its own)")
         if self.n_embd % self.n_head:
             raise ValueError("n_embd: must be a multiple of n_head")
         return self

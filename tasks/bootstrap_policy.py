@@ -1,8 +1,11 @@
-"""Stage bootstrap_policy: the starting policy (demo SFT, or a pretrained model passed through)."""
+"""Stage bootstrap_policy: the starting policy (demo SFT, or a pretrained model passed through or
+fine-tuned on demonstrations). The model directory appears whole or not at all."""
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from rlhf.bootstrap import pass_through_pretrained, train_demo_policy
+from rlhf.bootstrap import bootstrap_pretrained, train_demo_policy
 from rlhf.demo import domain
 from rlhf.models import resolve_device
 from rlhf.prompts import split_of
@@ -11,19 +14,38 @@ from tasks._stage import params_from, parse_paths, run_stage, write_json
 STAGE = "bootstrap_policy"
 
 
+def write_dir_whole(out_dir: Path, write: Callable[[Path], dict]) -> dict:
+    """Run `write` into a temporary directory beside `out_dir`, then rename it into place; on any
+    failure the temporary directory is removed and `out_dir` is left as it was."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = write(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return result
+
+
 def main() -> None:
     args = parse_paths(STAGE, [], ["model_dir", "metrics"])
     params = params_from(args)
     section, device = params.bootstrap_policy, resolve_device(params.device)
-    out_dir = Path(args.model_dir)
     if section.source == "demo":
         # Demonstrations only for training prompts: held-out prompts stay unseen until evaluation.
         train = [
             (p, t) for p, t in domain.all_prompts() if split_of(p, params.collect_prompts.test_fraction) == "train"
         ]
-        metrics = train_demo_policy(section, train, params.seed, device, out_dir)
+        metrics = write_dir_whole(
+            Path(args.model_dir), lambda out: train_demo_policy(section, train, params.seed, device, out)
+        )
     else:
-        metrics = pass_through_pretrained(section.model, device, out_dir)
+        metrics = write_dir_whole(
+            Path(args.model_dir), lambda out: bootstrap_pretrained(section, params.seed, device, out)
+        )
     write_json(args.metrics, metrics)
 
 
