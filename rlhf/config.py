@@ -303,6 +303,15 @@ class RankResponsesParams(Section):
 
 
 class TrainRewardParams(Section):
+    backbone: str | None = None
+    """null: start from the bootstrap policy (InstructGPT's choice). Else a local path or hub id of
+    any model that loads as a sequence classifier with one label (an encoder such as MiniLM or
+    DeBERTa, another causal LM), read with its own tokenizer and chat template (rlhf.scoring)."""
+    train: bool = True
+    """false: use `backbone` as a trained reward model as it is; its held-out accuracy is still reported."""
+    label_sources: list[str] | None = None
+    """Train only on pairs whose judge is one of these (e.g. [human] for imported and page labels);
+    null: every label. The held-out report keeps every source (by source)."""
     batching: Literal["kwise", "pairwise"] = "pairwise"
     """pairwise: one element per pair with TRL's RewardTrainer; kwise: one batch element per ranking,
     its K responses scored once and all its pairs' losses averaged (InstructGPT)."""
@@ -318,6 +327,12 @@ class TrainRewardParams(Section):
     ensemble: int = Field(1, ge=1, le=16)
     """>1: train this many reward models (seeds seed, seed+1, ...) and score with their mean;
     metrics/reward.json then also gives the members' mean accuracy alone."""
+
+    @model_validator(mode="after")
+    def _untrained_needs_backbone(self):
+        if not self.train and not self.backbone:
+            raise ValueError("backbone: required when train is false (the reward model to use as it is)")
+        return self
 
 
 class TrainCostParams(Section):
