@@ -88,3 +88,12 @@ def test_stage_exits_2_with_one_line_and_writes_nothing(raw, tmp_path, project_r
         "Input should be less than 1 (got 1.5)"
     ]
     assert not out.exists()
+
+
+def test_the_real_model_recipe_is_a_valid_params_file(project_root):
+    """configs/real-model/params.yaml (README: "Your model, your data") must not drift from the schema."""
+    from rlhf.config import load_params
+
+    params = load_params(project_root / "configs" / "real-model" / "params.yaml")
+    assert params.bootstrap_policy.source == "pretrained" and params.bootstrap_policy.demonstrations
+    assert params.train_reward.backbone and params.rank_responses.judge == "openai"
