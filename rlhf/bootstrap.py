@@ -37,7 +37,7 @@ from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.errors import InputError
 from rlhf.jsonl import json_objects
 from rlhf.models import load_policy, load_tokenizer
-from rlhf.prompts import split_of
+from rlhf.text import split_of
 
 
 class DemonstrationsError(InputError):

@@ -10,7 +10,6 @@ message, chat messages are kept with every turn. A prompt's id and split are has
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,19 +25,13 @@ from rlhf.demo import domain
 from rlhf.errors import InputError, PromptSourceError, StoreError
 from rlhf.jsonl import json_objects
 from rlhf.store import FeedbackStore
-from rlhf.text import content_id
+from rlhf.text import content_id, split_of
 
 # prompt: the text (rlhf.chat.transcript); messages: the chat messages as JSON (rlhf.chat.to_json);
 # source_row: the prompt's row in its source (1-based), None where the source has no rows.
 PROMPT_COLUMNS = ["prompt_id", "prompt", "messages", "topic", "split", "source", "source_row"]
 # What every reader returns, one row per source row: conversation is None for an empty prompt.
 ROW_COLUMNS = ["conversation", "prompt", "topic", "source", "source_row"]
-
-
-def split_of(prompt: str, test_fraction: float) -> str:
-    """train or test, from a hash of the text: stable across runs, machines and file order."""
-    bucket = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "test" if bucket < test_fraction else "train"
 
 
 # --- one source's rows as conversations ---

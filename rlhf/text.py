@@ -1,12 +1,8 @@
-"""How a prompt and a response become one text, the same way for the judge, the reward model and PPO."""
+"""Content hashes: natural keys, the train/test split of a prompt, configuration digests."""
 
 from __future__ import annotations
 
 import hashlib
-
-
-def join(prompt: str, response: str) -> str:
-    return f"{prompt} {response.strip()}"
 
 
 def content_id(*parts: object) -> str:
@@ -16,6 +12,12 @@ def content_id(*parts: object) -> str:
         digest.update(str(part).encode())
         digest.update(b"\x1f")
     return digest.hexdigest()[:32]
+
+
+def split_of(prompt: str, test_fraction: float) -> str:
+    """train or test, from a hash of the text: stable across runs, machines and file order."""
+    bucket = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "test" if bucket < test_fraction else "train"
 
 
 def config_digest(*parts: object) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from rlhf.bootstrap import bootstrap_pretrained, train_demo_policy
 from rlhf.demo import domain
 from rlhf.models import resolve_device
-from rlhf.prompts import split_of
+from rlhf.text import split_of
 from tasks._stage import params_from, parse_paths, run_stage, write_json
 
 STAGE = "bootstrap_policy"
