@@ -28,6 +28,14 @@ class QueueNotDone(RuntimeError):
     """The serving window ended with items still waiting for people."""
 
 
+def ranking_server(app, host: str, port: int) -> uvicorn.Server:
+    """The page's server, leaving logging alone: uvicorn's default `log_config` calls
+    `logging.config.dictConfig`, which inside a flow run can deadlock against Prefect's API log
+    handler (it flushes under the logging lock that Prefect's event-loop thread is waiting for;
+    seen as a hung test, FACTS.md)."""
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None))
+
+
 @flow(name="rlhf-human-ranking")
 def human_ranking(
     root: str = ".",
@@ -43,7 +51,7 @@ def human_ranking(
     store_path = str(root_path / load_params(root_path / "params.yaml").store.path)
     total = int(FeedbackStore(store_path).counts()["annotation_queue"])
     app = create_app(FeedbackStore(store_path), load_tokens(root_path / tokens))
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = ranking_server(app, host, port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     logger.info("ranking page on http://%s:%d/#token=<token>; %d items in the queue", host, port, total)

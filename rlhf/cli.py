@@ -102,7 +102,7 @@ def serve_annotation_page(args: argparse.Namespace) -> None:
 
     app = create_app(FeedbackStore(args.store), load_tokens(args.tokens))
     print(f"rlhf: ranking page on http://{args.host}:{args.port}/#token=<token>", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", log_config=None)
 
 
 def print_agreement(report: dict) -> None:

@@ -420,3 +420,18 @@ def test_human_ranking_flow_fails_naming_what_still_waits_when_its_window_ends(p
 
     with pytest.raises(QueueNotDone, match=r"closed after 1s with 2 of 2 items waiting"):
         human_ranking(root=str(ranking_workspace), port=free_port(), timeout_s=1, poll_s=0.2)
+
+
+def test_the_flows_page_server_leaves_logging_configuration_alone(monkeypatch):
+    """uvicorn's default log_config runs logging.config.dictConfig, which deadlocked the human
+    ranking flow against Prefect's API log handler (FACTS.md); the server must never call it."""
+    import logging.config
+
+    from flows.human_ranking import ranking_server
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("logging.config.dictConfig was called")
+
+    monkeypatch.setattr(logging.config, "dictConfig", refuse)
+    server = ranking_server(create_app(FeedbackStore(":memory:"), {}), "127.0.0.1", 0)
+    assert server.config.log_config is None
