@@ -391,7 +391,10 @@ class TrainPolicyParams(Section):
     kl_coef: float = Field(0.05, ge=0)
     """Per-token KL penalty coefficient beta against the frozen reference (the start value if adaptive)."""
     kl_estimator: Literal["k1", "k3"] = "k1"
-    """k1: log(pi/pi_ref), unbiased, can be negative per token; k3: (r - 1) - log r, r = pi_ref/pi, never negative."""
+    """How the KL is measured (logged, and read by the adaptive controller, max_kl and early_stop_kl):
+    k1: log(pi/pi_ref), unbiased, can be negative per token; k3: (r - 1) - log r, r = pi_ref/pi,
+    never negative. The penalty in the reward is always k1: k3's gradient as a reward is not the
+    KL's (see rlhf.ppo.core.rlhf_rewards)."""
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
     """adaptive: Ziegler et al.'s proportional controller moves kl_coef toward target_kl."""
     target_kl: float = Field(6.0, gt=0)

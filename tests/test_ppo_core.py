@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from rlhf.ppo import core
@@ -127,3 +128,18 @@ def test_whiten_over_processes_equals_whiten_over_the_joined_batch():
     for rank, (v, m) in enumerate(halves):
         split = core.whiten(v, m, all_reduce=all_reduce_for(rank))
         assert torch.allclose(split * m, joined[3 * rank : 3 * rank + 3] * m, atol=1e-5)
+
+
+@pytest.mark.parametrize("lagrange_value", [0.0, 1.0, 20.0])
+def test_ppo_lagrangian_keeps_the_kl_weight_against_the_score_at_beta_whatever_lambda(lagrange_value):
+    """Safe RLHF divides the whole task side by 1 + lambda. Dividing the score alone (the old code)
+    weighed the KL beta (1 + lambda) against it: 21 beta at lambda 20."""
+    logprobs = torch.tensor([[-1.0, -1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0, -2.0]])  # KL 0.5 on the first token only
+    mask = torch.ones(1, 3)
+    lagrange = core.LagrangeMultiplier(lagrange_value, limit=0.1, lr=1.0, maximum=20.0)
+    score, cost, beta = torch.tensor([2.0]), torch.tensor([0.25]), 0.1
+    rewards = core.safe_rlhf_rewards(score, cost, logprobs, ref, mask, beta, lagrange)
+    kl_reward, score_reward = rewards[0, 0], rewards[0, 2] + lagrange_value * cost[0] / (1 + lagrange_value)
+    assert (kl_reward / score_reward).item() == pytest.approx(-beta * 0.5 / 2.0)
+    assert rewards[0, 2].item() == pytest.approx((2.0 - lagrange_value * 0.25) / (1 + lagrange_value))

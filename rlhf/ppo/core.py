@@ -102,9 +102,14 @@ class LagrangeMultiplier:
     def update(self, cost: float) -> None:
         self.value = min(max(self.value + self.lr * (cost - self.limit), 0.0), self.maximum)
 
-    def penalised(self, scores: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
-        """(score - lambda cost) / (1 + lambda): Safe RLHF's combination, kept on the reward's scale."""
-        return (scores - self.value * costs) / (1.0 + self.value)
+    def penalised(self, rewards: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+        """(R - lambda C) / (1 + lambda): Safe RLHF's combination, kept on the reward's scale.
+
+        `rewards` is the whole task side (per token: the score, the missing-EOS penalty and -beta
+        KL), `costs` the cost side on the same positions, so every term of the task objective keeps
+        its weight against the score whatever lambda is; dividing the score alone would weigh the
+        KL beta (1 + lambda) against it."""
+        return (rewards - self.value * costs) / (1.0 + self.value)
 
     def state_dict(self) -> dict:
         return {"value": self.value}
@@ -113,19 +118,34 @@ class LagrangeMultiplier:
         self.value = state["value"]
 
 
-def rlhf_rewards(
-    scores: torch.Tensor,
-    logprobs: torch.Tensor,
-    ref_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-    kl_coef: float,
-    kl_estimator: str = "k1",
-) -> torch.Tensor:
-    """Per-token rewards: -beta * KL at every token, plus the sequence score on the last real token.  (B, T)"""
-    rewards = -kl_coef * kl_per_token(logprobs, ref_logprobs, kl_estimator) * mask
+def at_last_token(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A per-sequence value placed on each response's last real token, zero elsewhere.  (B,) -> (B, T)"""
+    placed = torch.zeros_like(mask, dtype=values.dtype)
     last = mask.sum(-1).long().clamp(min=1) - 1  # (B,) index of the final response token
-    rewards[torch.arange(len(scores)), last] += scores
-    return rewards
+    placed[torch.arange(len(values)), last] = values
+    return placed
+
+
+def rlhf_rewards(
+    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """Per-token rewards: -beta * KL at every token, plus the sequence score on the last real token.  (B, T)
+
+    The KL is k1, log(pi/pi_ref) of the sampled token (Ziegler et al. 2019; Ouyang et al. 2022):
+    as a reward, its policy gradient is that of KL(pi || pi_ref). k3 is an unbiased estimate of
+    the KL's value but not of its gradient when used as a reward (E[grad log pi * k3] is not
+    grad KL, and it nearly vanishes near the reference), so it serves for measuring only."""
+    rewards = -kl_coef * kl_per_token(logprobs, ref_logprobs, "k1") * mask
+    return rewards + at_last_token(scores, mask)
+
+
+def safe_rlhf_rewards(
+    scores: torch.Tensor, costs: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+    mask: torch.Tensor, kl_coef: float, lagrange: LagrangeMultiplier,
+) -> torch.Tensor:  # fmt: skip
+    """PPO-Lagrangian's per-token rewards (Dai et al. 2023): the task rewards (score, penalties and
+    -beta KL, `rlhf_rewards`) minus lambda times the cost on the last token, over 1 + lambda.  (B, T)"""
+    return lagrange.penalised(rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef), at_last_token(costs, mask))
 
 
 def gae(

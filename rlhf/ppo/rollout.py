@@ -33,7 +33,7 @@ class Rollout:
     mask: torch.Tensor  # (B, T) 1 on response tokens up to and including EOS
     logprobs: torch.Tensor  # (B, T) log pi_old(a_t | s_t)
     values: torch.Tensor  # (B, T) V_old(s_t)
-    scores: torch.Tensor  # (B,) normalised reward-model score, minus the missing-EOS penalty (and the cost)
+    scores: torch.Tensor  # (B,) normalised reward-model score, minus the missing-EOS penalty
     advantages: torch.Tensor  # (B, T) whitened GAE advantages
     returns: torch.Tensor  # (B, T) advantages + values: the value targets
 
@@ -175,9 +175,8 @@ def collect_rollout(
         normalizer.observe(gather(raw_scores))
     scores = normalizer(raw_scores) - params.missing_eos_penalty * (~ended).float()
     costs = None
-    if cost_scorer is not None:  # PPO-Lagrangian: the cost model's P(unsafe), weighed by lambda
+    if cost_scorer is not None:  # PPO-Lagrangian: the cost model's P(unsafe), weighed by lambda in step 4
         costs = torch.sigmoid(cost_scorer(prompts, sample.texts).to(device))
-        scores = lagrange.penalised(scores, costs)
     # 3. reference log-probs and the critic's values
     args = (query_ids, query_mask, response_ids, mask)
     with models.reference_policy() as reference:
@@ -185,7 +184,10 @@ def collect_rollout(
     values = critic_values(models.trained.critic, *args) * mask
     ref_logprobs = ref_logprobs * mask
     # 4. per-token KL penalty, sequence score on the last token
-    rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, params.kl_estimator)
+    if costs is None:
+        rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
+    else:
+        rewards = core.safe_rlhf_rewards(scores, costs, logprobs, ref_logprobs, mask, kl_coef, lagrange)
     # 5. GAE, then whiten the advantages over the (global) batch
     advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
     advantages = core.whiten(advantages, mask, all_reduce=all_reduce)
