@@ -14,7 +14,7 @@ from rlhf.judges.rules import RuleJudge, is_unsafe, words
 from rlhf.logprobs import response_logits
 from rlhf import chat
 from rlhf.reward import accuracy_on, pair_accuracy
-from rlhf.sampling import Generation, generate
+from rlhf.sampling import Generation, sample_from_policy
 from rlhf.scoring import score_exchanges
 
 
@@ -103,8 +103,8 @@ def compare_policies(
     """
     prompts = [chat.as_conversation(prompt) for prompt in prompts]  # a plain string is one user turn
     rendered = [chat.render_prompt(tokenizer, conversation) for conversation in prompts]
-    start_gen = generate(start, tokenizer, rendered, max_new_tokens, temperature)
-    final_gen = generate(final, tokenizer, rendered, max_new_tokens, temperature)
+    start_gen = sample_from_policy(start, tokenizer, rendered, max_new_tokens, temperature)
+    final_gen = sample_from_policy(final, tokenizer, rendered, max_new_tokens, temperature)
     asked = [chat.last_user_content(conversation) for conversation in prompts]  # what the rules read
 
     def judged(responses: list[str]) -> list[float]:

@@ -79,6 +79,32 @@ def generate(
     return Generation(batch["input_ids"], batch["attention_mask"], response_ids, response_mask, ended, texts)
 
 
+@torch.no_grad()
+def sample_from_policy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    temperature: float,
+) -> Generation:
+    """Responses drawn from exactly softmax(logits / temperature), as PPO's sampler draws them.
+
+    `generate` reads the model's own generation config, so a user's model that ships a repetition
+    penalty or top-k would be sampled from another distribution than the one PPO trains and KL is
+    measured under; evaluation uses this instead. `prompts` are rendered texts (rlhf.chat)."""
+    device = next(model.parameters()).device
+    batch = tokenizer(
+        prompts, return_tensors="pt", padding=True, padding_side="left",
+        add_special_tokens=chat.add_special_tokens_for(tokenizer),
+    ).to(device)  # fmt: skip
+    response_ids, response_mask, ended, _ = sample_with_logprobs(
+        model, batch["input_ids"], batch["attention_mask"], max_new_tokens, temperature, tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    )  # fmt: skip
+    texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
+    return Generation(batch["input_ids"], batch["attention_mask"], response_ids, response_mask, ended, texts)
+
+
 def sample_categorical(logprobs: torch.Tensor) -> torch.Tensor:
     """One draw per row by inverting the CDF: one uniform per row, where torch.multinomial
     draws an exponential per vocabulary entry (a tenth of the sampling loop on CPU).  (B, V) -> (B,)"""

@@ -59,3 +59,33 @@ def test_sequence_kl_is_exact_per_position_zero_for_the_same_policy_and_positive
     # by hand: sum over the vocabulary of p log(p / q), summed over each response's positions
     by_hand = ((p * (p / q).log()).sum(-1) * moved.response_mask).sum(-1).mean().item()
     assert sequence_kl(policy, reference, moved, 1.0) == pytest.approx(by_hand, rel=1e-4) and by_hand > 0.01
+
+
+def test_evaluation_samples_from_exactly_the_policy_whatever_its_generation_config(tiny_tokenizer):
+    """A user's model may ship a repetition penalty (or top-k) in its generation config: `generate`
+    applies it, so KL and win rate would be measured under another distribution than the one PPO
+    trains. The evaluation sampler draws from softmax(logits / T) only: here the first token's
+    draws put the policy's own probability on the prompt's tokens, which the penalty suppresses."""
+    from rlhf.sampling import sample_from_policy
+
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)).eval()
+    with torch.no_grad():  # sharpen the random model so the prompt's tokens carry real mass
+        policy.lm_head.weight.mul_(8.0)
+    policy.generation_config.repetition_penalty = 50.0
+    prompt = domain.all_prompts()[0][0]
+    prompt_ids = set(tiny_tokenizer(prompt)["input_ids"])
+    query = tiny_tokenizer([prompt], return_tensors="pt")
+    with torch.no_grad():
+        first = torch.softmax(policy(**query).logits[0, -1], -1)
+    mass = first[sorted(prompt_ids)].sum().item()  # P(first token is one of the prompt's)
+    draws = 3000
+
+    def share_on_prompt_tokens(generation) -> float:
+        return sum(int(t) in prompt_ids for t in generation.response_ids[:, 0]) / draws
+
+    exact = share_on_prompt_tokens(sample_from_policy(policy, tiny_tokenizer, [prompt] * draws, 1, 1.0))
+    penalised = share_on_prompt_tokens(generate(policy, tiny_tokenizer, [prompt] * draws, 1, 1.0))
+    tolerance = 4 * (mass * (1 - mass) / draws) ** 0.5
+    assert mass > 0.05 and abs(exact - mass) < tolerance, (exact, mass)
+    assert penalised < mass - tolerance  # what evaluate measured under before
