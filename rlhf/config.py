@@ -390,6 +390,10 @@ class TrainPolicyParams(Section):
     warmup_iterations: int = Field(0, ge=0)
     kl_coef: float = Field(0.05, ge=0)
     """Per-token KL penalty coefficient beta against the frozen reference (the start value if adaptive)."""
+    recompute_old_logprobs: bool = False
+    """Recompute log pi_old with the update's own forward pass after each rollout (one more policy
+    pass) instead of keeping the sampler's. On CUDA under bf16 the two differ (logged every
+    iteration as update_logprob_drift); on CPU in fp32 they agree to float rounding."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """How the KL is measured (logged, and read by the adaptive controller, max_kl and early_stop_kl):
     k1: log(pi/pi_ref), unbiased, can be negative per token; k3: (r - 1) - log r, r = pi_ref/pi,

@@ -129,11 +129,45 @@ def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, 
     )
     assert stats["kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference before any update
     assert rollout.advantages.shape == rollout.mask.shape == rollout.response_ids.shape
-    accelerator = make_accelerator(params, device)
+    accelerator = make_accelerator(params, device)  # minibatch 4 of micro-batches 2: 2 accumulation steps
     optimizer = torch.optim.Adam(models.trained.parameters(), 1e-3)
+    trained, optimizer = accelerator.prepare(models.trained, optimizer)  # as train_ppo does
     shuffle = torch.Generator().manual_seed(0)
-    update = ppo_update(models.trained, models.trained, accelerator, optimizer, rollout, params, shuffle, None)
+    steps = []
+    optimizer.optimizer.register_step_post_hook(lambda *args: steps.append(1))
+    update = ppo_update(trained, trained, accelerator, optimizer, rollout, params, shuffle, None)
+    assert len(steps) == params.ppo_epochs * params.batch_size // params.minibatch_size  # one per minibatch
     assert set(update) >= {"policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "policy_grad_norm"}
     assert any(not torch.equal(before[name], p) for name, p in policy.named_parameters())
     assert any(not torch.equal(a, b) for a, b in zip(critic_before, critic.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(reference_before, reference.parameters()))
+
+
+def test_the_rollout_vs_update_logprob_drift_is_measured_and_recomputing_removes_it(tokenizer, tmp_path):
+    """The drift ppo_update logs is the sampler's log pi_old against the update's first forward:
+    0 in fp32 on CPU. Shifted by hand (as bf16 shifts them on CUDA), it reads the shift, and
+    recompute_old_logprobs puts the training forward's values back."""
+    from rlhf.ppo.trainer import recompute_old_logprobs
+
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(tiny_config(tokenizer))
+    GPT2ForSequenceClassification(tiny_config(tokenizer, num_labels=1)).save_pretrained(tmp_path / "rm")
+    critic = load_scalar_head_model(tmp_path / "rm", torch.device("cpu"), tokenizer.pad_token_id)
+    params = TrainPolicyParams(batch_size=8, minibatch_size=8, micro_batch_size=4, ppo_epochs=1, max_new_tokens=8)
+    reference = GPT2LMHeadModel(tiny_config(tokenizer))
+    reference.load_state_dict(policy.state_dict())
+    models = PPOModels.build(policy, critic, params, reference=reference)
+    reward_model = load_scalar_head_model(tmp_path / "rm", torch.device("cpu"), tokenizer.pad_token_id)
+    scorer = RewardScorer(reward_model, tokenizer)
+    prompts = [p for p, _ in domain.all_prompts()[:8]]
+    rollout, _ = collect_rollout(models, scorer, ScoreNormalizer("none"), tokenizer, prompts, params, 0.05)
+    sampled = rollout.logprobs.clone()
+    rollout.logprobs -= 0.07 * rollout.mask
+    assert recompute_old_logprobs(models.trained, rollout, params) == pytest.approx(0.07, abs=1e-4)
+    assert torch.allclose(rollout.logprobs, sampled, atol=1e-5)
+    rollout.logprobs -= 0.05 * rollout.mask
+    accelerator = make_accelerator(params, torch.device("cpu"))  # 2 micro-batches per optimizer step
+    trained, optimizer = accelerator.prepare(models.trained, torch.optim.Adam(models.trained.parameters(), 1e-3))
+    shuffle = torch.Generator().manual_seed(0)
+    update = ppo_update(trained, trained, accelerator, optimizer, rollout, params, shuffle, None)
+    assert update["update_logprob_drift"] == pytest.approx(0.05, abs=1e-4)  # read before the first step only
