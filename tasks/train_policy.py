@@ -132,6 +132,7 @@ def main() -> None:
         # The KL anchor stays the SFT policy over every round; with LoRA it is the round's start
         # policy with adapters off (no second copy is held).
         reference=None if config.lora_rank else load_policy(args.reference_dir, device),
+        critic_is_reward_model=critic_dir == Path(args.reward_dir),
     )
     scorer = RewardScorer(load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer)
     cost_scorer = None

@@ -369,3 +369,31 @@ def test_linear_schedule_with_warmup_and_adaptive_kl_move_per_iteration(tiny_tok
     # once the policy moves, KL passes the target and beta grows.
     assert kls[0] < 1e-6 and coefs[1] == pytest.approx(0.1 * (1 - 0.2))
     assert kls[2] > 1e-6 and coefs[3] == pytest.approx(coefs[2] * (1 + 0.2))
+
+
+@pytest.mark.parametrize("critic_is_reward_model", [True, False])
+def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(tiny_tokenizer, critic_is_reward_model):
+    """With score_normalization: initial the returns are built from (score - mean) / std; a critic
+    copied from the reward model reads raw scores until its head is rescaled the same way."""
+    params = TrainPolicyParams(batch_size=8, minibatch_size=4, max_new_tokens=8, score_normalization="initial")
+    params = params.model_copy(update={"iterations": 0})  # calibration only: the head as PPO's first step sees it
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer))
+    reference = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer))
+    reference.load_state_dict(policy.state_dict())
+    critic = GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, num_labels=1))
+    models = PPOModels.build(policy, critic, params, reference, critic_is_reward_model=critic_is_reward_model)
+    hidden = torch.randn(5, critic.config.n_embd)
+    with torch.no_grad():
+        before = models.trained.critic.score(hidden)[:, 0].clone()
+    reward = TokenCountReward(tiny_tokenizer)  # raw scores of a few tokens each: far from mean 0, std 1
+    train_ppo(models, reward, tiny_tokenizer, PROMPTS, params, 0, log=lambda row: None)
+    with torch.no_grad():
+        after = models.trained.critic.score(hidden)[:, 0]
+    if not critic_is_reward_model:  # a new value head on the policy: left as it starts
+        assert torch.equal(before, after)
+        return
+    # after = (before - mean) / std for the calibration batch's mean and std: an affine map, std > 0
+    slope = (after[1:] - after[0]) / (before[1:] - before[0])
+    assert torch.allclose(slope, slope[0].expand_as(slope), rtol=1e-4) and slope[0] > 0
+    assert not torch.allclose(after, before)

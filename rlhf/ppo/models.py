@@ -73,6 +73,8 @@ class PPOModels:
     generation_context: Callable[[], contextlib.AbstractContextManager] = field(default=contextlib.nullcontext)
     # The policy's sampler when train_policy.compile_generation is on (set by the trainer); else the eager loop.
     compiled_sampler: CompiledSampler | None = None
+    # The critic starts as a copy of the reward model (critic_start): its head then reads raw scores.
+    critic_is_reward_model: bool = False
 
     @property
     def policy(self) -> PreTrainedModel:
@@ -85,8 +87,12 @@ class PPOModels:
         critic: PreTrainedModel,
         params: TrainPolicyParams,
         reference: PreTrainedModel | None = None,
+        critic_is_reward_model: bool = False,
     ) -> PPOModels:
-        """Wire the models as params ask: LoRA or a frozen copy as reference, checkpointing, no dropout."""
+        """Wire the models as params ask: LoRA or a frozen copy as reference, checkpointing, no dropout.
+
+        A critic copied from the reward model gets a bias on its value head (zero: the same
+        function), so that `normalize_critic_head` can put its values on the normalised scale."""
         if params.lora_rank:
             from peft import LoraConfig, get_peft_model
 
@@ -112,7 +118,18 @@ class PPOModels:
                 model.activation_checkpointing_enable({"use_reentrant": False})
                 if params.lora_rank and model is policy:
                     model.enable_input_require_grads()  # frozen embeddings would cut the recompute graph
-        return cls(PolicyAndCritic(policy, critic), reference)
+        if critic_is_reward_model and critic.score.bias is None:
+            critic.score = _with_zero_bias(critic.score)
+        return cls(PolicyAndCritic(policy, critic), reference, critic_is_reward_model=critic_is_reward_model)
+
+    @torch.no_grad()
+    def normalize_critic_head(self, mean: float, std: float) -> None:
+        """V <- (V - mean) / std: the reward model's raw scale, which the critic inherits, onto the
+        normalised scale the returns are built on (score_normalization: initial). Without it the
+        first values sit on another scale and value clipping slows the correction."""
+        head = self.trained.critic.score
+        head.weight.div_(std)
+        head.bias.sub_(mean).div_(std)
 
     def reference_policy(self):
         """A context giving the reference policy: the frozen copy, or the policy with adapters off."""
@@ -125,6 +142,14 @@ class PPOModels:
         if self.reference is None:
             return self.trained.policy.merge_and_unload()
         return self.trained.policy
+
+
+def _with_zero_bias(head: nn.Linear) -> nn.Linear:
+    biased = nn.Linear(head.in_features, head.out_features, bias=True).to(head.weight.device, head.weight.dtype)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+    return biased
 
 
 @contextlib.contextmanager

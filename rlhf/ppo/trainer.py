@@ -179,6 +179,8 @@ def train_ppo(
             checkpoints.start_fresh()
     if resumed_from is None and params.score_normalization == "initial":
         calibrate(models, scorer, state.normalizer, tokenizer, sample_prompts(), params, accelerator)
+        if models.critic_is_reward_model and _zero_stage(accelerator) != 3:  # ZeRO-3 shards the head
+            models.normalize_critic_head(state.normalizer.mean, state.normalizer.std)
 
     stopped_early = None
     for iteration in range(state.iteration + 1, params.iterations + 1):
