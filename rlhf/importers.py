@@ -25,7 +25,9 @@ follow the prompt (several when one dialogue goes on longer than the other).
   rating better (rank 1 best), equal ratings tie. The rating read is the first of RATING_KEYS that
   every completion of the row carries: `fine-grained_score` (the mean of the four aspect ratings)
   before `overall_score`, because Argilla found the critique's 1s parsed as 10s in `overall_score`;
-  then a plain `rating`. The rating and model are kept in the ranking's `reasons`.
+  then a plain `rating`. The rating and model are kept in the ranking's `reasons`. Its ratings are
+  GPT-4's, not people's, so its rankings carry judge `ultrafeedback` (AI_RATED_JUDGE): agreement
+  reports and `train_reward.label_sources: [human]` do not count them as human labels.
 
 Odd rows: a real dump has rows that cannot be taken (identical chosen and rejected, no shared
 Human turn, a missing key, a line that is not JSON, a prompt with one response). Each becomes an
@@ -55,6 +57,8 @@ from rlhf.prompts import PROMPT_COLUMNS, split_of
 from rlhf.ranking import RANKING_COLUMNS
 from rlhf.sampling import RESPONSE_COLUMNS
 from rlhf.store import HUMAN_JUDGE
+
+AI_RATED_JUDGE = "ultrafeedback"  # the judge of UltraFeedback's rankings: GPT-4 rated its completions
 from rlhf.text import content_id
 
 FORMATS = ("csv", "jsonl", "argilla", "hh-rlhf", "trl", "ultrafeedback")
@@ -95,6 +99,7 @@ class Ranking:
     annotator: str
     replies: list[Reply]
     row: int
+    judge: str = HUMAN_JUDGE  # who ranked: people, unless the dump says an AI did (UltraFeedback)
 
 
 @dataclass
@@ -192,10 +197,10 @@ def _frames(rankings: list[Ranking], source: str, test_fraction: float) -> tuple
         prompt = (prompt_id, chat.transcript(ranking.prompt), messages, None, split_of(key, test_fraction), source)
         prompts.setdefault(prompt_id, (*prompt, ranking.row))  # the row where the prompt first appears
         ids = [_add_response(responses, prompt_id, source, reply.turns) for reply in ranking.replies]
-        ranking_id = content_id(prompt_id, HUMAN_JUDGE, ranking.annotator, *sorted(ids))
+        ranking_id = content_id(prompt_id, ranking.judge, ranking.annotator, *sorted(ids))
         for response_id, reply in zip(ids, ranking.replies):
             reasons = json.dumps(reply.reasons)
-            rows.append((ranking_id, response_id, prompt_id, reply.rank, float(-reply.rank), reasons, HUMAN_JUDGE,
+            rows.append((ranking_id, response_id, prompt_id, reply.rank, float(-reply.rank), reasons, ranking.judge,
                          ranking.annotator))  # fmt: skip
     return (
         pd.DataFrame(list(prompts.values()), columns=PROMPT_COLUMNS).astype({"source_row": "Int64"}),
@@ -353,7 +358,7 @@ def _ultrafeedback_ranking(record: dict, row: int, annotator: str) -> Ranking:
         rank = 1 + sum(other > rating for other in ratings)  # competition ranking: equal ratings tie
         reasons = {"rating": rating} | ({"model": str(completion["model"])} if completion.get("model") else {})
         replies.append(Reply(label, _turns(completion["response"], label), rank, reasons))
-    return Ranking(chat.as_conversation(prompt, "instruction"), annotator, replies, row)
+    return Ranking(chat.as_conversation(prompt, "instruction"), annotator, replies, row, judge=AI_RATED_JUDGE)
 
 
 def _ratings(completions: list[dict]) -> list[float]:

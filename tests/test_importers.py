@@ -237,6 +237,7 @@ def test_ultrafeedback_ratings_become_rankings_with_ties_that_export_as_pairs(tm
                      "Blue.": 1, "Seven.": 2}  # fmt: skip
     reasons = [json.loads(r) for r in imported.rankings["reasons"]]
     assert reasons[0] == {"rating": 4.5, "model": "a"}
+    assert set(imported.rankings["judge"]) == {"ultrafeedback"}  # GPT-4's ratings, not people's
     assert [str(o) for o in imported.odd_rows] == [
         f"{path}:3: the completions do not all carry one rating key (fine-grained_score, overall_score, rating)"
     ]
