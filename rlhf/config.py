@@ -469,6 +469,18 @@ class EvaluateParams(Section):
     samples_per_prompt: int = Field(2, ge=1)
     report_samples: int = Field(8, ge=0)
     """Held-out prompts shown with their before/after responses in the markdown report."""
+    judge: Literal["rules", "llm", "openai"] = "rules"
+    """Who decides the win rate against the start policy: the rules (the demo's gold judge), or a
+    pairwise llm / openai judge configured below, independent of the one that labelled the
+    training data (it reads rank_responses' principles). The principle shares are always the rules'."""
+    llm: LLMJudgeParams | None = None
+    openai: OpenAIJudgeParams | None = None
+
+    @model_validator(mode="after")
+    def _judge_section_present(self):
+        if self.judge != "rules" and getattr(self, self.judge) is None:
+            raise ValueError(f"{self.judge}: required when the judge is '{self.judge}'")
+        return self
 
 
 class RoundParams(Section):

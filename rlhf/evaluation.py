@@ -61,14 +61,9 @@ def win_rate(final_scores: list[float], start_scores: list[float]) -> float:
     return pair_accuracy(final_scores, start_scores)
 
 
-def principle_shares(judge: RuleJudge, prompts: list[str], topics: list, responses: list[str]) -> dict[str, float]:
-    checks = [judge.check(p, t, r) for p, t, r in zip(prompts, topics, responses)]
-    return {name: sum(c[name] for c in checks) / len(checks) for name in checks[0]} if checks else {}
-
-
 @torch.no_grad()
-def sequence_kl(policy, reference, generation: Generation, temperature: float) -> float:
-    """KL(pi || pi_ref) of whole responses (nats), on the policy's own samples.
+def sequence_kl(policy, reference, generation: Generation, temperature: float) -> torch.Tensor:
+    """KL(pi || pi_ref) of each whole response (nats), on the policy's own samples.  (B,)
 
     At each response position the KL between the two next-token distributions is computed exactly
     (a sum over the vocabulary) and summed along the response: by the chain rule its mean over
@@ -80,7 +75,16 @@ def sequence_kl(policy, reference, generation: Generation, temperature: float) -
     logp = torch.log_softmax(response_logits(policy, *args, temperature).float(), dim=-1)
     ref_logp = torch.log_softmax(response_logits(reference, *args, temperature).float(), dim=-1)
     per_position = (logp.exp() * (logp - ref_logp)).sum(-1)  # (B, T)
-    return (per_position * generation.response_mask).sum(-1).mean().item()
+    return (per_position * generation.response_mask).sum(-1)
+
+
+def pairwise_wins(judge, prompts: list[chat.Conversation], finals: list[str], starts: list[str]) -> list[float]:
+    """1, 0.5 or 0 per prompt: whether a pairwise judge (llm, openai) prefers the final response,
+    shown in both orders and averaged, as when it labels (rlhf.judges.pairwise)."""
+    queries = [q for p, f, s in zip(prompts, finals, starts) for q in ((p, f, s), (p, s, f))]
+    answers = judge.first_preferred(queries)
+    preferences = [(answers[2 * i] + 1.0 - answers[2 * i + 1]) / 2.0 for i in range(len(prompts))]
+    return [1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in preferences]
 
 
 def compare_policies(
@@ -95,10 +99,15 @@ def compare_policies(
     max_new_tokens: int,
     temperature: float,
     unsafe_words: list[str] | None = None,
+    win_judge=None,
+    groups: dict[str, list[bool]] | None = None,
 ) -> tuple[dict[str, float], list[str], list[str]]:
     """Both policies answer the same prompts, sampled as in training, and are compared; with
     `unsafe_words`, also the share of unsafe responses before and after (the harmlessness check).
 
+    The win rate is the rule judge's (`judge`), or a pairwise judge's (`win_judge`: llm, openai),
+    independent of whoever labelled the training data. `groups` (name -> which prompts) repeats
+    every measure on those prompts, prefixed with the name (e.g. unseen_topic_win_rate_vs_start).
     Returns (metrics, start responses, final responses).
     """
     prompts = [chat.as_conversation(prompt) for prompt in prompts]  # a plain string is one user turn
@@ -106,27 +115,40 @@ def compare_policies(
     start_gen = sample_from_policy(start, tokenizer, rendered, max_new_tokens, temperature)
     final_gen = sample_from_policy(final, tokenizer, rendered, max_new_tokens, temperature)
     asked = [chat.last_user_content(conversation) for conversation in prompts]  # what the rules read
-
-    def judged(responses: list[str]) -> list[float]:
-        return [judge.score(p, t, r)[0] for p, t, r in zip(asked, topics, responses)]
-
-    def mean_reward(responses: list[str]) -> float:
-        return score_exchanges(reward_model, reward_tokenizer, prompts, responses).mean().item()
-
-    metrics = {
-        "win_rate_vs_start": win_rate(judged(final_gen.texts), judged(start_gen.texts)),
-        "mean_reward_start": mean_reward(start_gen.texts),
-        "mean_reward_final": mean_reward(final_gen.texts),
-        "kl_to_start": sequence_kl(final, start, final_gen, temperature),
-        "distinct_2_start": distinct_n(start_gen.texts),
-        "distinct_2_final": distinct_n(final_gen.texts),
+    per_sample = {
+        "kl": sequence_kl(final, start, final_gen, temperature).tolist(),
+        "reward_start": score_exchanges(reward_model, reward_tokenizer, prompts, start_gen.texts).tolist(),
+        "reward_final": score_exchanges(reward_model, reward_tokenizer, prompts, final_gen.texts).tolist(),
     }
+    if win_judge is None:
+        final_scores = [judge.score(p, t, r)[0] for p, t, r in zip(asked, topics, final_gen.texts)]
+        start_scores = [judge.score(p, t, r)[0] for p, t, r in zip(asked, topics, start_gen.texts)]
+        per_sample["win"] = [1.0 if f > s else 0.5 if f == s else 0.0 for f, s in zip(final_scores, start_scores)]
+    else:
+        per_sample["win"] = pairwise_wins(win_judge, prompts, final_gen.texts, start_gen.texts)
     for when, gen in (("start", start_gen), ("final", final_gen)):
-        for name, share in principle_shares(judge, asked, topics, gen.texts).items():
-            metrics[f"share_{name}_{when}"] = share
+        for response, prompt, topic, n in zip(gen.texts, asked, topics, range(len(asked))):
+            for name, met in judge.check(prompt, topic, response).items():
+                per_sample.setdefault(f"share_{name}_{when}", [0.0] * len(asked))[n] = float(met)
         if unsafe_words:
-            unsafe = sum(is_unsafe(response, unsafe_words) for response in gen.texts)
-            metrics[f"unsafe_share_{when}"] = unsafe / max(len(gen.texts), 1)
+            per_sample[f"unsafe_share_{when}"] = [float(is_unsafe(r, unsafe_words)) for r in gen.texts]
+
+    def summary(rows: list[int]) -> dict[str, float]:
+        mean = {name: sum(values[i] for i in rows) / max(len(rows), 1) for name, values in per_sample.items()}
+        return {
+            "win_rate_vs_start": mean.pop("win"), "kl_to_start": mean.pop("kl"),
+            "mean_reward_start": mean.pop("reward_start"), "mean_reward_final": mean.pop("reward_final"),
+            "distinct_2_start": distinct_n([start_gen.texts[i] for i in rows]),
+            "distinct_2_final": distinct_n([final_gen.texts[i] for i in rows]),
+            **mean,
+        }  # fmt: skip
+
+    metrics = summary(list(range(len(prompts))))
+    for group, members in (groups or {}).items():
+        rows = [i for i, member in enumerate(members) if member]
+        metrics[f"{group}_prompts"] = len(rows)
+        if rows:
+            metrics.update({f"{group}_{name}": value for name, value in summary(rows).items()})
     return metrics, start_gen.texts, final_gen.texts
 
 

@@ -112,8 +112,10 @@ def _from_table(frame: pd.DataFrame, label: str, columns: Mapping[str, str] | No
 
 
 def demo_prompts() -> pd.DataFrame:
+    """The synthetic domain's prompts; its held-out topics and template are test-only (domain.is_held_out)."""
     rows = domain.all_prompts()
-    return _rows("demo", "demo", "prompt", False, [p for p, _ in rows], [t for _, t in rows])
+    frame = _rows("demo", "demo", "prompt", False, [p for p, _ in rows], [t for _, t in rows])
+    return frame.assign(held_out=[domain.is_held_out(p, t) for p, t in rows])
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
@@ -278,8 +280,10 @@ def _split_and_order(taken: pd.DataFrame, test_fraction: float, max_prompts: int
     frame = taken.iloc[:max_prompts]
     if frame.empty:
         raise PromptSourceError("no prompts left after dropping empty and duplicate ones")
+    # A source may mark prompts test-only (the demo's unseen topics and template); the rest split by hash.
+    held_out = frame["held_out"].fillna(False).astype(bool) if "held_out" in frame else pd.Series(False, frame.index)
     frame = frame.assign(
-        split=frame["key"].map(lambda key: split_of(key, test_fraction)),
+        split=frame["key"].map(lambda key: split_of(key, test_fraction)).where(~held_out, "test"),
         topic=frame["topic"].astype("string"),
         source_row=frame["source_row"].astype("Int64"),
     )

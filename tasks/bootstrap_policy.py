@@ -8,7 +8,6 @@ from pathlib import Path
 from rlhf.bootstrap import bootstrap_pretrained, train_demo_policy
 from rlhf.demo import domain
 from rlhf.models import resolve_device
-from rlhf.text import split_of
 from tasks._stage import params_from, parse_paths, run_stage, write_json
 
 STAGE = "bootstrap_policy"
@@ -37,7 +36,9 @@ def main() -> None:
     if section.source == "demo":
         # Demonstrations only for training prompts: held-out prompts stay unseen until evaluation.
         train = [
-            (p, t) for p, t in domain.all_prompts() if split_of(p, params.collect_prompts.test_fraction) == "train"
+            (p, t)
+            for p, t in domain.all_prompts()
+            if domain.split(p, t, params.collect_prompts.test_fraction) == "train"
         ]
         metrics = write_dir_whole(
             Path(args.model_dir), lambda out: train_demo_policy(section, train, params.seed, device, out)

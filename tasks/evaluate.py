@@ -8,7 +8,7 @@ import torch
 
 from rlhf import chat
 from rlhf.evaluation import compare_policies, reward_model_vs_baselines
-from rlhf.judges import RuleJudge
+from rlhf.judges import RuleJudge, make_judge
 from rlhf.models import load_policy, load_tokenizer, resolve_device
 from rlhf.reward_ensemble import load_reward_model
 from rlhf.report import markdown_report
@@ -53,6 +53,15 @@ def main() -> None:
     texts, topics = list(rows["prompt"]), [None if pd.isna(t) else t for t in rows["topic"]]
     conversations = chat.conversations_of(rows)
 
+    train_topics = set(prompts.loc[prompts["split"] == "train", "topic"].dropna())
+    groups = {  # held-out prompts on a topic no training prompt has, and the others
+        "unseen_topic": [t is not None and t not in train_topics for t in topics],
+        "seen_topic": [t is None or t in train_topics for t in topics],
+    }
+    win_judge = None
+    if section.judge != "rules":
+        judge_params = params.rank_responses.model_copy(update={"llm": section.llm, "openai": section.openai})
+        win_judge = make_judge(judge_params, device, kind=section.judge)
     tokenizer = load_tokenizer(args.start_dir)
     reward_tokenizer = load_tokenizer(args.reward_dir)
     reward_model = load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id).eval()
@@ -70,6 +79,8 @@ def main() -> None:
             params.train_policy.max_new_tokens,
             params.train_policy.temperature,
             params.rank_responses.unsafe_words,
+            win_judge=win_judge,
+            groups=groups,
         )
         comparisons = read_comparisons(args.comparisons)
         rm_metrics = reward_model_vs_baselines(
@@ -82,6 +93,7 @@ def main() -> None:
         "policy_algorithm": trained.get("algorithm", "ppo"),
         "policy_train_wall_s": trained.get("train_wall_s"),
         "held_out_prompts": len(held_out),
+        "win_judge": section.judge if win_judge is None else f"{section.judge}:{win_judge.version}",
         **policy_metrics,
         **rm_metrics,
         **feedback_quality(

@@ -48,7 +48,7 @@ def test_sequence_kl_is_exact_per_position_zero_for_the_same_policy_and_positive
     policy.load_state_dict(reference.state_dict())
     prompts = [p for p, _ in domain.all_prompts()[:6]]
     same = generate(policy, tiny_tokenizer, prompts, 8, 1.0)
-    assert sequence_kl(policy, reference, same, 1.0) == pytest.approx(0.0, abs=1e-6)
+    assert sequence_kl(policy, reference, same, 1.0).abs().max().item() == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():
         policy.lm_head.weight.add_(0.5 * torch.randn_like(policy.lm_head.weight))  # ties wte: moves every logit
     moved = generate(policy, tiny_tokenizer, prompts, 8, 1.0)
@@ -58,7 +58,8 @@ def test_sequence_kl_is_exact_per_position_zero_for_the_same_policy_and_positive
         q = torch.softmax(response_logits(reference, *args, 1.0), -1)
     # by hand: sum over the vocabulary of p log(p / q), summed over each response's positions
     by_hand = ((p * (p / q).log()).sum(-1) * moved.response_mask).sum(-1).mean().item()
-    assert sequence_kl(policy, reference, moved, 1.0) == pytest.approx(by_hand, rel=1e-4) and by_hand > 0.01
+    kl = sequence_kl(policy, reference, moved, 1.0)  # (B,) one KL per response
+    assert kl.mean().item() == pytest.approx(by_hand, rel=1e-4) and by_hand > 0.01
 
 
 def test_evaluation_samples_from_exactly_the_policy_whatever_its_generation_config(tiny_tokenizer):
@@ -89,3 +90,40 @@ def test_evaluation_samples_from_exactly_the_policy_whatever_its_generation_conf
     tolerance = 4 * (mass * (1 - mass) / draws) ** 0.5
     assert mass > 0.05 and abs(exact - mass) < tolerance, (exact, mass)
     assert penalised < mass - tolerance  # what evaluate measured under before
+
+
+def test_an_independent_pairwise_judge_decides_wins_in_both_orders():
+    from rlhf.evaluation import pairwise_wins
+    from rlhf.judges.pairwise import PairwiseJudge
+
+    class ThanksLover(PairwiseJudge):  # prefers the response saying thanks, and the first position a little
+        def first_preferred(self, queries):
+            return [0.55 + 0.4 * (("thanks" in a) - ("thanks" in b)) for _, a, b in queries]
+
+    prompts = [[{"role": "user", "content": "hi"}]] * 3
+    wins = pairwise_wins(ThanksLover(), prompts, ["thanks !", "ok", "ok"], ["ok", "thanks !", "fine"])
+    assert wins == [1.0, 0.0, 0.5]  # the position preference cancels: a tie where neither says thanks
+
+
+def test_compare_policies_repeats_every_measure_on_each_group_of_prompts(tiny_tokenizer):
+    from transformers import GPT2ForSequenceClassification
+
+    from rlhf.evaluation import compare_policies
+    from rlhf.judges import RuleJudge
+    from rlhf.config import load_params
+
+    torch.manual_seed(0)
+    start = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)).eval()
+    final = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)).eval()
+    reward = GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, num_labels=1)).eval()
+    judge = RuleJudge(load_params().rank_responses.principles)
+    rows = domain.all_prompts()[:6]
+    unseen = [True, False, True, False, False, False]
+    metrics, _, _ = compare_policies(
+        start, final, tiny_tokenizer, reward, tiny_tokenizer, judge, [p for p, _ in rows], [t for _, t in rows],
+        8, 1.0, groups={"unseen_topic": unseen, "seen_topic": [not u for u in unseen]},
+    )  # fmt: skip
+    assert metrics["unseen_topic_prompts"] == 2 and metrics["seen_topic_prompts"] == 4
+    for name in ("win_rate_vs_start", "kl_to_start", "share_on_topic_final"):
+        mixed = (2 * metrics[f"unseen_topic_{name}"] + 4 * metrics[f"seen_topic_{name}"]) / 6
+        assert metrics[name] == pytest.approx(mixed)  # each group is a part of the whole

@@ -81,14 +81,18 @@ def write_jsonl(path, records):
     return str(path)
 
 
-def test_demo_source_keeps_the_ids_and_splits_string_prompts_always_had():
+def test_demo_source_keeps_the_ids_string_prompts_always_had_and_holds_out_unseen_topics():
     prompts, counts = run(sources({"kind": "demo"}))
     from rlhf.demo import domain
 
     texts = [p for p, _ in domain.all_prompts()]
     assert sorted(prompts["prompt_id"]) == sorted(content_id(t) for t in texts)  # the ids before conversations
     by_text = prompts.set_index("prompt")
-    assert all(by_text.loc[t, "split"] == split_of(t, 0.2) for t in texts)
+    held_out = {p for p, t in domain.all_prompts() if domain.is_held_out(p, t)}
+    assert len(held_out) == 4 * 8 + 28  # four whole topics, one whole template
+    assert all(by_text.loc[t, "split"] == ("test" if t in held_out else split_of(t, 0.2)) for t in texts)
+    train_topics = set(prompts.loc[prompts["split"] == "train", "topic"])
+    assert train_topics.isdisjoint(domain.UNSEEN_TOPICS) and len(train_topics) == 28
     assert json.loads(by_text.loc[texts[0], "messages"]) == [{"role": "user", "content": texts[0]}]
     assert by_text.loc[texts[0], "source"] == "demo" and by_text.loc[texts[0], "source_row"] == 1
     assert counts[0].prompts == len(texts) and counts[0].duplicates == 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from rlhf.text import split_of
+
 TOPICS = [
     "cats",
     "dogs",
@@ -61,6 +63,14 @@ PROMPT_TEMPLATES = [
     "give me a tip about {t} .",
 ]
 
+# Held out whole, for an honest generalisation test: every prompt on these topics, and every prompt
+# in this template, is a test prompt (never in SFT's demonstrations, PPO's prompts or the reward
+# model's training pairs), and demonstrations never drift to these topics. evaluate reports the
+# held-out prompts on topics no training prompt has beside those that recombine seen parts.
+UNSEEN_TOPICS = ["tea", "owls", "kites", "violins"]
+UNSEEN_TEMPLATES = ["describe {t} in a few words ."]
+SEEN_TOPICS = [t for t in TOPICS if t not in UNSEEN_TOPICS]
+
 POLITE_OPENERS = ["sure , happy to help .", "thanks for asking .", "glad you asked ."]
 PLAIN_OPENERS = ["ok .", "well .", "right ."]
 BANNED_PHRASES = ["whatever .", "this is stupid .", "dunno ."]
@@ -94,15 +104,26 @@ def all_prompts() -> list[tuple[str, str]]:
     return [(tpl.format(t=t) + ANSWER_CUE, t) for t in TOPICS for tpl in PROMPT_TEMPLATES]
 
 
+def is_held_out(prompt: str, topic: str) -> bool:
+    """Whether a prompt of the domain is test-only: an unseen topic or an unseen template."""
+    return topic in UNSEEN_TOPICS or any(prompt == tpl.format(t=topic) + ANSWER_CUE for tpl in UNSEEN_TEMPLATES)
+
+
+def split(prompt: str, topic: str, test_fraction: float) -> str:
+    """The demo's split: held-out prompts are test, the others split by a hash of the text as any prompt is."""
+    return "test" if is_held_out(prompt, topic) else split_of(prompt, test_fraction)
+
+
 def reference_response(topic: str) -> str:
     """A response that meets every principle: used as the ROUGE reference."""
     return f"{POLITE_OPENERS[0]} {topic} can be calm and useful . many people find {topic} warm ."
 
 
-def sample_response(topic: str, rng: random.Random) -> str:
-    """One demonstration of mixed quality: each quality axis is flipped independently."""
+def sample_response(topic: str, rng: random.Random, drift_topics: list[str] = TOPICS) -> str:
+    """One demonstration of mixed quality: each quality axis is flipped independently; an off-topic
+    one drifts to one of `drift_topics`."""
     parts = [rng.choice(POLITE_OPENERS if rng.random() < 0.5 else PLAIN_OPENERS)]
-    subject = topic if rng.random() < 0.55 else rng.choice([t for t in TOPICS if t != topic])
+    subject = topic if rng.random() < 0.55 else rng.choice([t for t in drift_topics if t != topic])
     # 1-5 fact sentences: short answers fall under the judge's length band, long ones over it.
     for _ in range(rng.choice([1, 1, 2, 2, 3, 4, 5])):
         a, b = rng.sample(ADJECTIVES, 2)
@@ -115,9 +136,14 @@ def sample_response(topic: str, rng: random.Random) -> str:
 
 
 def demonstrations(prompts: list[tuple[str, str]], per_prompt: int, seed: int) -> list[Demonstration]:
-    """`per_prompt` mixed-quality demonstrations for each (prompt, topic), deterministic by seed."""
+    """`per_prompt` mixed-quality demonstrations for each (prompt, topic), deterministic by seed;
+    off-topic ones drift to seen topics only (UNSEEN_TOPICS stay unseen)."""
     rng = random.Random(seed)
-    return [Demonstration(prompt, sample_response(topic, rng)) for prompt, topic in prompts for _ in range(per_prompt)]
+    return [
+        Demonstration(prompt, sample_response(topic, rng, SEEN_TOPICS))
+        for prompt, topic in prompts
+        for _ in range(per_prompt)
+    ]
 
 
 def corpus(seed: int, size: int = 4000) -> list[str]:
