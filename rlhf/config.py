@@ -443,6 +443,12 @@ class TrainPolicyParams(Section):
     """Reward-hacking monitors: above any of these the run ends early and keeps the policy it has."""
     early_stop_repetition: float | None = Field(None, gt=0, le=1)
     early_stop_response_length: float | None = Field(None, gt=0)
+    gold_judge: Literal["rules"] | None = "rules"
+    """A cheap gold judge scoring every iteration's samples beside the reward model's proxy score
+    (rank_responses' principles): plots/ppo.csv gets gold_score and sqrt_kl, plots/gold_vs_proxy.png
+    both against sqrt(KL). null: none (a real model's rules may mean nothing)."""
+    early_stop_gold_patience: int | None = Field(None, ge=1)
+    """End early (keeping the policy) once the gold score has not passed its best for this many iterations."""
 
     @model_validator(mode="after")
     def _batches_nest(self):

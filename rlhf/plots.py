@@ -26,3 +26,30 @@ def render_curve(history: pd.DataFrame, columns: list[str], path: str | Path, x:
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=80)
     plt.close(figure)
+
+
+def render_gold_vs_proxy(history: pd.DataFrame, path: str | Path) -> None:
+    """The gold score (the rules) and the reward model's proxy score against sqrt(KL) to the start,
+    as Gao et al. (2022) plot reward over-optimisation: where the proxy keeps rising and the gold
+    flattens or falls, the policy is gaming the reward model. Two y axes: their scales differ."""
+    figure, gold_axis = plt.subplots(figsize=(6, 4))
+    if "gold_score" not in history:  # DPO, or gold_judge: null: the out still exists, saying why it is empty
+        gold_axis.text(0.5, 0.5, "no gold score: train_policy.gold_judge is null, or the policy came from DPO",
+                       ha="center", va="center", wrap=True)  # fmt: skip
+        gold_axis.axis("off")
+        figure.savefig(path, format="png", dpi=80)
+        plt.close(figure)
+        return
+    proxy_axis = gold_axis.twinx()
+    gold_axis.plot(history["sqrt_kl"], history["gold_score"], marker=".", color="tab:green", label="gold (rules)")
+    proxy_axis.plot(
+        history["sqrt_kl"], history["raw_score"], marker=".", color="tab:blue", label="proxy (reward model)"
+    )
+    gold_axis.set_xlabel("sqrt(KL to the start policy), sqrt(nats)")
+    gold_axis.set_ylabel("gold score", color="tab:green")
+    proxy_axis.set_ylabel("proxy score", color="tab:blue")
+    gold_axis.grid(alpha=0.3)
+    figure.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=80)
+    plt.close(figure)

@@ -23,10 +23,11 @@ from rlhf.cost import load_cost_model
 from rlhf.dpo import train_dpo
 from rlhf.errors import ConfigError
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
-from rlhf.plots import render_curve
+from rlhf.plots import render_curve, render_gold_vs_proxy
 from rlhf.ppo.checkpoint import Checkpoints
 from rlhf.ppo.models import PPOModels, count_parameters, critic_start
-from rlhf.ppo.rollout import RewardScorer
+from rlhf.judges.rules import RuleJudge
+from rlhf.ppo.rollout import GoldScorer, RewardScorer
 from rlhf.ppo.trainer import make_accelerator, save_policy, train_ppo
 from rlhf.reward_ensemble import load_reward_model
 from rlhf.snapshot import read_comparisons
@@ -76,6 +77,7 @@ def write_curve(args, history: list[dict], columns: list[str]) -> None:
     curve = pd.DataFrame(history)
     write_whole(args.curve, lambda path: curve.to_csv(path, index=False))
     write_whole(args.curve_png, lambda path: render_curve(curve, columns, path))
+    write_whole(args.gold_png, lambda path: render_gold_vs_proxy(curve, path))
 
 
 def main_dpo(args, params: Params) -> None:
@@ -108,7 +110,7 @@ def main() -> None:
     args = parse_paths(
         STAGE,
         ["prompts", "comparisons", "policy_dir", "reference_dir", "reward_dir", "cost_dir"],
-        ["model_dir", "metrics", "curve", "curve_png", "checkpoint_dir"],
+        ["model_dir", "metrics", "curve", "curve_png", "gold_png", "checkpoint_dir"],
     )
     params = params_from(args)
     config = params.train_policy
@@ -135,6 +137,11 @@ def main() -> None:
         critic_is_reward_model=critic_dir == Path(args.reward_dir),
     )
     scorer = RewardScorer(load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer)
+    gold_scorer = None
+    if config.gold_judge == "rules":
+        topic_list = [None if pd.isna(t) else t for t in prompts.get("topic", pd.Series([None] * len(prompts)))]
+        topics = {chat.to_json(c): t for c, t in zip(chat.conversations_of(prompts), topic_list)}
+        gold_scorer = GoldScorer(RuleJudge(params.rank_responses.principles), topics)
     cost_scorer = None
     if config.algorithm == "ppo_lagrangian":
         cost_scorer = RewardScorer(*load_cost_model(args.cost_dir, device))
@@ -163,7 +170,7 @@ def main() -> None:
     result = train_ppo(
         models, scorer, tokenizer, train_prompts, config, params.seed, log,
         accelerator=accelerator, checkpoint_dir=args.checkpoint_dir, fingerprint=fingerprint(params, args),
-        cost_scorer=cost_scorer,
+        cost_scorer=cost_scorer, gold_scorer=gold_scorer,
     )  # fmt: skip
     save_policy(models, accelerator, tokenizer, args.model_dir)
     if not accelerator.is_main_process:
@@ -174,6 +181,8 @@ def main() -> None:
     metrics = {"algorithm": config.algorithm}
     metrics.update({k: last[k] for k in ("score", "kl", "response_length", "repetition", "entropy", "ended_share")})
     metrics.update({k: last[k] for k in safety})
+    if gold_scorer is not None:
+        metrics.update(gold_score=last["gold_score"], gold_score_best=max(row["gold_score"] for row in result.history))
     metrics.update(iterations=len(result.history), stopped_early=result.stopped_early)
     metrics.update(train_wall_s=round(time.perf_counter() - started, 1))
     write_json(args.metrics, metrics)

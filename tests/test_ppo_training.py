@@ -14,6 +14,7 @@ import torch
 import yaml
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
+from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
 from rlhf.errors import TrainingStopped
@@ -263,7 +264,8 @@ def stage_workspace(tmp_path, tiny_checkpoints, project_root):
             # PPO reads neither the comparisons (DPO does) nor a cost model (PPO-Lagrangian does)
             "--comparisons", str(tmp_path / "unused"), "--cost_dir", str(tmp_path / "unused"),
             "--metrics", str(tmp_path / "policy.json"), "--curve", str(tmp_path / "ppo.csv"),
-            "--curve_png", str(tmp_path / "ppo.png"), "--checkpoint_dir", str(tmp_path / "ckpt"),
+            "--curve_png", str(tmp_path / "ppo.png"), "--gold_png", str(tmp_path / "gold.png"),
+            "--checkpoint_dir", str(tmp_path / "ckpt"),
         ]  # fmt: skip
 
     return tmp_path, command
@@ -397,3 +399,29 @@ def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(ti
     slope = (after[1:] - after[0]) / (before[1:] - before[0])
     assert torch.allclose(slope, slope[0].expand_as(slope), rtol=1e-4) and slope[0] > 0
     assert not torch.allclose(after, before)
+
+
+def test_the_gold_score_is_logged_beside_the_proxy_and_a_plateau_ends_the_run(tiny_tokenizer):
+    from rlhf.config import load_params
+    from rlhf.judges.rules import RuleJudge
+    from rlhf.ppo.rollout import GoldScorer
+    from rlhf.ppo.trainer import gold_plateau
+
+    params = TrainPolicyParams(iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8)
+    judge = RuleJudge(load_params().rank_responses.principles)
+    topics = {chat.to_json(chat.as_conversation(p)): t for p, t in domain.all_prompts()[:40]}
+    gold = GoldScorer(judge, topics)
+    prompt, topic = domain.all_prompts()[0]
+    assert (
+        gold([prompt], [f"thanks , {topic} are nice"]).item()
+        == judge.score(prompt, topic, f"thanks , {topic} are nice")[0]
+    )
+    result = train_ppo(tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer,
+                       PROMPTS, params, 0, log=lambda row: None, gold_scorer=gold)  # fmt: skip
+    assert all({"gold_score", "sqrt_kl", "raw_score"} <= set(row) for row in result.history)
+    # (the history is rounded to 6 digits: sqrt of a 1e-6 rounding is 1e-3)
+    assert all(row["sqrt_kl"] == pytest.approx(max(row["kl"], 0.0) ** 0.5, abs=1.1e-3) for row in result.history)
+    flat = [{"gold_score": g} for g in (1.0, 2.0, 1.5, 1.9, 1.8)]  # best at the second; three since
+    assert gold_plateau(flat, params.model_copy(update={"early_stop_gold_patience": 3})) is not None
+    assert gold_plateau(flat, params.model_copy(update={"early_stop_gold_patience": 4})) is None
+    assert gold_plateau(flat, params) is None  # no patience set: never

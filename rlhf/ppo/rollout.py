@@ -99,6 +99,24 @@ class RewardScorer:
         return score_exchanges(self.model, self.tokenizer, conversations, responses)
 
 
+class GoldScorer:
+    """A cheap gold judge (the rules) scoring PPO's samples beside the reward model's proxy score,
+    for the gold-versus-proxy curve of reward over-optimisation (Gao et al. 2022). `topics` maps a
+    prompt's conversation (chat.to_json) to its topic, which the rules' on-topic check reads."""
+
+    def __init__(self, judge, topics: dict[str, str | None]):
+        self.judge, self.topics = judge, topics
+
+    def __call__(self, prompts: list[chat.Conversation], responses: list[str]) -> torch.Tensor:
+        conversations = [chat.as_conversation(prompt) for prompt in prompts]
+        return torch.tensor(
+            [
+                self.judge.score(chat.last_user_content(c), self.topics.get(chat.to_json(c)), r)[0]
+                for c, r in zip(conversations, responses)
+            ]
+        )
+
+
 def device_clock(device: torch.device) -> float:
     """Wall time, after the device has finished its queued work (phase timings)."""
     if device.type == "cuda":
@@ -164,6 +182,7 @@ def collect_rollout(
     gather=lambda tensor: tensor,
     cost_scorer: RewardScorer | None = None,
     lagrange: core.LagrangeMultiplier | None = None,
+    gold_scorer: GoldScorer | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     # 1. sample one response per prompt from the current policy, keeping log pi_old
     sample = sample_responses(models, tokenizer, prompts, params)
@@ -205,4 +224,7 @@ def collect_rollout(
     }
     if costs is not None:
         stats.update(cost=gather(costs).mean().item(), lagrange_multiplier=lagrange.value)
+    if gold_scorer is not None:  # gold beside proxy against sqrt(KL): where the policy games the reward model
+        gold = gold_scorer(prompts, sample.texts).to(device)
+        stats.update(gold_score=gather(gold).mean().item(), sqrt_kl=max(stats["kl"], 0.0) ** 0.5)
     return rollout, stats

@@ -39,6 +39,7 @@ from rlhf.ppo import core
 from rlhf.ppo.checkpoint import Checkpoints
 from rlhf.ppo.models import PPOModels
 from rlhf.ppo.rollout import (
+    GoldScorer,
     RewardScorer,
     Rollout,
     ScoreNormalizer,
@@ -119,6 +120,7 @@ def train_ppo(
     checkpoint_dir: str | Path | None = None,
     fingerprint: dict | None = None,
     cost_scorer: RewardScorer | None = None,
+    gold_scorer: GoldScorer | None = None,
 ) -> PPOResult:
     """Run PPO on `models` in place; resumes from `checkpoint_dir` when it holds this run's checkpoint.
 
@@ -189,7 +191,7 @@ def train_ppo(
             rollout, stats = collect_rollout(
                 models, scorer, state.normalizer, tokenizer, sample_prompts(), params, state.kl.value,
                 all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
-                cost_scorer=cost_scorer, lagrange=state.lagrange,
+                cost_scorer=cost_scorer, lagrange=state.lagrange, gold_scorer=gold_scorer,
             )  # fmt: skip
         if params.recompute_old_logprobs:
             with accelerator.autocast():
@@ -212,7 +214,7 @@ def train_ppo(
         state.history.append(row)
         state.iteration = iteration
         log(row)
-        stopped_early = reward_hacking_alarm(stats, params)
+        stopped_early = reward_hacking_alarm(stats, params) or gold_plateau(state.history, params)
         if stopped_early:
             log({"stopped_early": stopped_early, "iteration": iteration})
             break
@@ -329,6 +331,19 @@ def reward_hacking_alarm(stats: dict, params: TrainPolicyParams) -> str | None:
     for name, limit in limits.items():
         if limit is not None and stats[name] > limit:
             return f"{name} {stats[name]:.3f} passed early_stop_{name} = {limit}"
+    return None
+
+
+def gold_plateau(history: list[dict], params: TrainPolicyParams) -> str | None:
+    """A sentence when the gold score has not passed its best for `early_stop_gold_patience`
+    iterations: past that point more proxy reward no longer buys gold (Gao et al. 2022)."""
+    patience = params.early_stop_gold_patience
+    golds = [row["gold_score"] for row in history if "gold_score" in row]
+    if patience is None or len(golds) <= patience:
+        return None
+    best = max(range(len(golds)), key=golds.__getitem__)
+    if len(golds) - 1 - best >= patience:
+        return f"gold score {golds[-1]:.3f} has not passed its best {golds[best]:.3f} for {patience} iterations"
     return None
 
 
