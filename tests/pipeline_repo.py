@@ -59,17 +59,21 @@ def dvc(*args, cwd):
     return run([sys.executable, "-m", "dvc", *args], cwd)
 
 
-def make_repo(root: Path, project_root: Path, overrides: dict | None = None) -> Path:
-    """A fresh git + DVC repository at `root` holding the project's code and a shrunk params.yaml
-    (SHRINK, then `overrides`, section by section)."""
+def make_repo(root: Path, project_root: Path, overrides: dict | None = None, shrink: bool = True) -> Path:
+    """A fresh git + DVC repository at `root` holding the project's code and its params.yaml,
+    shrunk (SHRINK) unless `shrink` is false, then `overrides`, section by section (a top-level
+    key such as `seed` is replaced)."""
     root.mkdir(parents=True, exist_ok=True)
     for name in ["rlhf", "tasks", "flows", "configs"]:
         shutil.copytree(project_root / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ["dvc.yaml", ".gitignore", "prefect.yaml"]:
         shutil.copy(project_root / name, root / name)
     params = yaml.safe_load((project_root / "params.yaml").read_text())
-    for section, values in [*SHRINK.items(), *(overrides or {}).items()]:
-        params[section].update(values)
+    for section, values in [*(SHRINK.items() if shrink else []), *(overrides or {}).items()]:
+        if isinstance(values, dict):
+            params[section].update(values)
+        else:
+            params[section] = values
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     dvc("init", "-q", cwd=root)
