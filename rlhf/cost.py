@@ -51,7 +51,7 @@ def train_cost_model(
     tokenizer = load_tokenizer(init_from)
     torch.manual_seed(seed)
     model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
-    ids = [row[: params.max_length] for row in encode(tokenizer, frame_texts(tokenizer, train, "response"))]
+    ids = encode(tokenizer, frame_texts(tokenizer, train, "response"), params.max_length)
     flags = torch.tensor(train["unsafe"].to_numpy(dtype=float), dtype=torch.float32)
     unsafe_share = float(flags.mean())
     # Up-weight the unsafe class to the weight of the safe one: a rare flag must not be ignored.
@@ -75,6 +75,7 @@ def train_cost_model(
             if progress and (step % max(1, total_steps // 20) == 0 or step == total_steps):
                 progress(step, total_steps)
     model.eval()
+    model.config.scoring_max_length = params.max_length  # scoring cuts where training did (rlhf.scoring)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return {

@@ -36,13 +36,14 @@ def preference_pairs(comparisons: pd.DataFrame, tokenizer: PreTrainedTokenizerBa
     )
 
 
-def tokenized_pairs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> Dataset:
-    """The pairs as token ids under the scoring convention: RewardTrainer takes them as they are
-    (it would otherwise append EOS and add special tokens by its own rules)."""
+def tokenized_pairs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """The pairs as token ids under the scoring convention, cut to max_length: RewardTrainer takes
+    them as they are (it would otherwise append EOS, add special tokens and drop long pairs by its
+    own rules)."""
     return Dataset.from_dict(
         {
-            "chosen_ids": encode(tokenizer, list(pairs["chosen"])),
-            "rejected_ids": encode(tokenizer, list(pairs["rejected"])),
+            "chosen_ids": encode(tokenizer, list(pairs["chosen"]), max_length),
+            "rejected_ids": encode(tokenizer, list(pairs["rejected"]), max_length),
         }
     )
 
@@ -130,6 +131,7 @@ def train_one(
         train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device)
     if params.lora_rank:
         model = model.merge_and_unload()  # a plain model again: PPO, judges and evaluate load it as is
+    model.config.scoring_max_length = params.max_length  # scoring cuts where training did (rlhf.scoring)
     return model, train_loss
 
 
@@ -161,10 +163,13 @@ def train_with_trl(
         use_cpu=device.type == "cpu",
         bf16=False,
         gradient_checkpointing=False,
-        max_length=params.max_length,
+        max_length=None,  # tokenized_pairs cut them already, as scoring does
     )
     trainer = RewardTrainer(
-        model=model, args=args, train_dataset=tokenized_pairs(pairs, tokenizer), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=tokenized_pairs(pairs, tokenizer, params.max_length),
+        processing_class=tokenizer,
     )
     return round(trainer.train().training_loss, 4)
 

@@ -71,14 +71,14 @@ def as_pairs(rankings: list[Ranking]) -> list[Ranking]:
 
 
 class RankingCollator:
-    """Tokenises each ranking's texts (rlhf.scoring's convention, cut at max_length, right-padded)
+    """Tokenises each ranking's texts (rlhf.scoring's convention, cut to max_length, right-padded)
     and lays out its pair index."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, rankings: list[Ranking]) -> RankingBatch:
-        ids = [row[: self.max_length] for row in encode(self.tokenizer, [t for r in rankings for t in r.texts])]
+        ids = encode(self.tokenizer, [t for r in rankings for t in r.texts], self.max_length)
         tokens = batch_of(self.tokenizer, ids, torch.device("cpu"))
         return RankingBatch(tokens["input_ids"], tokens["attention_mask"], *pair_layout(rankings))
 

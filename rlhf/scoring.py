@@ -6,9 +6,13 @@
 2. End the text: a chat template ends the assistant turn itself (the demo's with EOS, Qwen's with
    `<|im_end|>`), so its rendering is taken as it is; the plain format gets the tokenizer's EOS
    appended, where it has one (BERT-style encoders have none and end with [SEP] instead).
-3. Tokenise with the special tokens only for the plain format (a template already wrote BOS).
+3. Tokenise with the special tokens only for the plain format (a template already wrote BOS), and
+   cut a text longer than the model's `max_length` from the left: the score is read at the end,
+   so the end is what must stay (the tokenizer keeps its own [CLS]/[SEP]). The length a model was
+   trained with is saved in its config (`scoring_max_length`) and scoring cuts at it too.
 4. The score is read where the sequence classifier reads it: the last non-padding token of a causal
-   LM, [CLS] of an encoder.
+   LM, [CLS] of an encoder. Where the padding token is EOS (most pretrained causal LMs), a trailing
+   EOS counts as padding, so the score is read at the last text token: in training and scoring alike.
 
 Training (`rlhf.reward`, `rlhf.reward_kwise`, `rlhf.cost`) hands these token ids to the trainers
 pre-tokenised, and every scorer (PPO's reward, evaluate, the reward-model judge) goes through
@@ -55,9 +59,24 @@ def frame_texts(tokenizer: PreTrainedTokenizerBase, frame, response: str) -> lis
     return exchange_texts(tokenizer, *frame_exchanges(frame, response))
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
-    """Step 3: token ids of rendered exchanges."""
-    return tokenizer(texts, add_special_tokens=chat.add_special_tokens_for(tokenizer))["input_ids"]
+def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+    """Step 3: token ids of rendered exchanges, the longer ones cut from the left to `max_length`."""
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        return tokenizer(
+            texts, add_special_tokens=chat.add_special_tokens_for(tokenizer), truncation=max_length is not None,
+            max_length=max_length,
+        )["input_ids"]  # fmt: skip
+    finally:
+        tokenizer.truncation_side = side
+
+
+def trained_max_length(model: torch.nn.Module) -> int | None:
+    """The max_length a reward or cost model was trained with (its config's scoring_max_length)."""
+    members = getattr(model, "members", None)  # a RewardEnsemble: its members share it
+    config = getattr(members[0] if members else model, "config", None)
+    return getattr(config, "scoring_max_length", None)
 
 
 def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -77,11 +96,12 @@ def batch_of(tokenizer: PreTrainedTokenizerBase, ids: list[list[int]], device: t
 def score_texts(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 128
 ) -> torch.Tensor:
-    """Scores of rendered exchanges (`exchange_text`), in batches.  (N,)"""
+    """Scores of rendered exchanges (`exchange_text`), in batches, cut as the model was trained.  (N,)"""
     device = next(model.parameters()).device
+    max_length = trained_max_length(model)
     scores = []
     for start in range(0, len(texts), batch_size):
-        batch = batch_of(tokenizer, encode(tokenizer, texts[start : start + batch_size]), device)
+        batch = batch_of(tokenizer, encode(tokenizer, texts[start : start + batch_size], max_length), device)
         scores.append(model(**batch).logits[:, 0].float())
     return torch.cat(scores) if scores else torch.zeros(0)
 
