@@ -250,8 +250,12 @@ def test_params_pick_the_llm_judge_with_a_local_model_path(project_root, tiny_ch
     del raw["rank_responses"]["preamble"]
     assert "A better response is: on topic; polite" in judge.preamble
     [judgement] = judge.rank_batch([("tell me about owls", None, ["owls fly", "whatever"])])
-    assert sorted(judgement.ranks) in ([1, 1], [1, 2])
-    assert 0.0 <= judgement.preferences[(0, 1)] <= 1.0
+    forward, backward = judge.first_preferred([("tell me about owls", "owls fly", "whatever"),
+                                               ("tell me about owls", "whatever", "owls fly")])  # fmt: skip
+    preference = (forward + 1.0 - backward) / 2.0  # both orders, averaged
+    assert judgement.preferences[(0, 1)] == pytest.approx(preference, abs=1e-6)
+    expected = [1, 2] if preference > 0.5 else [2, 1] if preference < 0.5 else [1, 1]
+    assert judgement.ranks == expected  # the ranking follows the judge's own preference
 
 
 def digit_splitting_tokenizer():

@@ -111,7 +111,7 @@ def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_c
     comparisons = small_comparisons()
     params = TrainRewardParams(batching="kwise", epochs=2, batch_size=3, learning_rate=1e-3, max_length=32, lora_rank=2)
     metrics = train_reward_model(comparisons, policy_dir, params, 0, torch.device("cpu"), tmp_path / "rm")
-    assert metrics["test_pairs"] == 9 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["test_pairs"] == 9 and metrics["test_accuracy"] > 0.5  # "thanks" counts: above chance
     saved = load_scalar_head_model(tmp_path / "rm", torch.device("cpu"), 0)
     start = load_scalar_head_model(policy_dir, torch.device("cpu"), 0)
     assert not any("lora" in name for name, _ in saved.named_parameters())  # merged: a plain model
@@ -131,7 +131,7 @@ def test_reward_ensemble_scores_with_the_mean_of_its_members(tiny_checkpoints, t
     policy_dir, _ = tiny_checkpoints
     params = TrainRewardParams(batching="kwise", epochs=2, batch_size=3, learning_rate=1e-3, max_length=32, ensemble=3)
     metrics = train_reward_model(small_comparisons(), policy_dir, params, 0, torch.device("cpu"), tmp_path / "rm")
-    assert metrics["ensemble"] == 3 and 0.0 <= metrics["member_test_accuracy_mean"] <= 1.0
+    assert metrics["ensemble"] == 3 and metrics["member_test_accuracy_mean"] > 0.5  # above chance
     assert sorted(p.name for p in (tmp_path / "rm").iterdir() if p.is_dir()) == ["member-1", "member-2"]
     tokenizer = load_tokenizer(tmp_path / "rm")
     ensemble = load_reward_model(tmp_path / "rm", torch.device("cpu"), tokenizer.pad_token_id)
