@@ -54,8 +54,16 @@ def test_pretrained_pass_through_uses_the_same_loading_code(tmp_path, tokenizer)
 def test_sampling_keeps_the_logprobs_a_full_forward_pass_gives(tokenizer, sampler):
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(tiny_config(tokenizer)).eval()
+    # A random model almost never draws EOS, which would leave the padding-after-EOS path untested:
+    # a bias on the EOS logit makes about one step in ten end the response.
+    head = torch.nn.Linear(policy.lm_head.in_features, policy.lm_head.out_features, bias=True)
+    head.weight = policy.lm_head.weight  # still tied to the embeddings
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id] = 2.7
+    policy.lm_head = head
     sample = CompiledSampler(policy) if sampler == "compiled" else functools.partial(sample_with_logprobs, policy)
-    query = tokenizer([p for p, _ in domain.all_prompts()[:6]], return_tensors="pt", padding=True, padding_side="left")
+    query = tokenizer([p for p, _ in domain.all_prompts()[:16]], return_tensors="pt", padding=True, padding_side="left")
     ids, mask, ended, logprobs = sample(
         query["input_ids"], query["attention_mask"], 12, 0.7, tokenizer.eos_token_id, tokenizer.pad_token_id
     )
@@ -65,6 +73,9 @@ def test_sampling_keeps_the_logprobs_a_full_forward_pass_gives(tokenizer, sample
     assert (ids[mask == 0] == tokenizer.pad_token_id).all()
     assert ids.shape[1] == int(mask.sum(-1).max())  # no column of padding only: it stops at the last EOS
     assert ended.tolist() == (ids == tokenizer.eos_token_id).any(-1).tolist()
+    assert 0 < int(ended.sum()) < len(ended)  # some responses ended early, some ran to the end
+    ended_rows = mask[ended].sum(-1) < ids.shape[1]
+    assert ended_rows.any()  # an early EOS: padding after it in that row
 
 
 def test_compiled_sampler_keeps_its_cache_buffers_for_batches_of_the_same_shape(tokenizer):
