@@ -65,11 +65,11 @@ PROMPT_TEMPLATES = [
 
 # Held out whole, for an honest generalisation test: every prompt on these topics, and every prompt
 # in this template, is a test prompt (never in SFT's demonstrations, PPO's prompts or the reward
-# model's training pairs), and demonstrations never drift to these topics. evaluate reports the
-# held-out prompts on topics no training prompt has beside those that recombine seen parts.
+# model's training pairs). Their words still occur in demonstrations that drift off topic, as a
+# pretrained model knows words it was never asked about: what is new is being asked about them.
+# evaluate reports the held-out prompts on topics no training prompt has beside the others.
 UNSEEN_TOPICS = ["tea", "owls", "kites", "violins"]
 UNSEEN_TEMPLATES = ["describe {t} in a few words ."]
-SEEN_TOPICS = [t for t in TOPICS if t not in UNSEEN_TOPICS]
 
 POLITE_OPENERS = ["sure , happy to help .", "thanks for asking .", "glad you asked ."]
 PLAIN_OPENERS = ["ok .", "well .", "right ."]
@@ -119,11 +119,10 @@ def reference_response(topic: str) -> str:
     return f"{POLITE_OPENERS[0]} {topic} can be calm and useful . many people find {topic} warm ."
 
 
-def sample_response(topic: str, rng: random.Random, drift_topics: list[str] = TOPICS) -> str:
-    """One demonstration of mixed quality: each quality axis is flipped independently; an off-topic
-    one drifts to one of `drift_topics`."""
+def sample_response(topic: str, rng: random.Random) -> str:
+    """One demonstration of mixed quality: each quality axis is flipped independently."""
     parts = [rng.choice(POLITE_OPENERS if rng.random() < 0.5 else PLAIN_OPENERS)]
-    subject = topic if rng.random() < 0.55 else rng.choice([t for t in drift_topics if t != topic])
+    subject = topic if rng.random() < 0.55 else rng.choice([t for t in TOPICS if t != topic])
     # 1-5 fact sentences: short answers fall under the judge's length band, long ones over it.
     for _ in range(rng.choice([1, 1, 2, 2, 3, 4, 5])):
         a, b = rng.sample(ADJECTIVES, 2)
@@ -136,14 +135,9 @@ def sample_response(topic: str, rng: random.Random, drift_topics: list[str] = TO
 
 
 def demonstrations(prompts: list[tuple[str, str]], per_prompt: int, seed: int) -> list[Demonstration]:
-    """`per_prompt` mixed-quality demonstrations for each (prompt, topic), deterministic by seed;
-    off-topic ones drift to seen topics only (UNSEEN_TOPICS stay unseen)."""
+    """`per_prompt` mixed-quality demonstrations for each (prompt, topic), deterministic by seed."""
     rng = random.Random(seed)
-    return [
-        Demonstration(prompt, sample_response(topic, rng, SEEN_TOPICS))
-        for prompt, topic in prompts
-        for _ in range(per_prompt)
-    ]
+    return [Demonstration(prompt, sample_response(topic, rng)) for prompt, topic in prompts for _ in range(per_prompt)]
 
 
 def corpus(seed: int, size: int = 4000) -> list[str]:
