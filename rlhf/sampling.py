@@ -45,6 +45,15 @@ def mask_after_eos(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch
     return (~eos_seen_before).long(), is_eos.any(-1)
 
 
+def prompt_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], device: torch.device) -> dict:
+    """Rendered prompts (rlhf.chat.render_prompt) as a left-padded batch for the policy to continue;
+    special tokens only where no chat template wrote them.  input_ids, attention_mask: (B, Q)"""
+    return tokenizer(
+        texts, return_tensors="pt", padding=True, padding_side="left",
+        add_special_tokens=chat.add_special_tokens_for(tokenizer),
+    ).to(device)  # fmt: skip
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -55,13 +64,7 @@ def generate(
     top_p: float = 1.0,
 ) -> Generation:
     device = next(model.parameters()).device
-    batch = tokenizer(
-        prompts,
-        return_tensors="pt",
-        padding=True,
-        padding_side="left",
-        add_special_tokens=chat.add_special_tokens_for(tokenizer),
-    ).to(device)
+    batch = prompt_batch(tokenizer, prompts, device)
     sequences = model.generate(
         **batch,
         do_sample=True,
@@ -93,10 +96,7 @@ def sample_from_policy(
     penalty or top-k would be sampled from another distribution than the one PPO trains and KL is
     measured under; evaluation uses this instead. `prompts` are rendered texts (rlhf.chat)."""
     device = next(model.parameters()).device
-    batch = tokenizer(
-        prompts, return_tensors="pt", padding=True, padding_side="left",
-        add_special_tokens=chat.add_special_tokens_for(tokenizer),
-    ).to(device)  # fmt: skip
+    batch = prompt_batch(tokenizer, prompts, device)
     response_ids, response_mask, ended, _ = sample_with_logprobs(
         model, batch["input_ids"], batch["attention_mask"], max_new_tokens, temperature, tokenizer.eos_token_id,
         tokenizer.pad_token_id,

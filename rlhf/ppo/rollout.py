@@ -19,7 +19,7 @@ from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import use_fused_gelu
 from rlhf.ppo import core
 from rlhf.ppo.models import PPOModels, critic_values
-from rlhf.sampling import sample_with_logprobs
+from rlhf.sampling import prompt_batch, sample_with_logprobs
 from rlhf.scoring import score_exchanges
 
 
@@ -146,13 +146,7 @@ def sample_responses(
     policy = models.trained.policy
     device = next(policy.parameters()).device
     texts = [chat.render_prompt(tokenizer, chat.as_conversation(prompt)) for prompt in prompts]
-    query = tokenizer(
-        texts,
-        return_tensors="pt",
-        padding=True,
-        padding_side="left",
-        add_special_tokens=chat.add_special_tokens_for(tokenizer),
-    ).to(device)
+    query = prompt_batch(tokenizer, texts, device)
     policy.eval()  # generation wants the KV cache, which gradient checkpointing turns off in train mode
     started = device_clock(device)
     sampler = models.compiled_sampler or functools.partial(sample_with_logprobs, policy)
