@@ -13,7 +13,16 @@ def _cell(text: str) -> str:
 def markdown_report(
     metrics: dict, prompts: list[str], before: list[str], after: list[str], samples: int, stride: int
 ) -> str:
-    lines = ["# Evaluation report", "", "| metric | value |", "| --- | --- |"]
+    lines = ["# Evaluation report", ""]
+    if "win_judge" in metrics:  # who decided the win rate: the rules, or an independent pairwise judge
+        lines += [f"Win rate judged by: {metrics['win_judge']}.", ""]
+    if metrics.get("unseen_topic_prompts"):
+        lines += [
+            f"Held-out prompts on topics no training prompt has: {metrics['unseen_topic_prompts']} "
+            f"(the `unseen_topic_*` rows); on seen topics: {metrics.get('seen_topic_prompts', 0)} (`seen_topic_*`).",
+            "",
+        ]
+    lines += ["| metric | value |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in sorted(metrics.items())]
     lines += ["", "## Held-out prompts: the bootstrap policy before, the trained policy after", ""]
     lines += ["| prompt | before | after |", "| --- | --- | --- |"]
