@@ -35,7 +35,9 @@ def test_rule_judge_explains_each_principle(judge):
     assert why_bad == {
         "on_topic": False, "polite": False, "no_banned_words": False, "length_band": False, "gives_advice": False
     }  # fmt: skip
-    assert score_good == 4 and score_bad == 0
+    weights = {p.name: p.weight for p in judge.principles}
+    assert score_good == sum(weights[name] for name, met in why_good.items() if met) == 5  # on_topic weighs 2
+    assert score_bad == 0
     _, why_tip = judge.score(prompt, "cats", good + " you should look after cats with care .")
     assert why_tip["gives_advice"]
 
