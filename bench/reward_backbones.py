@@ -10,9 +10,9 @@ train_reward stage hands to `train_reward_model`, split by a hash of the prompt 
 
 Kept: the pairs whose chosen and rejected exchanges, rendered for MiniLM (rlhf.scoring: plain
 HH-style format, [CLS] ... [SEP]), fit in --max-length tokens; every side trains and is scored on
-these same pairs. Why: TRL's RewardTrainer silently drops a training pair longer than max_length,
-and held-out scoring does not truncate, so an exchange over 512 tokens (3% of the sample) fails
-MiniLM's position embeddings.
+these same pairs (46% of them at 128). Why: train_reward cuts a longer exchange from the left to
+max_length (rlhf.scoring), which drops a dialogue's first turns; whole exchanges only, so each side
+reads what it is judged on, and MiniLM's training stays within minutes.
 
 Sides, each through `rlhf.reward.train_reward_model`, seeds alternating (seed 0 of every side,
 then seed 1, ...):
