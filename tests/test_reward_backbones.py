@@ -41,9 +41,9 @@ CPU = torch.device("cpu")
 # MiniLM's settings: every pair whose two exchanges fit MAX_LENGTH MiniLM tokens whole (longer ones
 # would be cut from the left, losing their first turns, and cost more), 441 train and 111 held-out
 # pairs of the 1,200; one epoch. These are bench/reward_backbones.py's defaults. Held-out accuracy
-# it measured: 0.589 +- 0.060 over seeds 0-2 (0.658, 0.559, 0.550); over 16 runs of 1-2 epoch settings on this split 0.601 +- 0.037,
-# lowest 0.532. So mean - 3 std is chance itself: a few hundred real pairs and one epoch support
-# "above chance" and no more (the longer-is-better baseline scores 0.432 on these pairs).
+# it measured: 0.589 +- 0.060 over seeds 0-2 (0.658, 0.559, 0.550); over 16 runs of 1-2 epoch
+# settings on this split 0.601 +- 0.037, lowest 0.532. So mean - 3 std is chance itself: a few
+# hundred real pairs and one epoch support "above chance" and no more (the longer-is-better baseline scores 0.432 on these pairs).
 MAX_LENGTH = 128
 MINILM = {"epochs": 1.0, "batch_size": 8, "learning_rate": 2e-4, "max_length": MAX_LENGTH}
 MINILM_MIN_ACCURACY = 0.5
