@@ -1,7 +1,8 @@
 """Reward backbones on real human preferences: a pretrained encoder against the demo's tiny GPT-2 and length.
 
     python bench/reward_backbones.py [--seeds 3] [--max-length 128] [--epochs 1] [--batch-size 8]
-        [--lr-minilm 2e-4] [--lr-gpt2 5e-4] [--test-fraction 0.2] [--train-pairs 0] [--backbones minilm,demo-gpt2,longer]
+        [--lr-minilm 2e-4] [--lr-gpt2 5e-4] [--test-fraction 0.2] [--train-pairs 0]
+        [--backbones minilm,demo-gpt2,longer]
 
 Data: `../shared/data/hh-rlhf-harmless-sample.jsonl.gz` (1,200 rows of Anthropic HH-RLHF
 harmless-base test), imported with `rlhf.importers.read_rankings(..., "hh-rlhf")` into a real
@@ -140,7 +141,8 @@ def summary(side: str, runs: list[dict], settings: dict) -> dict:
         "test_accuracy_mean": round(statistics.mean(accuracies), 4),
         "test_accuracy_std": round(statistics.stdev(accuracies), 4) if len(runs) > 1 else 0.0,
         "test_accuracy_per_seed": accuracies,
-        "train_wall_s_median": round(statistics.median(walls), 1), "train_wall_s_per_seed": [round(w, 1) for w in walls],
+        "train_wall_s_median": round(statistics.median(walls), 1),
+        "train_wall_s_per_seed": [round(w, 1) for w in walls],
         "train_pairs": runs[0]["train_pairs"], "test_pairs": runs[0]["test_pairs"],
         "train_loss_mean": round(statistics.mean(run["train_loss"] for run in runs), 4),
         "test_ece_mean": round(statistics.mean(run["test_ece"] for run in runs), 4),

@@ -43,7 +43,7 @@ CPU = torch.device("cpu")
 # pairs of the 1,200; one epoch. These are bench/reward_backbones.py's defaults. Held-out accuracy
 # it measured: 0.589 +- 0.060 over seeds 0-2 (0.658, 0.559, 0.550); over 16 runs of 1-2 epoch
 # settings on this split 0.601 +- 0.037, lowest 0.532. So mean - 3 std is chance itself: a few
-# hundred real pairs and one epoch support "above chance" and no more (the longer-is-better baseline scores 0.432 on these pairs).
+# hundred real pairs and one epoch support "above chance" and no more (longer-is-better: 0.432).
 MAX_LENGTH = 128
 MINILM = {"epochs": 1.0, "batch_size": 8, "learning_rate": 2e-4, "max_length": MAX_LENGTH}
 MINILM_MIN_ACCURACY = 0.5
