@@ -66,7 +66,7 @@ def train_reward_model(
     init_from = params.backbone or init_from
     test = comparisons[comparisons["split"] == "test"]
     if not params.train:
-        return use_as_is(init_from, test, device, out_dir, distribution_png)
+        return use_as_is(init_from, test, device, out_dir, distribution_png, params.max_length)
     train = comparisons[comparisons["split"] == "train"]
     if params.label_sources is not None:
         train = train[train["judge"].isin(params.label_sources)]
@@ -98,11 +98,15 @@ def train_reward_model(
 
 
 def use_as_is(
-    name_or_path: str | Path, test: pd.DataFrame, device: torch.device, out_dir: Path, distribution_png: Path | None
-) -> dict:
-    """A trained reward model taken without training: saved into the pipeline's slot, and reported."""
+    name_or_path: str | Path, test: pd.DataFrame, device: torch.device, out_dir: Path, distribution_png: Path | None,
+    max_length: int,
+) -> dict:  # fmt: skip
+    """A trained reward model taken without training: saved into the pipeline's slot, and reported.
+    One trained elsewhere carries no scoring_max_length: it is scored cut to train_reward.max_length."""
     tokenizer = load_tokenizer(name_or_path)
     model = load_scalar_head_model(name_or_path, device, tokenizer.pad_token_id).eval()
+    if getattr(model.config, "scoring_max_length", None) is None:  # a long text would overrun its positions
+        model.config.scoring_max_length = max_length
     save_reward_models([model], tokenizer, out_dir)
     return {
         "backbone": str(name_or_path),
