@@ -9,6 +9,7 @@ quotes this line, not one run.
     python bench/efficacy.py                       # seeds 0 1 2 of the code in this checkout
     python bench/efficacy.py --rev f4f0288         # the same for a past commit (git archive of it)
     python bench/efficacy.py --set train_policy.iterations=60 --seeds 0 1 2 3
+    python bench/efficacy.py --rev HEAD --keep /tmp/seeds   # committed code only; the seed repos kept
 """
 
 from __future__ import annotations
@@ -77,9 +78,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--rev", default=None, help="a git revision to measure instead of this checkout")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="an empty directory to keep each seed's repository in (for `dvc exp run` on it after)")  # fmt: skip
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="efficacy-") as scratch:
-        scratch = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="efficacy-") as temporary:
+        scratch = args.keep or Path(temporary)
         project = project_at(args.rev, scratch)
         runs, walls = [], []
         for seed in args.seeds:
@@ -94,6 +97,8 @@ def main() -> None:
         "set": args.assignments,
         "pipeline_wall_s": walls,
         "metrics": summarise(runs),
+        # Each seed's figures too: a bad draw shows as itself, not only as a wide std.
+        "per_seed": {str(seed): run for seed, run in zip(args.seeds, runs)},
     }
     print(json.dumps(line))
 

@@ -1,10 +1,13 @@
 """What a flow run shows in the Prefect UI, each under a stable key so the UI keeps its history:
-a progress bar over the whole run, sample prompts with their ranked responses, the PPO reward and
-KL curves, the evaluation report, and every stage's metrics."""
+a progress bar over the whole run, sample prompts with their ranked responses, the training curves
+as pictures (reward and KL, gold versus proxy, the reward model's score histograms) with their
+numbers, the evaluation report with the same pictures, and every stage's metrics."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -63,14 +66,37 @@ def ranked_samples_table(root: Path, prompts_path: str, rankings_path: str, resp
     ]  # fmt: skip
 
 
-def curves_markdown(curve_csv: Path) -> str:
-    """Reward and KL per PPO iteration as a markdown table (the PNG is in plots/, for `dvc plots show`)."""
+def png_data_url(path: Path) -> str:
+    """A PNG as a data URL: the Prefect UI shows artifacts from its database, never from our files."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+MARKDOWN_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def inline_images(markdown: str, base: Path) -> str:
+    """A markdown file's relative PNG links (the report's curves) as data URLs, so the artifact shows them."""
+
+    def inlined(match: re.Match) -> str:
+        target = base / match.group(2)
+        if target.suffix != ".png" or not target.is_file():
+            return match.group(0)
+        return f"![{match.group(1)}]({png_data_url(target)})"
+
+    return MARKDOWN_IMAGE.sub(inlined, markdown)
+
+
+def curves_markdown(curve_csv: Path, pictures: list[tuple[str, Path]] = ()) -> str:
+    """The curves as pictures (each PNG that exists), then reward and KL per iteration as a table."""
     curve = pd.read_csv(curve_csv)
     columns = [c for c in CURVE_COLUMNS if c in curve.columns]
+    shown = [f"![{caption}]({png_data_url(path)})\n\n_{caption}_ (`{path.name}`)" for caption, path in pictures
+             if path.is_file()]  # fmt: skip
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in curve[columns].itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")
-    return f"PPO reward (`score`) and KL per iteration, from `{curve_csv.name}`.\n\n" + "\n".join(lines)
+    table = f"Reward (`score`) and KL per iteration, from `{curve_csv.name}`.\n\n" + "\n".join(lines)
+    return "\n\n".join([*shown, table])
 
 
 def publish(root: Path, stages: list[PipelineStage], paths: dict[str, str], round_number: int) -> list[dict]:
@@ -83,7 +109,8 @@ def publish(root: Path, stages: list[PipelineStage], paths: dict[str, str], roun
                 metrics = json.loads(path.read_text())
                 rows += [{"stage": stage.name, "metric": k, "value": v} for k, v in sorted(metrics.items())]
             elif str(out.def_path).endswith(".md") and path.exists():
-                create_markdown_artifact(key=f"{stage.name.replace('_', '-')}-report", markdown=path.read_text())
+                markdown = inline_images(path.read_text(), path.parent)
+                create_markdown_artifact(key=f"{stage.name.replace('_', '-')}-report", markdown=markdown)
     if rows:
         create_table_artifact(key=METRICS_KEY, table=rows, description=f"Metrics of every stage, round {round_number}")
     if all((root / paths[k]).exists() for k in ("prompts", "rankings", "responses")):
@@ -93,5 +120,10 @@ def publish(root: Path, stages: list[PipelineStage], paths: dict[str, str], roun
             description=f"Sample prompts with their ranked responses, round {round_number}",
         )
     if (root / paths["ppo_curve"]).exists():
-        create_markdown_artifact(key=CURVES_KEY, markdown=curves_markdown(root / paths["ppo_curve"]))
+        pictures = [
+            ("Policy training: reward and KL per iteration", root / paths["ppo_curve_png"]),
+            ("Gold (rules) versus proxy (reward model) against sqrt(KL)", root / paths["gold_png"]),
+            ("Reward model: held-out score distributions", root / paths["reward_distribution_png"]),
+        ]
+        create_markdown_artifact(key=CURVES_KEY, markdown=curves_markdown(root / paths["ppo_curve"], pictures))
     return rows

@@ -1,7 +1,9 @@
 """The params.yaml schema: one pydantic model per pipeline stage, validated once.
 
 Every knob of the pipeline lives in params.yaml and is described here, so this file is the
-reference for what each key means. A bad value stops with one line naming the key.
+reference for what each key means. A bad value stops with one line naming the key. The defaults
+here are the shipped params.yaml's (a test holds them equal), so a key left out of params.yaml
+means the value written here.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class BootstrapPolicyParams(Section):
     n_head: int = Field(4, ge=1, le=128)
     demos_per_prompt: int = Field(12, ge=1)
     """Mixed-quality demonstrations generated per training prompt."""
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(800, ge=1)
     """Optimizer steps of the demo's supervised fine-tuning (source: demo; a pretrained model's is `sft`)."""
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(3e-3, gt=0, lt=1)
@@ -192,7 +194,7 @@ class CollectPromptsParams(Section):
 
 
 class SampleResponsesParams(Section):
-    k: int = Field(4, ge=2, le=64)
+    k: int = Field(6, ge=2, le=64)
     """Responses sampled per prompt; a ranking of K gives C(K,2) comparisons."""
     max_new_tokens: int = Field(40, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -235,6 +237,18 @@ class WordCount(Section):
 Principle = Annotated[ContainsAny | ExcludesAll | MentionsTopic | WordCount, Field(discriminator="kind")]
 
 
+def demo_constitution() -> list[Principle]:
+    """The demo's principles (params.yaml's, which must equal these: one set of defaults)."""
+    return [
+        # Staying on the asked topic counts double: an answer about something else is no answer.
+        MentionsTopic(kind="mentions_topic", name="on_topic", weight=2.0),
+        ContainsAny(kind="contains_any", name="polite", words=["happy to help", "thanks", "glad"]),
+        ExcludesAll(kind="excludes_all", name="no_banned_words", words=["whatever", "stupid", "dunno"]),
+        WordCount(kind="word_count", name="length_band", min=12, max=26),
+        ContainsAny(kind="contains_any", name="gives_advice", words=["you should"]),
+    ]
+
+
 class LLMJudgeParams(Section):
     model: str
     """A local path or hub id of a causal LM that reads the comparison and answers "1" or "2"."""
@@ -274,12 +288,13 @@ class RankResponsesParams(Section):
     """The AI judge of a hybrid."""
     confidence_threshold: float = Field(0.5, ge=0, le=1)
     """Hybrid: a pair whose judge confidence |2 P - 1| is below this goes to people."""
-    principles: list[Principle] = Field(min_length=1)
+    principles: list[Principle] = Field(default_factory=demo_constitution, min_length=1)
     """The constitution: the rule judge scores by it; AI judges read it (descriptions) in their preamble."""
-    unsafe_words: list[str] = []
+    unsafe_words: list[str] = ["set fire", "throw"]
     """Harmlessness, beside whichever AI judge ranks: a response containing any of these phrases is
     flagged unsafe (its reasons get `"unsafe": true`); the flags train the cost model (Safe RLHF).
-    People flag unsafe responses on the ranking page. Empty: AI rankings carry no harmlessness label."""
+    People flag unsafe responses on the ranking page. Empty: AI rankings carry no harmlessness label.
+    The defaults here and in `principles` are the demo's constitution."""
     preamble: str | None = None
     """What AI judges are told before each comparison. Default: built from the principles."""
     batch_prompts: int = Field(32, ge=1)
@@ -315,7 +330,7 @@ class TrainRewardParams(Section):
     batching: Literal["kwise", "pairwise"] = "pairwise"
     """pairwise: one element per pair with TRL's RewardTrainer; kwise: one batch element per ranking,
     its K responses scored once and all its pairs' losses averaged (InstructGPT)."""
-    epochs: float = Field(4.0, gt=0)
+    epochs: float = Field(8.0, gt=0)
     batch_size: int = Field(32, ge=1)
     """Pairs per step (pairwise) or rankings per step (kwise)."""
     learning_rate: float = Field(5e-4, gt=0, lt=1)
@@ -374,7 +389,7 @@ class TrainPolicyParams(Section):
     PPO that also keeps the cost model's expected P(unsafe) under `safety.cost_limit`."""
     dpo: DPOParams = DPOParams()
     safety: SafetyParams = SafetyParams()
-    iterations: int = Field(60, ge=1)
+    iterations: int = Field(40, ge=1)
     """PPO iterations: each samples one batch of rollouts and updates on it."""
     batch_size: int = Field(64, ge=1)
     """Prompts (one response each) per rollout batch, summed over all processes."""
@@ -383,12 +398,12 @@ class TrainPolicyParams(Section):
     micro_batch_size: int | None = Field(None, ge=1)
     """Responses per forward/backward; gradients accumulate over a minibatch. Default: minibatch_size."""
     ppo_epochs: int = Field(4, ge=1)
-    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    learning_rate: float = Field(3e-4, gt=0, lt=1)
     value_learning_rate: float = Field(3e-4, gt=0, lt=1)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """Decay of both learning rates over the run, after warmup."""
     warmup_iterations: int = Field(0, ge=0)
-    kl_coef: float = Field(0.05, ge=0)
+    kl_coef: float = Field(0.1, ge=0)
     """Per-token KL penalty coefficient beta against the frozen reference (the start value if adaptive)."""
     recompute_old_logprobs: bool = False
     """Recompute log pi_old with the update's own forward pass after each rollout (one more policy
@@ -449,6 +464,19 @@ class TrainPolicyParams(Section):
     both against sqrt(KL). null: none (a real model's rules may mean nothing)."""
     early_stop_gold_patience: int | None = Field(None, ge=1)
     """End early (keeping the policy) once the gold score has not passed its best for this many iterations."""
+    eval_every: int = Field(10, ge=0)
+    """In-loop evaluation: every N iterations (and at the last), the win rate against the start
+    policy on `eval_prompts` fixed held-out prompts, judged by `evaluate.judge`; logged with the
+    iteration's metrics. 0: none."""
+    eval_prompts: int = Field(32, ge=1)
+    """Held-out (test split) prompts of the in-loop evaluation, the same ones every time."""
+    keep: Literal["last", "best"] = "last"
+    """Which policy the stage writes: the last iteration's, or the one with the best in-loop win
+    rate (needs eval_every > 0); metrics/policy.json names the iteration kept."""
+    log_samples_every: int = Field(10, ge=0)
+    """Every N iterations a table of `log_samples` samples (prompt, response, reward, KL) goes to
+    the trackers, as TRL's completions logging does. 0: none."""
+    log_samples: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _batches_nest(self):
@@ -464,6 +492,8 @@ class TrainPolicyParams(Section):
             )
         if self.launcher == "single" and self.num_processes != 1:
             raise ValueError("num_processes: needs a multi-process launcher (ddp, deepspeed_zero2, deepspeed_zero3)")
+        if self.keep == "best" and (self.eval_every == 0 or self.algorithm == "dpo"):
+            raise ValueError("keep: best needs the in-loop evaluation of an online algorithm (eval_every > 0, not dpo)")
         return self
 
     @property
@@ -489,6 +519,23 @@ class EvaluateParams(Section):
         return self
 
 
+class TrackingParams(Section):
+    """Where training stages report their step metrics. DVCLive always writes `dvclive/<stage>/`
+    (metrics.json, plots/metrics/*.tsv) for `dvc exp show`, `dvc plots show` and DVC's VS Code
+    extension; `report_to` adds other trackers, for our own loops and TRL's trainers alike."""
+
+    dvclive: bool = True
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
+    """Beside DVCLive (`pip install -e '.[trackers]'`): tensorboard writes event files under
+    `tensorboard_dir/<stage>`; mlflow logs to `mlflow_tracking_uri`; wandb logs to `wandb_project`
+    (offline, under ./wandb, when WANDB_API_KEY is not set)."""
+    tensorboard_dir: str = "runs"
+    mlflow_tracking_uri: str | None = None
+    """null: a local file store, ./mlruns (`mlflow ui` reads it)."""
+    mlflow_experiment: str = "rlhf-pipeline"
+    wandb_project: str = "rlhf-pipeline"
+
+
 class RoundParams(Section):
     number: int = Field(1, ge=1)
     """The feedback round this workspace is in. The flow raises it when it starts a new round."""
@@ -504,11 +551,12 @@ class Params(Section):
     bootstrap_policy: BootstrapPolicyParams = BootstrapPolicyParams()
     collect_prompts: CollectPromptsParams = CollectPromptsParams()
     sample_responses: SampleResponsesParams = SampleResponsesParams()
-    rank_responses: RankResponsesParams
+    rank_responses: RankResponsesParams = RankResponsesParams()
     train_reward: TrainRewardParams = TrainRewardParams()
     train_cost: TrainCostParams = TrainCostParams()
     train_policy: TrainPolicyParams = TrainPolicyParams()
     evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
     round: RoundParams = RoundParams()
 
 

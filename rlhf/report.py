@@ -11,8 +11,15 @@ def _cell(text: str) -> str:
 
 
 def markdown_report(
-    metrics: dict, prompts: list[str], before: list[str], after: list[str], samples: int, stride: int
+    metrics: dict,
+    prompts: list[str],
+    before: list[str],
+    after: list[str],
+    samples: int,
+    stride: int,
+    figures: list[tuple[str, str]] = (),
 ) -> str:
+    """`figures`: (caption, image path relative to the report), shown after the metrics."""
     lines = ["# Evaluation report", ""]
     if "win_judge" in metrics:  # who decided the win rate: the rules, or an independent pairwise judge
         lines += [f"Win rate judged by: {metrics['win_judge']}.", ""]
@@ -24,6 +31,10 @@ def markdown_report(
         ]
     lines += ["| metric | value |", "| --- | --- |"]
     lines += [f"| {key} | {value} |" for key, value in sorted(metrics.items())]
+    if figures:
+        lines += ["", "## Curves", ""]
+        for caption, path in figures:
+            lines += [f"![{caption}]({path})", ""]
     lines += ["", "## Held-out prompts: the bootstrap policy before, the trained policy after", ""]
     lines += ["| prompt | before | after |", "| --- | --- | --- |"]
     for i in range(0, min(len(prompts), samples * stride), stride):

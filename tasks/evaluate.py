@@ -1,6 +1,7 @@
 """Stage evaluate: the final policy against the bootstrap policy on held-out prompts."""
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +42,9 @@ def main() -> None:
             "start_dir",
             "policy_dir",
             "reward_dir",
+            "ppo_curve_png",
+            "gold_png",
+            "reward_distribution_png",
         ],  # fmt: skip
         ["metrics", "report"],
     )
@@ -102,7 +106,16 @@ def main() -> None:
     }
     metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     write_json(args.metrics, metrics)
-    report = markdown_report(metrics, texts, before, after, section.report_samples, section.samples_per_prompt)
+    figures = [
+        (caption, os.path.relpath(path, Path(args.report).parent))  # relative: the report renders where it lies
+        for caption, path in [
+            ("Policy training: reward and KL per iteration", args.ppo_curve_png),
+            ("Gold (rules) versus proxy (reward model) score against sqrt(KL)", args.gold_png),
+            ("Reward model: held-out score distributions", args.reward_distribution_png),
+        ]
+        if Path(path).exists()  # a stage run by hand may come without them
+    ]
+    report = markdown_report(metrics, texts, before, after, section.report_samples, section.samples_per_prompt, figures)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(report)
     print(f"{STAGE}: {metrics}")

@@ -64,7 +64,7 @@ def make_repo(root: Path, project_root: Path, overrides: dict | None = None, shr
     shrunk (SHRINK) unless `shrink` is false, then `overrides`, section by section (a top-level
     key such as `seed` is replaced)."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ["rlhf", "tasks", "flows", "configs"]:
+    for name in ["rlhf", "tasks", "flows", "configs", "bin"]:
         shutil.copytree(project_root / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ["dvc.yaml", ".gitignore", "prefect.yaml"]:
         shutil.copy(project_root / name, root / name)

@@ -21,6 +21,21 @@ def test_shipped_params_are_valid(project_root):
     assert params.sample_responses.k >= 2 and params.rank_responses.principles
 
 
+def test_the_schema_defaults_are_the_shipped_params(project_root):
+    """One set of defaults: a reader of rlhf/config.py learns the values params.yaml runs with."""
+    from rlhf.config import Params
+
+    def differences(schema, shipped, path=""):
+        if isinstance(schema, dict) and isinstance(shipped, dict):
+            for key in schema.keys() | shipped.keys():
+                yield from differences(schema.get(key, "<absent>"), shipped.get(key, "<absent>"), f"{path}.{key}")
+        elif schema != shipped:
+            yield f"{path.lstrip('.')}: schema {schema!r}, params.yaml {shipped!r}"
+
+    shipped = load_params(project_root / "params.yaml").model_dump(mode="json")
+    assert sorted(differences(Params().model_dump(mode="json"), shipped)) == []
+
+
 @pytest.mark.parametrize(
     "section, key, value, expected",
     [

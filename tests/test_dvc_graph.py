@@ -31,7 +31,7 @@ def imported_files(path: Path, root: Path, seen: set[str]) -> set[str]:
 def test_stage_names_match_task_modules(project_root):
     stages = yaml.safe_load((project_root / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        assert stage["cmd"].startswith(f"python -m tasks.{name} "), name
+        assert stage["cmd"].startswith(f"bin/python -m tasks.{name} "), name  # the project's interpreter, any shell
         assert (project_root / "tasks" / f"{name}.py").exists(), name
 
 

@@ -3,13 +3,16 @@
 One module-scoped run of the flow (a few minutes on 2 CPU cores) backs every test here.
 """
 
+import base64
 import json
+import re
+import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.pipeline_repo import SHRINK, STAGES, dvc, make_repo, run
+from tests.pipeline_repo import GIT_ENV, SHRINK, STAGES, dvc, make_repo, run
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +56,9 @@ def test_evaluation_metrics_are_complete_and_in_range(flow_outcomes, demo_repo):
     assert (demo_repo / "plots" / "reward.png").read_bytes()[:4] == b"\x89PNG"
     report = (demo_repo / "reports" / "eval.md").read_text()
     assert "win_rate_vs_start" in report and "| prompt | before | after |" in report
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)  # the curves, relative to the report
+    assert sorted(linked) == ["../plots/gold_vs_proxy.png", "../plots/ppo.png", "../plots/reward.png"]
+    assert all((demo_repo / "reports" / path).resolve().read_bytes()[:4] == b"\x89PNG" for path in linked)
 
 
 def test_dvc_status_is_clean_after_the_flow_and_repro_runs_nothing(flow_outcomes, demo_repo):
@@ -100,7 +106,14 @@ def test_flow_published_metrics_and_report_artifacts(flow_outcomes):
     assert [row["rank"] for row in samples[: SHRINK["sample_responses"]["k"]]] == sorted(
         row["rank"] for row in samples[: SHRINK["sample_responses"]["k"]]
     )
-    assert "| iteration | score | kl" in next(a for a in artifacts if a.key == "ppo-curves").data
+    curves = max((a for a in artifacts if a.key == "ppo-curves"), key=lambda a: a.created).data
+    report = max((a for a in artifacts if a.key == "evaluate-report"), key=lambda a: a.created).data
+    assert "| iteration | score | kl" in curves
+    # The curves as pictures the UI can show: PNGs inlined as data URLs (three in the curves, in the report too).
+    for markdown in (curves, report):
+        images = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+        assert len(images) == 3, markdown[:500]
+        assert all(base64.b64decode(image).startswith(b"\x89PNG\r\n\x1a\n") for image in images)
     progress = [a for a in artifacts if a.key == "rlhf-progress"]
     assert max(float(a.data) for a in progress) == 100.0
 
@@ -121,6 +134,38 @@ def test_dvc_exp_run_sets_any_params_key_and_plots_render(flow_outcomes, demo_re
     run(["git", "checkout", "--", "."], demo_repo)
     dvc("checkout", "--quiet", cwd=demo_repo)
     assert json.loads(dvc("status", "train_policy", "--json", cwd=demo_repo).stdout or "{}") == {}
+
+
+def readme_block_after(heading: str, project_root) -> list[str]:
+    """The command lines of the README's first code block after the line `heading`, as written."""
+    text = (project_root / "README.md").read_text()
+    block = text.split(heading, 1)[1].split("```", 2)[1]
+    return [line for line in block.splitlines()[1:] if line.strip()]
+
+
+def test_the_readme_commands_run_as_written_from_a_fresh_shell(flow_outcomes, demo_repo, project_root):
+    """A new user's shell: no environment activated, the project's .venv not on PATH. The stages'
+    `bin/python` must still find the interpreter that has torch (else "No module named 'torch'")."""
+    import os
+
+    (demo_repo / ".venv").symlink_to(sys.prefix)  # the environment `make setup` makes, where a user has it
+    fresh_shell = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ["HOME"], **GIT_ENV}
+    after_demo = readme_block_after("After `make demo`:", project_root)
+    experiments = [line for line in readme_block_after("## DPO and Safe RLHF", project_root) if "-n dpo" in line]
+    assert len(after_demo) >= 5 and len(experiments) == 1
+    run(["git", "add", "-A"], demo_repo)
+    run(["git", "commit", "-qm", "before the README's commands"], demo_repo)
+    for line in [*after_demo, *experiments]:
+        command = line.split("  #")[0].strip()
+        result = subprocess.run(["bash", "-c", command], cwd=demo_repo, env=fresh_shell, capture_output=True, text=True,
+                                timeout=600)  # fmt: skip
+        assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        if command.endswith("dvc repro"):
+            assert "Running stage" not in result.stdout, result.stdout  # the flow kept dvc.lock current
+    assert "Running stage 'train_policy'" in result.stdout  # the DPO experiment ran its stage under bin/python
+    assert '"dpo"' in run([sys.executable, "-m", "dvc", "exp", "show", "--json"], demo_repo).stdout
+    run(["git", "checkout", "--", "."], demo_repo)
+    dvc("checkout", "--quiet", cwd=demo_repo)
 
 
 def test_bad_params_value_fails_the_flow_with_one_line_naming_the_key(flow_outcomes, demo_repo):
