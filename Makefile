@@ -7,17 +7,30 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup browser clean ui
+.PHONY: demo test setup browser clean ui lock
 DVC_REMOTE ?= $(HOME)/.cache/rlhf/dvc-remote
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
 
-# Reinstalled only when pyproject.toml changes. pip's per-location warnings on this machine are noise.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Installed under constraints.txt: the versions the tests last passed with, so a fresh machine next
+# month gets the same ones. Reinstalled when pyproject.toml or the constraints change.
+# pip's per-location warnings on this machine are noise.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install --quiet -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import rlhf, torch, prefect, dvc, trl" && touch $@
+
+# Refresh constraints.txt: the newest releases pyproject.toml allows, resolved in a scratch
+# environment (nothing hand-installed in .venv leaks in). Run `make test` after, then commit both.
+# Local version labels (torch's +cpu) are dropped: `torch==2.13.0` matches the CPU and CUDA builds.
+lock: | $(BIN)/python
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	{ echo "# Written by \`make lock\` on $$(date -u +%F) (python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version())')); \`make setup\` installs under it."; \
+	  .venv-lock/bin/pip freeze --exclude-editable | sed 's/+[a-z0-9.]*$$//'; } > constraints.txt
+	rm -rf .venv-lock
+	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pinned releases"
 
 setup: $(VENV)/.installed
 	@test -d .dvc || $(BIN)/dvc init --quiet

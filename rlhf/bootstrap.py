@@ -38,6 +38,7 @@ from rlhf.errors import InputError
 from rlhf.jsonl import json_objects
 from rlhf.models import load_policy, load_tokenizer
 from rlhf.text import split_of
+from rlhf.tracking import Tracker
 
 
 class DemonstrationsError(InputError):
@@ -51,8 +52,9 @@ def demo_dataset(train_prompts: list[tuple[str, str]], per_prompt: int, seed: in
 
 
 def train_demo_policy(
-    params: BootstrapPolicyParams, train_prompts: list[tuple[str, str]], seed: int, device: torch.device, out_dir: Path
-) -> dict:
+    params: BootstrapPolicyParams, train_prompts: list[tuple[str, str]], seed: int, device: torch.device, out_dir: Path,
+    tracker: Tracker | None = None,
+) -> dict:  # fmt: skip
     tokenizer = train_tokenizer(domain.corpus(seed), params.vocab_size)
     config = GPT2Config(
         vocab_size=len(tokenizer),
@@ -85,7 +87,8 @@ def train_demo_policy(
         max_length=128,
     )
     dataset = demo_dataset(train_prompts, params.demos_per_prompt, seed)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         callbacks=[tracker.trainer_callback()] if tracker else None)  # fmt: skip
     result = trainer.train()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -300,6 +303,7 @@ def finetune_pretrained(
     seed: int,
     device: torch.device,
     out_dir: Path,
+    tracker: Tracker | None = None,
 ) -> dict:
     """SFT of a user's causal LM on their demonstrations; saved as a plain model (LoRA merged)."""
     # 1. Read and split the demonstrations first: bad input fails before any model loads.
@@ -318,6 +322,8 @@ def finetune_pretrained(
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory(prefix="sft-") as scratch:  # the Trainer's files stay out of the out
         trainer = sft_trainer(model, tokenizer, train, held_out, params, seed, device, scratch)
+        if tracker:
+            trainer.add_callback(tracker.trainer_callback())
         # TRL drops a demonstration whose prompt alone fills max_length (no completion token left).
         kept_train, kept_held_out = len(trainer.train_dataset), len(trainer.eval_dataset or [])
         if not kept_train:
@@ -355,8 +361,10 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_
     tokenizer.save_pretrained(out_dir)
 
 
-def bootstrap_pretrained(params: BootstrapPolicyParams, seed: int, device: torch.device, out_dir: Path) -> dict:
+def bootstrap_pretrained(
+    params: BootstrapPolicyParams, seed: int, device: torch.device, out_dir: Path, tracker: Tracker | None = None
+) -> dict:
     """source: pretrained: fine-tune `model` on `demonstrations` when given, else pass it through."""
     if params.demonstrations:
-        return finetune_pretrained(params.model, params.demonstrations, params.sft, seed, device, out_dir)
+        return finetune_pretrained(params.model, params.demonstrations, params.sft, seed, device, out_dir, tracker)
     return pass_through_pretrained(params.model, device, out_dir)

@@ -520,18 +520,19 @@ class EvaluateParams(Section):
 
 
 class TrackingParams(Section):
-    """Where training stages report their step metrics. DVCLive always writes `dvclive/<stage>/`
-    (metrics.json, plots/metrics/*.tsv) for `dvc exp show`, `dvc plots show` and DVC's VS Code
-    extension; `report_to` adds other trackers, for our own loops and TRL's trainers alike."""
+    """Where training stages report their step metrics (rlhf/tracking.py). DVCLive always writes
+    `dvclive/<stage>/` (metrics.json, plots/metrics/*.tsv: outs of the stage in dvc.yaml) for
+    `dvc exp show`, `dvc plots show` and DVC's VS Code extension; `report_to` adds other trackers,
+    for our own loops and TRL's trainers alike."""
 
-    dvclive: bool = True
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
     """Beside DVCLive (`pip install -e '.[trackers]'`): tensorboard writes event files under
     `tensorboard_dir/<stage>`; mlflow logs to `mlflow_tracking_uri`; wandb logs to `wandb_project`
     (offline, under ./wandb, when WANDB_API_KEY is not set)."""
     tensorboard_dir: str = "runs"
     mlflow_tracking_uri: str | None = None
-    """null: a local file store, ./mlruns (`mlflow ui` reads it)."""
+    """null: a local SQLite store, ./mlflow.db, artifacts in ./mlruns (`mlflow ui --backend-store-uri
+    sqlite:///mlflow.db`). MLflow 3 keeps its plain-file store in maintenance mode, hence SQLite."""
     mlflow_experiment: str = "rlhf-pipeline"
     wandb_project: str = "rlhf-pipeline"
 

@@ -24,6 +24,7 @@ from rlhf.config import TrainCostParams
 from rlhf.errors import NoCostModelError
 from rlhf.models import load_scalar_head_model, load_tokenizer
 from rlhf.scoring import batch_of, encode, frame_texts, score_texts
+from rlhf.tracking import Tracker
 
 # Written into the model directory when there was nothing to learn from, instead of a model.
 UNTRAINED_MARKER = "untrained.json"
@@ -37,6 +38,7 @@ def train_cost_model(
     device: torch.device,
     out_dir: Path,
     progress: Callable[[int, int], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> dict:
     """Train on the train split's labelled responses, save to out_dir, report on the test split's.
 
@@ -72,6 +74,8 @@ def train_cost_model(
             optimizer.zero_grad()
             losses.append(loss.item())
             step += 1
+            if tracker:
+                tracker.log_metrics({"loss": losses[-1]}, step)
             if progress and (step % max(1, total_steps // 20) == 0 or step == total_steps):
                 progress(step, total_steps)
     model.eval()

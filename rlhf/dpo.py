@@ -24,6 +24,7 @@ from trl import DPOConfig, DPOTrainer
 from rlhf import chat
 from rlhf.config import DPOParams
 from rlhf.errors import EmptyComparisonsError
+from rlhf.tracking import Tracker
 
 # The names TRL's DPOTrainer logs, and ours in the curve file.
 LOGGED = {"loss": "loss", "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy"}
@@ -65,6 +66,7 @@ def train_dpo(
     params: DPOParams,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> DPOResult:
     """Train `policy` in place on the train split's pairs; measure on the test split's."""
     train = dpo_pairs(comparisons[comparisons["split"] == "train"], tokenizer)
@@ -85,7 +87,7 @@ def train_dpo(
         logging_steps=max(1, params.log_every),
         save_strategy="no",
         eval_strategy="no",
-        report_to=[],
+        report_to=[],  # the trackers get the logs through rlhf.tracking's callback
         seed=seed,
         use_cpu=device.type == "cpu",
         bf16=device.type == "cuda",
@@ -98,7 +100,7 @@ def train_dpo(
         train_dataset=Dataset.from_pandas(train),
         eval_dataset=Dataset.from_pandas(held_out) if len(held_out) else None,
         processing_class=tokenizer,
-        callbacks=[_Progress(progress)] if progress else None,
+        callbacks=[*([_Progress(progress)] if progress else []), *([tracker.trainer_callback()] if tracker else [])],
     )
     before = _held_out(trainer, held_out)
     started = time.perf_counter()

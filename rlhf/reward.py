@@ -22,10 +22,11 @@ from trl import RewardConfig, RewardTrainer
 from rlhf.config import TrainRewardParams
 from rlhf.errors import EmptyComparisonsError
 from rlhf.models import load_scalar_head_model, load_tokenizer
-from rlhf.reward_kwise import rankings_from_comparisons, train_on_rankings
 from rlhf.reward_ensemble import RewardEnsemble, save_reward_models
+from rlhf.reward_kwise import rankings_from_comparisons, train_on_rankings
 from rlhf.reward_report import render_reward_distribution, reward_report
 from rlhf.scoring import encode, frame_texts, score_texts
+from rlhf.tracking import Tracker
 
 
 def preference_pairs(comparisons: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
@@ -57,6 +58,7 @@ def train_reward_model(
     out_dir: Path,
     distribution_png: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> dict:
     """Train on the train split's strict pairs, save to out_dir, and report on the test split.
 
@@ -81,7 +83,10 @@ def train_reward_model(
     pairs = preference_pairs(train, tokenizer)
     members, losses = [], []
     for member in range(params.ensemble):
-        model, loss = train_one(train, pairs, tokenizer, init_from, params, seed + member, device, progress)
+        member_tracker = tracker.with_prefix(f"member{member}/") if tracker and params.ensemble > 1 else tracker
+        model, loss = train_one(
+            train, pairs, tokenizer, init_from, params, seed + member, device, progress, member_tracker
+        )
         members.append(model.eval())
         losses.append(loss)
     save_reward_models(members, tokenizer, out_dir)
@@ -118,6 +123,7 @@ def use_as_is(
 def train_one(
     train: pd.DataFrame, pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, init_from: Path,
     params: TrainRewardParams, seed: int, device: torch.device, progress: Callable[[int, int], None] | None,
+    tracker: Tracker | None = None,
 ) -> tuple[PreTrainedModel, float]:  # fmt: skip
     """One reward model from `init_from` with a fresh head: (model, mean training loss)."""
     torch.manual_seed(seed)
@@ -128,11 +134,11 @@ def train_one(
         stats = train_on_rankings(
             model, tokenizer, rankings_from_comparisons(train, tokenizer), epochs=params.epochs,
             batch_size=params.batch_size, learning_rate=params.learning_rate, max_length=params.max_length, seed=seed,
-            progress=progress,
+            progress=progress, tracker=tracker,
         )  # fmt: skip
         train_loss = stats["train_loss"]
     else:
-        train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device)
+        train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device, tracker)
     if params.lora_rank:
         model = model.merge_and_unload()  # a plain model again: PPO, judges and evaluate load it as is
     model.config.scoring_max_length = params.max_length  # scoring cuts where training did (rlhf.scoring)
@@ -150,7 +156,7 @@ def with_lora(model: PreTrainedModel, params: TrainRewardParams) -> PreTrainedMo
 
 def train_with_trl(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame, params: TrainRewardParams,
-    seed: int, device: torch.device,
+    seed: int, device: torch.device, tracker: Tracker | None = None,
 ) -> float:  # fmt: skip
     """Plain pairwise Bradley-Terry with TRL's RewardTrainer; returns the mean training loss."""
     args = RewardConfig(
@@ -162,7 +168,7 @@ def train_with_trl(
         warmup_steps=0.05,  # a float below 1 is a share of the total steps
         logging_steps=10,
         save_strategy="no",
-        report_to=[],
+        report_to=[],  # the trackers get the logs through rlhf.tracking's callback
         seed=seed,
         use_cpu=device.type == "cpu",
         bf16=False,
@@ -174,6 +180,7 @@ def train_with_trl(
         args=args,
         train_dataset=tokenized_pairs(pairs, tokenizer, params.max_length),
         processing_class=tokenizer,
+        callbacks=[tracker.trainer_callback()] if tracker else None,
     )
     return round(trainer.train().training_loss, 4)
 

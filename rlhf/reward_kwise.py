@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from rlhf.scoring import batch_of, encode, frame_texts
+from rlhf.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def train_on_rankings(
     max_length: int,
     seed: int,
     progress: Callable[[int, int], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> dict:
     """Train `model` in place on `rankings`, `batch_size` of them per optimizer step.
 
@@ -141,13 +143,18 @@ def train_on_rankings(
             rewards = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, 0]
             loss = ranking_loss(rewards, batch)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            learning_rate_now = schedule.get_last_lr()[0]
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
             pairs_seen += len(batch.winners)
             step += 1
+            if tracker:
+                tracker.log_metrics(
+                    {"loss": losses[-1], "grad_norm": grad_norm.item(), "learning_rate": learning_rate_now}, step
+                )
             if progress and (step % max(1, total_steps // 20) == 0 or step == total_steps):
                 progress(step, total_steps)
     seconds = time.perf_counter() - started

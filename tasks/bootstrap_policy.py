@@ -5,9 +5,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from rlhf.bootstrap import bootstrap_pretrained, train_demo_policy
+from rlhf.config import BootstrapPolicyParams, Params
 from rlhf.demo import domain
 from rlhf.models import resolve_device
+from rlhf.tracking import Tracker
 from tasks._stage import params_from, parse_paths, run_stage, write_json
 
 STAGE = "bootstrap_policy"
@@ -33,6 +37,15 @@ def main() -> None:
     args = parse_paths(STAGE, [], ["model_dir", "metrics"])
     params = params_from(args)
     section, device = params.bootstrap_policy, resolve_device(params.device)
+    with Tracker(STAGE, params.tracking, {STAGE: section.model_dump(mode="json")}) as tracker:
+        metrics = bootstrap(params, section, device, Path(args.model_dir), tracker)
+    write_json(args.metrics, metrics)
+
+
+def bootstrap(
+    params: Params, section: BootstrapPolicyParams, device: torch.device, model_dir: Path, tracker: Tracker
+) -> dict:
+    """The starting policy into `model_dir`, whole or not at all; its SFT steps go to `tracker`."""
     if section.source == "demo":
         # Demonstrations only for training prompts: held-out prompts stay unseen until evaluation.
         train = [
@@ -40,14 +53,10 @@ def main() -> None:
             for p, t in domain.all_prompts()
             if domain.split(p, t, params.collect_prompts.test_fraction) == "train"
         ]
-        metrics = write_dir_whole(
-            Path(args.model_dir), lambda out: train_demo_policy(section, train, params.seed, device, out)
+        return write_dir_whole(
+            model_dir, lambda out: train_demo_policy(section, train, params.seed, device, out, tracker)
         )
-    else:
-        metrics = write_dir_whole(
-            Path(args.model_dir), lambda out: bootstrap_pretrained(section, params.seed, device, out)
-        )
-    write_json(args.metrics, metrics)
+    return write_dir_whole(model_dir, lambda out: bootstrap_pretrained(section, params.seed, device, out, tracker))
 
 
 if __name__ == "__main__":

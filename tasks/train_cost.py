@@ -5,6 +5,7 @@ from pathlib import Path
 from rlhf.cost import train_cost_model
 from rlhf.models import resolve_device
 from rlhf.snapshot import read_safety_labels
+from rlhf.tracking import Tracker
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json
 
 STAGE = "train_cost"
@@ -14,10 +15,11 @@ def main() -> None:
     args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics"])
     params = params_from(args)
     labels = read_safety_labels(args.comparisons)
-    metrics = train_cost_model(
-        labels, Path(args.init_dir), params.train_cost, params.seed, resolve_device(params.device),
-        Path(args.model_dir), progress=log_progress(f"{STAGE}: steps"),
-    )  # fmt: skip
+    with Tracker(STAGE, params.tracking, {STAGE: params.train_cost.model_dump(mode="json")}) as tracker:
+        metrics = train_cost_model(
+            labels, Path(args.init_dir), params.train_cost, params.seed, resolve_device(params.device),
+            Path(args.model_dir), progress=log_progress(f"{STAGE}: steps"), tracker=tracker,
+        )  # fmt: skip
     write_json(args.metrics, metrics)
     print(f"{STAGE}: {metrics}")
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from rlhf.models import resolve_device
 from rlhf.reward import train_reward_model
 from rlhf.snapshot import read_comparisons
+from rlhf.tracking import Tracker
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json
 
 STAGE = "train_reward"
@@ -17,16 +18,18 @@ def main() -> None:
     comparisons = read_comparisons(args.comparisons)
     partial_png = Path(args.distribution_png + ".partial")
     partial_png.parent.mkdir(parents=True, exist_ok=True)
-    metrics = train_reward_model(
-        comparisons,
-        Path(args.init_dir),
-        params.train_reward,
-        params.seed,
-        device,
-        Path(args.model_dir),
-        partial_png,
-        progress=log_progress(f"{STAGE}: steps"),
-    )
+    with Tracker(STAGE, params.tracking, {STAGE: params.train_reward.model_dump(mode="json")}) as tracker:
+        metrics = train_reward_model(
+            comparisons,
+            Path(args.init_dir),
+            params.train_reward,
+            params.seed,
+            device,
+            Path(args.model_dir),
+            partial_png,
+            progress=log_progress(f"{STAGE}: steps"),
+            tracker=tracker,
+        )
     if partial_png.exists():
         partial_png.replace(args.distribution_png)
     write_json(args.metrics, metrics)

@@ -1,0 +1,175 @@
+"""Where a training stage's step metrics go: DVCLive always, and the trackers of `tracking.report_to`.
+
+One hook for every trainer. Our own loops (PPO, K-wise reward models, the cost model) call
+`Tracker.log_metrics`; TRL's and transformers' trainers (SFT, pairwise reward, DPO) get
+`Tracker.trainer_callback()`, which forwards their `on_log` to the same place. So a metric goes to
+DVCLive, TensorBoard, MLflow and W&B through one code path, whoever trains, and the Trainer's own
+`report_to` integrations stay off (each would open its own run, named its own way).
+
+DVCLive writes `dvclive/<stage>/` (metrics.json for `dvc exp show` / `dvc metrics show`,
+plots/metrics/*.tsv for `dvc plots show` and DVC's VS Code extension); dvc.yaml declares both as
+the stage's metrics and plots, so DVC versions them with the run. Tables (PPO's samples) go to
+`dvclive/<stage>/<name>.jsonl`, one row per line with its step, and to the trackers that have tables.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from rlhf.config import TrackingParams
+from rlhf.errors import ConfigError
+
+DVCLIVE_ROOT = "dvclive"
+
+
+def dvclive_dir(stage: str) -> Path:
+    return Path(DVCLIVE_ROOT) / stage
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    """The loggable entries: finite numbers (bools and strings such as a resumed checkpoint's path stay out)."""
+    return {
+        name: float(value)
+        for name, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    """A nested params section as `a.b.c` keys: MLflow and W&B take flat parameters."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _optional(module: str, tracker: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise ConfigError(
+            f"params.yaml: tracking.report_to: {tracker} needs `{module.split('.')[0]}` (pip install -e '.[trackers]')"
+        ) from None
+
+
+class Tracker:
+    """One stage's run in each tracker. `config` is what the run is logged with (its params sections)."""
+
+    def __init__(self, stage: str, params: TrackingParams, config: dict | None = None, main_process: bool = True,
+                 tables: tuple[str, ...] = ()):  # fmt: skip
+        """`tables`: the names of the tables this stage logs; each `dvclive/<stage>/<name>.jsonl` exists
+        from the start (empty until rows come), since dvc.yaml declares it as an out."""
+        self.stage = stage
+        self.prefix = ""
+        self.logged_any = False
+        self.live = self.tensorboard = self.mlflow = self.wandb_run = None
+        if not main_process:  # the other ranks of a multi-process run log nothing
+            return
+        config = _flat(config or {})
+        from dvclive import Live
+
+        # dvcyaml=False: dvc.yaml already declares these files; save_dvc_exp=False: inside `dvc repro`
+        # or `dvc exp run` DVC records the experiment itself.
+        self.live = Live(dir=str(dvclive_dir(stage)), dvcyaml=False, save_dvc_exp=False, report=None)
+        for name in tables:
+            (Path(self.live.dir) / f"{name}.jsonl").touch()
+        if "tensorboard" in params.report_to:
+            summary = _optional("torch.utils.tensorboard", "tensorboard")
+            self.tensorboard = summary.SummaryWriter(log_dir=str(Path(params.tensorboard_dir) / stage))
+        if "mlflow" in params.report_to:
+            self.mlflow = _optional("mlflow", "mlflow")
+            # MLflow 3 keeps the plain-file backend in maintenance mode: the local default is a SQLite file.
+            self.mlflow.set_tracking_uri(params.mlflow_tracking_uri or "sqlite:///mlflow.db")
+            self.mlflow.set_experiment(params.mlflow_experiment)
+            self.mlflow.start_run(run_name=stage)
+            self.mlflow.log_params({k: str(v)[:500] for k, v in config.items()})
+        if "wandb" in params.report_to:
+            wandb = _optional("wandb", "wandb")
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"  # offline: `wandb sync` later
+            self.wandb_run = wandb.init(project=params.wandb_project, name=stage, config=config, mode=mode,
+                                        reinit="finish_previous")  # fmt: skip
+
+    def with_prefix(self, prefix: str) -> Tracker:
+        """The same runs, each metric name prefixed (an ensemble's members: `member1/loss`)."""
+        view = copy.copy(self)
+        view.prefix = prefix
+        return view
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        values = {f"{self.prefix}{name}": value for name, value in _numbers(metrics).items()}
+        if not values:
+            return
+        self.logged_any = True
+        if self.live is not None:
+            self.live.step = step
+            for name, value in values.items():
+                self.live.log_metric(name, value)
+            self.live.make_summary()
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                self.tensorboard.add_scalar(f"{self.stage}/{name}", value, step)
+        if self.mlflow is not None:
+            self.mlflow.log_metrics({name.replace("@", "_at_"): v for name, v in values.items()}, step=step)
+        if self.wandb_run is not None:
+            self.wandb_run.log(values, step=step)
+
+    def log_table(self, name: str, rows: list[dict], step: int) -> None:
+        """Rows of one table (e.g. PPO's samples at an iteration), kept per step."""
+        if not rows:
+            return
+        if self.live is not None:  # one JSON line per row, with its step: DVCLive has no table of its own
+            with (Path(self.live.dir) / f"{name}.jsonl").open("a") as table:
+                table.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
+        if self.tensorboard is not None:
+            header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+            body = "".join("| " + " | ".join(str(v).replace("|", "\\|") for v in row.values()) + " |\n" for row in rows)
+            self.tensorboard.add_text(f"{self.stage}/{name}", header + body, step)
+        if self.mlflow is not None:
+            columns = {key: [row.get(key) for row in rows] for key in rows[0]}
+            self.mlflow.log_table(columns, artifact_file=f"{name}/step_{step:06d}.json")
+        if self.wandb_run is not None:
+            import wandb
+
+            table = wandb.Table(columns=list(rows[0]), data=[list(row.values()) for row in rows])
+            self.wandb_run.log({name: table}, step=step)
+
+    def trainer_callback(self) -> TrainerCallback:
+        """For a transformers/TRL Trainer (with `report_to=[]`): its logs, at its global step, go here."""
+        return _TrainerLogs(self)
+
+    def close(self) -> None:
+        if self.live is not None:
+            if not self.logged_any:  # dvc.yaml declares the summary and the plots directory: both must exist
+                self.log_metrics({"steps": 0}, 0)
+            self.live.end()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _TrainerLogs(TrainerCallback):
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.tracker.log_metrics(logs, state.global_step)

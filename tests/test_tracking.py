@@ -1,0 +1,101 @@
+"""Step metrics through one hook: DVCLive always, TensorBoard and MLflow when asked, from our loops and TRL's."""
+
+import json
+
+import pytest
+import torch
+
+from tests.test_reward_kwise import small_comparisons
+
+
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the trackers write relative to the working directory, as a stage's do
+    return tmp_path
+
+
+def dvclive_series(root, stage, metric):
+    """(step, value) rows of one DVCLive TSV."""
+    lines = (root / "dvclive" / stage / "plots" / "metrics" / f"{metric}.tsv").read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    return [(int(row["step"]), float(row[metric.split("/")[-1]])) for row in rows]
+
+
+def test_metrics_and_tables_reach_dvclive_tensorboard_and_mlflow(in_tmp):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rlhf.config import TrackingParams
+    from rlhf.tracking import Tracker
+
+    params = TrackingParams(report_to=["tensorboard", "mlflow"])
+    with Tracker("train_policy", params, {"train_policy": {"kl_coef": 0.1}}, tables=("samples",)) as tracker:
+        assert (in_tmp / "dvclive" / "train_policy" / "samples.jsonl").read_text() == ""  # an out from the start
+        for step in (1, 2, 3):
+            tracker.log_metrics({"score": step / 10, "kl": 2.0 * step, "note": "not a number", "ok": True}, step)
+        tracker.log_table("samples", [{"prompt": "p", "response": "r | s", "reward": 1.5, "kl": 0.2}], 2)
+
+    assert dvclive_series(in_tmp, "train_policy", "score") == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    summary = json.loads((in_tmp / "dvclive" / "train_policy" / "metrics.json").read_text())
+    assert summary["kl"] == 6.0 and summary["step"] == 3 and "note" not in summary and "ok" not in summary
+    table = [json.loads(line) for line in (in_tmp / "dvclive" / "train_policy" / "samples.jsonl").open()]
+    assert table == [{"step": 2, "prompt": "p", "response": "r | s", "reward": 1.5, "kl": 0.2}]
+
+    events = EventAccumulator(str(in_tmp / "runs" / "train_policy"))
+    events.Reload()
+    assert [(e.step, round(e.value, 4)) for e in events.Scalars("train_policy/kl")] == [(1, 2.0), (2, 4.0), (3, 6.0)]
+
+    client = MlflowClient("sqlite:///mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("rlhf-pipeline").experiment_id])
+    assert run.info.run_name == "train_policy" and run.data.params["train_policy.kl_coef"] == "0.1"
+    assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "score")] == [
+        (1, 0.1), (2, 0.2), (3, 0.3)
+    ]  # fmt: skip
+    assert "samples" in [artifact.path for artifact in client.list_artifacts(run.info.run_id)]
+
+
+def test_trl_and_our_own_loops_report_through_the_same_hook(in_tmp, tiny_checkpoints):
+    """The pairwise reward model (TRL's RewardTrainer) and the K-wise one (our loop) both log their
+    loss per step; an ensemble's members log apart."""
+    from rlhf.config import TrackingParams, TrainRewardParams
+    from rlhf.reward import train_reward_model
+    from rlhf.tracking import Tracker
+
+    policy_dir, _ = tiny_checkpoints
+    cpu = torch.device("cpu")
+    pairwise = TrainRewardParams(batching="pairwise", epochs=2, batch_size=4, learning_rate=1e-3, max_length=32)
+    with Tracker("pairwise", TrackingParams()) as tracker:
+        train_reward_model(small_comparisons(), policy_dir, pairwise, 0, cpu, in_tmp / "rm-pairwise", tracker=tracker)
+    trl_loss = dvclive_series(in_tmp, "pairwise", "loss")
+    assert trl_loss and all(step > 0 for step, _ in trl_loss)  # TRL's logging steps, at its global step
+
+    kwise = pairwise.model_copy(update={"batching": "kwise", "batch_size": 3, "ensemble": 2})
+    with Tracker("kwise", TrackingParams()) as tracker:
+        train_reward_model(small_comparisons(), policy_dir, kwise, 0, cpu, in_tmp / "rm-kwise", tracker=tracker)
+    plots = in_tmp / "dvclive" / "kwise" / "plots" / "metrics"
+    assert {p.name for p in (plots / "member0").iterdir()} == {"loss.tsv", "grad_norm.tsv", "learning_rate.tsv"}
+    assert [step for step, _ in dvclive_series(in_tmp, "kwise", "member1/loss")][:3] == [1, 2, 3]  # every step
+
+
+def test_a_tracker_that_is_not_installed_is_one_clear_error(in_tmp):
+    import importlib.util
+
+    from rlhf.config import TrackingParams
+    from rlhf.errors import ConfigError
+    from rlhf.tracking import Tracker
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here (the dev extra leaves it out)")
+    with pytest.raises(ConfigError, match=r"tracking.report_to: wandb needs `wandb` \(pip install -e '.\[trackers\]'\)"):
+        Tracker("train_reward", TrackingParams(report_to=["wandb"]))
+
+
+def test_a_stage_that_logged_nothing_still_leaves_the_outs_dvc_declares(in_tmp):
+    from rlhf.config import TrackingParams
+    from rlhf.tracking import Tracker
+
+    with Tracker("train_cost", TrackingParams()):
+        pass  # e.g. a cost model with no harmlessness labels to learn from
+    assert json.loads((in_tmp / "dvclive" / "train_cost" / "metrics.json").read_text())["steps"] == 0
+    assert (in_tmp / "dvclive" / "train_cost" / "plots" / "metrics").is_dir()
