@@ -87,6 +87,20 @@ def pairwise_wins(judge, prompts: list[chat.Conversation], finals: list[str], st
     return [1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in preferences]
 
 
+def wins_over_start(
+    judge, prompts: list[chat.Conversation], topics: list, finals: list[str], starts: list[str], win_judge=None
+) -> list[float]:
+    """1, 0.5 or 0 per prompt: whether the final response beats the start's, by the rule judge's
+    scores (`judge`) or by a pairwise judge (`win_judge`: llm, openai). The evaluate stage and
+    PPO's in-loop evaluation both count wins here."""
+    if win_judge is not None:
+        return pairwise_wins(win_judge, prompts, finals, starts)
+    asked = [chat.last_user_content(conversation) for conversation in prompts]  # what the rules read
+    final_scores = [judge.score(p, t, r)[0] for p, t, r in zip(asked, topics, finals)]
+    start_scores = [judge.score(p, t, r)[0] for p, t, r in zip(asked, topics, starts)]
+    return [1.0 if f > s else 0.5 if f == s else 0.0 for f, s in zip(final_scores, start_scores)]
+
+
 def compare_policies(
     start: PreTrainedModel,
     final: PreTrainedModel,
@@ -120,12 +134,7 @@ def compare_policies(
         "reward_start": score_exchanges(reward_model, reward_tokenizer, prompts, start_gen.texts).tolist(),
         "reward_final": score_exchanges(reward_model, reward_tokenizer, prompts, final_gen.texts).tolist(),
     }
-    if win_judge is None:
-        final_scores = [judge.score(p, t, r)[0] for p, t, r in zip(asked, topics, final_gen.texts)]
-        start_scores = [judge.score(p, t, r)[0] for p, t, r in zip(asked, topics, start_gen.texts)]
-        per_sample["win"] = [1.0 if f > s else 0.5 if f == s else 0.0 for f, s in zip(final_scores, start_scores)]
-    else:
-        per_sample["win"] = pairwise_wins(win_judge, prompts, final_gen.texts, start_gen.texts)
+    per_sample["win"] = wins_over_start(judge, prompts, topics, final_gen.texts, start_gen.texts, win_judge)
     for when, gen in (("start", start_gen), ("final", final_gen)):
         for response, prompt, topic, n in zip(gen.texts, asked, topics, range(len(asked))):
             for name, met in judge.check(prompt, topic, response).items():

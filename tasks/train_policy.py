@@ -5,9 +5,14 @@ With `train_policy.launcher` other than `single`, the stage runs itself again un
 `accelerate launch` with the matching file in configs/accelerate/ and `num_processes` processes.
 A run killed part-way resumes from `--checkpoint_dir` when it is started again with the same
 params and inputs; the directory is removed once the policy is written.
+
+PPO evaluates in the loop (train_policy.eval_every) on the first `eval_prompts` test-split prompts
+by prompt_id, with evaluate.judge; `keep: best` writes the policy of the best in-loop win rate.
+Every log_samples_every iterations a table of samples goes to ppo_samples.jsonl beside the curve.
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -22,11 +27,13 @@ from rlhf.config import Params
 from rlhf.cost import load_cost_model
 from rlhf.dpo import train_dpo
 from rlhf.errors import ConfigError
+from rlhf.judges import make_judge
+from rlhf.judges.rules import RuleJudge
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.plots import render_curve, render_gold_vs_proxy
 from rlhf.ppo.checkpoint import Checkpoints
+from rlhf.ppo.in_loop_eval import WinRateVsStart
 from rlhf.ppo.models import PPOModels, count_parameters, critic_start
-from rlhf.judges.rules import RuleJudge
 from rlhf.ppo.rollout import GoldScorer, RewardScorer
 from rlhf.ppo.trainer import make_accelerator, save_policy, train_ppo
 from rlhf.reward_ensemble import load_reward_model
@@ -106,6 +113,54 @@ def train_conversations(prompts: pd.DataFrame) -> list[chat.Conversation]:
     return chat.conversations_of(train)
 
 
+def topics_of(prompts: pd.DataFrame) -> list[str | None]:
+    """Each prompt's topic (the rules judge reads it), None where the prompts have none."""
+    return [None if pd.isna(t) else t for t in prompts.get("topic", pd.Series([None] * len(prompts)))]
+
+
+def in_loop_evaluator(params: Params, prompts: pd.DataFrame, device) -> WinRateVsStart | None:
+    """The in-loop win rate's held-out prompts and judge: the first `eval_prompts` test prompts in
+    prompt_id order (the same ones every run), judged as the evaluate stage judges."""
+    config = params.train_policy
+    if config.eval_every == 0:
+        return None
+    test = prompts[prompts["split"] == "test"]
+    order = "prompt_id" if "prompt_id" in test else "prompt"  # prompt_id: a content hash, so no topic comes first
+    held_out = test.sort_values(order, kind="stable").head(config.eval_prompts)
+    if held_out.empty:
+        if config.keep == "best":
+            raise ConfigError("params.yaml: train_policy.keep: best needs held-out (test split) prompts to evaluate on")
+        print(f"{STAGE}: no held-out (test split) prompts: the in-loop evaluation is off", flush=True)
+        return None
+    win_judge = None
+    if params.evaluate.judge != "rules":
+        section = params.evaluate
+        judge_params = params.rank_responses.model_copy(update={"llm": section.llm, "openai": section.openai})
+        win_judge = make_judge(judge_params, device, kind=section.judge)
+    judge = RuleJudge(params.rank_responses.principles)
+    return WinRateVsStart(chat.conversations_of(held_out), topics_of(held_out), judge, win_judge, seed=params.seed)
+
+
+class SamplesFile:
+    """The samples tables as JSON lines, one per sample with its iteration. A fresh run starts the
+    file anew; a resumed one first drops the lines after its checkpoint, which it logs again."""
+
+    def __init__(self, path: Path):
+        self.path, self.started = path, False
+
+    def resumed_after(self, iteration: int) -> None:
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        kept = [line for line in lines if json.loads(line)["iteration"] <= iteration]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.started = True
+
+    def __call__(self, iteration: int, rows: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a" if self.started else "w") as file:
+            file.writelines(json.dumps({"iteration": iteration, **row}) + "\n" for row in rows)
+        self.started = True
+
+
 def main() -> None:
     args = parse_paths(
         STAGE,
@@ -139,12 +194,13 @@ def main() -> None:
     scorer = RewardScorer(load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer)
     gold_scorer = None
     if config.gold_judge == "rules":
-        topic_list = [None if pd.isna(t) else t for t in prompts.get("topic", pd.Series([None] * len(prompts)))]
-        topics = {chat.to_json(c): t for c, t in zip(chat.conversations_of(prompts), topic_list)}
+        topics = {chat.to_json(c): t for c, t in zip(chat.conversations_of(prompts), topics_of(prompts))}
         gold_scorer = GoldScorer(RuleJudge(params.rank_responses.principles), topics)
     cost_scorer = None
     if config.algorithm == "ppo_lagrangian":
         cost_scorer = RewardScorer(*load_cost_model(args.cost_dir, device))
+    evaluator = in_loop_evaluator(params, prompts, device)
+    samples_file = SamplesFile(Path(args.curve).with_name("ppo_samples.jsonl"))
     trainable, total = count_parameters(models.trained.policy)
     if accelerator.is_main_process:
         print(f"{STAGE}: policy {total:,} parameters, {trainable:,} trained; {accelerator.num_processes} process(es)")
@@ -154,6 +210,7 @@ def main() -> None:
             return
         if "resumed_from" in row:
             print(f"{STAGE}: resumed after iteration {row['resumed_from']} from {row['checkpoint']}", flush=True)
+            samples_file.resumed_after(row["resumed_from"])
             return
         if "stopped_early" in row:
             print(f"{STAGE}: stopped early at iteration {row['iteration']}: {row['stopped_early']}", flush=True)
@@ -162,7 +219,8 @@ def main() -> None:
             f"{STAGE}: iteration {row['iteration']}/{config.iterations} "
             f"score {row['score']:+.3f} kl {row['kl']:.3f} length {row['response_length']:.1f} "
             f"repetition {row['repetition']:.3f} entropy {row['entropy']:.3f} clip {row['clip_fraction']:.3f}"
-            + (f" cost {row['cost']:.3f} lambda {row['lagrange_multiplier']:.2f}" if "cost" in row else ""),
+            + (f" cost {row['cost']:.3f} lambda {row['lagrange_multiplier']:.2f}" if "cost" in row else "")
+            + (f" win rate vs start {row['eval_win_rate']:.3f}" if "eval_win_rate" in row else ""),
             flush=True,
         )
 
@@ -170,7 +228,7 @@ def main() -> None:
     result = train_ppo(
         models, scorer, tokenizer, train_prompts, config, params.seed, log,
         accelerator=accelerator, checkpoint_dir=args.checkpoint_dir, fingerprint=fingerprint(params, args),
-        cost_scorer=cost_scorer, gold_scorer=gold_scorer,
+        cost_scorer=cost_scorer, gold_scorer=gold_scorer, evaluator=evaluator, log_samples=samples_file,
     )  # fmt: skip
     save_policy(models, accelerator, tokenizer, args.model_dir)
     if not accelerator.is_main_process:
@@ -184,6 +242,8 @@ def main() -> None:
     if gold_scorer is not None:
         metrics.update(gold_score=last["gold_score"], gold_score_best=max(row["gold_score"] for row in result.history))
     metrics.update(iterations=len(result.history), stopped_early=result.stopped_early)
+    # Which iteration's policy was written (keep: last | best) and its in-loop win rate against the start.
+    metrics.update(keep=config.keep, kept_iteration=result.kept_iteration, kept_win_rate=result.kept_win_rate)
     metrics.update(train_wall_s=round(time.perf_counter() - started, 1))
     write_json(args.metrics, metrics)
     Checkpoints(args.checkpoint_dir, {}, accelerator).remove()

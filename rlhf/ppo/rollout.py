@@ -1,7 +1,9 @@
 """One batch of PPO experience: sample -> score -> KL -> rewards -> GAE -> whiten.
 
 Forward passes per rollout: the sampling loop (which keeps the policy's log-probs, so the policy
-is not run again), one reference pass, one critic pass, one reward-model pass.
+is not run again), one reference pass, one critic pass, one reward-model pass. The stats time
+them as phases: generation_seconds (sampling), scoring_seconds (reward, cost and gold scorers),
+reference_seconds (reference and critic passes).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Rollout:
     scores: torch.Tensor  # (B,) normalised reward-model score, minus the missing-EOS penalty
     advantages: torch.Tensor  # (B, T) whitened GAE advantages
     returns: torch.Tensor  # (B, T) advantages + values: the value targets
+    raw_scores: torch.Tensor  # (B,) the reward model's score as it said it (the samples table shows it)
+    kl: torch.Tensor  # (B,) sequence KL to the reference, by params.kl_estimator (the samples table shows it)
 
     def minibatch(self, index: torch.Tensor) -> Rollout:
         """The rows at `index`, trimmed of columns that are padding in every one of them."""
@@ -183,6 +187,7 @@ def collect_rollout(
     query_ids, query_mask, response_ids, mask = sample.query_ids, sample.query_mask, sample.response_ids, sample.mask
     logprobs, ended, device = sample.logprobs, sample.ended, response_ids.device
     # 2. score: the reward model at the end of the response, normalised, minus the missing-EOS penalty
+    scoring_started = device_clock(device)
     raw_scores = scorer(prompts, sample.texts).to(device)
     if normalizer.mode == "running":
         normalizer.observe(gather(raw_scores))
@@ -190,12 +195,15 @@ def collect_rollout(
     costs = None
     if cost_scorer is not None:  # PPO-Lagrangian: the cost model's P(unsafe), weighed by lambda in step 4
         costs = torch.sigmoid(cost_scorer(prompts, sample.texts).to(device))
+    scoring_seconds = device_clock(device) - scoring_started
     # 3. reference log-probs and the critic's values
+    reference_started = device_clock(device)
     args = (query_ids, query_mask, response_ids, mask)
     with models.reference_policy() as reference:
         ref_logprobs = token_logprobs(response_logits(reference, *args, params.temperature), response_ids)
     values = critic_values(models.trained.critic, *args) * mask
     ref_logprobs = ref_logprobs * mask
+    reference_seconds = device_clock(device) - reference_started
     # 4. per-token KL penalty, sequence score on the last token
     if costs is None:
         rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
@@ -204,8 +212,10 @@ def collect_rollout(
     # 5. GAE, then whiten the advantages over the (global) batch
     advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
     advantages = core.whiten(advantages, mask, all_reduce=all_reduce)
-    rollout = Rollout(query_ids, query_mask, response_ids, mask, logprobs, values, scores, advantages, returns)
     kl = (core.kl_per_token(logprobs, ref_logprobs, params.kl_estimator) * mask).sum(-1)
+    rollout = Rollout(
+        query_ids, query_mask, response_ids, mask, logprobs, values, scores, advantages, returns, raw_scores, kl
+    )
     stats = {
         "score": gather(scores).mean().item(),
         "raw_score": gather(raw_scores).mean().item(),
@@ -214,11 +224,15 @@ def collect_rollout(
         "repetition": gather(core.repetition_rate(response_ids, mask).to(device)).mean().item(),
         "ended_share": gather(ended.float()).mean().item(),
         "generation_seconds": sample.seconds,
+        "scoring_seconds": scoring_seconds,
+        "reference_seconds": reference_seconds,
         "generated_tokens": gather(mask.sum()).sum().item(),
     }
     if costs is not None:
         stats.update(cost=gather(costs).mean().item(), lagrange_multiplier=lagrange.value)
     if gold_scorer is not None:  # gold beside proxy against sqrt(KL): where the policy games the reward model
+        gold_started = device_clock(device)
         gold = gold_scorer(prompts, sample.texts).to(device)
+        stats["scoring_seconds"] += device_clock(device) - gold_started
         stats.update(gold_score=gather(gold).mean().item(), sqrt_kl=max(stats["kl"], 0.0) ** 0.5)
     return rollout, stats

@@ -17,12 +17,19 @@ Where this departs from the papers:
   - Whitening, score normalisation and logged statistics use the global batch across processes.
   - PPO-Lagrangian (Safe RLHF): one critic learns the combined return of (score - lambda cost) /
     (1 + lambda), where Dai et al. keep a reward critic and a cost critic and combine advantages.
+
+Each iteration's row also says what the iteration did: phase times (generation_seconds,
+scoring_seconds, reference_seconds, update_seconds, within iteration_seconds), tokens_per_second,
+peak memory, policy_grad_norm, the log-prob drift; every `eval_every` iterations the in-loop win
+rate against the start (eval_win_rate, in_loop_eval.py), which `keep: best` chooses the policy by.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import resource
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +41,10 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from rlhf import chat
 from rlhf.config import TrainPolicyParams
-from rlhf.errors import TrainingStopped
+from rlhf.errors import ConfigError, TrainingStopped
 from rlhf.ppo import core
 from rlhf.ppo.checkpoint import Checkpoints
+from rlhf.ppo.in_loop_eval import WinRateVsStart
 from rlhf.ppo.models import PPOModels
 from rlhf.ppo.rollout import (
     GoldScorer,
@@ -55,6 +63,8 @@ class PPOResult:
     history: list[dict]  # one row of statistics per iteration
     stopped_early: str | None = None  # which reward-hacking monitor ended the run, if one did
     resumed_from: int | None = None  # the iteration of the checkpoint this run resumed from
+    kept_iteration: int | None = None  # the iteration whose policy `models` holds at the end (keep: last | best)
+    kept_win_rate: float | None = None  # its in-loop win rate; None where it was not evaluated
 
 
 @dataclass
@@ -68,6 +78,9 @@ class TrainerState:
     iteration: int = 0
     history: list[dict] = field(default_factory=list)
     lagrange: core.LagrangeMultiplier | None = None  # PPO-Lagrangian only
+    # keep: best: {"iteration", "win_rate", "weights"}: the best in-loop evaluation so far and the
+    # policy's trained parameters then (on the CPU); checkpointed with the rest, so it survives a resume.
+    best: dict | None = None
 
     def state_dict(self) -> dict:
         return {
@@ -78,6 +91,7 @@ class TrainerState:
             "shuffle": self.shuffle.get_state(),
             "iteration": self.iteration,
             "history": self.history,
+            "best": self.best,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -86,6 +100,7 @@ class TrainerState:
         self.prompt_rng.setstate(state["prompt_rng"])
         self.shuffle.set_state(state["shuffle"])
         self.iteration, self.history = state["iteration"], state["history"]
+        self.best = state.get("best")
         if self.lagrange and state.get("lagrange"):
             self.lagrange.load_state_dict(state["lagrange"])
 
@@ -121,13 +136,23 @@ def train_ppo(
     fingerprint: dict | None = None,
     cost_scorer: RewardScorer | None = None,
     gold_scorer: GoldScorer | None = None,
+    evaluator: WinRateVsStart | None = None,
+    log_samples: Callable[[int, list[dict]], None] | None = None,
 ) -> PPOResult:
     """Run PPO on `models` in place; resumes from `checkpoint_dir` when it holds this run's checkpoint.
 
     With `cost_scorer` (algorithm ppo_lagrangian) the reward is penalised by lambda times the cost
-    model's P(unsafe), and lambda follows the measured cost toward `params.safety.cost_limit`."""
+    model's P(unsafe), and lambda follows the measured cost toward `params.safety.cost_limit`.
+    With `evaluator`, every `params.eval_every` iterations and at the last the row gets the win rate
+    against the start (eval_win_rate); with `params.keep == "best"` `models` ends holding the policy
+    of the best one. `log_samples(iteration, rows)` gets `params.log_samples` samples (prompt,
+    response, reward, kl) every `params.log_samples_every` iterations, on the main process only."""
     device = next(models.trained.parameters()).device
     accelerator = accelerator or make_accelerator(params, device)
+    if params.keep == "best" and (evaluator is None or params.eval_every == 0):
+        raise ValueError("keep: best needs the in-loop evaluation: an evaluator and eval_every > 0")
+    if params.keep == "best" and _zero_stage(accelerator) == 3:
+        raise ConfigError("params.yaml: train_policy.keep: best is not supported under ZeRO-3 (sharded weights)")
     set_seed(seed, device_specific=True)  # each process samples different responses
     policy_params = [p for p in models.trained.policy.parameters() if p.requires_grad]
     critic_params = [p for p in models.trained.critic.parameters() if p.requires_grad]
@@ -186,23 +211,28 @@ def train_ppo(
 
     stopped_early = None
     for iteration in range(state.iteration + 1, params.iterations + 1):
-        rollout_started = device_clock(device)
+        iteration_started = device_clock(device)
+        reset_peak_memory(device)
+        batch_prompts = sample_prompts()
         with accelerator.autocast():  # bf16 on CUDA, as the update phase: rollout log-probs match its own
             rollout, stats = collect_rollout(
-                models, scorer, state.normalizer, tokenizer, sample_prompts(), params, state.kl.value,
+                models, scorer, state.normalizer, tokenizer, batch_prompts, params, state.kl.value,
                 all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
                 cost_scorer=cost_scorer, lagrange=state.lagrange, gold_scorer=gold_scorer,
             )  # fmt: skip
         if params.recompute_old_logprobs:
+            recompute_started = device_clock(device)
             with accelerator.autocast():
                 stats["rollout_logprob_drift"] = recompute_old_logprobs(update_forward, rollout, params)
-        stats["rollout_seconds"] = device_clock(device) - rollout_started
+            stats["reference_seconds"] += device_clock(device) - recompute_started  # a forward over the rollout too
+        stats["rollout_seconds"] = device_clock(device) - iteration_started
         stop_if_unsafe(stats, iteration, params, checkpoints)
         update_started = device_clock(device)
         stats.update(
             ppo_update(trained, update_forward, accelerator, optimizer, rollout, params, state.shuffle, checkpoints)
         )
         stats["update_seconds"] = device_clock(device) - update_started
+        stats.update(throughput_and_memory(stats, device_clock(device) - iteration_started, device))
         stop_if_unsafe(stats, iteration, params, checkpoints)
         stats["kl_coef"] = state.kl.value
         stats["learning_rate"] = scheduler.get_last_lr()[0]
@@ -211,16 +241,100 @@ def train_ppo(
             state.lagrange.update(stats["cost"])
         scheduler.step()
         row = {"iteration": iteration, **{k: round(v, 6) for k, v in stats.items()}}
+        stopped_early = reward_hacking_alarm(stats, params) or gold_plateau([*state.history, row], params)
+        if evaluator is not None and evaluation_due(iteration, params, stopped_early):
+            row.update(evaluate_in_loop(evaluator, models, tokenizer, params, accelerator))
+            if params.keep == "best":
+                remember_if_best(state, models, iteration, row["eval_win_rate"])
         state.history.append(row)
         state.iteration = iteration
         log(row)
-        stopped_early = reward_hacking_alarm(stats, params) or gold_plateau(state.history, params)
+        if log_samples is not None and _every(iteration, params.log_samples_every) and accelerator.is_main_process:
+            log_samples(iteration, samples_table(batch_prompts, rollout, tokenizer, params.log_samples))
         if stopped_early:
             log({"stopped_early": stopped_early, "iteration": iteration})
             break
         if checkpoints and (iteration % params.checkpoint_every == 0 or iteration == params.iterations):
             checkpoints.save(iteration)
-    return PPOResult(state.history, stopped_early, resumed_from)
+    kept_iteration, kept_win_rate = keep_policy(models, state, params)
+    return PPOResult(state.history, stopped_early, resumed_from, kept_iteration, kept_win_rate)
+
+
+def _every(iteration: int, every: int) -> bool:
+    return every > 0 and iteration % every == 0
+
+
+def evaluation_due(iteration: int, params: TrainPolicyParams, stopping: str | None) -> bool:
+    """Every `eval_every` iterations, and at the last one (the end of the run, or an early stop)."""
+    return params.eval_every > 0 and (
+        _every(iteration, params.eval_every) or iteration == params.iterations or bool(stopping)
+    )
+
+
+def evaluate_in_loop(evaluator: WinRateVsStart, models, tokenizer, params, accelerator: Accelerator) -> dict:
+    """The win rate against the start over every process's share of the held-out prompts."""
+    device = next(models.trained.parameters()).device
+    started = device_clock(device)
+    with torch.no_grad(), accelerator.autocast():
+        wins = evaluator.wins(models, tokenizer, params, accelerator.process_index, accelerator.num_processes)
+    total = accelerator.reduce(torch.tensor([sum(wins), len(wins)], dtype=torch.float64, device=device), "sum")
+    return {"eval_win_rate": round(total[0].item() / max(total[1].item(), 1.0), 6),
+            "eval_seconds": round(device_clock(device) - started, 6)}  # fmt: skip
+
+
+def remember_if_best(state: TrainerState, models: PPOModels, iteration: int, win_rate: float) -> None:
+    """keep: best: a copy of the policy's trained parameters when this evaluation beats every earlier
+    one. A tie keeps the earlier iteration: as good by the judge, and nearer the start policy.
+    Under LoRA only the adapters train, so only they are copied."""
+    if state.best is not None and win_rate <= state.best["win_rate"]:
+        return
+    weights = {name: p.detach().to("cpu", copy=True) for name, p in models.policy.named_parameters() if p.requires_grad}
+    state.best = {"iteration": iteration, "win_rate": win_rate, "weights": weights}
+
+
+@torch.no_grad()
+def keep_policy(models: PPOModels, state: TrainerState, params: TrainPolicyParams) -> tuple[int | None, float | None]:
+    """Leave in `models` the policy `params.keep` asks for; returns (its iteration, its in-loop win rate)."""
+    if params.keep == "best" and state.best is not None:
+        for name, parameter in models.policy.named_parameters():
+            if name in state.best["weights"]:
+                parameter.copy_(state.best["weights"][name])
+        return state.best["iteration"], state.best["win_rate"]
+    if not state.history:
+        return None, None
+    return state.history[-1]["iteration"], state.history[-1].get("eval_win_rate")
+
+
+def samples_table(prompts: list[chat.Conversation], rollout: Rollout, tokenizer, count: int) -> list[dict]:
+    """The first `count` samples of this process's rollout, as TRL logs completions. reward is the
+    reward model's raw score (before normalisation and the missing-EOS penalty); kl is the response's
+    sequence KL to the reference, by params.kl_estimator."""
+    responses = tokenizer.batch_decode(rollout.response_ids[:count], skip_special_tokens=True)
+    return [
+        {"prompt": chat.transcript(chat.as_conversation(prompt)), "response": response.strip(), "reward": reward,
+         "kl": kl}
+        for prompt, response, reward, kl in zip(prompts, responses, rollout.raw_scores.tolist(), rollout.kl.tolist())
+    ]  # fmt: skip
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":  # so that peak_cuda_memory_mb is this iteration's peak
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def throughput_and_memory(stats: dict, seconds: float, device: torch.device) -> dict:
+    """iteration_seconds (rollout and update), tokens_per_second (generated tokens, all processes),
+    peak_rss_mb (this process's peak resident memory since it started: the OS keeps no per-iteration
+    peak) and, on CUDA, peak_cuda_memory_mb (torch.cuda.max_memory_allocated in this iteration)."""
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    figures = {
+        "iteration_seconds": seconds,
+        "tokens_per_second": stats["generated_tokens"] / max(seconds, 1e-9),
+        "peak_rss_mb": kilobytes / 1024,
+    }
+    if device.type == "cuda":
+        figures["peak_cuda_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return figures
 
 
 def calibrate(models, scorer, normalizer, tokenizer, prompts, params, accelerator) -> None:
