@@ -126,7 +126,17 @@ def test_dvc_exp_run_sets_any_params_key_and_plots_render(flow_outcomes, demo_re
     run(["git", "commit", "-qm", "the flow's round"], demo_repo)
     output = dvc("exp", "run", "-n", "fewer-samples", "-S", "evaluate.report_samples=1", cwd=demo_repo).stdout
     assert "Running stage 'evaluate'" in output and "Running stage 'train_policy'" not in output
-    assert "fewer-samples" in dvc("exp", "show", "--json", cwd=demo_repo).stdout
+    shown = dvc("exp", "show", "--json", cwd=demo_repo).stdout
+    assert "fewer-samples" in shown
+    # DVCLive's step metrics of every training stage, read back by DVC itself
+    experiments = json.loads(shown)
+    workspace_metrics = experiments[0]["data"]["metrics"]
+    for stage in ("bootstrap_policy", "train_reward", "train_cost", "train_policy"):
+        summary = workspace_metrics[f"dvclive/{stage}/metrics.json"]["data"]
+        assert summary["step"] > 0 or stage == "train_cost", (stage, summary)
+    assert "loss" in workspace_metrics["dvclive/train_reward/metrics.json"]["data"]
+    plots = json.loads(dvc("plots", "show", "--json", cwd=demo_repo).stdout)
+    assert any(name.startswith("dvclive/train_policy/plots/metrics") for name in plots), sorted(plots)
     bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train_policy.iterations=many"], demo_repo, check=False)
     assert bad.returncode != 0
     assert "params.yaml: train_policy.iterations: Input should be a valid integer" in bad.stdout + bad.stderr
