@@ -17,7 +17,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.gates import waiting_items
+from rlhf.annotation.annotators import migration_message
 from rlhf.annotation.app import create_app, load_tokens
+from rlhf.annotation.guidelines import load_guidelines
 from rlhf.config import load_params
 from rlhf.store import FeedbackStore
 
@@ -44,13 +46,28 @@ def human_ranking(
     port: int = 8765,
     timeout_s: float = 8 * 3600,
     poll_s: float = 10.0,
+    overlap: int | None = None,
+    guidelines: str | None = None,
+    suggestions: bool = False,
 ) -> dict:
-    """Serve the ranking page on host:port for the people in `tokens` until the queue is done."""
+    """Serve the ranking page on host:port until the queue is done. People sign in with tokens
+    from `rlhf annotate add-annotator`, or from the `tokens` file (stored hashed on start; "" for
+    none). `overlap`: people per item (None keeps the store's setting); `guidelines`: a markdown
+    file shown beside the constitution; `suggestions`: start from the AI judge's order."""
     logger = get_run_logger()
     root_path = Path(root).resolve()
-    store_path = str(root_path / load_params(root_path / "params.yaml").store.path)
-    total = int(FeedbackStore(store_path).counts()["annotation_queue"])
-    app = create_app(FeedbackStore(store_path), load_tokens(root_path / tokens))
+    params = load_params(root_path / "params.yaml")
+    store_path = str(root_path / params.store.path)
+    store = FeedbackStore(store_path)
+    if overlap is not None:
+        store.set_overlap(overlap)
+    total = int(store.counts()["annotation_queue"])
+    token_file = root_path / tokens if tokens else None
+    file_tokens = load_tokens(token_file) if token_file and token_file.exists() else None
+    page_guidelines = load_guidelines(params.rank_responses.principles, root_path / guidelines if guidelines else None)
+    app = create_app(store, file_tokens, page_guidelines, suggestions, tokens_source=f"tokens-file:{tokens}")
+    if file_tokens:
+        logger.info(migration_message(token_file, app.state.tokens_added, len(file_tokens)))
     server = ranking_server(app, host, port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

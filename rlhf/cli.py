@@ -2,10 +2,13 @@
 
 rlhf store stats                      row counts of every table
 rlhf store query "SELECT ..."         run read-only SQL and print the result
-rlhf store agreement                  AI-vs-human and inter-annotator agreement (accuracy, Cohen's kappa)
+rlhf store agreement                  agreement: AI vs people, people (Cohen's kappa, Krippendorff's alpha), per annotator
 rlhf store import FILE --format F     rankings made elsewhere: csv, jsonl, argilla, hh-rlhf, trl, ultrafeedback
 rlhf store export OUT --format F      labelled pairs for other tools: trl, trl-conversational, hf-dataset, csv
-rlhf annotate serve --tokens FILE     the human ranking page on http://127.0.0.1:8765
+rlhf annotate add-annotator NAME      a new token for NAME (printed once; the store keeps its sha256)
+rlhf annotate revoke NAME             refuse NAME's tokens from now on
+rlhf annotate status                  the queue, the overlap setting and each annotator's progress
+rlhf annotate serve                   the human ranking page on http://127.0.0.1:8765
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import time
 
 import duckdb
 
-from rlhf.agreement import agreement_report
-from rlhf.errors import InputError
+from rlhf.agreement import LOW_AGREEMENT_KAPPA, agreement_report
+from rlhf.errors import InputError, StoreError
 from rlhf.exporters import FORMATS as EXPORT_FORMATS
 from rlhf.exporters import export_pairs
 from rlhf.importers import FORMATS, ON_BAD_ROW, OddRow, read_rankings
@@ -40,11 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
         description='Example: rlhf store query "SELECT judge, count(*) FROM rankings GROUP BY judge"',
     )
     query.add_argument("sql", help="the SQL to run")
-    actions.add_parser(
+    agreement = actions.add_parser(
         "agreement",
-        help="AI-vs-human and inter-annotator agreement",
-        description="Example: rlhf store agreement  (pairs labelled by both; accuracy and Cohen's kappa)",
+        help="AI-vs-human and inter-annotator agreement, per annotator",
+        description="Example: rlhf store agreement  (pairs labelled by both: accuracy and Cohen's kappa; "
+        "items ranked by several people: Krippendorff's ordinal alpha; each annotator against the "
+        "others' consensus and each AI judge; low-agreement annotators named)",
     )
+    agreement.add_argument(
+        "--low-kappa", type=float, default=LOW_AGREEMENT_KAPPA,
+        help=f"an annotator whose kappa with the consensus is under this is listed (default {LOW_AGREEMENT_KAPPA})",
+    )  # fmt: skip
     imports = actions.add_parser(
         "import",
         help="import rankings made elsewhere",
@@ -79,30 +88,99 @@ def build_parser() -> argparse.ArgumentParser:
     exports.add_argument("out", help="the file (a directory for hf-dataset) to write")
     exports.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="fmt")
     exports.add_argument("--split", default="all", choices=["all", "train", "test"])
-    annotate = commands.add_parser("annotate", help="the human ranking page")
+    add_annotate_commands(commands)
+    return parser
+
+
+def add_annotate_commands(commands) -> None:
+    annotate = commands.add_parser("annotate", help="the human ranking page and its annotators")
+    annotate.add_argument("--store", default="feedback.duckdb", help="the store file (default: feedback.duckdb)")
     annotate_actions = annotate.add_subparsers(dest="action", required=True)
     serve = annotate_actions.add_parser(
         "serve",
         help="serve the ranking page",
-        description="Example: rlhf annotate serve --tokens annotators.json  "
-        '(annotators.json: {"<token of 16+ characters>": "alice", ...}; '
-        "each person opens http://127.0.0.1:8765/#token=<their token>)",
+        description="Example: rlhf annotate serve --overlap 2 --guidelines guidelines.md  "
+        "(each person opens http://127.0.0.1:8765/#token=<their token>; tokens come from "
+        "`rlhf annotate add-annotator NAME`, or from --tokens annotators.json, "
+        '{"<token of 16+ characters>": "alice", ...}, whose tokens are then stored hashed)',
     )
-    serve.add_argument("--store", default="feedback.duckdb", help="the store file (default: feedback.duckdb)")
-    serve.add_argument("--tokens", required=True, help="JSON file: token -> annotator name")
+    serve.add_argument("--store", default=argparse.SUPPRESS, help="the store file (default: feedback.duckdb)")
+    serve.add_argument("--tokens", help="JSON file: token -> annotator name (the earlier way; stored hashed on start)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765)
-    return parser
+    serve.add_argument(
+        "--overlap", type=int,
+        help="each queue item goes to this many people and leaves the queue when they ranked it "
+        "(kept in the store until changed; unset: everyone ranks every item)",
+    )  # fmt: skip
+    serve.add_argument("--params", default="params.yaml", help="rank_responses.principles are shown as guidelines")
+    serve.add_argument("--guidelines", help="a markdown file shown beside the task and on first open")
+    serve.add_argument(
+        "--suggest", action="store_true",
+        help="start each ranking from the AI judge's order (off by default: it anchors people; recorded per ranking)",
+    )  # fmt: skip
+    for action, text in [("add-annotator", "a new token for NAME, printed once"), ("revoke", "refuse NAME's tokens")]:
+        command = annotate_actions.add_parser(action, help=text, description=f"Example: rlhf annotate {action} alice")
+        command.add_argument("name", help="the annotator's name")
+        command.add_argument("--store", default=argparse.SUPPRESS, help="the store file (default: feedback.duckdb)")
+    status = annotate_actions.add_parser(
+        "status", help="queue and annotators", description="Example: rlhf annotate status --store feedback.duckdb"
+    )
+    status.add_argument("--store", default=argparse.SUPPRESS, help="the store file (default: feedback.duckdb)")
 
 
 def serve_annotation_page(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from rlhf.annotation.annotators import migration_message
     from rlhf.annotation.app import create_app, load_tokens
+    from rlhf.annotation.guidelines import load_guidelines, principles_from_params
 
-    app = create_app(FeedbackStore(args.store), load_tokens(args.tokens))
-    print(f"rlhf: ranking page on http://{args.host}:{args.port}/#token=<token>", flush=True)
+    store = FeedbackStore(args.store)
+    tokens = load_tokens(args.tokens) if args.tokens else None
+    guidelines = load_guidelines(principles_from_params(args.params), args.guidelines)
+    if args.overlap is not None:
+        store.set_overlap(args.overlap)
+    app = create_app(store, tokens, guidelines, suggestions=args.suggest, tokens_source=f"tokens-file:{args.tokens}")
+    if tokens:
+        print(migration_message(args.tokens, app.state.tokens_added, len(tokens)), flush=True)
+    if not store.annotator_progress()["active_tokens"].sum():
+        print("rlhf: nobody can sign in yet: rlhf annotate add-annotator NAME", file=sys.stderr, flush=True)
+    overlap = store.overlap()
+    print(
+        f"rlhf: ranking page on http://{args.host}:{args.port}/#token=<token>; "
+        f"overlap {overlap or 'unset (everyone ranks every item)'}; suggestions {'on' if args.suggest else 'off'}",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", log_config=None)
+
+
+def annotate_command(args: argparse.Namespace) -> None:
+    from rlhf.annotation.annotators import add_annotator, revoke_annotator
+
+    store = FeedbackStore(args.store)
+    if args.action == "serve":
+        serve_annotation_page(args)
+    elif args.action == "add-annotator":
+        token = add_annotator(store, args.name)
+        print(token)
+        print(f"rlhf: {args.name} opens http://127.0.0.1:8765/#token={token} (shown once; the store keeps its sha256)",
+              file=sys.stderr)  # fmt: skip
+    elif args.action == "revoke":
+        revoked = revoke_annotator(store, args.name)
+        print(f"revoked {revoked} token(s) of {args.name}; their rankings stay in the store")
+    else:
+        print_annotation_status(store)
+
+
+def print_annotation_status(store: FeedbackStore) -> None:
+    overlap = store.overlap()
+    items, waiting = store.counts()["annotation_queue"], store.waiting_items()
+    print(f"queue: {items} items, {waiting} waiting; overlap {overlap or 'unset (everyone ranks every item)'}")
+    people = store.annotator_progress()
+    for row in people.itertuples():
+        token = "revoked" if row.revoked_tokens and not row.active_tokens else f"{row.active_tokens} token(s)"
+        print(f"{row.annotator:20} ranked {row.ranked:5}  skipped {row.skipped:5}  {token}")
 
 
 def print_agreement(report: dict) -> None:
@@ -113,6 +191,19 @@ def print_agreement(report: dict) -> None:
         print("no pair has been labelled by both an AI judge and a person, or by two people, yet")
     for name, figures in rows:
         print(f"{name:28} pairs {figures['pairs']:6}  accuracy {figures['accuracy']:.3f}  kappa {figures['kappa']:.3f}")
+    if (report["inter_annotator"] or {}).get("krippendorff_alpha") is not None:
+        shared = report["inter_annotator"]
+        alpha = shared["krippendorff_alpha"]
+        print(f"{'people, ranks (ordinal)':28} items {shared['items']:6}  Krippendorff's alpha {alpha:.3f}")
+    for name, figures in report.get("annotators", {}).items():
+        consensus = figures["consensus"]
+        line = f"{name:20} pairs {figures['pairs']:5}  vs consensus "
+        line += f"kappa {consensus['kappa']:.3f} ({consensus['pairs']} pairs)" if consensus else "-"
+        line += "".join(f"  vs {judge} kappa {ai['kappa']:.3f}" for judge, ai in figures["ai"].items())
+        print(line)
+    low = report.get("low_agreement")
+    if low and low["annotators"]:
+        print(f"low agreement (kappa with the consensus under {low['kappa_below']}): {', '.join(low['annotators'])}")
 
 
 def import_rankings(store: FeedbackStore, args: argparse.Namespace) -> None:
@@ -139,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "annotate":
         try:
-            serve_annotation_page(args)
-        except InputError as error:
+            annotate_command(args)
+        except (InputError, StoreError) as error:
             print(f"rlhf: error: {error}", file=sys.stderr)
             return 2
         return 0
@@ -152,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             for table, rows in store.counts().items():
                 print(f"{table:16} {rows}")
         elif args.action == "agreement":
-            print_agreement(agreement_report(store.pair_labels()))
+            print_agreement(agreement_report(store.pair_labels(), store.human_ranks(), kappa_below=args.low_kappa))
         elif args.action == "export":
             rows = export_pairs(store.comparisons(), args.out, args.fmt, args.split)
             print(f"exported {rows} pairs to {args.out} ({args.fmt})")

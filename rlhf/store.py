@@ -23,7 +23,7 @@ from rlhf import chat
 from rlhf.errors import StoreError
 from rlhf.text import content_id
 
-SCHEMA_VERSION = 4  # the newest version this code reads and writes; MIGRATIONS lead up to it
+SCHEMA_VERSION = 5  # the newest version this code reads and writes; MIGRATIONS lead up to it
 
 # Version 1: the tables of the first release. A new store is created at version 1 and migrated
 # forward like any old one, so every store goes through the same steps.
@@ -200,9 +200,49 @@ ALTER TABLE responses ADD COLUMN rendered_prompt VARCHAR;  -- the text the polic
 UPDATE prompts SET messages = json_array(json_object('role', 'user', 'content', prompt));
 UPDATE responses SET messages = json_array(json_object('role', 'assistant', 'content', response));
 """,
+    # Version 5: annotation at team scale (rlhf/annotation). Tokens live in the store, hashed, and
+    # can be revoked; a store-wide overlap setting says how many people rank each queue item; a
+    # ranked event says whether the order started from the AI judge's suggestion and which mode
+    # (the list or pairwise choices) made it. The page before version 5 had neither.
+    5: """
+CREATE TABLE annotator_tokens (
+    token_sha256 VARCHAR NOT NULL,    -- key. sha256 (hex) of the token; the token itself is never stored
+    annotator VARCHAR NOT NULL,       -- the name the token signs in as
+    source VARCHAR NOT NULL,          -- add-annotator, or tokens-file:<path> (a token taken from a JSON file)
+    created_at TIMESTAMP NOT NULL,
+    revoked_at TIMESTAMP              -- NULL while the token is accepted; a revoked token stays refused
+);
+CREATE TABLE annotation_settings (
+    name VARCHAR NOT NULL,            -- key. overlap: how many people rank each queue item
+    value VARCHAR NOT NULL
+);
+ALTER TABLE annotation_events ADD COLUMN from_suggestion BOOLEAN;  -- ranked: the order started from the AI judge's
+ALTER TABLE annotation_events ADD COLUMN mode VARCHAR;  -- ranked: rank (the list) or pairwise (two at a time)
+UPDATE annotation_events SET from_suggestion = false, mode = 'rank' WHERE action = 'ranked';
+""",
 }
 
 HUMAN_JUDGE = "human"
+
+# annotation_events' columns, named: version 5 added two after created_at.
+EVENT_COLUMNS = "item_id, annotator, action, response_id, created_at, from_suggestion, mode"
+
+# Each queue item with how many people ranked it (`people`) and how close a call it was for the AI
+# judge (`closest`: the smallest |score margin| the judge gave any two of the item's responses; a
+# hybrid pair's own margin; NULL where no AI judge labelled it). People get the closest calls
+# first, where their label tells the reward model most; unlabelled items follow, oldest first.
+QUEUE_ORDER = f"""
+SELECT q.item_id, q.prompt_id, q.response_ids, q.created_at,
+       coalesce(people.ranked, 0) AS people, closeness.closest
+FROM annotation_queue q
+LEFT JOIN (SELECT item_id, count(DISTINCT annotator) AS ranked FROM annotation_events
+           WHERE action = 'ranked' GROUP BY item_id) people USING (item_id)
+LEFT JOIN (SELECT q2.item_id, min(abs(c.margin)) AS closest
+           FROM annotation_queue q2 JOIN comparisons c ON c.prompt_id = q2.prompt_id AND c.judge <> '{HUMAN_JUDGE}'
+           WHERE list_contains(from_json(q2.response_ids, '["VARCHAR"]'), c.chosen_id)
+             AND list_contains(from_json(q2.response_ids, '["VARCHAR"]'), c.rejected_id)
+           GROUP BY q2.item_id) closeness USING (item_id)
+"""
 
 # A K-way ranking becomes its C(K,2) pairs: one row per unordered pair of the ranking, each pair
 # weighted 1 / C(K,2) so that every ranking (one prompt, one judge) counts the same (InstructGPT).
@@ -261,6 +301,22 @@ ANTI JOIN (SELECT response_ids->>'$[0]' AS low, response_ids->>'$[1]' AS high FR
 ANTI JOIN ({SUPERSEDED_RANKINGS}) superseded ON superseded.ranking_id = c.ranking_id
 """
 
+# Several people's rankings of one item (the same prompt and responses) merge by weight: each of
+# the n rankings' pairs weighs 1 / (n C(K,2)), so the item counts once, as one AI ranking does,
+# however many people ranked it; where they disagree both orders of a pair stay in at their share
+# (a soft label: two of three people preferring a to b give "a > b" 2/3 of the pair's weight).
+# Only `weight` changes; each pair keeps its annotator (judge_version), so no label is lost.
+HUMAN_RATERS = """
+SELECT ranking_id, count(*) OVER (PARTITION BY prompt_id, response_set) AS raters
+FROM (SELECT ranking_id, prompt_id, string_agg(response_id, ',' ORDER BY response_id) AS response_set
+      FROM rankings WHERE judge = 'human' GROUP BY ranking_id, prompt_id)
+"""
+
+MERGED_PAIRS = f"""
+SELECT l.* REPLACE (l.weight / coalesce(h.raters, 1) AS weight)
+FROM ({LABELLED_PAIRS}) l LEFT JOIN ({HUMAN_RATERS}) h USING (ranking_id)
+"""
+
 # A LIKE, not a JSON parse: reasons are written by json.dumps, and this runs over every ranking row.
 UNSAFE_LABELS = f"""
 SELECT response_id, bool_or(reasons LIKE '%"unsafe": true%') AS unsafe
@@ -275,7 +331,7 @@ WHERE reasons LIKE '%"unsafe": %' GROUP BY response_id
 SNAPSHOT_FILES = {
     "pairs": (
         f"""SELECT ranking_id, prompt_id, chosen_id, rejected_id, margin, tie, weight, judge, judge_version
-            FROM ({LABELLED_PAIRS}) ORDER BY ranking_id, chosen_id, rejected_id""",
+            FROM ({MERGED_PAIRS}) ORDER BY ranking_id, chosen_id, rejected_id""",
         "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1",
     ),
     "prompts": ("SELECT prompt_id, prompt, messages, topic, split FROM prompts ORDER BY prompt_id", "FORMAT parquet"),
@@ -296,7 +352,7 @@ SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id,
        ch.messages AS chosen_messages, rj.messages AS rejected_messages,
        c.margin, c.tie, c.weight,
        c.judge, c.judge_version, ch.policy_checkpoint
-FROM ({LABELLED_PAIRS}) c
+FROM ({MERGED_PAIRS}) c
 JOIN prompts p USING (prompt_id)
 JOIN responses ch ON ch.response_id = c.chosen_id
 JOIN responses rj ON rj.response_id = c.rejected_id
@@ -460,18 +516,46 @@ class FeedbackStore:
             [source, HUMAN_JUDGE],
         )
 
-    def next_item(self, annotator: str) -> dict | None:
-        """The oldest queued item this annotator has neither ranked nor skipped, with its texts and
-        chat messages (the prompt's turns; each response's turns after the prompt). A row without
-        messages (NULL) reads as one user turn, or one assistant turn, of its text."""
+    # Assignment with overlap. Unset (None, the default and the behaviour before version 5): every
+    # person sees every item, and an item stops waiting once anyone ranked or skipped it. Set to N:
+    # an item is served to people until N of them ranked it, then it leaves the queue; a skip hides
+    # it from that person only. Nobody is served an item they ranked or skipped. Two people who open
+    # the last open slot at once may both rank it: an extra label, never a lost one.
+
+    def set_overlap(self, people: int | None) -> None:
+        """How many people rank each queue item (None: everyone, as before). Kept until changed."""
+        if people is not None and people < 1:
+            raise StoreError(f"annotation: overlap must be 1 or more, not {people}")
         with self.transaction() as con:
+            con.execute("DELETE FROM annotation_settings WHERE name = 'overlap'")
+            if people is not None:
+                con.execute("INSERT INTO annotation_settings VALUES ('overlap', ?)", [str(people)])
+
+    def overlap(self) -> int | None:
+        with self.transaction() as con:
+            return self._overlap(con)
+
+    @staticmethod
+    def _overlap(con: duckdb.DuckDBPyConnection) -> int | None:
+        row = con.execute("SELECT value FROM annotation_settings WHERE name = 'overlap'").fetchone()
+        return int(row[0]) if row else None
+
+    def next_item(self, annotator: str, suggest: bool = False) -> dict | None:
+        """The next item for this annotator: one still open (see set_overlap) that they have neither
+        ranked nor skipped, the AI judge's closest call first (QUEUE_ORDER), with its texts and chat
+        messages (the prompt's turns; each response's turns after the prompt). A row without messages
+        (NULL) reads as one user turn, or one assistant turn, of its text. With `suggest`, the item
+        carries the AI judge's ranking of its responses where one ranked them all."""
+        with self.transaction() as con:
+            overlap = self._overlap(con)
             row = con.execute(
-                """SELECT q.item_id, q.prompt_id, p.prompt, p.messages, q.response_ids FROM annotation_queue q
-                   JOIN prompts p USING (prompt_id)
-                   WHERE q.item_id NOT IN (SELECT item_id FROM annotation_events
-                                           WHERE annotator = ? AND action IN ('ranked', 'skipped'))
-                   ORDER BY q.created_at, q.item_id LIMIT 1""",
-                [annotator],
+                f"""SELECT q.item_id, q.prompt_id, p.prompt, p.messages, q.response_ids
+                    FROM ({QUEUE_ORDER}) q JOIN prompts p USING (prompt_id)
+                    WHERE q.item_id NOT IN (SELECT item_id FROM annotation_events
+                                            WHERE annotator = ? AND action IN ('ranked', 'skipped'))
+                      AND (CAST(? AS INTEGER) IS NULL OR q.people < ?)
+                    ORDER BY q.closest ASC NULLS LAST, q.created_at, q.item_id LIMIT 1""",
+                [annotator, overlap, overlap],
             ).fetchone()
             if row is None:
                 return None
@@ -487,39 +571,109 @@ class FeedbackStore:
                     "SELECT response_id, response, messages FROM responses WHERE list_contains(?, response_id)", [ids]
                 ).fetchall()
             }
-        return {
+            suggestion = self._suggestion(con, prompt_id, ids) if suggest else None
+        item = {
             "item_id": item_id,
             "prompt_id": prompt_id,
             "prompt": prompt,
             "messages": chat.from_json(prompt_messages) if prompt_messages else chat.as_conversation(prompt),
             "responses": [responses[i] for i in ids],
         }
+        if suggest:
+            item["suggestion"] = suggestion
+        return item
+
+    @staticmethod
+    def _suggestion(con: duckdb.DuckDBPyConnection, prompt_id: str, ids: list[str]) -> dict | None:
+        """The newest AI ranking that ranks every one of `ids`, as a best-first order with ties."""
+        rows = con.execute(
+            """SELECT r.response_id, r.rank, r.judge FROM rankings r
+               WHERE r.ranking_id = (
+                   SELECT k.ranking_id FROM rankings k LEFT JOIN runs u USING (run_id)
+                   WHERE k.prompt_id = ? AND k.judge <> ? AND list_contains(?, k.response_id)
+                   GROUP BY k.ranking_id HAVING count(DISTINCT k.response_id) = ?
+                   ORDER BY max(u.created_at) DESC NULLS LAST, k.ranking_id LIMIT 1)
+                 AND list_contains(?, r.response_id)
+               ORDER BY r.rank, list_position(?, r.response_id)""",
+            [prompt_id, HUMAN_JUDGE, ids, len(ids), ids, ids],
+        ).fetchall()
+        if not rows:
+            return None
+        return {
+            "judge": rows[0][2],
+            "order": [response_id for response_id, _, _ in rows],
+            "tied_with_above": [n > 0 and rank == rows[n - 1][1] for n, (_, rank, _) in enumerate(rows)],
+        }
 
     def waiting_items(self) -> int:
-        """Queued items nobody has ranked or skipped yet: what still waits for people."""
+        """Queued items that still wait for people: fewer than `overlap` people ranked them, or
+        (overlap unset) nobody ranked or skipped them yet."""
         with self.transaction() as con:
+            return self._waiting(con)
+
+    def _waiting(self, con: duckdb.DuckDBPyConnection) -> int:
+        overlap = self._overlap(con)
+        if overlap is None:
             return con.execute(
                 "SELECT count(*) FROM annotation_queue q WHERE NOT EXISTS (SELECT 1 FROM annotation_events e "
                 "WHERE e.item_id = q.item_id AND e.action IN ('ranked', 'skipped'))"
             ).fetchone()[0]
+        return con.execute(f"SELECT count(*) FROM ({QUEUE_ORDER}) WHERE people < ?", [overlap]).fetchone()[0]
 
     def annotation_progress(self, annotator: str) -> dict[str, int]:
+        """This annotator's progress, `done` of `total` (what they did plus what is still open to
+        them), and the queue's: `queue_items`, of which `queue_waiting` still wait for people."""
         with self.transaction() as con:
+            overlap = self._overlap(con)
             total = con.execute("SELECT count(*) FROM annotation_queue").fetchone()[0]
             done = con.execute(
                 "SELECT count(DISTINCT item_id) FROM annotation_events WHERE annotator = ? "
-                "AND action IN ('ranked', 'skipped')",
+                "AND action IN ('ranked', 'skipped') AND item_id IN (SELECT item_id FROM annotation_queue)",
                 [annotator],
             ).fetchone()[0]
-        return {"done": done, "total": total}
+            open_to_them = con.execute(
+                f"""SELECT count(*) FROM ({QUEUE_ORDER}) q
+                    WHERE q.item_id NOT IN (SELECT item_id FROM annotation_events
+                                            WHERE annotator = ? AND action IN ('ranked', 'skipped'))
+                      AND (CAST(? AS INTEGER) IS NULL OR q.people < ?)""",
+                [annotator, overlap, overlap],
+            ).fetchone()[0]
+            waiting = self._waiting(con)
+        return {"done": done, "total": done + open_to_them, "queue_items": total, "queue_waiting": waiting}
+
+    def annotator_progress(self) -> pd.DataFrame:
+        """Per annotator (every name with a token or an event): ranked, skipped, active and revoked tokens."""
+        with self.transaction() as con:
+            return con.execute(
+                """WITH names AS (SELECT annotator FROM annotator_tokens UNION SELECT annotator FROM annotation_events)
+                   SELECT n.annotator,
+                          (SELECT count(DISTINCT item_id) FROM annotation_events e
+                           WHERE e.annotator = n.annotator AND action = 'ranked') AS ranked,
+                          (SELECT count(DISTINCT item_id) FROM annotation_events e
+                           WHERE e.annotator = n.annotator AND action = 'skipped') AS skipped,
+                          (SELECT count(*) FROM annotator_tokens t
+                           WHERE t.annotator = n.annotator AND revoked_at IS NULL) AS active_tokens,
+                          (SELECT count(*) FROM annotator_tokens t
+                           WHERE t.annotator = n.annotator AND revoked_at IS NOT NULL) AS revoked_tokens
+                   FROM names n ORDER BY n.annotator"""
+            ).df()
 
     def record_human_ranking(
-        self, annotator: str, item_id: str, ranks: dict[str, int], unsafe: list[str], run_id: str
+        self,
+        annotator: str,
+        item_id: str,
+        ranks: dict[str, int],
+        unsafe: list[str],
+        run_id: str,
+        from_suggestion: bool = False,
+        mode: str = "rank",
     ) -> int:
         """One person's ranking of a queued item: ranking rows, their pairs and the events, at once.
 
-        `ranks` maps every response of the item to its rank (1 best; equal ranks tie). Returns the
-        number of pairs written. Refuses a ranking that does not cover exactly the item's responses.
+        `ranks` maps every response of the item to its rank (1 best; equal ranks tie). The ranked
+        event keeps whether the order started from the AI judge's suggestion and the page's mode
+        (rank or pairwise). Returns the number of pairs written. Refuses a ranking that does not
+        cover exactly the item's responses.
         """
         with self.transaction() as con:
             row = con.execute(
@@ -551,15 +705,75 @@ class FeedbackStore:
             con.execute("INSERT INTO rankings SELECT * FROM new_rankings")
             con.execute(PAIRS_FROM_RANKINGS)
             self._insert_annotators(con, "annotate")
-            events = [(item_id, annotator, "ranked", None)] + [
-                (item_id, annotator, "flagged_unsafe", r) for r in unsafe
+            events = [(item_id, annotator, "ranked", None, bool(from_suggestion), mode)] + [
+                (item_id, annotator, "flagged_unsafe", r, None, None) for r in unsafe
             ]
-            con.executemany("INSERT INTO annotation_events VALUES (?, ?, ?, ?, now())", events)
+            con.executemany(f"INSERT INTO annotation_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, now(), ?, ?)", events)
             return con.execute("SELECT count(*) FROM comparisons WHERE ranking_id = ?", [ranking_id]).fetchone()[0]
 
     def skip_item(self, annotator: str, item_id: str) -> None:
         with self.transaction() as con:
-            con.execute("INSERT INTO annotation_events VALUES (?, ?, 'skipped', NULL, now())", [item_id, annotator])
+            con.execute(
+                f"INSERT INTO annotation_events ({EVENT_COLUMNS}) VALUES (?, ?, 'skipped', NULL, now(), NULL, NULL)",
+                [item_id, annotator],
+            )
+
+    # --- annotators' tokens: only their sha256 is stored (rlhf/annotation/annotators.py makes them) ---
+
+    def add_token(self, annotator: str, token_sha256: str, source: str) -> bool:
+        """Store a token's hash for `annotator`; False (and nothing written) if the hash is known
+        already, revoked or not: a revoked token stays refused even if a tokens file still lists it."""
+        with self.transaction() as con:
+            if con.execute("SELECT 1 FROM annotator_tokens WHERE token_sha256 = ?", [token_sha256]).fetchone():
+                return False
+            con.execute("INSERT INTO annotator_tokens VALUES (?, ?, ?, now(), NULL)", [token_sha256, annotator, source])
+            con.execute(
+                "INSERT INTO annotators SELECT ?, 'annotate', now() "
+                "WHERE NOT EXISTS (SELECT 1 FROM annotators WHERE annotator = ?)",
+                [annotator, annotator],
+            )
+            return True
+
+    def token_annotator(self, token_sha256: str) -> tuple[str, bool] | None:
+        """(annotator, revoked) of a token's hash; None for a token the store never held."""
+        with self.transaction() as con:
+            row = con.execute(
+                "SELECT annotator, revoked_at IS NOT NULL FROM annotator_tokens WHERE token_sha256 = ?", [token_sha256]
+            ).fetchone()
+        return (row[0], bool(row[1])) if row else None
+
+    def active_tokens(self, annotator: str) -> int:
+        with self.transaction() as con:
+            return con.execute(
+                "SELECT count(*) FROM annotator_tokens WHERE annotator = ? AND revoked_at IS NULL", [annotator]
+            ).fetchone()[0]
+
+    def revoke_tokens(self, annotator: str) -> int:
+        """Revoke every accepted token of `annotator`; returns how many were revoked."""
+        with self.transaction() as con:
+            revoked = con.execute(
+                "SELECT count(*) FROM annotator_tokens WHERE annotator = ? AND revoked_at IS NULL", [annotator]
+            ).fetchone()[0]
+            con.execute(
+                "UPDATE annotator_tokens SET revoked_at = now() WHERE annotator = ? AND revoked_at IS NULL", [annotator]
+            )
+            return revoked
+
+    def human_ranks(self) -> pd.DataFrame:
+        """Every person's rank of every response they ranked, as (item, response_id, annotator, rank);
+        an item is a prompt and the set of responses ranked together (one queue item, or one
+        imported ranking), so rankings of the same item by several people line up (agreement)."""
+        with self.transaction() as con:
+            return con.execute(
+                """WITH human AS (SELECT ranking_id, prompt_id, response_id, rank, judge_version AS annotator
+                                  FROM rankings WHERE judge = ?),
+                        items AS (SELECT ranking_id,
+                                         prompt_id || ':' || string_agg(response_id, ',' ORDER BY response_id) AS item
+                                  FROM human GROUP BY ranking_id, prompt_id)
+                   SELECT i.item, h.response_id, h.annotator, h.rank
+                   FROM human h JOIN items i USING (ranking_id) ORDER BY i.item, h.response_id, h.annotator""",
+                [HUMAN_JUDGE],
+            ).df()
 
     def pair_labels(self) -> pd.DataFrame:
         """Every labelled pair as (a, b, judge, judge_version, label): a < b are response ids; label

@@ -29,9 +29,11 @@ def main() -> None:
     write_json(
         args.metrics,
         {"snapshot_comparisons": rows, "store": counts, "queue_waiting": int(waiting),
-         "agreement": agreement_report(store.pair_labels())},
+         "agreement": (agreement := agreement_report(store.pair_labels(), store.human_ranks()))},
     )  # fmt: skip
     print(f"{STAGE}: added {added}; snapshot holds {rows} comparisons; {waiting} items wait for people")
+    if low := agreement["low_agreement"]["annotators"]:
+        print(f"{STAGE}: low agreement with the other annotators: {', '.join(low)} (rlhf store agreement)")
 
 
 if __name__ == "__main__":

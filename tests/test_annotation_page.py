@@ -105,12 +105,12 @@ def chat_store(tmp_path):
 
 
 @contextlib.contextmanager
-def serving(store):
-    """The page over `store`, served on a free port of 127.0.0.1; yields its address."""
+def serving(store, **options):
+    """The page over `store` (create_app's `options`), served on a free port of 127.0.0.1; yields its address."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(store, {TOKEN: "alice", OTHER_TOKEN: "bob"})
+    app = create_app(store, {TOKEN: "alice", OTHER_TOKEN: "bob"}, **options)
     uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uvicorn_server.run, daemon=True)
     thread.start()
@@ -332,7 +332,8 @@ def test_two_annotators_have_their_own_progress(server, store):
             json={"item_id": item["item_id"], "order": order, "tied_with_above": [False] * 3},
         )
         assert done.status_code == 200 and done.json()["pairs"] == 3
-        assert done.json()["progress"] == {"done": 1, "total": 2}
+        # Overlap unset (as before): each person ranks every item; the item stops waiting at the first.
+        assert done.json()["progress"] == {"done": 1, "total": 2, "queue_items": 2, "queue_waiting": 1}
     assert sorted(store.query("SELECT DISTINCT judge_version FROM rankings")["judge_version"]) == ["alice", "bob"]
 
 

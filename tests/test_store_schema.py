@@ -29,7 +29,7 @@ def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
     version_one_store(path)
     store = FeedbackStore(path)
     counts = store.counts()
-    assert store.schema_version() == SCHEMA_VERSION == 4
+    assert store.schema_version() == SCHEMA_VERSION == 5
     assert {k: counts[k] for k in ("runs", "prompts", "responses", "rankings", "comparisons")} == {
         "runs": 1, "prompts": 1, "responses": 3, "rankings": 3, "comparisons": 3,
     }  # fmt: skip
@@ -40,7 +40,7 @@ def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
     judges = store.query("SELECT DISTINCT judge, judge_version FROM comparisons")  # version 3: from the ranking
     assert judges.values.tolist() == [["rules", "1"]]
     FeedbackStore(path).counts()  # opening again migrates nothing
-    assert store.schema_version() == 4
+    assert store.schema_version() == 5
 
 
 def test_a_populated_version_two_store_migrates_forward_with_each_pairs_judge(tmp_path):
@@ -53,7 +53,7 @@ def test_a_populated_version_two_store_migrates_forward_with_each_pairs_judge(tm
     con.execute("INSERT INTO annotators VALUES ('alice', 'annotate', now())")
     con.close()
     store = FeedbackStore(path)
-    assert store.schema_version() == 4
+    assert store.schema_version() == 5
     rows = store.query(
         "SELECT chosen_id, judge, judge_version, weight FROM comparisons ORDER BY chosen_id, rejected_id"
     )
@@ -74,7 +74,7 @@ def test_plain_text_rows_become_one_turn_conversations_in_version_four(tmp_path)
     path = tmp_path / "feedback.duckdb"
     version_one_store(path)
     store = FeedbackStore(path)
-    assert store.schema_version() == 4  # opening for a write migrates
+    assert store.schema_version() == 5  # opening for a write migrates
     prompt = store.query("SELECT prompt, messages, source_row FROM prompts").iloc[0]
     assert json.loads(prompt["messages"]) == [{"role": "user", "content": "q"}] and pd.isna(prompt["source_row"])
     responses = store.query("SELECT response, messages, rendered_prompt FROM responses ORDER BY response_id")
@@ -94,7 +94,7 @@ def test_a_store_from_newer_code_is_refused_with_one_line(tmp_path):
     con = duckdb.connect(str(path))
     con.execute("UPDATE schema_version SET version = 99")
     con.close()
-    with pytest.raises(StoreError, match=r"schema version 99 is newer than this code reads \(4\); upgrade"):
+    with pytest.raises(StoreError, match=r"schema version 99 is newer than this code reads \(5\); upgrade"):
         FeedbackStore(path).counts()
 
 
@@ -128,3 +128,30 @@ def test_each_rankings_pairs_weigh_one_in_total_and_provenance_is_kept(tmp_path)
     ).iloc[0]
     assert tuple(row) == ("g1", "d1", "import", "human", "alice", "ckpt-1", '{"k": 4}')
     assert store.query("SELECT annotator, source FROM annotators").values.tolist() == [["alice", "import"]]
+
+
+def test_a_version_four_store_with_page_rankings_migrates_to_team_annotation(tmp_path):
+    """Version 5 (team annotation): tokens and the overlap setting get their tables; a ranking the
+    page recorded before keeps its event, marked as made in the list without a suggestion."""
+    path = tmp_path / "feedback.duckdb"
+    version_one_store(path)
+    con = duckdb.connect(str(path))
+    for version in (2, 3, 4):
+        con.execute(MIGRATIONS[version])
+    con.execute("UPDATE schema_version SET version = 4")
+    con.execute("INSERT INTO annotation_queue VALUES ('item', 'p', '[\"r0\", \"r1\"]', 'human', 'run-1', now())")
+    con.execute("INSERT INTO annotation_events VALUES ('item', 'alice', 'ranked', NULL, now())")
+    con.execute("INSERT INTO annotation_events VALUES ('item', 'bob', 'skipped', NULL, now())")
+    con.close()
+    store = FeedbackStore(path)
+    assert store.schema_version() == 5
+    events = store.query("SELECT annotator, action, from_suggestion, mode FROM annotation_events ORDER BY annotator")
+    assert events.values.tolist()[0] == ["alice", "ranked", False, "rank"]
+    assert events.iloc[1]["action"] == "skipped" and pd.isna(events.iloc[1]["mode"])
+    assert store.query("SELECT count(*) AS n FROM annotator_tokens")["n"][0] == 0
+    assert store.overlap() is None  # unset: the page behaves as before the upgrade
+    assert store.waiting_items() == 0  # alice ranked it: as before, it no longer waits
+    store.set_overlap(2)
+    assert store.waiting_items() == 1  # one of two people: it waits again
+    assert store.next_item("alice") is None and store.next_item("bob") is None  # seen by both
+    assert store.next_item("carol")["item_id"] == "item"

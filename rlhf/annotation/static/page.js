@@ -1,8 +1,11 @@
-// The ranking page. Model text is only ever set with textContent, never parsed as HTML.
+// The ranking page. Model text is only ever set with textContent, never parsed as HTML; the one
+// HTML it inserts is the guidelines, rendered on the server from markdown with raw HTML escaped.
 // A prompt is a conversation (chat messages, rlhf/chat.py); each response is the turns after it.
 "use strict";
 
-const state = { token: "", item: null };
+// mode: how the current order was made (rank: the list; pairwise: choices between two).
+// fromSuggestion: the list started from the AI judge's ranking (the store records it).
+const state = { token: "", item: null, annotator: "", mode: "rank", fromSuggestion: false, guidelines: null };
 const $ = (id) => document.getElementById(id);
 
 function tokenFromUrl() {
@@ -17,10 +20,12 @@ async function api(path, body) {
     body: body ? JSON.stringify(body) : undefined,
   });
   if (response.status === 401) {
+    const detail = (await response.json().catch(() => ({}))).detail;
     sessionStorage.removeItem("rlhf-token");
     $("task").hidden = true;
+    $("who").textContent = "";
     $("login").hidden = false;
-    throw new Error("Token refused.");
+    throw new Error(detail === "token revoked" ? "Token revoked." : "Token refused.");
   }
   if (!response.ok) throw new Error("The server said: " + (await response.text()));
   return response.json();
@@ -28,6 +33,7 @@ async function api(path, body) {
 
 function showProgress(progress) {
   $("progress").textContent = `${progress.done} of ${progress.total} done`;
+  $("queue").textContent = `Queue: ${progress.queue_waiting} of ${progress.queue_items} items still wait for people`;
 }
 
 function rows() {
@@ -127,6 +133,10 @@ function onKey(event) {
     } else {
       neighbour.focus();
     }
+  } else if (/^[1-9]$/.test(event.key)) {
+    moveToRank(li, Number(event.key));
+  } else if (event.key === "p" || event.key === "P") {
+    startPairwise();
   } else if (event.key === "t" || event.key === "T") {
     li.querySelector(".tie").click();
   } else if (event.key === "u" || event.key === "U") {
@@ -139,22 +149,175 @@ function onKey(event) {
   }
 }
 
+// Number key k puts the focused response at position k (rank k when nothing ties above it).
+function moveToRank(li, rank) {
+  const list = li.parentNode;
+  if (rank > list.children.length) return;
+  li.remove();
+  list.insertBefore(li, list.children[rank - 1] || null);
+  li.focus();
+  renumber();
+}
+
+// Rows in a best-first order, each tied with the one above where `tiedWithAbove` says so.
+function arrange(order, tiedWithAbove) {
+  const byId = new Map(rows().map((li) => [li.dataset.id, li]));
+  $("responses").replaceChildren(...order.map((id) => byId.get(id)));
+  rows().forEach((li, position) => (li.querySelector(".tie").checked = !!tiedWithAbove[position]));
+  renumber();
+}
+
 function show(item) {
   state.item = item;
+  state.mode = "rank";
+  state.fromSuggestion = !!(item && item.suggestion);
   $("task").hidden = !item;
   $("done").hidden = !!item;
+  showRankView();
   if (!item) return;
   $("prompt").replaceChildren(...turns(item.messages || [{ role: "user", content: item.prompt }], "user"));
   $("responses").replaceChildren(...item.responses.map(responseRow));
+  if (state.fromSuggestion) arrange(item.suggestion.order, item.suggestion.tied_with_above);
+  $("suggested").hidden = !state.fromSuggestion;
   renumber();
+  if (!$("guidelines-dialog").open) rows()[0].focus();
+}
+
+// --- pairwise mode: two responses at a time; the choices place each response by binary insertion
+// into tie groups (best first), about K log2 K choices for K responses instead of C(K,2). ---
+
+const pairwise = { active: false, groups: [], pending: [], candidate: null, lo: 0, hi: 0, choices: 0 };
+
+function responseById(id) {
+  return state.item.responses.find((response) => response.response_id === id);
+}
+
+function showRankView() {
+  pairwise.active = false;
+  $("rank-view").hidden = false;
+  $("pair-view").hidden = true;
+}
+
+function startPairwise() {
+  if (!state.item) return;
+  const ids = state.item.responses.map((response) => response.response_id); // display order, not a suggestion
+  Object.assign(pairwise, { active: true, groups: [[ids[0]]], pending: ids.slice(1), choices: 0 });
+  $("rank-view").hidden = true;
+  $("pair-view").hidden = false;
+  $("suggested").hidden = true;
+  nextCandidate();
+}
+
+function nextCandidate() {
+  if (!pairwise.pending.length) return finishPairwise();
+  pairwise.candidate = pairwise.pending.shift();
+  pairwise.lo = 0;
+  pairwise.hi = pairwise.groups.length;
+  showPair();
+}
+
+function opponent() {
+  return pairwise.groups[Math.floor((pairwise.lo + pairwise.hi) / 2)][0];
+}
+
+function showPair() {
+  for (const [side, id] of [["pair-a", pairwise.candidate], ["pair-b", opponent()]]) {
+    const response = responseById(id);
+    $(side).dataset.id = id;
+    $(side).querySelector(".text").replaceChildren(
+      ...turns(response.messages || [{ role: "assistant", content: response.text }], "assistant")
+    );
+  }
+  $("pair-progress").textContent = `${pairwise.choices} choices made; ${pairwise.pending.length + 1} responses to place`;
+  $("choose-a").focus();
+}
+
+// outcome: "a" (the candidate, on the left, is better), "b" (the one it is compared with), "tie".
+function choose(outcome) {
+  if (!pairwise.active) return;
+  pairwise.choices += 1;
+  const middle = Math.floor((pairwise.lo + pairwise.hi) / 2);
+  if (outcome === "tie") {
+    pairwise.groups[middle].push(pairwise.candidate);
+    return nextCandidate();
+  }
+  if (outcome === "a") pairwise.hi = middle;
+  else pairwise.lo = middle + 1;
+  if (pairwise.lo === pairwise.hi) {
+    pairwise.groups.splice(pairwise.lo, 0, [pairwise.candidate]);
+    return nextCandidate();
+  }
+  showPair();
+}
+
+function finishPairwise() {
+  const order = pairwise.groups.flat();
+  const tied = pairwise.groups.flatMap((group) => group.map((_, n) => n > 0));
+  showRankView();
+  arrange(order, tied);
+  state.mode = "pairwise";
+  state.fromSuggestion = false;
+  $("status").textContent = "Your choices as a ranking: check it, then press Enter or Submit.";
   rows()[0].focus();
+}
+
+function onPairKey(event) {
+  if (!pairwise.active) return;
+  const key = event.key.toLowerCase();
+  const outcome = { a: "a", arrowleft: "a", b: "b", arrowright: "b", t: "tie" }[key];
+  if (outcome) {
+    event.preventDefault();
+    choose(outcome);
+  } else if (key === "escape") {
+    showRankView();
+    rows()[0].focus();
+  }
+}
+
+// --- guidelines: beside the task, and in a dialog the first time an annotator opens the page
+// (and again whenever they change) ---
+
+function fillGuidelines(container, guidelines) {
+  const list = document.createElement("dl");
+  for (const principle of guidelines.principles) {
+    const name = document.createElement("dt");
+    name.textContent = principle.name.replaceAll("_", " ");
+    const description = document.createElement("dd");
+    description.textContent = principle.description;
+    list.append(name, description);
+  }
+  const text = document.createElement("div");
+  text.className = "guidelines-text";
+  text.innerHTML = guidelines.html; // server-rendered markdown with raw HTML escaped (guidelines.py)
+  container.replaceChildren(...(guidelines.principles.length ? [list] : []), text);
+}
+
+async function loadGuidelines() {
+  const guidelines = await api("/api/guidelines");
+  if (!guidelines.principles.length && !guidelines.html) return;
+  state.guidelines = guidelines;
+  for (const container of document.querySelectorAll(".guidelines")) fillGuidelines(container, guidelines);
+  $("guidelines-panel").hidden = false;
+  $("show-guidelines").hidden = false;
+  const seenKey = `rlhf-guidelines-seen-${state.annotator}`;
+  if (localStorage.getItem(seenKey) !== guidelines.digest) $("guidelines-dialog").showModal();
+}
+
+function closeGuidelines() {
+  if (state.guidelines) localStorage.setItem(`rlhf-guidelines-seen-${state.annotator}`, state.guidelines.digest);
+  $("guidelines-dialog").close();
+  if (rows().length && !pairwise.active) rows()[0].focus();
 }
 
 async function load() {
   try {
     const next = await api("/api/next");
     $("status").textContent = "";
+    const first = state.annotator !== next.annotator;
+    state.annotator = next.annotator;
+    $("who").textContent = `Signed in as ${next.annotator}`;
     showProgress(next.progress);
+    if (first) await loadGuidelines();
     show(next.item);
   } catch (error) {
     $("status").textContent = error.message;
@@ -170,6 +333,8 @@ async function submit() {
       order: ordered.map((li) => li.dataset.id),
       tied_with_above: ordered.map((li, i) => i > 0 && li.querySelector(".tie").checked),
       unsafe: ordered.filter((li) => li.querySelector(".unsafe-box").checked).map((li) => li.dataset.id),
+      from_suggestion: state.fromSuggestion,
+      mode: state.mode,
     });
     await load();
   } catch (error) {
@@ -187,9 +352,30 @@ async function skip() {
   }
 }
 
+function signInFromUrl() {
+  state.token = tokenFromUrl();
+  if (state.token) {
+    sessionStorage.setItem("rlhf-token", state.token);
+    $("login").hidden = true;
+    load();
+  } else {
+    $("login").hidden = false;
+    $("progress").textContent = "";
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("submit").addEventListener("click", submit);
   $("skip").addEventListener("click", skip);
+  $("pairwise").addEventListener("click", startPairwise);
+  $("choose-a").addEventListener("click", () => choose("a"));
+  $("choose-b").addEventListener("click", () => choose("b"));
+  $("choose-tie").addEventListener("click", () => choose("tie"));
+  document.addEventListener("keydown", onPairKey);
+  $("show-guidelines").addEventListener("click", () => $("guidelines-dialog").showModal());
+  $("guidelines-ok").addEventListener("click", closeGuidelines);
+  $("guidelines-dialog").addEventListener("cancel", closeGuidelines);
+  window.addEventListener("hashchange", signInFromUrl); // another person's link in the same tab
   $("login").addEventListener("submit", (event) => {
     event.preventDefault();
     state.token = $("token").value.trim();
@@ -197,12 +383,5 @@ document.addEventListener("DOMContentLoaded", () => {
     $("login").hidden = true;
     load();
   });
-  state.token = tokenFromUrl();
-  if (state.token) {
-    sessionStorage.setItem("rlhf-token", state.token);
-    load();
-  } else {
-    $("login").hidden = false;
-    $("progress").textContent = "";
-  }
+  signInFromUrl();
 });
