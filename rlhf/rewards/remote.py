@@ -17,8 +17,9 @@ them. "query" is rendered with `tokenizer` (the policy's, as OpenRLHF's trainer 
 without one, in the plain format (rlhf.chat).
 
 Failures: each request has a timeout and is retried with exponential backoff on timeouts,
-connection errors, 429 (honouring Retry-After) and 5xx, as the OpenAI-compatible judge does
-(rlhf.judges.openai_compatible); after the last try one RewardEndpointError names the URL.
+connection errors, 429 (honouring Retry-After), 500/502/503/504 and 408/409/425: the statuses the
+OpenAI-compatible judge retries (rlhf.judges.openai_compatible.RETRYABLE_STATUS). Any other status
+fails at once; after the last try one RewardEndpointError (a JudgeEndpointError) names the URL.
 """
 
 from __future__ import annotations
