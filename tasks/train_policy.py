@@ -141,6 +141,13 @@ def in_loop_evaluator(params: Params, prompts: pd.DataFrame, device) -> WinRateV
     return WinRateVsStart(chat.conversations_of(held_out), topics_of(held_out), judge, win_judge, seed=params.seed)
 
 
+def _iteration_of(line: str) -> int | None:
+    try:
+        return json.loads(line)["iteration"]
+    except ValueError:  # the last line, torn by a kill mid-write
+        return None
+
+
 class SamplesFile:
     """The samples tables as JSON lines, one per sample with its iteration. A fresh run starts the
     file anew; a resumed one first drops the lines after its checkpoint, which it logs again."""
@@ -150,7 +157,7 @@ class SamplesFile:
 
     def resumed_after(self, iteration: int) -> None:
         lines = self.path.read_text().splitlines() if self.path.exists() else []
-        kept = [line for line in lines if json.loads(line)["iteration"] <= iteration]
+        kept = [line for line in lines if (logged := _iteration_of(line)) is not None and logged <= iteration]
         self.path.write_text("".join(line + "\n" for line in kept))
         self.started = True
 

@@ -25,6 +25,8 @@ from rlhf.ppo.trainer import train_ppo
 from tests.conftest import tiny_gpt2_config
 
 PROMPTS = [prompt for prompt, _ in domain.all_prompts()[:40]]
+TOPICS = [topic for _, topic in domain.all_prompts()[:40]]
+HELD_OUT = domain.all_prompts()[40:48]  # the stage's test split: its in-loop evaluation's prompts
 
 
 def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0, device: str = "cpu") -> PPOModels:
@@ -251,7 +253,10 @@ def test_ppo_on_cuda_with_bf16_autocast_learns_the_toy_reward(tiny_tokenizer, co
 def stage_workspace(tmp_path, tiny_checkpoints, project_root):
     """Inputs of train_policy as dvc.yaml passes them, and a function that runs the stage on them."""
     policy_dir, reward_dir = tiny_checkpoints
-    pd.DataFrame({"prompt": PROMPTS, "split": "train"}).to_parquet(tmp_path / "prompts.parquet")
+    pd.DataFrame({
+        "prompt": PROMPTS + [prompt for prompt, _ in HELD_OUT], "topic": TOPICS + [topic for _, topic in HELD_OUT],
+        "split": ["train"] * len(PROMPTS) + ["test"] * len(HELD_OUT),
+    }).to_parquet(tmp_path / "prompts.parquet")  # fmt: skip
     base = yaml.safe_load((project_root / "params.yaml").read_text())
 
     def command(**train_policy):
@@ -288,18 +293,34 @@ def run_stage(command, project_root):
     )
 
 
+def measured(curve: pd.DataFrame) -> list[str]:
+    """The columns that measure the machine (times, throughput, memory), not the run."""
+    return [column for column in curve if column.endswith(("_seconds", "_per_second", "_mb"))]
+
+
 def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(stage_workspace, project_root):
+    """With keep: best, whose best-so-far must survive the kill, and the samples tables."""
     root, command = stage_workspace
-    done = run_stage(command(**SMALL_RUN), project_root)
+    run = {**SMALL_RUN, "keep": "best", "eval_every": 2, "log_samples_every": 2, "log_samples": 3}
+    done = run_stage(command(**run), project_root)
     assert done.returncode == 0, done.stderr
     uninterrupted = load_policy(root / "policy", torch.device("cpu")).state_dict()
     uninterrupted_curve = pd.read_csv(root / "ppo.csv")
+    uninterrupted_metrics = json.loads((root / "policy.json").read_text())
+    uninterrupted_samples = (root / "ppo_samples.jsonl").read_text()
     assert not (root / "ckpt").exists()  # removed once the policy is written
     assert (root / "ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rates = uninterrupted_curve.dropna(subset=["eval_win_rate"])
+    assert list(rates["iteration"]) == [2, 4, 6]
+    assert uninterrupted_metrics["kept_win_rate"] == rates["eval_win_rate"].max()
+    assert uninterrupted_metrics["kept_iteration"] == rates["iteration"][rates["eval_win_rate"].idxmax()]
+    samples = [json.loads(line) for line in uninterrupted_samples.splitlines()]
+    assert [row["iteration"] for row in samples] == [2, 2, 2, 4, 4, 4, 6, 6, 6]
+    assert all(set(row) == {"iteration", "prompt", "response", "reward", "kl"} for row in samples)
     for path in ("policy", "ppo.csv", "ppo.png", "policy.json"):
         subprocess.run(["rm", "-rf", str(root / path)], check=True)
 
-    process = subprocess.Popen(command(**SMALL_RUN), cwd=project_root, env=STAGE_ENV,
+    process = subprocess.Popen(command(**run), cwd=project_root, env=STAGE_ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 300
     while not (root / "ckpt" / "iteration-000003").exists():
@@ -309,14 +330,20 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     process.wait()
     assert not (root / "policy").exists()
 
-    resumed = run_stage(command(**SMALL_RUN), project_root)
+    resumed = run_stage(command(**run), project_root)
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"resumed after iteration [34] from", resumed.stdout)  # the kill lands within a step
     final = load_policy(root / "policy", torch.device("cpu")).state_dict()
     assert all(torch.equal(uninterrupted[name], final[name]) for name in uninterrupted)
     curve = pd.read_csv(root / "ppo.csv")
-    timings = [column for column in curve if column.endswith("_seconds")]
-    pd.testing.assert_frame_equal(curve.drop(columns=timings), uninterrupted_curve.drop(columns=timings))
+    pd.testing.assert_frame_equal(
+        curve.drop(columns=measured(curve)), uninterrupted_curve.drop(columns=measured(curve))
+    )
+    metrics = json.loads((root / "policy.json").read_text())
+    assert (metrics["kept_iteration"], metrics["kept_win_rate"]) == (
+        uninterrupted_metrics["kept_iteration"], uninterrupted_metrics["kept_win_rate"],
+    )  # fmt: skip
+    assert (root / "ppo_samples.jsonl").read_text() == uninterrupted_samples  # the resumed run's repeats dropped
 
 
 def test_stage_does_not_resume_a_checkpoint_of_other_params(stage_workspace, project_root):
@@ -354,6 +381,8 @@ def test_stage_runs_as_two_ddp_processes_under_accelerate_launch(stage_workspace
     assert "2 process(es)" in done.stdout
     metrics = json.loads((root / "policy.json").read_text())
     assert metrics["iterations"] == 2
+    # the in-loop evaluation at the last iteration, each process on its share of the held-out prompts
+    assert metrics["kept_iteration"] == 2 and 0.0 <= metrics["kept_win_rate"] <= 1.0
     assert load_policy(root / "policy", torch.device("cpu")).num_parameters() > 0
 
 
