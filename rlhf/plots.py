@@ -17,7 +17,8 @@ def render_curve(history: pd.DataFrame, columns: list[str], path: str | Path, x:
     rows = (len(columns) + 3) // 4
     figure, axes = plt.subplots(rows, 4, figsize=(14, 3 * rows), squeeze=False)
     for axis, column in zip(axes.flat, columns):
-        axis.plot(history[x], history[column], marker=".", linewidth=1)
+        points = history[[x, column]].dropna()  # a column logged every N iterations (eval_win_rate) is empty between
+        axis.plot(points[x], points[column], marker=".", linewidth=1)
         axis.set_title(column)
         axis.set_xlabel(x)
         axis.grid(alpha=0.3)

@@ -42,7 +42,10 @@ from tasks._stage import log_progress, params_from, parse_paths, run_stage, writ
 
 STAGE = "train_policy"
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
-CURVE_COLUMNS = ["score", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss", "response_length"]
+CURVE_COLUMNS = [
+    "score", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss", "response_length", "eval_win_rate",
+    "tokens_per_second",
+]  # fmt: skip
 DPO_CURVE_COLUMNS = ["loss", "reward_margin", "reward_accuracy"]
 SAFETY_CURVE_COLUMNS = ["cost", "lagrange_multiplier"]
 
