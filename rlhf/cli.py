@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import duckdb
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     exports.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="fmt")
     exports.add_argument("--split", default="all", choices=["all", "train", "test"])
     add_annotate_commands(commands)
+    add_serve_commands(commands)
     return parser
 
 
@@ -127,6 +129,21 @@ def add_annotate_commands(commands) -> None:
         "status", help="queue and annotators", description="Example: rlhf annotate status --store feedback.duckdb"
     )
     status.add_argument("--store", default=argparse.SUPPRESS, help="the store file (default: feedback.duckdb)")
+
+
+def add_serve_commands(commands) -> None:
+    serve_models = commands.add_parser("serve", help="serve a trained model over HTTP for other tools")
+    served = serve_models.add_subparsers(dest="action", required=True)
+    reward = served.add_parser(
+        "reward",
+        help="the reward model under OpenRLHF's remote reward-model convention (POST /get_reward)",
+        description="Example: rlhf serve reward --model models/reward --port 8000",
+    )
+    reward.add_argument("--model", default="models/reward", help="the reward model directory (default: models/reward)")
+    reward.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    reward.add_argument("--port", type=int, default=8000)
+    reward.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    reward.add_argument("--batch-size", type=int, default=64, help="exchanges per forward pass")
 
 
 def serve_annotation_page(args: argparse.Namespace) -> None:
@@ -226,8 +243,24 @@ def print_odd_rows(odd_rows: list[OddRow], shown: int = 50) -> None:
         print(f"rlhf: ... and {len(odd_rows) - shown} more odd rows skipped", file=sys.stderr)
 
 
+def serve_reward(args: argparse.Namespace) -> None:
+    from rlhf.rewards.server import serve_reward_model
+
+    if not Path(args.model).is_dir():
+        raise InputError(f"{args.model}: no reward model directory here (run the pipeline first, or pass --model)")
+    print(f"rlhf: reward model {args.model} on http://{args.host}:{args.port}/get_reward", flush=True)
+    serve_reward_model(args.model, args.host, args.port, args.device, args.batch_size)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        try:
+            serve_reward(args)
+        except InputError as error:
+            print(f"rlhf: error: {error}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "annotate":
         try:
             annotate_command(args)

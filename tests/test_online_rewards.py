@@ -229,3 +229,29 @@ def test_unreachable_server_names_the_url():
     url = f"http://127.0.0.1:{port}{ROUTE}"
     with pytest.raises(RewardEndpointError, match=rf"{url} did not answer after 2 attempt\(s\): ConnectError"):
         RemoteReward(url, max_retries=1, backoff_s=0.01)(["Hi"], ["a"])
+
+
+def test_rlhf_serve_reward_serves_the_model_for_other_tools(tiny_checkpoints, in_process_scores):
+    """The command a user runs: `rlhf serve reward --model DIR --port N`, then any client of the convention."""
+    import subprocess
+    import sys
+
+    _, reward_dir = tiny_checkpoints
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "rlhf.cli", "serve", "reward", "--model", str(reward_dir), "--port", str(port),
+               "--device", "cpu"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert f"on http://127.0.0.1:{port}/get_reward" in server.stdout.readline()
+        client = RemoteReward(f"http://127.0.0.1:{port}{ROUTE}", max_retries=30, backoff_s=0.2)  # while it loads
+        assert torch.allclose(client(PROMPTS, RESPONSES), in_process_scores, atol=1e-5)
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    missing = subprocess.run([*command[:6], "/nowhere/reward"], capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+        "rlhf: error: /nowhere/reward: no reward model directory here (run the pipeline first, or pass --model)"
+    ]
