@@ -18,18 +18,13 @@ import copy
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from rlhf.config import TrackingParams
 from rlhf.errors import ConfigError
-
-DVCLIVE_ROOT = "dvclive"
-
-
-def dvclive_dir(stage: str) -> Path:
-    return Path(DVCLIVE_ROOT) / stage
 
 
 def _numbers(metrics: dict) -> dict[str, float]:
@@ -65,13 +60,14 @@ def _optional(module: str, tracker: str):
 class Tracker:
     """One stage's run in each tracker. `config` is what the run is logged with (its params sections)."""
 
-    def __init__(self, stage: str, params: TrackingParams, config: dict | None = None, main_process: bool = True,
-                 tables: tuple[str, ...] = ()):  # fmt: skip
-        """`tables`: the names of the tables this stage logs; each `dvclive/<stage>/<name>.jsonl` exists
-        from the start (empty until rows come), since dvc.yaml declares it as an out."""
+    def __init__(self, stage: str, params: TrackingParams, directory: str | Path, config: dict | None = None,
+                 main_process: bool = True, tables: tuple[str, ...] = ()):  # fmt: skip
+        """`directory`: DVCLive's (dvc.yaml passes `dvclive/<stage>` as the stage's --live_dir).
+        `tables`: the names of the tables this stage logs, each `<directory>/<name>.jsonl`."""
         self.stage = stage
         self.prefix = ""
         self.logged_any = False
+        self.tables: dict[str, TableFile] = {}
         self.live = self.tensorboard = self.mlflow = self.wandb_run = None
         if not main_process:  # the other ranks of a multi-process run log nothing
             return
@@ -80,9 +76,8 @@ class Tracker:
 
         # dvcyaml=False: dvc.yaml already declares these files; save_dvc_exp=False: inside `dvc repro`
         # or `dvc exp run` DVC records the experiment itself.
-        self.live = Live(dir=str(dvclive_dir(stage)), dvcyaml=False, save_dvc_exp=False, report=None)
-        for name in tables:
-            (Path(self.live.dir) / f"{name}.jsonl").touch()
+        self.live = Live(dir=str(directory), dvcyaml=False, save_dvc_exp=False, report=None)
+        self.tables = {name: TableFile(Path(self.live.dir) / f"{name}.jsonl") for name in tables}
         if "tensorboard" in params.report_to:
             summary = _optional("torch.utils.tensorboard", "tensorboard")
             self.tensorboard = summary.SummaryWriter(log_dir=str(Path(params.tensorboard_dir) / stage))
@@ -127,9 +122,8 @@ class Tracker:
         """Rows of one table (e.g. PPO's samples at an iteration), kept per step."""
         if not rows:
             return
-        if self.live is not None:  # one JSON line per row, with its step: DVCLive has no table of its own
-            with (Path(self.live.dir) / f"{name}.jsonl").open("a") as table:
-                table.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
+        if name in self.tables:  # DVCLive has no table of its own: JSON lines beside its metrics
+            self.tables[name].append(step, rows)
         if self.tensorboard is not None:
             header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
             body = "".join("| " + " | ".join(str(v).replace("|", "\\|") for v in row.values()) + " |\n" for row in rows)
@@ -143,15 +137,22 @@ class Tracker:
             table = wandb.Table(columns=list(rows[0]), data=[list(row.values()) for row in rows])
             self.wandb_run.log({name: table}, step=step)
 
+    def resumed_after(self, step: int, history: list[dict], step_key: str = "iteration") -> None:
+        """A run resumed from a checkpoint at `step`: DVCLive started its files anew, so the rows
+        logged before the checkpoint go in again (the series then equals an uninterrupted run's), and
+        each table drops the rows after the checkpoint, which the run logs again."""
+        for row in history:
+            if row[step_key] <= step:
+                self.log_metrics(row, row[step_key])
+        for table in self.tables.values():
+            table.keep_up_to(step)
+
     def trainer_callback(self) -> TrainerCallback:
         """For a transformers/TRL Trainer (with `report_to=[]`): its logs, at its global step, go here."""
         return _TrainerLogs(self)
 
-    def close(self) -> None:
-        if self.live is not None:
-            if not self.logged_any:  # dvc.yaml declares the summary and the plots directory: both must exist
-                self.log_metrics({"steps": 0}, 0)
-            self.live.end()
+    def close_trackers(self) -> None:
+        """The other trackers' runs, ended (DVCLive's files are left as they are)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
         if self.mlflow is not None:
@@ -159,11 +160,53 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.finish()
 
+    def close(self) -> None:
+        if self.live is not None:
+            if not self.logged_any:  # dvc.yaml declares the summary and the plots directory: both must exist
+                self.log_metrics({"steps": 0}, 0)
+            for table in self.tables.values():
+                table.path.touch()  # declared too, even when no table was due (log_samples_every: 0, DPO)
+            self.live.end()
+        self.close_trackers()
+
     def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is not None and not self.logged_any and self.live is not None:
+            # Bad input stopped the stage before its first step: leave no half-written out behind.
+            # (A run that fails later keeps what it logged: the curve up to a NaN is worth reading.)
+            self.close_trackers()
+            shutil.rmtree(self.live.dir, ignore_errors=True)
+            return
         self.close()
+
+
+class TableFile:
+    """One table as JSON lines, each row with its step. A fresh run starts the file anew on its
+    first rows; a resumed one keeps the rows up to its checkpoint (`keep_up_to`) and appends."""
+
+    def __init__(self, path: Path):
+        self.path, self.started = path, False
+
+    def keep_up_to(self, step: int) -> None:
+        lines = self.path.read_text().splitlines() if self.path.exists() else []
+        kept = [line for line in lines if (logged := _step_of(line)) is not None and logged <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.started = True
+
+    def append(self, step: int, rows: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a" if self.started else "w") as file:
+            file.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
+        self.started = True
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return json.loads(line)["step"]
+    except ValueError:  # the last line, torn by a kill mid-write
+        return None
 
 
 class _TrainerLogs(TrainerCallback):

@@ -34,10 +34,10 @@ def write_dir_whole(out_dir: Path, write: Callable[[Path], dict]) -> dict:
 
 
 def main() -> None:
-    args = parse_paths(STAGE, [], ["model_dir", "metrics"])
+    args = parse_paths(STAGE, [], ["model_dir", "metrics", "live_dir"])
     params = params_from(args)
     section, device = params.bootstrap_policy, resolve_device(params.device)
-    with Tracker(STAGE, params.tracking, {STAGE: section.model_dump(mode="json")}) as tracker:
+    with Tracker(STAGE, params.tracking, args.live_dir, {STAGE: section.model_dump(mode="json")}) as tracker:
         metrics = bootstrap(params, section, device, Path(args.model_dir), tracker)
     write_json(args.metrics, metrics)
 

@@ -12,10 +12,10 @@ STAGE = "train_cost"
 
 
 def main() -> None:
-    args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics"])
+    args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics", "live_dir"])
     params = params_from(args)
     labels = read_safety_labels(args.comparisons)
-    with Tracker(STAGE, params.tracking, {STAGE: params.train_cost.model_dump(mode="json")}) as tracker:
+    with Tracker(STAGE, params.tracking, args.live_dir, {STAGE: params.train_cost.model_dump(mode="json")}) as tracker:
         metrics = train_cost_model(
             labels, Path(args.init_dir), params.train_cost, params.seed, resolve_device(params.device),
             Path(args.model_dir), progress=log_progress(f"{STAGE}: steps"), tracker=tracker,

@@ -8,11 +8,11 @@ params and inputs; the directory is removed once the policy is written.
 
 PPO evaluates in the loop (train_policy.eval_every) on the first `eval_prompts` test-split prompts
 by prompt_id, with evaluate.judge; `keep: best` writes the policy of the best in-loop win rate.
-Every log_samples_every iterations a table of samples goes to ppo_samples.jsonl beside the curve.
+Every iteration's metrics, and every log_samples_every iterations a table of samples, go to the
+trackers (rlhf/tracking.py): DVCLive in --live_dir, and tracking.report_to.
 """
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -38,6 +38,7 @@ from rlhf.ppo.rollout import GoldScorer, RewardScorer
 from rlhf.ppo.trainer import make_accelerator, save_policy, train_ppo
 from rlhf.reward_ensemble import load_reward_model
 from rlhf.snapshot import read_comparisons
+from rlhf.tracking import Tracker
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_whole
 
 STAGE = "train_policy"
@@ -90,7 +91,7 @@ def write_curve(args, history: list[dict], columns: list[str]) -> None:
     write_whole(args.gold_png, lambda path: render_gold_vs_proxy(curve, path))
 
 
-def main_dpo(args, params: Params) -> None:
+def main_dpo(args, params: Params, tracker: Tracker) -> None:
     """DPO: the policy from the round's start, the bootstrap policy as reference, the snapshot's pairs."""
     config = params.train_policy
     device = resolve_device(params.device)
@@ -100,7 +101,7 @@ def main_dpo(args, params: Params) -> None:
     print(f"{STAGE}: DPO, beta {config.dpo.beta}, {count_parameters(policy)[1]:,} parameters", flush=True)
     result = train_dpo(
         policy, load_policy(args.reference_dir, device), tokenizer, read_comparisons(args.comparisons),
-        config.dpo, params.seed, progress=log_progress(f"{STAGE}: steps"),
+        config.dpo, params.seed, progress=log_progress(f"{STAGE}: steps"), tracker=tracker,
     )  # fmt: skip
     policy.save_pretrained(args.model_dir)
     tokenizer.save_pretrained(args.model_dir)
@@ -144,43 +145,18 @@ def in_loop_evaluator(params: Params, prompts: pd.DataFrame, device) -> WinRateV
     return WinRateVsStart(chat.conversations_of(held_out), topics_of(held_out), judge, win_judge, seed=params.seed)
 
 
-def _iteration_of(line: str) -> int | None:
-    try:
-        return json.loads(line)["iteration"]
-    except ValueError:  # the last line, torn by a kill mid-write
-        return None
-
-
-class SamplesFile:
-    """The samples tables as JSON lines, one per sample with its iteration. A fresh run starts the
-    file anew; a resumed one first drops the lines after its checkpoint, which it logs again."""
-
-    def __init__(self, path: Path):
-        self.path, self.started = path, False
-
-    def resumed_after(self, iteration: int) -> None:
-        lines = self.path.read_text().splitlines() if self.path.exists() else []
-        kept = [line for line in lines if (logged := _iteration_of(line)) is not None and logged <= iteration]
-        self.path.write_text("".join(line + "\n" for line in kept))
-        self.started = True
-
-    def __call__(self, iteration: int, rows: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a" if self.started else "w") as file:
-            file.writelines(json.dumps({"iteration": iteration, **row}) + "\n" for row in rows)
-        self.started = True
-
-
 def main() -> None:
     args = parse_paths(
         STAGE,
         ["prompts", "comparisons", "policy_dir", "reference_dir", "reward_dir", "cost_dir"],
-        ["model_dir", "metrics", "curve", "curve_png", "gold_png", "checkpoint_dir"],
+        ["model_dir", "metrics", "curve", "curve_png", "gold_png", "checkpoint_dir", "live_dir"],
     )
     params = params_from(args)
     config = params.train_policy
     if config.algorithm == "dpo":
-        main_dpo(args, params)
+        with Tracker(STAGE, params.tracking, args.live_dir, {STAGE: config.model_dump(mode="json")},
+                     tables=("samples",)) as tracker:  # fmt: skip
+            main_dpo(args, params, tracker)
         return
     if config.launcher != "single" and "WORLD_SIZE" not in os.environ:
         relaunch_as_processes(params)
@@ -210,7 +186,6 @@ def main() -> None:
     if config.algorithm == "ppo_lagrangian":
         cost_scorer = RewardScorer(*load_cost_model(args.cost_dir, device))
     evaluator = in_loop_evaluator(params, prompts, device)
-    samples_file = SamplesFile(Path(args.curve).with_name("ppo_samples.jsonl"))
     trainable, total = count_parameters(models.trained.policy)
     if accelerator.is_main_process:
         print(f"{STAGE}: policy {total:,} parameters, {trainable:,} trained; {accelerator.num_processes} process(es)")
@@ -220,7 +195,7 @@ def main() -> None:
             return
         if "resumed_from" in row:
             print(f"{STAGE}: resumed after iteration {row['resumed_from']} from {row['checkpoint']}", flush=True)
-            samples_file.resumed_after(row["resumed_from"])
+            tracker.resumed_after(row["resumed_from"], row["history"])
             return
         if "stopped_early" in row:
             print(f"{STAGE}: stopped early at iteration {row['iteration']}: {row['stopped_early']}", flush=True)
@@ -233,13 +208,20 @@ def main() -> None:
             + (f" win rate vs start {row['eval_win_rate']:.3f}" if "eval_win_rate" in row else ""),
             flush=True,
         )
+        tracker.log_metrics(row, row["iteration"])
+
+    def log_samples(iteration: int, rows: list[dict]) -> None:
+        tracker.log_table("samples", rows, iteration)
 
     started = time.perf_counter()
-    result = train_ppo(
-        models, scorer, tokenizer, train_prompts, config, params.seed, log,
-        accelerator=accelerator, checkpoint_dir=args.checkpoint_dir, fingerprint=fingerprint(params, args),
-        cost_scorer=cost_scorer, gold_scorer=gold_scorer, evaluator=evaluator, log_samples=samples_file,
-    )  # fmt: skip
+    tracker = Tracker(STAGE, params.tracking, args.live_dir, {STAGE: config.model_dump(mode="json")},
+                      main_process=accelerator.is_main_process, tables=("samples",))  # fmt: skip
+    with tracker:
+        result = train_ppo(
+            models, scorer, tokenizer, train_prompts, config, params.seed, log,
+            accelerator=accelerator, checkpoint_dir=args.checkpoint_dir, fingerprint=fingerprint(params, args),
+            cost_scorer=cost_scorer, gold_scorer=gold_scorer, evaluator=evaluator, log_samples=log_samples,
+        )  # fmt: skip
     save_policy(models, accelerator, tokenizer, args.model_dir)
     if not accelerator.is_main_process:
         return

@@ -12,13 +12,15 @@ STAGE = "train_reward"
 
 
 def main() -> None:
-    args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics", "distribution_png"])
+    args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics", "distribution_png", "live_dir"])
     params = params_from(args)
     device = resolve_device(params.device)
     comparisons = read_comparisons(args.comparisons)
     partial_png = Path(args.distribution_png + ".partial")
     partial_png.parent.mkdir(parents=True, exist_ok=True)
-    with Tracker(STAGE, params.tracking, {STAGE: params.train_reward.model_dump(mode="json")}) as tracker:
+    with Tracker(
+        STAGE, params.tracking, args.live_dir, {STAGE: params.train_reward.model_dump(mode="json")}
+    ) as tracker:
         metrics = train_reward_model(
             comparisons,
             Path(args.init_dir),

@@ -330,6 +330,8 @@ def test_stage_refuses_bad_demonstrations_with_one_line_and_writes_nothing(tmp_p
             str(out),
             "--metrics",
             str(metrics),
+            "--live_dir",
+            str(tmp_path / "dvclive" / "bootstrap_policy"),
         ],
         cwd=project_root,
         capture_output=True,
@@ -340,6 +342,7 @@ def test_stage_refuses_bad_demonstrations_with_one_line_and_writes_nothing(tmp_p
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"bootstrap_policy: error: {demos}: missing column 'completion'")
     assert not out.exists() and not out.with_name("sft.partial").exists() and not metrics.exists()
+    assert not (tmp_path / "dvclive" / "bootstrap_policy").exists()  # nor a DVCLive directory with nothing in it
 
 
 def test_the_model_directory_appears_whole_or_not_at_all(tmp_path):

@@ -270,7 +270,7 @@ def stage_workspace(tmp_path, tiny_checkpoints, project_root):
             "--comparisons", str(tmp_path / "unused"), "--cost_dir", str(tmp_path / "unused"),
             "--metrics", str(tmp_path / "policy.json"), "--curve", str(tmp_path / "ppo.csv"),
             "--curve_png", str(tmp_path / "ppo.png"), "--gold_png", str(tmp_path / "gold.png"),
-            "--checkpoint_dir", str(tmp_path / "ckpt"),
+            "--checkpoint_dir", str(tmp_path / "ckpt"), "--live_dir", str(tmp_path / "dvclive"),
         ]  # fmt: skip
 
     return tmp_path, command
@@ -307,7 +307,8 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     uninterrupted = load_policy(root / "policy", torch.device("cpu")).state_dict()
     uninterrupted_curve = pd.read_csv(root / "ppo.csv")
     uninterrupted_metrics = json.loads((root / "policy.json").read_text())
-    uninterrupted_samples = (root / "ppo_samples.jsonl").read_text()
+    uninterrupted_samples = (root / "dvclive" / "samples.jsonl").read_text()
+    uninterrupted_live = (root / "dvclive" / "plots" / "metrics" / "score.tsv").read_text()
     assert not (root / "ckpt").exists()  # removed once the policy is written
     assert (root / "ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rates = uninterrupted_curve.dropna(subset=["eval_win_rate"])
@@ -315,8 +316,8 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     assert uninterrupted_metrics["kept_win_rate"] == rates["eval_win_rate"].max()
     assert uninterrupted_metrics["kept_iteration"] == rates["iteration"][rates["eval_win_rate"].idxmax()]
     samples = [json.loads(line) for line in uninterrupted_samples.splitlines()]
-    assert [row["iteration"] for row in samples] == [2, 2, 2, 4, 4, 4, 6, 6, 6]
-    assert all(set(row) == {"iteration", "prompt", "response", "reward", "kl"} for row in samples)
+    assert [row["step"] for row in samples] == [2, 2, 2, 4, 4, 4, 6, 6, 6]
+    assert all(set(row) == {"step", "prompt", "response", "reward", "kl"} for row in samples)
     for path in ("policy", "ppo.csv", "ppo.png", "policy.json"):
         subprocess.run(["rm", "-rf", str(root / path)], check=True)
 
@@ -343,7 +344,13 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     assert (metrics["kept_iteration"], metrics["kept_win_rate"]) == (
         uninterrupted_metrics["kept_iteration"], uninterrupted_metrics["kept_win_rate"],
     )  # fmt: skip
-    assert (root / "ppo_samples.jsonl").read_text() == uninterrupted_samples  # the resumed run's repeats dropped
+    assert (
+        root / "dvclive" / "samples.jsonl"
+    ).read_text() == uninterrupted_samples  # the resumed run's repeats dropped
+    # DVCLive's series: the rows before the checkpoint logged again, so it is the uninterrupted run's
+    steps_and_scores = [line.split("\t")[1:] for line in uninterrupted_live.splitlines()]  # past the timestamp
+    resumed_live = (root / "dvclive" / "plots" / "metrics" / "score.tsv").read_text()
+    assert [line.split("\t")[1:] for line in resumed_live.splitlines()] == steps_and_scores
 
 
 def test_stage_does_not_resume_a_checkpoint_of_other_params(stage_workspace, project_root):

@@ -30,8 +30,8 @@ def test_metrics_and_tables_reach_dvclive_tensorboard_and_mlflow(in_tmp):
     from rlhf.tracking import Tracker
 
     params = TrackingParams(report_to=["tensorboard", "mlflow"])
-    with Tracker("train_policy", params, {"train_policy": {"kl_coef": 0.1}}, tables=("samples",)) as tracker:
-        assert (in_tmp / "dvclive" / "train_policy" / "samples.jsonl").read_text() == ""  # an out from the start
+    live = in_tmp / "dvclive" / "train_policy"
+    with Tracker("train_policy", params, live, {"train_policy": {"kl_coef": 0.1}}, tables=("samples",)) as tracker:
         for step in (1, 2, 3):
             tracker.log_metrics({"score": step / 10, "kl": 2.0 * step, "note": "not a number", "ok": True}, step)
         tracker.log_table("samples", [{"prompt": "p", "response": "r | s", "reward": 1.5, "kl": 0.2}], 2)
@@ -65,13 +65,13 @@ def test_trl_and_our_own_loops_report_through_the_same_hook(in_tmp, tiny_checkpo
     policy_dir, _ = tiny_checkpoints
     cpu = torch.device("cpu")
     pairwise = TrainRewardParams(batching="pairwise", epochs=2, batch_size=4, learning_rate=1e-3, max_length=32)
-    with Tracker("pairwise", TrackingParams()) as tracker:
+    with Tracker("pairwise", TrackingParams(), "dvclive/pairwise") as tracker:
         train_reward_model(small_comparisons(), policy_dir, pairwise, 0, cpu, in_tmp / "rm-pairwise", tracker=tracker)
     trl_loss = dvclive_series(in_tmp, "pairwise", "loss")
     assert trl_loss and all(step > 0 for step, _ in trl_loss)  # TRL's logging steps, at its global step
 
     kwise = pairwise.model_copy(update={"batching": "kwise", "batch_size": 3, "ensemble": 2})
-    with Tracker("kwise", TrackingParams()) as tracker:
+    with Tracker("kwise", TrackingParams(), "dvclive/kwise") as tracker:
         train_reward_model(small_comparisons(), policy_dir, kwise, 0, cpu, in_tmp / "rm-kwise", tracker=tracker)
     plots = in_tmp / "dvclive" / "kwise" / "plots" / "metrics"
     assert {p.name for p in (plots / "member0").iterdir()} == {"loss.tsv", "grad_norm.tsv", "learning_rate.tsv"}
@@ -87,15 +87,48 @@ def test_a_tracker_that_is_not_installed_is_one_clear_error(in_tmp):
 
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here (the dev extra leaves it out)")
-    with pytest.raises(ConfigError, match=r"tracking.report_to: wandb needs `wandb` \(pip install -e '.\[trackers\]'\)"):
-        Tracker("train_reward", TrackingParams(report_to=["wandb"]))
+    with pytest.raises(
+        ConfigError, match=r"tracking.report_to: wandb needs `wandb` \(pip install -e '.\[trackers\]'\)"
+    ):
+        Tracker("train_reward", TrackingParams(report_to=["wandb"]), "dvclive/train_reward")
 
 
 def test_a_stage_that_logged_nothing_still_leaves_the_outs_dvc_declares(in_tmp):
     from rlhf.config import TrackingParams
     from rlhf.tracking import Tracker
 
-    with Tracker("train_cost", TrackingParams()):
+    with Tracker("train_cost", TrackingParams(), "dvclive/train_cost", tables=("samples",)):
         pass  # e.g. a cost model with no harmlessness labels to learn from
     assert json.loads((in_tmp / "dvclive" / "train_cost" / "metrics.json").read_text())["steps"] == 0
     assert (in_tmp / "dvclive" / "train_cost" / "plots" / "metrics").is_dir()
+    assert (in_tmp / "dvclive" / "train_cost" / "samples.jsonl").read_text() == ""
+
+
+def test_bad_input_before_the_first_step_leaves_no_dvclive_directory(in_tmp):
+    from rlhf.config import TrackingParams
+    from rlhf.tracking import Tracker
+
+    with pytest.raises(ValueError), Tracker("bootstrap_policy", TrackingParams(), "dvclive/bootstrap_policy"):
+        raise ValueError("demonstrations.jsonl: line 1: no completion")
+    assert not (in_tmp / "dvclive" / "bootstrap_policy").exists()
+
+
+def test_a_resumed_run_logs_the_rows_before_its_checkpoint_again_and_drops_the_tables_after(in_tmp):
+    from rlhf.config import TrackingParams
+    from rlhf.tracking import Tracker
+
+    live = in_tmp / "dvclive" / "train_policy"
+    history = [{"iteration": i, "score": i / 10} for i in (1, 2, 3, 4)]
+    with Tracker("train_policy", TrackingParams(), live, tables=("samples",)) as first:
+        for row in history:
+            first.log_metrics(row, row["iteration"])
+            first.log_table("samples", [{"response": f"r{row['iteration']}"}], row["iteration"])
+    # killed after iteration 4, resumed from the checkpoint of iteration 2
+    with Tracker("train_policy", TrackingParams(), live, tables=("samples",)) as second:
+        second.resumed_after(2, history[:2])
+        for row in history[2:]:
+            second.log_metrics(row, row["iteration"])
+            second.log_table("samples", [{"response": f"r{row['iteration']}"}], row["iteration"])
+    assert dvclive_series(in_tmp, "train_policy", "score") == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
+    steps = [json.loads(line)["step"] for line in (live / "samples.jsonl").open()]
+    assert steps == [1, 2, 3, 4]

@@ -201,7 +201,8 @@ def train_ppo(
         if latest is not None:
             accelerator.load_state(str(latest))
             resumed_from = state.iteration
-            log({"resumed_from": resumed_from, "checkpoint": str(latest)})
+            # The rows before the checkpoint too: a tracker whose files a re-run cleared logs them again.
+            log({"resumed_from": resumed_from, "checkpoint": str(latest), "history": list(state.history)})
         else:
             checkpoints.start_fresh()
     if resumed_from is None and params.score_normalization == "initial":
