@@ -65,7 +65,8 @@ def make_repo(root: Path, project_root: Path, overrides: dict | None = None, shr
     key such as `seed` is replaced)."""
     root.mkdir(parents=True, exist_ok=True)
     for name in ["rlhf", "tasks", "flows", "configs", "bin"]:
-        shutil.copytree(project_root / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        if (project_root / name).exists():  # a past commit (bench/efficacy.py --rev) may lack a newer one
+            shutil.copytree(project_root / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ["dvc.yaml", ".gitignore", "prefect.yaml"]:
         shutil.copy(project_root / name, root / name)
     params = yaml.safe_load((project_root / "params.yaml").read_text())
