@@ -382,17 +382,67 @@ class DPOParams(Section):
     """Optimizer steps between rows of the training curve."""
 
 
+class RewardTerm(Section):
+    """One source of train_policy's online reward; the reward is the weighted sum of the terms
+    (rlhf.rewards.combine.WeightedReward)."""
+
+    source: Literal["reward_model", "rules", "remote"] = "reward_model"
+    """reward_model: the stage's reward model; rules: rank_responses.principles as a verifiable
+    reward (rlhf.rewards.rules); remote: a reward server at `url` (OpenRLHF's remote RM convention)."""
+    weight: float = 1.0
+    """This term's weight in the sum."""
+    url: str | None = None
+    """remote: the server's endpoint, e.g. http://127.0.0.1:8000/get_reward (`rlhf serve reward`)."""
+    timeout_s: float = Field(60.0, gt=0)
+    """remote: seconds per request before it is retried."""
+    max_retries: int = Field(5, ge=0)
+    """remote: retries on timeouts, connection errors, 429 and 5xx, with exponential backoff."""
+    backoff_s: float = Field(1.0, ge=0)
+    """remote: the first backoff; it doubles per retry (capped at 60 s)."""
+    batch_size: int = Field(64, ge=1)
+    """remote: exchanges per request."""
+    max_concurrency: int = Field(4, ge=1)
+    """remote: requests in flight at once."""
+
+    @model_validator(mode="after")
+    def _url_with_remote(self):
+        if (self.source == "remote") != (self.url is not None):
+            raise ValueError("url: required with source remote, and only then")
+        return self
+
+
+CRITIC_FREE = ("grpo", "rloo", "reinforce_pp")  # the algorithms that build no critic
+
+
 class TrainPolicyParams(Section):
-    algorithm: Literal["ppo", "dpo", "ppo_lagrangian"] = "ppo"
-    """ppo: online RL against the reward model (below). dpo: offline, on the comparisons snapshot
-    itself (the `dpo` section); the reward model is then only used by evaluate. ppo_lagrangian:
-    PPO that also keeps the cost model's expected P(unsafe) under `safety.cost_limit`."""
+    algorithm: Literal["ppo", "grpo", "rloo", "reinforce_pp", "dpo", "ppo_lagrangian"] = "ppo"
+    """ppo: online RL against the reward (below) with a critic. grpo | rloo | reinforce_pp: critic-free
+    online RL on `group_size` responses per prompt (rlhf/ppo/estimators.py): GRPO's group-normalised
+    advantages with its k3 KL loss term, RLOO's leave-one-out baseline on the KL-penalised sequence
+    reward, REINFORCE++'s per-token KL reward normalised over the global batch. dpo: offline, on the
+    comparisons snapshot itself (the `dpo` section); the reward model is then only used by evaluate.
+    ppo_lagrangian: PPO that also keeps the cost model's expected P(unsafe) under `safety.cost_limit`."""
     dpo: DPOParams = DPOParams()
     safety: SafetyParams = SafetyParams()
+    reward: list[RewardTerm] = [RewardTerm()]
+    """The online reward: a weighted sum of these terms (default: the reward model alone)."""
+    group_size: int = Field(4, ge=1)
+    """grpo | rloo | reinforce_pp: responses per prompt G, laid out prompt-major; batch_size counts
+    responses, so a rollout holds batch_size / G prompts. ppo samples one response per prompt."""
+    grpo_std_normalization: bool = True
+    """grpo: divide by the group's reward std (Shao et al. 2024); false: Dr. GRPO (Liu et al. 2025)."""
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant_length"] = "token_mean"
+    """Critic-free loss over tokens: token_mean (DAPO), sequence_mean (GRPO's 1/|o_i|), constant_length
+    (Dr. GRPO: the token sum over batch * max_new_tokens). ppo: token_mean only."""
+    clip_range_high: float | None = Field(None, gt=0)
+    """Critic-free: the upper clip 1 + clip_range_high (DAPO's clip-higher, e.g. 0.28); null: clip_range."""
+    dynamic_sampling: bool = False
+    """grpo | rloo: drop groups whose G scores are all equal from the update (DAPO); logged as dropped_share."""
     iterations: int = Field(40, ge=1)
     """PPO iterations: each samples one batch of rollouts and updates on it."""
     batch_size: int = Field(64, ge=1)
-    """Prompts (one response each) per rollout batch, summed over all processes."""
+    """Responses per rollout batch, summed over all processes (ppo: one per prompt; grpo, rloo,
+    reinforce_pp: group_size per prompt)."""
     minibatch_size: int = Field(32, ge=1)
     """Responses per optimizer step (per process)."""
     micro_batch_size: int | None = Field(None, ge=1)
@@ -496,9 +546,40 @@ class TrainPolicyParams(Section):
             raise ValueError("keep: best needs the in-loop evaluation of an online algorithm (eval_every > 0, not dpo)")
         return self
 
+    @model_validator(mode="after")
+    def _critic_free_options(self):
+        """Each option only where it is built: a combination that is not is refused, naming the key."""
+        critic_free = self.critic_free
+        if critic_free and (self.batch_size // self.num_processes) % self.group_size:
+            raise ValueError("group_size: must divide batch_size / num_processes (each process holds whole groups)")
+        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+            raise ValueError(f"group_size: {self.algorithm} needs at least 2 responses per prompt for its baseline")
+        if not self.grpo_std_normalization and self.algorithm != "grpo":
+            raise ValueError("grpo_std_normalization: only grpo reads it (false is Dr. GRPO)")
+        if not critic_free and self.loss_aggregation != "token_mean":
+            raise ValueError(f"loss_aggregation: {self.algorithm} has only token_mean; the others are for grpo, "
+                             "rloo, reinforce_pp")  # fmt: skip
+        if not critic_free and self.clip_range_high is not None:
+            raise ValueError(f"clip_range_high: only for grpo, rloo, reinforce_pp, not {self.algorithm}")
+        if self.dynamic_sampling and self.algorithm not in ("grpo", "rloo"):
+            raise ValueError("dynamic_sampling: only for grpo and rloo, whose baseline is the group's")
+        if self.algorithm == "dpo" and self.reward != [RewardTerm()]:
+            raise ValueError("reward: dpo learns from the comparisons, not from an online reward")
+        return self
+
     @property
     def micro_batch(self) -> int:
         return self.micro_batch_size or self.minibatch_size
+
+    @property
+    def critic_free(self) -> bool:
+        """grpo, rloo, reinforce_pp: no critic is built, loaded or checkpointed."""
+        return self.algorithm in CRITIC_FREE
+
+    @property
+    def responses_per_prompt(self) -> int:
+        """G for the critic-free algorithms, which sample a group per prompt; 1 for ppo."""
+        return self.group_size if self.critic_free else 1
 
 
 class EvaluateParams(Section):

@@ -1,5 +1,7 @@
-"""Stage train_policy: PPO from the round's start policy against the reward model, or DPO on
-the comparisons snapshot (`train_policy.algorithm`).
+"""Stage train_policy: online RL from the round's start policy against the online reward (PPO
+with a critic; GRPO, RLOO, REINFORCE++ without one), or DPO on the comparisons snapshot
+(`train_policy.algorithm`). The online reward is `train_policy.reward`: the reward model, the
+rules (rank_responses.principles), a reward server over HTTP, or a weighted sum of these.
 
 With `train_policy.launcher` other than `single`, the stage runs itself again under
 `accelerate launch` with the matching file in configs/accelerate/ and `num_processes` processes.
@@ -37,6 +39,7 @@ from rlhf.ppo.models import PPOModels, count_parameters, critic_start
 from rlhf.ppo.rollout import GoldScorer, RewardScorer
 from rlhf.ppo.trainer import make_accelerator, save_policy, train_ppo
 from rlhf.reward_ensemble import load_reward_model
+from rlhf.rewards.terms import online_reward
 from rlhf.snapshot import read_comparisons
 from rlhf.tracking import Tracker
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_whole
@@ -145,6 +148,15 @@ def in_loop_evaluator(params: Params, prompts: pd.DataFrame, device) -> WinRateV
     return WinRateVsStart(chat.conversations_of(held_out), topics_of(held_out), judge, win_judge, seed=params.seed)
 
 
+def load_critic(args, config, tokenizer, reward_tokenizer, device):
+    """PPO's critic and whether it starts as the reward model (critic_start); (None, False) for the
+    critic-free algorithms, which load nothing of one."""
+    if config.critic_free:
+        return None, False
+    critic_dir = critic_start(Path(args.policy_dir), Path(args.reward_dir), tokenizer, reward_tokenizer)
+    return load_scalar_head_model(critic_dir, device, tokenizer.pad_token_id), critic_dir == Path(args.reward_dir)
+
+
 def main() -> None:
     args = parse_paths(
         STAGE,
@@ -167,20 +179,24 @@ def main() -> None:
     tokenizer = load_tokenizer(args.policy_dir)
     reward_tokenizer = load_tokenizer(args.reward_dir)
     device = accelerator.device
-    critic_dir = critic_start(Path(args.policy_dir), Path(args.reward_dir), tokenizer, reward_tokenizer)
+    critic, critic_is_reward_model = load_critic(args, config, tokenizer, reward_tokenizer, device)
     models = PPOModels.build(
         load_policy(args.policy_dir, device),
-        load_scalar_head_model(critic_dir, device, tokenizer.pad_token_id),
+        critic,
         config,
         # The KL anchor stays the SFT policy over every round; with LoRA it is the round's start
         # policy with adapters off (no second copy is held).
         reference=None if config.lora_rank else load_policy(args.reference_dir, device),
-        critic_is_reward_model=critic_dir == Path(args.reward_dir),
+        critic_is_reward_model=critic_is_reward_model,
     )
-    scorer = RewardScorer(load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer)
+    topics = {chat.to_json(c): t for c, t in zip(chat.conversations_of(prompts), topics_of(prompts))}
+    scorer = online_reward(
+        config.reward,
+        lambda: RewardScorer(load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer),
+        params.rank_responses.principles, topics, tokenizer,
+    )  # fmt: skip
     gold_scorer = None
     if config.gold_judge == "rules":
-        topics = {chat.to_json(c): t for c, t in zip(chat.conversations_of(prompts), topics_of(prompts))}
         gold_scorer = GoldScorer(RuleJudge(params.rank_responses.principles), topics)
     cost_scorer = None
     if config.algorithm == "ppo_lagrangian":

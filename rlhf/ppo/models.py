@@ -1,5 +1,8 @@
 """The networks PPO holds: the trained policy and critic as one module, and the frozen reference.
 
+The critic-free algorithms (grpo, rloo, reinforce_pp) hold the same module with no critic: nothing
+of a value model is built, prepared, optimised or checkpointed for them.
+
 Policy and critic live in one `nn.Module` so that one optimizer (a parameter group each, with its
 own learning rate) and one accelerate / DeepSpeed engine hold everything that trains. The critic
 is a separate network (initialised as `critic_start` says), not a head on the policy, so the value
@@ -12,11 +15,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
-from pathlib import Path
-
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.config import TrainPolicyParams
@@ -47,14 +49,18 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 class PolicyAndCritic(nn.Module):
-    def __init__(self, policy: PreTrainedModel, critic: PreTrainedModel):
+    """critic None: a critic-free algorithm's policy alone (its state dict holds only policy.*)."""
+
+    def __init__(self, policy: PreTrainedModel, critic: PreTrainedModel | None):
         super().__init__()
         self.policy, self.critic = policy, critic
 
     def forward(self, query_ids, query_mask, response_ids, mask, temperature: float):
-        """(logits that predicted each response token, scaled as at sampling; V(s_t)): (B, T, V), (B, T)"""
+        """(logits that predicted each response token, scaled as at sampling; V(s_t) or None without
+        a critic): (B, T, V), (B, T)"""
         args = (query_ids, query_mask, response_ids, mask)
-        return response_logits(self.policy, *args, temperature), critic_values(self.critic, *args)
+        values = None if self.critic is None else critic_values(self.critic, *args)
+        return response_logits(self.policy, *args, temperature), values
 
 
 def critic_values(critic: PreTrainedModel, query_ids, query_mask, response_ids, mask) -> torch.Tensor:
@@ -84,7 +90,7 @@ class PPOModels:
     def build(
         cls,
         policy: PreTrainedModel,
-        critic: PreTrainedModel,
+        critic: PreTrainedModel | None,
         params: TrainPolicyParams,
         reference: PreTrainedModel | None = None,
         critic_is_reward_model: bool = False,
@@ -92,7 +98,11 @@ class PPOModels:
         """Wire the models as params ask: LoRA or a frozen copy as reference, checkpointing, no dropout.
 
         A critic copied from the reward model gets a bias on its value head (zero: the same
-        function), so that `normalize_critic_head` can put its values on the normalised scale."""
+        function), so that `normalize_critic_head` can put its values on the normalised scale.
+        critic None: the critic-free algorithms (params.critic_free), which must pass none."""
+        if (critic is None) != params.critic_free:
+            wrong = "needs a critic" if critic is None else "is critic-free: pass critic=None"
+            raise ValueError(f"train_policy.algorithm {params.algorithm} {wrong}")
         if params.lora_rank:
             from peft import LoraConfig, get_peft_model
 
@@ -113,12 +123,14 @@ class PPOModels:
             if model is not None:
                 use_fused_gelu(model)
         for model in (policy, critic):
+            if model is None:
+                continue
             disable_dropout(model)
             if params.gradient_checkpointing:
                 model.activation_checkpointing_enable({"use_reentrant": False})
                 if params.lora_rank and model is policy:
                     model.enable_input_require_grads()  # frozen embeddings would cut the recompute graph
-        if critic_is_reward_model and critic.score.bias is None:
+        if critic_is_reward_model and critic is not None and critic.score.bias is None:
             critic.score = _with_zero_bias(critic.score)
         return cls(PolicyAndCritic(policy, critic), reference, critic_is_reward_model=critic_is_reward_model)
 

@@ -1,9 +1,13 @@
-"""One batch of PPO experience: sample -> score -> KL -> rewards -> GAE -> whiten.
+"""One batch of experience: sample -> score -> KL -> advantages (PPO: rewards -> GAE -> whiten).
 
 Forward passes per rollout: the sampling loop (which keeps the policy's log-probs, so the policy
-is not run again), one reference pass, one critic pass, one reward-model pass. The stats time
-them as phases: generation_seconds (sampling), scoring_seconds (reward, cost and gold scorers),
-reference_seconds (reference and critic passes).
+is not run again), one reference pass, one critic pass (PPO only), one reward-model pass. The stats
+time them as phases: generation_seconds (sampling), scoring_seconds (reward, cost and gold
+scorers), reference_seconds (reference and critic passes).
+
+The critic-free algorithms (grpo, rloo, reinforce_pp) get the prompts already repeated G times,
+prompt-major (the trainer's sampler does that), run no critic, and take their advantages from
+rlhf/ppo/estimators.py (`estimate_advantages` is the one place the estimator is chosen).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import use_fused_gelu
-from rlhf.ppo import core
+from rlhf.ppo import core, estimators
 from rlhf.ppo.models import PPOModels, critic_values
 from rlhf.sampling import prompt_batch, sample_with_logprobs
 from rlhf.scoring import score_exchanges
@@ -34,19 +38,22 @@ class Rollout:
     response_ids: torch.Tensor  # (B, T) sampled tokens, padded after EOS
     mask: torch.Tensor  # (B, T) 1 on response tokens up to and including EOS
     logprobs: torch.Tensor  # (B, T) log pi_old(a_t | s_t)
-    values: torch.Tensor  # (B, T) V_old(s_t)
-    scores: torch.Tensor  # (B,) normalised reward-model score, minus the missing-EOS penalty
-    advantages: torch.Tensor  # (B, T) whitened GAE advantages
-    returns: torch.Tensor  # (B, T) advantages + values: the value targets
-    raw_scores: torch.Tensor  # (B,) the reward model's score as it said it (the samples table shows it)
+    values: torch.Tensor | None  # (B, T) V_old(s_t); None without a critic
+    scores: torch.Tensor  # (B,) normalised reward score, minus the missing-EOS penalty
+    advantages: torch.Tensor  # (B, T) the algorithm's advantages (PPO: whitened GAE)
+    returns: torch.Tensor | None  # (B, T) advantages + values: the value targets; None without a critic
+    raw_scores: torch.Tensor  # (B,) the reward as its sources said it (the samples table shows it)
     kl: torch.Tensor  # (B,) sequence KL to the reference, by params.kl_estimator (the samples table shows it)
+    ref_logprobs: torch.Tensor | None = None  # (B, T) log pi_ref(a_t | s_t): GRPO's k3 loss term reads it
 
     def minibatch(self, index: torch.Tensor) -> Rollout:
         """The rows at `index`, trimmed of columns that are padding in every one of them."""
-        rows = Rollout(**{name: tensor[index] for name, tensor in vars(self).items()})
+        rows = Rollout(**{name: None if t is None else t[index] for name, t in vars(self).items()})
         first_prompt_column = int((rows.query_mask.sum(0) > 0).long().argmax())
         response_columns = max(int(rows.mask.sum(-1).max()), 1)
         for name, tensor in vars(rows).items():
+            if tensor is None:
+                continue
             if name.startswith("query"):
                 setattr(rows, name, tensor[:, first_prompt_column:])
             elif tensor.dim() == 2:
@@ -196,26 +203,23 @@ def collect_rollout(
     if cost_scorer is not None:  # PPO-Lagrangian: the cost model's P(unsafe), weighed by lambda in step 4
         costs = torch.sigmoid(cost_scorer(prompts, sample.texts).to(device))
     scoring_seconds = device_clock(device) - scoring_started
-    # 3. reference log-probs and the critic's values
+    # 3. reference log-probs and (PPO only) the critic's values
     reference_started = device_clock(device)
     args = (query_ids, query_mask, response_ids, mask)
     with models.reference_policy() as reference:
         ref_logprobs = token_logprobs(response_logits(reference, *args, params.temperature), response_ids)
-    values = critic_values(models.trained.critic, *args) * mask
+    values = None if models.trained.critic is None else critic_values(models.trained.critic, *args) * mask
     ref_logprobs = ref_logprobs * mask
     reference_seconds = device_clock(device) - reference_started
-    # 4. per-token KL penalty, sequence score on the last token
-    if costs is None:
-        rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
-    else:
-        rewards = core.safe_rlhf_rewards(scores, costs, logprobs, ref_logprobs, mask, kl_coef, lagrange)
-    # 5. GAE, then whiten the advantages over the (global) batch
-    advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
-    advantages = core.whiten(advantages, mask, all_reduce=all_reduce)
+    # 4-5. the KL where the algorithm puts it, and its advantages (PPO: rewards -> GAE -> whiten)
+    advantages, returns = estimate_advantages(
+        params, scores, logprobs, ref_logprobs, values, mask, kl_coef, all_reduce, costs, lagrange
+    )
     kl = (core.kl_per_token(logprobs, ref_logprobs, params.kl_estimator) * mask).sum(-1)
     rollout = Rollout(
-        query_ids, query_mask, response_ids, mask, logprobs, values, scores, advantages, returns, raw_scores, kl
-    )
+        query_ids, query_mask, response_ids, mask, logprobs, values, scores, advantages, returns, raw_scores, kl,
+        ref_logprobs,
+    )  # fmt: skip
     stats = {
         "score": gather(scores).mean().item(),
         "raw_score": gather(raw_scores).mean().item(),
@@ -230,9 +234,52 @@ def collect_rollout(
     }
     if costs is not None:
         stats.update(cost=gather(costs).mean().item(), lagrange_multiplier=lagrange.value)
+    if params.dynamic_sampling:
+        stats["dropped_share"] = drop_uninformative_groups(rollout, params.group_size, gather)
     if gold_scorer is not None:  # gold beside proxy against sqrt(KL): where the policy games the reward model
         gold_started = device_clock(device)
         gold = gold_scorer(prompts, sample.texts).to(device)
         stats["scoring_seconds"] += device_clock(device) - gold_started
         stats.update(gold_score=gather(gold).mean().item(), sqrt_kl=max(stats["kl"], 0.0) ** 0.5)
     return rollout, stats
+
+
+def estimate_advantages(
+    params: TrainPolicyParams, scores, logprobs, ref_logprobs, values, mask, kl_coef: float,
+    all_reduce: core.AllReduce | None, costs=None, lagrange: core.LagrangeMultiplier | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """The algorithm's advantages (B, T) and value targets (B, T) (None without a critic), with the
+    KL to the reference where each paper puts it (rlhf/ppo/estimators.py cites them):
+      grpo: group-normalised scores; the KL is not in the reward but a k3 loss term (the update's).
+      rloo: leave-one-out over the KL-penalised sequence rewards r - beta * sum_t log(pi/pi_ref).
+      reinforce_pp: per-token KL in the reward, returns-to-go, normalised over the global batch.
+      ppo, ppo_lagrangian: per-token KL in the reward (and lambda * cost), GAE, whitened globally."""
+    group = params.group_size
+    if params.algorithm == "grpo":
+        return estimators.grpo_advantages(scores, mask, group, params.grpo_std_normalization), None
+    if params.algorithm == "rloo":
+        penalised = estimators.kl_penalised_scores(scores, logprobs, ref_logprobs, mask, kl_coef)
+        return estimators.rloo_advantages(penalised, mask, group), None
+    if params.algorithm == "reinforce_pp":
+        advantages = estimators.reinforce_pp_advantages(
+            scores, logprobs, ref_logprobs, mask, kl_coef, params.gamma, all_reduce
+        )
+        return advantages, None
+    if costs is None:
+        rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
+    else:
+        rewards = core.safe_rlhf_rewards(scores, costs, logprobs, ref_logprobs, mask, kl_coef, lagrange)
+    advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
+    return core.whiten(advantages, mask, all_reduce=all_reduce), returns
+
+
+def drop_uninformative_groups(rollout: Rollout, group_size: int, gather) -> float:
+    """DAPO's dynamic sampling (Yu et al. 2025): a group whose G scores are all equal has no
+    gradient to give, so its responses leave the update: their mask becomes 0, so they add no token
+    to any mean and no gradient. They keep their rows, so every process runs the same number of
+    micro-steps (DDP) and the minibatch layout stays as configured; unlike DAPO the batch is not
+    refilled by sampling more. Decided on the task scores (before RLOO's KL penalty). Returns the
+    share of the global batch's responses dropped."""
+    keep = estimators.dynamic_sampling_mask(rollout.scores, group_size)  # (B,) bool
+    rollout.mask = rollout.mask * keep[:, None].to(rollout.mask.dtype)
+    return 1.0 - gather(keep.float()).mean().item()

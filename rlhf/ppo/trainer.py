@@ -1,5 +1,11 @@
 """The PPO loop for RLHF, top to bottom: sample -> score -> KL -> GAE -> whiten -> update.
 
+The same loop runs the critic-free algorithms (train_policy.algorithm grpo | rloo | reinforce_pp):
+G responses per prompt, no critic (none built, prepared, optimised or checkpointed; no value loss),
+the advantages of rlhf/ppo/estimators.py (chosen in rollout.estimate_advantages) and their loss
+(chosen in `policy_objective`): the clipped surrogate aggregated as params say, plus beta * k3 for
+GRPO. Everything else (sampler, resume, monitors, LoRA, in-loop evaluation, trackers) is shared.
+
 InstructGPT (Ouyang et al. 2022) and "The N Implementation Details of RLHF with PPO" (Huang et al.
 2024): RM score at the last token, per-token KL penalty (k1 or k3) against the frozen reference
 with a fixed or adaptive coefficient, missing-EOS penalty, score normalisation, GAE, whitened
@@ -42,7 +48,7 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.errors import ConfigError, TrainingStopped
-from rlhf.ppo import core
+from rlhf.ppo import core, estimators
 from rlhf.ppo.checkpoint import Checkpoints
 from rlhf.ppo.in_loop_eval import WinRateVsStart
 from rlhf.ppo.models import PPOModels
@@ -117,6 +123,18 @@ def make_accelerator(params: TrainPolicyParams, device: torch.device) -> Acceler
     return accelerator
 
 
+def parameter_groups(models: PPOModels, params: TrainPolicyParams) -> list[dict]:
+    """The policy's trained parameters, then the critic's with their own learning rate (PPO only:
+    the critic-free algorithms have no critic, so their optimizer and checkpoints hold one group)."""
+    groups = [
+        {"params": [p for p in models.trained.policy.parameters() if p.requires_grad], "lr": params.learning_rate}
+    ]
+    if models.trained.critic is not None:
+        critic_params = [p for p in models.trained.critic.parameters() if p.requires_grad]
+        groups.append({"params": critic_params, "lr": params.value_learning_rate})
+    return groups
+
+
 def kl_controller(params: TrainPolicyParams) -> core.FixedKLController:
     if params.kl_controller == "adaptive":
         return core.AdaptiveKLController(params.kl_coef, params.target_kl, params.kl_horizon)
@@ -154,15 +172,7 @@ def train_ppo(
     if params.keep == "best" and _zero_stage(accelerator) == 3:
         raise ConfigError("params.yaml: train_policy.keep: best is not supported under ZeRO-3 (sharded weights)")
     set_seed(seed, device_specific=True)  # each process samples different responses
-    policy_params = [p for p in models.trained.policy.parameters() if p.requires_grad]
-    critic_params = [p for p in models.trained.critic.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(
-        [
-            {"params": policy_params, "lr": params.learning_rate},
-            {"params": critic_params, "lr": params.value_learning_rate},
-        ],
-        eps=1e-5,  # as in the N-details paper
-    )
+    optimizer = torch.optim.Adam(parameter_groups(models, params), eps=1e-5)  # eps as in the N-details paper
     schedule = (
         "constant_with_warmup" if params.lr_schedule == "constant" and params.warmup_iterations else params.lr_schedule
     )
@@ -189,10 +199,12 @@ def train_ppo(
             safety.lagrange_init, safety.cost_limit, safety.lagrange_lr, safety.lagrange_max
         )
     accelerator.register_for_checkpointing(state, scheduler)
-    local_batch = params.batch_size // accelerator.num_processes
+    local_batch, repeats = params.batch_size // accelerator.num_processes, params.responses_per_prompt
 
     def sample_prompts() -> list[chat.Conversation]:
-        return [state.prompt_rng.choice(prompts) for _ in range(local_batch)]
+        """local_batch responses' prompts: each drawn prompt G times in a row (prompt-major; G = 1 for PPO)."""
+        drawn = [state.prompt_rng.choice(prompts) for _ in range(local_batch // repeats)]
+        return [prompt for prompt in drawn for _ in range(repeats)]
 
     checkpoints, resumed_from = None, None
     if checkpoint_dir is not None:
@@ -230,8 +242,9 @@ def train_ppo(
         stop_if_unsafe(stats, iteration, params, checkpoints)
         update_started = device_clock(device)
         stats.update(
-            ppo_update(trained, update_forward, accelerator, optimizer, rollout, params, state.shuffle, checkpoints)
-        )
+            ppo_update(trained, update_forward, accelerator, optimizer, rollout, params, state.shuffle, checkpoints,
+                       kl_coef=state.kl.value)
+        )  # fmt: skip
         stats["update_seconds"] = device_clock(device) - update_started
         stats.update(throughput_and_memory(stats, device_clock(device) - iteration_started, device))
         stop_if_unsafe(stats, iteration, params, checkpoints)
@@ -362,12 +375,49 @@ def recompute_old_logprobs(forward, rollout: Rollout, params: TrainPolicyParams)
     return total / max(tokens, 1.0)
 
 
+def policy_objective(
+    params: TrainPolicyParams, logprobs: torch.Tensor, mb: Rollout, kl_coef: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The policy's loss on a micro-batch, as the algorithm defines it, and its statistics.
+
+    ppo, ppo_lagrangian: the clipped surrogate, token-meaned (core.policy_loss).
+    grpo, rloo, reinforce_pp: the clipped surrogate per token with clip-higher
+    (estimators.clipped_surrogate) aggregated as `loss_aggregation` says over the micro-batch's
+    responses still in the update (dynamic sampling masks the others out); GRPO adds
+    beta * k3(pi_theta, pi_ref) aggregated the same way (Shao et al. 2024, eq. 3), its KL to the
+    reference, which the others carry in their rewards instead."""
+    if not params.critic_free:
+        return core.policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, params.clip_range)
+    kept = mb.mask.sum(-1) > 0  # (B,) responses dynamic sampling left in the update
+    losses = estimators.clipped_surrogate(
+        logprobs, mb.logprobs, mb.advantages, params.clip_range, params.clip_range_high
+    )
+    log_ratio = logprobs - mb.logprobs
+    ratio, high = torch.exp(log_ratio), params.clip_range_high or params.clip_range
+    clipped = -mb.advantages * torch.clamp(ratio, 1.0 - params.clip_range, 1.0 + high) > -mb.advantages * ratio
+    stats = {
+        "clip_fraction": core.masked_mean(clipped.float(), mb.mask),
+        "approx_kl": core.masked_mean(0.5 * log_ratio**2, mb.mask),  # Schulman's k2 estimator of KL(old || new)
+    }
+    if not kept.any():  # every response here was dropped: a zero loss that still reaches every parameter (DDP)
+        return (losses * mb.mask).sum(), stats
+    loss = estimators.aggregate(losses[kept], mb.mask[kept], params.loss_aggregation, params.max_new_tokens)
+    if params.algorithm == "grpo":
+        stats["kl_loss"] = estimators.k3_kl_loss(
+            logprobs[kept], mb.ref_logprobs[kept], mb.mask[kept], params.loss_aggregation, params.max_new_tokens
+        )
+        loss = loss + kl_coef * stats["kl_loss"]
+    return loss, stats
+
+
 def ppo_update(
-    model, forward, accelerator, optimizer, rollout: Rollout, params: TrainPolicyParams, shuffle, checkpoints
-):
+    model, forward, accelerator, optimizer, rollout: Rollout, params: TrainPolicyParams, shuffle, checkpoints,
+    kl_coef: float = 0.0,
+):  # fmt: skip
     """Several epochs of clipped PPO over shuffled minibatches, accumulating over micro-batches.
 
-    `model` is the prepared policy+critic module; `forward` is it or its torch.compile'd wrapper.
+    `model` is the prepared policy+critic module (policy alone for the critic-free algorithms);
+    `forward` is it or its torch.compile'd wrapper. kl_coef: GRPO's beta on its k3 loss term.
     Before the first optimizer step the policy is the one that sampled, so the micro-batches seen
     until then measure how far the sampler's log-probs sit from the update's own forward
     (`rollout_logprob_drift`, mean absolute difference per token; bf16 makes it non-zero on CUDA).
@@ -387,18 +437,28 @@ def ppo_update(
                 if not stepped:
                     drift += ((logprobs.detach() - mb.logprobs).abs() * mb.mask).sum().item()
                     drift_tokens += mb.mask.sum().item()
-                pg_loss, step = core.policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, params.clip_range)
-                v_loss = core.value_loss(values, mb.values, mb.returns, mb.mask, params.value_clip_range)
-                loss = pg_loss + params.vf_coef * v_loss
+                pg_loss, step = policy_objective(params, logprobs, mb, kl_coef)
+                loss_terms = {"policy_loss": pg_loss}
+                loss = pg_loss
+                if values is not None:  # PPO's critic; the critic-free algorithms have no value loss
+                    loss_terms["value_loss"] = core.value_loss(
+                        values, mb.values, mb.returns, mb.mask, params.value_clip_range
+                    )
+                    loss = pg_loss + params.vf_coef * loss_terms["value_loss"]
                 if not torch.isfinite(loss):  # before the step: the weights stay as the last good ones
                     where = checkpoints.latest() if checkpoints else None
+                    parts = ", ".join(
+                        f"{name.removesuffix('_loss')} {value.item()}" for name, value in loss_terms.items()
+                    )
                     raise TrainingStopped(
-                        f"PPO loss is {loss.item()} (policy {pg_loss.item()}, value {v_loss.item()}); "
+                        f"PPO loss is {loss.item()} ({parts}); "
                         f"stopped before the optimizer step; last good checkpoint: {where or 'none'}"
                     )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     for name, module in (("policy_grad_norm", inner.policy), ("critic_grad_norm", inner.critic)):
+                        if module is None:
+                            continue
                         norm = _clip(accelerator, module, params.max_grad_norm)
                         if norm is not None:  # DeepSpeed clips inside its engine and reports nothing here
                             step[name] = norm
@@ -407,7 +467,7 @@ def ppo_update(
                 optimizer.zero_grad()
             with torch.no_grad():
                 step["entropy"] = core.masked_mean(core.entropy(all_logprobs), mb.mask)
-            step.update(policy_loss=pg_loss, value_loss=v_loss)
+            step.update(loss_terms)
             for key, value in step.items():
                 totals[key] = totals.get(key, 0.0) + (value.item() if torch.is_tensor(value) else value)
             micro_steps += 1
