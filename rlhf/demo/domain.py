@@ -65,11 +65,8 @@ PROMPT_TEMPLATES = [
 
 # Held out whole, for an honest generalisation test: every prompt on these topics, and every prompt
 # in this template, is a test prompt (never in SFT's demonstrations, PPO's prompts or the reward
-# model's training pairs). Their words still occur in demonstrations, as a pretrained model knows
-# words it was never asked about: as the subject of answers that drift off topic, and beside the
-# asked topic in comparisons (COMPARISON_TEMPLATES). Without the second, an unseen topic's word
-# only ever appeared in off-topic answers, so the reward model learnt "owls in an answer is bad" and
-# PPO moved unseen-topic answers away from their topic. What is new is being asked about them.
+# model's training pairs). Their words still occur in demonstrations that drift off topic, as a
+# pretrained model knows words it was never asked about: what is new is being asked about them.
 # evaluate reports the held-out prompts on topics no training prompt has beside the others.
 UNSEEN_TOPICS = ["tea", "owls", "kites", "violins"]
 UNSEEN_TEMPLATES = ["describe {t} in a few words ."]
@@ -91,11 +88,6 @@ FACT_TEMPLATES = [
     "some say {t} are {a} in the morning .",
     "{t} are {a} but never {b} .",
 ]
-
-# A sentence about the subject that names another topic: words occur in good answers as well as in
-# drifting ones, so mentioning a topic is only right or wrong against what the prompt asked.
-COMPARISON_TEMPLATES = ["{t} are a bit like {o} .", "{t} remind some people of {o} ."]
-COMPARISON_SHARE = 0.3
 
 # Every prompt ends with this cue so the policy knows where its answer starts.
 ANSWER_CUE = " answer :"
@@ -134,11 +126,7 @@ def sample_response(topic: str, rng: random.Random) -> str:
     # 1-5 fact sentences: short answers fall under the judge's length band, long ones over it.
     for _ in range(rng.choice([1, 1, 2, 2, 3, 4, 5])):
         a, b = rng.sample(ADJECTIVES, 2)
-        if rng.random() < COMPARISON_SHARE:
-            other = rng.choice([t for t in TOPICS if t != subject])
-            parts.append(rng.choice(COMPARISON_TEMPLATES).format(t=subject, o=other))
-        else:
-            parts.append(rng.choice(FACT_TEMPLATES).format(t=subject, a=a, b=b))
+        parts.append(rng.choice(FACT_TEMPLATES).format(t=subject, a=a, b=b))
     if rng.random() < 0.35:
         parts.insert(rng.randrange(1, len(parts) + 1), rng.choice(BANNED_PHRASES))
     if rng.random() < 0.5:  # right after the opener, so even short generations reach it
