@@ -135,7 +135,7 @@ def test_dvc_exp_run_sets_any_params_key_and_plots_render(flow_outcomes, demo_re
         summary = workspace_metrics[f"dvclive/{stage}/metrics.json"]["data"]
         assert summary["step"] > 0 or stage == "train_cost", (stage, summary)
     assert "loss" in workspace_metrics["dvclive/train_reward/metrics.json"]["data"]
-    plots = json.loads(dvc("plots", "show", "--json", cwd=demo_repo).stdout)
+    plots = json.loads(dvc("plots", "show", "--json", cwd=demo_repo).stdout)["data"]
     assert any(name.startswith("dvclive/train_policy/plots/metrics") for name in plots), sorted(plots)
     bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train_policy.iterations=many"], demo_repo, check=False)
     assert bad.returncode != 0
