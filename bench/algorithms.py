@@ -48,8 +48,8 @@ def child(args) -> None:
     from rlhf.config import TrainPolicyParams
     from rlhf.demo import domain
     from rlhf.demo.tokenizer import train_tokenizer
-    from rlhf.ppo.models import PPOModels
-    from rlhf.ppo.trainer import train_ppo
+    from rlhf.policy_optimization.models import PPOModels
+    from rlhf.policy_optimization.trainer import train_ppo
 
     tokenizer = train_tokenizer(domain.corpus(seed=0, size=300), vocab_size=400)
     liked = set(range(100, 100 + len(tokenizer) // 10))

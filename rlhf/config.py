@@ -417,7 +417,7 @@ CRITIC_FREE = ("grpo", "rloo", "reinforce_pp")  # the algorithms that build no c
 class TrainPolicyParams(Section):
     algorithm: Literal["ppo", "grpo", "rloo", "reinforce_pp", "dpo", "ppo_lagrangian"] = "ppo"
     """ppo: online RL against the reward (below) with a critic. grpo | rloo | reinforce_pp: critic-free
-    online RL on `group_size` responses per prompt (rlhf/ppo/estimators.py): GRPO's group-normalised
+    online RL on `group_size` responses per prompt (rlhf/policy_optimization/estimators.py): GRPO's group-normalised
     advantages with its k3 KL loss term, RLOO's leave-one-out baseline on the KL-penalised sequence
     reward, REINFORCE++'s per-token KL reward normalised over the global batch. dpo: offline, on the
     comparisons snapshot itself (the `dpo` section); the reward model is then only used by evaluate.
@@ -463,7 +463,7 @@ class TrainPolicyParams(Section):
     """How the KL is measured (logged, and read by the adaptive controller, max_kl and early_stop_kl):
     k1: log(pi/pi_ref), unbiased, can be negative per token; k3: (r - 1) - log r, r = pi_ref/pi,
     never negative. The penalty in the reward is always k1: k3's gradient as a reward is not the
-    KL's (see rlhf.ppo.core.rlhf_rewards)."""
+    KL's (see rlhf.policy_optimization.core.rlhf_rewards)."""
     kl_controller: Literal["fixed", "adaptive"] = "fixed"
     """adaptive: Ziegler et al.'s proportional controller moves kl_coef toward target_kl."""
     target_kl: float = Field(6.0, gt=0)

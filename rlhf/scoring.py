@@ -14,7 +14,7 @@
    LM, [CLS] of an encoder. Where the padding token is EOS (most pretrained causal LMs), a trailing
    EOS counts as padding, so the score is read at the last text token: in training and scoring alike.
 
-Training (`rlhf.reward`, `rlhf.reward_kwise`, `rlhf.cost`) hands these token ids to the trainers
+Training (`rlhf.reward_models.train`, `rlhf.reward_models.kwise`, `rlhf.reward_models.cost`) hands these token ids to the trainers
 pre-tokenised, and every scorer (PPO's reward, evaluate, the reward-model judge) goes through
 `score_exchanges`, so both read the same tokens.
 """

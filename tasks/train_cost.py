@@ -1,9 +1,9 @@
-"""Stage train_cost: Safe RLHF's cost model on the snapshot's harmlessness labels (rlhf.cost)."""
+"""Stage train_cost: Safe RLHF's cost model on the snapshot's harmlessness labels (rlhf.reward_models.cost)."""
 
 from pathlib import Path
 
-from rlhf.cost import train_cost_model
 from rlhf.models import resolve_device
+from rlhf.reward_models.cost import train_cost_model
 from rlhf.snapshot import read_safety_labels
 from rlhf.tracking import Tracker
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json

@@ -26,19 +26,19 @@ from accelerate.utils import set_seed
 
 from rlhf import chat
 from rlhf.config import Params
-from rlhf.cost import load_cost_model
-from rlhf.dpo import train_dpo
 from rlhf.errors import ConfigError
 from rlhf.judges import make_judge
 from rlhf.judges.rules import RuleJudge
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.plots import render_curve, render_gold_vs_proxy
-from rlhf.ppo.checkpoint import Checkpoints
-from rlhf.ppo.in_loop_eval import WinRateVsStart
-from rlhf.ppo.models import PPOModels, count_parameters, critic_start
-from rlhf.ppo.rollout import GoldScorer, RewardScorer
-from rlhf.ppo.trainer import make_accelerator, save_policy, train_ppo
-from rlhf.reward_ensemble import load_reward_model
+from rlhf.policy_optimization.checkpoint import Checkpoints
+from rlhf.policy_optimization.dpo import train_dpo
+from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
+from rlhf.policy_optimization.models import PPOModels, count_parameters, critic_start
+from rlhf.policy_optimization.rollout import GoldScorer, RewardScorer
+from rlhf.policy_optimization.trainer import make_accelerator, save_policy, train_ppo
+from rlhf.reward_models.cost import load_cost_model
+from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.rewards.terms import online_reward
 from rlhf.snapshot import read_comparisons
 from rlhf.tracking import Tracker

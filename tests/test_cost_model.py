@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
-from rlhf.cost import UNTRAINED_MARKER, load_cost_model, train_cost_model
 from rlhf.config import RankResponsesParams, TrainCostParams
 from rlhf.errors import NoCostModelError
 from rlhf.judges import RuleJudge
 from rlhf.ranking import rank_all
+from rlhf.reward_models.cost import UNTRAINED_MARKER, load_cost_model, train_cost_model
 from rlhf.snapshot import read_safety_labels
 from rlhf.store import FeedbackStore
 from rlhf.text import content_id

@@ -21,8 +21,8 @@ from rlhf import chat
 from rlhf.config import RewardTerm, TrainPolicyParams, WordCount, parse_params
 from rlhf.errors import ConfigError
 from rlhf.models import load_policy
-from rlhf.ppo.models import PPOModels
-from rlhf.ppo.trainer import train_ppo
+from rlhf.policy_optimization.models import PPOModels
+from rlhf.policy_optimization.trainer import train_ppo
 from rlhf.rewards.server import create_app
 from rlhf.rewards.terms import online_reward
 from tests import test_ppo_training

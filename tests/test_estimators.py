@@ -1,11 +1,11 @@
-"""The critic-free estimators (rlhf.ppo.estimators) against hand-computed values."""
+"""The critic-free estimators (rlhf.policy_optimization.estimators) against hand-computed values."""
 
 import math
 
 import pytest
 import torch
 
-from rlhf.ppo import estimators
+from rlhf.policy_optimization import estimators
 
 # Two responses of 3 real tokens, one of 1: the advantages must land on real tokens only.
 MASK_4 = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])

@@ -108,9 +108,9 @@ def test_an_independent_pairwise_judge_decides_wins_in_both_orders():
 def test_compare_policies_repeats_every_measure_on_each_group_of_prompts(tiny_tokenizer):
     from transformers import GPT2ForSequenceClassification
 
+    from rlhf.config import load_params
     from rlhf.evaluation import compare_policies
     from rlhf.judges import RuleJudge
-    from rlhf.config import load_params
 
     torch.manual_seed(0)
     start = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)).eval()

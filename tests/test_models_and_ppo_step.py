@@ -11,9 +11,9 @@ from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer
-from rlhf.ppo.models import PPOModels
-from rlhf.ppo.rollout import RewardScorer, ScoreNormalizer, collect_rollout
-from rlhf.ppo.trainer import make_accelerator, ppo_update
+from rlhf.policy_optimization.models import PPOModels
+from rlhf.policy_optimization.rollout import RewardScorer, ScoreNormalizer, collect_rollout
+from rlhf.policy_optimization.trainer import make_accelerator, ppo_update
 from rlhf.sampling import CompiledSampler, mask_after_eos, sample_with_logprobs
 from tests.conftest import tiny_gpt2_config as tiny_config
 
@@ -158,7 +158,7 @@ def test_the_rollout_vs_update_logprob_drift_is_measured_and_recomputing_removes
     """The drift ppo_update logs is the sampler's log pi_old against the update's first forward:
     0 in fp32 on CPU. Shifted by hand (as bf16 shifts them on CUDA), it reads the shift, and
     recompute_old_logprobs puts the training forward's values back."""
-    from rlhf.ppo.trainer import recompute_old_logprobs
+    from rlhf.policy_optimization.trainer import recompute_old_logprobs
 
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(tiny_config(tokenizer))

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from rlhf import chat
 from rlhf.config import ContainsAny, ExcludesAll, MentionsTopic, WordCount
 from rlhf.models import load_tokenizer
-from rlhf.ppo.rollout import RewardScorer
-from rlhf.reward_ensemble import load_reward_model
+from rlhf.policy_optimization.rollout import RewardScorer
+from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.rewards.combine import WeightedReward
 from rlhf.rewards.remote import RemoteReward, RewardEndpointError, request_body
 from rlhf.rewards.rules import RulesReward

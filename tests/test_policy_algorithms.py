@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rlhf.cost import load_cost_model
+from rlhf.reward_models.cost import load_cost_model
 from rlhf.scoring import frame_texts, score_texts
 from rlhf.snapshot import read_safety_labels
 from tests.pipeline_repo import dvc, make_repo, run
@@ -93,8 +93,7 @@ def test_ppo_lagrangian_runs_against_the_cost_model_and_evaluate_reports_unsafe_
 def test_unknown_algorithm_fails_naming_the_key(ppo_repo):
     bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train_policy.algorithm=sac"], ppo_repo, check=False)
     assert bad.returncode != 0
-    assert "params.yaml: train_policy.algorithm: Input should be 'ppo', 'dpo' or 'ppo_lagrangian'" in (
-        bad.stdout + bad.stderr
-    )
+    expected = "params.yaml: train_policy.algorithm: Input should be 'ppo', 'grpo', 'rloo', 'reinforce_pp', 'dpo' or "
+    assert expected + "'ppo_lagrangian' (got 'sac')" in bad.stdout + bad.stderr
     run(["git", "checkout", "--", "."], ppo_repo)
     dvc("checkout", "--quiet", "--force", cwd=ppo_repo)

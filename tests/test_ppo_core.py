@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlhf.ppo import core
+from rlhf.policy_optimization import core
 
 
 def gae_reference(rewards, values, length, gamma, lam):

@@ -7,8 +7,8 @@ import torch
 
 from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
-from rlhf.ppo.in_loop_eval import WinRateVsStart
-from rlhf.ppo.trainer import TrainerState, remember_if_best, train_ppo
+from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
+from rlhf.policy_optimization.trainer import TrainerState, remember_if_best, train_ppo
 from tests.test_ppo_training import PROMPTS, TokenCountReward, tiny_models
 
 HELD_OUT = [prompt for prompt, _ in domain.all_prompts()[40:56]]  # not among the training PROMPTS

@@ -20,8 +20,8 @@ from rlhf.demo import domain
 from rlhf.errors import TrainingStopped
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import load_policy
-from rlhf.ppo.models import PPOModels
-from rlhf.ppo.trainer import train_ppo
+from rlhf.policy_optimization.models import PPOModels
+from rlhf.policy_optimization.trainer import train_ppo
 from tests.conftest import tiny_gpt2_config
 
 PROMPTS = [prompt for prompt, _ in domain.all_prompts()[:40]]
@@ -103,7 +103,7 @@ class LetterCost:
 
 
 def test_ppo_lagrangian_lowers_the_unsafe_share_while_the_reward_holds(tiny_tokenizer):
-    from rlhf.ppo.rollout import sample_responses
+    from rlhf.policy_optimization.rollout import sample_responses
 
     def run(safety: dict) -> list[dict]:
         params = TrainPolicyParams(
@@ -135,7 +135,7 @@ def test_ppo_lagrangian_lowers_the_unsafe_share_while_the_reward_holds(tiny_toke
 
 
 def test_lagrange_multiplier_follows_the_constraint():
-    from rlhf.ppo.core import LagrangeMultiplier
+    from rlhf.policy_optimization.core import LagrangeMultiplier
 
     lagrange = LagrangeMultiplier(1.0, limit=0.1, lr=5.0, maximum=3.0)
     lagrange.update(0.3)  # over the limit by 0.2: +1.0
@@ -440,8 +440,8 @@ def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(ti
 def test_the_gold_score_is_logged_beside_the_proxy_and_a_plateau_ends_the_run(tiny_tokenizer):
     from rlhf.config import load_params
     from rlhf.judges.rules import RuleJudge
-    from rlhf.ppo.rollout import GoldScorer
-    from rlhf.ppo.trainer import gold_plateau
+    from rlhf.policy_optimization.rollout import GoldScorer
+    from rlhf.policy_optimization.trainer import gold_plateau
 
     params = TrainPolicyParams(iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8)
     judge = RuleJudge(load_params().rank_responses.principles)

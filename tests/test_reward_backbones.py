@@ -21,14 +21,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPT2LMHeadModel
 
-import rlhf.reward
+import rlhf.reward_models.train
 from rlhf.config import TrainRewardParams
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.errors import EmptyComparisonsError
 from rlhf.importers import read_rankings
 from rlhf.judges.rules import words
 from rlhf.models import load_tokenizer
-from rlhf.reward import preference_pairs, train_reward_model
+from rlhf.reward_models.train import preference_pairs, train_reward_model
 from rlhf.scoring import encode
 from rlhf.snapshot import read_comparisons
 from rlhf.store import FeedbackStore
@@ -181,13 +181,13 @@ def test_label_sources_human_trains_on_the_human_pairs_only(tmp_path, two_source
     strict_train = comparisons[(comparisons["split"] == "train") & ~comparisons["tie"]]
     by_judge = strict_train["judge"].value_counts().to_dict()
     assert set(by_judge) == {"human", "rules"} and comparisons["tie"].any()  # both sources, and the rule's ties
-    seen, real = [], rlhf.reward.train_with_trl  # the pairs handed to TRL, then TRL as it is
+    seen, real = [], rlhf.reward_models.train.train_with_trl  # the pairs handed to TRL, then TRL as it is
 
     def spy(model, tokenizer, pairs, *rest):
         seen.append(pairs)
         return real(model, tokenizer, pairs, *rest)
 
-    monkeypatch.setattr(rlhf.reward, "train_with_trl", spy)
+    monkeypatch.setattr(rlhf.reward_models.train, "train_with_trl", spy)
 
     metrics = train_tiny(comparisons, policy, tmp_path / "human", label_sources=["human"])
     assert metrics["train_pairs"] == by_judge["human"] and len(seen) == 1
@@ -210,7 +210,8 @@ def test_an_unknown_label_source_is_one_clear_error(tmp_path, two_sources):
 
 
 @pytest.mark.xfail(
-    strict=True, reason="rlhf/reward.py refuses only when no listed source matches; a typo beside one passes"
+    strict=True,
+    reason="rlhf/reward_models/train.py refuses only when no listed source matches; a typo beside one passes",
 )
 def test_a_misspelt_label_source_beside_a_known_one_is_an_error(tmp_path, two_sources):
     comparisons, policy = two_sources

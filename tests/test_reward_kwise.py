@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlhf.reward_kwise import (
+from rlhf.demo.tokenizer import train_tokenizer
+from rlhf.reward_models.kwise import (
     Ranking,
     RankingBatch,
     RankingCollator,
@@ -17,8 +18,7 @@ from rlhf.reward_kwise import (
     ranking_loss,
     rankings_from_comparisons,
 )
-from rlhf.demo.tokenizer import train_tokenizer
-from rlhf.reward_report import accuracy, expected_calibration_error, reward_report
+from rlhf.reward_models.report import accuracy, expected_calibration_error, reward_report
 
 
 def test_collator_lays_out_texts_pairs_and_weights(tiny_tokenizer):
@@ -105,7 +105,7 @@ def small_comparisons() -> pd.DataFrame:
 def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_checkpoints, tmp_path):
     from rlhf.config import TrainRewardParams
     from rlhf.models import load_scalar_head_model
-    from rlhf.reward import train_reward_model
+    from rlhf.reward_models.train import train_reward_model
 
     policy_dir, _ = tiny_checkpoints
     comparisons = small_comparisons()
@@ -124,9 +124,9 @@ def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_c
 def test_reward_ensemble_scores_with_the_mean_of_its_members(tiny_checkpoints, tmp_path):
     from rlhf.config import TrainRewardParams
     from rlhf.models import load_scalar_head_model, load_tokenizer
-    from rlhf.reward import train_reward_model
+    from rlhf.reward_models.ensemble import RewardEnsemble, load_reward_model
+    from rlhf.reward_models.train import train_reward_model
     from rlhf.scoring import score_texts
-    from rlhf.reward_ensemble import RewardEnsemble, load_reward_model
 
     policy_dir, _ = tiny_checkpoints
     params = TrainRewardParams(batching="kwise", epochs=2, batch_size=3, learning_rate=1e-3, max_length=32, ensemble=3)

@@ -8,8 +8,8 @@ import torch
 from transformers import GPT2ForSequenceClassification
 
 from rlhf import chat
-from rlhf.reward import tokenized_pairs
-from rlhf.reward_kwise import Ranking, RankingCollator
+from rlhf.reward_models.kwise import Ranking, RankingCollator
+from rlhf.reward_models.train import tokenized_pairs
 from rlhf.scoring import encode, exchange_text, score_texts, trained_max_length
 from tests.conftest import tiny_gpt2_config
 
@@ -35,7 +35,7 @@ def test_scoring_cuts_where_the_model_was_trained_to(tiny_tokenizer):
     model = GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, num_labels=1)).eval()
     text = exchange_text(tiny_tokenizer, chat.as_conversation(LONG), RESPONSE)
     whole = score_texts(model, tiny_tokenizer, [text])
-    model.config.scoring_max_length = 10  # as rlhf.reward saves it
+    model.config.scoring_max_length = 10  # as rlhf.reward_models.train saves it
     assert trained_max_length(model) == 10
     with torch.no_grad():
         expected = model(input_ids=torch.tensor([encode(tiny_tokenizer, [text])[0][-10:]])).logits[0, 0]

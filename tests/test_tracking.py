@@ -59,7 +59,7 @@ def test_trl_and_our_own_loops_report_through_the_same_hook(in_tmp, tiny_checkpo
     """The pairwise reward model (TRL's RewardTrainer) and the K-wise one (our loop) both log their
     loss per step; an ensemble's members log apart."""
     from rlhf.config import TrackingParams, TrainRewardParams
-    from rlhf.reward import train_reward_model
+    from rlhf.reward_models.train import train_reward_model
     from rlhf.tracking import Tracker
 
     policy_dir, _ = tiny_checkpoints

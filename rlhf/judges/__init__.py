@@ -45,7 +45,7 @@ def make_judge(params: RankResponsesParams, device: torch.device, kind: str | No
         return judge
     from rlhf.judges.reward_model import RewardModelJudge
     from rlhf.models import checkpoint_hash, load_tokenizer
-    from rlhf.reward_ensemble import load_reward_model
+    from rlhf.reward_models.ensemble import load_reward_model
 
     tokenizer = load_tokenizer(params.reward_model.path)
     model = load_reward_model(params.reward_model.path, device, tokenizer.pad_token_id)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
+from rlhf import chat
 from rlhf.config import ContainsAny, ExcludesAll, MentionsTopic, Principle, WordCount
 from rlhf.judges.base import Judgement, ranks_from_scores
-from rlhf import chat
 from rlhf.text import config_digest
 
 NAME = "rules"

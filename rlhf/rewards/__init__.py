@@ -2,7 +2,7 @@
 
 Every source is a callable `source(prompts, responses) -> scores`: the prompts as conversations
 (rlhf.chat), the responses as text, the scores a float tensor (B,) on the CPU. That is the call the
-PPO trainer makes of its reward model today (rlhf.ppo.rollout.RewardScorer), so any of these plugs
+PPO trainer makes of its reward model today (rlhf.policy_optimization.rollout.RewardScorer), so any of these plugs
 in where it does.
 
 - rules.RulesReward: the rule judge's principles as a verifiable reward (rlhf.judges.rules).

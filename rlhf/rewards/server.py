@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from rlhf import chat
 from rlhf.errors import InputError
 from rlhf.models import load_tokenizer, resolve_device, use_fused_gelu
-from rlhf.reward_ensemble import load_reward_model
+from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.scoring import score_exchanges, score_texts
 
 ROUTE = "/get_reward"
@@ -54,7 +54,9 @@ def request_scores(
 
 def create_app(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, batch_size: int = 64) -> FastAPI:
     """The server's app over a loaded reward model (tests build it around a tiny one)."""
-    model = use_fused_gelu(model.requires_grad_(False).eval())  # as rlhf.ppo.rollout.RewardScorer reads it
+    model = use_fused_gelu(
+        model.requires_grad_(False).eval()
+    )  # as rlhf.policy_optimization.rollout.RewardScorer reads it
     lock = threading.Lock()  # FastAPI runs sync routes on a thread pool; one forward at a time
     app = FastAPI(title="rlhf reward model")
 

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.evaluation import wins_over_start
-from rlhf.ppo.models import PPOModels
+from rlhf.policy_optimization.models import PPOModels
 from rlhf.sampling import sample_from_policy
 
 

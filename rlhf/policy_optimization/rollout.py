@@ -7,7 +7,7 @@ scorers), reference_seconds (reference and critic passes).
 
 The critic-free algorithms (grpo, rloo, reinforce_pp) get the prompts already repeated G times,
 prompt-major (the trainer's sampler does that), run no critic, and take their advantages from
-rlhf/ppo/estimators.py (`estimate_advantages` is the one place the estimator is chosen).
+rlhf/policy_optimization/estimators.py (`estimate_advantages` is the one place the estimator is chosen).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import use_fused_gelu
-from rlhf.ppo import core, estimators
-from rlhf.ppo.models import PPOModels, critic_values
+from rlhf.policy_optimization import core, estimators
+from rlhf.policy_optimization.models import PPOModels, critic_values
 from rlhf.sampling import prompt_batch, sample_with_logprobs
 from rlhf.scoring import score_exchanges
 
@@ -249,7 +249,7 @@ def estimate_advantages(
     all_reduce: core.AllReduce | None, costs=None, lagrange: core.LagrangeMultiplier | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """The algorithm's advantages (B, T) and value targets (B, T) (None without a critic), with the
-    KL to the reference where each paper puts it (rlhf/ppo/estimators.py cites them):
+    KL to the reference where each paper puts it (rlhf/policy_optimization/estimators.py cites them):
       grpo: group-normalised scores; the KL is not in the reward but a k3 loss term (the update's).
       rloo: leave-one-out over the KL-penalised sequence rewards r - beta * sum_t log(pi/pi_ref).
       reinforce_pp: per-token KL in the reward, returns-to-go, normalised over the global batch.

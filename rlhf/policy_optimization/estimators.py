@@ -35,7 +35,7 @@ from typing import Literal
 
 import torch
 
-from rlhf.ppo import core
+from rlhf.policy_optimization import core
 
 Aggregation = Literal["token_mean", "sequence_mean", "constant_length"]
 

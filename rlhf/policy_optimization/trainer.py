@@ -2,7 +2,7 @@
 
 The same loop runs the critic-free algorithms (train_policy.algorithm grpo | rloo | reinforce_pp):
 G responses per prompt, no critic (none built, prepared, optimised or checkpointed; no value loss),
-the advantages of rlhf/ppo/estimators.py (chosen in rollout.estimate_advantages) and their loss
+the advantages of rlhf/policy_optimization/estimators.py (chosen in rollout.estimate_advantages) and their loss
 (chosen in `policy_objective`): the clipped surrogate aggregated as params say, plus beta * k3 for
 GRPO. Everything else (sampler, resume, monitors, LoRA, in-loop evaluation, trackers) is shared.
 
@@ -48,11 +48,11 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.errors import ConfigError, TrainingStopped
-from rlhf.ppo import core, estimators
-from rlhf.ppo.checkpoint import Checkpoints
-from rlhf.ppo.in_loop_eval import WinRateVsStart
-from rlhf.ppo.models import PPOModels
-from rlhf.ppo.rollout import (
+from rlhf.policy_optimization import core, estimators
+from rlhf.policy_optimization.checkpoint import Checkpoints
+from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
+from rlhf.policy_optimization.models import PPOModels
+from rlhf.policy_optimization.rollout import (
     GoldScorer,
     RewardScorer,
     Rollout,

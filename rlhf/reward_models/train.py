@@ -22,9 +22,9 @@ from trl import RewardConfig, RewardTrainer
 from rlhf.config import TrainRewardParams
 from rlhf.errors import EmptyComparisonsError
 from rlhf.models import load_scalar_head_model, load_tokenizer
-from rlhf.reward_ensemble import RewardEnsemble, save_reward_models
-from rlhf.reward_kwise import rankings_from_comparisons, train_on_rankings
-from rlhf.reward_report import render_reward_distribution, reward_report
+from rlhf.reward_models.ensemble import RewardEnsemble, save_reward_models
+from rlhf.reward_models.kwise import rankings_from_comparisons, train_on_rankings
+from rlhf.reward_models.report import render_reward_distribution, reward_report
 from rlhf.scoring import encode, frame_texts, score_texts
 from rlhf.tracking import Tracker
 
@@ -188,7 +188,7 @@ def train_with_trl(
 def evaluate_reward_model(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, comparisons: pd.DataFrame, distribution_png: Path | None
 ) -> dict:
-    """Accuracy, calibration, accuracy by label source and by margin on strict held-out pairs (rlhf.reward_report)."""
+    """Accuracy, calibration, accuracy by label source and by margin on strict held-out pairs (rlhf.reward_models.report)."""
     strict = comparisons[~comparisons["tie"]]
     pairs = preference_pairs(strict, tokenizer)
     chosen = score_texts(model, tokenizer, list(pairs["chosen"])).cpu().numpy()
