@@ -10,6 +10,7 @@ quotes this line, not one run.
     python bench/efficacy.py --rev f4f0288         # the same for a past commit (git archive of it)
     python bench/efficacy.py --set train_policy.iterations=60 --seeds 0 1 2 3
     python bench/efficacy.py --rev HEAD --keep /tmp/seeds   # committed code only; the seed repos kept
+    OMP_NUM_THREADS=1 python bench/efficacy.py --jobs 3     # the three seeds at once, a thread each
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +80,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--rev", default=None, help="a git revision to measure instead of this checkout")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (OMP_NUM_THREADS=1 each is kinder)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="an empty directory to keep each seed's repository in (for `dvc exp run` on it after)")  # fmt: skip
     args = parser.parse_args()
@@ -85,11 +88,13 @@ def main() -> None:
         scratch = args.keep or Path(temporary)
         project = project_at(args.rev, scratch)
         runs, walls = [], []
-        for seed in args.seeds:
-            metrics, wall = run_seed(project, scratch, seed, args.assignments)
-            runs.append(metrics)
-            walls.append(round(wall, 1))
-            print(f"seed {seed}: {wall:.0f} s, win rate {metrics.get('win_rate_vs_start')}", file=sys.stderr)
+        # --jobs N: N seeds at once (each its own `dvc repro`); their walls then overlap and say little.
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            done = pool.map(lambda seed: run_seed(project, scratch, seed, args.assignments), args.seeds)
+            for seed, (metrics, wall) in zip(args.seeds, done):
+                runs.append(metrics)
+                walls.append(round(wall, 1))
+                print(f"seed {seed}: {wall:.0f} s, win rate {metrics.get('win_rate_vs_start')}", file=sys.stderr)
     line = {
         "bench": "efficacy",
         "rev": args.rev or "checkout",
