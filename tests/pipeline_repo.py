@@ -78,6 +78,7 @@ def make_repo(root: Path, project_root: Path, overrides: dict | None = None, shr
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     dvc("init", "-q", cwd=root)
+    shutil.copy(project_root / ".dvcignore", root / ".dvcignore")  # after init, which writes its own
     dvc("config", "core.analytics", "false", cwd=root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "init"], root)
