@@ -20,7 +20,9 @@ import yaml
 
 PREVIOUS_POLICY = "models/previous-policy"
 # What a round commits: DVC's pointers and the small files DVC keeps in git (cache: false outs).
-ROUND_FILES = ["dvc.lock", "params.yaml", f"{PREVIOUS_POLICY}.dvc", "metrics", "plots", "reports", ".gitignore"]
+ROUND_FILES = [
+    "dvc.lock", "params.yaml", f"{PREVIOUS_POLICY}.dvc", "metrics", "plots", "reports", "dvclive", ".gitignore",
+]  # fmt: skip
 
 
 class RoundError(RuntimeError):
