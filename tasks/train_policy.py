@@ -35,10 +35,11 @@ from rlhf.policy_optimization.checkpoint import Checkpoints
 from rlhf.policy_optimization.dpo import train_dpo
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PPOModels, count_parameters, critic_start
-from rlhf.policy_optimization.rollout import GoldScorer, RewardScorer
+from rlhf.policy_optimization.rollout import RewardScorer
 from rlhf.policy_optimization.trainer import make_accelerator, save_policy, train_ppo
 from rlhf.reward_models.cost import load_cost_model
 from rlhf.reward_models.ensemble import load_reward_model
+from rlhf.rewards.rules import RulesReward
 from rlhf.rewards.terms import online_reward
 from rlhf.snapshot import read_comparisons
 from rlhf.tracking import Tracker
@@ -197,7 +198,7 @@ def main() -> None:
     )  # fmt: skip
     gold_scorer = None
     if config.gold_judge == "rules":
-        gold_scorer = GoldScorer(RuleJudge(params.rank_responses.principles), topics)
+        gold_scorer = RulesReward(params.rank_responses.principles, topics)  # the gold judge
     cost_scorer = None
     if config.algorithm == "ppo_lagrangian":
         cost_scorer = RewardScorer(*load_cost_model(args.cost_dir, device))

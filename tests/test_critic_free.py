@@ -5,9 +5,7 @@ resumes GRPO exactly after SIGKILL, and the params refuse what is not built."""
 import copy
 import json
 import re
-import signal
 import subprocess
-import time
 from types import SimpleNamespace
 
 import pandas as pd
@@ -28,7 +26,15 @@ from rlhf.rewards.terms import online_reward
 from tests import test_ppo_training
 from tests.conftest import tiny_gpt2_config
 from tests.test_online_rewards import serving
-from tests.test_ppo_training import PROMPTS, SMALL_RUN, STAGE_ENV, TOPICS, TokenCountReward, measured, run_stage
+from tests.test_ppo_training import (
+    PROMPTS,
+    SMALL_RUN,
+    TOPICS,
+    TokenCountReward,
+    kill_after_third_checkpoint,
+    measured,
+    run_stage,
+)  # fmt: skip
 
 stage_workspace = test_ppo_training.stage_workspace  # the fixture: train_policy's inputs as dvc.yaml passes them
 
@@ -218,14 +224,7 @@ def test_grpo_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_
     for path in ("policy", "ppo.csv", "ppo.png", "policy.json"):
         subprocess.run(["rm", "-rf", str(root / path)], check=True)
 
-    process = subprocess.Popen(command(**run), cwd=project_root, env=STAGE_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while not (root / "ckpt" / "iteration-000003").exists():
-        assert process.poll() is None and time.time() < deadline, "the stage ended before its third checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_third_checkpoint(command(**run), root, project_root)
     assert not (root / "policy").exists()
     checkpoint = next(p for p in (root / "ckpt").iterdir() if re.match(r"iteration-\d+$", p.name))
     assert all(name.startswith("policy.") for name in load_file(checkpoint / "model.safetensors"))  # no critic

@@ -293,6 +293,18 @@ def run_stage(command, project_root):
     )
 
 
+def kill_after_third_checkpoint(command, root, project_root) -> None:
+    """Start the stage and SIGKILL it once its third checkpoint is on disk."""
+    process = subprocess.Popen(command, cwd=project_root, env=STAGE_ENV,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not (root / "ckpt" / "iteration-000003").exists():
+        assert process.poll() is None and time.time() < deadline, "the stage ended before its third checkpoint"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def measured(curve: pd.DataFrame) -> list[str]:
     """The columns that measure the machine (times, throughput, memory), not the run."""
     return [column for column in curve if column.endswith(("_seconds", "_per_second", "_mb"))]
@@ -321,14 +333,7 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     for path in ("policy", "ppo.csv", "ppo.png", "policy.json"):
         subprocess.run(["rm", "-rf", str(root / path)], check=True)
 
-    process = subprocess.Popen(command(**run), cwd=project_root, env=STAGE_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 300
-    while not (root / "ckpt" / "iteration-000003").exists():
-        assert process.poll() is None and time.time() < deadline, "the stage ended before its third checkpoint"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_third_checkpoint(command(**run), root, project_root)
     assert not (root / "policy").exists()
 
     resumed = run_stage(command(**run), project_root)
@@ -440,13 +445,13 @@ def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(ti
 def test_the_gold_score_is_logged_beside_the_proxy_and_a_plateau_ends_the_run(tiny_tokenizer):
     from rlhf.config import load_params
     from rlhf.judges.rules import RuleJudge
-    from rlhf.policy_optimization.rollout import GoldScorer
     from rlhf.policy_optimization.trainer import gold_plateau
+    from rlhf.rewards.rules import RulesReward
 
     params = TrainPolicyParams(iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8)
     judge = RuleJudge(load_params().rank_responses.principles)
     topics = {chat.to_json(chat.as_conversation(p)): t for p, t in domain.all_prompts()[:40]}
-    gold = GoldScorer(judge, topics)
+    gold = RulesReward(judge.principles, topics)
     prompt, topic = domain.all_prompts()[0]
     assert (
         gold([prompt], [f"thanks , {topic} are nice"]).item()

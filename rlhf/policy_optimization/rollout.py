@@ -25,6 +25,7 @@ from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import use_fused_gelu
 from rlhf.policy_optimization import core, estimators
 from rlhf.policy_optimization.models import PPOModels, critic_values
+from rlhf.rewards.rules import RulesReward  # the gold judge (the rules), scored beside the proxy
 from rlhf.sampling import prompt_batch, sample_with_logprobs
 from rlhf.scoring import score_exchanges
 
@@ -110,24 +111,6 @@ class RewardScorer:
         return score_exchanges(self.model, self.tokenizer, conversations, responses)
 
 
-class GoldScorer:
-    """A cheap gold judge (the rules) scoring PPO's samples beside the reward model's proxy score,
-    for the gold-versus-proxy curve of reward over-optimisation (Gao et al. 2022). `topics` maps a
-    prompt's conversation (chat.to_json) to its topic, which the rules' on-topic check reads."""
-
-    def __init__(self, judge, topics: dict[str, str | None]):
-        self.judge, self.topics = judge, topics
-
-    def __call__(self, prompts: list[chat.Conversation], responses: list[str]) -> torch.Tensor:
-        conversations = [chat.as_conversation(prompt) for prompt in prompts]
-        return torch.tensor(
-            [
-                self.judge.score(chat.last_user_content(c), self.topics.get(chat.to_json(c)), r)[0]
-                for c, r in zip(conversations, responses)
-            ]
-        )
-
-
 def device_clock(device: torch.device) -> float:
     """Wall time, after the device has finished its queued work (phase timings)."""
     if device.type == "cuda":
@@ -187,7 +170,7 @@ def collect_rollout(
     gather=lambda tensor: tensor,
     cost_scorer: RewardScorer | None = None,
     lagrange: core.LagrangeMultiplier | None = None,
-    gold_scorer: GoldScorer | None = None,
+    gold_scorer: RulesReward | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
     # 1. sample one response per prompt from the current policy, keeping log pi_old
     sample = sample_responses(models, tokenizer, prompts, params)

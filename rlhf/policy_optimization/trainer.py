@@ -53,7 +53,6 @@ from rlhf.policy_optimization.checkpoint import Checkpoints
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PPOModels
 from rlhf.policy_optimization.rollout import (
-    GoldScorer,
     RewardScorer,
     Rollout,
     ScoreNormalizer,
@@ -61,6 +60,7 @@ from rlhf.policy_optimization.rollout import (
     device_clock,
     sample_responses,
 )
+from rlhf.rewards.rules import RulesReward
 from rlhf.sampling import CompiledSampler
 
 
@@ -153,7 +153,7 @@ def train_ppo(
     checkpoint_dir: str | Path | None = None,
     fingerprint: dict | None = None,
     cost_scorer: RewardScorer | None = None,
-    gold_scorer: GoldScorer | None = None,
+    gold_scorer: RulesReward | None = None,
     evaluator: WinRateVsStart | None = None,
     log_samples: Callable[[int, list[dict]], None] | None = None,
 ) -> PPOResult:
