@@ -15,6 +15,7 @@ the stage's metrics and plots, so DVC versions them with the run. Tables (PPO's 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import math
 import os
@@ -50,7 +51,7 @@ def _flat(config: dict, prefix: str = "") -> dict[str, object]:
 
 def _optional(module: str, tracker: str):
     try:
-        return __import__(module, fromlist=["_"])
+        return importlib.import_module(module)
     except ImportError:
         raise ConfigError(
             f"params.yaml: tracking.report_to: {tracker} needs `{module.split('.')[0]}` (pip install -e '.[trackers]')"
