@@ -36,7 +36,7 @@ from rlhf.policy_optimization.dpo import train_dpo
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PPOModels, count_parameters, critic_start
 from rlhf.policy_optimization.rollout import RewardScorer
-from rlhf.policy_optimization.trainer import make_accelerator, save_policy, train_ppo
+from rlhf.policy_optimization.trainer import make_accelerator, peak_rss_mb, save_policy, train_ppo
 from rlhf.reward_models.cost import load_cost_model
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.rewards.rules import RulesReward
@@ -111,7 +111,7 @@ def main_dpo(args, params: Params, tracker: Tracker) -> None:
     tokenizer.save_pretrained(args.model_dir)
     history = [{"iteration": row["step"], **row} for row in result.history]
     write_curve(args, history, DPO_CURVE_COLUMNS)
-    write_json(args.metrics, {"algorithm": "dpo", **result.metrics})
+    write_json(args.metrics, {"algorithm": "dpo", **result.metrics, "peak_rss_mb": round(peak_rss_mb(), 1)})
     print(f"{STAGE}: {result.metrics}", flush=True)
 
 
@@ -253,7 +253,7 @@ def main() -> None:
     metrics.update(iterations=len(result.history), stopped_early=result.stopped_early)
     # Which iteration's policy was written (keep: last | best) and its in-loop win rate against the start.
     metrics.update(keep=config.keep, kept_iteration=result.kept_iteration, kept_win_rate=result.kept_win_rate)
-    metrics.update(train_wall_s=round(time.perf_counter() - started, 1))
+    metrics.update(train_wall_s=round(time.perf_counter() - started, 1), peak_rss_mb=round(peak_rss_mb(), 1))
     write_json(args.metrics, metrics)
     Checkpoints(args.checkpoint_dir, {}, accelerator).remove()
 

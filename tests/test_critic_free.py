@@ -207,6 +207,28 @@ def test_a_weighted_sum_of_sources_is_what_the_trainer_sees(tiny_tokenizer):
     expected = 2.0 * torch.tensor([1.0, 0.0]) - 0.5 * TokenCountReward(tiny_tokenizer)(PROMPTS[:2], responses)
     assert torch.equal(reward(PROMPTS[:2], responses), expected)
     assert set(reward.last_means) == {"rules", "reward_model"}
+    # the trainer logs each part's mean beside the sum it optimises
+    history = train(tiny_tokenizer, reward, algorithm="grpo", iterations=2)
+    for row in history:
+        assert row["raw_score"] == pytest.approx(2.0 * row["reward_rules"] - 0.5 * row["reward_reward_model"], abs=1e-5)
+        assert 0.0 <= row["reward_rules"] <= 1.0 and row["reward_reward_model"] >= 0.0
+
+
+def test_grpo_stage_runs_as_two_ddp_processes(stage_workspace, project_root):
+    """Under DDP each process samples whole groups of its share of the prompts; the group advantages
+    never cross processes, and no critic exists on any rank."""
+    root, command = stage_workspace
+    settings = {**SMALL_RUN, "algorithm": "grpo", "group_size": 4, "iterations": 2, "launcher": "ddp",
+                "num_processes": 2}  # fmt: skip
+    done = run_stage(command(**settings), project_root)
+    assert done.returncode == 0, "\n".join(line for line in done.stderr.splitlines() if line.startswith("[rank"))[
+        -6000:
+    ]
+    assert "2 process(es)" in done.stdout
+    metrics = json.loads((root / "policy.json").read_text())
+    assert metrics["algorithm"] == "grpo" and metrics["iterations"] == 2
+    assert not list(root.glob("policy/*critic*")) and not (root / "ckpt").exists()
+    assert load_policy(root / "policy", torch.device("cpu")).num_parameters() > 0
 
 
 # --- the stage: killed and resumed, GRPO ends bitwise where an uninterrupted run ends --------------

@@ -215,6 +215,10 @@ def collect_rollout(
         "reference_seconds": reference_seconds,
         "generated_tokens": gather(mask.sum()).sum().item(),
     }
+    # A weighted reward's parts (rlhf.rewards.combine): each source's mean, so a user sees which one moved.
+    # Every process scores an equal share, so the mean of the processes' means is the global mean.
+    for name, mean in getattr(scorer, "last_means", {}).items():
+        stats[f"reward_{name}"] = gather(torch.tensor([mean], device=device)).mean().item()
     if costs is not None:
         stats.update(cost=gather(costs).mean().item(), lagrange_multiplier=lagrange.value)
     if params.dynamic_sampling:

@@ -340,15 +340,20 @@ def throughput_and_memory(stats: dict, seconds: float, device: torch.device) -> 
     """iteration_seconds (rollout and update), tokens_per_second (generated tokens, all processes),
     peak_rss_mb (this process's peak resident memory since it started: the OS keeps no per-iteration
     peak) and, on CUDA, peak_cuda_memory_mb (torch.cuda.max_memory_allocated in this iteration)."""
-    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
     figures = {
         "iteration_seconds": seconds,
         "tokens_per_second": stats["generated_tokens"] / max(seconds, 1e-9),
-        "peak_rss_mb": kilobytes / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
     if device.type == "cuda":
         figures["peak_cuda_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return figures
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    return kilobytes / 1024
 
 
 def calibrate(models, scorer, normalizer, tokenizer, prompts, params, accelerator) -> None:
