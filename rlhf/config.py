@@ -386,9 +386,12 @@ class RewardTerm(Section):
     """One source of train_policy's online reward; the reward is the weighted sum of the terms
     (rlhf.rewards.combine.WeightedReward)."""
 
-    source: Literal["reward_model", "rules", "remote"] = "reward_model"
+    source: Literal["reward_model", "rules", "remote", "llm", "openai"] = "reward_model"
     """reward_model: the stage's reward model; rules: rank_responses.principles as a verifiable
-    reward (rlhf.rewards.rules); remote: a reward server at `url` (OpenRLHF's remote RM convention)."""
+    reward (rlhf.rewards.rules); remote: a reward server at `url` (OpenRLHF's remote RM convention);
+    llm | openai: an AI judge rates each response from 1 to 10 and the reward is its expected rating
+    under the judge's probabilities, in [-1, 1] (direct RLAIF, rlhf.rewards.judge_rating), from the
+    `llm` or `openai` section of this term."""
     weight: float = 1.0
     """This term's weight in the sum."""
     url: str | None = None
@@ -403,11 +406,26 @@ class RewardTerm(Section):
     """remote: exchanges per request."""
     max_concurrency: int = Field(4, ge=1)
     """remote: requests in flight at once."""
+    llm: LLMJudgeParams | None = None
+    """source llm: the local judge model (its batch_size: responses rated per forward)."""
+    openai: OpenAIJudgeParams | None = None
+    """source openai: the endpoint (its concurrency, retries, timeout and prices apply)."""
+    preamble: str | None = None
+    """llm | openai: what the judge is told before each response. Default: built from rank_responses.principles."""
 
     @model_validator(mode="after")
-    def _url_with_remote(self):
+    def _settings_of_the_source(self):
         if (self.source == "remote") != (self.url is not None):
             raise ValueError("url: required with source remote, and only then")
+        for judge in ("llm", "openai"):
+            if (self.source == judge) != (getattr(self, judge) is not None):
+                raise ValueError(f"{judge}: required with source {judge}, and only then")
+        section = getattr(self, self.source, None) if self.source in ("llm", "openai") else None
+        if section is not None and section.chain_of_thought:
+            raise ValueError(
+                f"{self.source}.chain_of_thought: a rating reward reads the rating's probabilities at once; "
+                "a rationale first is for the pairwise judges"
+            )
         return self
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from accelerate.utils import set_seed
 
 from rlhf import chat
@@ -40,7 +41,7 @@ from rlhf.policy_optimization.trainer import make_accelerator, peak_rss_mb, save
 from rlhf.reward_models.cost import load_cost_model
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.rewards.rules import RulesReward
-from rlhf.rewards.terms import online_reward
+from rlhf.rewards.terms import online_reward, usage_of
 from rlhf.snapshot import read_comparisons
 from rlhf.tracking import Tracker
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_whole
@@ -113,6 +114,17 @@ def main_dpo(args, params: Params, tracker: Tracker) -> None:
     write_curve(args, history, DPO_CURVE_COLUMNS)
     write_json(args.metrics, {"algorithm": "dpo", **result.metrics, "peak_rss_mb": round(peak_rss_mb(), 1)})
     print(f"{STAGE}: {result.metrics}", flush=True)
+
+
+def judge_usage(scorer, accelerator) -> dict[str, dict]:
+    """usage_of(scorer) summed over the processes (each rated its own share of every rollout)."""
+    usage = usage_of(scorer)
+    for name, counts in usage.items():
+        keys = sorted(counts)
+        local = torch.tensor([float(counts[key]) for key in keys], dtype=torch.float64, device=accelerator.device)
+        total = accelerator.reduce(local, reduction="sum").tolist()
+        usage[name] = {key: round(value, 6) if key == "cost" else int(value) for key, value in zip(keys, total)}
+    return usage
 
 
 def train_conversations(prompts: pd.DataFrame) -> list[chat.Conversation]:
@@ -194,7 +206,7 @@ def main() -> None:
     scorer = online_reward(
         config.reward,
         lambda: RewardScorer(load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer),
-        params.rank_responses.principles, topics, tokenizer,
+        params.rank_responses.principles, topics, tokenizer, device,
     )  # fmt: skip
     gold_scorer = None
     if config.gold_judge == "rules":
@@ -240,8 +252,11 @@ def main() -> None:
             cost_scorer=cost_scorer, gold_scorer=gold_scorer, evaluator=evaluator, log_samples=log_samples,
         )  # fmt: skip
     save_policy(models, accelerator, tokenizer, args.model_dir)
+    usage = judge_usage(scorer, accelerator)
     if not accelerator.is_main_process:
         return
+    for name, counts in usage.items():
+        print(f"{STAGE}: reward {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
     safety = SAFETY_CURVE_COLUMNS if cost_scorer else []
     write_curve(args, result.history, CURVE_COLUMNS + safety)
     last = result.history[-1]
@@ -254,6 +269,8 @@ def main() -> None:
     # Which iteration's policy was written (keep: last | best) and its in-loop win rate against the start.
     metrics.update(keep=config.keep, kept_iteration=result.kept_iteration, kept_win_rate=result.kept_win_rate)
     metrics.update(train_wall_s=round(time.perf_counter() - started, 1), peak_rss_mb=round(peak_rss_mb(), 1))
+    if usage:
+        metrics["reward_usage"] = usage  # what a paid judge's ratings cost: requests, retries, tokens, price
     write_json(args.metrics, metrics)
     Checkpoints(args.checkpoint_dir, {}, accelerator).remove()
 

@@ -14,6 +14,8 @@ space is appended to the input and P("1") is read after it, not one position ear
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -70,24 +72,8 @@ class LLMJudge(PairwiseJudge):
 
     def _choice_probabilities(self, texts: list[str]) -> list[float]:
         """P("1") / (P("1") + P("2")) after each text, each choice's probability that of all its tokens."""
-        readings = [choice_endings(self.tokenizer, text) for text in texts]
-        rows = [base + ending for base, endings in readings for ending in endings]  # text + " 1", text + " 2"
-        ending_lengths = [len(ending) for _, endings in readings for ending in endings]
-        device = next(self.model.parameters()).device
-        batch = left_padded(rows, self.tokenizer.pad_token_id, device)
-        self._check_context(batch["input_ids"].shape[1])
-        positions = position_ids_from_mask(batch["attention_mask"])  # left padding must not shift positions
-        keep = max(ending_lengths) + 1
-        logprobs = torch.log_softmax(
-            self.model(**batch, position_ids=positions, logits_to_keep=keep).logits.float(), dim=-1
-        )  # (2B, keep, V): the last positions, which predict each ending's tokens
-        choice_logprobs = []
-        for row, length in enumerate(ending_lengths):
-            targets = batch["input_ids"][row, -length:]
-            predicted = logprobs[row, -length - 1 : -1].gather(-1, targets[:, None])  # (length, 1)
-            choice_logprobs.append(predicted.sum())
-        pair = torch.stack(choice_logprobs).view(-1, 2).log_softmax(-1)  # (B, 2) normalised over "1" and "2"
-        return pair[:, 0].exp().tolist()
+        logprobs = ending_logprobs(self.model, self.tokenizer, texts, (" 1", " 2"), self._check_context)
+        return logprobs.log_softmax(-1)[:, 0].exp().tolist()  # normalised over "1" and "2"
 
     def _encode(self, texts: list[str]):
         device = next(self.model.parameters()).device
@@ -107,19 +93,50 @@ class LLMJudge(PairwiseJudge):
             )
 
 
-def choice_endings(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[list[int]]]:
-    """(ids of `text`, [the tokens " 1" adds, the tokens " 2" adds]), read from the encoding of the
-    whole text so the boundary tokenises as it does in context: where " 1" is a space then "1",
-    the space is part of the ending and P("1") is read after it."""
+def choice_endings(
+    tokenizer: PreTrainedTokenizerBase, text: str, choices: Sequence[str] = (" 1", " 2")
+) -> tuple[list[int], list[list[int]]]:
+    """(ids of `text`, [the tokens each choice adds]), read from the encoding of the whole text so
+    the boundary tokenises as it does in context: where " 1" is a space then "1", the space is part
+    of the ending and P("1") is read after it."""
     special = chat.add_special_tokens_for(tokenizer)
     base = tokenizer(text, add_special_tokens=special)["input_ids"]
     endings = []
-    for choice in (" 1", " 2"):
+    for choice in choices:
         full = tokenizer(text + choice, add_special_tokens=special)["input_ids"]
         if full[: len(base)] != base:  # the text's last token merged with the choice: take the choice alone
             full = base + tokenizer(choice, add_special_tokens=False)["input_ids"]
         endings.append(full[len(base) :])
     return base, endings
+
+
+@torch.no_grad()
+def ending_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    choices: Sequence[str],
+    check_context: Callable[[int], None] = lambda tokens: None,
+) -> torch.Tensor:
+    """log P(choice | text) for every text and choice, a choice's probability that of all its
+    tokens (choice_endings), all rows in one left-padded forward.  (B, C)"""
+    readings = [choice_endings(tokenizer, text, choices) for text in texts]
+    rows = [base + ending for base, endings in readings for ending in endings]  # text + each choice
+    ending_lengths = [len(ending) for _, endings in readings for ending in endings]
+    device = next(model.parameters()).device
+    batch = left_padded(rows, tokenizer.pad_token_id, device)
+    check_context(batch["input_ids"].shape[1])
+    positions = position_ids_from_mask(batch["attention_mask"])  # left padding must not shift positions
+    keep = max(ending_lengths) + 1
+    logprobs = torch.log_softmax(
+        model(**batch, position_ids=positions, logits_to_keep=keep).logits.float(), dim=-1
+    )  # (B C, keep, V): the last positions, which predict each ending's tokens
+    choice_logprobs = []
+    for row, length in enumerate(ending_lengths):
+        targets = batch["input_ids"][row, -length:]
+        predicted = logprobs[row, -length - 1 : -1].gather(-1, targets[:, None])  # (length, 1)
+        choice_logprobs.append(predicted.sum())
+    return torch.stack(choice_logprobs).view(len(texts), len(choices))
 
 
 def left_padded(rows: list[list[int]], pad_token_id: int, device: torch.device) -> dict[str, torch.Tensor]:

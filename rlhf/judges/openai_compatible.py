@@ -25,6 +25,82 @@ from rlhf.judges.pairwise import CHOICE_CUE, RATIONALE_CUE, PairwiseJudge, compa
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
+class ChatCompletionsAPI:
+    """POSTs to an OpenAI-compatible /chat/completions: bounded retries with exponential backoff
+    (a 429's Retry-After wins), token usage and its price counted over threads, the API key sent
+    in the Authorization header only and scrubbed from every error. `where` (the params key that
+    configured it) starts each error message."""
+
+    def __init__(
+        self,
+        base_url: str,
+        where: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 30.0,
+        max_retries: int = 5,
+        backoff_s: float = 1.0,
+        price_per_1k_prompt_tokens: float = 0.0,
+        price_per_1k_completion_tokens: float = 0.0,
+    ):
+        self.url, self.where = base_url.rstrip("/") + "/chat/completions", where
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        self.prices = (price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
+        self._api_key = os.environ.get(api_key_env, "")
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        self._client = httpx.Client(timeout=timeout_s, headers=headers)
+        self._lock = threading.Lock()
+        self.usage = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "unparsed": 0}
+
+    @property
+    def cost(self) -> float:
+        return (self.usage["prompt_tokens"] * self.prices[0] + self.usage["completion_tokens"] * self.prices[1]) / 1000
+
+    def complete(self, body: dict) -> dict:
+        """The first choice of the answer to `body`, its tokens counted."""
+        answer = self._post(body)
+        with self._lock:
+            self.usage["requests"] += 1
+            self.usage["prompt_tokens"] += answer.get("usage", {}).get("prompt_tokens", 0)
+            self.usage["completion_tokens"] += answer.get("usage", {}).get("completion_tokens", 0)
+        return answer["choices"][0]
+
+    def count_unparsed(self) -> None:
+        with self._lock:
+            self.usage["unparsed"] += 1
+
+    def _post(self, body: dict) -> dict:
+        reason = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                with self._lock:
+                    self.usage["retries"] += 1
+            try:
+                response = self._client.post(self.url, json=body)
+            except (httpx.TimeoutException, httpx.TransportError) as error:
+                reason = f"{type(error).__name__}"
+                time.sleep(self._backoff(attempt))
+                continue
+            if response.status_code == 200:
+                return response.json()
+            reason = f"HTTP {response.status_code}: {self._scrub(response.text[:200])}"
+            if response.status_code not in RETRYABLE_STATUS:
+                break
+            time.sleep(self._retry_after(response) if response.status_code == 429 else self._backoff(attempt))
+        raise JudgeEndpointError(f"{self.where}: {self.url} did not answer after {attempt + 1} attempt(s): {reason}")
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.backoff_s * 2**attempt, 60.0)
+
+    def _retry_after(self, response: httpx.Response) -> float:
+        try:
+            return min(float(response.headers["retry-after"]), 60.0)
+        except (KeyError, ValueError):
+            return self._backoff(0)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+
 class OpenAICompatibleJudge(PairwiseJudge):
     name = "openai"
     version = "1"
@@ -45,20 +121,20 @@ class OpenAICompatibleJudge(PairwiseJudge):
         price_per_1k_completion_tokens: float = 0.0,
     ):
         super().__init__()
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.api = ChatCompletionsAPI(
+            base_url, "rank_responses.openai", api_key_env, timeout_s, max_retries, backoff_s,
+            price_per_1k_prompt_tokens, price_per_1k_completion_tokens,
+        )  # fmt: skip
         self.model, self.preamble, self.chain_of_thought = model, preamble, chain_of_thought
-        self.max_concurrency, self.max_retries, self.backoff_s = max_concurrency, max_retries, backoff_s
-        self.rationale_tokens = rationale_tokens
-        self.prices = (price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
-        self._api_key = os.environ.get(api_key_env, "")
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        self._client = httpx.Client(timeout=timeout_s, headers=headers)
-        self._lock = threading.Lock()
-        self.usage = {"requests": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "unparsed": 0}
+        self.max_concurrency, self.rationale_tokens = max_concurrency, rationale_tokens
+
+    @property
+    def usage(self) -> dict:
+        return self.api.usage
 
     @property
     def cost(self) -> float:
-        return (self.usage["prompt_tokens"] * self.prices[0] + self.usage["completion_tokens"] * self.prices[1]) / 1000
+        return self.api.cost
 
     def first_preferred(self, queries: list[tuple[list[dict], str, str]]) -> list[float]:
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
@@ -82,54 +158,14 @@ class OpenAICompatibleJudge(PairwiseJudge):
             "logprobs": True,
             "top_logprobs": 5,
         }
-        answer = self._post(body)
-        choice = answer["choices"][0]
-        with self._lock:
-            self.usage["requests"] += 1
-            self.usage["prompt_tokens"] += answer.get("usage", {}).get("prompt_tokens", 0)
-            self.usage["completion_tokens"] += answer.get("usage", {}).get("completion_tokens", 0)
+        choice = self.api.complete(body)
         preference = preference_from_logprobs(choice.get("logprobs"))
         if preference is None:
             preference = preference_from_text(choice.get("message", {}).get("content") or "")
         if preference is None:
-            with self._lock:
-                self.usage["unparsed"] += 1
+            self.api.count_unparsed()
             return 0.5
         return preference
-
-    def _post(self, body: dict) -> dict:
-        reason = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                with self._lock:
-                    self.usage["retries"] += 1
-            try:
-                response = self._client.post(self.url, json=body)
-            except (httpx.TimeoutException, httpx.TransportError) as error:
-                reason = f"{type(error).__name__}"
-                time.sleep(self._backoff(attempt))
-                continue
-            if response.status_code == 200:
-                return response.json()
-            reason = f"HTTP {response.status_code}: {self._scrub(response.text[:200])}"
-            if response.status_code not in RETRYABLE_STATUS:
-                break
-            time.sleep(self._retry_after(response) if response.status_code == 429 else self._backoff(attempt))
-        raise JudgeEndpointError(
-            f"rank_responses.openai: {self.url} did not answer after {attempt + 1} attempt(s): {reason}"
-        )
-
-    def _backoff(self, attempt: int) -> float:
-        return min(self.backoff_s * 2**attempt, 60.0)
-
-    def _retry_after(self, response: httpx.Response) -> float:
-        try:
-            return min(float(response.headers["retry-after"]), 60.0)
-        except (KeyError, ValueError):
-            return self._backoff(0)
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
 
 
 def preference_from_logprobs(logprobs: dict | None) -> float | None:

@@ -7,6 +7,7 @@ in where it does.
 
 - rules.RulesReward: the rule judge's principles as a verifiable reward (rlhf.judges.rules).
 - remote.RemoteReward: a reward server over HTTP, OpenRLHF's remote reward-model JSON convention.
+- judge_rating.LLMRatingReward / OpenAIRatingReward: an AI judge's expected 1-10 rating (direct RLAIF).
 - combine.WeightedReward: a weighted sum of sources.
 - server: serves our reward model under that same convention (`rlhf serve reward`).
 """
