@@ -113,9 +113,11 @@ def main() -> None:
         child(args)
         return
     runs: dict[str, list[dict]] = {name: [] for name in ALGORITHMS}
-    for _ in range(args.repeats):  # alternating: every algorithm once per round
+    for repeat in range(args.repeats):  # alternating: every algorithm once per round
         for name in ALGORITHMS:
             runs[name].append(measure(name, args))
+            # each run as it ends (stderr), so a bench stopped part-way still says what it measured
+            print(json.dumps({"repeat": repeat, "algorithm": name, **runs[name][-1]}), file=sys.stderr, flush=True)
     medians = {
         name: {key: statistics.median(run[key] for run in rows) for key in rows[0]} for name, rows in runs.items()
     }
