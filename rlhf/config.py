@@ -194,7 +194,7 @@ class CollectPromptsParams(Section):
 
 
 class SampleResponsesParams(Section):
-    k: int = Field(6, ge=2, le=64)
+    k: int = Field(8, ge=2, le=64)
     """Responses sampled per prompt; a ranking of K gives C(K,2) comparisons."""
     max_new_tokens: int = Field(40, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -330,7 +330,7 @@ class TrainRewardParams(Section):
     batching: Literal["kwise", "pairwise"] = "pairwise"
     """pairwise: one element per pair with TRL's RewardTrainer; kwise: one batch element per ranking,
     its K responses scored once and all its pairs' losses averaged (InstructGPT)."""
-    epochs: float = Field(8.0, gt=0)
+    epochs: float = Field(4.0, gt=0)
     batch_size: int = Field(32, ge=1)
     """Pairs per step (pairwise) or rankings per step (kwise)."""
     learning_rate: float = Field(5e-4, gt=0, lt=1)
