@@ -7,7 +7,6 @@ import json
 import math
 import re
 import threading
-import time
 from http.server import ThreadingHTTPServer
 from typing import ClassVar
 
@@ -30,11 +29,10 @@ from rlhf.rewards.terms import online_reward
 from tests import test_ppo_training
 from tests.conftest import tiny_gpt2_config
 from tests.test_critic_free import gain, one_thread, train  # noqa: F401  (one_thread: an autouse fixture)
-from tests.test_judges import ScriptedAPI, digit_splitting_tokenizer
+from tests.test_judges import SECRET, ScriptedAPI, digit_splitting_tokenizer  # the key the scripted API echoes
 from tests.test_ppo_training import PROMPTS, SMALL_RUN, run_stage
 
 stage_workspace = test_ppo_training.stage_workspace
-SECRET = "sk-rating-test-secret"
 
 
 # --- the local judge --------------------------------------------------------------------------------
@@ -136,23 +134,14 @@ def test_ratings_from_the_first_tokens_log_probs_and_the_rescaling():
 
 class RatingAPI(ScriptedAPI):
     """Rates a response of 1-3 words 9 (P 0.8, else 3), a longer one 2 (P 0.9, else 5), in log-probs;
-    `script` makes requests time out, get a 429 or a 503, or answer in text alone. Replies as the
-    pairwise judge's scripted API does (its _send)."""
+    or, with the action "text", in the answer's text alone; the pairwise judge's scripted API
+    (ScriptedAPI.do_POST) plays the script's timeouts, 429s and 503s."""
 
     script: ClassVar[list[str]] = []
     seen: ClassVar[list[dict]] = []
     lock = threading.Lock()
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        with self.lock:
-            action = self.script.pop(0) if self.script else "answer"
-            self.seen.append({"auth": self.headers.get("authorization"), "body": body, "action": action})
-        if action == "sleep":
-            time.sleep(1.0)  # past the client's timeout
-            return self._send(500, {"error": "too late"})
-        if action in ("429", "503"):
-            return self._send(int(action), {"error": {"message": f"slow down, {SECRET}"}}, {"Retry-After": "0"})
+    def answer(self, body: dict, action: str) -> None:
         response = re.search(r"\nResponse:(.*)\nRate the response", body["messages"][-1]["content"], re.DOTALL).group(1)
         short = len(response.split()) <= 3
         top = [("9", 0.8), ("3", 0.2)] if short else [("2", 0.9), ("5", 0.1)]

@@ -104,6 +104,8 @@ class ScriptedAPI(BaseHTTPRequestHandler):
     lock = threading.Lock()
 
     def do_POST(self):
+        """The script's failures ("sleep" past the client's timeout, "429", "503", each echoing the
+        key so that scrubbing is tested), else `answer`."""
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
         with self.lock:
             action = self.script.pop(0) if self.script else "answer"
@@ -111,10 +113,12 @@ class ScriptedAPI(BaseHTTPRequestHandler):
         if action == "sleep":
             time.sleep(1.0)  # past the client's timeout
             return self._send(500, {"error": "too late"})
-        if action == "429":
-            return self._send(429, {"error": {"message": f"slow down, {SECRET}"}}, {"Retry-After": "0"})
-        if action == "fail":
-            return self._send(503, {"error": {"message": "unavailable"}})
+        if action in ("429", "503"):
+            return self._send(int(action), {"error": {"message": f"slow down, {SECRET}"}}, {"Retry-After": "0"})
+        self.answer(body, action)
+
+    def answer(self, body: dict, action: str) -> None:
+        """A pairwise judge's answer: P(first) = 0.5 + 0.4 (thanks in first - thanks in second)."""
         text = body["messages"][-1]["content"]
         first = text.split("Response 1:")[1].split("Response 2:")[0]
         second = text.split("Response 2:")[1]

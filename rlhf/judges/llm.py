@@ -85,12 +85,14 @@ class LLMJudge(PairwiseJudge):
         return batch
 
     def _check_context(self, tokens: int) -> None:
-        context = getattr(self.model.config, "max_position_embeddings", None)
-        if context and tokens > context:
-            raise InputError(
-                f"rank_responses.llm: a comparison needs {tokens} tokens (with the rationale, if any), "
-                f"more than the judge model's {context}-token context"
-            )
+        check_context(self.model, tokens, "rank_responses.llm: a comparison (with the rationale, if any)")
+
+
+def check_context(model: PreTrainedModel, tokens: int, what: str) -> None:
+    """One InputError when `tokens` exceed the model's context; `what` names the params key and the text."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and tokens > context:
+        raise InputError(f"{what} needs {tokens} tokens, more than the judge model's {context}-token context")
 
 
 def choice_endings(

@@ -31,8 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf import chat
 from rlhf.config import OpenAIJudgeParams, Principle
-from rlhf.errors import InputError
-from rlhf.judges.llm import ending_logprobs
+from rlhf.judges.llm import check_context, ending_logprobs
 from rlhf.judges.openai_compatible import ChatCompletionsAPI
 
 RATINGS = tuple(range(1, 11))
@@ -96,12 +95,7 @@ class LLMRatingReward:
         return chat.render_prompt(self.tokenizer, [{"role": "user", "content": text}])
 
     def _check_context(self, tokens: int) -> None:
-        context = getattr(self.model.config, "max_position_embeddings", None)
-        if context and tokens > context:
-            raise InputError(
-                f"train_policy.reward: rating a response needs {tokens} tokens, more than the judge "
-                f"model's {context}-token context"
-            )
+        check_context(self.model, tokens, "train_policy.reward: rating a response")
 
 
 class OpenAIRatingReward:
