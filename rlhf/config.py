@@ -495,6 +495,10 @@ class TrainPolicyParams(Section):
     clip_range: float = Field(0.2, gt=0)
     value_clip_range: float = Field(0.2, gt=0)
     vf_coef: float = Field(0.5, ge=0)
+    entropy_coef: float = Field(0.0, ge=0)
+    """Entropy bonus c2: the update's loss subtracts c2 times the policy's mean per-token entropy on
+    its own samples (Schulman et al. 2017, eq. 9), so the policy keeps spreading its probability
+    over words the reward does not care about instead of collapsing onto one phrasing."""
     max_grad_norm: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(40, ge=1)
     temperature: float = Field(1.0, gt=0)

@@ -445,11 +445,17 @@ def ppo_update(
                 pg_loss, step = policy_objective(params, logprobs, mb, kl_coef)
                 loss_terms = {"policy_loss": pg_loss}
                 loss = pg_loss
+                # Differentiated only when it is in the loss: at entropy_coef 0 the update does no more work.
+                with torch.set_grad_enabled(bool(params.entropy_coef)):
+                    token_entropy = core.masked_mean(core.entropy(all_logprobs), mb.mask)
+                if params.entropy_coef:  # Schulman et al. 2017, eq. 9: L = L_clip - c2 * S[pi]
+                    loss_terms["entropy_bonus"] = -params.entropy_coef * token_entropy
+                    loss = loss + loss_terms["entropy_bonus"]
                 if values is not None:  # PPO's critic; the critic-free algorithms have no value loss
                     loss_terms["value_loss"] = core.value_loss(
                         values, mb.values, mb.returns, mb.mask, params.value_clip_range
                     )
-                    loss = pg_loss + params.vf_coef * loss_terms["value_loss"]
+                    loss = loss + params.vf_coef * loss_terms["value_loss"]
                 if not torch.isfinite(loss):  # before the step: the weights stay as the last good ones
                     where = checkpoints.latest() if checkpoints else None
                     parts = ", ".join(
@@ -470,8 +476,7 @@ def ppo_update(
                 stepped = stepped or accelerator.sync_gradients
                 optimizer.step()
                 optimizer.zero_grad()
-            with torch.no_grad():
-                step["entropy"] = core.masked_mean(core.entropy(all_logprobs), mb.mask)
+            step["entropy"] = token_entropy.detach()
             step.update(loss_terms)
             for key, value in step.items():
                 totals[key] = totals.get(key, 0.0) + (value.item() if torch.is_tensor(value) else value)
