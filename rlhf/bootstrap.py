@@ -65,6 +65,10 @@ def train_demo_policy(
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        # PyTorch's fused tanh-GELU, the function GPT-2's default `gelu_new` computes in Python: every
+        # stage that loads this model (SFT, reward and cost models, PPO, evaluation) gets the kernel.
+        # Measured on the demo's SFT: 0.177 s a step against 0.197, the same loss to 4 decimals.
+        activation_function="gelu_pytorch_tanh",
     )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
@@ -85,6 +89,9 @@ def train_demo_policy(
         bf16=False,
         gradient_checkpointing=False,
         max_length=128,
+        # Batches of similar lengths (transformers' LengthGroupedSampler): at random, 38% of the
+        # tokens a step computes on were padding.
+        train_sampling_strategy="group_by_length",
     )
     dataset = demo_dataset(train_prompts, params.demos_per_prompt, seed)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,

@@ -351,6 +351,10 @@ class TrainRewardParams(Section):
 
 
 class TrainCostParams(Section):
+    when: Literal["needed", "always"] = "needed"
+    """needed: train only when train_policy.algorithm reads a cost model (ppo_lagrangian); otherwise
+    the stage writes models/cost/untrained.json saying why, in a second. always: train it anyway
+    (its held-out harmlessness accuracy in metrics/cost.json)."""
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-4, gt=0, lt=1)

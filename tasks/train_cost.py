@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from rlhf.models import resolve_device
-from rlhf.reward_models.cost import train_cost_model
+from rlhf.reward_models.cost import COST_READERS, skip_cost_model, train_cost_model
 from rlhf.snapshot import read_safety_labels
 from rlhf.tracking import Tracker
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json
@@ -15,11 +15,17 @@ def main() -> None:
     args = parse_paths(STAGE, ["comparisons", "init_dir"], ["model_dir", "metrics", "live_dir"])
     params = params_from(args)
     labels = read_safety_labels(args.comparisons)
+    algorithm = params.train_policy.algorithm
     with Tracker(STAGE, params.tracking, args.live_dir, {STAGE: params.train_cost.model_dump(mode="json")}) as tracker:
-        metrics = train_cost_model(
-            labels, Path(args.init_dir), params.train_cost, params.seed, resolve_device(params.device),
-            Path(args.model_dir), progress=log_progress(f"{STAGE}: steps"), tracker=tracker,
-        )  # fmt: skip
+        if params.train_cost.when == "needed" and algorithm not in COST_READERS:
+            # Nothing downstream reads it: the untrained marker, as when there are no labels, says why.
+            reason = f"train_policy.algorithm is {algorithm}, which reads no cost model (train_cost.when: always)"
+            metrics = skip_cost_model(Path(args.model_dir), reason, len(labels))
+        else:
+            metrics = train_cost_model(
+                labels, Path(args.init_dir), params.train_cost, params.seed, resolve_device(params.device),
+                Path(args.model_dir), progress=log_progress(f"{STAGE}: steps"), tracker=tracker,
+            )  # fmt: skip
     write_json(args.metrics, metrics)
     print(f"{STAGE}: {metrics}")
 

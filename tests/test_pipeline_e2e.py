@@ -134,6 +134,19 @@ def test_dvc_exp_run_sets_any_params_key_and_plots_render(flow_outcomes, demo_re
     for stage in ("bootstrap_policy", "train_reward", "train_cost", "train_policy"):
         summary = workspace_metrics[f"dvclive/{stage}/metrics.json"]["data"]
         assert summary["step"] > 0 or stage == "train_cost", (stage, summary)
+    # Under PPO nothing reads a cost model: train_cost says so instead of training one, and a switch
+    # to ppo_lagrangian (the reader) makes DVC run it again.
+    cost = json.loads((demo_repo / "metrics" / "cost.json").read_text())
+    assert cost["trained"] is False, cost
+    assert cost["reason"].startswith("train_policy.algorithm is ppo, which reads no cost model"), cost
+    assert [p.name for p in (demo_repo / "models" / "cost").iterdir()] == ["untrained.json"]
+    params_path = demo_repo / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["train_policy"]["algorithm"] = "ppo_lagrangian"
+    params_path.write_text(yaml.safe_dump(params))
+    changed = json.loads(dvc("status", "train_cost", "--json", cwd=demo_repo).stdout or "{}")
+    assert "train_cost" in changed, changed
+    run(["git", "checkout", "--", "params.yaml"], demo_repo)
     assert "loss" in workspace_metrics["dvclive/train_reward/metrics.json"]["data"]
     plots = json.loads(dvc("plots", "show", "--json", cwd=demo_repo).stdout)["data"]
     assert any(name.startswith("dvclive/train_policy/plots/metrics") for name in plots), sorted(plots)

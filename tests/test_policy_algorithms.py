@@ -21,7 +21,10 @@ def ppo_repo(tmp_path_factory, project_root):
 
     The bootstrap trains longer than the shrunk default so that its samples hold some harmful tips
     (about 8% of them): the cost model needs both labels."""
-    overrides = {"bootstrap_policy": {"steps": 400}, "train_cost": {"epochs": 10, "learning_rate": 0.001}}
+    overrides = {
+        "bootstrap_policy": {"steps": 400},
+        "train_cost": {"when": "always", "epochs": 10, "learning_rate": 0.001},
+    }
     root = make_repo(tmp_path_factory.mktemp("algorithms") / "repo", project_root, overrides)
     dvc("repro", "--quiet", cwd=root)
     run(["git", "add", "-A"], root)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +29,17 @@ from rlhf.tracking import Tracker
 
 # Written into the model directory when there was nothing to learn from, instead of a model.
 UNTRAINED_MARKER = "untrained.json"
+# The policy algorithms that read a cost model (train_cost.when: needed trains it only for these).
+COST_READERS = {"ppo_lagrangian"}
+
+
+def skip_cost_model(out_dir: Path, reason: str, labelled_responses: int) -> dict:
+    """No cost model: out_dir holds UNTRAINED_MARKER with the reason (load_cost_model reports it)."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # a model an earlier run left must not pass for this run's
+    out_dir.mkdir(parents=True)
+    (out_dir / UNTRAINED_MARKER).write_text(json.dumps({"reason": reason}))
+    return {"trained": False, "reason": reason, "labelled_responses": labelled_responses}
 
 
 def train_cost_model(
@@ -44,12 +56,11 @@ def train_cost_model(
 
     With no labelled response there is nothing to learn: out_dir gets UNTRAINED_MARKER only, and
     the report says so (a pipeline that never asks for harmlessness still runs)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     train, test = labels[labels["split"] == "train"], labels[labels["split"] == "test"]
     if train.empty or train["unsafe"].nunique() < 2:
         reason = "no labelled responses" if train.empty else "every labelled response has the same label"
-        (out_dir / UNTRAINED_MARKER).write_text(json.dumps({"reason": reason}))
-        return {"trained": False, "reason": reason, "labelled_responses": len(labels)}
+        return skip_cost_model(out_dir, reason, len(labels))
+    out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(init_from)
     torch.manual_seed(seed)
     model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
