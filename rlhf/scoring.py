@@ -96,14 +96,21 @@ def batch_of(tokenizer: PreTrainedTokenizerBase, ids: list[list[int]], device: t
 def score_texts(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 128
 ) -> torch.Tensor:
-    """Scores of rendered exchanges (`exchange_text`), in batches, cut as the model was trained.  (N,)"""
+    """Scores of rendered exchanges (`exchange_text`), in batches, cut as the model was trained.  (N,)
+
+    Each distinct text is scored once (a held-out comparison set names each of a prompt's K
+    responses in K - 1 pairs), in batches of similar lengths, so little of the work is padding."""
     device = next(model.parameters()).device
-    max_length = trained_max_length(model)
-    scores = []
-    for start in range(0, len(texts), batch_size):
-        batch = batch_of(tokenizer, encode(tokenizer, texts[start : start + batch_size], max_length), device)
-        scores.append(model(**batch).logits[:, 0].float())
-    return torch.cat(scores) if scores else torch.zeros(0)
+    distinct = list(dict.fromkeys(texts))
+    ids = encode(tokenizer, distinct, trained_max_length(model))
+    by_length = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    scores = torch.zeros(len(distinct), device=device)
+    for start in range(0, len(by_length), batch_size):
+        rows = by_length[start : start + batch_size]
+        batch = batch_of(tokenizer, [ids[i] for i in rows], device)
+        scores[torch.tensor(rows, device=device)] = model(**batch).logits[:, 0].float()
+    position = {text: i for i, text in enumerate(distinct)}
+    return scores[torch.tensor([position[text] for text in texts], dtype=torch.long, device=device)]
 
 
 def score_exchanges(

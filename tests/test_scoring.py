@@ -57,3 +57,19 @@ def test_where_padding_is_eos_the_score_is_read_at_the_last_text_token_in_both(t
         at_last_text_token = model(input_ids=torch.tensor([ids[:-1]])).logits[0, 0]
     with_eos = score_texts(model, tokenizer, [text, text + " owls"])[0]  # padded in a batch
     assert with_eos.item() == pytest.approx(at_last_text_token.item(), abs=1e-5)
+
+
+def test_batched_scoring_gives_each_text_its_own_score_in_the_given_order(tiny_tokenizer):
+    """score_texts scores each distinct text once, in batches sorted by length: the result must
+    still be, text for text and in the caller's order, what the model gives that text alone."""
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, num_labels=1)).eval()
+    endings = ["owls .", RESPONSE, "sure .", RESPONSE + " owls can be calm .", "ok ."]
+    distinct = [exchange_text(tiny_tokenizer, chat.as_conversation(LONG), e) for e in endings]
+    texts = [distinct[i] for i in (3, 0, 1, 0, 4, 2, 1, 3)]  # repeats, lengths out of order
+    with torch.no_grad():
+        alone = [model(input_ids=torch.tensor([encode(tiny_tokenizer, [t])[0]])).logits[0, 0].item() for t in texts]
+        scores = score_texts(model, tiny_tokenizer, texts, batch_size=2)
+    assert scores.shape == (len(texts),)
+    assert scores.tolist() == pytest.approx(alone, abs=1e-5)
+    assert len(set(alone)) == len(distinct)  # the texts do score differently: an order mix-up would show

@@ -191,8 +191,8 @@ def evaluate_reward_model(
     """Accuracy, calibration, accuracy by label source and by margin on strict held-out pairs (rlhf.reward_models.report)."""
     strict = comparisons[~comparisons["tie"]]
     pairs = preference_pairs(strict, tokenizer)
-    chosen = score_texts(model, tokenizer, list(pairs["chosen"])).cpu().numpy()
-    rejected = score_texts(model, tokenizer, list(pairs["rejected"])).cpu().numpy()
+    chosen, rejected = score_pairs(model, tokenizer, pairs)
+    chosen, rejected = chosen.cpu().numpy(), rejected.cpu().numpy()
     if distribution_png is not None and len(pairs):
         render_reward_distribution(chosen, rejected, distribution_png)
     return reward_report(strict.reset_index(drop=True), chosen, rejected)
@@ -211,6 +211,11 @@ def accuracy_on(
 ) -> tuple[float, int]:
     """(accuracy, pairs): how often the model scores the judge's chosen response higher, on strict pairs."""
     pairs = preference_pairs(comparisons, tokenizer)
-    chosen = score_texts(model, tokenizer, list(pairs["chosen"])).tolist()
-    rejected = score_texts(model, tokenizer, list(pairs["rejected"])).tolist()
-    return pair_accuracy(chosen, rejected), len(pairs)
+    chosen, rejected = score_pairs(model, tokenizer, pairs)
+    return pair_accuracy(chosen.tolist(), rejected.tolist()), len(pairs)
+
+
+def score_pairs(model, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen scores, rejected scores) of preference_pairs' rows, every distinct text scored once."""
+    scores = score_texts(model, tokenizer, [*pairs["chosen"], *pairs["rejected"]])
+    return scores[: len(pairs)], scores[len(pairs) :]
