@@ -89,9 +89,10 @@ def train_demo_policy(
         bf16=False,
         gradient_checkpointing=False,
         max_length=128,
-        # Batches of similar lengths (transformers' LengthGroupedSampler): at random, 38% of the
-        # tokens a step computes on were padding.
-        train_sampling_strategy="group_by_length",
+        # Batches stay drawn at random although 38% of their tokens are padding: grouping them by
+        # length (train_sampling_strategy="group_by_length") halved a step's time but ended SFT at
+        # loss 1.05 instead of 0.98, and PPO then moved unseen-topic on-topic by +0.03 and +0.06
+        # (seeds 0, 1) instead of +0.36 and +0.05.
     )
     dataset = demo_dataset(train_prompts, params.demos_per_prompt, seed)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
