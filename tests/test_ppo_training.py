@@ -38,6 +38,13 @@ def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0, device: str
     return PPOModels.build(policy, critic, params, reference=None if params.lora_rank else reference)
 
 
+def toy_params(**changes) -> TrainPolicyParams:
+    """The toy-reward runs' settings: fast learning, no KL or EOS penalty, raw scores."""
+    toy = {"batch_size": 32, "minibatch_size": 16, "ppo_epochs": 4, "learning_rate": 3e-3, "value_learning_rate": 3e-3,
+           "kl_coef": 0.0, "max_new_tokens": 12, "missing_eos_penalty": 0.0, "score_normalization": "none"}  # fmt: skip
+    return TrainPolicyParams(**{**toy, **changes})
+
+
 class TokenCountReward:
     """Toy reward: how many of the response's tokens fall in a fixed set (a tenth of the vocabulary)."""
 
@@ -63,11 +70,7 @@ def assert_sampler_follows_the_weights(models: PPOModels, tokenizer, prompts: li
 
 @pytest.mark.parametrize("compile_generation", [False, True])
 def test_ppo_raises_a_toy_reward_within_a_fixed_budget(tiny_tokenizer, compile_generation):
-    params = TrainPolicyParams(
-        iterations=14, batch_size=32, minibatch_size=16, ppo_epochs=4, learning_rate=3e-3,
-        value_learning_rate=3e-3, kl_coef=0.0, max_new_tokens=12, missing_eos_penalty=0.0,
-        score_normalization="none", compile_generation=compile_generation,
-    )  # fmt: skip
+    params = toy_params(iterations=14, compile_generation=compile_generation)
     models = tiny_models(tiny_tokenizer, params)
     history = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
     assert (models.compiled_sampler is not None) == compile_generation
@@ -90,11 +93,7 @@ def test_entropy_bonus_keeps_the_policy_spread(tiny_tokenizer):
     spreads the policy out, and the update logs its term as -c2 * entropy."""
     runs = {}
     for coef in (0.0, 0.05):
-        params = TrainPolicyParams(
-            iterations=6, batch_size=32, minibatch_size=16, ppo_epochs=4, learning_rate=3e-3,
-            value_learning_rate=3e-3, kl_coef=0.0, max_new_tokens=12, missing_eos_penalty=0.0,
-            score_normalization="none", entropy_coef=coef,
-        )  # fmt: skip
+        params = toy_params(iterations=6, entropy_coef=coef)
         models = tiny_models(tiny_tokenizer, params)
         with torch.no_grad():
             models.policy.transformer.ln_f.weight.mul_(20.0)
@@ -102,7 +101,7 @@ def test_entropy_bonus_keeps_the_policy_spread(tiny_tokenizer):
     plain, bonus = runs[0.0], runs[0.05]
     assert "entropy_bonus" not in plain[-1]
     assert bonus[-1]["entropy_bonus"] == pytest.approx(-0.05 * bonus[-1]["entropy"], rel=1e-4)
-    late = lambda history: sum(row["entropy"] for row in history[-3:]) / 3  # noqa: E731
+    late = lambda history: sum(row["entropy"] for row in history[-3:]) / 3
     assert late(bonus) > late(plain) + 1.0, (late(bonus), late(plain))  # measured: 3.9 against 0.2
 
 
@@ -261,11 +260,7 @@ def test_reward_hacking_monitor_ends_the_run_early(tiny_tokenizer):
 @pytest.mark.gpu
 @pytest.mark.parametrize("compile_generation", [False, True])
 def test_ppo_on_cuda_with_bf16_autocast_learns_the_toy_reward(tiny_tokenizer, compile_generation):
-    params = TrainPolicyParams(
-        iterations=14, batch_size=32, minibatch_size=16, ppo_epochs=4, learning_rate=3e-3,
-        value_learning_rate=3e-3, kl_coef=0.0, max_new_tokens=12, missing_eos_penalty=0.0,
-        score_normalization="none", mixed_precision="auto", compile_generation=compile_generation,
-    )  # fmt: skip
+    params = toy_params(iterations=14, mixed_precision="auto", compile_generation=compile_generation)
     models = tiny_models(tiny_tokenizer, params, device="cuda")
     result = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
     scores = [row["score"] for row in result.history]
