@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from rlhf.errors import InputError
+
+if TYPE_CHECKING:  # the rules judge's stage renders no template: it starts without transformers
+    from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, str]
 Conversation = list[Message]

@@ -3,6 +3,8 @@
 
 import json
 import math
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -337,3 +339,20 @@ def test_the_llm_judge_sees_a_multi_turn_conversation_through_its_chat_template(
     assert judge._question(text) == tiny_tokenizer.apply_chat_template(
         [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
     )
+
+
+def test_ranking_by_the_rules_starts_without_torch(project_root):
+    """The rules judge's stage imports neither torch nor transformers (~8 s of the stage's 12 on
+    the demo): ranking 8 responses takes well under a second, so the import was the stage."""
+    check = (
+        "import sys, tasks.rank_responses as stage\n"
+        "from rlhf.config import load_params\n"
+        "judge = stage.make_judge(load_params('params.yaml').rank_responses, None)\n"
+        "judge.rank_batch([('tell me about owls . answer :', 'owls', ['owls fly', 'whatever'])])\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], check=False, cwd=project_root, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from rlhf.config import RankResponsesParams
 from rlhf.judges.base import Judge, Judgement, ranks_from_scores
 from rlhf.judges.rules import RuleJudge
 from rlhf.text import config_digest
+
+if TYPE_CHECKING:  # only the model judges need torch; the rules judge's stage starts without it
+    import torch
 
 __all__ = ["Judge", "Judgement", "RuleJudge", "make_judge", "ranks_from_scores"]
 
@@ -18,8 +21,9 @@ def model_judge_version(code_version: str, model: str, chain_of_thought: bool, p
     return f"{code_version}+{model}{'+cot' if chain_of_thought else ''}+{config_digest(preamble)}"
 
 
-def make_judge(params: RankResponsesParams, device: torch.device, kind: str | None = None) -> Judge:
-    """The AI judge params.yaml asks for (`kind`, default params.judge), its version naming its configuration."""
+def make_judge(params: RankResponsesParams, device: torch.device | None, kind: str | None = None) -> Judge:
+    """The AI judge params.yaml asks for (`kind`, default params.judge), its version naming its configuration.
+    `device` is where a model judge (llm, reward_model) runs; the rules need none."""
     kind = kind or params.judge
     if kind == "rules":
         return RuleJudge(params.principles)
