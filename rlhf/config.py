@@ -460,7 +460,7 @@ class TrainPolicyParams(Section):
     """Critic-free: the upper clip 1 + clip_range_high (DAPO's clip-higher, e.g. 0.28); null: clip_range."""
     dynamic_sampling: bool = False
     """grpo | rloo: drop groups whose G scores are all equal from the update (DAPO); logged as dropped_share."""
-    iterations: int = Field(40, ge=1)
+    iterations: int = Field(20, ge=1)
     """PPO iterations: each samples one batch of rollouts and updates on it."""
     batch_size: int = Field(64, ge=1)
     """Responses per rollout batch, summed over all processes (ppo: one per prompt; grpo, rloo,
