@@ -347,3 +347,25 @@ def test_a_second_run_waits_for_the_store_while_a_first_holds_it(prefect_harness
         writer(1)
     assert writer(60) > 1  # got the lock once the first run ended
     holder.wait()
+
+
+def ephemeral_startup_timeout(project_root: Path, env: dict[str, str]) -> str:
+    """Prefect's ephemeral-server startup timeout as a process that imports our flows sees it."""
+    check = (
+        "import flows.pipeline\n"
+        "from prefect.settings import get_current_settings\n"
+        "print(get_current_settings().server.ephemeral.startup_timeout_seconds)\n"
+    )
+    command = [sys.executable, "-c", check]
+    result = subprocess.run(command, check=True, cwd=project_root, env=env, capture_output=True, text=True, timeout=120)
+    return result.stdout.strip()
+
+
+def test_a_flow_gives_prefects_temporary_server_two_minutes_to_start(project_root):
+    """20 s (Prefect's default) was too short on a busy 2-core machine; a user's own value wins."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    assert ephemeral_startup_timeout(project_root, env) == "120"
+    assert (
+        ephemeral_startup_timeout(project_root, {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "45"})
+        == "45"
+    )
