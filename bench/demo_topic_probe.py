@@ -29,7 +29,7 @@ from rlhf import chat
 from rlhf.demo import domain
 from rlhf.judges.rules import words
 from rlhf.models import load_tokenizer
-from rlhf.reward_models.ensemble import ENSEMBLE_FILE, load_reward_model
+from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.scoring import score_exchanges
 
 
@@ -63,10 +63,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="draws the replacement topics")
     args = parser.parse_args()
     model_dir = args.repo / "models" / "reward"
-    tokenizer_dir = model_dir
-    if (model_dir / ENSEMBLE_FILE).exists():
-        tokenizer_dir = model_dir / json.loads((model_dir / ENSEMBLE_FILE).read_text())["members"][0]
-    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(model_dir)  # an ensemble's first member (and its tokenizer) is the directory itself
     model = load_reward_model(model_dir, torch.device("cpu"), tokenizer.pad_token_id)
     comparisons = args.repo / "data" / "comparisons"
     prompts = pd.read_parquet(comparisons / "prompts.parquet")

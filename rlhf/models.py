@@ -20,7 +20,10 @@ from transformers import (
 from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """params.yaml's device name as a torch.device (a torch.device passes through)."""
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

@@ -19,7 +19,7 @@ def main() -> None:
         report = {"judge": "human", "prompts": 0, "responses": 0}
     else:
         kind = config.ai_judge if config.judge == "hybrid" else config.judge
-        judge = make_judge(config, None if kind in ("rules", "openai") else model_device(params.device), kind)
+        judge = make_judge(config, params.device, kind)  # the device is resolved only for a model judge
         rankings, queue = rank_all(
             judge, pd.read_parquet(args.prompts), responses, config.batch_prompts,
             log_progress(f"{STAGE}: prompts ranked"),
@@ -34,14 +34,6 @@ def main() -> None:
     write_parquet(queue, args.queue)
     write_json(args.metrics, report)
     print(f"{STAGE}: {report['prompts']} prompts ranked by {report['judge']}; {len(queue)} items queued for people")
-
-
-def model_device(name: str):
-    # Imported here: transformers and torch take ~8 s to import, and ranking by the rules or an
-    # endpoint needs neither (the demo's stage ran 12 s, 1 s of it ranking).
-    from rlhf.models import resolve_device
-
-    return resolve_device(name)
 
 
 if __name__ == "__main__":

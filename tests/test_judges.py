@@ -347,7 +347,7 @@ def test_ranking_by_the_rules_starts_without_torch(project_root):
     check = (
         "import sys, tasks.rank_responses as stage\n"
         "from rlhf.config import load_params\n"
-        "judge = stage.make_judge(load_params('params.yaml').rank_responses, None)\n"
+        "judge = stage.make_judge(load_params('params.yaml').rank_responses, 'auto')\n"
         "judge.rank_batch([('tell me about owls . answer :', 'owls', ['owls fly', 'whatever'])])\n"
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )

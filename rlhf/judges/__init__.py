@@ -21,19 +21,20 @@ def model_judge_version(code_version: str, model: str, chain_of_thought: bool, p
     return f"{code_version}+{model}{'+cot' if chain_of_thought else ''}+{config_digest(preamble)}"
 
 
-def make_judge(params: RankResponsesParams, device: torch.device | None, kind: str | None = None) -> Judge:
+def make_judge(params: RankResponsesParams, device: torch.device | str, kind: str | None = None) -> Judge:
     """The AI judge params.yaml asks for (`kind`, default params.judge), its version naming its configuration.
-    `device` is where a model judge (llm, reward_model) runs; the rules need none."""
+    `device` is where a model judge (llm, reward_model) runs: a torch.device, or params.yaml's name for
+    one (cpu | cuda | auto), resolved only when a model is loaded, so the rules need no torch."""
     kind = kind or params.judge
     if kind == "rules":
         return RuleJudge(params.principles)
     if kind == "llm":
         from rlhf.judges.llm import LLMJudge
-        from rlhf.models import load_policy, load_tokenizer
+        from rlhf.models import load_policy, load_tokenizer, resolve_device
 
         config = params.llm
         judge = LLMJudge(
-            load_policy(config.model, device), load_tokenizer(config.model), params.judge_preamble(),
+            load_policy(config.model, resolve_device(device)), load_tokenizer(config.model), params.judge_preamble(),
             config.chain_of_thought, config.rationale_tokens, config.batch_size,
         )  # fmt: skip
         judge.version = model_judge_version(LLMJudge.version, config.model, config.chain_of_thought, judge.preamble)
@@ -48,9 +49,9 @@ def make_judge(params: RankResponsesParams, device: torch.device | None, kind: s
         )
         return judge
     from rlhf.judges.reward_model import RewardModelJudge
-    from rlhf.models import checkpoint_hash, load_tokenizer
+    from rlhf.models import checkpoint_hash, load_tokenizer, resolve_device
     from rlhf.reward_models.ensemble import load_reward_model
 
     tokenizer = load_tokenizer(params.reward_model.path)
-    model = load_reward_model(params.reward_model.path, device, tokenizer.pad_token_id)
+    model = load_reward_model(params.reward_model.path, resolve_device(device), tokenizer.pad_token_id)
     return RewardModelJudge(model, tokenizer, checkpoint_hash(params.reward_model.path))
