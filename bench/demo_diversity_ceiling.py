@@ -31,6 +31,7 @@ from rlhf.demo import domain
 from rlhf.evaluation import distinct_n
 from rlhf.judges.rules import RuleJudge, is_unsafe
 
+MAX_DRAWS = 10_000  # per kept response; the demo's strictest restriction keeps 1 in 33 (0.030)
 Keep = Callable[[dict[str, bool], bool], bool]  # (principles met, unsafe) -> keep the response
 
 
@@ -43,11 +44,13 @@ def draw_responses(
         if topic not in domain.UNSEEN_TOPICS:
             continue
         for _ in range(per_prompt):
-            while True:
+            for _attempt in range(MAX_DRAWS):
                 response = domain.sample_response(topic, rng)
                 if keep(judge.check(prompt, topic, response), is_unsafe(response, unsafe_words)):
+                    responses.append(response)
                     break
-            responses.append(response)
+            else:  # principles no demonstration meets (edited params.yaml): say so rather than spin
+                sys.exit(f"no demonstration for {prompt!r} passed the restriction in {MAX_DRAWS} draws")
     return responses
 
 
