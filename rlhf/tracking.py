@@ -15,17 +15,20 @@ the stage's metrics and plots, so DVC versions them with the run. Tables (PPO's 
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import math
 import os
 import shutil
 from pathlib import Path
-
-from transformers import TrainerCallback
+from typing import TYPE_CHECKING, Self
 
 from rlhf.config import TrackingParams
 from rlhf.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 
 def _numbers(metrics: dict) -> dict[str, float]:
@@ -150,7 +153,7 @@ class Tracker:
 
     def trainer_callback(self) -> TrainerCallback:
         """For a transformers/TRL Trainer (with `report_to=[]`): its logs, at its global step, go here."""
-        return _TrainerLogs(self)
+        return _trainer_logs_class()(self)
 
     def close_trackers(self) -> None:
         """The other trackers' runs, ended (DVCLive's files are left as they are)."""
@@ -170,7 +173,7 @@ class Tracker:
             self.live.end()
         self.close_trackers()
 
-    def __enter__(self) -> Tracker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, error_type, error, traceback) -> None:
@@ -210,10 +213,18 @@ def _step_of(line: str) -> int | None:
         return None
 
 
-class _TrainerLogs(TrainerCallback):
-    def __init__(self, tracker: Tracker):
-        self.tracker = tracker
+@functools.cache
+def _trainer_logs_class() -> type[TrainerCallback]:
+    """The Trainer callback's class, built on first use: importing transformers' Trainer module costs
+    seconds (it pulls in peft), and a stage that never trains with a Trainer should not pay them."""
+    from transformers import TrainerCallback
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            self.tracker.log_metrics(logs, state.global_step)
+    class TrainerLogs(TrainerCallback):
+        def __init__(self, tracker: Tracker):
+            self.tracker = tracker
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                self.tracker.log_metrics(logs, state.global_step)
+
+    return TrainerLogs

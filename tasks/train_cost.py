@@ -2,8 +2,7 @@
 
 from pathlib import Path
 
-from rlhf.models import resolve_device
-from rlhf.reward_models.cost import COST_READERS, skip_cost_model, train_cost_model
+from rlhf.reward_models.untrained import COST_READERS, skip_cost_model
 from rlhf.snapshot import read_safety_labels
 from rlhf.tracking import Tracker
 from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json
@@ -22,6 +21,10 @@ def main() -> None:
             reason = f"train_policy.algorithm is {algorithm}, which reads no cost model (train_cost.when: always)"
             metrics = skip_cost_model(Path(args.model_dir), reason, len(labels))
         else:
+            # Imported here: the skip above needs neither torch nor transformers (rlhf.reward_models.untrained).
+            from rlhf.models import resolve_device
+            from rlhf.reward_models.cost import train_cost_model
+
             metrics = train_cost_model(
                 labels, Path(args.init_dir), params.train_cost, params.seed, resolve_device(params.device),
                 Path(args.model_dir), progress=log_progress(f"{STAGE}: steps"), tracker=tracker,

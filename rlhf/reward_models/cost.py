@@ -12,9 +12,7 @@ trains on the train split's prompts and is measured on the test split's.
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,22 +22,9 @@ import torch
 from rlhf.config import TrainCostParams
 from rlhf.errors import NoCostModelError
 from rlhf.models import load_scalar_head_model, load_tokenizer
+from rlhf.reward_models.untrained import skip_cost_model, untrained_reason
 from rlhf.scoring import batch_of, encode, frame_texts, score_texts
 from rlhf.tracking import Tracker
-
-# Written into the model directory when there was nothing to learn from, instead of a model.
-UNTRAINED_MARKER = "untrained.json"
-# The policy algorithms that read a cost model (train_cost.when: needed trains it only for these).
-COST_READERS = {"ppo_lagrangian"}
-
-
-def skip_cost_model(out_dir: Path, reason: str, labelled_responses: int) -> dict:
-    """No cost model: out_dir holds UNTRAINED_MARKER with the reason (load_cost_model reports it)."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # a model an earlier run left must not pass for this run's
-    out_dir.mkdir(parents=True)
-    (out_dir / UNTRAINED_MARKER).write_text(json.dumps({"reason": reason}))
-    return {"trained": False, "reason": reason, "labelled_responses": labelled_responses}
 
 
 def train_cost_model(
@@ -128,9 +113,8 @@ def classification_report(model, tokenizer, labelled: pd.DataFrame) -> dict:
 def load_cost_model(directory: str | Path, device: torch.device):
     """(model, tokenizer) of a trained cost model; NoCostModelError naming the reason if there is none."""
     directory = Path(directory)
-    marker = directory / UNTRAINED_MARKER
-    if marker.exists():
-        reason = json.loads(marker.read_text())["reason"]
+    reason = untrained_reason(directory)
+    if reason is not None:
         raise NoCostModelError(
             f"{directory}: no cost model ({reason}); label harmlessness with rank_responses.unsafe_words "
             "or the ranking page's unsafe flag"
