@@ -36,8 +36,8 @@ from rlhf.demo import domain
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.judges import RuleJudge
 from rlhf.reward_models.kwise import as_pairs, rankings_from_comparisons, train_on_rankings
+from rlhf.reward_models.pairs import preference_pairs
 from rlhf.reward_models.report import accuracy
-from rlhf.reward_models.train import preference_pairs
 from rlhf.scoring import score_texts
 from rlhf.text import content_id
 

@@ -54,7 +54,8 @@ from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.importers import read_rankings
 from rlhf.judges.rules import words
 from rlhf.models import load_tokenizer
-from rlhf.reward_models.train import pair_accuracy, preference_pairs, train_reward_model
+from rlhf.reward_models.pairs import pair_accuracy, preference_pairs
+from rlhf.reward_models.train import train_reward_model
 from rlhf.scoring import encode
 from rlhf.snapshot import read_comparisons
 from rlhf.store import FeedbackStore

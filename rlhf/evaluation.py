@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhf import chat
 from rlhf.judges.rules import RuleJudge, is_unsafe, words
 from rlhf.logprobs import response_logits
-from rlhf.reward_models.train import accuracy_on, pair_accuracy
+from rlhf.reward_models.pairs import accuracy_on, pair_accuracy
 from rlhf.sampling import Generation, sample_from_policy
 from rlhf.scoring import score_exchanges
 

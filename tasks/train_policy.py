@@ -33,7 +33,6 @@ from rlhf.judges.rules import RuleJudge
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.plots import render_curve, render_gold_vs_proxy
 from rlhf.policy_optimization.checkpoint import Checkpoints
-from rlhf.policy_optimization.dpo import train_dpo
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PPOModels, count_parameters, critic_start
 from rlhf.policy_optimization.rollout import RewardScorer
@@ -98,6 +97,9 @@ def write_curve(args, history: list[dict], columns: list[str]) -> None:
 
 def main_dpo(args, params: Params, tracker: Tracker) -> None:
     """DPO: the policy from the round's start, the bootstrap policy as reference, the snapshot's pairs."""
+    # Imported here: it brings in TRL, datasets and peft, which the PPO family never uses.
+    from rlhf.policy_optimization.dpo import train_dpo
+
     config = params.train_policy
     device = resolve_device(params.device)
     set_seed(params.seed)

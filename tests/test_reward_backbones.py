@@ -28,7 +28,8 @@ from rlhf.errors import EmptyComparisonsError
 from rlhf.importers import read_rankings
 from rlhf.judges.rules import words
 from rlhf.models import load_tokenizer
-from rlhf.reward_models.train import preference_pairs, train_reward_model
+from rlhf.reward_models.pairs import preference_pairs
+from rlhf.reward_models.train import train_reward_model
 from rlhf.scoring import encode
 from rlhf.snapshot import read_comparisons
 from rlhf.store import FeedbackStore

@@ -24,17 +24,10 @@ from rlhf.errors import EmptyComparisonsError
 from rlhf.models import load_scalar_head_model, load_tokenizer
 from rlhf.reward_models.ensemble import RewardEnsemble, save_reward_models
 from rlhf.reward_models.kwise import rankings_from_comparisons, train_on_rankings
+from rlhf.reward_models.pairs import preference_pairs, score_pairs
 from rlhf.reward_models.report import render_reward_distribution, reward_report
-from rlhf.scoring import encode, frame_texts, score_texts
+from rlhf.scoring import encode
 from rlhf.tracking import Tracker
-
-
-def preference_pairs(comparisons: pd.DataFrame, tokenizer: PreTrainedTokenizerBase) -> pd.DataFrame:
-    """Strict pairs only (ties carry no preference), as the texts the reward model reads (rlhf.scoring)."""
-    strict = comparisons[~comparisons["tie"]]
-    return pd.DataFrame(
-        {"chosen": frame_texts(tokenizer, strict, "chosen"), "rejected": frame_texts(tokenizer, strict, "rejected")}
-    )
 
 
 def tokenized_pairs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
@@ -196,26 +189,3 @@ def evaluate_reward_model(
     if distribution_png is not None and len(pairs):
         render_reward_distribution(chosen, rejected, distribution_png)
     return reward_report(strict.reset_index(drop=True), chosen, rejected)
-
-
-def pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
-    """How often a score orders a pair as the judge did; equal scores count half."""
-    if not chosen:
-        return float("nan")
-    hits = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]
-    return sum(hits) / len(hits)
-
-
-def accuracy_on(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, comparisons: pd.DataFrame
-) -> tuple[float, int]:
-    """(accuracy, pairs): how often the model scores the judge's chosen response higher, on strict pairs."""
-    pairs = preference_pairs(comparisons, tokenizer)
-    chosen, rejected = score_pairs(model, tokenizer, pairs)
-    return pair_accuracy(chosen.tolist(), rejected.tolist()), len(pairs)
-
-
-def score_pairs(model, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen scores, rejected scores) of preference_pairs' rows, every distinct text scored once."""
-    scores = score_texts(model, tokenizer, [*pairs["chosen"], *pairs["rejected"]])
-    return scores[: len(pairs)], scores[len(pairs) :]
