@@ -15,12 +15,16 @@ def imported_files(path: Path, root: Path, seen: set[str]) -> set[str]:
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        if isinstance(node, ast.ImportFrom) and node.module in ("rlhf", "tasks"):  # `from rlhf import chat`
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
         names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
         for name in names:
             if not name.startswith(("rlhf", "tasks")):
                 continue
             module = root / name.replace(".", "/")
             target = module / "__init__.py" if module.is_dir() else module.with_suffix(".py")
+            if not target.exists():  # `from rlhf import X` where X is not a module of its own
+                continue
             relative = target.relative_to(root).as_posix()
             if relative not in seen:
                 seen.add(relative)

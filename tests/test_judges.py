@@ -3,8 +3,6 @@
 
 import json
 import math
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +19,7 @@ from rlhf.judges.openai_compatible import OpenAICompatibleJudge
 from rlhf.judges.pairwise import PairwiseJudge, comparison_text
 from rlhf.judges.reward_model import RewardModelJudge
 from tests.conftest import tiny_gpt2_config
+from tests.heavy_imports import heavy_modules_loaded_by
 
 PROMPT = "tell me about owls . answer :"
 RESPONSES = ["owls hunt at night , thanks", "whatever", "owls are birds", "thanks , owls fly"]
@@ -344,15 +343,10 @@ def test_the_llm_judge_sees_a_multi_turn_conversation_through_its_chat_template(
 def test_ranking_by_the_rules_starts_without_torch(project_root):
     """The rules judge's stage imports neither torch nor transformers: on the demo the stage spent
     ~8 of its 12 s importing them, and under 1 s ranking."""
-    check = (
-        "import sys, tasks.rank_responses as stage\n"
+    script = (
+        "import tasks.rank_responses as stage\n"
         "from rlhf.config import load_params\n"
         "judge = stage.make_judge(load_params('params.yaml').rank_responses, 'auto')\n"
-        "judge.rank_batch([('tell me about owls . answer :', 'owls', ['owls fly', 'whatever'])])\n"
-        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
+        "judge.rank_batch([('tell me about owls . answer :', 'owls', ['owls fly', 'whatever'])])"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", check], check=False, cwd=project_root, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert heavy_modules_loaded_by(script, project_root) == []
