@@ -118,12 +118,15 @@ def main() -> None:
             runs[name].append(measure(name, args))
             # each run as it ends (stderr), so a bench stopped part-way still says what it measured
             print(json.dumps({"repeat": repeat, "algorithm": name, **runs[name][-1]}), file=sys.stderr, flush=True)
+    sys.path.insert(0, str(ROOT))
+    from bench.machine import machine
+
     medians = {
         name: {key: statistics.median(run[key] for run in rows) for key in rows[0]} for name, rows in runs.items()
     }
     for name, rows in runs.items():
         line = {
-            "bench": "algorithms", "algorithm": name,
+            "bench": "algorithms", "algorithm": name, "machine": machine(),
             "model": f"gpt2 {args.layers}x{args.width}", "episodes": args.iterations * args.batch,
             "response_tokens": args.tokens, "repeats": args.repeats,
             "episodes_per_s": spread([r["episodes_per_s"] for r in rows]),

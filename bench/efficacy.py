@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine
 from tests.pipeline_repo import dvc, make_repo  # noqa: E402  (one place copies the project into a repo)
 
 
@@ -100,6 +101,8 @@ def main() -> None:
         "rev": args.rev or "checkout",
         "seeds": args.seeds,
         "set": args.assignments,
+        # Another CPU rounds floats differently, so a seed's figures hold for the machine that made them.
+        "machine": machine(),
         "pipeline_wall_s": walls,
         "metrics": summarise(runs),
         # Each seed's figures too: a bad draw shows as itself, not only as a wide std.

@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine
 from tests.pipeline_repo import make_repo  # noqa: E402 - the repository builder the tests use
 
 
@@ -112,7 +113,7 @@ def main() -> None:
         fastest = [min(runs, key=lambda run: run[0]) for runs in (direct_runs, flow_runs)]
         (direct_s, direct_stages), (flow_s, flow_stages) = fastest
     print(json.dumps({
-        "bench": "orchestration_overhead", "config": "shrunk" if args.shrink else "default",
+        "bench": "orchestration_overhead", "machine": machine(), "config": "shrunk" if args.shrink else "default",
         "repeats": args.repeats, "all_direct_s": [round(r[0], 1) for r in direct_runs],
         "all_flow_s": [round(r[0], 1) for r in flow_runs],
         "direct_s": round(direct_s, 1), "flow_s": round(flow_s, 1), "ratio": round(flow_s / direct_s, 3),

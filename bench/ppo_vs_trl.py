@@ -390,6 +390,8 @@ def main() -> None:
                 runs[name].append(run_side(command))
     for run in (run for side_runs in runs.values() for run in side_runs):
         run["episodes_per_s"] = steady_rate(run, args.batch_size, args.warmup_iterations)
+    from bench.machine import machine
+
     device = device_name(args.device)
     ratio, paired_ratio = ratios(runs["ours"], runs["trl"])
     versions = {name: side_runs[0]["transformers"] for name, side_runs in runs.items()}
@@ -398,6 +400,7 @@ def main() -> None:
     report = {
         "bench": "ppo_vs_trl",
         "device": device,
+        "machine": machine(),
         "model_params": spec["model_params"],
         "episodes": runs["ours"][0]["episodes"],
         "optimizer_steps": runs["ours"][0]["optimizer_steps"],

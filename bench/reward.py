@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
+from bench.machine import machine
 from rlhf.config import load_params
 from rlhf.demo import domain
 from rlhf.demo.tokenizer import train_tokenizer
@@ -111,7 +112,7 @@ def main() -> None:
     rate = {name: [run["pairs_per_s"] for run in side_runs] for name, side_runs in runs.items()}
     accuracy_of = {name: statistics.median(run["accuracy"] for run in side_runs) for name, side_runs in runs.items()}
     print(json.dumps({
-        "bench": "reward", "k": args.k, "train_pairs": int((~train["tie"]).sum()),
+        "bench": "reward", "machine": machine(), "k": args.k, "train_pairs": int((~train["tie"]).sum()),
         "test_pairs": int((~test["tie"]).sum()), "epochs": args.epochs, "repeats": args.repeats,
         "pairs_seen": runs["kwise"][0]["pairs_seen"],
         "kwise_pairs_per_s": spread(rate["kwise"]), "pairwise_pairs_per_s": spread(rate["pairwise"]),

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
 
+from bench.machine import machine
 from rlhf.snapshot import read_comparisons
 from rlhf.store import FeedbackStore
 
@@ -79,6 +80,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "store",
+                "machine": machine(),
                 "pairs": added["comparisons"],
                 "k": args.k,
                 "ingest_pairs_per_s": round(ingest_rate),
