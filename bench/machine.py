@@ -1,6 +1,6 @@
 """The machine a bench line was measured on, as a dict every bench prints with its figures.
 
-Two 2-core sessions of this project ran the same commit's `make demo` flow in 7.2 and 3.7
+Two 2-core sessions of this project ran the same pipeline code's `make demo` flow in 7.2 and 3.7
 minutes, and `ppo_vs_trl` read 1.67-1.74 on one and 2.08 on the other: a figure without its CPU
 cannot be compared with another. The CPU also sets which kernels torch picks (its "capability"),
 and so how floats round: the demo's metrics for one seed differ between two such CPUs.
