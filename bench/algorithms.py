@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine  # light: torch is imported only when it is called
+
 ALGORITHMS = ["ppo", "grpo", "rloo", "reinforce_pp"]
 
 
@@ -41,7 +45,6 @@ def current_rss_mb() -> float:
 
 def child(args) -> None:
     """One measurement: build, train, print one JSON object."""
-    sys.path.insert(0, str(ROOT))
     import torch
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
@@ -118,9 +121,6 @@ def main() -> None:
             runs[name].append(measure(name, args))
             # each run as it ends (stderr), so a bench stopped part-way still says what it measured
             print(json.dumps({"repeat": repeat, "algorithm": name, **runs[name][-1]}), file=sys.stderr, flush=True)
-    sys.path.insert(0, str(ROOT))
-    from bench.machine import machine
-
     medians = {
         name: {key: statistics.median(run[key] for run in rows) for key in rows[0]} for name, rows in runs.items()
     }

@@ -48,6 +48,10 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+
+from bench.machine import machine  # light: torch is imported only when it is called
+
 TRL_VENV = BENCH / ".venv-trl"
 TRL_PIN = "trl==0.29.1"
 MAIN_VENV_PTH = "main-venv.pth"
@@ -390,8 +394,6 @@ def main() -> None:
                 runs[name].append(run_side(command))
     for run in (run for side_runs in runs.values() for run in side_runs):
         run["episodes_per_s"] = steady_rate(run, args.batch_size, args.warmup_iterations)
-    from bench.machine import machine
-
     device = device_name(args.device)
     ratio, paired_ratio = ratios(runs["ours"], runs["trl"])
     versions = {name: side_runs[0]["transformers"] for name, side_runs in runs.items()}
@@ -452,9 +454,8 @@ def device_name(device: str) -> str:
 
     if device == "cuda":
         return torch.cuda.get_device_name()
-    return f"cpu ({os.cpu_count()} cores)"
+    return "cpu"  # its model and cores are under "machine"
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(BENCH.parent))
     main()
