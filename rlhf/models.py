@@ -14,6 +14,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -32,10 +33,33 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model directory (or hub id), its `model_max_length` the model's context
+    (`context_length`): every stage loads its tokenizers here, so every tokenizer it saves states it."""
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     if tokenizer.pad_token is None:  # many causal LMs ship without one; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
+    positions = context_length(name_or_path)
+    if positions is not None and tokenizer.model_max_length > positions:
+        tokenizer.model_max_length = positions
     return tokenizer
+
+
+def context_length(name_or_path: str | Path) -> int | None:
+    """The positions the model of a directory (or hub id) has: its config's `n_positions` (GPT-2)
+    or `max_position_embeddings` (most others; a multimodal model's text config). None where there
+    is no config or it names none (relative positions, a tokenizer-only directory).
+
+    A tokenizer built from scratch, or shipped without a limit, says `model_max_length` = 1e30, so
+    `truncation=True` in plain transformers cuts nothing and a long input overruns the positions."""
+    try:
+        config, _ = PretrainedConfig.get_config_dict(str(name_or_path))
+    except OSError:  # a hub repository of a tokenizer alone
+        return None
+    for section in (config, config.get("text_config") or {}):
+        for key in ("n_positions", "max_position_embeddings"):
+            if isinstance(section.get(key), int):
+                return section[key]
+    return None
 
 
 def load_policy(name_or_path: str | Path, device: torch.device) -> PreTrainedModel:

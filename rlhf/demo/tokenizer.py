@@ -7,6 +7,9 @@ from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+# The demo policy's positions (rlhf.bootstrap's GPT2Config n_positions): the tokenizer's
+# model_max_length, so plain transformers' `truncation=True` cuts a long input to what the model reads.
+DEMO_CONTEXT_LENGTH = 256
 
 # The demo's chat template, so the embedded default walks the same code path as a real instruct
 # model (rlhf.chat). It renders the turns the way the demo has always written them: a user turn is
@@ -22,7 +25,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: list[str], vocab_size: int, model_max_length: int = DEMO_CONTEXT_LENGTH
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE of `vocab_size` on `texts`, with the demo's chat template; `model_max_length`
+    is the context of the model it serves (transformers' default, 1e30, would never truncate)."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -41,6 +48,7 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
         # Without this the tokenizer also returns token_type_ids, which GPT-2 adds to its
         # embeddings: training loss looks fine but generation degenerates (see FACTS.md).
         model_input_names=["input_ids", "attention_mask"],
+        model_max_length=model_max_length,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
