@@ -83,12 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     exports = actions.add_parser(
         "export",
         help="export labelled pairs",
-        description="Example: rlhf store export pairs.jsonl --format trl --split train  "
-        "(formats are described in rlhf/exporters.py)",
+        description="Example: rlhf store export pairs.jsonl --format trl --tokenizer models/sft --split train  "
+        "(formats are described in rlhf/exporters.py). trl and hf-dataset write TRL's standard format: "
+        "prompt is the text the policy continued and chosen/rejected the exact text that follows it "
+        "(' glad you asked ...', with its space), so TRL's prompt + chosen is the exchange our stages "
+        "read; trl-conversational writes chat messages for TRL to render with the model's chat template "
+        "(the format for a model with one). Every TRL format carries the pair's margin, which TRL's "
+        "RewardTrainer subtracts (drop the column for plain Bradley-Terry); csv is every column, for analysis.",
     )
     exports.add_argument("out", help="the file (a directory for hf-dataset) to write")
     exports.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="fmt")
     exports.add_argument("--split", default="all", choices=["all", "train", "test"])
+    exports.add_argument(
+        "--tokenizer",
+        help="trl, hf-dataset: render prompts and responses with this model directory's tokenizer and chat "
+        "template, as the policy reads them (e.g. models/sft); default: the plain format of a model without one",
+    )
     add_annotate_commands(commands)
     add_serve_commands(commands)
     return parser
@@ -243,6 +253,17 @@ def print_odd_rows(odd_rows: list[OddRow], shown: int = 50) -> None:
         print(f"rlhf: ... and {len(odd_rows) - shown} more odd rows skipped", file=sys.stderr)
 
 
+def export_tokenizer(path: str | None):
+    """The tokenizer `store export --tokenizer` names, or None (the plain format)."""
+    if path is None:
+        return None
+    if not Path(path).is_dir():
+        raise InputError(f"--tokenizer {path}: no model directory here")
+    from rlhf.models import load_tokenizer
+
+    return load_tokenizer(path)
+
+
 def serve_reward(args: argparse.Namespace) -> None:
     from rlhf.rewards.server import serve_reward_model
 
@@ -278,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "agreement":
             print_agreement(agreement_report(store.pair_labels(), store.human_ranks(), kappa_below=args.low_kappa))
         elif args.action == "export":
-            rows = export_pairs(store.comparisons(), args.out, args.fmt, args.split)
+            rows = export_pairs(store.comparisons(), args.out, args.fmt, args.split, export_tokenizer(args.tokenizer))
             print(f"exported {rows} pairs to {args.out} ({args.fmt})")
         elif args.action == "import":
             import_rankings(store, args)

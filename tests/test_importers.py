@@ -67,8 +67,17 @@ def import_cli(store: FeedbackStore, path: Path, fmt: str, *extra: str) -> int:
 
 
 def export_cli(store: FeedbackStore, out: Path, fmt: str) -> list[dict]:
+    """The exported records without their margin (tests/test_exports_trl.py checks it)."""
     assert main(["store", "--path", str(store.path), "export", str(out), "--format", fmt]) == 0
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all("margin" in record for record in records)
+    return [{k: v for k, v in record.items() if k != "margin"} for record in records]
+
+
+def as_standard(records: list[dict]) -> list[dict]:
+    """TRL standard records as the export writes them: each response after its one space (the
+    plain format: TRL's prompt + chosen is then the exchange; see rlhf.exporters)."""
+    return [{**r, "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]} for r in records]
 
 
 def as_set(records: list[dict]) -> set[str]:
@@ -182,7 +191,7 @@ TRL_CONVERSATIONAL = [
 def test_trl_standard_and_conversational_files_round_trip_through_import_and_export(tmp_path):
     store = store_at(tmp_path)
     assert import_cli(store, write_jsonl(tmp_path / "standard.jsonl", TRL_STANDARD), "trl") == 0
-    assert as_set(export_cli(store, tmp_path / "out.jsonl", "trl")) == as_set(TRL_STANDARD)
+    assert as_set(export_cli(store, tmp_path / "out.jsonl", "trl")) == as_set(as_standard(TRL_STANDARD))
 
     chats = store_at(tmp_path / "chats")
     assert import_cli(chats, write_jsonl(tmp_path / "chat.jsonl", TRL_CONVERSATIONAL), "trl") == 0
@@ -190,7 +199,7 @@ def test_trl_standard_and_conversational_files_round_trip_through_import_and_exp
     standard = export_cli(chats, tmp_path / "chat-standard.jsonl", "trl")
     assert {r["prompt"] for r in standard} == {
         "hi",
-        "System: Be brief.\n\nHuman: plan a trip\n\nAssistant: Where to?\n\nHuman: Rome",
+        "\n\nSystem: Be brief.\n\nHuman: plan a trip\n\nAssistant: Where to?\n\nHuman: Rome\n\nAssistant:",
     }
 
 
@@ -252,7 +261,8 @@ def test_ultrafeedback_ratings_become_rankings_with_ties_that_export_as_pairs(tm
         for b in better[i + 1 :]
         if {a, b} != {"owls are birds", "Hoot hoot"}
     ]
-    assert as_set(exported) == as_set([*expected, {"prompt": "name a colour", "chosen": "Blue.", "rejected": "Seven."}])  # fmt: skip
+    colour = {"prompt": "name a colour", "chosen": "Blue.", "rejected": "Seven."}
+    assert as_set(exported) == as_set(as_standard([*expected, colour]))
 
 
 @needs_shared_sample
@@ -347,13 +357,14 @@ def test_export_trl_standard_conversational_hf_dataset_and_csv(tmp_path, capsys)
     out = tmp_path / "out"
     assert main(["store", "--path", store, "export", str(out / "pairs.jsonl"), "--format", "trl"]) == 0
     lines = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and all(line["chosen"] == "good" and line["prompt"] == "q" for line in lines)  # tie left out
+    # the tie left out; the response after its one space (rlhf.exporters)
+    assert len(lines) == 2 and all(line["chosen"] == " good" and line["prompt"] == "q" for line in lines)
     assert main(["store", "--path", store, "export", str(out / "chat.jsonl"), "--format", "trl-conversational"]) == 0
     first = json.loads((out / "chat.jsonl").read_text().splitlines()[0])
     assert first["prompt"] == [{"role": "user", "content": "q"}] and first["chosen"][0]["role"] == "assistant"
     assert main(["store", "--path", store, "export", str(out / "hf"), "--format", "hf-dataset"]) == 0
     dataset = load_from_disk(str(out / "hf"))
-    assert dataset.column_names == ["prompt", "chosen", "rejected"] and len(dataset) == 2
+    assert dataset.column_names == ["prompt", "chosen", "rejected", "margin"] and len(dataset) == 2
     assert main(["store", "--path", store, "export", str(out / "all.csv"), "--format", "csv"]) == 0
     table = pd.read_csv(out / "all.csv")
     assert len(table) == 3 and table["tie"].sum() == 1 and table["weight"].sum() == pytest.approx(1.0)
