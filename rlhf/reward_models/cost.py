@@ -22,6 +22,7 @@ import torch
 from rlhf.config import TrainCostParams
 from rlhf.errors import NoCostModelError
 from rlhf.models import load_scalar_head_model, load_tokenizer
+from rlhf.reward_models.kwise import disable_dropout
 from rlhf.reward_models.untrained import skip_cost_model, untrained_reason
 from rlhf.scoring import batch_of, encode, frame_texts, score_texts
 from rlhf.tracking import Tracker
@@ -58,7 +59,7 @@ def train_cost_model(
     order, rng = list(range(len(ids))), random.Random(seed)
     steps_per_epoch = -(-len(ids) // params.batch_size)
     total_steps, step, losses = steps_per_epoch * params.epochs, 0, []
-    model.train()
+    disable_dropout(model).train()  # as the reward model trains (Huang et al. 2024, detail 1)
     for _ in range(params.epochs):
         rng.shuffle(order)
         for start in range(0, len(order), params.batch_size):

@@ -9,6 +9,8 @@ as much as any other. Plain pairwise training is the same loop with every pair i
 This sits beside TRL's RewardTrainer rather than on top of it: RewardTrainer tokenises a
 chosen/rejected column pair per row, and a ranking of K texts with a pair index does not fit that
 row shape without replacing its dataset preparation, collator and loss, which is all of it.
+Like RewardTrainer (its `disable_dropout`, on by default) it trains with dropout off
+(`disable_dropout`), so every path that trains a reward or cost model reads the same function.
 """
 
 from __future__ import annotations
@@ -97,10 +99,30 @@ def pair_layout(rankings: list[Ranking]) -> tuple[torch.Tensor, torch.Tensor, to
     return torch.tensor(winners), torch.tensor(losers), torch.tensor(weights)
 
 
-def ranking_loss(rewards: torch.Tensor, batch: RankingBatch) -> torch.Tensor:
-    """Weighted Bradley-Terry loss: sum over pairs of w * -log sigmoid(r_winner - r_loser).  (scalar)"""
-    margins = rewards[batch.winners] - rewards[batch.losers]
-    return -(batch.pair_weights * F.logsigmoid(margins)).sum()
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Dropout off for training, in place: every nn.Dropout's p and every float `attention_dropout`
+    (Llama-style attention reads it as a number, not a module) set to 0.
+
+    Huang et al. 2024, "The N+ Implementation Details of RLHF with PPO", detail 1: dropout makes
+    the reward (and the log-probs) of one text random, so the Bradley-Terry margins train on noise;
+    TRL's RewardTrainer does the same (`RewardConfig.disable_dropout`, default True)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    return model
+
+
+def ranking_loss(rewards: torch.Tensor, batch: RankingBatch, margins: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted Bradley-Terry loss: sum over pairs of w * -log sigmoid(r_winner - r_loser - m).  (scalar)
+
+    m (P,), default 0: a margin the reward gap must clear (Llama 2, Touvron et al. 2023, eq. 2),
+    the `margin` column TRL's RewardTrainer subtracts; the pipeline trains without one."""
+    gaps = rewards[batch.winners] - rewards[batch.losers]  # (P,)
+    if margins is not None:
+        gaps = gaps - margins
+    return -(batch.pair_weights * F.logsigmoid(gaps)).sum()
 
 
 def train_on_rankings(
@@ -129,7 +151,7 @@ def train_on_rankings(
     total_steps = max(1, round(epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.05 * total_steps), total_steps)
-    model.train()
+    disable_dropout(model).train()
     step, pairs_seen, losses = 0, 0, []
     started = time.perf_counter()
     while step < total_steps:
