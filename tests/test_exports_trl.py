@@ -80,8 +80,8 @@ def trl_trainers(tmp_path_factory, tiny_tokenizer):
                      args=DPOConfig(output_dir=str(root / "dpo"), **common), train_dataset=row,
                      processing_class=tiny_tokenizer)  # fmt: skip
     reward_model = GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, n_embd=8, n_head=1, num_labels=1))
-    reward = RewardTrainer(model=reward_model, args=RewardConfig(output_dir=str(root / "rm"), max_length=None, **common),
-                           train_dataset=row, processing_class=tiny_tokenizer)  # fmt: skip
+    reward = RewardTrainer(model=reward_model, args=RewardConfig(output_dir=str(root / "rm"), max_length=None,
+                           **common), train_dataset=row, processing_class=tiny_tokenizer)  # fmt: skip
     return dpo, reward
 
 
