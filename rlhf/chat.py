@@ -14,6 +14,9 @@ Text crosses module boundaries as conversations, never as one model's token ids:
   (system turns as "System:"), ending with "\\n\\nAssistant:" for the policy to continue. The
   response follows after one space.
 
+`stop_token_ids` is where the policy's turn ends: sampling stops at any of them, DPO ends its
+completions with the one the template writes.
+
 `transcript` is the human-readable form that the store's `prompt` column, the judges' prompts and
 the ranking page's fallback show: the content itself for one user message, else the turns.
 """
@@ -128,6 +131,42 @@ def add_special_tokens_for(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether tokenising rendered text should add the tokenizer's special tokens: not when a chat
     template wrote them already (a second BOS otherwise), yes for the plain format (BERT's [CLS])."""
     return not has_chat_template(tokenizer)
+
+
+STOP_PROBE = "stop-probe-7261"  # an assistant message whose end the template's turn end follows
+
+
+def template_turn_end(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token a chat template writes right after an assistant message (ChatML's
+    `<|im_end|>`, Llama-3's `<|eot_id|>`, Gemma's `<end_of_turn>`, Mistral's `</s>`), found by
+    rendering a one-exchange conversation; None without a template, or where the template writes
+    no special token there (or refuses the probe conversation)."""
+    if not has_chat_template(tokenizer):
+        return None
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": STOP_PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # noqa: BLE001  (a template may raise on any conversation it does not expect)
+        return None
+    end = text.rfind(STOP_PROBE)
+    after = tokenizer(text[end + len(STOP_PROBE) :], add_special_tokens=False)["input_ids"] if end >= 0 else []
+    special = set(tokenizer.all_special_ids) | {
+        i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special
+    }
+    return after[0] if after and after[0] in special else None
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model=None) -> list[int]:
+    """Every token that ends the policy's turn: the tokenizer's EOS, the model's
+    `generation_config.eos_token_id` (an int or a list: Llama-3 lists `<|eot_id|>` beside
+    `<|end_of_text|>`), and the chat template's turn end (`template_turn_end`). Sampling stops at
+    the first of any of them. The tokenizer's EOS comes first."""
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None) or getattr(model, "config", None)
+    configured = getattr(config, "eos_token_id", None)
+    ids += configured if isinstance(configured, (list, tuple)) else [configured]
+    ids.append(template_turn_end(tokenizer))
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def prompt_key(conversation: Conversation) -> str:

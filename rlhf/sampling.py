@@ -1,8 +1,16 @@
-"""Batched generation: K responses per prompt, left-padded, KV cache, stop at EOS."""
+"""Batched generation: K responses per prompt, left-padded, KV cache, stop at the turn's end.
+
+A response stops at the first of the policy's stop tokens (rlhf.chat.stop_token_ids: the
+tokenizer's EOS, the model's generation_config.eos_token_id, the chat template's turn end), which
+stays in the response; everything after it is padding. Below, "EOS" means any stop token. Every
+sampler draws from exactly softmax(logits / temperature) (or its nucleus, for sample_k with top_p),
+never through the model's own generation config.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -38,9 +46,19 @@ class Generation:
     texts: list[str]  # (B,) decoded responses, special tokens dropped
 
 
-def mask_after_eos(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mask, ended): mask keeps tokens up to and including the first EOS.  (B, R), (B,)"""
-    is_eos = response_ids == eos_token_id
+StopIds = int | Sequence[int]  # one stop token id or several (rlhf.chat.stop_token_ids)
+
+
+def is_stop(tokens: torch.Tensor, stop_ids: StopIds) -> torch.Tensor:
+    """Where `tokens` hold any of the stop ids (bool, the shape of `tokens`)."""
+    stops = [stop_ids] if isinstance(stop_ids, int) else list(stop_ids)
+    return torch.isin(tokens, torch.tensor(stops, dtype=tokens.dtype, device=tokens.device))
+
+
+def mask_after_eos(response_ids: torch.Tensor, eos_token_id: StopIds) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, ended): mask keeps tokens up to and including the first stop token (any of
+    `eos_token_id`, an id or a list of them).  (B, R), (B,)"""
+    is_eos = is_stop(response_ids, eos_token_id)
     eos_seen_before = (is_eos.cumsum(-1) - is_eos.long()) > 0
     return (~eos_seen_before).long(), is_eos.any(-1)
 
@@ -63,8 +81,11 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
 ) -> Generation:
+    """Responses through `model.generate`, which also applies the model's own generation config
+    (repetition penalty, top-k, ...): for a user's own calls; the stages use `sample_from_policy`."""
     device = next(model.parameters()).device
     batch = prompt_batch(tokenizer, prompts, device)
+    stop_ids = chat.stop_token_ids(tokenizer, model)
     sequences = model.generate(
         **batch,
         do_sample=True,
@@ -73,10 +94,10 @@ def generate(
         top_k=0,
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_ids,
     )
     response_ids = sequences[:, batch["input_ids"].shape[1] :]
-    response_mask, ended = mask_after_eos(response_ids, tokenizer.eos_token_id)
+    response_mask, ended = mask_after_eos(response_ids, stop_ids)
     response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
     texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
     return Generation(batch["input_ids"], batch["attention_mask"], response_ids, response_mask, ended, texts)
@@ -89,17 +110,19 @@ def sample_from_policy(
     prompts: list[str],
     max_new_tokens: int,
     temperature: float,
+    top_p: float = 1.0,
 ) -> Generation:
-    """Responses drawn from exactly softmax(logits / temperature), as PPO's sampler draws them.
+    """Responses drawn from exactly softmax(logits / temperature), as PPO's sampler draws them
+    (with top_p < 1, from its nucleus: `sample_token`), stopping at any of the policy's stop ids.
 
     `generate` reads the model's own generation config, so a user's model that ships a repetition
     penalty or top-k would be sampled from another distribution than the one PPO trains and KL is
-    measured under; evaluation uses this instead. `prompts` are rendered texts (rlhf.chat)."""
+    measured under; evaluation and sample_k use this instead. `prompts` are rendered texts (rlhf.chat)."""
     device = next(model.parameters()).device
     batch = prompt_batch(tokenizer, prompts, device)
     response_ids, response_mask, ended, _ = sample_with_logprobs(
-        model, batch["input_ids"], batch["attention_mask"], max_new_tokens, temperature, tokenizer.eos_token_id,
-        tokenizer.pad_token_id,
+        model, batch["input_ids"], batch["attention_mask"], max_new_tokens, temperature,
+        chat.stop_token_ids(tokenizer, model), tokenizer.pad_token_id, top_p=top_p,
     )  # fmt: skip
     texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
     return Generation(batch["input_ids"], batch["attention_mask"], response_ids, response_mask, ended, texts)
@@ -113,17 +136,29 @@ def sample_categorical(logprobs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
-def sample_token(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token, log pi(token)) drawn from the last position's logits at `temperature`.  (B, V) -> (B,), (B,)"""
+def nucleus(logprobs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Log-probs renormalised over the nucleus (Holtzman et al. 2020): the most probable tokens
+    whose mass first reaches top_p (the most probable always kept); the rest -inf.  (B, V) -> (B, V)"""
+    sorted_logprobs, order = logprobs.sort(dim=-1, descending=True)
+    mass_before = sorted_logprobs.exp().cumsum(-1) - sorted_logprobs.exp()  # mass of the tokens ranked above
+    drop = (mass_before >= top_p).scatter(-1, order, mass_before >= top_p)
+    return torch.log_softmax(logprobs.masked_fill(drop, float("-inf")), dim=-1)
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token, log pi(token)) drawn from the last position's logits at `temperature` (and from
+    their nucleus when top_p < 1; the log-prob is then the nucleus's).  (B, V) -> (B,), (B,)"""
     step_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        step_logprobs = nucleus(step_logprobs, top_p)
     token = sample_categorical(step_logprobs)
     return token, step_logprobs.gather(-1, token[:, None]).squeeze(-1)
 
 
 def finish_responses(
-    tokens: list[torch.Tensor], logprobs: list[torch.Tensor], eos_token_id: int, pad_token_id: int
+    tokens: list[torch.Tensor], logprobs: list[torch.Tensor], eos_token_id: StopIds, pad_token_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The per-step draws as (response_ids, response_mask, ended, logprobs), padded after EOS."""
+    """The per-step draws as (response_ids, response_mask, ended, logprobs), padded after the first stop token."""
     response_ids = torch.stack(tokens, dim=1)
     response_mask, ended = mask_after_eos(response_ids, eos_token_id)
     response_ids = response_ids.masked_fill(response_mask == 0, pad_token_id)
@@ -137,13 +172,17 @@ def sample_with_logprobs(
     query_mask: torch.Tensor,
     max_new_tokens: int,
     temperature: float,
-    eos_token_id: int,
+    eos_token_id: StopIds,
     pad_token_id: int,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ancestral sampling with a KV cache that keeps log pi(a_t | s_t) of each sampled token.
+    """Ancestral sampling with a KV cache that keeps log pi(a_t | s_t) of each sampled token,
+    stopping a row at the first of `eos_token_id` (one stop id or a list: rlhf.chat.stop_token_ids).
 
     PPO needs those log-probs; taking them here saves the policy forward pass that would
-    recompute them (they agree with a full forward to float rounding; tested).
+    recompute them. They are the same quantity as a full forward's, computed another way: in
+    fp32 on CPU they agree closely (tested), under bf16 the cached and the full forward may
+    round differently by more (update_logprob_drift measures it).
     Returns (response_ids, response_mask, ended, logprobs): (B, T), (B, T), (B,), (B, T).
     """
     attention_mask = query_mask
@@ -155,11 +194,11 @@ def sample_with_logprobs(
     finished = torch.zeros(len(query_ids), dtype=torch.bool, device=query_ids.device)
     tokens, logprobs = [], []
     for _ in range(max_new_tokens):
-        token, logprob = sample_token(output.logits[:, -1], temperature)
+        token, logprob = sample_token(output.logits[:, -1], temperature, top_p)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         logprobs.append(logprob)
-        finished |= token == eos_token_id
+        finished |= is_stop(token, eos_token_id)
         if finished.all():
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(token), 1)], dim=1)
@@ -217,7 +256,7 @@ class CompiledSampler:
         query_mask: torch.Tensor,
         max_new_tokens: int,
         temperature: float,
-        eos_token_id: int,
+        eos_token_id: StopIds,
         pad_token_id: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, prompt_length = query_ids.shape
@@ -244,7 +283,7 @@ class CompiledSampler:
             token = token.masked_fill(finished, pad_token_id)
             tokens.append(token)
             logprobs.append(logprob)
-            finished |= token == eos_token_id
+            finished |= is_stop(token, eos_token_id)
             if step % self.CHECK_EVERY == self.CHECK_EVERY - 1 and finished.all():
                 break
         response_ids, response_mask, ended, logprobs = finish_responses(tokens, logprobs, eos_token_id, pad_token_id)
@@ -264,10 +303,21 @@ def sample_k(
     policy_checkpoint: str,
     progress=None,
 ) -> pd.DataFrame:
-    """K sampled responses for every prompt, as rows keyed by content (see RESPONSE_COLUMNS)."""
+    """K sampled responses for every prompt, as rows keyed by content (see RESPONSE_COLUMNS).
+
+    Drawn as `sample_from_policy` draws them: from exactly softmax(logits / temperature), or its
+    nucleus when top_p < 1, never through the model's own generation config (a repetition penalty or
+    top-k it ships would change the distribution without a trace). The `sampling` column records
+    all of it: the sampler, k, max_new_tokens, temperature, top_p and the stop token ids."""
+    stop_ids = chat.stop_token_ids(tokenizer, model)
     sampling = json.dumps(
-        {"k": k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}, sort_keys=True
-    )
+        {
+            "sampler": "softmax(logits/temperature)" + (", nucleus top_p" if top_p < 1.0 else ""),
+            "k": k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+            "stop_token_ids": stop_ids,
+        },
+        sort_keys=True,
+    )  # fmt: skip
     # Each prompt is rendered with the policy's own chat template (rlhf.chat), once.
     rendered = {
         prompt_id: chat.render_prompt(tokenizer, conversation)
@@ -278,7 +328,7 @@ def sample_k(
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         texts = [rendered[prompt_id] for prompt_id, _ in chunk]
-        generation = generate(model, tokenizer, texts, max_new_tokens, temperature, top_p)
+        generation = sample_from_policy(model, tokenizer, texts, max_new_tokens, temperature, top_p)
         for (prompt_id, index), text in zip(chunk, generation.texts):
             response_id = content_id(prompt_id, policy_checkpoint, index, text)
             turns = chat.to_json(chat.assistant_turns(text))
