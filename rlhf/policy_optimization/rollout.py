@@ -147,7 +147,7 @@ def sample_responses(
     with models.generation_context():
         response_ids, mask, ended, logprobs = sampler(
             query["input_ids"], query["attention_mask"], params.max_new_tokens, params.temperature,
-            tokenizer.eos_token_id, tokenizer.pad_token_id,
+            chat.stop_token_ids(tokenizer, policy), tokenizer.pad_token_id,
         )  # fmt: skip
     seconds = device_clock(device) - started
     policy.train()
