@@ -31,7 +31,12 @@ from rlhf import chat
 
 def exchange_text(tokenizer: PreTrainedTokenizerBase, conversation: chat.Conversation, response) -> str:
     """Steps 1-2: the text a scorer reads for one (prompt conversation, response)."""
-    text = chat.render_exchange(tokenizer, conversation, response)
+    return ended(tokenizer, chat.render_exchange(tokenizer, conversation, response))
+
+
+def ended(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """Step 2: a rendered exchange as the scorer reads it: the plain format ends with the
+    tokenizer's EOS (appended once, where it has one); a chat template's rendering as it is."""
     if not chat.has_chat_template(tokenizer) and tokenizer.eos_token and not text.endswith(tokenizer.eos_token):
         text += tokenizer.eos_token
     return text

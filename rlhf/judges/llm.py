@@ -88,6 +88,16 @@ class LLMJudge(PairwiseJudge):
         check_context(self.model, tokens, "rank_responses.llm: a comparison (with the rationale, if any)")
 
 
+def prefilled(tokenizer: PreTrainedTokenizerBase, question: str, cue: str) -> str:
+    """`question` as one user turn of the judge's chat template (rlhf.chat.render_prompt), then
+    the start of the judge's answer, `cue`. Where the rendering ends inside the user's text (the
+    plain format, a template without a generation prompt), a newline parts the question from the
+    answer."""
+    text = chat.render_prompt(tokenizer, [{"role": "user", "content": question}])
+    newline = cue and text.endswith(question) and not question[-1:].isspace()
+    return text + ("\n" if newline else "") + cue
+
+
 def check_context(model: PreTrainedModel, tokens: int, what: str) -> None:
     """One InputError when `tokens` exceed the model's context; `what` names the params key and the text."""
     context = getattr(model.config, "max_position_embeddings", None)

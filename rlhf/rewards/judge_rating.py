@@ -9,10 +9,11 @@ normalised over them, then rescaled to [-1, 1] as in the paper:
 
 so no reward model is trained and the policy is scored by the judge itself, every rollout.
 
-- LLMRatingReward: a local causal LM. Each rating is read as the whole answer " i/10", every
-  token of it (rlhf.judges.llm.ending_logprobs): with a bare " 1" the probability of "1" would
-  include that of "10" wherever a tokenizer spells ten as "1" then "0". Batched, `batch_size`
-  responses per forward (each needs ten rows, one per rating).
+- LLMRatingReward: a local causal LM. The request, 1-10 instruction included, is the user turn
+  of the judge's chat template; the answer is prefilled with "Rating:" only. Each rating is read
+  as the whole answer " i/10", every token of it (rlhf.judges.llm.ending_logprobs): with a bare
+  " 1" the probability of "1" would include that of "10" wherever a tokenizer spells ten as "1"
+  then "0". Batched, `batch_size` responses per forward (each needs ten rows, one per rating).
 - OpenAIRatingReward: an OpenAI-compatible endpoint. The answer's first token's top log-probs
   give P(i) for the ratings among them (the OpenAI API returns at most 20 alternatives, enough for
   ten); without log-probs, the rating written in the answer (then P = 1 on it). An answer with no
@@ -31,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf import chat
 from rlhf.config import OpenAIJudgeParams, Principle
-from rlhf.judges.llm import check_context, ending_logprobs
+from rlhf.judges.llm import check_context, ending_logprobs, prefilled
 from rlhf.judges.openai_compatible import ChatCompletionsAPI
 
 RATINGS = tuple(range(1, 11))
@@ -40,7 +41,8 @@ TEMPLATE = """{preamble}
 {context}
 Response: {response}
 """
-RATING_CUE = "Rate the response from 1 (worst) to 10 (best), written as N/10.\nRating:"
+RATING_REQUEST = "Rate the response from 1 (worst) to 10 (best), written as N/10."  # the user turn's last line
+RATING_CUE = "Rating:"  # the judge's answer, prefilled
 OPENAI_CUE = "Rate the response from 1 (worst) to 10 (best). Answer with the number alone."
 
 
@@ -79,7 +81,7 @@ class LLMRatingReward:
 
     @torch.no_grad()
     def __call__(self, prompts: list[chat.Conversation], responses: list[str]) -> torch.Tensor:
-        texts = [self._question(rating_text(self.preamble, p, r)) + RATING_CUE for p, r in zip(prompts, responses)]
+        texts = [self._question(rating_text(self.preamble, p, r) + RATING_REQUEST) for p, r in zip(prompts, responses)]
         endings = [f" {rating}/10" for rating in RATINGS]
         scores = []
         for start in range(0, len(texts), self.batch_size):
@@ -91,8 +93,9 @@ class LLMRatingReward:
         return torch.cat(scores) if scores else torch.zeros(0)
 
     def _question(self, text: str) -> str:
-        """The rating request as a user turn of the judge's chat template, the answer about to start."""
-        return chat.render_prompt(self.tokenizer, [{"role": "user", "content": text}])
+        """The rating request as a user turn of the judge's chat template (the instruction in it),
+        and the answer started with the cue alone (rlhf.judges.llm.prefilled)."""
+        return prefilled(self.tokenizer, text, RATING_CUE)
 
     def _check_context(self, tokens: int) -> None:
         check_context(self.model, tokens, "train_policy.reward: rating a response")

@@ -4,8 +4,10 @@ POST /get_reward with {"query": [...], ...} answers {"rewards": [...], "scores":
 list twice, as OpenRLHF's serve_rm answers). A request that carries "prompt_messages" and
 "responses" (our client sends them) is scored exactly as in process: each exchange rendered with
 the reward model's own tokenizer (rlhf.scoring.score_exchanges). A request with "query" only (an
-OpenRLHF trainer) is scored on those texts as they are (rlhf.scoring.score_texts), cut from the
-left as the model was trained; the texts must then be what the model reads. GET /health answers
+OpenRLHF trainer) is scored on those texts read as training reads an exchange (rlhf.scoring):
+a plain-format text (a tokenizer without a chat template) gets the EOS training appends, where it
+lacks it; a chat template's rendering is taken as it is; then cut from the left as the model was
+trained. The texts must be the whole exchange, rendered as the model reads it. GET /health answers
 {"status": "ok"} once the model is loaded.
 """
 
@@ -25,7 +27,7 @@ from rlhf import chat
 from rlhf.errors import InputError
 from rlhf.models import load_tokenizer, resolve_device, use_fused_gelu
 from rlhf.reward_models.ensemble import load_reward_model
-from rlhf.scoring import score_exchanges, score_texts
+from rlhf.scoring import ended, score_exchanges, score_texts
 
 ROUTE = "/get_reward"
 
@@ -45,7 +47,7 @@ def request_scores(
     """The reward of each exchange in `request`: from the conversations where it has them, else
     from the query texts (module docstring).  (N,)"""
     if request.prompt_messages is None or request.responses is None:
-        return score_texts(model, tokenizer, request.query, batch_size)
+        return score_texts(model, tokenizer, [ended(tokenizer, text) for text in request.query], batch_size)
     if not len(request.prompt_messages) == len(request.responses) == len(request.query):
         raise InputError("query, prompt_messages and responses must be lists of the same length")
     conversations = [chat.as_conversation(m, f"prompt_messages[{i}]") for i, m in enumerate(request.prompt_messages)]
