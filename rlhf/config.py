@@ -459,7 +459,9 @@ class TrainPolicyParams(Section):
     clip_range_high: float | None = Field(None, gt=0)
     """Critic-free: the upper clip 1 + clip_range_high (DAPO's clip-higher, e.g. 0.28); null: clip_range."""
     dynamic_sampling: bool = False
-    """grpo | rloo: drop groups whose G scores are all equal from the update (DAPO); logged as dropped_share."""
+    """grpo | rloo: drop groups whose advantages are all zero from the policy-gradient term (DAPO);
+    logged as dropped_share. GRPO: groups of equal scores (they stay in its KL term). RLOO carries
+    the KL in its rewards, so at kl_coef > 0 a group of equal scores still has advantages and stays."""
     iterations: int = Field(20, ge=1)
     """PPO iterations: each samples one batch of rollouts and updates on it."""
     batch_size: int = Field(64, ge=1)
@@ -479,8 +481,16 @@ class TrainPolicyParams(Section):
     """Per-token KL penalty coefficient beta against the frozen reference (the start value if adaptive)."""
     recompute_old_logprobs: bool = False
     """Recompute log pi_old with the update's own forward pass after each rollout (one more policy
-    pass) instead of keeping the sampler's. On CUDA under bf16 the two differ (logged every
-    iteration as update_logprob_drift); on CPU in fp32 they agree to float rounding."""
+    pass) instead of keeping the sampler's; the KL penalty, the advantages and the ratio then all
+    read the recomputed values. On CUDA under bf16 the two differ (logged every iteration as
+    rollout_logprob_drift); on CPU in fp32 they agree to float rounding."""
+    rollout_correction: Literal["none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"] = "none"
+    """Importance weights pi_old / pi_rollout between the trainer's and the sampler's log-probs on
+    each token's policy loss (rlhf/policy_optimization/rollout_correction.py): truncated (TIS, capped
+    at the threshold) or masked (MIS, 0 outside [1/threshold, threshold]), per token or per sequence;
+    the share corrected is logged as rollout_corrected_share. Needs recompute_old_logprobs."""
+    rollout_correction_threshold: float = Field(2.0, gt=1)
+    """The cap of the truncated weights and the band [1/threshold, threshold] of the masked ones."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """How the KL is measured (logged, and read by the adaptive controller, max_kl and early_stop_kl):
     k1: log(pi/pi_ref), unbiased, can be negative per token; k3: (r - 1) - log r, r = pi_ref/pi,
@@ -589,6 +599,8 @@ class TrainPolicyParams(Section):
             raise ValueError(f"clip_range_high: only for grpo, rloo, reinforce_pp, not {self.algorithm}")
         if self.dynamic_sampling and self.algorithm not in ("grpo", "rloo"):
             raise ValueError("dynamic_sampling: only for grpo and rloo, whose baseline is the group's")
+        if self.rollout_correction != "none" and not self.recompute_old_logprobs:
+            raise ValueError("rollout_correction: needs recompute_old_logprobs: true (the trainer's log-probs)")
         if self.algorithm == "dpo" and self.reward != [RewardTerm()]:
             raise ValueError("reward: dpo learns from the comparisons, not from an online reward")
         return self

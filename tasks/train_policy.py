@@ -168,7 +168,8 @@ def load_critic(args, config, tokenizer, reward_tokenizer, device):
     critic-free algorithms, which load nothing of one."""
     if config.critic_free:
         return None, False
-    critic_dir = critic_start(Path(args.policy_dir), Path(args.reward_dir), tokenizer, reward_tokenizer)
+    reward_alone = [(term.source, term.weight) for term in config.reward] == [("reward_model", 1.0)]
+    critic_dir = critic_start(Path(args.policy_dir), Path(args.reward_dir), tokenizer, reward_tokenizer, reward_alone)
     return load_scalar_head_model(critic_dir, device, tokenizer.pad_token_id), critic_dir == Path(args.reward_dir)
 
 

@@ -156,9 +156,10 @@ def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, 
 
 def test_the_rollout_vs_update_logprob_drift_is_measured_and_recomputing_removes_it(tokenizer, tmp_path):
     """The drift ppo_update logs is the sampler's log pi_old against the update's first forward:
-    0 in fp32 on CPU. Shifted by hand (as bf16 shifts them on CUDA), it reads the shift, and
-    recompute_old_logprobs puts the training forward's values back."""
-    from rlhf.policy_optimization.trainer import recompute_old_logprobs
+    0 in fp32 on CPU. With recompute, the trainer's forward stands for pi_old before the KL and the
+    advantages are computed from it (shifted by hand here, as bf16 shifts it on CUDA: the rollout's
+    KL moves by the shift), and the sampler's log-probs are kept for the rollout correction."""
+    from rlhf.policy_optimization.trainer import recompute_logprobs
 
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(tiny_config(tokenizer))
@@ -171,12 +172,24 @@ def test_the_rollout_vs_update_logprob_drift_is_measured_and_recomputing_removes
     reward_model = load_scalar_head_model(tmp_path / "rm", torch.device("cpu"), tokenizer.pad_token_id)
     scorer = RewardScorer(reward_model, tokenizer)
     prompts = [p for p, _ in domain.all_prompts()[:8]]
-    rollout, _ = collect_rollout(models, scorer, ScoreNormalizer("none"), tokenizer, prompts, params, 0.05)
-    sampled = rollout.logprobs.clone()
-    rollout.logprobs -= 0.07 * rollout.mask
-    assert recompute_old_logprobs(models.trained, rollout, params) == pytest.approx(0.07, abs=1e-4)
-    assert torch.allclose(rollout.logprobs, sampled, atol=1e-5)
-    rollout.logprobs -= 0.05 * rollout.mask
+
+    def shifted(*batch):  # the trainer's forward, 0.07 nats per token below the sampler
+        return recompute_logprobs(models.trained, params, *batch) - 0.07
+
+    torch.manual_seed(1)
+    plain, _ = collect_rollout(models, scorer, ScoreNormalizer("none"), tokenizer, prompts, params, 0.05)
+    torch.manual_seed(1)
+    rollout, stats = collect_rollout(
+        models, scorer, ScoreNormalizer("none"), tokenizer, prompts, params, 0.05, recompute_logprobs=shifted
+    )
+    assert torch.equal(rollout.response_ids, plain.response_ids)  # the same samples
+    assert stats["rollout_logprob_drift"] == pytest.approx(0.07, abs=1e-4)
+    assert torch.allclose(rollout.rollout_logprobs, plain.logprobs, atol=1e-6)  # the sampler's, kept
+    assert torch.allclose(rollout.logprobs, (plain.logprobs - 0.07) * rollout.mask, atol=1e-5)
+    # the reference is the start policy, so the k1 KL reads -0.07 per token: pi_old is the recomputed one
+    assert torch.allclose(rollout.kl, -0.07 * rollout.mask.sum(-1), atol=1e-4)
+    assert not torch.allclose(rollout.kl, plain.kl, atol=1e-3)
+    rollout.logprobs = (plain.logprobs - 0.05) * rollout.mask
     accelerator = make_accelerator(params, torch.device("cpu"))  # 2 micro-batches per optimizer step
     trained, optimizer = accelerator.prepare(models.trained, torch.optim.Adam(models.trained.parameters(), 1e-3))
     shuffle = torch.Generator().manual_seed(0)

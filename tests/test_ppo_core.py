@@ -131,15 +131,20 @@ def test_whiten_over_processes_equals_whiten_over_the_joined_batch():
 
 
 @pytest.mark.parametrize("lagrange_value", [0.0, 1.0, 20.0])
-def test_ppo_lagrangian_keeps_the_kl_weight_against_the_score_at_beta_whatever_lambda(lagrange_value):
-    """Safe RLHF divides the whole task side by 1 + lambda. Dividing the score alone (the old code)
-    weighed the KL beta (1 + lambda) against it: 21 beta at lambda 20."""
+def test_ppo_lagrangian_keeps_the_kl_and_eos_penalty_at_a_fixed_weight_whatever_lambda(lagrange_value):
+    """Safe RLHF's reference code puts -beta KL on the reward side and +beta KL on the cost side and
+    combines (A_r - lambda A_c) / (1 + lambda): the KL's weight is beta at any lambda; only score and
+    cost trade against each other. (The old convention divided the whole task side by 1 + lambda:
+    the KL 21 times weaker at lambda 20.) The missing-EOS penalty, a regulariser too, is not divided."""
     logprobs = torch.tensor([[-1.0, -1.0, -2.0]])
     ref = torch.tensor([[-1.5, -1.0, -2.0]])  # KL 0.5 on the first token only
     mask = torch.ones(1, 3)
     lagrange = core.LagrangeMultiplier(lagrange_value, limit=0.1, lr=1.0, maximum=20.0)
-    score, cost, beta = torch.tensor([2.0]), torch.tensor([0.25]), 0.1
-    rewards = core.safe_rlhf_rewards(score, cost, logprobs, ref, mask, beta, lagrange)
-    kl_reward, score_reward = rewards[0, 0], rewards[0, 2] + lagrange_value * cost[0] / (1 + lagrange_value)
-    assert (kl_reward / score_reward).item() == pytest.approx(-beta * 0.5 / 2.0)
-    assert rewards[0, 2].item() == pytest.approx((2.0 - lagrange_value * 0.25) / (1 + lagrange_value))
+    score, cost, beta, penalty = torch.tensor([2.0]), torch.tensor([0.25]), 0.1, torch.tensor([1.0])
+    rewards = core.safe_rlhf_rewards(score, cost, logprobs, ref, mask, beta, lagrange, penalty)
+    combined = (2.0 - lagrange_value * 0.25) / (1 + lagrange_value)
+    assert rewards[0].tolist() == pytest.approx([-beta * 0.5, 0.0, combined - 1.0])
+    # Safe RLHF's two critics' rewards, combined as its actor loss combines their advantages:
+    reward_side, cost_side = torch.tensor([-beta * 0.5, 0.0, 2.0]), torch.tensor([beta * 0.5, 0.0, 0.25])
+    combined_sides = (reward_side - lagrange_value * cost_side) / (1 + lagrange_value)
+    assert combined_sides.tolist() == pytest.approx([-beta * 0.5, 0.0, combined])

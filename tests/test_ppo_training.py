@@ -436,11 +436,15 @@ def test_linear_schedule_with_warmup_and_adaptive_kl_move_per_iteration(tiny_tok
     assert kls[2] > 1e-6 and coefs[3] == pytest.approx(coefs[2] * (1 + 0.2))
 
 
+@pytest.mark.parametrize("normalization", ["initial", "running"])
 @pytest.mark.parametrize("critic_is_reward_model", [True, False])
-def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(tiny_tokenizer, critic_is_reward_model):
-    """With score_normalization: initial the returns are built from (score - mean) / std; a critic
-    copied from the reward model reads raw scores until its head is rescaled the same way."""
-    params = TrainPolicyParams(batch_size=8, minibatch_size=4, max_new_tokens=8, score_normalization="initial")
+def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(
+    tiny_tokenizer, critic_is_reward_model, normalization
+):
+    """With score_normalization initial or running the returns are built from (score - mean) / std;
+    a critic copied from the reward model reads raw scores until its head is rescaled the same way
+    (under running, by the calibration batch that seeds the running statistics)."""
+    params = TrainPolicyParams(batch_size=8, minibatch_size=4, max_new_tokens=8, score_normalization=normalization)
     params = params.model_copy(update={"iterations": 0})  # calibration only: the head as PPO's first step sees it
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer))

@@ -23,8 +23,12 @@ import torch
 AllReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, total: torch.Tensor | float | None = None) -> torch.Tensor:
+    """sum(values * mask) / sum(mask), or / `total` where given: the token count of the whole
+    minibatch this micro-batch is part of, so that the micro-batches' losses add up to the
+    minibatch's mean however it is split (see estimators.BatchSize)."""
+    denominator = mask.sum().clamp(min=1) if total is None else total
+    return (values * mask).sum() / denominator
 
 
 def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -94,6 +98,13 @@ class LagrangeMultiplier:
     Projected gradient ascent on the dual: lambda <- clip(lambda + lr * (cost - limit), 0, max),
     once per iteration with the iteration's measured mean cost. Dai et al. step log(lambda); the
     plain step lets lambda reach 0 and stay there while the constraint holds.
+
+    The KL convention follows Safe RLHF's reference code (PKU-Alignment's PPO-Lag trainer): the
+    reward side carries -beta KL and the cost side +beta KL, and their advantages combine as
+    (A_r - lambda A_c) / (1 + lambda), so the KL's weight is beta whatever lambda is. Only the
+    score and the cost are traded against each other; the regularisers (KL, missing-EOS penalty)
+    keep their weight, so a large lambda cannot switch the KL off (dividing the whole task side by
+    1 + lambda made it 21 times weaker at lambda = 20).
     """
 
     def __init__(self, value: float, limit: float, lr: float, maximum: float):
@@ -102,14 +113,10 @@ class LagrangeMultiplier:
     def update(self, cost: float) -> None:
         self.value = min(max(self.value + self.lr * (cost - self.limit), 0.0), self.maximum)
 
-    def penalised(self, rewards: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
-        """(R - lambda C) / (1 + lambda): Safe RLHF's combination, kept on the reward's scale.
-
-        `rewards` is the whole task side (per token: the score, the missing-EOS penalty and -beta
-        KL), `costs` the cost side on the same positions, so every term of the task objective keeps
-        its weight against the score whatever lambda is; dividing the score alone would weigh the
-        KL beta (1 + lambda) against it."""
-        return (rewards - self.value * costs) / (1.0 + self.value)
+    def penalised(self, scores: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+        """(R - lambda C) / (1 + lambda): Safe RLHF's combination of score and cost, kept on the
+        reward's scale.  (B,), (B,) -> (B,)"""
+        return (scores - self.value * costs) / (1.0 + self.value)
 
     def state_dict(self) -> dict:
         return {"value": self.value}
@@ -141,11 +148,12 @@ def rlhf_rewards(
 
 def safe_rlhf_rewards(
     scores: torch.Tensor, costs: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-    mask: torch.Tensor, kl_coef: float, lagrange: LagrangeMultiplier,
+    mask: torch.Tensor, kl_coef: float, lagrange: LagrangeMultiplier, penalties: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:  # fmt: skip
-    """PPO-Lagrangian's per-token rewards (Dai et al. 2023): the task rewards (score, penalties and
-    -beta KL, `rlhf_rewards`) minus lambda times the cost on the last token, over 1 + lambda.  (B, T)"""
-    return lagrange.penalised(rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef), at_last_token(costs, mask))
+    """PPO-Lagrangian's per-token rewards (Dai et al. 2023): (score - lambda cost) / (1 + lambda) on
+    the last token, minus `penalties` (the missing-EOS penalty) there, and -beta KL at every token,
+    the KL and penalties at a weight lambda does not change (see LagrangeMultiplier).  (B, T)"""
+    return rlhf_rewards(lagrange.penalised(scores, costs) - penalties, logprobs, ref_logprobs, mask, kl_coef)
 
 
 def gae(
@@ -170,14 +178,16 @@ def gae(
 
 
 def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate, negated to minimise: -E[min(rho * A, clip(rho, 1-eps, 1+eps) * A)]."""
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    clip_range: float, total_tokens: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """PPO's clipped surrogate, negated to minimise: -E[min(rho * A, clip(rho, 1-eps, 1+eps) * A)],
+    the mean over `total_tokens` where given (the minibatch's, see masked_mean)."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    loss = masked_mean(torch.max(unclipped, clipped), mask, total_tokens)
     stats = {
         "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
         "approx_kl": masked_mean(0.5 * log_ratio**2, mask),  # Schulman's k2 estimator of KL(old || new)
@@ -186,11 +196,12 @@ def policy_loss(
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
-) -> torch.Tensor:
-    """Clipped value loss: 0.5 * E[max((V - R)^2, (clip(V, V_old +- eps) - R)^2)]."""
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float,
+    total_tokens: torch.Tensor | float | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Clipped value loss: 0.5 * E[max((V - R)^2, (clip(V, V_old +- eps) - R)^2)] (mean as in policy_loss)."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask, total_tokens)
 
 
 def entropy(logprobs: torch.Tensor) -> torch.Tensor:

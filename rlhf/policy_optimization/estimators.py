@@ -31,6 +31,7 @@ Where this departs from the papers:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -127,13 +128,16 @@ def reinforce_pp_advantages(
     return core.whiten(returns_to_go(rewards, mask, gamma), mask, all_reduce=all_reduce) * mask
 
 
-def dynamic_sampling_mask(scores: torch.Tensor, group_size: int, tolerance: float = 0.0) -> torch.Tensor:
+def dynamic_sampling_mask(values: torch.Tensor, group_size: int, tolerance: float = 0.0) -> torch.Tensor:
     """DAPO's dynamic sampling (Yu et al. 2025): which responses to keep.  (B,) -> (B,) bool
 
-    A group whose G rewards are all equal (max - min <= tolerance) has zero advantage under GRPO,
-    Dr. GRPO and RLOO alike, so it adds no gradient, only dilutes the batch: its G responses are
-    dropped (False); every response of every other group is kept (True)."""
-    rewards = grouped(scores, group_size)  # (P, G)
+    `values` are the responses' sequence advantages. Under GRPO, Dr. GRPO and RLOO they sum to zero
+    over a group, so a group whose G values are all equal (max - min <= tolerance) has advantage 0
+    everywhere: it adds no policy gradient, only dilutes the batch, and its G responses are dropped
+    (False); every response of every other group is kept (True). Deciding on the advantages, not
+    the task scores, matters for RLOO: its rewards carry the KL penalty, so a group of equal task
+    scores still has non-zero advantages (the KL's pull) and is kept."""
+    rewards = grouped(values, group_size)  # (P, G)
     informative = (rewards.amax(-1) - rewards.amin(-1)) > tolerance  # (P,)
     return informative.repeat_interleave(group_size)
 
@@ -155,37 +159,75 @@ def clipped_surrogate(
     return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + high))
 
 
-def token_mean(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class BatchSize:
+    """What a minibatch's loss is divided by, counted over the whole minibatch: every micro-batch
+    of it and every process. A micro-batch's loss is its sum over this, so the micro-batches' losses
+    add up to the minibatch's, and its gradient does not depend on how the minibatch is split over
+    micro-batches or processes (reducing each micro-batch on its own would make `token_mean` at
+    micro-batch size 1 a per-sequence mean: GRPO's length bias, which Dr. GRPO and DAPO remove).
+
+    tokens: response tokens in the loss; responses: responses with at least one; rows: every
+    response of the minibatch, in the loss or not (Dr. GRPO's constant B)."""
+
+    tokens: float
+    responses: float
+    rows: float
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, all_reduce: core.AllReduce | None = None) -> BatchSize:
+        """The counts of a (B, T) mask; summed over processes by `all_reduce` where given."""
+        counts = torch.stack(
+            [mask.sum(), (mask.sum(-1) > 0).sum(), torch.tensor(mask.shape[0], device=mask.device)]
+        ).double()
+        if all_reduce is not None:
+            counts = all_reduce(counts)
+        tokens, responses, rows = counts.tolist()
+        return cls(max(tokens, 1.0), max(responses, 1.0), max(rows, 1.0))
+
+
+def token_mean(losses: torch.Tensor, mask: torch.Tensor, total: BatchSize | None = None) -> torch.Tensor:
     """sum_{i,t} l_i,t / sum_i |o_i|: every token weighs the same (DAPO's token-level loss)."""
-    return core.masked_mean(losses, mask)
+    total = total or BatchSize.of(mask)
+    return (losses * mask).sum() / total.tokens
 
 
-def sequence_mean(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1/B sum_i 1/|o_i| sum_t l_i,t: every response weighs the same (GRPO's eq. 3), so a token of
-    a long response weighs less; the length bias Dr. GRPO removes."""
-    lengths = mask.sum(-1).clamp(min=1)  # (B,)
-    return ((losses * mask).sum(-1) / lengths).mean()
+def sequence_mean(losses: torch.Tensor, mask: torch.Tensor, total: BatchSize | None = None) -> torch.Tensor:
+    """1/B sum_i 1/|o_i| sum_t l_i,t over the responses in the loss: every response weighs the same
+    (GRPO's eq. 3), so a token of a long response weighs less; the length bias Dr. GRPO removes."""
+    total = total or BatchSize.of(mask)
+    lengths = mask.sum(-1).clamp(min=1)  # (B,); a response out of the loss adds 0 / 1
+    return ((losses * mask).sum(-1) / lengths).sum() / total.responses
 
 
-def constant_length_mean(losses: torch.Tensor, mask: torch.Tensor, max_length: int) -> torch.Tensor:
-    """Dr. GRPO's loss: sum_{i,t} l_i,t / (B * L), L a constant (the generation budget), so neither
-    a response's length nor the batch's token count rescales a token's gradient (Liu et al. 2025)."""
-    return (losses * mask).sum() / (losses.shape[0] * max_length)
+def constant_length_mean(
+    losses: torch.Tensor, mask: torch.Tensor, max_length: int, total: BatchSize | None = None
+) -> torch.Tensor:
+    """Dr. GRPO's loss: sum_{i,t} l_i,t / (B * L), L a constant (the generation budget) and B every
+    response of the minibatch, so neither a response's length, the batch's token count nor the
+    share dynamic sampling drops rescales a token's gradient (Liu et al. 2025)."""
+    total = total or BatchSize.of(mask)
+    return (losses * mask).sum() / (total.rows * max_length)
 
 
 def aggregate(
-    losses: torch.Tensor, mask: torch.Tensor, mode: Aggregation, max_length: int | None = None
+    losses: torch.Tensor,
+    mask: torch.Tensor,
+    mode: Aggregation,
+    max_length: int | None = None,
+    total: BatchSize | None = None,
 ) -> torch.Tensor:
     """A per-token loss (B, T) reduced to a scalar as params name it: token_mean | sequence_mean |
-    constant_length (which needs max_length)."""
+    constant_length (which needs max_length). `total`: the whole minibatch's counts when this is one
+    micro-batch of it (default: this batch's own, i.e. the batch is the whole minibatch)."""
     if mode == "token_mean":
-        return token_mean(losses, mask)
+        return token_mean(losses, mask, total)
     if mode == "sequence_mean":
-        return sequence_mean(losses, mask)
+        return sequence_mean(losses, mask, total)
     if mode == "constant_length":
         if max_length is None:
             raise ValueError("constant_length aggregation needs max_length (the generation budget)")
-        return constant_length_mean(losses, mask, max_length)
+        return constant_length_mean(losses, mask, max_length, total)
     raise ValueError(f"unknown loss aggregation {mode!r}")
 
 
@@ -195,6 +237,7 @@ def k3_kl_loss(
     mask: torch.Tensor,
     mode: Aggregation = "token_mean",
     max_length: int | None = None,
+    total: BatchSize | None = None,
 ) -> torch.Tensor:
     """GRPO's KL term (Shao et al. 2024, eq. 4), added to the loss as + beta * this.  scalar
 
@@ -214,5 +257,8 @@ def k3_kl_loss(
     distribution (earlier tokens) is dropped, as with every per-token loss here. As a reward (not a
     loss) k3's gradient is neither KL's: see core.rlhf_rewards.
     """
-    kl = core.kl_per_token(logprobs, ref_logprobs, "k3")  # (B, T) expm1(log rho) - log rho
-    return aggregate(kl, mask, mode, max_length)
+    # Padding positions hold the current policy's log-prob of a pad token (e.g. -95) against a masked
+    # reference log-prob of 0: expm1(95) overflows to inf and inf * 0 is NaN. Both sides are masked
+    # first, so padding contributes exactly 0.
+    kl = core.kl_per_token(logprobs * mask, ref_logprobs * mask, "k3")  # (B, T) expm1(log rho) - log rho
+    return aggregate(kl, mask, mode, max_length, total)

@@ -29,15 +29,19 @@ from rlhf.sampling import CompiledSampler
 
 def critic_start(
     policy_dir: Path, reward_dir: Path, policy_tokenizer: PreTrainedTokenizerBase,
-    reward_tokenizer: PreTrainedTokenizerBase,
+    reward_tokenizer: PreTrainedTokenizerBase, reward_is_the_reward_model: bool = True,
 ) -> Path:  # fmt: skip
     """Where the critic's weights start. The critic reads the policy's token ids (V(s_t) at every
     response position), so it starts from the reward model only where that shares the policy's
-    tokenizer: then it already values these texts (InstructGPT's choice; Huang et al. 2024). A
-    reward model on another backbone (an encoder, another vocabulary) cannot read the policy's
-    tokens, so the critic starts from the policy itself with a new value head: its backbone reads
-    them, and the value head learns from the first rollouts."""
-    return reward_dir if policy_tokenizer.get_vocab() == reward_tokenizer.get_vocab() else policy_dir
+    tokenizer and the online reward is that model's score alone (`reward_is_the_reward_model`):
+    then it already values these texts on the returns' scale, after the trainer's rescaling of
+    its head (InstructGPT's choice; Huang et al. 2024). A reward model on another backbone (an
+    encoder, another vocabulary) cannot read the policy's tokens, and under a rules, remote,
+    judge or weighted reward its head values something else, so the critic starts from the
+    policy itself with a new value head: its backbone reads the tokens, and the head learns from
+    the first rollouts."""
+    same_vocabulary = policy_tokenizer.get_vocab() == reward_tokenizer.get_vocab()
+    return reward_dir if same_vocabulary and reward_is_the_reward_model else policy_dir
 
 
 def disable_dropout(model: nn.Module) -> None:

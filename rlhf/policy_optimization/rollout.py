@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import use_fused_gelu
 from rlhf.policy_optimization import core, estimators
 from rlhf.policy_optimization.models import PPOModels, critic_values
+from rlhf.policy_optimization.rollout_correction import importance_weights
 from rlhf.rewards.rules import RulesReward  # the gold judge (the rules), scored beside the proxy
 from rlhf.sampling import prompt_batch, sample_with_logprobs
 from rlhf.scoring import score_exchanges
@@ -46,6 +48,10 @@ class Rollout:
     raw_scores: torch.Tensor  # (B,) the reward as its sources said it (the samples table shows it)
     kl: torch.Tensor  # (B,) sequence KL to the reference, by params.kl_estimator (the samples table shows it)
     ref_logprobs: torch.Tensor | None = None  # (B, T) log pi_ref(a_t | s_t): GRPO's k3 loss term reads it
+    # (B, T) log pi_rollout(a_t | s_t), the sampler's, where `logprobs` were recomputed by the update's forward
+    rollout_logprobs: torch.Tensor | None = None
+    correction: torch.Tensor | None = None  # (B, T) rollout-correction weight of each token's policy loss
+    kept: torch.Tensor | None = None  # (B,) bool: in the policy-gradient term (dynamic sampling drops groups)
 
     def minibatch(self, index: torch.Tensor) -> Rollout:
         """The rows at `index`, trimmed of columns that are padding in every one of them."""
@@ -68,7 +74,13 @@ class ScoreNormalizer:
     none: raw. initial: standardised by the mean and std of the starting policy's scores on one
     batch (InstructGPT normalises its RM so the SFT policy scores 0 on average). running: by the
     running mean and std of every score seen so far (Welford's algorithm, merged per batch).
+
+    Scores that do not vary (std under MIN_STD: a rules or verifier reward can give a batch of
+    equal scores) are centred but not scaled: dividing by a std of ~0 would turn a score of 1 into
+    a million and leave the KL and missing-EOS penalties nothing beside it.
     """
+
+    MIN_STD = 1e-3
 
     def __init__(self, mode: str):
         self.mode, self.count, self.mean, self.m2 = mode, 0, 0.0, 0.0
@@ -85,7 +97,8 @@ class ScoreNormalizer:
 
     @property
     def std(self) -> float:
-        return max((self.m2 / max(self.count - 1, 1)) ** 0.5, 1e-6)
+        std = (self.m2 / max(self.count - 1, 1)) ** 0.5
+        return std if std >= self.MIN_STD else 1.0
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         if self.mode == "none" or self.count == 0:
@@ -171,17 +184,29 @@ def collect_rollout(
     cost_scorer: RewardScorer | None = None,
     lagrange: core.LagrangeMultiplier | None = None,
     gold_scorer: RulesReward | None = None,
+    recompute_logprobs: Callable[..., torch.Tensor] | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
-    # 1. sample one response per prompt from the current policy, keeping log pi_old
+    """One batch of experience and its statistics. `recompute_logprobs(query_ids, query_mask,
+    response_ids, mask)`: the update's own forward (train_policy.recompute_old_logprobs), whose
+    log-probs then stand for pi_old everywhere (the KL, the advantages, the ratio), the sampler's
+    kept for the rollout correction."""
+    # 1. sample one response per prompt from the current policy, keeping log pi_rollout
     sample = sample_responses(models, tokenizer, prompts, params)
     query_ids, query_mask, response_ids, mask = sample.query_ids, sample.query_mask, sample.response_ids, sample.mask
     logprobs, ended, device = sample.logprobs, sample.ended, response_ids.device
+    rollout_logprobs, drift, recompute_seconds = None, {}, 0.0
+    if recompute_logprobs is not None:  # 1b. pi_old from the update's forward, before anything reads it
+        recompute_started = device_clock(device)
+        rollout_logprobs, logprobs = logprobs, recompute_logprobs(query_ids, query_mask, response_ids, mask) * mask
+        drift = {"rollout_logprob_drift": ((logprobs - rollout_logprobs).abs() * mask).sum().item() / max(mask.sum().item(), 1)}
+        recompute_seconds = device_clock(device) - recompute_started  # a forward over the rollout, as the reference's
     # 2. score: the reward model at the end of the response, normalised, minus the missing-EOS penalty
     scoring_started = device_clock(device)
     raw_scores = scorer(prompts, sample.texts).to(device)
     if normalizer.mode == "running":
         normalizer.observe(gather(raw_scores))
-    scores = normalizer(raw_scores) - params.missing_eos_penalty * (~ended).float()
+    penalties = params.missing_eos_penalty * (~ended).float()
+    scores = normalizer(raw_scores) - penalties
     costs = None
     if cost_scorer is not None:  # PPO-Lagrangian: the cost model's P(unsafe), weighed by lambda in step 4
         costs = torch.sigmoid(cost_scorer(prompts, sample.texts).to(device))
@@ -193,15 +218,15 @@ def collect_rollout(
         ref_logprobs = token_logprobs(response_logits(reference, *args, params.temperature), response_ids)
     values = None if models.trained.critic is None else critic_values(models.trained.critic, *args) * mask
     ref_logprobs = ref_logprobs * mask
-    reference_seconds = device_clock(device) - reference_started
+    reference_seconds = device_clock(device) - reference_started + recompute_seconds
     # 4-5. the KL where the algorithm puts it, and its advantages (PPO: rewards -> GAE -> whiten)
     advantages, returns = estimate_advantages(
-        params, scores, logprobs, ref_logprobs, values, mask, kl_coef, all_reduce, costs, lagrange
+        params, scores, logprobs, ref_logprobs, values, mask, kl_coef, all_reduce, costs, lagrange, penalties
     )
     kl = (core.kl_per_token(logprobs, ref_logprobs, params.kl_estimator) * mask).sum(-1)
     rollout = Rollout(
         query_ids, query_mask, response_ids, mask, logprobs, values, scores, advantages, returns, raw_scores, kl,
-        ref_logprobs,
+        ref_logprobs, rollout_logprobs,
     )  # fmt: skip
     stats = {
         "score": gather(scores).mean().item(),
@@ -214,7 +239,13 @@ def collect_rollout(
         "scoring_seconds": scoring_seconds,
         "reference_seconds": reference_seconds,
         "generated_tokens": gather(mask.sum()).sum().item(),
+        **drift,
     }
+    if params.rollout_correction != "none":  # 6. importance weights between sampler and trainer
+        rollout.correction, corrected = importance_weights(
+            logprobs, rollout_logprobs, mask, params.rollout_correction, params.rollout_correction_threshold
+        )
+        stats["rollout_corrected_share"] = (gather(corrected.sum().double()).sum() / gather(mask.sum().double()).sum()).item()
     # A weighted reward's parts (rlhf.rewards.combine): each source's mean, so a user sees which one moved.
     # Every process scores an equal share, so the mean of the processes' means is the global mean.
     for name, mean in getattr(scorer, "last_means", {}).items():
@@ -233,14 +264,16 @@ def collect_rollout(
 
 def estimate_advantages(
     params: TrainPolicyParams, scores, logprobs, ref_logprobs, values, mask, kl_coef: float,
-    all_reduce: core.AllReduce | None, costs=None, lagrange: core.LagrangeMultiplier | None = None,
+    all_reduce: core.AllReduce | None, costs=None, lagrange: core.LagrangeMultiplier | None = None, penalties=0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """The algorithm's advantages (B, T) and value targets (B, T) (None without a critic), with the
     KL to the reference where each paper puts it (rlhf/policy_optimization/estimators.py cites them):
       grpo: group-normalised scores; the KL is not in the reward but a k3 loss term (the update's).
       rloo: leave-one-out over the KL-penalised sequence rewards r - beta * sum_t log(pi/pi_ref).
       reinforce_pp: per-token KL in the reward, returns-to-go, normalised over the global batch.
-      ppo, ppo_lagrangian: per-token KL in the reward (and lambda * cost), GAE, whitened globally."""
+      ppo, ppo_lagrangian: per-token KL in the reward, GAE, whitened globally; ppo_lagrangian trades
+        score against lambda * cost at a KL weight lambda does not change (core.LagrangeMultiplier).
+    `scores` already hold minus `penalties` (the missing-EOS penalty); PPO-Lagrangian takes them apart."""
     group = params.group_size
     if params.algorithm == "grpo":
         return estimators.grpo_advantages(scores, mask, group, params.grpo_std_normalization), None
@@ -255,18 +288,21 @@ def estimate_advantages(
     if costs is None:
         rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
     else:
-        rewards = core.safe_rlhf_rewards(scores, costs, logprobs, ref_logprobs, mask, kl_coef, lagrange)
+        rewards = core.safe_rlhf_rewards(
+            scores + penalties, costs, logprobs, ref_logprobs, mask, kl_coef, lagrange, penalties
+        )
     advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
     return core.whiten(advantages, mask, all_reduce=all_reduce), returns
 
 
 def drop_uninformative_groups(rollout: Rollout, group_size: int, gather) -> float:
-    """DAPO's dynamic sampling (Yu et al. 2025): a group whose G scores are all equal has no
-    gradient to give, so its responses leave the update: their mask becomes 0, so they add no token
-    to any mean and no gradient. They keep their rows, so every process runs the same number of
-    micro-steps (DDP) and the minibatch layout stays as configured; unlike DAPO the batch is not
-    refilled by sampling more. Decided on the task scores (before RLOO's KL penalty). Returns the
-    share of the global batch's responses dropped."""
-    keep = estimators.dynamic_sampling_mask(rollout.scores, group_size)  # (B,) bool
-    rollout.mask = rollout.mask * keep[:, None].to(rollout.mask.dtype)
-    return 1.0 - gather(keep.float()).mean().item()
+    """DAPO's dynamic sampling (Yu et al. 2025): a group whose advantages are all zero has no
+    policy gradient to give, so its responses leave the policy-gradient term (`rollout.kept`): they
+    add no token to its mean and no gradient. They stay in GRPO's KL term, which regularises every
+    sampled prompt, and keep their rows, so every process runs the same number of micro-steps (DDP)
+    and the minibatch layout stays as configured; unlike DAPO the batch is not refilled by sampling
+    more. Decided on the advantages (estimators.dynamic_sampling_mask), so RLOO's KL-carrying
+    groups stay. Returns the share of the global batch's responses dropped."""
+    sequence_advantages = (rollout.advantages * rollout.mask).sum(-1) / rollout.mask.sum(-1).clamp(min=1)  # (B,)
+    rollout.kept = estimators.dynamic_sampling_mask(sequence_advantages, group_size, tolerance=1e-6)
+    return 1.0 - gather(rollout.kept.float()).mean().item()

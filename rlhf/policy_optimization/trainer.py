@@ -7,7 +7,7 @@ the advantages of rlhf/policy_optimization/estimators.py (chosen in rollout.esti
 GRPO. Everything else (sampler, resume, monitors, LoRA, in-loop evaluation, trackers) is shared.
 
 InstructGPT (Ouyang et al. 2022) and "The N Implementation Details of RLHF with PPO" (Huang et al.
-2024): RM score at the last token, per-token KL penalty (k1 or k3) against the frozen reference
+2024): RM score at the last token, per-token k1 KL penalty against the frozen reference
 with a fixed or adaptive coefficient, missing-EOS penalty, score normalisation, GAE, whitened
 advantages, clipped surrogate and clipped value loss, several epochs over shuffled minibatches with
 gradient accumulation and clipping, an LR schedule, entropy and approximate-KL logging.
@@ -16,13 +16,18 @@ Where this departs from the papers:
   - The critic is a separate network initialised from the reward model (as in the N-details paper
     and TRL's PPOv2), not a head on the policy; both train under one optimizer (a parameter group
     each) and their gradients are clipped separately.
-  - The policy's rollout log-probs come from the sampling loop, not from a second forward pass;
-    they agree with a full forward to float rounding.
+  - The policy's rollout log-probs come from the sampling loop, not from a second forward pass
+    (in fp32 they agree with a full forward to float rounding; under bf16 they drift, which
+    `recompute_old_logprobs` and `rollout_correction` address).
+  - Every loss term of a minibatch is divided by counts over the whole minibatch (all its
+    micro-batches and processes: estimators.BatchSize), so its gradient is the same at any
+    micro-batch size and process count.
   - Dropout is off in every model (detail 1 of the N-details paper).
   - The adaptive KL controller updates once per iteration with the iteration's mean sequence KL.
   - Whitening, score normalisation and logged statistics use the global batch across processes.
   - PPO-Lagrangian (Safe RLHF): one critic learns the combined return of (score - lambda cost) /
-    (1 + lambda), where Dai et al. keep a reward critic and a cost critic and combine advantages.
+    (1 + lambda) - beta KL, where Dai et al. keep a reward critic and a cost critic and combine
+    advantages; the KL's weight stays beta whatever lambda is, as in their code.
 
 Each iteration's row also says what the iteration did: phase times (generation_seconds,
 scoring_seconds, reference_seconds, update_seconds, within iteration_seconds), tokens_per_second,
@@ -32,6 +37,7 @@ rate against the start (eval_win_rate, in_loop_eval.py), which `keep: best` choo
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import resource
@@ -49,6 +55,7 @@ from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.errors import ConfigError, TrainingStopped
 from rlhf.policy_optimization import core, estimators
+from rlhf.policy_optimization.estimators import BatchSize
 from rlhf.policy_optimization.checkpoint import Checkpoints
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PPOModels
@@ -217,10 +224,15 @@ def train_ppo(
             log({"resumed_from": resumed_from, "checkpoint": str(latest), "history": list(state.history)})
         else:
             checkpoints.start_fresh()
-    if resumed_from is None and params.score_normalization == "initial":
+    if resumed_from is None and params.score_normalization != "none":
+        # initial: these are the statistics; running: they seed the running ones. Either way the
+        # critic copied from the reward model starts on the scale its returns will be on.
         calibrate(models, scorer, state.normalizer, tokenizer, sample_prompts(), params, accelerator)
         if models.critic_is_reward_model and _zero_stage(accelerator) != 3:  # ZeRO-3 shards the head
             models.normalize_critic_head(state.normalizer.mean, state.normalizer.std)
+    recompute = None
+    if params.recompute_old_logprobs:
+        recompute = functools.partial(recompute_logprobs, update_forward, params)
 
     stopped_early = None
     for iteration in range(state.iteration + 1, params.iterations + 1):
@@ -231,13 +243,8 @@ def train_ppo(
             rollout, stats = collect_rollout(
                 models, scorer, state.normalizer, tokenizer, batch_prompts, params, state.kl.value,
                 all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
-                cost_scorer=cost_scorer, lagrange=state.lagrange, gold_scorer=gold_scorer,
+                cost_scorer=cost_scorer, lagrange=state.lagrange, gold_scorer=gold_scorer, recompute_logprobs=recompute,
             )  # fmt: skip
-        if params.recompute_old_logprobs:
-            recompute_started = device_clock(device)
-            with accelerator.autocast():
-                stats["rollout_logprob_drift"] = recompute_old_logprobs(update_forward, rollout, params)
-            stats["reference_seconds"] += device_clock(device) - recompute_started  # a forward over the rollout too
         stats["rollout_seconds"] = device_clock(device) - iteration_started
         stop_if_unsafe(stats, iteration, params, checkpoints)
         update_started = device_clock(device)
@@ -364,52 +371,61 @@ def calibrate(models, scorer, normalizer, tokenizer, prompts, params, accelerato
 
 
 @torch.no_grad()
-def recompute_old_logprobs(forward, rollout: Rollout, params: TrainPolicyParams) -> float:
-    """Replace the sampler's log pi_old with the training forward's, in place; returns their mean
-    absolute difference per response token. Under bf16 the two can differ by up to ~0.1 nats per
-    token, against a clip range of 0.2, so the ratio would start off 1 before any update."""
-    total, tokens = 0.0, 0.0
-    for start in range(0, len(rollout.scores), params.micro_batch):
-        index = torch.arange(start, min(start + params.micro_batch, len(rollout.scores)), device=rollout.mask.device)
-        mb = rollout.minibatch(index)
-        logits, _ = forward(mb.query_ids, mb.query_mask, mb.response_ids, mb.mask, params.temperature)
-        fresh = torch.log_softmax(logits.float(), -1).gather(-1, mb.response_ids.unsqueeze(-1)).squeeze(-1) * mb.mask
-        total += ((fresh - mb.logprobs).abs() * mb.mask).sum().item()
-        tokens += mb.mask.sum().item()
-        rollout.logprobs[index, : fresh.shape[1]] = fresh
-    return total / max(tokens, 1.0)
+def recompute_logprobs(forward, params: TrainPolicyParams, query_ids, query_mask, response_ids, mask) -> torch.Tensor:
+    """log pi_old of a rollout's tokens by the update's own forward, in micro-batches.  (B, T)
+
+    Under bf16 the sampler's log-probs can differ from these by up to ~0.1 nats per token, against
+    a clip range of 0.2, so the ratio would start off 1 before any update."""
+    rows = []
+    for start in range(0, len(query_ids), params.micro_batch):
+        part = slice(start, start + params.micro_batch)
+        logits, _ = forward(query_ids[part], query_mask[part], response_ids[part], mask[part], params.temperature)
+        rows.append(torch.log_softmax(logits.float(), -1).gather(-1, response_ids[part].unsqueeze(-1)).squeeze(-1))
+    return torch.cat(rows)
+
+
+@dataclass(frozen=True)
+class MinibatchCounts:
+    """The whole minibatch's counts (every micro-batch, every process) that its loss terms are
+    divided by: `policy` over the responses in the policy-gradient term (dynamic sampling drops
+    some), `all` over every response (GRPO's KL term, the value loss, the entropy)."""
+
+    policy: BatchSize
+    all: BatchSize
+
+    @classmethod
+    def of(cls, rollout: Rollout, all_reduce) -> MinibatchCounts:
+        kept = rollout.mask if rollout.kept is None else rollout.mask * rollout.kept[:, None].to(rollout.mask.dtype)
+        return cls(BatchSize.of(kept, all_reduce), BatchSize.of(rollout.mask, all_reduce))
 
 
 def policy_objective(
-    params: TrainPolicyParams, logprobs: torch.Tensor, mb: Rollout, kl_coef: float
+    params: TrainPolicyParams, logprobs: torch.Tensor, mb: Rollout, kl_coef: float, counts: MinibatchCounts | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The policy's loss on a micro-batch, as the algorithm defines it, and its statistics.
 
-    ppo, ppo_lagrangian: the clipped surrogate, token-meaned (core.policy_loss).
-    grpo, rloo, reinforce_pp: the clipped surrogate per token with clip-higher
-    (estimators.clipped_surrogate) aggregated as `loss_aggregation` says over the micro-batch's
-    responses still in the update (dynamic sampling masks the others out); GRPO adds
-    beta * k3(pi_theta, pi_ref) aggregated the same way (Shao et al. 2024, eq. 3), its KL to the
-    reference, which the others carry in their rewards instead."""
-    if not params.critic_free:
-        return core.policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, params.clip_range)
-    kept = mb.mask.sum(-1) > 0  # (B,) responses dynamic sampling left in the update
-    losses = estimators.clipped_surrogate(
-        logprobs, mb.logprobs, mb.advantages, params.clip_range, params.clip_range_high
-    )
+    Every algorithm: the clipped surrogate per token (estimators.clipped_surrogate; with DAPO's
+    clip-higher for the critic-free ones), times the rollout correction's weights where one is
+    configured, aggregated over the responses in the policy-gradient term as `loss_aggregation`
+    says (ppo, ppo_lagrangian: token_mean). GRPO adds beta * k3(pi_theta, pi_ref) over every
+    response (Shao et al. 2024, eq. 3), its KL to the reference, which the others carry in their
+    rewards instead. `counts`: the whole minibatch's (default: this micro-batch is the minibatch)."""
+    counts = counts or MinibatchCounts.of(mb, None)
+    in_policy_term = mb.mask if mb.kept is None else mb.mask * mb.kept[:, None].to(mb.mask.dtype)
+    losses = estimators.clipped_surrogate(logprobs, mb.logprobs, mb.advantages, params.clip_range, params.clip_range_high)
+    if mb.correction is not None:
+        losses = losses * mb.correction
     log_ratio = logprobs - mb.logprobs
     ratio, high = torch.exp(log_ratio), params.clip_range_high or params.clip_range
     clipped = -mb.advantages * torch.clamp(ratio, 1.0 - params.clip_range, 1.0 + high) > -mb.advantages * ratio
     stats = {
-        "clip_fraction": core.masked_mean(clipped.float(), mb.mask),
+        "clip_fraction": core.masked_mean(clipped.float(), in_policy_term),
         "approx_kl": core.masked_mean(0.5 * log_ratio**2, mb.mask),  # Schulman's k2 estimator of KL(old || new)
     }
-    if not kept.any():  # every response here was dropped: a zero loss that still reaches every parameter (DDP)
-        return (losses * mb.mask).sum(), stats
-    loss = estimators.aggregate(losses[kept], mb.mask[kept], params.loss_aggregation, params.max_new_tokens)
+    loss = estimators.aggregate(losses, in_policy_term, params.loss_aggregation, params.max_new_tokens, counts.policy)
     if params.algorithm == "grpo":
         stats["kl_loss"] = estimators.k3_kl_loss(
-            logprobs[kept], mb.ref_logprobs[kept], mb.mask[kept], params.loss_aggregation, params.max_new_tokens
+            logprobs, mb.ref_logprobs, mb.mask, params.loss_aggregation, params.max_new_tokens, counts.all
         )
         loss = loss + kl_coef * stats["kl_loss"]
     return loss, stats
@@ -431,61 +447,87 @@ def ppo_update(
     totals: dict[str, float] = {}
     micro_steps = 0
     drift, drift_tokens, stepped = 0.0, 0.0, False
+    # accelerate divides each micro-batch's loss by the accumulation steps and DDP averages the
+    # processes' gradients; the losses here are already sums over the whole minibatch's counts, so
+    # this factor undoes both and the minibatch's gradient is the same however it is split.
+    unsplit = accelerator.gradient_accumulation_steps * accelerator.num_processes
+    all_reduce = lambda t: accelerator.reduce(t, reduction="sum")  # noqa: E731
     for _ in range(params.ppo_epochs):
         order = torch.randperm(len(rollout.scores), generator=shuffle).to(rollout.scores.device)
-        for start in range(0, len(order), params.micro_batch):
-            mb = rollout.minibatch(order[start : start + params.micro_batch])
-            with accelerator.accumulate(model):
-                logits, values = forward(mb.query_ids, mb.query_mask, mb.response_ids, mb.mask, params.temperature)
-                all_logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V), shared with the entropy
-                logprobs = all_logprobs.gather(-1, mb.response_ids.unsqueeze(-1)).squeeze(-1)
-                if not stepped:
-                    drift += ((logprobs.detach() - mb.logprobs).abs() * mb.mask).sum().item()
-                    drift_tokens += mb.mask.sum().item()
-                pg_loss, step = policy_objective(params, logprobs, mb, kl_coef)
-                loss_terms = {"policy_loss": pg_loss}
-                loss = pg_loss
-                # Differentiated only when it is in the loss: at entropy_coef 0 the update does no more work.
-                with torch.set_grad_enabled(bool(params.entropy_coef)):
-                    token_entropy = core.masked_mean(core.entropy(all_logprobs), mb.mask)
-                if params.entropy_coef:  # Schulman et al. 2017, eq. 9: L = L_clip - c2 * S[pi]
-                    loss_terms["entropy_bonus"] = -params.entropy_coef * token_entropy
-                    loss = loss + loss_terms["entropy_bonus"]
-                if values is not None:  # PPO's critic; the critic-free algorithms have no value loss
-                    loss_terms["value_loss"] = core.value_loss(
-                        values, mb.values, mb.returns, mb.mask, params.value_clip_range
-                    )
-                    loss = loss + params.vf_coef * loss_terms["value_loss"]
-                if not torch.isfinite(loss):  # before the step: the weights stay as the last good ones
-                    where = checkpoints.latest() if checkpoints else None
-                    parts = ", ".join(
-                        f"{name.removesuffix('_loss')} {value.item()}" for name, value in loss_terms.items()
-                    )
-                    raise TrainingStopped(
-                        f"PPO loss is {loss.item()} ({parts}); "
-                        f"stopped before the optimizer step; last good checkpoint: {where or 'none'}"
-                    )
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    for name, module in (("policy_grad_norm", inner.policy), ("critic_grad_norm", inner.critic)):
-                        if module is None:
-                            continue
-                        norm = _clip(accelerator, module, params.max_grad_norm)
-                        if norm is not None:  # DeepSpeed clips inside its engine and reports nothing here
-                            step[name] = norm
-                stepped = stepped or accelerator.sync_gradients
-                optimizer.step()
-                optimizer.zero_grad()
-            step["entropy"] = token_entropy.detach()
-            step.update(loss_terms)
-            for key, value in step.items():
-                totals[key] = totals.get(key, 0.0) + (value.item() if torch.is_tensor(value) else value)
-            micro_steps += 1
-    optimizer_steps = micro_steps // (params.minibatch_size // params.micro_batch)
-    means = {
-        key: value / (optimizer_steps if key.endswith("grad_norm") else micro_steps) for key, value in totals.items()
-    }
-    return {**means, "update_logprob_drift": drift / max(drift_tokens, 1.0)}
+        for minibatch_start in range(0, len(order), params.minibatch_size):
+            minibatch = order[minibatch_start : minibatch_start + params.minibatch_size]
+            counts = MinibatchCounts.of(rollout.minibatch(minibatch), all_reduce)
+            for start in range(0, len(minibatch), params.micro_batch):
+                mb = rollout.minibatch(minibatch[start : start + params.micro_batch])
+                with accelerator.accumulate(model):
+                    logits, values = forward(mb.query_ids, mb.query_mask, mb.response_ids, mb.mask, params.temperature)
+                    all_logprobs = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V), shared with the entropy
+                    logprobs = all_logprobs.gather(-1, mb.response_ids.unsqueeze(-1)).squeeze(-1)
+                    if not stepped:
+                        drift += ((logprobs.detach() - mb.logprobs).abs() * mb.mask).sum().item()
+                        drift_tokens += mb.mask.sum().item()
+                    pg_loss, step = policy_objective(params, logprobs, mb, kl_coef, counts)
+                    loss_terms = {"policy_loss": pg_loss}
+                    loss = pg_loss
+                    # Differentiated only when it is in the loss: at entropy_coef 0 the update does no more work.
+                    with torch.set_grad_enabled(bool(params.entropy_coef)):
+                        token_entropy = core.masked_mean(core.entropy(all_logprobs), mb.mask, counts.all.tokens)
+                    if params.entropy_coef:  # Schulman et al. 2017, eq. 9: L = L_clip - c2 * S[pi]
+                        loss_terms["entropy_bonus"] = -params.entropy_coef * token_entropy
+                        loss = loss + loss_terms["entropy_bonus"]
+                    if values is not None:  # PPO's critic; the critic-free algorithms have no value loss
+                        loss_terms["value_loss"] = core.value_loss(
+                            values, mb.values, mb.returns, mb.mask, params.value_clip_range, counts.all.tokens
+                        )
+                        loss = loss + params.vf_coef * loss_terms["value_loss"]
+                    if not torch.isfinite(loss):  # before the step: the weights stay as the last good ones
+                        where = checkpoints.latest() if checkpoints else None
+                        parts = ", ".join(
+                            f"{name.removesuffix('_loss')} {value.item()}" for name, value in loss_terms.items()
+                        )
+                        raise TrainingStopped(
+                            f"PPO loss is {loss.item()} ({parts}); "
+                            f"stopped before the optimizer step; last good checkpoint: {where or 'none'}"
+                        )
+                    accelerator.backward(loss * unsplit)
+                    if accelerator.sync_gradients:
+                        for name, module in (("policy_grad_norm", inner.policy), ("critic_grad_norm", inner.critic)):
+                            if module is None:
+                                continue
+                            norm = _clip(accelerator, module, params.max_grad_norm)
+                            if norm is not None:  # DeepSpeed clips inside its engine and reports nothing here
+                                step[name] = norm
+                    stepped = stepped or accelerator.sync_gradients
+                    optimizer.step()
+                    optimizer.zero_grad()
+                step["entropy"] = token_entropy.detach()
+                step.update(loss_terms)
+                for key, value in step.items():
+                    totals[key] = totals.get(key, 0.0) + (value.item() if torch.is_tensor(value) else value)
+                micro_steps += 1
+    return {**logged_means(totals, micro_steps, params, accelerator.num_processes),
+            "update_logprob_drift": drift / max(drift_tokens, 1.0)}  # fmt: skip
+
+
+# Logged terms that are a micro-batch's share of its minibatch's value (sums over the minibatch's counts).
+MINIBATCH_SHARES = ("policy_loss", "value_loss", "entropy_bonus", "entropy", "kl_loss")
+
+
+def logged_means(totals: dict[str, float], micro_steps: int, params: TrainPolicyParams, processes: int) -> dict:
+    """Per-update means of the summed statistics: a minibatch's loss terms are the sum of its
+    micro-batches' shares (times the processes, each holding an equal share), averaged over
+    optimizer steps; grad norms are per optimizer step; the rest (clip fraction, approx KL) are
+    micro-batch means."""
+    optimizer_steps = max(micro_steps // (params.minibatch_size // params.micro_batch), 1)
+    means = {}
+    for key, value in totals.items():
+        if key in MINIBATCH_SHARES:
+            means[key] = value * processes / optimizer_steps
+        elif key.endswith("grad_norm"):
+            means[key] = value / optimizer_steps
+        else:
+            means[key] = value / max(micro_steps, 1)
+    return means
 
 
 def _clip(accelerator: Accelerator, module: torch.nn.Module, max_norm: float) -> float | None:
