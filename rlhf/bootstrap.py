@@ -71,6 +71,7 @@ def train_demo_policy(
         # threads) it held out 0.84, 0.74, 0.70 with the kernel and 0.84, 0.85, 0.72 without.
         # The README's figures are measured with this activation; a change of it needs them again.
     )
+    tokenizer.model_max_length = config.n_positions  # the saved tokenizer states the model's real context
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
     scratch = tempfile.mkdtemp(prefix="sft-")  # the Trainer's own files stay out of the versioned out

@@ -50,7 +50,7 @@ def grouped(scores: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def per_token(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Outcome supervision: a sequence's advantage given to each of its real tokens.  (B,) -> (B, T)"""
-    return advantages[:, None].to(mask.dtype) * mask
+    return advantages[:, None] * mask  # promoted, so an integer mask cannot truncate the advantages
 
 
 def grpo_advantages(

@@ -38,8 +38,8 @@ class Rollout:
 
     query_ids: torch.Tensor  # (B, Q) left-padded prompt tokens
     query_mask: torch.Tensor  # (B, Q)
-    response_ids: torch.Tensor  # (B, T) sampled tokens, padded after EOS
-    mask: torch.Tensor  # (B, T) 1 on response tokens up to and including EOS
+    response_ids: torch.Tensor  # (B, T) sampled tokens, padded after the first stop token
+    mask: torch.Tensor  # (B, T) 1 on response tokens up to and including the first stop token
     logprobs: torch.Tensor  # (B, T) log pi_old(a_t | s_t)
     values: torch.Tensor | None  # (B, T) V_old(s_t); None without a critic
     scores: torch.Tensor  # (B,) normalised reward score, minus the missing-EOS penalty
@@ -137,9 +137,9 @@ class Samples:
 
     query_ids: torch.Tensor  # (B, Q) left-padded
     query_mask: torch.Tensor  # (B, Q)
-    response_ids: torch.Tensor  # (B, T) padded after EOS
-    mask: torch.Tensor  # (B, T) float, 1 up to and including EOS
-    ended: torch.Tensor  # (B,) emitted EOS
+    response_ids: torch.Tensor  # (B, T) padded after the first stop token
+    mask: torch.Tensor  # (B, T) float, 1 up to and including the first stop token
+    ended: torch.Tensor  # (B,) emitted a stop token (rlhf.chat.stop_token_ids)
     logprobs: torch.Tensor  # (B, T) log pi(a_t | s_t) at sampling
     texts: list[str]  # (B,) decoded responses
     seconds: float  # wall time of the sampling loop
