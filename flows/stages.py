@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
+from rlhf.config import PARAMS_FILE, check_yaml_syntax
 from tasks._stage import TRANSIENT_EXIT
 
 SKIPPED_MARK = "didn't change, skipping"
@@ -45,6 +46,7 @@ def pipeline_stages(root: str | Path) -> list[PipelineStage]:
 
     Among stages free to run, dvc.yaml's own order decides, so the order is stable.
     """
+    check_yaml_syntax(*(Path(root) / name for name in (PARAMS_FILE, "rounds.yaml", "dvc.yaml")))  # before DVC's trace
     repo = Repo(str(root))
     try:
         graph = repo.index.graph  # an edge points from a stage to a stage it depends on

@@ -131,6 +131,8 @@ def add_annotate_commands(commands) -> None:
         "--suggest", action="store_true",
         help="start each ranking from the AI judge's order (off by default: it anchors people; recorded per ranking)",
     )  # fmt: skip
+    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="refuse (413) bodies over this size")
+    serve.add_argument("--rate-limit", type=float, default=20.0, help="requests/s per annotator, 429 past it; 0: off")
     for action, text in [("add-annotator", "a new token for NAME, printed once"), ("revoke", "refuse NAME's tokens")]:
         command = annotate_actions.add_parser(action, help=text, description=f"Example: rlhf annotate {action} alice")
         command.add_argument("name", help="the annotator's name")
@@ -154,6 +156,37 @@ def add_serve_commands(commands) -> None:
     reward.add_argument("--port", type=int, default=8000)
     reward.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     reward.add_argument("--batch-size", type=int, default=64, help="exchanges per forward pass")
+    add_reward_server_flags(reward)
+    token = served.add_parser(
+        "reward-token",
+        help="a new bearer token for the reward server, printed once (its file keeps the sha256)",
+        description="Example: rlhf serve reward-token trainer --tokens reward-tokens.json",
+    )
+    token.add_argument("name", help="who the token is for")
+    token.add_argument("--tokens", required=True, help="the tokens file (created if missing)")
+
+
+def add_reward_server_flags(reward) -> None:
+    from rlhf.http_limits import Limits
+
+    limits = Limits()
+    reward.add_argument("--tokens", help="tokens file of sha256 -> name (rlhf serve reward-token); every call needs one")
+    reward.add_argument(
+        "--insecure", action="store_true",
+        help="serve a non-loopback --host without tokens (anyone who reaches it can use it)",
+    )  # fmt: skip
+    reward.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (off by default)")
+    for flag, value, text in [
+        ("--max-body-bytes", limits.max_body_bytes, "request body size"),
+        ("--max-queries", limits.max_queries, "exchanges per request"),
+        ("--max-chars", limits.max_chars, "characters per text"),
+        ("--max-tokens", limits.max_tokens, "tokens per query"),
+    ]:
+        reward.add_argument(flag, type=int, default=value, help=f"refuse (413) over this many: {text} (default {value})")
+    reward.add_argument(
+        "--rate-limit", type=float, default=limits.rate_limit,
+        help=f"requests/s per token (or client address), 429 past it; 0: off (default {limits.rate_limit:g})",
+    )  # fmt: skip
 
 
 def serve_annotation_page(args: argparse.Namespace) -> None:
@@ -162,13 +195,20 @@ def serve_annotation_page(args: argparse.Namespace) -> None:
     from rlhf.annotation.annotators import migration_message
     from rlhf.annotation.app import create_app, load_tokens
     from rlhf.annotation.guidelines import load_guidelines, principles_from_params
+    from rlhf.http_auth import check_host
 
     store = FeedbackStore(args.store)
     tokens = load_tokens(args.tokens) if args.tokens else None
     guidelines = load_guidelines(principles_from_params(args.params), args.guidelines)
     if args.overlap is not None:
         store.set_overlap(args.overlap)
-    app = create_app(store, tokens, guidelines, suggestions=args.suggest, tokens_source=f"tokens-file:{args.tokens}")
+    app = create_app(
+        store, tokens, guidelines, suggestions=args.suggest, tokens_source=f"tokens-file:{args.tokens}",
+        max_body_bytes=args.max_body_bytes, rate_limit=args.rate_limit,
+    )  # fmt: skip
+    warning = check_host(args.host, True, False, "ranking page")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     if tokens:
         print(migration_message(args.tokens, app.state.tokens_added, len(tokens)), flush=True)
     if not store.annotator_progress()["active_tokens"].sum():
@@ -265,12 +305,24 @@ def export_tokenizer(path: str | None):
 
 
 def serve_reward(args: argparse.Namespace) -> None:
+    from rlhf.http_auth import add_token, check_host, load_token_hashes
+    from rlhf.http_limits import Limits
     from rlhf.rewards.server import serve_reward_model
 
+    if args.action == "reward-token":
+        token = add_token(args.tokens, args.name)
+        print(token)
+        print(f"rlhf: {args.name}'s token (shown once; {args.tokens} keeps its sha256)", file=sys.stderr)
+        return
     if not Path(args.model).is_dir():
         raise InputError(f"{args.model}: no reward model directory here (run the pipeline first, or pass --model)")
+    hashes = load_token_hashes(args.tokens) if args.tokens else None
+    warning = check_host(args.host, hashes is not None, args.insecure, "reward server")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    limits = Limits(args.max_body_bytes, args.max_queries, args.max_chars, args.max_tokens, args.rate_limit)
     print(f"rlhf: reward model {args.model} on http://{args.host}:{args.port}/get_reward", flush=True)
-    serve_reward_model(args.model, args.host, args.port, args.device, args.batch_size)
+    serve_reward_model(args.model, args.host, args.port, args.device, args.batch_size, limits, hashes, args.docs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.action == "import":
             import_rankings(store, args)
         else:
-            print(store.query(args.sql).to_string(index=False))
+            try:
+                print(store.query(args.sql, external_access=False).to_string(index=False))
+            except duckdb.Error as error:  # DuckDB adds the query and a caret: the first line says it
+                raise InputError(str(error).strip().splitlines()[0]) from None
     except (InputError, duckdb.Error) as error:
         print(f"rlhf: error: {error}", file=sys.stderr)
         return 2

@@ -704,6 +704,26 @@ def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
         raise ConfigError(_one_line(error, source)) from None
 
 
+def yaml_error_line(path: str | Path, error: yaml.YAMLError) -> str:
+    """One line naming the file, line and column of a YAML syntax error, and what is wrong there."""
+    mark = getattr(error, "problem_mark", None)
+    problem = " ".join(str(getattr(error, "problem", None) or error).split())
+    if mark is None:
+        return f"{path}: not valid YAML ({problem})"
+    return f"{path}: line {mark.line + 1} not valid YAML (column {mark.column + 1}: {problem})"
+
+
+def check_yaml_syntax(*paths: str | Path) -> None:
+    """A ConfigError in one line (yaml_error_line) for the first of `paths` that exists and is not
+    valid YAML: for callers that hand the files to DVC, whose own error is a long trace."""
+    for path in paths:
+        if Path(path).is_file():
+            try:
+                yaml.safe_load(Path(path).read_text())
+            except yaml.YAMLError as error:
+                raise ConfigError(yaml_error_line(path, error)) from None
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
@@ -711,9 +731,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found") from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} not valid YAML ({getattr(error, 'problem', error)})") from None
+        raise ConfigError(yaml_error_line(path, error)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return parse_params(raw, str(path))

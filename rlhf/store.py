@@ -786,8 +786,13 @@ class FeedbackStore:
                    FROM comparisons ORDER BY a, b, judge, judge_version"""
             ).df()
 
-    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+    def query(self, sql: str, params: list | None = None, external_access: bool = True) -> pd.DataFrame:
+        """Read-only SQL. external_access=False (`rlhf store query`): no file or network outside the
+        store either (COPY TO, ATTACH, INSTALL, LOAD, EXPORT, read_csv are refused), locked for the query."""
         with self._connect(read_only=True) as con:
+            if not external_access:
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
             return con.execute(sql, params or []).df()
 
     def comparisons(self) -> pd.DataFrame:

@@ -13,23 +13,35 @@ Options of a team (all off by default): `suggestions` starts each list from the 
 (it anchors people, so it is opt-in, and each ranking records whether it started so); the overlap
 is a store setting (FeedbackStore.set_overlap), so the page, the pipeline and the flow agree on
 what still waits.
+
+Limits before work (rlhf/http_limits.py): the body's size (413), then the token (401), then a rate
+per annotator (429), then parsing; unknown fields, wrong types and oversized ids are a 422 in one
+line. The page accepts a ranking or a skip only for an item it served to that person and that they
+have not ranked or skipped yet; the same submission sent twice is saved once. Each is written to a
+durable local journal before the page says "saved", and one writer drains the journal into the
+store (rlhf/annotation/journal.py): a busy store (a stage holding its lock) delays the copy, never
+loses the ranking. A request that needs the store while it is busy answers 503 with Retry-After,
+and the page tries again by itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from rlhf.annotation.annotators import import_tokens, sign_in
+from rlhf.annotation.annotators import hash_token, import_tokens, sign_in
 from rlhf.annotation.guidelines import Guidelines
-from rlhf.errors import InputError, StoreError
+from rlhf.annotation.journal import Drainer, Journal, is_busy, journal_path
+from rlhf.errors import InputError
+from rlhf.http_limits import Guard, RateLimit, one_line_validation_errors
 from rlhf.store import FeedbackStore
 
 STATIC = Path(__file__).parent / "static"
@@ -40,13 +52,19 @@ SECURITY_HEADERS = {
 }
 
 
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+MAX_RESPONSES = 100
+BUSY = "the store is busy (a pipeline stage or another program holds it); the page tries again by itself"
+
+
 class Submission(BaseModel):
-    item_id: str
-    order: list[str] = Field(min_length=2)
+    model_config = ConfigDict(extra="forbid")
+    item_id: Id
+    order: list[Id] = Field(min_length=2, max_length=MAX_RESPONSES)
     """Response ids, best first."""
-    tied_with_above: list[bool]
+    tied_with_above: list[bool] = Field(max_length=MAX_RESPONSES)
     """Per position: shares the rank of the response above it."""
-    unsafe: list[str] = []
+    unsafe: list[Id] = Field(default=[], max_length=MAX_RESPONSES)
     from_suggestion: bool = False
     """The order started from the AI judge's ranking (only when the page offers suggestions)."""
     mode: Literal["rank", "pairwise"] = "rank"
@@ -54,7 +72,8 @@ class Submission(BaseModel):
 
 
 class Skip(BaseModel):
-    item_id: str
+    model_config = ConfigDict(extra="forbid")
+    item_id: Id
 
 
 def load_tokens(path: str | Path) -> dict[str, str]:
@@ -82,25 +101,77 @@ def ranks_from_order(order: list[str], tied_with_above: list[bool]) -> dict[str,
     return ranks
 
 
+def busy(status: int = 503) -> HTTPException:
+    return HTTPException(status_code=status, detail=BUSY, headers={"Retry-After": "2"})
+
+
 def create_app(
     store: FeedbackStore,
     tokens: dict[str, str] | None = None,
     guidelines: Guidelines | None = None,
     suggestions: bool = False,
     tokens_source: str = "tokens-file",
+    max_body_bytes: int = 64 * 1024,
+    rate_limit: float = 20.0,
+    busy_timeout_s: float = 0.5,
 ) -> FastAPI:
     """The page over `store`. `tokens` ({token: name}, a tokens file's content) are stored hashed
-    first, so callers of earlier versions keep working; people sign in from the store."""
-    app = FastAPI(title="rlhf ranking page", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.tokens_added = import_tokens(store, tokens, tokens_source) if tokens else 0
+    first, so callers of earlier versions keep working; people sign in from the store. Requests
+    wait at most `busy_timeout_s` for the store (then 503); `rate_limit` is per annotator a second."""
+    tokens_added = import_tokens(store, tokens, tokens_source) if tokens else 0
     run_id = f"annotate-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     guidelines = guidelines or Guidelines()
+    view = FeedbackStore(store.path, lock_timeout_s=busy_timeout_s, retries=3)  # requests never wait long
+    journal = Journal(journal_path(store))
+    drainer = Drainer(journal, view, run_id)
+    signed_in: dict[str, str] = {}  # token sha256 -> name: the last answer, used only while the store is busy
 
-    def annotator(authorization: str = Header(default="")) -> str:
-        name, refusal = sign_in(store, authorization.removeprefix("Bearer ").strip())
+    def authenticate(token: str) -> tuple[str | None, str]:
+        """sign_in, asked on every request (a revocation holds at once). While the store is busy
+        nobody can revoke a token, so the last answer for it stands until the store is free."""
+        try:
+            name, refusal = sign_in(view, token)
+        except Exception as error:
+            if not is_busy(error):
+                raise
+            name = signed_in.get(hash_token(token))
+            return (name, "") if name else (None, BUSY)
         if name is None:
-            raise HTTPException(status_code=401, detail=refusal)
-        return name
+            signed_in.pop(hash_token(token), None)
+        else:
+            signed_in[hash_token(token)] = name
+        return name, refusal
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        drainer.start()  # also drains what a killed server left pending
+        try:
+            yield
+        finally:
+            drainer.stop()
+            drainer.drain(wait_s=busy_timeout_s)
+
+    app = FastAPI(title="rlhf ranking page", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.tokens_added, app.state.journal, app.state.drainer = tokens_added, journal, drainer
+    one_line_validation_errors(app)
+    app.add_middleware(
+        Guard,
+        max_body_bytes=max_body_bytes,
+        authenticate=authenticate,
+        guarded=lambda path: path.startswith("/api/"),
+        rate=RateLimit(rate_limit, burst=max(1, int(2 * rate_limit))),
+    )
+
+    def annotator(request: Request) -> str:
+        return request.state.principal  # signed in by the Guard, before the body was read
+
+    def progress(name: str) -> dict | None:
+        try:
+            return view.annotation_progress(name)
+        except Exception as error:
+            if is_busy(error):
+                return None
+            raise
 
     @app.middleware("http")
     async def security_headers(request, call_next):
@@ -126,8 +197,36 @@ def create_app(
 
     @app.get("/api/next")
     def next_item(name: str = Depends(annotator)) -> dict:
-        item = store.next_item(name, suggest=suggestions)
-        return {"annotator": name, "item": item, "progress": store.annotation_progress(name)}
+        drainer.drain(wait_s=busy_timeout_s)
+        if journal.pending_for(name):  # the store would serve an item this person already sent again
+            raise busy()
+        try:
+            item = view.next_item(name, suggest=suggestions)
+        except Exception as error:
+            if is_busy(error):
+                raise busy() from None
+            raise
+        if item is not None:
+            journal.serve(name, item["item_id"], [r["response_id"] for r in item["responses"]])
+        return {"annotator": name, "item": item, "progress": progress(name)}
+
+    def accept(name: str, item_id: str, action: str, body: dict) -> dict:
+        """Journal the submission (durable before the answer), then try to copy it into the store now."""
+        new, earlier = journal.accept(name, item_id, action, body)
+        if not new and (earlier["action"], earlier["body"]) != (action, json.loads(json.dumps(body, sort_keys=True))):
+            raise HTTPException(status_code=409, detail=f"you already {earlier['action']} this item; that stands")
+        drainer.drain(wait_s=busy_timeout_s)
+        outcome = journal.outcome(name, item_id)
+        if outcome["error"]:
+            raise HTTPException(status_code=422, detail=f"the store refused it: {outcome['error']}")
+        return {"saved": True, "stored": outcome["stored"], "duplicate": not new, "pairs": outcome["pairs"],
+                "progress": progress(name)}  # fmt: skip
+
+    def served_ids(name: str, item_id: str) -> list[str]:
+        shown = journal.served(name, item_id)
+        if shown is None:
+            raise HTTPException(status_code=409, detail=f"item {item_id[:80]!r} was not served to you; load the next item")
+        return shown
 
     @app.post("/api/submit")
     def submit(submission: Submission, name: str = Depends(annotator)) -> dict:
@@ -137,19 +236,20 @@ def create_app(
             raise HTTPException(status_code=422, detail="order and tied_with_above must match, without repeats")
         if submission.from_suggestion and not suggestions:
             raise HTTPException(status_code=422, detail="this page offers no suggestions")
-        ranks = ranks_from_order(submission.order, submission.tied_with_above)
-        try:
-            pairs = store.record_human_ranking(
-                name, submission.item_id, ranks, submission.unsafe, run_id,
-                from_suggestion=submission.from_suggestion, mode=submission.mode,
-            )  # fmt: skip
-        except StoreError as error:
-            raise HTTPException(status_code=422, detail=str(error)) from None
-        return {"pairs": pairs, "progress": store.annotation_progress(name)}
+        shown = served_ids(name, submission.item_id)
+        if sorted(submission.order) != sorted(shown) or not set(submission.unsafe) <= set(shown):
+            raise HTTPException(status_code=422, detail="order must rank exactly the item's responses, unsafe among them")
+        body = {
+            "ranks": ranks_from_order(submission.order, submission.tied_with_above),
+            "unsafe": sorted(set(submission.unsafe)),
+            "from_suggestion": submission.from_suggestion,
+            "mode": submission.mode,
+        }
+        return accept(name, submission.item_id, "ranked", body)
 
     @app.post("/api/skip")
     def skip(request: Skip, name: str = Depends(annotator)) -> dict:
-        store.skip_item(name, request.item_id)
-        return {"progress": store.annotation_progress(name)}
+        served_ids(name, request.item_id)
+        return accept(name, request.item_id, "skipped", {})
 
     return app

@@ -13,12 +13,23 @@ function tokenFromUrl() {
   return fragment.get("token") || sessionStorage.getItem("rlhf-token") || "";
 }
 
-async function api(path, body) {
-  const response = await fetch(path, {
-    method: body ? "POST" : "GET",
-    headers: { Authorization: "Bearer " + state.token, "Content-Type": "application/json" },
-    body: body ? JSON.stringify(body) : undefined,
-  });
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// A busy store (503) or the rate limit (429) is waited out, as Retry-After says, a few times over;
+// the ranking stays on the page meanwhile, and a network error leaves it there to resend.
+async function api(path, body, attempts = 30) {
+  let response;
+  for (let attempt = 1; ; attempt++) {
+    response = await fetch(path, {
+      method: body ? "POST" : "GET",
+      headers: { Authorization: "Bearer " + state.token, "Content-Type": "application/json" },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    if (![429, 503].includes(response.status) || attempt >= attempts) break;
+    const wait = Math.min(10, Number(response.headers.get("Retry-After")) || 2);
+    $("status").textContent = `The store is busy; trying again in ${wait} s (your ranking is kept).`;
+    await sleep(wait * 1000);
+  }
   if (response.status === 401) {
     const detail = (await response.json().catch(() => ({}))).detail;
     sessionStorage.removeItem("rlhf-token");
@@ -27,11 +38,15 @@ async function api(path, body) {
     $("login").hidden = false;
     throw new Error(detail === "token revoked" ? "Token revoked." : "Token refused.");
   }
-  if (!response.ok) throw new Error("The server said: " + (await response.text()));
+  if (!response.ok) {
+    const detail = (await response.json().catch(() => ({}))).detail;
+    throw new Error("The server said: " + (detail || response.statusText) + " (your ranking is kept; try again)");
+  }
   return response.json();
 }
 
 function showProgress(progress) {
+  if (!progress) return; // the store was busy: the last figures stand
   $("progress").textContent = `${progress.done} of ${progress.total} done`;
   $("queue").textContent = `Queue: ${progress.queue_waiting} of ${progress.queue_items} items still wait for people`;
 }
