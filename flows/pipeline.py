@@ -59,7 +59,9 @@ def one_run_at_a_time(store_path: Path, wait_s: float) -> Iterator[None]:
 
 
 def artifact_paths(root: Path) -> dict[str, str]:
-    return yaml.safe_load((root / "dvc.yaml").read_text())["vars"][0]["paths"]
+    """dvc.yaml's `paths` (its vars also load rounds.yaml, by name)."""
+    entries = yaml.safe_load((root / "dvc.yaml").read_text())["vars"]
+    return next(entry["paths"] for entry in entries if isinstance(entry, dict) and "paths" in entry)
 
 
 def run_round(
@@ -85,8 +87,8 @@ def run_round(
         if stage == GATE_AFTER and params.rank_responses.judge in HUMAN_JUDGES:
             store_path = str(root / params.store.path)
             if gates.human_gate(store_path, human_gate_timeout_s) is not None:
-                # People's rankings went into the store, not into a DVC dependency: snapshot again.
-                outcomes[stage] = run(str(root), stage, stage_timeout_s, force=True)
+                # People's rankings changed the store's scope file, a dependency: DVC re-runs the stage.
+                outcomes[stage] = run(str(root), stage, stage_timeout_s)
     return outcomes
 
 
@@ -128,8 +130,9 @@ def rlhf_pipeline(
     with one_run_at_a_time(store_path, store_wait_s):
         for index in range(rounds):
             if index > 0 or new_round:
-                logger.info("round %d starts from %s", start_next_round(root_path, paths["policy"]), PREVIOUS_POLICY)
-            number = int(current_round(root_path)["number"])
+                number = start_next_round(root_path, paths["policy"], paths["responses"])
+                logger.info("round %d starts from %s", number, PREVIOUS_POLICY)
+            number = current_round(root_path).number
             outcomes = run_round(
                 root_path, stage_names, progress,
                 stage_timeout_s=stage_timeout_s, judge_retries=judge_retries, judge_retry_delay_s=judge_retry_delay_s,

@@ -14,9 +14,7 @@ rlhf annotate serve                   the human ranking page on http://127.0.0.1
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -67,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         "file", help="the rankings file (.jsonl, .jsonl.gz, .csv, .json, or .parquet for trl/ultrafeedback)"
     )
     imports.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    imports.add_argument(
+        "--name",
+        help="the import set's name, which store.snapshot.imports in params.yaml lists to train on it "
+        "(default: the file's name without its suffixes); importing again under a name adds to that set",
+    )
     imports.add_argument(
         "--map",
         default="",
@@ -225,11 +228,15 @@ def serve_annotation_page(args: argparse.Namespace) -> None:
 def annotate_command(args: argparse.Namespace) -> None:
     from rlhf.annotation.annotators import add_annotator, revoke_annotator
 
-    store = FeedbackStore(args.store)
+    # Only the commands that write may create the store; the others refuse a missing one.
+    store = FeedbackStore(args.store, create=args.action in ("serve", "add-annotator"))
     if args.action == "serve":
         serve_annotation_page(args)
     elif args.action == "add-annotator":
+        created = not store.path.exists()
         token = add_annotator(store, args.name)
+        if created:
+            print(f"rlhf: created the store {store.path}", file=sys.stderr)
         print(token)
         print(f"rlhf: {args.name} opens http://127.0.0.1:8765/#token={token} (shown once; the store keeps its sha256)",
               file=sys.stderr)  # fmt: skip
@@ -276,13 +283,22 @@ def print_agreement(report: dict) -> None:
 def import_rankings(store: FeedbackStore, args: argparse.Namespace) -> None:
     columns = dict(pair.split("=", 1) for pair in args.map.split(",") if "=" in pair)
     imported = read_rankings(args.file, args.fmt, columns=columns, on_bad_row=args.on_bad_row)
-    run = {"run_id": f"import-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}", "stage": "import"}
+    # The import set's name is its run: store.snapshot.imports takes it by that name.
+    run = {"run_id": f"import-{args.name or import_name(args.file)}", "stage": "import"}
+    created = not store.path.exists()
     added = store.ingest(run, *imported.frames())
+    if created:
+        print(f"created the store {store.path}")
     print(
         f"imported {args.file}: {imported.taken} rankings, {len(imported.odd_rows)} odd rows skipped; "
         + ", ".join(f"{table} +{n}" for table, n in added.items())
     )
     print_odd_rows(imported.odd_rows)
+
+
+def import_name(file: str) -> str:
+    """An import set's default name: the file's name without its suffixes (hh-rlhf.jsonl.gz: hh-rlhf)."""
+    return Path(file).name.split(".")[0]
 
 
 def print_odd_rows(odd_rows: list[OddRow], shown: int = 50) -> None:

@@ -17,10 +17,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rlhf.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
+ROUNDS_FILE = "rounds.yaml"  # the round state, beside params.yaml (RoundParams)
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SnapshotScopeParams(Section):
+    """Which store rows the comparisons snapshot (store_comparisons) takes: the only way store rows
+    reach training. What this scope would take from the store is the file `<store path>.scope.json`,
+    which the store rewrites on every write and dvc.yaml lists as a dependency, so an import or
+    people's rankings in scope re-run store_comparisons and nothing else does."""
+
+    rankings: Literal["current", "all"] = "current"
+    """current: this configuration's rankings (the rankings file rank_responses wrote) and people's
+    rankings of responses from this round's policy; the checkout that made a change and a fresh clone
+    of it write the same snapshot. all: every ranking the store holds (every run, import and round)."""
+    rounds: Literal["all"] | list[int] = "all"
+    """Earlier rounds whose rankings (AI and people's) the snapshot keeps as well: all (rounds
+    accumulate), [] (none), or round numbers, e.g. [2, 3]. Rounds are listed in rounds.yaml."""
+    imports: list[str] = []
+    """Imported sets the snapshot takes, by name (`rlhf store import FILE --name NAME`; the name
+    defaults to the file's name without its suffixes)."""
+    label_sources: list[str] | None = None
+    """Judges whose rankings enter the snapshot (e.g. [human]): it limits every stage that reads the
+    snapshot; train_reward.label_sources limits the reward model's pairs only. null: every judge."""
 
 
 class StoreParams(Section):
@@ -28,6 +50,8 @@ class StoreParams(Section):
     """The DuckDB feedback store; lives across runs and is never a DVC out."""
     lock_timeout_s: float = Field(60.0, gt=0)
     """How long a writer waits for the store's cross-process lock before giving up."""
+    snapshot: SnapshotScopeParams = SnapshotScopeParams()
+    """What the comparisons snapshot takes from the store."""
 
 
 class BootstrapSFTParams(Section):
@@ -656,12 +680,23 @@ class TrackingParams(Section):
     wandb_project: str = "rlhf-pipeline"
 
 
+class EarlierRound(Section):
+    number: int = Field(ge=1)
+    policy_checkpoint: str = Field(min_length=1)
+    """Content hash of the policy that round sampled from: its responses (and rankings) carry it."""
+
+
 class RoundParams(Section):
+    """Round state of iterated online RLHF. It lives in rounds.yaml beside params.yaml (the flow
+    writes that file; params.yaml is never rewritten); DVC reads both as params files."""
+
     number: int = Field(1, ge=1)
     """The feedback round this workspace is in. The flow raises it when it starts a new round."""
     start_policy: str = Field("models/sft", min_length=1)
     """The policy a round samples from and PPO starts from: models/sft in round 1, then the previous
     round's policy (the flow copies it to models/previous-policy and tracks it with `dvc add`)."""
+    earlier: list[EarlierRound] = []
+    """The finished rounds, oldest first (store.snapshot.rounds chooses which of them the snapshot keeps)."""
 
 
 class Params(Section):
@@ -704,6 +739,24 @@ def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
         raise ConfigError(_one_line(error, source)) from None
 
 
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(yaml_error_line(path, error)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    rounds = path.with_name(ROUNDS_FILE)
+    if rounds.exists():  # the round state: its own file, so no command rewrites params.yaml
+        if "round" in raw:
+            raise ConfigError(f"{path}: round: lives in {rounds} (the flow writes it); remove it from {path.name}")
+        raw = {**raw, "round": _read_yaml(rounds).get("round") or {}}
+    return parse_params(raw, str(path))
+
+
 def yaml_error_line(path: str | Path, error: yaml.YAMLError) -> str:
     """One line naming the file, line and column of a YAML syntax error, and what is wrong there."""
     mark = getattr(error, "problem_mark", None)
@@ -724,14 +777,11 @@ def check_yaml_syntax(*paths: str | Path) -> None:
                 raise ConfigError(yaml_error_line(path, error)) from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    path = Path(path)
+def _read_yaml(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found") from None
     except yaml.YAMLError as error:
         raise ConfigError(yaml_error_line(path, error)) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return parse_params(raw, str(path))
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw

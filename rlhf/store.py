@@ -318,31 +318,73 @@ FROM ({LABELLED_PAIRS}) l LEFT JOIN ({HUMAN_RATERS}) h USING (ranking_id)
 """
 
 # A LIKE, not a JSON parse: reasons are written by json.dumps, and this runs over every ranking row.
+# The snapshot's rankings are those of the `in_scope` relation (snapshot_comparisons).
 UNSAFE_LABELS = f"""
 SELECT response_id, bool_or(reasons LIKE '%"unsafe": true%') AS unsafe
 FROM rankings ANTI JOIN ({SUPERSEDED_RANKINGS}) superseded USING (ranking_id)
-WHERE reasons LIKE '%"unsafe": %' GROUP BY response_id
+WHERE reasons LIKE '%"unsafe": %' AND ranking_id IN (SELECT ranking_id FROM in_scope) GROUP BY response_id
 """
+SCOPED_RANKINGS = "(SELECT prompt_id, response_id FROM rankings WHERE ranking_id IN (SELECT ranking_id FROM in_scope))"
 
-# The snapshot is three files, each row once: the labelled pairs, and every prompt and response.
+# The snapshot is three files, each row once: the labelled pairs of the rankings in scope, and their
+# prompts and responses (with a scope, a fourth: scope.json, what it took).
 # Texts are not repeated per pair (a response is in K - 1 pairs): the files stay small and a
 # 1M-pair snapshot takes under 2 s. `rlhf.snapshot.read_comparisons` joins them back. Each file
 # has its own COPY options: the pairs' hash ids gain nothing from Parquet's dictionary encoding.
 SNAPSHOT_FILES = {
     "pairs": (
         f"""SELECT ranking_id, prompt_id, chosen_id, rejected_id, margin, tie, weight, judge, judge_version
-            FROM ({MERGED_PAIRS}) ORDER BY ranking_id, chosen_id, rejected_id""",
+            FROM ({MERGED_PAIRS}) WHERE ranking_id IN (SELECT ranking_id FROM in_scope)
+            ORDER BY ranking_id, chosen_id, rejected_id""",
         "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1",
     ),
-    "prompts": ("SELECT prompt_id, prompt, messages, topic, split FROM prompts ORDER BY prompt_id", "FORMAT parquet"),
+    "prompts": (
+        f"""SELECT prompt_id, prompt, messages, topic, split FROM prompts
+            WHERE prompt_id IN (SELECT prompt_id FROM {SCOPED_RANKINGS}) ORDER BY prompt_id""",
+        "FORMAT parquet",
+    ),
     # unsafe: the harmlessness label (Safe RLHF's cost model): true if any ranking of the response
     # flagged it, false if rankings say and none did, NULL if no ranking carries the label.
     "responses": (
         f"""SELECT r.response_id, r.prompt_id, r.response, r.messages, r.policy_checkpoint, s.unsafe
-            FROM responses r LEFT JOIN ({UNSAFE_LABELS}) s USING (response_id) ORDER BY response_id""",
+            FROM responses r LEFT JOIN ({UNSAFE_LABELS}) s USING (response_id)
+            WHERE response_id IN (SELECT response_id FROM {SCOPED_RANKINGS}) ORDER BY response_id""",
         "FORMAT parquet",
     ),
 }
+
+# The store's side of a snapshot scope (rlhf.config.SnapshotScopeParams; `scope` below): the rankings
+# it takes beyond this configuration's own, which arrive with the rankings file DVC already tracks.
+# Parameters: every ranking?, import run ids, policies whose people's rankings count, policies of
+# earlier rounds whose every ranking counts, judges (NULL: every judge).
+STORE_SIDE_RANKINGS = """
+SELECT DISTINCT r.ranking_id FROM rankings r LEFT JOIN responses s USING (response_id)
+WHERE (CAST(? AS BOOLEAN)
+       OR list_contains(CAST(? AS VARCHAR[]), r.run_id)
+       OR (r.judge = 'human' AND list_contains(CAST(? AS VARCHAR[]), s.policy_checkpoint))
+       OR list_contains(CAST(? AS VARCHAR[]), s.policy_checkpoint))
+  AND (CAST(? AS VARCHAR[]) IS NULL OR list_contains(CAST(? AS VARCHAR[]), r.judge))
+"""
+
+# What DVC sees of the store: a count and an order-free digest of every row of the rankings a scope
+# takes from the store (a person re-ranking, an unsafe flag or a new import changes it).
+SCOPE_DIGEST = f"""
+SELECT count(*), coalesce(bit_xor(hash(ranking_id, response_id, rank, score, reasons, judge, judge_version)), 0)
+FROM rankings WHERE ranking_id IN ({STORE_SIDE_RANKINGS})
+"""
+
+# Which rankings a snapshot took, by source (the snapshot's scope.json): this configuration's are
+# counted, not named (their run ids differ between checkouts); store-side ones by run.
+SCOPE_SOURCES = """
+SELECT CASE WHEN ranking_id IN (SELECT ranking_id FROM current_rankings) THEN 'this configuration'
+            WHEN run_id LIKE 'import-%' THEN 'import ' || substr(run_id, 8)
+            WHEN judge = 'human' THEN 'people'
+            ELSE 'store' END AS source,
+       CASE WHEN ranking_id IN (SELECT ranking_id FROM current_rankings) THEN NULL ELSE run_id END AS run_id,
+       count(DISTINCT ranking_id) AS rankings
+FROM rankings WHERE ranking_id IN (SELECT ranking_id FROM in_scope)
+GROUP BY ALL ORDER BY source, run_id
+"""
 
 # Every labelled pair with its texts, in the snapshot's order (exports and the DataFrame API).
 COMPARISONS_QUERY = f"""
@@ -363,13 +405,18 @@ ORDER BY c.ranking_id, c.chosen_id, c.rejected_id
 class FeedbackStore:
     """Opens `path` for one operation at a time; never holds it between calls."""
 
-    def __init__(self, path: str | Path, lock_timeout_s: float = 60.0, retries: int = 20):
+    def __init__(self, path: str | Path, lock_timeout_s: float = 60.0, retries: int = 20, create: bool = True):
+        """`create`: False for a reader, which refuses a missing store (StoreError) and creates nothing."""
         self.path = Path(path)
         self.lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
         self.retries = retries
+        self.create = create
+        self.scope_file = scope_file(self.path)
 
     @contextlib.contextmanager
     def _connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        if not self.create and not self.path.is_file():
+            raise StoreError(f"{self.path}: no store here (nothing was created; check the path, or run the pipeline)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:
             for attempt in range(self.retries):
@@ -386,17 +433,25 @@ class FeedbackStore:
                 con.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One all-or-nothing write: committed on success, rolled back on any error."""
+    def transaction(self, scope: dict | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One all-or-nothing write: committed on success, rolled back on any error.
+
+        Each commit brings the scope file (`scope_file`) up to date, under the same lock: what the
+        recorded snapshot scope (or `scope`, the one a snapshot records now) would take from the store.
+        """
         with self._connect() as con:
             self._migrate(con)
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
+                scope = scope if scope is not None else recorded_scope(self.path)
+                fingerprint = scope_fingerprint(con, scope) if scope is not None else None
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            if fingerprint is not None:
+                write_scope_file(self.path, fingerprint)
 
     def _migrate(self, con: duckdb.DuckDBPyConnection) -> None:
         """Bring the file to SCHEMA_VERSION: version 1 into an empty file, then each migration in turn,
@@ -801,11 +856,28 @@ class FeedbackStore:
             _register_current(con, ())
             return con.execute(COMPARISONS_QUERY).df()
 
-    def snapshot_comparisons(self, out_dir: str | Path, current_ranking_ids: Iterable[str] = ()) -> int:
+    def absent_sources(self, scope: dict) -> list[str]:
+        """What a scope names that the store does not hold: imports by name, earlier rounds by policy."""
+        with self.transaction() as con:
+            imports = "SELECT DISTINCT run_id FROM rankings WHERE run_id LIKE 'import-%'"
+            runs = {r for (r,) in con.execute(imports).fetchall()}
+            policies = {p for (p,) in con.execute(
+                "SELECT DISTINCT s.policy_checkpoint FROM rankings r JOIN responses s USING (response_id)"
+            ).fetchall()}  # fmt: skip
+        return [f"import {name}" for name in scope["imports"] if f"import-{name}" not in runs] + [
+            f"the rankings of policy {policy}" for policy in scope["earlier_policies"] if policy not in policies
+        ]
+
+    def snapshot_comparisons(
+        self, out_dir: str | Path, current_ranking_ids: Iterable[str] = (), scope: dict | None = None
+    ) -> int:
         """Write the labelled pairs, the prompts and the responses to `out_dir` as Parquet files in a
         fixed order; returns the number of pairs. `current_ranking_ids`: the rankings the stage is
         storing now, preferred over other versions of their judge (see SUPERSEDED_RANKINGS).
 
+        `scope` (see `snapshot_scope`): the current rankings plus what it names from the store; the
+        snapshot's scope.json says which runs and imports it took, and the scope is recorded in the
+        scope file for later writes to keep up to date. None: every ranking the store holds.
         The same store gives byte-identical files, so DVC sees no change and skips what follows.
         The directory appears whole or not at all: it is written beside its place, then renamed
         (a crash between removing the old one and the rename leaves none, and the stage runs again).
@@ -814,12 +886,27 @@ class FeedbackStore:
         partial = out_dir.with_name(out_dir.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        with self.transaction() as con:
+        with self.transaction(scope) as con:
             _register_current(con, current_ranking_ids)
+            if scope is None:
+                con.execute("CREATE OR REPLACE TEMP TABLE in_scope AS SELECT DISTINCT ranking_id FROM rankings")
+            else:
+                judges = scope["label_sources"]
+                con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE in_scope AS
+                        SELECT ranking_id FROM (SELECT ranking_id FROM current_rankings UNION {STORE_SIDE_RANKINGS})
+                        WHERE CAST(? AS VARCHAR[]) IS NULL OR ranking_id IN
+                              (SELECT ranking_id FROM rankings WHERE list_contains(CAST(? AS VARCHAR[]), judge))""",
+                    _scope_arguments(scope) + [judges, judges],
+                )
             for name, (query, options) in SNAPSHOT_FILES.items():
                 target = str(partial / f"{name}.parquet").replace("'", "''")  # COPY binds no target
                 con.execute(f"COPY ({query}) TO '{target}' ({options})")
             rows = con.execute("SELECT count(*) FROM read_parquet(?)", [str(partial / "pairs.parquet")]).fetchone()[0]
+            if scope is not None:
+                taken = con.execute(SCOPE_SOURCES).df().astype(object).where(lambda f: f.notna(), None)
+                record = {"scope": scope, "taken": taken.to_dict(orient="records")}
+                (partial / "scope.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         if out_dir.is_dir():
             shutil.rmtree(out_dir)
         elif out_dir.exists():
@@ -844,3 +931,57 @@ def with_messages(prompts: pd.DataFrame, responses: pd.DataFrame) -> tuple[pd.Da
 def _register_current(con: duckdb.DuckDBPyConnection, ranking_ids: Iterable[str]) -> None:
     """The `current_rankings` relation that SUPERSEDED_RANKINGS reads."""
     con.register("current_rankings", pd.DataFrame({"ranking_id": pd.Series(sorted(set(ranking_ids)), dtype=str)}))
+
+
+# --- the snapshot's scope, as DVC sees it: <store>.scope.json ---
+
+
+def scope_file(store_path: str | Path) -> Path:
+    """The file dvc.yaml lists as store_comparisons' dependency: `${store.path}.scope.json`."""
+    return Path(str(store_path) + ".scope.json")
+
+
+def snapshot_scope(
+    rankings: str, imports: Iterable[str], policies: Iterable[str], earlier_policies: Iterable[str],
+    label_sources: Iterable[str] | None,
+) -> dict:
+    """A snapshot scope (rlhf.config.SnapshotScopeParams resolved against the rounds): `rankings`
+    current | all; import names; the policies (content hashes) whose people's rankings count; the
+    earlier rounds' policies, whose every ranking counts; the judges (None: every judge)."""
+    return {
+        "rankings": rankings,
+        "imports": sorted(set(imports)),
+        "policies": sorted(set(policies)),
+        "earlier_policies": sorted(set(earlier_policies)),
+        "label_sources": None if label_sources is None else sorted(set(label_sources)),
+    }
+
+
+def _scope_arguments(scope: dict) -> list:
+    judges = scope["label_sources"]
+    runs = [f"import-{name}" for name in scope["imports"]]
+    return [scope["rankings"] == "all", runs, scope["policies"], scope["earlier_policies"], judges, judges]
+
+
+def scope_fingerprint(con: duckdb.DuckDBPyConnection, scope: dict) -> dict:
+    rows, digest = con.execute(SCOPE_DIGEST, _scope_arguments(scope)).fetchone()
+    return {"scope": scope, "store_rows": int(rows), "digest": f"{int(digest):016x}"}
+
+
+def recorded_scope(store_path: str | Path) -> dict | None:
+    """The scope the last snapshot recorded; None before any (or in a file from elsewhere)."""
+    try:
+        return json.loads(scope_file(store_path).read_text()).get("scope")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def write_scope_file(store_path: str | Path, fingerprint: dict) -> None:
+    """Rewritten only when it changes (DVC hashes it); whole or not at all."""
+    path = scope_file(store_path)
+    text = json.dumps(fingerprint, indent=2, sort_keys=True) + "\n"
+    if path.exists() and path.read_text() == text:
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)

@@ -32,8 +32,27 @@ def parse_paths(stage: str, inputs: list[str], outputs: list[str]) -> argparse.N
     return parser.parse_args()
 
 
+# Where a stage writes its own exit status, when the environment names a file (the flow sets it):
+# `dvc repro` exits 255 whatever the command's status, and its wording is no interface.
+STATUS_FILE_ENV = "RLHF_STAGE_STATUS_FILE"
+
+
 def run_stage(stage: str, body: Callable[[], None]) -> None:
-    """Run a stage body; bad input becomes one line on stderr and exit status 2."""
+    """Run a stage body; bad input becomes one line on stderr and exit status 2. The exit status
+    also goes to the file $RLHF_STAGE_STATUS_FILE names, if set (a crash: 1)."""
+    code = 1
+    try:
+        _run_stage(stage, body)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+        raise
+    finally:
+        if status_file := os.environ.get(STATUS_FILE_ENV):
+            Path(status_file).write_text(f"{code}\n")
+
+
+def _run_stage(stage: str, body: Callable[[], None]) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.time()
     try:

@@ -1,13 +1,28 @@
 """Stage store_comparisons: ingest rankings (and items for people) into the DuckDB store; snapshot
-all comparisons, human ones included, leaving out AI pairs that were routed to people."""
+the comparisons its scope takes (store.snapshot: this configuration's rankings by default), human
+ones included, leaving out AI pairs that were routed to people."""
 
 import pandas as pd
 
 from rlhf.agreement import agreement_report
-from rlhf.store import FeedbackStore
+from rlhf.config import Params
+from rlhf.errors import InputError
+from rlhf.store import FeedbackStore, snapshot_scope
 from tasks._stage import params_from, parse_paths, run_info, run_stage, write_json
 
 STAGE = "store_comparisons"
+
+
+def scope_of(params: Params, responses: pd.DataFrame) -> dict:
+    """store.snapshot resolved: this round's policies (those that sampled the responses file) and the
+    earlier rounds' that store.snapshot.rounds keeps (rounds.yaml lists them)."""
+    wanted = params.store.snapshot
+    earlier = params.round.earlier
+    kept = [r for r in earlier if wanted.rounds == "all" or r.number in wanted.rounds]
+    return snapshot_scope(
+        wanted.rankings, wanted.imports, responses["policy_checkpoint"].unique().tolist(),
+        [r.policy_checkpoint for r in kept], wanted.label_sources,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -23,7 +38,13 @@ def main() -> None:
         pd.read_parquet(args.queue),
     )
     # this run's rankings count over other versions of their judge for the same responses
-    rows = store.snapshot_comparisons(args.comparisons, rankings["ranking_id"])
+    scope = scope_of(params, pd.read_parquet(args.responses))
+    if absent := store.absent_sources(scope):
+        raise InputError(
+            f"store.snapshot takes {', '.join(absent)}, which {store.path} does not hold "
+            "(import it, restore the store, or narrow store.snapshot)"
+        )
+    rows = store.snapshot_comparisons(args.comparisons, rankings["ranking_id"], scope)
     counts = store.counts()
     waiting = store.waiting_items()
     write_json(

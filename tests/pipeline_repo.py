@@ -67,8 +67,11 @@ def make_repo(root: Path, project_root: Path, overrides: dict | None = None, shr
     for name in ["rlhf", "tasks", "flows", "configs", "bin"]:
         if (project_root / name).exists():  # a past commit (bench/efficacy.py --rev) may lack a newer one
             shutil.copytree(project_root / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ["dvc.yaml", ".gitignore", "prefect.yaml"]:
-        shutil.copy(project_root / name, root / name)
+    # rounds.yaml: the round state; feedback.duckdb.scope.json: what the snapshot's scope takes from
+    # the store (a dependency of store_comparisons, kept in git)
+    for name in ["dvc.yaml", ".gitignore", "prefect.yaml", "rounds.yaml", "feedback.duckdb.scope.json"]:
+        if (project_root / name).exists():  # a past commit (bench/efficacy.py --rev) may lack a newer one
+            shutil.copy(project_root / name, root / name)
     params = yaml.safe_load((project_root / "params.yaml").read_text())
     for section, values in [*(SHRINK.items() if shrink else []), *(overrides or {}).items()]:
         if isinstance(values, dict):

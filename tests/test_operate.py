@@ -96,17 +96,42 @@ def test_ui_command_registers_the_deployments_and_the_schedule_produces_runs(pro
     )  # children stopped
 
 
-def test_a_judge_endpoint_failure_is_retried_and_a_stage_past_its_timeout_is_stopped(prefect_harness, tmp_path):
+# DVC's log lines reworded in every DVC process the flow starts: the flow must not read them.
+REWORD_DVC_LOG = """
+import logging
+_format = logging.Handler.format
+def format(self, record):
+    text = _format(self, record)
+    return text.replace("didn't change, skipping", "is as before").replace("exited with", "ended with status")
+logging.Handler.format = format
+"""
+
+
+def test_a_judge_endpoint_failure_is_retried_and_a_stage_past_its_timeout_is_stopped(
+    prefect_harness, tmp_path, monkeypatch
+):
+    """Skip, retry and failure come from DVC's status and the stage's own exit status, whatever
+    DVC's log lines say (they are reworded here)."""
     from prefect import flow
 
     from flows.stages import TransientStageError, stage_task
 
     (tmp_path / "fail_once.py").write_text(
-        "import pathlib, sys\n"
-        "mark = pathlib.Path('tried')\n"
-        "if not mark.exists():\n    mark.write_text('1'); sys.exit(75)\n"
-        "pathlib.Path('out').write_text('ok')\n"
+        "import pathlib\n"
+        "from rlhf.errors import JudgeEndpointError\n"
+        "from tasks._stage import run_stage\n"
+        "def body():\n"
+        "    mark = pathlib.Path('tried')\n"
+        "    if not mark.exists():\n"
+        "        mark.write_text('1')\n"
+        "        raise JudgeEndpointError('the judge timed out')\n"
+        "    pathlib.Path('out').write_text('ok')\n"
+        "run_stage('rank_responses', body)\n"
     )
+    (tmp_path / "site" / "sitecustomize.py").parent.mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(REWORD_DVC_LOG)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]))
+
     (tmp_path / "dvc.yaml").write_text(
         yaml.safe_dump(
             {
@@ -117,12 +142,15 @@ def test_a_judge_endpoint_failure_is_retried_and_a_stage_past_its_timeout_is_sto
                         "outs": ["out"],
                     },
                     "train_policy": {"cmd": "sleep 30", "deps": ["fail_once.py"]},
+                    "evaluate": {"cmd": "exit 3"},
                 }
             }  # fmt: skip
         )
     )
     run(["git", "init", "-q"], tmp_path)
     dvc("init", "-q", cwd=tmp_path)
+    reworded = run([sys.executable, "-m", "dvc", "repro", "--single-item", "evaluate"], tmp_path, check=False)
+    assert "ended with status 3" in reworded.stderr and "exited with" not in reworded.stderr, reworded.stderr
 
     @flow
     def one_stage(stage: str, retries: int, timeout_s: float) -> str:
@@ -133,6 +161,10 @@ def test_a_judge_endpoint_failure_is_retried_and_a_stage_past_its_timeout_is_sto
     (tmp_path / "tried").unlink()
     assert one_stage("rank_responses", 2, 60) == "ran"  # failed once, retried, went on
     assert (tmp_path / "out").read_text() == "ok"
+    assert one_stage("rank_responses", 2, 60) == "skipped"  # up to date, by DVC's status
+    (tmp_path / "fail_once.py").write_text("raise SystemExit(75)\n")  # not through run_stage: no exit status written
+    with pytest.raises(RuntimeError, match=r"stage rank_responses failed \(dvc repro exit 255, the stage's None\)"):
+        one_stage("rank_responses", 2, 60)  # final, not retried
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="stage train_policy ran past its 2s timeout and was stopped"):
         one_stage("train_policy", 0, 2)
@@ -235,8 +267,13 @@ def test_two_rounds_are_versioned_and_compared_by_dvc_metrics_diff(two_rounds, h
 
     result, _ = two_rounds
     assert [entry["tag"] for entry in result["rounds"]] == ["rlhf-round-1", "rlhf-round-2"]
-    params = yaml.safe_load((human_repo / "params.yaml").read_text())
-    assert params["round"] == {"number": 2, "start_policy": "models/previous-policy"}
+    state = yaml.safe_load((human_repo / "rounds.yaml").read_text())["round"]
+    assert {k: state[k] for k in ("number", "start_policy")} == {"number": 2, "start_policy": "models/previous-policy"}
+    assert [r["number"] for r in state["earlier"]] == [1]
+    # the round state has its own file: params.yaml is byte for byte what the user committed
+    committed = run(["git", "show", "rlhf-round-1~1:params.yaml"], human_repo).stdout
+    assert (human_repo / "params.yaml").read_text() == committed
+    assert run(["git", "diff", "rlhf-round-1~1", "rlhf-round-2", "--", "params.yaml"], human_repo).stdout == ""
     store = FeedbackStore(human_repo / "feedback.duckdb")
     policies = store.query("SELECT count(DISTINCT policy_checkpoint) AS n FROM responses")["n"].iloc[0]
     assert policies == 2  # round 2 sampled from round 1's policy; both rounds' rows are kept
