@@ -86,7 +86,8 @@ def test_store_holds_every_pair_once_and_reingest_adds_nothing(flow_outcomes, de
     dvc("repro", "--force", "--single-item", "store_comparisons", cwd=demo_repo)  # the stage's own command
     assert {t: n for t, n in store.counts().items() if t != "runs"} == {t: n for t, n in counts.items() if t != "runs"}
     assert {p.name: p.read_bytes() for p in (demo_repo / "data" / "comparisons").iterdir()} == snapshot
-    assert set(snapshot) == {"pairs.parquet", "prompts.parquet", "responses.parquet"}
+    # the three parts, and what the snapshot's scope took (store.snapshot)
+    assert set(snapshot) == {"pairs.parquet", "prompts.parquet", "responses.parquet", "scope.json"}
 
 
 def test_flow_published_metrics_and_report_artifacts(flow_outcomes):
