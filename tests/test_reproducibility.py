@@ -71,11 +71,22 @@ def test_a_k_change_snapshots_what_a_fresh_clone_of_the_commit_does(repo, tmp_pa
 
 
 def hh_rows(tmp_path: Path, name: str, rows: slice) -> Path:
-    with gzip.open(HH, "rt") as source:
-        lines = source.read().splitlines()[rows]
+    """Rows of the real HH-RLHF sample (../shared/data) where it is at hand; elsewhere (a clone
+    outside the workspace, as CI's) rows written in its format, so the test runs either way."""
+    if HH.exists():
+        with gzip.open(HH, "rt") as source:
+            lines = source.read().splitlines()[rows]
+    else:
+        lines = [json.dumps(hh_format_row(i)) for i in range(100)][rows]
     path = tmp_path / name
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def hh_format_row(i: int) -> dict:
+    question = f"\n\nHuman: how do I keep plant number {i} alive in winter?\n\nAssistant:"
+    return {"chosen": f"{question} water it a little and keep it near the light, {i} days apart.",
+            "rejected": f"{question} no idea, plant {i} is not my problem."}  # fmt: skip
 
 
 def rlhf(*args: str, cwd: Path) -> str:

@@ -76,7 +76,18 @@ def test_under_bf16_autocast_the_drift_is_real_and_the_correction_bites_where_it
     assert fp32["rollout_logprob_drift"] < 1e-6 and fp32["rollout_corrected_share"] == 0.0
 
 
-def test_a_run_with_the_correction_logs_its_share_and_learns(tiny_tokenizer):
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one mixed-precision setting per process: this test's bf16 must neither meet
+    an earlier test's fp32 state nor leave its own to the next test."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_a_run_with_the_correction_logs_its_share_and_learns(tiny_tokenizer, fresh_accelerator_state):
     torch.set_num_threads(1)
     params = toy_params(iterations=6, mixed_precision="bf16", recompute_old_logprobs=True,
                         rollout_correction="sequence_truncate", eval_every=0)  # fmt: skip

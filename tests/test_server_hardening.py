@@ -251,6 +251,9 @@ def test_fuzz_the_reward_server_finds_no_5xx(open_server):
 
     start = time.monotonic()
     run()
+    # A well-formed request among them, whatever hypothesis drew: the server still answers it.
+    valid = client.post(ROUTE, json={"query": ["Human: hi Assistant: hello"]})
+    seen["statuses"].add(valid.status_code)
     client.close()
     print(f"fuzz: {seen['examples']} examples, statuses {sorted(seen['statuses'])}, {time.monotonic() - start:.1f} s")
     assert seen["examples"] >= 300 and 200 in seen["statuses"] and 422 in seen["statuses"]
