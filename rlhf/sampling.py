@@ -111,6 +111,7 @@ def sample_from_policy(
     max_new_tokens: int,
     temperature: float,
     top_p: float = 1.0,
+    multinomial: bool = False,
 ) -> Generation:
     """Responses drawn from exactly softmax(logits / temperature), as PPO's sampler draws them
     (with top_p < 1, from its nucleus: `sample_token`), stopping at any of the policy's stop ids.
@@ -122,7 +123,7 @@ def sample_from_policy(
     batch = prompt_batch(tokenizer, prompts, device)
     response_ids, response_mask, ended, _ = sample_with_logprobs(
         model, batch["input_ids"], batch["attention_mask"], max_new_tokens, temperature,
-        chat.stop_token_ids(tokenizer, model), tokenizer.pad_token_id, top_p=top_p,
+        chat.stop_token_ids(tokenizer, model), tokenizer.pad_token_id, top_p=top_p, multinomial=multinomial,
     )  # fmt: skip
     texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
     return Generation(batch["input_ids"], batch["attention_mask"], response_ids, response_mask, ended, texts)
@@ -145,13 +146,23 @@ def nucleus(logprobs: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.log_softmax(logprobs.masked_fill(drop, float("-inf")), dim=-1)
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_token(
+    logits: torch.Tensor, temperature: float, top_p: float = 1.0, multinomial: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(token, log pi(token)) drawn from the last position's logits at `temperature` (and from
-    their nucleus when top_p < 1; the log-prob is then the nucleus's).  (B, V) -> (B,), (B,)"""
+    their nucleus when top_p < 1; the log-prob is then the nucleus's).  (B, V) -> (B,), (B,)
+
+    multinomial: draw with torch.multinomial, as transformers' `generate` does, instead of the
+    inverse CDF (the same distribution, other random numbers): for a seed, the same draws as
+    `generate` gave, so a dataset sampled before this sampler replaced `generate` stays the same."""
     step_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         step_logprobs = nucleus(step_logprobs, top_p)
-    token = sample_categorical(step_logprobs)
+    if multinomial:  # softmax of the scaled logits itself, as generate computes its probabilities
+        probs = step_logprobs.exp() if top_p < 1.0 else torch.softmax(logits.float() / temperature, dim=-1)
+        token = torch.multinomial(probs, num_samples=1).squeeze(-1)
+    else:
+        token = sample_categorical(step_logprobs)
     return token, step_logprobs.gather(-1, token[:, None]).squeeze(-1)
 
 
@@ -175,6 +186,7 @@ def sample_with_logprobs(
     eos_token_id: StopIds,
     pad_token_id: int,
     top_p: float = 1.0,
+    multinomial: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ancestral sampling with a KV cache that keeps log pi(a_t | s_t) of each sampled token,
     stopping a row at the first of `eos_token_id` (one stop id or a list: rlhf.chat.stop_token_ids).
@@ -194,7 +206,7 @@ def sample_with_logprobs(
     finished = torch.zeros(len(query_ids), dtype=torch.bool, device=query_ids.device)
     tokens, logprobs = [], []
     for _ in range(max_new_tokens):
-        token, logprob = sample_token(output.logits[:, -1], temperature, top_p)
+        token, logprob = sample_token(output.logits[:, -1], temperature, top_p, multinomial)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         logprobs.append(logprob)
@@ -328,7 +340,8 @@ def sample_k(
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start : start + batch_size]
         texts = [rendered[prompt_id] for prompt_id, _ in chunk]
-        generation = sample_from_policy(model, tokenizer, texts, max_new_tokens, temperature, top_p)
+        # torch.multinomial, as generate drew: a seed's comparison data stay those generate sampled
+        generation = sample_from_policy(model, tokenizer, texts, max_new_tokens, temperature, top_p, multinomial=True)
         for (prompt_id, index), text in zip(chunk, generation.texts):
             response_id = content_id(prompt_id, policy_checkpoint, index, text)
             turns = chat.to_json(chat.assistant_turns(text))

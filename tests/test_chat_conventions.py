@@ -206,10 +206,10 @@ def test_every_sampler_stops_at_any_stop_id(name, stop):
     input_ids, attention_mask, _ = joined_inputs(sample.query_ids, sample.query_mask, sample.response_ids, sample.mask)
     prompt = prompt_batch(tokenizer, rendered[:1], torch.device("cpu"))["input_ids"][0].tolist()
     assert input_ids[0][attention_mask[0].bool()].tolist() == prompt + sample.response_ids[0, : step + 1].tolist()
-    # sample_k (the comparison data): the same draws as sample_from_policy's
+    # sample_k (the comparison data): the same draws as sample_from_policy's with generate's multinomial
     prompts = pd.DataFrame({"prompt_id": ["p"], "messages": [chat.to_json(conversation)]})
     frame = sampled(lambda: sample_k(model, tokenizer, prompts, 2, 8, 1.0, 1.0, 2, "ckpt"))
-    drawn = sampled(lambda: sample_from_policy(model, tokenizer, rendered, 8, 1.0))
+    drawn = sampled(lambda: sample_from_policy(model, tokenizer, rendered, 8, 1.0, multinomial=True))
     assert list(frame["response"]) == drawn.texts
     assert json.loads(frame["sampling"][0])["stop_token_ids"] == stops
 
@@ -323,3 +323,28 @@ def test_train_dpo_trains_and_measures_on_our_ids():
     assert result.metrics["train_pairs"] == 1 and result.metrics["held_out_pairs"] == 1
     assert result.metrics["held_out_margin_after"] > result.metrics["held_out_margin_before"]
     assert any(not torch.equal(b, p) for b, p in zip(before, policy.parameters()))
+
+
+def test_sample_k_draws_what_generate_drew_for_the_same_seed(tiny_tokenizer):
+    """sample_k no longer goes through generate, but draws as it did (torch.multinomial on the
+    softmax), so a seed's comparison data, and every figure downstream, stay the same."""
+    from transformers import GPT2LMHeadModel
+
+    from tests.conftest import tiny_gpt2_config
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)).eval()
+    rendered = [chat.render_prompt(tiny_tokenizer, [{"role": "user", "content": f"how do I water plant {i}?"}])
+                for i in range(4) for _ in range(3)]  # fmt: skip
+    torch.manual_seed(7)
+    ours = sample_from_policy(model, tiny_tokenizer, rendered, 12, 1.0, multinomial=True).texts
+    torch.manual_seed(7)
+    batch = prompt_batch(tiny_tokenizer, rendered, torch.device("cpu"))
+    with torch.no_grad():
+        sequences = model.generate(**batch, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=12,
+                                   pad_token_id=tiny_tokenizer.pad_token_id, eos_token_id=tiny_tokenizer.eos_token_id)  # fmt: skip
+    theirs = [t.strip() for t in tiny_tokenizer.batch_decode(sequences[:, batch["input_ids"].shape[1]:],
+                                                             skip_special_tokens=True)]  # fmt: skip
+    assert ours == theirs
+    torch.manual_seed(7)
+    assert sample_from_policy(model, tiny_tokenizer, rendered, 12, 1.0).texts != theirs  # the inverse CDF draws others
