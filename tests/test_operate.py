@@ -141,7 +141,7 @@ def test_a_judge_endpoint_failure_is_retried_and_a_stage_past_its_timeout_is_sto
                         "deps": ["fail_once.py"],
                         "outs": ["out"],
                     },
-                    "train_policy": {"cmd": "sleep 30", "deps": ["fail_once.py"]},
+                    "train_policy": {"cmd": "sleep 37.3", "deps": ["fail_once.py"]},
                     "evaluate": {"cmd": "exit 3"},
                 }
             }  # fmt: skip
@@ -169,7 +169,8 @@ def test_a_judge_endpoint_failure_is_retried_and_a_stage_past_its_timeout_is_sto
     with pytest.raises(TimeoutError, match="stage train_policy ran past its 2s timeout and was stopped"):
         one_stage("train_policy", 0, 2)
     assert time.monotonic() - started < 20
-    assert subprocess.run(["pgrep", "-f", "--", "sleep 30"], capture_output=True).returncode == 1
+    # An odd duration: pgrep -f matches substrings, and any "sleep 300" elsewhere would match "sleep 30".
+    assert subprocess.run(["pgrep", "-f", "--", "sleep 37.3"], capture_output=True).returncode == 1
 
 
 # --- rounds with people in the loop -----------------------------------------------------------------
