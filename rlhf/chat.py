@@ -127,6 +127,22 @@ def render_exchange(
     return text + "".join(f"\n\n{PLAIN_SPEAKERS[m['role']]}: {m['content']}" for m in turns[1:])
 
 
+def split_exchange(
+    tokenizer: PreTrainedTokenizerBase | None, conversation: Conversation, response, who: str
+) -> tuple[str, str]:
+    """(prompt text, completion text): the text the policy continues and the exact text after it in
+    the rendered exchange, so that the two joined are the exchange. A template that renders the
+    prompt alone otherwise than as the start of the exchange is refused, naming `who` asked."""
+    prompt_text = render_prompt(tokenizer, conversation)
+    exchange = render_exchange(tokenizer, conversation, response)
+    if not exchange.startswith(prompt_text):
+        raise InputError(
+            f"{who}: the chat template renders the prompt alone (with the generation prompt) otherwise than as "
+            "the start of the prompt followed by the response"
+        )
+    return prompt_text, exchange[len(prompt_text) :]
+
+
 def add_special_tokens_for(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether tokenising rendered text should add the tokenizer's special tokens: not when a chat
     template wrote them already (a second BOS otherwise), yes for the plain format (BERT's [CLS])."""

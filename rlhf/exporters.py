@@ -116,14 +116,9 @@ def standard_texts(
 ) -> tuple[str, str]:
     """(prompt, completion) of TRL's standard format: the text the policy continued and the exact
     text after it in the rendered exchange, so that prompt + completion is the exchange itself."""
-    prompt_text = chat.render_prompt(tokenizer, prompt)
-    exchange = chat.render_exchange(tokenizer, prompt, response)
-    if not exchange.startswith(prompt_text):
-        raise InputError(
-            "export --format trl: the chat template does not render the prompt alone as the start of the "
-            "exchange, so no string prompt + completion is the exchange; export --format trl-conversational"
-        )
-    completion = exchange[len(prompt_text) :]
+    prompt_text, completion = chat.split_exchange(
+        tokenizer, prompt, response, "export --format trl (use --format trl-conversational)"
+    )
     eos = getattr(tokenizer, "eos_token", None)
     if chat.has_chat_template(tokenizer) and not (eos and completion.endswith(eos)):
         raise InputError(

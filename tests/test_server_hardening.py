@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import socket
-import threading
 import time
 
 import httpx
@@ -19,7 +18,8 @@ from hypothesis import strategies as st
 from rlhf.cli import main
 from rlhf.http_auth import add_token, load_token_hashes
 from rlhf.http_limits import Limits, RateLimit
-from rlhf.rewards.server import ROUTE, create_app, reward_server
+from rlhf.rewards.server import ROUTE, create_app
+from tests.test_online_rewards import serving as serving_address
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,27 +34,11 @@ def tiny_reward(tiny_tokenizer):
     return GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, num_labels=1)), tiny_tokenizer
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(app):
-    port = free_port()
-    server = reward_server(app, "127.0.0.1", port)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started:
-        assert time.time() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    """The reward server on a free loopback port (tests/test_online_rewards.py's), yielding the port."""
+    with serving_address(app) as address:
+        yield int(address.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

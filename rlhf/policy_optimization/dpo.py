@@ -36,7 +36,7 @@ from trl import DPOConfig, DPOTrainer
 
 from rlhf import chat
 from rlhf.config import DPOParams
-from rlhf.errors import EmptyComparisonsError, InputError
+from rlhf.errors import EmptyComparisonsError
 from rlhf.scoring import frame_exchanges
 from rlhf.tracking import Tracker
 
@@ -62,20 +62,15 @@ def completion_ids(
     """The tokens the policy samples for `response` after `prompt_ids(conversation)`: the
     exchange's rendering tokenised in context, after the prompt's tokens, up to and including the
     first stop token; a rendering that writes none (the plain format) gets the tokenizer's EOS."""
-    prompt_text = chat.render_prompt(tokenizer, conversation)
-    exchange = chat.render_exchange(tokenizer, conversation, response)
-    if not exchange.startswith(prompt_text):
-        raise InputError(
-            "DPO: the chat template renders the prompt alone (with the generation prompt) differently from the "
-            "prompt followed by the response, so the response cannot be scored after the prompt the policy saw"
-        )
+    prompt_text, completion_text = chat.split_exchange(tokenizer, conversation, response, "DPO")
+    exchange = prompt_text + completion_text
     special = chat.add_special_tokens_for(tokenizer)
     prompt = tokenizer(prompt_text, add_special_tokens=special)["input_ids"]
     whole = tokenizer(exchange, add_special_tokens=special)["input_ids"]
     if whole[: len(prompt)] == prompt:
         completion = whole[len(prompt) :]
     else:  # a token merged across the boundary, or a post-processor's token ended the prompt: the rest alone
-        completion = tokenizer(exchange[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+        completion = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
     stops = [i for i, token in enumerate(completion) if token in stop_ids]
     if stops:
         return completion[: stops[0] + 1]

@@ -394,9 +394,12 @@ class MinibatchCounts:
     all: BatchSize
 
     @classmethod
-    def of(cls, rollout: Rollout, all_reduce) -> MinibatchCounts:
-        kept = rollout.mask if rollout.kept is None else rollout.mask * rollout.kept[:, None].to(rollout.mask.dtype)
-        return cls(BatchSize.of(kept, all_reduce), BatchSize.of(rollout.mask, all_reduce))
+    def of(cls, rollout: Rollout, all_reduce, rows: torch.Tensor | None = None) -> MinibatchCounts:
+        """The counts of `rollout`'s rows at `rows` (all of them by default), read in place."""
+        mask = rollout.mask if rows is None else rollout.mask[rows]
+        kept = None if rollout.kept is None else (rollout.kept if rows is None else rollout.kept[rows])
+        in_policy_term = mask if kept is None else mask * kept[:, None].to(mask.dtype)
+        return cls(BatchSize.of(in_policy_term, all_reduce), BatchSize.of(mask, all_reduce))
 
 
 def policy_objective(
@@ -456,7 +459,7 @@ def ppo_update(
         order = torch.randperm(len(rollout.scores), generator=shuffle).to(rollout.scores.device)
         for minibatch_start in range(0, len(order), params.minibatch_size):
             minibatch = order[minibatch_start : minibatch_start + params.minibatch_size]
-            counts = MinibatchCounts.of(rollout.minibatch(minibatch), all_reduce)
+            counts = MinibatchCounts.of(rollout, all_reduce, minibatch)  # not a copy of the minibatch's tensors
             for start in range(0, len(minibatch), params.micro_batch):
                 mb = rollout.minibatch(minibatch[start : start + params.micro_batch])
                 with accelerator.accumulate(model):
