@@ -79,7 +79,8 @@ def parameter_step(algorithm, aggregation, micro_batch, dynamic_sampling=False, 
     accelerator = make_accelerator(settings, torch.device("cpu"))
     trained, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=1.0))
     share = ROWS // processes
-    experience = rollout(algorithm, dynamic_sampling, correction).minibatch(torch.arange(rank * share, (rank + 1) * share))
+    rows = torch.arange(rank * share, (rank + 1) * share)
+    experience = rollout(algorithm, dynamic_sampling, correction).minibatch(rows)
     shuffle = torch.Generator().manual_seed(0)
     ppo_update(trained, trained, accelerator, optimizer, experience, settings, shuffle, None, kl_coef=settings.kl_coef)
     return {name: (p.detach() - before[name]) for name, p in accelerator.unwrap_model(trained).named_parameters()}

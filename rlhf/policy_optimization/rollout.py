@@ -53,6 +53,11 @@ class Rollout:
     correction: torch.Tensor | None = None  # (B, T) rollout-correction weight of each token's policy loss
     kept: torch.Tensor | None = None  # (B,) bool: in the policy-gradient term (dynamic sampling drops groups)
 
+    @property
+    def policy_mask(self) -> torch.Tensor:
+        """(B, T) the policy-gradient term's tokens: `mask` on the responses dynamic sampling kept."""
+        return self.mask if self.kept is None else self.mask * self.kept[:, None].to(self.mask.dtype)
+
     def minibatch(self, index: torch.Tensor) -> Rollout:
         """The rows at `index`, trimmed of columns that are padding in every one of them."""
         rows = Rollout(**{name: None if t is None else t[index] for name, t in vars(self).items()})
@@ -198,7 +203,7 @@ def collect_rollout(
     if recompute_logprobs is not None:  # 1b. pi_old from the update's forward, before anything reads it
         recompute_started = device_clock(device)
         rollout_logprobs, logprobs = logprobs, recompute_logprobs(query_ids, query_mask, response_ids, mask) * mask
-        drift = {"rollout_logprob_drift": ((logprobs - rollout_logprobs).abs() * mask).sum().item() / max(mask.sum().item(), 1)}
+        drift = {"rollout_logprob_drift": core.masked_mean((logprobs - rollout_logprobs).abs(), mask).item()}
         recompute_seconds = device_clock(device) - recompute_started  # a forward over the rollout, as the reference's
     # 2. score: the reward model at the end of the response, normalised, minus the missing-EOS penalty
     scoring_started = device_clock(device)
@@ -245,7 +250,8 @@ def collect_rollout(
         rollout.correction, corrected = importance_weights(
             logprobs, rollout_logprobs, mask, params.rollout_correction, params.rollout_correction_threshold
         )
-        stats["rollout_corrected_share"] = (gather(corrected.sum().double()).sum() / gather(mask.sum().double()).sum()).item()
+        corrected_tokens, tokens = gather(corrected.sum().double()).sum(), gather(mask.sum().double()).sum()
+        stats["rollout_corrected_share"] = (corrected_tokens / tokens).item()
     # A weighted reward's parts (rlhf.rewards.combine): each source's mean, so a user sees which one moved.
     # Every process scores an equal share, so the mean of the processes' means is the global mean.
     for name, mean in getattr(scorer, "last_means", {}).items():

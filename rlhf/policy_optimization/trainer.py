@@ -396,10 +396,8 @@ class MinibatchCounts:
     @classmethod
     def of(cls, rollout: Rollout, all_reduce, rows: torch.Tensor | None = None) -> MinibatchCounts:
         """The counts of `rollout`'s rows at `rows` (all of them by default), read in place."""
-        mask = rollout.mask if rows is None else rollout.mask[rows]
-        kept = None if rollout.kept is None else (rollout.kept if rows is None else rollout.kept[rows])
-        in_policy_term = mask if kept is None else mask * kept[:, None].to(mask.dtype)
-        return cls(BatchSize.of(in_policy_term, all_reduce), BatchSize.of(mask, all_reduce))
+        rows = slice(None) if rows is None else rows
+        return cls(BatchSize.of(rollout.policy_mask[rows], all_reduce), BatchSize.of(rollout.mask[rows], all_reduce))
 
 
 def policy_objective(
@@ -414,8 +412,10 @@ def policy_objective(
     response (Shao et al. 2024, eq. 3), its KL to the reference, which the others carry in their
     rewards instead. `counts`: the whole minibatch's (default: this micro-batch is the minibatch)."""
     counts = counts or MinibatchCounts.of(mb, None)
-    in_policy_term = mb.mask if mb.kept is None else mb.mask * mb.kept[:, None].to(mb.mask.dtype)
-    losses = estimators.clipped_surrogate(logprobs, mb.logprobs, mb.advantages, params.clip_range, params.clip_range_high)
+    in_policy_term = mb.policy_mask
+    losses = estimators.clipped_surrogate(
+        logprobs, mb.logprobs, mb.advantages, params.clip_range, params.clip_range_high
+    )
     if mb.correction is not None:
         losses = losses * mb.correction
     log_ratio = logprobs - mb.logprobs
