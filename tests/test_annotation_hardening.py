@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rlhf.annotation.journal import Journal, journal_path
-from tests.test_annotation_page import OTHER_TOKEN, TOKEN, serving, store  # noqa: F401 - the store fixture
-from tests.test_server_hardening import free_port, raw_request, status_and_detail
+from tests.test_annotation_page import OTHER_TOKEN, TOKEN, free_port, serving, store  # noqa: F401 - the store fixture
+from tests.test_server_hardening import raw_request, status_and_detail
 
 pytestmark = pytest.mark.timeout(180)
 ALICE, BOB = {"Authorization": f"Bearer {TOKEN}"}, {"Authorization": f"Bearer {OTHER_TOKEN}"}
