@@ -91,7 +91,8 @@ class BootstrapPolicyParams(Section):
     """source: pretrained: a .jsonl, .parquet or .csv file, or a `datasets` save_to_disk directory,
     of `prompt` + `completion` (strings or chat messages) or of `messages` (a whole conversation:
     its last assistant turn is the completion, every turn before it the prompt). null: no SFT,
-    the model is passed through. Not a DVC dep: after editing the file, `dvc repro -f bootstrap_policy`."""
+    the model is passed through. DVC sees it (inputs/bootstrap_policy, rlhf/user_inputs.py): editing
+    it re-runs the stage."""
     sft: BootstrapSFTParams = BootstrapSFTParams()
     """How `demonstrations` fine-tune the pretrained model. The demo's SFT uses the keys below."""
     vocab_size: int = Field(1024, ge=300, le=65536)

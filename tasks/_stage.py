@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rlhf.config import Params, load_params
 from rlhf.errors import InputError, JudgeEndpointError, TrainingStopped
+from rlhf.user_inputs import stage_inputs, sync_links
 
 # Errors that mean bad input, not a bug: print one line naming the file or key, exit 2.
 USER_ERRORS = (InputError, FileNotFoundError)
@@ -25,6 +26,10 @@ TRANSIENT_EXIT = 75
 def parse_paths(stage: str, inputs: list[str], outputs: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"The {stage} stage (see dvc.yaml).")
     parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    parser.add_argument(
+        "--user_inputs", help="input: the directory of links to the files params.yaml names (rlhf/user_inputs.py)"
+    )
+    parser.set_defaults(stage=stage)
     for name in inputs:
         parser.add_argument(f"--{name}", required=True, help=f"input: {name.replace('_', ' ')}")
     for name in outputs:
@@ -70,7 +75,12 @@ def _run_stage(stage: str, body: Callable[[], None]) -> None:
 
 
 def params_from(args: argparse.Namespace) -> Params:
-    return load_params(args.params)
+    """The stage's params; a stage that reads files params.yaml names (its --user_inputs directory,
+    a dep in dvc.yaml) first brings that directory's links in step with them (rlhf/user_inputs.py)."""
+    params = load_params(args.params)
+    if getattr(args, "user_inputs", None):
+        sync_links(args.user_inputs, stage_inputs(params, args.stage))
+    return params
 
 
 def run_info(stage: str) -> dict:

@@ -6,8 +6,9 @@ from pathlib import Path
 import yaml
 
 # Changes to these never change a stage's outputs by themselves: params.yaml values are tracked
-# per stage, and errors only decide how bad input is reported.
-NOT_DEPS = {"rlhf/config.py", "rlhf/errors.py", "rlhf/__init__.py"}
+# per stage, errors only decide how bad input is reported, and user_inputs only links the files
+# params.yaml names so DVC sees them (the stages read those files by their own paths).
+NOT_DEPS = {"rlhf/config.py", "rlhf/errors.py", "rlhf/__init__.py", "rlhf/user_inputs.py"}
 
 
 def imported_files(path: Path, root: Path, seen: set[str]) -> set[str]:
