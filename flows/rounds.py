@@ -26,9 +26,10 @@ from rlhf.config import PARAMS_FILE, ROUNDS_FILE, EarlierRound, RoundParams, loa
 from rlhf.store import scope_file
 
 PREVIOUS_POLICY = "models/previous-policy"
-# What a round commits: DVC's pointers and the small files DVC keeps in git (cache: false outs).
+# What a round commits: DVC's pointers, the small files DVC keeps in git (cache: false outs) and
+# the links to the files params.yaml names (inputs/, rlhf/user_inputs.py), deps whose hashes dvc.lock holds.
 ROUND_FILES = [
-    "dvc.lock", ROUNDS_FILE, f"{PREVIOUS_POLICY}.dvc", "metrics", "plots", "reports", "dvclive", ".gitignore",
+    "dvc.lock", ROUNDS_FILE, f"{PREVIOUS_POLICY}.dvc", "metrics", "plots", "reports", "dvclive", ".gitignore", "inputs",
 ]  # fmt: skip
 ROUNDS_HEADER = (
     "# Round state of iterated online RLHF (rlhf/config.py RoundParams). The flow writes this file when\n"
