@@ -305,6 +305,24 @@ class RewardModelJudgeParams(Section):
     """A reward model directory (e.g. a previous round's models/reward)."""
 
 
+class HumanSelectionParams(Section):
+    """Which items go to people each round (rlhf.selection): a budget and the policy that spends it."""
+
+    budget: int | None = Field(None, ge=1)
+    """Pairs queued for people per round. null: every candidate, as before budgets (judge human:
+    each prompt's K responses as one ranking; hybrid: every pair below confidence_threshold)."""
+    selection: Literal["uncertainty", "judge_margin", "random", "mix"] = "uncertainty"
+    """With a budget: uncertainty (BALD of `reward_model`'s ensemble), judge_margin (the hybrid's AI
+    judge's closest calls), random, or mix (the mean rank of the two signals there are)."""
+    reward_model: str | None = None
+    """uncertainty, mix: a reward model directory whose members' disagreement is the uncertainty
+    (an ensemble, train_reward.ensemble > 1, e.g. a previous round's models/reward)."""
+    per_prompt: int = Field(1, ge=1)
+    """Diversity: at most this many pairs of one prompt until every candidate prompt has had its turn."""
+    seed: int = 0
+    """random's draw."""
+
+
 class RankResponsesParams(Section):
     judge: Literal["rules", "llm", "openai", "reward_model", "human", "hybrid"] = "rules"
     """Which judge ranks the K responses of a prompt. human: every prompt goes to the ranking page's
@@ -327,12 +345,27 @@ class RankResponsesParams(Section):
     llm: LLMJudgeParams | None = None
     openai: OpenAIJudgeParams | None = None
     reward_model: RewardModelJudgeParams | None = None
+    human: HumanSelectionParams = Field(default_factory=HumanSelectionParams)
+    """What goes to people (judge human or hybrid): a budget per round and how it is chosen."""
 
     @model_validator(mode="after")
     def _judge_section_present(self):
         judge = self.ai_judge if self.judge == "hybrid" else self.judge
         if judge not in ("rules", "human") and getattr(self, judge) is None:
             raise ValueError(f"{judge}: required when the judge is '{judge}'")
+        return self
+
+    @model_validator(mode="after")
+    def _selection_has_its_signal(self):
+        human = self.human
+        if human.budget is None or self.judge not in ("human", "hybrid"):
+            return self
+        if human.selection == "uncertainty" and not human.reward_model:
+            raise ValueError("human.reward_model: required when human.selection is 'uncertainty'")
+        if human.selection == "judge_margin" and self.judge != "hybrid":
+            raise ValueError("human.selection: judge_margin needs judge 'hybrid' (an AI judge's margins)")
+        if human.selection == "mix" and not human.reward_model and self.judge != "hybrid":
+            raise ValueError("human.selection: mix needs human.reward_model or judge 'hybrid'")
         return self
 
     def judge_preamble(self) -> str:

@@ -1,15 +1,23 @@
-"""Apply a judge to every prompt's K responses: one ranking per prompt, one row per response."""
+"""Apply a judge to every prompt's K responses: one ranking per prompt, one row per response; and
+the queue of what people rank (everything, the judge's unsure pairs, or a budget by rlhf.selection)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
 from rlhf import chat
+from rlhf.config import HumanSelectionParams, RankResponsesParams
 from rlhf.judges import Judge
 from rlhf.judges.base import all_pairs
 from rlhf.judges.rules import is_unsafe
+from rlhf.models import load_tokenizer, resolve_device
+from rlhf.reward_models.ensemble import load_reward_model, member_scores
+from rlhf.selection import Selection, bald, select
 from rlhf.text import config_digest, content_id
 
 RANKING_COLUMNS = ["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"]
@@ -30,6 +38,9 @@ def queue_everything(responses: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
 
 
+PAIR_COLUMNS = ["prompt_id", "response_a", "response_b", "judge_margin"]
+
+
 def rank_all(
     judge: Judge,
     prompts: pd.DataFrame,
@@ -42,12 +53,28 @@ def rank_all(
     """(rankings, queue): the judge's rankings, and the pairs whose confidence is below `route_below`
     (hybrid routing) as items for the human queue. With `unsafe_words`, each response's reasons
     also say whether it is unsafe (the harmlessness label, independent of its rank)."""
+    rankings, pairs = judge_all(judge, prompts, responses, batch_prompts, progress, unsafe_words)
+    if route_below is None:
+        return rankings, pd.DataFrame([], columns=QUEUE_COLUMNS)
+    return rankings, low_confidence_queue(pairs, route_below)
+
+
+def judge_all(
+    judge: Judge,
+    prompts: pd.DataFrame,
+    responses: pd.DataFrame,
+    batch_prompts: int = 32,
+    progress=None,
+    unsafe_words: list[str] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rankings, pairs): the judge's rankings, and every pair of each prompt's responses with the
+    judge's confidence in its order (`judge_margin`, |2 P - 1|), in prompt then pair order."""
     # The unsafe words label the ranking too: other words are another ranking of the same responses.
     version = f"{judge.version}+unsafe-{config_digest(*unsafe_words)}" if unsafe_words else judge.version
     by_prompt = prompts.set_index("prompt_id")
     conversations = dict(zip(prompts["prompt_id"], chat.conversations_of(prompts)))
     groups = list(responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True))
-    rows, queue = [], []
+    rows, pairs = [], []
     for start in range(0, len(groups), batch_prompts):
         chunk = groups[start : start + batch_prompts]
         items = []
@@ -65,16 +92,93 @@ def rank_all(
                     reasons = {**reasons, "unsafe": is_unsafe(text, unsafe_words)}
                 reasons_json = json.dumps(reasons, sort_keys=True)
                 rows.append((ranking_id, response_id, prompt_id, rank, score, reasons_json, judge.name, version))
-            if route_below is not None:
-                ids = list(group["response_id"])
-                queue += [
-                    queue_item(prompt_id, [ids[i], ids[j]], "low_confidence")
-                    for i, j in all_pairs(len(ids))
-                    if judgement.confidence(i, j) < route_below
-                ]
+            ids = list(group["response_id"])
+            pairs += [(prompt_id, ids[i], ids[j], judgement.confidence(i, j)) for i, j in all_pairs(len(ids))]
         if progress:
             progress(min(start + batch_prompts, len(groups)), len(groups))
-    return pd.DataFrame(rows, columns=RANKING_COLUMNS), pd.DataFrame(queue, columns=QUEUE_COLUMNS)
+    return pd.DataFrame(rows, columns=RANKING_COLUMNS), pd.DataFrame(pairs, columns=PAIR_COLUMNS)
+
+
+def low_confidence_queue(pairs: pd.DataFrame, route_below: float) -> pd.DataFrame:
+    """Hybrid routing: every pair the judge is less sure of than `route_below`, in judge_all's order."""
+    unsure = pairs[pairs["judge_margin"] < route_below]
+    ids = unsure[["prompt_id", "response_a", "response_b"]].values
+    rows = [queue_item(prompt_id, [a, b], "low_confidence") for prompt_id, a, b in ids]
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+
+
+def every_pair(responses: pd.DataFrame) -> pd.DataFrame:
+    """Judge `human` with a budget: every pair of each prompt's responses, no judge margin."""
+    groups = responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True)
+    rows = [
+        (prompt_id, ids[i], ids[j])
+        for prompt_id, group in groups
+        for ids in [list(group["response_id"])]
+        for i, j in all_pairs(len(ids))
+    ]
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS[:3])
+
+
+def pair_uncertainty(pairs: pd.DataFrame, member_scores: dict[str, np.ndarray]) -> pd.Series:
+    """BALD of each pair (rlhf.selection) from each response's reward under every ensemble member."""
+    a = np.stack([member_scores[r] for r in pairs["response_a"]], axis=1)  # (M, P)
+    b = np.stack([member_scores[r] for r in pairs["response_b"]], axis=1)  # (M, P)
+    return pd.Series(bald(a - b), index=pairs.index)
+
+
+def response_member_scores(
+    model_dir: str | Path, prompts: pd.DataFrame, responses: pd.DataFrame, device: str | torch.device
+) -> dict[str, np.ndarray]:
+    """Each response's reward under every member of the reward model in `model_dir`.  id -> (M,)"""
+    tokenizer = load_tokenizer(model_dir)
+    model = load_reward_model(model_dir, resolve_device(device), tokenizer.pad_token_id).eval()
+    conversations = dict(zip(prompts["prompt_id"], chat.conversations_of(prompts)))
+    scores = member_scores(
+        model, tokenizer, [conversations[p] for p in responses["prompt_id"]], list(responses["response"])
+    ).cpu().numpy()  # (M, N)
+    return {response_id: scores[:, i] for i, response_id in enumerate(responses["response_id"])}
+
+
+def people_queue(
+    config: RankResponsesParams, prompts: pd.DataFrame, responses: pd.DataFrame, pairs: pd.DataFrame | None,
+    device: str | torch.device,
+) -> pd.DataFrame:  # fmt: skip
+    """What people rank this round. Judge human: each prompt's K responses, or with a budget the pairs
+    `human.selection` picks; hybrid: the pairs the AI judge is unsure of (`pairs`, from judge_all), or
+    with a budget those of them the selection picks; any other judge: nothing."""
+    human = config.human
+    if config.judge == "human":
+        if human.budget is None:
+            return queue_everything(responses)
+        return human_queue(human, every_pair(responses), prompts, responses, device)
+    if config.judge != "hybrid":
+        return pd.DataFrame([], columns=QUEUE_COLUMNS)
+    if human.budget is None:
+        return low_confidence_queue(pairs, config.confidence_threshold)
+    unsure = pairs[pairs["judge_margin"] < config.confidence_threshold]
+    return human_queue(human, unsure, prompts, responses, device)
+
+
+def human_queue(
+    human: HumanSelectionParams, candidates: pd.DataFrame, prompts: pd.DataFrame, responses: pd.DataFrame,
+    device: str | torch.device,
+) -> pd.DataFrame:  # fmt: skip
+    """The budgeted queue: `candidates` (pairs, with judge_margin where an AI judge ranked them) scored
+    by the reward ensemble's BALD where `human.reward_model` is set, then chosen by `human.selection`."""
+    if human.reward_model:
+        scores = response_member_scores(human.reward_model, prompts, responses, device)
+        candidates = candidates.assign(uncertainty=pair_uncertainty(candidates, scores))
+    return selected_queue(candidates, human.budget, human.selection, human.seed, human.per_prompt)
+
+
+def selected_queue(
+    pairs: pd.DataFrame, budget: int | None, selection: Selection, seed: int, per_prompt: int
+) -> pd.DataFrame:
+    """The queue of the pairs `rlhf.selection.select` puts to people, its reason on each item."""
+    chosen = select(pairs, budget, selection, seed, per_prompt)
+    items = chosen[["prompt_id", "response_a", "response_b", "reason"]].values
+    rows = [queue_item(prompt_id, [a, b], reason) for prompt_id, a, b, reason in items]
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
 
 
 def judge_report(judge: Judge, rankings: pd.DataFrame) -> dict:

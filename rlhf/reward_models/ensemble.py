@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from rlhf.models import load_scalar_head_model
+from rlhf.scoring import score_exchanges
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -51,3 +52,11 @@ def load_reward_model(directory: str | Path, device: torch.device, pad_token_id:
         return load_scalar_head_model(directory, device, pad_token_id)
     names = json.loads((directory / ENSEMBLE_FILE).read_text())["members"]
     return RewardEnsemble([load_scalar_head_model(directory / name, device, pad_token_id) for name in names])
+
+
+@torch.no_grad()
+def member_scores(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, conversations, responses) -> torch.Tensor:
+    """Each member's reward for each (conversation, response), for the members' disagreement
+    (rlhf.selection); a single model is one member.  (M, N)"""
+    members = list(model.members) if isinstance(model, RewardEnsemble) else [model]
+    return torch.stack([score_exchanges(member, tokenizer, conversations, responses) for member in members])
