@@ -9,6 +9,7 @@ rlhf annotate add-annotator NAME      a new token for NAME (printed once; the st
 rlhf annotate revoke NAME             refuse NAME's tokens from now on
 rlhf annotate status                  the queue, the overlap setting and each annotator's progress
 rlhf annotate serve                   the human ranking page on http://127.0.0.1:8765
+rlhf verify                           re-run the pipeline in a fresh clone of HEAD and compare with its dvc.lock
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_annotate_commands(commands)
     add_serve_commands(commands)
+    add_verify_command(commands)
     return parser
 
 
@@ -144,6 +146,20 @@ def add_annotate_commands(commands) -> None:
         "status", help="queue and annotators", description="Example: rlhf annotate status --store feedback.duckdb"
     )
     status.add_argument("--store", default=argparse.SUPPRESS, help="the store file (default: feedback.duckdb)")
+
+
+def add_verify_command(commands) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="re-run the pipeline in a fresh clone of the current commit and compare every output with it",
+        description="Example: rlhf verify   (or: rlhf verify store_comparisons, for the stages up to it)",
+    )
+    verify.add_argument("targets", nargs="*", help="stages to reproduce with their upstream (default: all)")
+    verify.add_argument("--keep", help="a directory to re-run in and keep (default: a temporary one, removed)")
+    verify.add_argument(
+        "--with-store", action="store_true",
+        help="start the clone from a copy of the feedback store (imports and people's rankings live only there)",
+    )  # fmt: skip
 
 
 def add_serve_commands(commands) -> None:
@@ -350,6 +366,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rlhf: error: {error}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "verify":
+        from rlhf.verify import print_report, verify
+
+        try:
+            return print_report(verify(Path.cwd(), args.targets, args.keep, args.with_store))
+        except InputError as error:
+            print(f"rlhf: error: {error}", file=sys.stderr)
+            return 2
     if args.command == "annotate":
         try:
             annotate_command(args)
