@@ -62,6 +62,7 @@ def stage_inputs(params: Params, stage: str) -> list[UserInput]:
             found += _local("rank_responses.llm.model", section.llm.model)
         if section.reward_model:
             found += _local("rank_responses.reward_model.path", section.reward_model.path)
+        found += _local("rank_responses.human.reward_model", section.human.reward_model)  # selection's ensemble
     elif stage == "train_reward":
         found += _local("train_reward.backbone", params.train_reward.backbone)
     elif stage == "train_policy":

@@ -40,7 +40,7 @@ def test_links_follow_params_and_mirror_directories(tmp_path, monkeypatch):
 
 def test_every_path_params_yaml_names_belongs_to_the_stages_that_read_it(tmp_path, monkeypatch, project_root):
     monkeypatch.chdir(tmp_path)
-    for name in ("model", "demos.jsonl", "prompts.csv", "saved", "prompts.duckdb", "judge", "backbone"):
+    for name in ("model", "demos.jsonl", "prompts.csv", "saved", "prompts.duckdb", "judge", "backbone", "ensemble"):
         Path(name).mkdir() if "." not in name else Path(name).write_text("x")
     raw = yaml.safe_load((project_root / "params.yaml").read_text())
     raw["bootstrap_policy"].update(source="pretrained", model="model", demonstrations="demos.jsonl")
@@ -52,16 +52,19 @@ def test_every_path_params_yaml_names_belongs_to_the_stages_that_read_it(tmp_pat
         {"kind": "sql", "query": "SELECT 'x' AS prompt", "database": "prompts.duckdb"},
     ]
     raw["train_reward"]["backbone"] = "backbone"
+    raw["rank_responses"]["human"] = {"reward_model": "ensemble"}
     raw["evaluate"].update(judge="llm", llm={"model": "judge"})
     params = parse_params(raw, "params.yaml")
     keys = {stage: [item.key for item in stage_inputs(params, stage)] for stage in (
-        "bootstrap_policy", "collect_prompts", "sample_responses", "train_reward", "train_policy", "evaluate")}
+        "bootstrap_policy", "collect_prompts", "sample_responses", "rank_responses", "train_reward", "train_policy",
+        "evaluate")}
     assert keys == {
         "bootstrap_policy": ["bootstrap_policy.model", "bootstrap_policy.demonstrations"],
         "collect_prompts": [
             "collect_prompts.sources.1.path", "collect_prompts.sources.2.path", "collect_prompts.sources.4.database",
         ],
         "sample_responses": [],
+        "rank_responses": ["rank_responses.human.reward_model"],
         "train_reward": ["train_reward.backbone"],
         "train_policy": ["evaluate.llm.model"],  # the in-loop evaluation's judge
         "evaluate": ["evaluate.llm.model"],
