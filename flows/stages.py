@@ -31,7 +31,7 @@ from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from rlhf.config import PARAMS_FILE, ROUNDS_FILE, check_yaml_syntax
-from tasks._stage import STATUS_FILE_ENV, TRANSIENT_EXIT
+from rlhf.errors import STATUS_FILE_ENV, TRANSIENT_EXIT
 
 PROGRESS_LINE = re.compile(r"\b(\d+)/(\d+)\b")
 # Stages that call a judge over the network: retried with backoff when they exit TRANSIENT_EXIT.

@@ -1,4 +1,14 @@
-"""Errors that mean bad input rather than a bug. Each message names the file, key or line."""
+"""Errors that mean bad input rather than a bug. Each message names the file, key or line.
+
+Also the exit protocol between a stage (tasks/_stage.py) and the flow that runs it (flows/stages.py).
+"""
+
+# A judge endpoint that timed out or kept failing: worth another try later (sysexits EX_TEMPFAIL).
+# The flow retries a stage, with backoff, only when it exits with this status.
+TRANSIENT_EXIT = 75
+# Where a stage writes its own exit status, when the environment names a file (the flow sets it):
+# `dvc repro` exits 255 whatever the command's status, and its wording is no interface.
+STATUS_FILE_ENV = "RLHF_STAGE_STATUS_FILE"
 
 
 class InputError(ValueError):

@@ -13,14 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rlhf.config import Params, load_params
-from rlhf.errors import InputError, JudgeEndpointError, TrainingStopped
+from rlhf.errors import STATUS_FILE_ENV, TRANSIENT_EXIT, InputError, JudgeEndpointError, TrainingStopped
 from rlhf.user_inputs import stage_inputs, sync_links
 
 # Errors that mean bad input, not a bug: print one line naming the file or key, exit 2.
 USER_ERRORS = (InputError, FileNotFoundError)
-# A judge endpoint that timed out or kept failing: worth another try later (sysexits EX_TEMPFAIL).
-# The flow retries a stage, with backoff, only when it exits with this status.
-TRANSIENT_EXIT = 75
 
 
 def parse_paths(stage: str, inputs: list[str], outputs: list[str]) -> argparse.Namespace:
@@ -35,11 +32,6 @@ def parse_paths(stage: str, inputs: list[str], outputs: list[str]) -> argparse.N
     for name in outputs:
         parser.add_argument(f"--{name}", required=True, help=f"output: {name.replace('_', ' ')}")
     return parser.parse_args()
-
-
-# Where a stage writes its own exit status, when the environment names a file (the flow sets it):
-# `dvc repro` exits 255 whatever the command's status, and its wording is no interface.
-STATUS_FILE_ENV = "RLHF_STAGE_STATUS_FILE"
 
 
 def run_stage(stage: str, body: Callable[[], None]) -> None:
