@@ -638,6 +638,44 @@ class FeedbackStore:
             item["suggestion"] = suggestion
         return item
 
+    def open_queue(self, limit: int = 5000) -> dict:
+        """What the ranking page serves from while a stage holds the store (rlhf/annotation/journal.py):
+        `items`, the first `limit` still open in next_item's order and shape (without suggestions),
+        each with `people` (how many ranked it); `done`, the (annotator, item_id) pairs ranked or
+        skipped; `overlap`; `complete`, False when `limit` cut the queue."""
+        with self.transaction() as con:
+            overlap = self._overlap(con)
+            rows = con.execute(
+                f"""SELECT q.item_id, q.prompt_id, p.prompt, p.messages, q.response_ids, q.people
+                    FROM ({QUEUE_ORDER}) q JOIN prompts p USING (prompt_id)
+                    WHERE CAST(? AS INTEGER) IS NULL OR q.people < ?
+                    ORDER BY q.closest ASC NULLS LAST, q.created_at, q.item_id LIMIT ?""",
+                [overlap, overlap, limit + 1],
+            ).fetchall()
+            ids = sorted({i for row in rows[:limit] for i in json.loads(row[4])})
+            texts = {
+                response_id: (text, messages)
+                for response_id, text, messages in con.execute(
+                    "SELECT response_id, response, messages FROM responses WHERE list_contains(?, response_id)", [ids]
+                ).fetchall()
+            }
+            done = set(
+                con.execute(
+                    "SELECT DISTINCT annotator, item_id FROM annotation_events WHERE action IN ('ranked', 'skipped')"
+                ).fetchall()
+            )
+        items = []
+        for item_id, prompt_id, prompt, prompt_messages, response_ids, people in rows[:limit]:
+            responses = [
+                {"response_id": i, "text": texts[i][0],
+                 "messages": chat.from_json(texts[i][1]) if texts[i][1] else chat.assistant_turns(texts[i][0])}
+                for i in json.loads(response_ids)
+            ]  # fmt: skip
+            messages = chat.from_json(prompt_messages) if prompt_messages else chat.as_conversation(prompt)
+            items.append({"item_id": item_id, "prompt_id": prompt_id, "prompt": prompt, "messages": messages,
+                          "responses": responses, "people": people})  # fmt: skip
+        return {"items": items, "done": done, "overlap": overlap, "complete": len(rows) <= limit}
+
     @staticmethod
     def _suggestion(con: duckdb.DuckDBPyConnection, prompt_id: str, ids: list[str]) -> dict | None:
         """The newest AI ranking that ranks every one of `ids`, as a best-first order with ties."""
@@ -731,47 +769,90 @@ class FeedbackStore:
         cover exactly the item's responses.
         """
         with self.transaction() as con:
-            row = con.execute(
-                "SELECT prompt_id, response_ids FROM annotation_queue WHERE item_id = ?", [item_id]
-            ).fetchone()
-            if row is None:
-                raise StoreError(f"annotation: no queued item {item_id!r}")
-            prompt_id, response_ids = row[0], json.loads(row[1])
-            if sorted(ranks) != sorted(response_ids) or not set(unsafe) <= set(response_ids):
-                raise StoreError(f"annotation: the ranking of {item_id!r} must rank exactly its responses")
-            ranking_id = content_id(item_id, HUMAN_JUDGE, annotator)
-            self._insert_run(con, {"run_id": run_id, "stage": "annotate"})
-            rows = pd.DataFrame(
-                {
-                    "ranking_id": ranking_id,
-                    "response_id": list(ranks),
-                    "prompt_id": prompt_id,
-                    "rank": [int(r) for r in ranks.values()],
-                    "score": [float(-r) for r in ranks.values()],
-                    "reasons": [json.dumps({"unsafe": rid in unsafe}) for rid in ranks],
-                    "judge": HUMAN_JUDGE,
-                    "judge_version": annotator,
-                    "run_id": run_id,
-                }
-            )
-            con.register("new_rankings", rows)
-            con.execute("DELETE FROM comparisons WHERE ranking_id = ?", [ranking_id])  # a person may re-rank
-            con.execute("DELETE FROM rankings WHERE ranking_id = ?", [ranking_id])
-            con.execute("INSERT INTO rankings SELECT * FROM new_rankings")
-            con.execute(PAIRS_FROM_RANKINGS)
-            self._insert_annotators(con, "annotate")
-            events = [(item_id, annotator, "ranked", None, bool(from_suggestion), mode)] + [
-                (item_id, annotator, "flagged_unsafe", r, None, None) for r in unsafe
-            ]
-            con.executemany(f"INSERT INTO annotation_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, now(), ?, ?)", events)
-            return con.execute("SELECT count(*) FROM comparisons WHERE ranking_id = ?", [ranking_id]).fetchone()[0]
+            return self._record_human_ranking(con, annotator, item_id, ranks, unsafe, run_id, from_suggestion, mode)
+
+    def _record_human_ranking(
+        self, con: duckdb.DuckDBPyConnection, annotator: str, item_id: str, ranks: dict[str, int], unsafe: list[str],
+        run_id: str, from_suggestion: bool = False, mode: str = "rank",
+    ) -> int:  # fmt: skip
+        """record_human_ranking inside the caller's transaction."""
+        row = con.execute(
+            "SELECT prompt_id, response_ids FROM annotation_queue WHERE item_id = ?", [item_id]
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"annotation: no queued item {item_id!r}")
+        prompt_id, response_ids = row[0], json.loads(row[1])
+        if sorted(ranks) != sorted(response_ids) or not set(unsafe) <= set(response_ids):
+            raise StoreError(f"annotation: the ranking of {item_id!r} must rank exactly its responses")
+        ranking_id = content_id(item_id, HUMAN_JUDGE, annotator)
+        self._insert_run(con, {"run_id": run_id, "stage": "annotate"})
+        rows = pd.DataFrame(
+            {
+                "ranking_id": ranking_id,
+                "response_id": list(ranks),
+                "prompt_id": prompt_id,
+                "rank": [int(r) for r in ranks.values()],
+                "score": [float(-r) for r in ranks.values()],
+                "reasons": [json.dumps({"unsafe": rid in unsafe}) for rid in ranks],
+                "judge": HUMAN_JUDGE,
+                "judge_version": annotator,
+                "run_id": run_id,
+            }
+        )
+        con.register("new_rankings", rows)
+        con.execute("DELETE FROM comparisons WHERE ranking_id = ?", [ranking_id])  # a person may re-rank
+        con.execute("DELETE FROM rankings WHERE ranking_id = ?", [ranking_id])
+        con.execute("INSERT INTO rankings SELECT * FROM new_rankings")
+        con.execute(PAIRS_FROM_RANKINGS)
+        self._insert_annotators(con, "annotate")
+        events = [(item_id, annotator, "ranked", None, bool(from_suggestion), mode)] + [
+            (item_id, annotator, "flagged_unsafe", r, None, None) for r in unsafe
+        ]
+        con.executemany(f"INSERT INTO annotation_events ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, now(), ?, ?)", events)
+        return con.execute("SELECT count(*) FROM comparisons WHERE ranking_id = ?", [ranking_id]).fetchone()[0]
 
     def skip_item(self, annotator: str, item_id: str) -> None:
         with self.transaction() as con:
-            con.execute(
-                f"INSERT INTO annotation_events ({EVENT_COLUMNS}) VALUES (?, ?, 'skipped', NULL, now(), NULL, NULL)",
-                [item_id, annotator],
-            )
+            self._skip_item(con, annotator, item_id)
+
+    @staticmethod
+    def _skip_item(con: duckdb.DuckDBPyConnection, annotator: str, item_id: str) -> None:
+        con.execute(
+            f"INSERT INTO annotation_events ({EVENT_COLUMNS}) VALUES (?, ?, 'skipped', NULL, now(), NULL, NULL)",
+            [item_id, annotator],
+        )
+
+    def record_page_submissions(self, submissions: list[tuple[str, str, str, dict]], run_id: str) -> list:
+        """The ranking page's journal rows, (annotator, item_id, action, body) with action ranked (body:
+        record_human_ranking's ranks, unsafe, from_suggestion, mode) or skipped, written in one transaction
+        (one open of the file for the lot, not one each). Per row: the pairs of a ranking, None for a skip,
+        or the StoreError's text of one refused. A row whose event is in the store already (written before
+        a kill took the journal's mark) is not written again."""
+        outcomes = []
+        with self.transaction() as con:
+            for annotator, item_id, action, body in submissions:
+                done = con.execute(
+                    "SELECT count(*) FROM annotation_events WHERE annotator = ? AND item_id = ? AND action = ?",
+                    [annotator, item_id, action],
+                ).fetchone()[0]
+                if action == "skipped":
+                    if not done:
+                        self._skip_item(con, annotator, item_id)
+                    outcomes.append(None)
+                elif done:
+                    ranking_id = content_id(item_id, HUMAN_JUDGE, annotator)
+                    outcomes.append(
+                        con.execute("SELECT count(*) FROM comparisons WHERE ranking_id = ?", [ranking_id]).fetchone()[0]
+                    )
+                else:
+                    try:  # its checks come before its writes: a refused row writes nothing
+                        outcomes.append(self._record_human_ranking(
+                            con, annotator, item_id, body["ranks"], body["unsafe"], run_id,
+                            from_suggestion=body["from_suggestion"], mode=body["mode"],
+                        ))  # fmt: skip
+                    except StoreError as error:
+                        outcomes.append(f"StoreError: {error}")
+        return outcomes
 
     # --- annotators' tokens: only their sha256 is stored (rlhf/annotation/annotators.py makes them) ---
 

@@ -21,7 +21,8 @@ have not ranked or skipped yet; the same submission sent twice is saved once. Ea
 durable local journal before the page says "saved", and one writer drains the journal into the
 store (rlhf/annotation/journal.py): a busy store (a stage holding its lock) delays the copy, never
 loses the ranking. A request that needs the store while it is busy answers 503 with Retry-After,
-and the page tries again by itself.
+and the page tries again by itself; the next item comes from the page's copy of the queue while
+the store is busy, so people keep ranking through a stage's minute.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from rlhf.annotation.annotators import hash_token, import_tokens, sign_in
 from rlhf.annotation.guidelines import Guidelines
-from rlhf.annotation.journal import Drainer, Journal, is_busy, journal_path
+from rlhf.annotation.journal import Drainer, Journal, StoreBusy, is_busy, journal_path
 from rlhf.errors import InputError
 from rlhf.http_limits import Guard, RateLimit, one_line_validation_errors
 from rlhf.store import FeedbackStore
@@ -117,7 +118,8 @@ def create_app(
 ) -> FastAPI:
     """The page over `store`. `tokens` ({token: name}, a tokens file's content) are stored hashed
     first, so callers of earlier versions keep working; people sign in from the store. Requests
-    wait at most `busy_timeout_s` for the store (then 503); `rate_limit` is per annotator a second."""
+    wait at most `busy_timeout_s` for the store, then answer from the journal and the queue's copy
+    (its items carry no suggestion) or 503; `rate_limit` is per annotator a second."""
     tokens_added = import_tokens(store, tokens, tokens_source) if tokens else 0
     run_id = f"annotate-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     guidelines = guidelines or Guidelines()
@@ -126,14 +128,25 @@ def create_app(
     drainer = Drainer(journal, view, run_id)
     signed_in: dict[str, str] = {}  # token sha256 -> name: the last answer, used only while the store is busy
 
+    def ask_store(method, *args):
+        """`method(*args)` on the store, or StoreBusy at once while the store is known busy (a request
+        found it so and the drainer has not got in since): requests then answer without waiting on it."""
+        if not drainer.store_free():
+            raise StoreBusy
+        try:
+            return method(*args)
+        except Exception as error:
+            if not is_busy(error):
+                raise
+            drainer.note_busy()
+            raise StoreBusy from None
+
     def authenticate(token: str) -> tuple[str | None, str]:
         """sign_in, asked on every request (a revocation holds at once). While the store is busy
         nobody can revoke a token, so the last answer for it stands until the store is free."""
         try:
-            name, refusal = sign_in(view, token)
-        except Exception as error:
-            if not is_busy(error):
-                raise
+            name, refusal = ask_store(sign_in, view, token)
+        except StoreBusy:
             name = signed_in.get(hash_token(token))
             return (name, "") if name else (None, BUSY)
         if name is None:
@@ -167,11 +180,15 @@ def create_app(
 
     def progress(name: str) -> dict | None:
         try:
-            return view.annotation_progress(name)
-        except Exception as error:
-            if is_busy(error):
-                return None
-            raise
+            return ask_store(view.annotation_progress, name)
+        except StoreBusy:
+            return None
+
+    def drain_a_little() -> None:
+        """Copy what is pending now, if the store is free and the drainer is not at it already (then it
+        copies this too): a request never waits on a backlog."""
+        if drainer.store_free():
+            drainer.drain(wait_s=0.05, limit=16)
 
     @app.middleware("http")
     async def security_headers(request, call_next):
@@ -197,15 +214,16 @@ def create_app(
 
     @app.get("/api/next")
     def next_item(name: str = Depends(annotator)) -> dict:
-        drainer.drain(wait_s=busy_timeout_s)
-        if journal.pending_for(name):  # the store would serve an item this person already sent again
-            raise busy()
+        drain_a_little()
         try:
-            item = view.next_item(name, suggest=suggestions)
-        except Exception as error:
-            if is_busy(error):
+            if journal.pending_for(name):  # the store would serve an item this person sent again: the copy
+                raise StoreBusy
+            item = ask_store(view.next_item, name, suggestions)
+        except StoreBusy:
+            try:
+                item = drainer.queue.next_for(name)
+            except StoreBusy:
                 raise busy() from None
-            raise
         if item is not None:
             journal.serve(name, item["item_id"], [r["response_id"] for r in item["responses"]])
         return {"annotator": name, "item": item, "progress": progress(name)}
@@ -215,7 +233,7 @@ def create_app(
         new, earlier = journal.accept(name, item_id, action, body)
         if not new and (earlier["action"], earlier["body"]) != (action, json.loads(json.dumps(body, sort_keys=True))):
             raise HTTPException(status_code=409, detail=f"you already {earlier['action']} this item; that stands")
-        drainer.drain(wait_s=busy_timeout_s)
+        drain_a_little()
         outcome = journal.outcome(name, item_id)
         if outcome["error"]:
             raise HTTPException(status_code=422, detail=f"the store refused it: {outcome['error']}")
