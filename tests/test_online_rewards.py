@@ -3,6 +3,7 @@
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 import threading
 import time
@@ -19,7 +20,7 @@ from rlhf.models import load_tokenizer
 from rlhf.policy_optimization.rollout import RewardScorer
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.rewards.combine import WeightedReward
-from rlhf.rewards.remote import RemoteReward, RewardEndpointError, request_body
+from rlhf.rewards.remote import TOKEN_ENV, RemoteReward, RewardEndpointError, request_body
 from rlhf.rewards.rules import RulesReward
 from rlhf.rewards.server import ROUTE, load_reward_app, reward_server
 from rlhf.scoring import exchange_texts
@@ -148,6 +149,31 @@ def test_query_only_request_scores_the_texts_as_given(reward_model_server, in_pr
     assert answer.json()["rewards"] == answer.json()["scores"]
     assert torch.allclose(torch.tensor(answer.json()["rewards"]), in_process_scores, atol=1e-5)
     assert httpx.get(address + "/health").json() == {"status": "ok"}
+
+
+def test_client_sends_the_token_in_rlhf_reward_token_to_a_tokened_server(
+    reward_model_server, in_process_scores, monkeypatch
+):
+    _, reward_dir = reward_model_server
+    token = "trainer-token-0123456789abcdef"
+    hashes = {hashlib.sha256(token.encode()).hexdigest(): "trainer"}
+    with serving(load_reward_app(reward_dir, device="cpu", batch_size=2, token_hashes=hashes)) as address:
+        url = address + ROUTE
+        monkeypatch.delenv(TOKEN_ENV, raising=False)
+        with pytest.raises(RewardEndpointError) as refused:
+            RemoteReward(url, max_retries=3, backoff_s=0.01)(PROMPTS, RESPONSES)  # a 401 is not retried
+        assert str(refused.value) == (
+            f"train_policy.reward: {url} answered HTTP 401 (token refused) to no token "
+            f"(RLHF_REWARD_TOKEN is unset): set RLHF_REWARD_TOKEN to a token of `rlhf serve reward-token NAME "
+            "--tokens FILE` for this server"
+        )
+        monkeypatch.setenv(TOKEN_ENV, "wrong-token-0123456789abcdef")
+        with pytest.raises(RewardEndpointError, match=r"answered HTTP 401 .* to the token in RLHF_REWARD_TOKEN: set"):
+            RemoteReward(url)(PROMPTS, RESPONSES)
+        monkeypatch.setenv(TOKEN_ENV, token)
+        client = RemoteReward(url, batch_size=2)
+        assert torch.allclose(client(PROMPTS, RESPONSES), in_process_scores, atol=1e-5)
+        client.close()
 
 
 def test_request_body_follows_openrlhfs_keys():

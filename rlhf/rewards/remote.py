@@ -20,10 +20,17 @@ Failures: each request has a timeout and is retried with exponential backoff on 
 connection errors, 429 (honouring Retry-After), 500/502/503/504 and 408/409/425: the statuses the
 OpenAI-compatible judge retries (rlhf.judges.openai_compatible.RETRYABLE_STATUS). Any other status
 fails at once; after the last try one RewardEndpointError (a JudgeEndpointError) names the URL.
+
+Authentication: a server started with tokens (`rlhf serve reward --tokens FILE`; a token from
+`rlhf serve reward-token NAME --tokens FILE`) wants `Authorization: Bearer <token>`. The client sends
+the token in the environment variable RLHF_REWARD_TOKEN (the way the OpenAI judge reads its key: a
+secret never goes in params.yaml, which is committed); a 401 fails at once in one line naming the
+URL and whether a token was sent.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,6 +43,8 @@ from rlhf.errors import JudgeEndpointError
 from rlhf.judges.openai_compatible import RETRYABLE_STATUS
 
 MAX_BACKOFF_S = 60.0
+TOKEN_ENV = "RLHF_REWARD_TOKEN"
+"""The environment variable holding the reward server's bearer token (module docstring)."""
 
 
 class RewardEndpointError(JudgeEndpointError):
@@ -82,6 +91,15 @@ def retry_after(response: httpx.Response, base_s: float) -> float:
         return backoff(0, base_s)
 
 
+def detail_of(response: httpx.Response) -> str:
+    """The one-line "detail" of a refusal (our servers' and FastAPI's), else the start of its text."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return (detail if isinstance(detail, str) else response.text)[:100].replace("\n", " ")
+
+
 def post_with_retries(client: httpx.Client, url: str, body: dict, max_retries: int, backoff_s: float) -> dict:
     """POST `body` as JSON; retry what may pass (timeouts, connection errors, 429, 5xx) up to
     max_retries times; the JSON answer of the first 200, else one RewardEndpointError."""
@@ -101,6 +119,12 @@ def post_with_retries(client: httpx.Client, url: str, body: dict, max_retries: i
                 raise RewardEndpointError(
                     f"train_policy.reward: {url} answered 200 without JSON: {response.text[:200]}"
                 )
+        if response.status_code == 401:
+            sent = "the token in " + TOKEN_ENV if "authorization" in client.headers else f"no token ({TOKEN_ENV} is unset)"
+            raise RewardEndpointError(
+                f"train_policy.reward: {url} answered HTTP 401 ({detail_of(response)}) to {sent}: set {TOKEN_ENV} "
+                "to a token of `rlhf serve reward-token NAME --tokens FILE` for this server"
+            )
         reason = f"HTTP {response.status_code}: {response.text[:200]}"
         if response.status_code not in RETRYABLE_STATUS:
             break  # a 4xx other than these will not pass on a retry
@@ -111,7 +135,7 @@ def post_with_retries(client: httpx.Client, url: str, body: dict, max_retries: i
 
 class RemoteReward:
     """Scores from a reward server (a RewardSource): batches of `batch_size` exchanges, up to
-    `max_concurrency` requests in flight."""
+    `max_concurrency` requests in flight; `token` (default: $RLHF_REWARD_TOKEN) sent as a bearer token."""
 
     def __init__(
         self,
@@ -122,11 +146,13 @@ class RemoteReward:
         backoff_s: float = 1.0,
         batch_size: int = 64,
         max_concurrency: int = 4,
+        token: str | None = None,
     ):
         self.url, self.tokenizer = url, tokenizer
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.batch_size, self.max_concurrency = batch_size, max_concurrency
-        self._client = httpx.Client(timeout=timeout_s)
+        token = os.environ.get(TOKEN_ENV, "").strip() if token is None else token
+        self._client = httpx.Client(timeout=timeout_s, headers={"Authorization": f"Bearer {token}"} if token else {})
 
     def __call__(self, prompts: list[chat.Conversation], responses: list[str]) -> torch.Tensor:
         conversations = [chat.as_conversation(prompt) for prompt in prompts]
