@@ -320,6 +320,30 @@ def test_bad_yaml_is_one_line_naming_file_line_and_column_from_loader_flow_and_s
     assert stage.returncode == 2 and expected in stage.stderr and len(stage.stderr.strip().splitlines()) == 1
 
 
+def test_dvc_repro_on_bad_yaml_names_file_line_and_column_without_a_traceback(tmp_path, project_root):
+    """`dvc repro` reads params.yaml itself, before any code of ours runs: its own error is what people
+    see. Pinned here: no traceback, the file, the line and the column named (DVC's message is 7 lines:
+    the problem, and ruamel's marks with the offending text)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for name in ("dvc.yaml", "params.yaml", "rounds.yaml"):
+        shutil.copy(project_root / name, tmp_path / name)
+    good_lines = len((tmp_path / "params.yaml").read_text().splitlines())
+    with (tmp_path / "params.yaml").open("a") as params:
+        params.write("seed: [1, 2\nfoo: bar\n")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    repro = subprocess.run([dvc, "repro"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    output = repro.stdout + repro.stderr
+    assert repro.returncode != 0 and "Traceback" not in output
+    assert output.startswith("ERROR: unable to read: 'params.yaml', YAML file structure is corrupted"), output
+    assert f"line {good_lines + 1}, column 7" in output and len(output.strip().splitlines()) <= 8, output
+
+
 def test_store_query_runs_with_external_access_off(tmp_path, capsys):
     from rlhf.store import FeedbackStore
 
