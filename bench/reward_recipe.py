@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--validation-seeds", type=int, default=1)
     parser.add_argument("--seeds", type=int, default=3, help="of the chosen recipe on the test split")
     parser.add_argument("--recipe", help="skip tuning: measure this candidate on the test split")
+    parser.add_argument("--first-seed", type=int, default=0, help="of the test seeds (to run seeds as separate jobs)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="reward-recipe-") as tmp:
         work = Path(tmp)
@@ -102,7 +103,8 @@ def main() -> None:
             print(json.dumps(line), flush=True)
         best = args.recipe or max(validation, key=validation.get)
         recipe, runs = CANDIDATES[best], []
-        for seed in range(args.seeds):  # a line per seed as it ends: a slow machine still leaves figures
+        # A line per seed as it ends: a slow machine still leaves figures.
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             runs.append(train_and_score(comparisons, recipe, seed, work / f"final-{seed}"))
             print(json.dumps({"bench": "reward_recipe", "phase": "test_seed", "recipe": best, "seed": seed,
                               "test_accuracy": round(runs[-1]["accuracy"], 4),
