@@ -59,7 +59,8 @@ def queued_store(path: Path, items: int) -> FeedbackStore:
     prompts = pd.DataFrame({"prompt_id": prompt_ids, "prompt": [f"question {i} ?" for i in range(items)],
                             "topic": None, "split": "train", "source": "bench"})  # fmt: skip
     responses = pd.DataFrame(
-        [(f"{p}-r{j}", p, j, f"answer {j} to {p}", "bench", "{}") for p in prompt_ids for j in range(RESPONSES_PER_ITEM)],
+        [(f"{p}-r{j}", p, j, f"answer {j} to {p}", "bench", "{}")
+         for p in prompt_ids for j in range(RESPONSES_PER_ITEM)],  # fmt: skip
         columns=RESPONSE_COLUMNS,
     )
     run = {"run_id": "bench", "stage": "bench"}

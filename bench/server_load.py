@@ -2,6 +2,7 @@
 
     git worktree add /tmp/before 1c54efa^       # the code before issue 28's hardening
     python bench/server_load.py --before /tmp/before [--model models/reward] [--seconds 5] [--repeats 3]
+        [--clients 1 8 64] [--servers reward page]
 
 Each side's servers run from its own tree (`python -m rlhf.cli` with that tree first on the path,
 the same virtual environment) on 127.0.0.1, with their default flags, all four started before the
@@ -110,7 +111,8 @@ def spread(values: list[float]) -> dict:
 
 
 def revision(tree: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
+    answer = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True, text=True)
+    return answer.stdout.strip()
 
 
 def main() -> None:
@@ -120,38 +122,46 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="each run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per side, alternating")
     parser.add_argument("--items", type=int, default=20000, help="queued items of the page's stores")
+    parser.add_argument("--clients", type=int, nargs="+", default=list(CLIENTS), help="concurrent clients")
+    parser.add_argument("--servers", nargs="+", default=["reward", "page"], choices=["reward", "page"])
     args = parser.parse_args()
     sides = {"before": args.before.resolve(), "after": ROOT}
-    tokens = [f"load-token-{i:03d}-0123456789" for i in range(max(CLIENTS))]
+    tokens = [f"load-token-{i:03d}-0123456789" for i in range(max(args.clients))]
     servers, addresses = [], {}
     with tempfile.TemporaryDirectory() as workdir:
         try:
             for side, tree in sides.items():
-                port = free_port()
-                servers.append(start(tree, ["serve", "reward", "--model", str(args.model.resolve()), "--device", "cpu"], port))
-                addresses["reward", side] = f"http://127.0.0.1:{port}"
+                if "reward" in args.servers:
+                    port = free_port()
+                    command = ["serve", "reward", "--model", str(args.model.resolve()), "--device", "cpu"]
+                    servers.append(start(tree, command, port))
+                    addresses["reward", side] = f"http://127.0.0.1:{port}"
+                if "page" not in args.servers:
+                    continue
                 store = queued_store(Path(workdir) / f"{side}.duckdb", args.items)
                 tokens_file = Path(workdir) / f"{side}-annotators.json"
                 tokens_file.write_text(json.dumps({t: f"annotator-{i}" for i, t in enumerate(tokens)}))
                 port = free_port()
-                servers.append(start(tree, ["annotate", "--store", str(store.path), "serve", "--tokens", str(tokens_file),
-                                            "--params", "/nonexistent-params.yaml"], port))  # fmt: skip
+                command = ["annotate", "--store", str(store.path), "serve", "--tokens", str(tokens_file),
+                           "--params", "/nonexistent-params.yaml"]  # fmt: skip
+                servers.append(start(tree, command, port))
                 addresses["page", side] = f"http://127.0.0.1:{port}"
             for (server, side), address in addresses.items():  # warm up: models loaded, pages signed in
                 asyncio.run(run_clients(address, server, tokens if server == "page" else [""] * 8, 1.0))
-            for server in ("reward", "page"):
-                for clients in CLIENTS:
+            for server in args.servers:
+                for clients in args.clients:
                     runs = {side: [] for side in sides}
                     for _ in range(args.repeats):
                         for side in sides:
                             who = tokens[:clients] if server == "page" else [""] * clients
-                            runs[side].append(asyncio.run(run_clients(addresses[server, side], server, who, args.seconds)))
+                            result = asyncio.run(run_clients(addresses[server, side], server, who, args.seconds))
+                            runs[side].append(result)
                     for side, results in runs.items():
                         statuses = sum((r["statuses"] for r in results), Counter())
                         print(json.dumps({
                             "bench": "server_load", "server": server, "clients": clients, "side": side,
                             "revision": revision(sides[side]), "repeats": args.repeats, "seconds": args.seconds,
-                            **{key: spread([r[key] for r in results]) for key in ("requests_per_s", "p50_ms", "p99_ms")},
+                            **{k: spread([r[k] for r in results]) for k in ("requests_per_s", "p50_ms", "p99_ms")},
                             "statuses": {str(k): v for k, v in sorted(statuses.items())},
                             "load_1m": round(os.getloadavg()[0], 2), "machine": machine(),
                         }), flush=True)  # fmt: skip

@@ -164,7 +164,7 @@ def test_client_sends_the_token_in_rlhf_reward_token_to_a_tokened_server(
             RemoteReward(url, max_retries=3, backoff_s=0.01)(PROMPTS, RESPONSES)  # a 401 is not retried
         assert str(refused.value) == (
             f"train_policy.reward: {url} answered HTTP 401 (token refused) to no token "
-            f"(RLHF_REWARD_TOKEN is unset): set RLHF_REWARD_TOKEN to a token of `rlhf serve reward-token NAME "
+            f"(RLHF_REWARD_TOKEN unset): set RLHF_REWARD_TOKEN to a token of `rlhf serve reward-token NAME "
             "--tokens FILE` for this server"
         )
         monkeypatch.setenv(TOKEN_ENV, "wrong-token-0123456789abcdef")

@@ -6,16 +6,17 @@ each submission (and skip) to this journal first: SQLite in WAL mode with synchr
 committed row per submission, before it answers "saved". One writer (`Drainer`) copies pending rows
 into the store, oldest first, a batch in one transaction (opening the DuckDB file costs tens of
 milliseconds: one open per row drained about 6 rows/s), and marks them drained; a busy store leaves
-them pending for the next pass. A kill between the acknowledgement and the drain leaves the row pending: the next page server
-on the same store drains it on start. A kill between the store's commit and the journal's mark
-would drain the row twice; the store first asks whether that annotator's event for the item is
-there already (FeedbackStore.record_page_submissions), so it gets each ranking and its events once.
+them pending for the next pass. A kill between the acknowledgement and the drain leaves the row
+pending: the next page server on the same store drains it on start. A kill between the store's
+commit and the journal's mark would drain the row twice; the store first asks whether that
+annotator's event for the item is there already (FeedbackStore.record_page_submissions), so it gets
+each ranking and its events once.
 
 The journal also answers what the page may accept: an item served to that annotator (`served`),
 and not yet ranked or skipped by them. A second identical submission is the same one (the page
 resent it after a lost answer) and changes nothing; a different one is refused.
 
-The page also keeps a copy of the store's open queue (`QueueCopy`, read by the drainer whenever the
+The page also keeps a copy of the store's open queue (`QueueCopy`, read by the drainer every 30 s while the
 store is free) and serves the next item from it while the store is busy or while that person has
 rankings still pending: what they sent is in the journal, so the copy never serves it again, and
 the overlap counts rankings the store has not taken yet. Once a request finds the store busy, the
@@ -88,7 +89,8 @@ class Journal:
     def serve(self, annotator: str, item_id: str, response_ids: list[str]) -> None:
         with self.lock:
             self.con.execute(
-                "INSERT OR IGNORE INTO served VALUES (?, ?, ?, ?)", [annotator, item_id, json.dumps(response_ids), time.time()]
+                "INSERT OR IGNORE INTO served VALUES (?, ?, ?, ?)",
+                [annotator, item_id, json.dumps(response_ids), time.time()],
             )
 
     def served(self, annotator: str, item_id: str) -> list[str] | None:
@@ -131,7 +133,8 @@ class Journal:
         """The highest seq below which every row is drained (the drainer takes rows in seq order)."""
         with self.lock:
             return self.con.execute(
-                "SELECT coalesce((SELECT min(seq) - 1 FROM sent WHERE drained_at IS NULL), (SELECT max(seq) FROM sent), 0)"
+                "SELECT coalesce((SELECT min(seq) - 1 FROM sent WHERE drained_at IS NULL), "
+                "(SELECT max(seq) FROM sent), 0)"
             ).fetchone()[0]
 
     def ranked_after(self, seq: int) -> dict[str, int]:
@@ -214,7 +217,8 @@ class QueueCopy:
 class Drainer:
     """The journal's one writer into the store: `drain()` copies what is pending; `start()` runs it
     on a thread every `every_s` (at once when `wake()`d or more wait) until `stop()`, and reads `queue`
-    (the copy the page serves from while the store is busy) afresh every `refresh_s`. Whoever finds the store busy says so (`note_busy`): until a pass of the
+    (the copy the page serves from while the store is busy) afresh every `refresh_s`. Whoever finds
+    the store busy says so (`note_busy`): until a pass of the
     drainer gets in again, `store_free()` is False and requests do not wait on the store."""
 
     def __init__(

@@ -120,7 +120,7 @@ def post_with_retries(client: httpx.Client, url: str, body: dict, max_retries: i
                     f"train_policy.reward: {url} answered 200 without JSON: {response.text[:200]}"
                 )
         if response.status_code == 401:
-            sent = "the token in " + TOKEN_ENV if "authorization" in client.headers else f"no token ({TOKEN_ENV} is unset)"
+            sent = f"the token in {TOKEN_ENV}" if "authorization" in client.headers else f"no token ({TOKEN_ENV} unset)"
             raise RewardEndpointError(
                 f"train_policy.reward: {url} answered HTTP 401 ({detail_of(response)}) to {sent}: set {TOKEN_ENV} "
                 "to a token of `rlhf serve reward-token NAME --tokens FILE` for this server"
