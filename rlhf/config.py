@@ -580,6 +580,12 @@ class TrainPolicyParams(Section):
     """auto: bf16 autocast on CUDA, full precision on CPU."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
+    offload_reference: bool = False
+    """Keep the frozen reference policy in CPU memory and move it to the device only for its forward,
+    so the update phase, where the policy's memory peaks, has the device without it: room for a policy
+    that does not fit beside it. Costs a host-to-device copy per forward; nothing moves on a CPU run."""
+    offload_reward_model: bool = False
+    """The same for the reward model (and the cost model) of the online reward."""
     compile: bool = False
     """torch.compile the policy and critic for the update phase."""
     compile_generation: bool = False
@@ -590,8 +596,9 @@ class TrainPolicyParams(Section):
     """0: train every weight. >0: LoRA adapters of this rank; the reference is the base with adapters off."""
     lora_alpha: float = Field(16.0, gt=0)
     lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    launcher: Literal["single", "ddp", "deepspeed_zero2", "deepspeed_zero3"] = "single"
-    """single: one process. Otherwise the stage re-runs itself under `accelerate launch` (configs/accelerate/)."""
+    launcher: Literal["single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"] = "single"
+    """single: one process. Otherwise the stage re-runs itself under `accelerate launch` (configs/accelerate/);
+    on CPU ddp runs under torchrun, the others over gloo. ZeRO-3 and fsdp (FSDP2) shard the trained weights."""
     num_processes: int = Field(1, ge=1)
     """Processes (GPUs) for a multi-process launcher."""
     checkpoint_every: int = Field(10, ge=1)
@@ -630,12 +637,14 @@ class TrainPolicyParams(Section):
             raise ValueError("minibatch_size: must divide batch_size / num_processes")
         if self.minibatch_size % (self.micro_batch_size or self.minibatch_size):
             raise ValueError("micro_batch_size: must divide minibatch_size")
-        if self.compile_generation and self.launcher == "deepspeed_zero3":
+        if self.compile_generation and self.launcher in ("deepspeed_zero3", "fsdp"):
             raise ValueError(
-                "compile_generation: not with launcher deepspeed_zero3, whose gathered weights move between rollouts"
+                f"compile_generation: not with launcher {self.launcher}, whose gathered weights move between rollouts"
             )
         if self.launcher == "single" and self.num_processes != 1:
-            raise ValueError("num_processes: needs a multi-process launcher (ddp, deepspeed_zero2, deepspeed_zero3)")
+            raise ValueError(
+                "num_processes: needs a multi-process launcher (ddp, deepspeed_zero2, deepspeed_zero3, fsdp)"
+            )
         if self.keep == "best" and (self.eval_every == 0 or self.algorithm == "dpo"):
             raise ValueError("keep: best needs the in-loop evaluation of an online algorithm (eval_every > 0, not dpo)")
         return self

@@ -36,7 +36,7 @@ from rlhf.policy_optimization.checkpoint import Checkpoints
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PPOModels, count_parameters, critic_start
 from rlhf.policy_optimization.rollout import RewardScorer
-from rlhf.policy_optimization.trainer import make_accelerator, peak_rss_mb, save_policy, train_ppo
+from rlhf.policy_optimization.trainer import make_accelerator, offloaded, peak_rss_mb, save_policy, train_ppo
 from rlhf.reward_models.cost import load_cost_model
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.rewards.rules import RulesReward
@@ -57,18 +57,18 @@ SAFETY_CURVE_COLUMNS = ["cost", "lagrange_multiplier"]
 
 def relaunch_as_processes(params: Params) -> None:
     """Run this same command as `num_processes` processes: `accelerate launch` with the launcher's
-    config on GPUs; torchrun (DDP over gloo) on CPU, where accelerate would need MPI."""
+    config (on CPU the trainer joins the processes over gloo), except DDP on CPU, which runs under
+    torchrun (accelerate would want MPI there)."""
     config = params.train_policy
     if os.environ.get("RLHF_LAUNCHED"):
         raise RuntimeError("train_policy: the launcher started a single process; see configs/accelerate/")
-    if resolve_device(params.device).type == "cpu":
-        if config.launcher != "ddp":
-            raise ConfigError(f"params.yaml: train_policy.launcher: {config.launcher} needs CUDA devices")
+    if resolve_device(params.device).type == "cpu" and config.launcher == "ddp":
         launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
         launch += [str(config.num_processes)]
     else:
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(config.num_processes)]
-        launch += ["--config_file", str(ACCELERATE_CONFIGS / f"{config.launcher}.yaml")]
+        # port 0: accelerate picks a free one, so runs side by side on one machine do not collide
+        launch += ["--config_file", str(ACCELERATE_CONFIGS / f"{config.launcher}.yaml"), "--main_process_port", "0"]
     print(f"{STAGE}: launching {config.num_processes} processes ({config.launcher})", flush=True)
     env = {**os.environ, "RLHF_LAUNCHED": "1"}
     done = subprocess.run([*launch, "-m", f"tasks.{STAGE}", *sys.argv[1:]], env=env, check=False)
@@ -194,7 +194,11 @@ def main() -> None:
     train_prompts = train_conversations(prompts)
     tokenizer = load_tokenizer(args.policy_dir)
     reward_tokenizer = load_tokenizer(args.reward_dir)
-    device = accelerator.device
+    device, cpu = accelerator.device, torch.device("cpu")
+    def frozen(model, offload: bool):
+        """A frozen model loaded on the CPU: on the device, or kept in CPU memory (offload_* keys)."""
+        return offloaded(model, device, offload)
+
     critic, critic_is_reward_model = load_critic(args, config, tokenizer, reward_tokenizer, device)
     models = PPOModels.build(
         load_policy(args.policy_dir, device),
@@ -202,13 +206,14 @@ def main() -> None:
         config,
         # The KL anchor stays the SFT policy over every round; with LoRA it is the round's start
         # policy with adapters off (no second copy is held).
-        reference=None if config.lora_rank else load_policy(args.reference_dir, device),
+        reference=None if config.lora_rank else frozen(load_policy(args.reference_dir, cpu), config.offload_reference),
         critic_is_reward_model=critic_is_reward_model,
     )
     topics = {chat.to_json(c): t for c, t in zip(chat.conversations_of(prompts), topics_of(prompts))}
     scorer = online_reward(
         config.reward,
-        lambda: RewardScorer(load_reward_model(args.reward_dir, device, reward_tokenizer.pad_token_id), reward_tokenizer),
+        lambda: RewardScorer(frozen(load_reward_model(args.reward_dir, cpu, reward_tokenizer.pad_token_id),
+                                    config.offload_reward_model), reward_tokenizer),
         params.rank_responses.principles, topics, tokenizer, device,
     )  # fmt: skip
     gold_scorer = None
@@ -216,7 +221,8 @@ def main() -> None:
         gold_scorer = RulesReward(params.rank_responses.principles, topics)  # the gold judge
     cost_scorer = None
     if config.algorithm == "ppo_lagrangian":
-        cost_scorer = RewardScorer(*load_cost_model(args.cost_dir, device))
+        cost_model, cost_tokenizer = load_cost_model(args.cost_dir, cpu)
+        cost_scorer = RewardScorer(frozen(cost_model, config.offload_reward_model), cost_tokenizer)
     evaluator = in_loop_evaluator(params, prompts, device)
     trainable, total = count_parameters(models.trained.policy)
     if accelerator.is_main_process:
@@ -256,6 +262,8 @@ def main() -> None:
         )  # fmt: skip
     save_policy(models, accelerator, tokenizer, args.model_dir)
     usage = judge_usage(scorer, accelerator)
+    # every process's own peak: under ZeRO-3 / FSDP the shards make them the figure that matters
+    peaks = accelerator.gather(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device)).tolist()
     if not accelerator.is_main_process:
         return
     for name, counts in usage.items():
@@ -272,6 +280,7 @@ def main() -> None:
     # Which iteration's policy was written (keep: last | best) and its in-loop win rate against the start.
     metrics.update(keep=config.keep, kept_iteration=result.kept_iteration, kept_win_rate=result.kept_win_rate)
     metrics.update(train_wall_s=round(time.perf_counter() - started, 1), peak_rss_mb=round(peak_rss_mb(), 1))
+    metrics["peak_rss_mb_per_process"] = [round(peak, 1) for peak in peaks]
     if usage:
         metrics["reward_usage"] = usage  # what a paid judge's ratings cost: requests, retries, tokens, price
     write_json(args.metrics, metrics)

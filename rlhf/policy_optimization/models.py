@@ -85,6 +85,8 @@ class PPOModels:
     compiled_sampler: CompiledSampler | None = None
     # The critic starts as a copy of the reward model (critic_start): its head then reads raw scores.
     critic_is_reward_model: bool = False
+    # `trained` as the engine wrapped it (set by the trainer): the ZeRO-3 / FSDP save gathers from it.
+    prepared: nn.Module | None = None
 
     @property
     def policy(self) -> PreTrainedModel:

@@ -37,8 +37,10 @@ rate against the start (eval_win_rate, in_loop_eval.py), which `keep: best` choo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
 import random
 import resource
 import sys
@@ -47,8 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, set_seed
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from rlhf import chat
@@ -100,7 +102,7 @@ class TrainerState:
             "lagrange": self.lagrange.state_dict() if self.lagrange else None,
             "kl": self.kl.state_dict(),
             "normalizer": self.normalizer.state_dict(),
-            "prompt_rng": self.prompt_rng.getstate(),
+            "prompt_rng": every_process(self.prompt_rng.getstate()),  # each process draws its own prompts
             "shuffle": self.shuffle.get_state(),
             "iteration": self.iteration,
             "history": self.history,
@@ -110,7 +112,8 @@ class TrainerState:
     def load_state_dict(self, state: dict) -> None:
         self.kl.load_state_dict(state["kl"])
         self.normalizer.load_state_dict(state["normalizer"])
-        self.prompt_rng.setstate(state["prompt_rng"])
+        prompt_rng = state["prompt_rng"]  # a list, one per process (a tuple in checkpoints of one process before)
+        self.prompt_rng.setstate(prompt_rng[_process_index()] if isinstance(prompt_rng, list) else prompt_rng)
         self.shuffle.set_state(state["shuffle"])
         self.iteration, self.history = state["iteration"], state["history"]
         self.best = state.get("best")
@@ -118,16 +121,96 @@ class TrainerState:
             self.lagrange.load_state_dict(state["lagrange"])
 
 
+SHARDED_LAUNCHERS = ("deepspeed_zero2", "deepspeed_zero3", "fsdp")
+
+
+def every_process(value) -> list:
+    """`value` of every process, in rank order. accelerate writes a registered object's state_dict
+    from the main process only, so what differs per process must be gathered into it."""
+    if not torch.distributed.is_initialized():
+        return [value]
+    values = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def _process_index() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
 def make_accelerator(params: TrainPolicyParams, device: torch.device) -> Accelerator:
     bf16 = params.mixed_precision == "bf16" or (params.mixed_precision == "auto" and device.type == "cuda")
+    sharded_on_cpu = device.type == "cpu" and params.launcher in SHARDED_LAUNCHERS and "WORLD_SIZE" in os.environ
+    if sharded_on_cpu:
+        start_sharded_engine_on_cpu()
     accelerator = Accelerator(
-        cpu=device.type == "cpu",
+        cpu=device.type == "cpu" and not sharded_on_cpu,
         mixed_precision="bf16" if bf16 else "no",
         gradient_accumulation_steps=params.minibatch_size // params.micro_batch,
     )
-    if accelerator.state.deepspeed_plugin is not None:  # no dataloader to infer it from
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = params.micro_batch
+    if accelerator.state.deepspeed_plugin is not None:  # no dataloader to infer the batch sizes from
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=params.micro_batch,
+            train_batch_size=params.minibatch_size * accelerator.num_processes,
+            gradient_clipping=params.max_grad_norm,  # one norm over policy and critic together (DeepSpeed's own)
+        )
+        if not accelerator.state.deepspeed_plugin.zero3_init_flag:
+            # accelerate registers its config with transformers whatever zero3_init_flag says, and
+            # transformers then loads every model already partitioned: the frozen reference and the
+            # reward model too, which no engine gathers. They stay whole; the engine shards the trained.
+            from transformers.integrations import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
     return accelerator
+
+
+def offloaded(model: torch.nn.Module, device: torch.device, offload: bool) -> torch.nn.Module:
+    """With `offload`, a frozen model (loaded on the CPU) kept in CPU memory and moved whole to
+    `device` only for each forward, its outputs returned where its inputs came from; else the model
+    on `device`. The update phase, where a policy's memory peaks (weights, gradients, optimizer
+    state, activations), then has the device to itself. Nothing moves on a CPU run."""
+    if not offload or device.type == "cpu":
+        return model.to(device)
+    from accelerate.utils import send_to_device
+
+    model.to("cpu")
+    callers: list[torch.device] = []
+
+    def bring(module, args, kwargs):
+        inputs = [t for t in [*args, *kwargs.values()] if torch.is_tensor(t)]
+        callers.append(inputs[0].device if inputs else device)
+        module.to(device)
+        return send_to_device(args, device), send_to_device(kwargs, device)
+
+    def send_back(module, args, kwargs, output):
+        module.to("cpu")
+        return send_to_device(output, callers.pop())
+
+    model.register_forward_pre_hook(bring, with_kwargs=True)
+    model.register_forward_hook(send_back, with_kwargs=True)
+    return model
+
+
+def fsdp_units(trained: torch.nn.Module) -> list[str]:
+    """The classes FSDP shards as units (accelerate reads `_no_split_modules`): each model's layers and
+    the policy itself, whose own forward generation calls. The critic's other weights (embeddings,
+    value head) stay with the root unit: critic_values calls its parts, never its forward, and its
+    backbone's class may be the policy's, whose embeddings are tied to the policy's head."""
+    names = {type(trained.policy).__name__, *(trained.policy._no_split_modules or [])}
+    if trained.critic is not None:
+        names |= set(trained.critic._no_split_modules or [])
+    return sorted(names)
+
+
+def start_sharded_engine_on_cpu() -> None:
+    """The process group over gloo for DeepSpeed or FSDP on CPU, before the Accelerator is built.
+
+    accelerate 1.15 picks no backend for a non-CPU launch without a GPU (so it counts one process)
+    and turns on FSDP only over GPU-like process groups; `Accelerator(cpu=True)` would give plain
+    DDP. So the shared state is started over gloo, and for FSDP marked as a multi-device run."""
+    state = PartialState(backend="gloo")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        state.distributed_type = DistributedType.MULTI_GPU  # only so that AcceleratorState turns FSDP on
 
 
 def parameter_groups(models: PPOModels, params: TrainPolicyParams) -> list[dict]:
@@ -176,8 +259,10 @@ def train_ppo(
     accelerator = accelerator or make_accelerator(params, device)
     if params.keep == "best" and (evaluator is None or params.eval_every == 0):
         raise ValueError("keep: best needs the in-loop evaluation: an evaluator and eval_every > 0")
-    if params.keep == "best" and _zero_stage(accelerator) == 3:
-        raise ConfigError("params.yaml: train_policy.keep: best is not supported under ZeRO-3 (sharded weights)")
+    if params.keep == "best" and _shards_weights(accelerator):
+        raise ConfigError(
+            f"params.yaml: train_policy.keep: best is not supported under {params.launcher} (sharded weights)"
+        )
     set_seed(seed, device_specific=True)  # each process samples different responses
     optimizer = torch.optim.Adam(parameter_groups(models, params), eps=1e-5)  # eps as in the N-details paper
     schedule = (
@@ -185,15 +270,8 @@ def train_ppo(
     )
     scheduler = get_scheduler(schedule, optimizer, params.warmup_iterations, params.iterations)
     models.trained.train()
-    trained, optimizer = accelerator.prepare(models.trained, optimizer)
-    update_forward = torch.compile(trained) if params.compile else trained
     if params.compile_generation:
         models.compiled_sampler = CompiledSampler(models.trained.policy)
-    if _zero_stage(accelerator) == 3:
-        import deepspeed  # only present where ZeRO is configured
-
-        policy = models.trained.policy
-        models.generation_context = lambda: deepspeed.zero.GatheredParameters(list(policy.parameters()))
     state = TrainerState(
         kl_controller(params),
         ScoreNormalizer(params.score_normalization),
@@ -213,23 +291,34 @@ def train_ppo(
         drawn = [state.prompt_rng.choice(prompts) for _ in range(local_batch // repeats)]
         return [prompt for prompt in drawn for _ in range(repeats)]
 
-    checkpoints, resumed_from = None, None
-    if checkpoint_dir is not None:
-        checkpoints = Checkpoints(checkpoint_dir, fingerprint or {}, accelerator)
-        latest = checkpoints.latest()
-        if latest is not None:
-            accelerator.load_state(str(latest))
-            resumed_from = state.iteration
-            # The rows before the checkpoint too: a tracker whose files a re-run cleared logs them again.
-            log({"resumed_from": resumed_from, "checkpoint": str(latest), "history": list(state.history)})
-        else:
-            checkpoints.start_fresh()
-    if resumed_from is None and params.score_normalization != "none":
+    checkpoints = Checkpoints(checkpoint_dir, fingerprint or {}, accelerator) if checkpoint_dir is not None else None
+    latest = checkpoints.latest() if checkpoints else None
+    if latest is None and params.score_normalization != "none":
         # initial: these are the statistics; running: they seed the running ones. Either way the
-        # critic copied from the reward model starts on the scale its returns will be on.
+        # critic copied from the reward model starts on the scale its returns will be on. Before the
+        # engine wraps the models: ZeRO copies the weights it will update (its fp32 master) at prepare.
         calibrate(models, scorer, state.normalizer, tokenizer, sample_prompts(), params, accelerator)
-        if models.critic_is_reward_model and _zero_stage(accelerator) != 3:  # ZeRO-3 shards the head
+        if models.critic_is_reward_model:
             models.normalize_critic_head(state.normalizer.mean, state.normalizer.std)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        models.trained._no_split_modules = fsdp_units(models.trained)
+    trained, optimizer = accelerator.prepare(models.trained, optimizer)
+    models.prepared = trained
+    if accelerator.is_fsdp2:
+        # FSDP2 takes the first unit to run for its root; the rollout runs the policy and the critic's
+        # parts before the update runs the whole, so the whole is made the root now (no public call does).
+        trained._get_fsdp_state()._lazy_init()
+    update_forward = torch.compile(trained) if params.compile else trained
+    if _shards_weights(accelerator):
+        models.generation_context = functools.partial(gathered, accelerator, models.trained.policy)
+    resumed_from = None
+    if latest is not None:
+        accelerator.load_state(str(latest))
+        resumed_from = state.iteration
+        # The rows before the checkpoint too: a tracker whose files a re-run cleared logs them again.
+        log({"resumed_from": resumed_from, "checkpoint": str(latest), "history": list(state.history)})
+    elif checkpoints:
+        checkpoints.start_fresh()
     recompute = None
     if params.recompute_old_logprobs:
         recompute = functools.partial(recompute_logprobs, update_forward, params)
@@ -239,7 +328,7 @@ def train_ppo(
         iteration_started = device_clock(device)
         reset_peak_memory(device)
         batch_prompts = sample_prompts()
-        with accelerator.autocast():  # bf16 on CUDA, as the update phase: rollout log-probs match its own
+        with accelerator.autocast(), whole_for_rollout(models):  # bf16 on CUDA, as the update: log-probs match
             rollout, stats = collect_rollout(
                 models, scorer, state.normalizer, tokenizer, batch_prompts, params, state.kl.value,
                 all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
@@ -578,9 +667,9 @@ def gold_plateau(history: list[dict], params: TrainPolicyParams) -> str | None:
 
 
 def save_policy(models: PPOModels, accelerator: Accelerator, tokenizer, directory: str | Path) -> None:
-    """Write the trained policy as a plain transformers model: LoRA merged, ZeRO-3 shards gathered."""
+    """Write the trained policy as a plain transformers model: LoRA merged, ZeRO-3 / FSDP shards gathered."""
     accelerator.wait_for_everyone()
-    state = accelerator.get_state_dict(models.trained) if _zero_stage(accelerator) == 3 else None
+    state = accelerator.get_state_dict(models.prepared) if _shards_weights(accelerator) else None
     if accelerator.is_main_process:
         policy = models.trained_policy()
         if state is not None:
@@ -590,6 +679,54 @@ def save_policy(models: PPOModels, accelerator: Accelerator, tokenizer, director
     accelerator.wait_for_everyone()
 
 
+@contextlib.contextmanager
+def whole_for_rollout(models: PPOModels):
+    """FSDP2 gathers a unit's weights when that unit's own forward runs; the rollout reads the
+    critic's embeddings and value head, which belong to the root unit, without the root's forward, so
+    the root's own weights are gathered for the rollout (the layers still gather one at a time)."""
+    root = models.prepared if models.prepared is not None and accelerator_is_fsdp(models.prepared) else None
+    if root is not None:
+        root.unshard()
+    try:
+        yield
+    finally:
+        if root is not None:
+            root.reshard()
+
+
+def accelerator_is_fsdp(module: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
 def _zero_stage(accelerator: Accelerator) -> int:
     plugin = accelerator.state.deepspeed_plugin
     return plugin.zero_stage if plugin is not None else 0
+
+
+def _shards_weights(accelerator: Accelerator) -> bool:
+    """ZeRO-3 and FSDP hold a shard of each trained weight per process; ZeRO-2 and DDP hold them whole."""
+    return _zero_stage(accelerator) == 3 or accelerator.distributed_type == DistributedType.FSDP
+
+
+@contextlib.contextmanager
+def gathered(accelerator: Accelerator, module: torch.nn.Module):
+    """`module`'s whole weights in every process for the block: ZeRO-3 gathers its shards; FSDP2
+    keeps each layer's gathered weights across the block's forwards (generation's decode steps)
+    instead of gathering them again per step, then frees them. Nothing to do under the other engines."""
+    if _zero_stage(accelerator) == 3:
+        import deepspeed  # only present where ZeRO is configured
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            yield
+        return
+    units = [m for m in module.modules() if accelerator_is_fsdp(m)] if accelerator.is_fsdp2 else []
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True, recurse=False)
