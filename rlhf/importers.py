@@ -54,8 +54,6 @@ from rlhf import chat
 from rlhf.errors import InputError
 from rlhf.jsonl import read_text
 from rlhf.prompts import PROMPT_COLUMNS, split_of
-from rlhf.ranking import RANKING_COLUMNS
-from rlhf.sampling import RESPONSE_COLUMNS
 from rlhf.store import HUMAN_JUDGE
 
 AI_RATED_JUDGE = "ultrafeedback"  # the judge of UltraFeedback's rankings: GPT-4 rated its completions
@@ -202,6 +200,10 @@ def _frames(rankings: list[Ranking], source: str, test_fraction: float) -> tuple
             reasons = json.dumps(reply.reasons)
             rows.append((ranking_id, response_id, prompt_id, reply.rank, float(-reply.rank), reasons, ranking.judge,
                          ranking.annotator))  # fmt: skip
+    # Here, not at the top: ranking and sampling load torch, which `rlhf --help` and `rlhf store` never need.
+    from rlhf.ranking import RANKING_COLUMNS
+    from rlhf.sampling import RESPONSE_COLUMNS
+
     return (
         pd.DataFrame(list(prompts.values()), columns=PROMPT_COLUMNS).astype({"source_row": "Int64"}),
         pd.DataFrame(list(responses.values()), columns=RESPONSE_COLUMNS),

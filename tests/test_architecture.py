@@ -54,3 +54,10 @@ def test_the_architecture_page_names_every_package_of_the_library():
     packages = sorted(p.parent.name for p in (ROOT / "rlhf").glob("*/__init__.py"))
     missing = [name for name in packages if f"`{name}/`" not in page]
     assert not missing, f"docs/architecture.md does not mention {missing}"
+
+
+def test_the_command_line_loads_no_model_code_until_a_command_needs_it():
+    """`rlhf --help` and the store commands answer without torch (it took 8 s of CPU to load for a help text)."""
+    probe = "import sys, rlhf.cli; print(sorted({'torch', 'transformers', 'trl'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
