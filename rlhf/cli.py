@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     store = commands.add_parser("store", help="inspect the DuckDB feedback store")
-    store.add_argument("--path", default="feedback.duckdb", help="the store file (default: feedback.duckdb)")
+    # --store as every other command takes it; --path, the older spelling, still reads
+    store.add_argument("--store", "--path", dest="path", default="feedback.duckdb",
+                       help="the store file (default: feedback.duckdb)")  # fmt: skip
     actions = store.add_subparsers(dest="action", required=True)
     actions.add_parser("stats", help="row counts of every table", description="Example: rlhf store stats")
     query = actions.add_parser(

@@ -147,7 +147,7 @@ def test_each_annotator_against_the_consensus_and_the_ai_judge_and_the_low_ones_
     assert people["carol"]["ai"]["rules"]["accuracy"] == 0.0
     assert report["low_agreement"]["annotators"] == ["carol"]
 
-    assert main(["store", "--path", str(store.path), "agreement"]) == 0
+    assert main(["store", "--store", str(store.path), "agreement"]) == 0
     printed = capsys.readouterr().out
     assert "Krippendorff's alpha" in printed
     assert "low agreement (kappa with the consensus under 0.2): carol" in printed
