@@ -6,19 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import torch
 
 from rlhf import chat
 from rlhf.config import HumanSelectionParams, RankResponsesParams
 from rlhf.judges import Judge
 from rlhf.judges.base import all_pairs
 from rlhf.judges.rules import is_unsafe
-from rlhf.models import load_tokenizer, resolve_device
-from rlhf.reward_models.ensemble import load_reward_model, member_scores
 from rlhf.selection import Selection, bald, select
 from rlhf.text import config_digest, content_id
+
+if TYPE_CHECKING:
+    import torch
 
 RANKING_COLUMNS = ["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"]
 QUEUE_COLUMNS = ["item_id", "prompt_id", "response_ids", "reason"]
@@ -130,6 +132,10 @@ def response_member_scores(
     model_dir: str | Path, prompts: pd.DataFrame, responses: pd.DataFrame, device: str | torch.device
 ) -> dict[str, np.ndarray]:
     """Each response's reward under every member of the reward model in `model_dir`.  id -> (M,)"""
+    # Here, not at the top: the rules judge's stage ranks without torch (it spent ~8 s importing it).
+    from rlhf.models import load_tokenizer, resolve_device
+    from rlhf.reward_models.ensemble import load_reward_model, member_scores
+
     tokenizer = load_tokenizer(model_dir)
     model = load_reward_model(model_dir, resolve_device(device), tokenizer.pad_token_id).eval()
     conversations = dict(zip(prompts["prompt_id"], chat.conversations_of(prompts)))
