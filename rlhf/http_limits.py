@@ -174,7 +174,8 @@ def validation_line(error: RequestValidationError) -> str:
     """FastAPI's validation errors as one line: `where: what` for each, without the input."""
     parts = []
     for problem in error.errors()[:5]:
-        where = ".".join(str(part) for part in problem.get("loc", ())[1:]) or "body"
+        # a field name comes from the client: one with a newline or other control character is quoted
+        where = ".".join(str(p) if str(p).isprintable() else repr(p) for p in problem.get("loc", ())[1:]) or "body"
         parts.append(f"{where}: {problem.get('msg', 'invalid')}")
     more = len(error.errors()) - len(parts)
     return printable("; ".join(parts) + (f"; and {more} more" if more > 0 else ""))
