@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from rlhf.config import PARAMS_FILE, load_params
 from rlhf.errors import InputError
 
 # Names of fields that measure the run rather than the result (and provenance that names the run).
@@ -151,7 +152,7 @@ def verify(
             elif source.is_file():
                 (before / out).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, before / out)
-        store = yaml.safe_load((root / "params.yaml").read_text()).get("store", {}).get("path", "feedback.duckdb")
+        store = load_params(clone / PARAMS_FILE).store.path  # the commit's params, with the schema's default
         if with_store and (root / store).exists():
             shutil.copy2(root / store, clone / store)
             log(f"verify: the clone starts from a copy of {store}")
