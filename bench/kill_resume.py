@@ -3,8 +3,9 @@ finish; count the store's rows lost or doubled and compare the final snapshot wi
 run's (issue 27).
 
 Each kill lands at a random moment: a stage drawn at random, then a random delay into it (a
-uniform moment over the whole run would land mostly in the flow's start-up). Each round asks for more prompts (collect_prompts.max_prompts grows), so every run has new
-responses, rankings and training to do when it is killed. After the kills a run finishes; then a
+uniform moment over the whole run would land mostly in the flow's start-up). Each round asks for
+more prompts (collect_prompts.max_prompts grows), so every run has new responses, rankings and
+training to do when it is killed. After the kills a run finishes; then a
 fresh clone of the same commit runs uninterrupted from an empty store. Rows lost or doubled are
 counted on the store's content keys (a ranking's judge, prompt and responses; a pair's ranking and
 ids): the killed store must hold exactly the rankings of the configurations whose rank_responses
