@@ -30,7 +30,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 import httpx
 import numpy as np
@@ -80,22 +81,30 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_page(store_path: Path, tokens_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "rlhf.cli", "annotate", "--store", str(store_path), "serve",
-               "--tokens", str(tokens_path), "--port", str(port), "--params", "/nonexistent-params.yaml"]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    address, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+def start(tree: Path, arguments: list[str], port: int) -> subprocess.Popen:
+    """`python -m rlhf.cli ARGUMENTS --port PORT` from `tree` (first on the path); returns once it answers."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rlhf.cli", *arguments, "--port", str(port)], cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
     while True:
         if server.poll() is not None:
-            raise SystemExit(f"the page did not start: {server.stderr.read()}")
+            raise SystemExit(f"{tree}: {' '.join(arguments[:2])} did not start: {server.stderr.read()[-2000:]}")
         try:
-            httpx.get(address, timeout=1)
-            return server, address
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return server
         except httpx.TransportError:
             if time.monotonic() > deadline:
-                raise SystemExit("the page did not start in 120 s") from None
+                raise SystemExit(f"{tree}: {' '.join(arguments[:2])} did not start in 180 s") from None
             time.sleep(0.2)
+
+
+def start_page(store_path: Path, tokens_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    arguments = ["annotate", "--store", str(store_path), "serve", "--tokens", str(tokens_path),
+                 "--params", "/nonexistent-params.yaml"]  # fmt: skip
+    return start(ROOT, arguments, port), f"http://127.0.0.1:{port}"
 
 
 class Annotator:
@@ -142,7 +151,10 @@ def percentile_ms(seconds: list[float], q: float) -> float | None:
     return round(float(np.percentile(seconds, q)) * 1000, 1) if seconds else None
 
 
-def measure(workdir: Path, clients: int, seconds: float, lock_seconds: float, items: int) -> dict:
+def measure(
+    workdir: Path, clients: int, seconds: float, lock_seconds: float, items: int, drain_timeout_s: float = 600
+) -> dict:
+    """One configuration (the module docstring); the drain is waited for at most `drain_timeout_s`."""
     store = queued_store(workdir / "feedback.duckdb", items)
     tokens = {f"bench-token-{i:02d}-0123456789": f"annotator-{i}" for i in range(clients)}
     (workdir / "annotators.json").write_text(json.dumps(tokens))
@@ -169,7 +181,7 @@ def measure(workdir: Path, clients: int, seconds: float, lock_seconds: float, it
             holder.wait(timeout=lock_seconds + 60)
         released = time.monotonic()
         acknowledged = {(a.name, item_id) for a in annotators for item_id in a.acknowledged}
-        deadline = released + 600
+        deadline = released + drain_timeout_s
         while not acknowledged <= (found := stored_rankings(store)) and time.monotonic() < deadline:
             time.sleep(1.0)
         drain_s = time.monotonic() - released

@@ -37,31 +37,12 @@ sys.path.insert(0, str(ROOT))
 import httpx
 import numpy as np
 
-from bench.annotation_load import free_port, queued_store
+from bench.annotation_load import free_port, queued_store, start
 from bench.machine import machine
 
 CLIENTS = (1, 8, 64)
 QUERIES_PER_REQUEST = 8
 QUERY = "Human: tell me about owls . answer :\n\nAssistant: owls hunt at night and sleep by day , thanks"
-
-
-def start(tree: Path, arguments: list[str], port: int) -> subprocess.Popen:
-    """`python -m rlhf.cli ARGUMENTS --port PORT` from `tree`; returns once it answers."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rlhf.cli", *arguments, "--port", str(port)], cwd=tree,
-        env={**os.environ, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while True:
-        if server.poll() is not None:
-            raise SystemExit(f"{tree}: {' '.join(arguments[:2])} did not start: {server.stderr.read()[-2000:]}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
-            return server
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{tree}: {' '.join(arguments[:2])} did not start in 180 s") from None
-            time.sleep(0.3)
 
 
 async def reward_client(client: httpx.AsyncClient, until: float, latencies: list, statuses: Counter) -> None:

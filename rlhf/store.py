@@ -602,40 +602,12 @@ class FeedbackStore:
         (NULL) reads as one user turn, or one assistant turn, of its text. With `suggest`, the item
         carries the AI judge's ranking of its responses where one ranked them all."""
         with self.transaction() as con:
-            overlap = self._overlap(con)
-            row = con.execute(
-                f"""SELECT q.item_id, q.prompt_id, p.prompt, p.messages, q.response_ids
-                    FROM ({QUEUE_ORDER}) q JOIN prompts p USING (prompt_id)
-                    WHERE q.item_id NOT IN (SELECT item_id FROM annotation_events
-                                            WHERE annotator = ? AND action IN ('ranked', 'skipped'))
-                      AND (CAST(? AS INTEGER) IS NULL OR q.people < ?)
-                    ORDER BY q.closest ASC NULLS LAST, q.created_at, q.item_id LIMIT 1""",
-                [annotator, overlap, overlap],
-            ).fetchone()
-            if row is None:
+            rows, texts = self._open_items(con, self._overlap(con), 1, annotator)
+            if not rows:
                 return None
-            item_id, prompt_id, prompt, prompt_messages, response_ids = row
-            ids = json.loads(response_ids)
-            responses = {
-                response_id: {
-                    "response_id": response_id,
-                    "text": text,
-                    "messages": chat.from_json(messages) if messages else chat.assistant_turns(text),
-                }
-                for response_id, text, messages in con.execute(
-                    "SELECT response_id, response, messages FROM responses WHERE list_contains(?, response_id)", [ids]
-                ).fetchall()
-            }
-            suggestion = self._suggestion(con, prompt_id, ids) if suggest else None
-        item = {
-            "item_id": item_id,
-            "prompt_id": prompt_id,
-            "prompt": prompt,
-            "messages": chat.from_json(prompt_messages) if prompt_messages else chat.as_conversation(prompt),
-            "responses": [responses[i] for i in ids],
-        }
-        if suggest:
-            item["suggestion"] = suggestion
+            item = self._item(rows[0], texts)
+            if suggest:
+                item["suggestion"] = self._suggestion(con, item["prompt_id"], json.loads(rows[0][4]))
         return item
 
     def open_queue(self, limit: int = 5000) -> dict:
@@ -645,36 +617,53 @@ class FeedbackStore:
         skipped; `overlap`; `complete`, False when `limit` cut the queue."""
         with self.transaction() as con:
             overlap = self._overlap(con)
-            rows = con.execute(
-                f"""SELECT q.item_id, q.prompt_id, p.prompt, p.messages, q.response_ids, q.people
-                    FROM ({QUEUE_ORDER}) q JOIN prompts p USING (prompt_id)
-                    WHERE CAST(? AS INTEGER) IS NULL OR q.people < ?
-                    ORDER BY q.closest ASC NULLS LAST, q.created_at, q.item_id LIMIT ?""",
-                [overlap, overlap, limit + 1],
-            ).fetchall()
-            ids = sorted({i for row in rows[:limit] for i in json.loads(row[4])})
-            texts = {
-                response_id: (text, messages)
-                for response_id, text, messages in con.execute(
-                    "SELECT response_id, response, messages FROM responses WHERE list_contains(?, response_id)", [ids]
-                ).fetchall()
-            }
+            rows, texts = self._open_items(con, overlap, limit + 1)
             done = set(
                 con.execute(
                     "SELECT DISTINCT annotator, item_id FROM annotation_events WHERE action IN ('ranked', 'skipped')"
                 ).fetchall()
             )
-        items = []
-        for item_id, prompt_id, prompt, prompt_messages, response_ids, people in rows[:limit]:
-            responses = [
-                {"response_id": i, "text": texts[i][0],
-                 "messages": chat.from_json(texts[i][1]) if texts[i][1] else chat.assistant_turns(texts[i][0])}
-                for i in json.loads(response_ids)
-            ]  # fmt: skip
-            messages = chat.from_json(prompt_messages) if prompt_messages else chat.as_conversation(prompt)
-            items.append({"item_id": item_id, "prompt_id": prompt_id, "prompt": prompt, "messages": messages,
-                          "responses": responses, "people": people})  # fmt: skip
+        items = [{**self._item(row, texts), "people": row[5]} for row in rows[:limit]]
         return {"items": items, "done": done, "overlap": overlap, "complete": len(rows) <= limit}
+
+    @staticmethod
+    def _open_items(
+        con: duckdb.DuckDBPyConnection, overlap: int | None, limit: int, annotator: str | None = None
+    ) -> tuple[list[tuple], dict[str, tuple]]:
+        """The first `limit` items still open, in QUEUE_ORDER's order (with `annotator`, only those they
+        have neither ranked nor skipped): rows (item_id, prompt_id, prompt, messages, response_ids,
+        people), and {response_id: (text, messages)} of their responses."""
+        rows = con.execute(
+            f"""SELECT q.item_id, q.prompt_id, p.prompt, p.messages, q.response_ids, q.people
+                FROM ({QUEUE_ORDER}) q JOIN prompts p USING (prompt_id)
+                WHERE q.item_id NOT IN (SELECT item_id FROM annotation_events
+                                        WHERE annotator = ? AND action IN ('ranked', 'skipped'))
+                  AND (CAST(? AS INTEGER) IS NULL OR q.people < ?)
+                ORDER BY q.closest ASC NULLS LAST, q.created_at, q.item_id LIMIT ?""",
+            [annotator, overlap, overlap, limit],
+        ).fetchall()
+        ids = sorted({i for row in rows for i in json.loads(row[4])})
+        texts = con.execute(
+            "SELECT response_id, response, messages FROM responses WHERE list_contains(?, response_id)", [ids]
+        ).fetchall()
+        return rows, {response_id: (text, messages) for response_id, text, messages in texts}
+
+    @staticmethod
+    def _item(row: tuple, texts: dict[str, tuple]) -> dict:
+        """A row of _open_items as next_item's item (without a suggestion), its texts from `texts`."""
+        item_id, prompt_id, prompt, prompt_messages, response_ids = row[:5]
+        responses = [
+            {"response_id": i, "text": texts[i][0],
+             "messages": chat.from_json(texts[i][1]) if texts[i][1] else chat.assistant_turns(texts[i][0])}
+            for i in json.loads(response_ids)
+        ]  # fmt: skip
+        return {
+            "item_id": item_id,
+            "prompt_id": prompt_id,
+            "prompt": prompt,
+            "messages": chat.from_json(prompt_messages) if prompt_messages else chat.as_conversation(prompt),
+            "responses": responses,
+        }
 
     @staticmethod
     def _suggestion(con: duckdb.DuckDBPyConnection, prompt_id: str, ids: list[str]) -> dict | None:

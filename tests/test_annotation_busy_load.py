@@ -12,7 +12,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def test_eight_annotators_through_a_held_store_lose_nothing_and_never_see_a_500(tmp_path):
-    result = measure(tmp_path, clients=8, seconds=6.0, lock_seconds=7.0, items=400)
+    result = measure(tmp_path, clients=8, seconds=6.0, lock_seconds=7.0, items=400, drain_timeout_s=60)
     assert result["acknowledged"] > 0 and not result["queue_exhausted"]
     assert result["lost"] == 0, result
     assert result["answered_500"] == 0 and result["answered_5xx"] == 0, result

@@ -3,7 +3,6 @@
 
 import asyncio
 import contextlib
-import hashlib
 import socket
 import threading
 import time
@@ -15,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from rlhf import chat
+from rlhf.annotation.annotators import hash_token
 from rlhf.config import ContainsAny, ExcludesAll, MentionsTopic, WordCount
 from rlhf.models import load_tokenizer
 from rlhf.policy_optimization.rollout import RewardScorer
@@ -156,7 +156,7 @@ def test_client_sends_the_token_in_rlhf_reward_token_to_a_tokened_server(
 ):
     _, reward_dir = reward_model_server
     token = "trainer-token-0123456789abcdef"
-    hashes = {hashlib.sha256(token.encode()).hexdigest(): "trainer"}
+    hashes = {hash_token(token): "trainer"}
     with serving(load_reward_app(reward_dir, device="cpu", batch_size=2, token_hashes=hashes)) as address:
         url = address + ROUTE
         monkeypatch.delenv(TOKEN_ENV, raising=False)

@@ -5,8 +5,12 @@ unless told otherwise, no API docs unless asked. Each test runs a real uvicorn o
 import contextlib
 import hashlib
 import json
+import shutil
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -309,9 +313,6 @@ def test_bad_yaml_is_one_line_naming_file_line_and_column_from_loader_flow_and_s
     with pytest.raises(ConfigError) as flow:  # before DVC reads the file (its trace ran 272 lines)
         pipeline_stages(tmp_path)
     assert str(loader.value) == str(flow.value) == expected
-    import subprocess
-    import sys
-
     stage = subprocess.run(
         [sys.executable, "-m", "tasks.collect_prompts", "--params", str(tmp_path / "params.yaml"), "--prompts",
          str(tmp_path / "prompts.parquet")],
@@ -324,11 +325,6 @@ def test_dvc_repro_on_bad_yaml_names_file_line_and_column_without_a_traceback(tm
     """`dvc repro` reads params.yaml itself, before any code of ours runs: its own error is what people
     see. Pinned here: no traceback, the file, the line and the column named (DVC's message is 7 lines:
     the problem, and ruamel's marks with the offending text)."""
-    import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
-
     for name in ("dvc.yaml", "params.yaml", "rounds.yaml"):
         shutil.copy(project_root / name, tmp_path / name)
     good_lines = len((tmp_path / "params.yaml").read_text().splitlines())

@@ -72,7 +72,7 @@ class StoreBusy(Exception):
 
 def is_busy(error: BaseException) -> bool:
     """The store could not be opened in time: another process holds it (try again later)."""
-    return isinstance(error, (filelock.Timeout, StoreBusy)) or (
+    return isinstance(error, filelock.Timeout) or (
         isinstance(error, StoreError) and "cannot open the store" in str(error)
     )
 
