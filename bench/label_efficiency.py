@@ -54,6 +54,7 @@ from bench.reward_backbones import HH_SAMPLE, hh_comparisons, minilm_dir
 from bench.reward_recipe import in_validation
 from rlhf.active_learning import LinearRewardEnsemble, PreferencePool, encoder_features, run_rounds
 from rlhf.judges.rules import words
+from rlhf.ranking import every_pair
 from rlhf.scoring import frame_exchanges
 from rlhf.simulated_annotators import DEFAULT_POOL, AnnotatorPool
 
@@ -87,12 +88,11 @@ def response_features(comparisons: pd.DataFrame, max_length: int, cache: Path | 
 
 def pair_pool(comparisons: pd.DataFrame, chosen: np.ndarray, rejected: np.ndarray, swap: np.ndarray) -> PreferencePool:
     """Pairs shown as (a, b): (chosen, rejected), or (rejected, chosen) where `swap`."""
-    lengths = np.array([[len(words(t)) for t in last_turns(comparisons, s)] for s in ("chosen", "rejected")])
+    chosen_words, rejected_words = ([len(words(t)) for t in last_turns(comparisons, s)] for s in ("chosen", "rejected"))
     sign = np.where(swap, -1.0, 1.0)
-    chosen_longer = lengths[0] > lengths[1]
+    longer_by = (np.array(chosen_words) - np.array(rejected_words)) * sign  # a's words minus b's
     return PreferencePool(
-        diffs=(chosen - rejected) * sign[:, None], a_is_better=~swap,
-        a_is_longer=np.where(swap, ~chosen_longer & (lengths[0] != lengths[1]), chosen_longer),
+        diffs=(chosen - rejected) * sign[:, None], a_is_better=~swap, a_is_longer=longer_by > 0,
         prompt_ids=comparisons["prompt_id"].to_numpy(),
     )  # fmt: skip
 
@@ -100,7 +100,7 @@ def pair_pool(comparisons: pd.DataFrame, chosen: np.ndarray, rejected: np.ndarra
 def demo_pools(data: Path, max_length: int, cache: Path | None, pairs_per_split: dict, seed: int = 0):
     """The demo: every strict pair of a prompt's K responses, the rule judge's scores (data/rankings.parquet)
     as the oracle, MiniLM features of each whole exchange (the rules read the prompt's topic).
-    (train pool as a function of the orientation swap, test pool, train prompt ids, pairs kept per split)."""
+    (train pool, test pool), each of at most `pairs_per_split[split]` pairs drawn with `seed`."""
     prompts = pd.read_parquet(data / "prompts.parquet")
     responses = pd.read_parquet(data / "responses.parquet").sort_values(["prompt_id", "sample_index"])
     score = pd.read_parquet(data / "rankings.parquet").set_index("response_id")["score"]
@@ -109,10 +109,8 @@ def demo_pools(data: Path, max_length: int, cache: Path | None, pairs_per_split:
     features = dict(zip(responses["response_id"], cached_features(exchange, max_length, cache)))
     lengths = dict(zip(responses["response_id"], (len(words(r)) for r in responses["response"])))
     split = dict(zip(prompts["prompt_id"], prompts["split"]))
-    rows = [(prompt_id, a, b) for prompt_id, group in responses.groupby("prompt_id", sort=True)
-            for i, a in enumerate(group["response_id"]) for b in list(group["response_id"])[i + 1 :]
-            if score[a] != score[b]]  # fmt: skip
-    pairs = pd.DataFrame(rows, columns=["prompt_id", "a", "b"])
+    pairs = every_pair(responses).rename(columns={"response_a": "a", "response_b": "b"})
+    pairs = pairs[[score[a] != score[b] for a, b in zip(pairs["a"], pairs["b"])]]
     pairs["split"] = pairs["prompt_id"].map(split)
     pools = {}
     for name, count in pairs_per_split.items():

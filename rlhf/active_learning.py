@@ -24,6 +24,7 @@ import torch
 from transformers import AutoModel
 
 from rlhf.models import load_tokenizer
+from rlhf.reward_models import report
 from rlhf.scoring import batch_of, encode
 from rlhf.selection import Selection, bald, select
 from rlhf.simulated_annotators import AnnotatorPool
@@ -82,7 +83,7 @@ class LinearRewardEnsemble:
     def accuracy(self, diffs: np.ndarray, a_is_better: np.ndarray) -> float:
         """How often the members' mean margin orders a pair as the true label does; 0 counts half."""
         mean = self.margins(diffs).mean(0)
-        return float(np.mean(np.where(mean == 0, 0.5, (mean > 0) == a_is_better)))
+        return report.accuracy(np.where(a_is_better, mean, -mean))
 
 
 @dataclass
@@ -103,10 +104,11 @@ def run_rounds(
     fits the ensemble and lets `policy` pick `budget` more. One record per round after its labels:
     {labels, test_accuracy}."""
     rng = np.random.default_rng(seed)
-    labelled = list(rng.choice(len(pool.diffs), size=budget, replace=False))
-    answers = list(annotators.answer(pool.a_is_better[labelled], pool.a_is_longer[labelled]).prefers_a)
-    curve = []
+    chosen = list(rng.choice(len(pool.diffs), size=budget, replace=False))
+    labelled, answers, curve = [], [], []
     for round_ in range(rounds):
+        labelled += chosen
+        answers += list(annotators.answer(pool.a_is_better[chosen], pool.a_is_longer[chosen]).prefers_a)
         model = LinearRewardEnsemble.fit(pool.diffs[labelled], np.array(answers), members, l2, rng)
         curve.append({"labels": len(labelled), "test_accuracy": model.accuracy(test.diffs, test.a_is_better)})
         if round_ == rounds - 1:
@@ -116,6 +118,4 @@ def run_rounds(
         if policy in ("uncertainty", "mix"):
             candidates["uncertainty"] = bald(model.margins(pool.diffs[rest]))
         chosen = list(select(candidates, budget, policy, seed=int(rng.integers(2**31)))["row"])
-        labelled += chosen
-        answers += list(annotators.answer(pool.a_is_better[chosen], pool.a_is_longer[chosen]).prefers_a)
     return curve

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,7 +15,7 @@ from rlhf.config import HumanSelectionParams, RankResponsesParams
 from rlhf.judges import Judge
 from rlhf.judges.base import all_pairs
 from rlhf.judges.rules import is_unsafe
-from rlhf.selection import Selection, bald, select
+from rlhf.selection import bald, select
 from rlhf.text import config_digest, content_id
 
 if TYPE_CHECKING:
@@ -33,32 +32,37 @@ def queue_item(prompt_id: str, response_ids: list[str], reason: str) -> tuple:
     return (content_id(prompt_id, *ids), prompt_id, json.dumps(ids), reason)
 
 
+def _by_prompt(responses: pd.DataFrame):
+    """Each prompt's responses in sample order, prompts in id order: (prompt_id, group) pairs."""
+    return responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True)
+
+
 def queue_everything(responses: pd.DataFrame) -> pd.DataFrame:
     """Judge `human`: every prompt's K responses go to people."""
-    groups = responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True)
-    rows = [queue_item(prompt_id, list(group["response_id"]), "human") for prompt_id, group in groups]
+    rows = [queue_item(prompt_id, list(group["response_id"]), "human") for prompt_id, group in _by_prompt(responses)]
     return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
 
 
-PAIR_COLUMNS = ["prompt_id", "response_a", "response_b", "judge_margin"]
+def every_pair(responses: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of each prompt's responses, in prompt then sample order (judge_all's order)."""
+    rows = [
+        (prompt_id, ids[i], ids[j])
+        for prompt_id, group in _by_prompt(responses)
+        for ids in [list(group["response_id"])]
+        for i, j in all_pairs(len(ids))
+    ]
+    return pd.DataFrame(rows, columns=["prompt_id", "response_a", "response_b"])
 
 
 def rank_all(
-    judge: Judge,
-    prompts: pd.DataFrame,
-    responses: pd.DataFrame,
-    batch_prompts: int = 32,
-    progress=None,
-    route_below: float | None = None,
-    unsafe_words: list[str] | None = None,
+    judge: Judge, prompts: pd.DataFrame, responses: pd.DataFrame, route_below: float | None = None, **judging
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rankings, queue): the judge's rankings, and the pairs whose confidence is below `route_below`
-    (hybrid routing) as items for the human queue. With `unsafe_words`, each response's reasons
-    also say whether it is unsafe (the harmlessness label, independent of its rank)."""
-    rankings, pairs = judge_all(judge, prompts, responses, batch_prompts, progress, unsafe_words)
+    """(rankings, queue): judge_all's rankings (`judging`: its batch_prompts, progress, unsafe_words),
+    and the pairs whose confidence is below `route_below` (hybrid routing) as items for the human queue."""
+    rankings, pairs = judge_all(judge, prompts, responses, **judging)
     if route_below is None:
         return rankings, pd.DataFrame([], columns=QUEUE_COLUMNS)
-    return rankings, low_confidence_queue(pairs, route_below)
+    return rankings, pair_queue(low_confidence(pairs, route_below))
 
 
 def judge_all(
@@ -69,14 +73,15 @@ def judge_all(
     progress=None,
     unsafe_words: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rankings, pairs): the judge's rankings, and every pair of each prompt's responses with the
-    judge's confidence in its order (`judge_margin`, |2 P - 1|), in prompt then pair order."""
+    """(rankings, pairs): the judge's rankings, and every pair of each prompt's responses (every_pair)
+    with the judge's confidence in its order (`judge_margin`, |2 P - 1|). With `unsafe_words`, each
+    response's reasons also say whether it is unsafe (the harmlessness label, independent of its rank)."""
     # The unsafe words label the ranking too: other words are another ranking of the same responses.
     version = f"{judge.version}+unsafe-{config_digest(*unsafe_words)}" if unsafe_words else judge.version
     by_prompt = prompts.set_index("prompt_id")
     conversations = dict(zip(prompts["prompt_id"], chat.conversations_of(prompts)))
-    groups = list(responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True))
-    rows, pairs = [], []
+    groups = list(_by_prompt(responses))
+    rows, margins = [], []
     for start in range(0, len(groups), batch_prompts):
         chunk = groups[start : start + batch_prompts]
         items = []
@@ -94,31 +99,22 @@ def judge_all(
                     reasons = {**reasons, "unsafe": is_unsafe(text, unsafe_words)}
                 reasons_json = json.dumps(reasons, sort_keys=True)
                 rows.append((ranking_id, response_id, prompt_id, rank, score, reasons_json, judge.name, version))
-            ids = list(group["response_id"])
-            pairs += [(prompt_id, ids[i], ids[j], judgement.confidence(i, j)) for i, j in all_pairs(len(ids))]
+            margins += [judgement.confidence(i, j) for i, j in all_pairs(len(group))]
         if progress:
             progress(min(start + batch_prompts, len(groups)), len(groups))
-    return pd.DataFrame(rows, columns=RANKING_COLUMNS), pd.DataFrame(pairs, columns=PAIR_COLUMNS)
+    return pd.DataFrame(rows, columns=RANKING_COLUMNS), every_pair(responses).assign(judge_margin=margins)
 
 
-def low_confidence_queue(pairs: pd.DataFrame, route_below: float) -> pd.DataFrame:
-    """Hybrid routing: every pair the judge is less sure of than `route_below`, in judge_all's order."""
-    unsure = pairs[pairs["judge_margin"] < route_below]
-    ids = unsure[["prompt_id", "response_a", "response_b"]].values
-    rows = [queue_item(prompt_id, [a, b], "low_confidence") for prompt_id, a, b in ids]
+def low_confidence(pairs: pd.DataFrame, route_below: float) -> pd.DataFrame:
+    """Hybrid routing: the pairs the judge is less sure of than `route_below`, reason low_confidence."""
+    return pairs[pairs["judge_margin"] < route_below].assign(reason="low_confidence")
+
+
+def pair_queue(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Queue items of `pairs`, in their order, each with its `reason`."""
+    items = pairs[["prompt_id", "response_a", "response_b", "reason"]].values
+    rows = [queue_item(prompt_id, [a, b], reason) for prompt_id, a, b, reason in items]
     return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
-
-
-def every_pair(responses: pd.DataFrame) -> pd.DataFrame:
-    """Judge `human` with a budget: every pair of each prompt's responses, no judge margin."""
-    groups = responses.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id", sort=True)
-    rows = [
-        (prompt_id, ids[i], ids[j])
-        for prompt_id, group in groups
-        for ids in [list(group["response_id"])]
-        for i, j in all_pairs(len(ids))
-    ]
-    return pd.DataFrame(rows, columns=PAIR_COLUMNS[:3])
 
 
 def pair_uncertainty(pairs: pd.DataFrame, member_scores: dict[str, np.ndarray]) -> pd.Series:
@@ -159,9 +155,9 @@ def people_queue(
         return human_queue(human, every_pair(responses), prompts, responses, device)
     if config.judge != "hybrid":
         return pd.DataFrame([], columns=QUEUE_COLUMNS)
+    unsure = low_confidence(pairs, config.confidence_threshold)
     if human.budget is None:
-        return low_confidence_queue(pairs, config.confidence_threshold)
-    unsure = pairs[pairs["judge_margin"] < config.confidence_threshold]
+        return pair_queue(unsure)
     return human_queue(human, unsure, prompts, responses, device)
 
 
@@ -170,21 +166,13 @@ def human_queue(
     device: str | torch.device,
 ) -> pd.DataFrame:  # fmt: skip
     """The budgeted queue: `candidates` (pairs, with judge_margin where an AI judge ranked them) scored
-    by the reward ensemble's BALD where `human.reward_model` is set, then chosen by `human.selection`."""
-    if human.reward_model:
-        scores = response_member_scores(human.reward_model, prompts, responses, device)
+    by the reward ensemble's BALD where `human.reward_model` is set, then chosen by `human.selection`.
+    Only the candidates' responses are scored, and none where there is no candidate."""
+    if human.reward_model and len(candidates):
+        asked = responses[responses["response_id"].isin(set(candidates["response_a"]) | set(candidates["response_b"]))]
+        scores = response_member_scores(human.reward_model, prompts, asked, device)
         candidates = candidates.assign(uncertainty=pair_uncertainty(candidates, scores))
-    return selected_queue(candidates, human.budget, human.selection, human.seed, human.per_prompt)
-
-
-def selected_queue(
-    pairs: pd.DataFrame, budget: int | None, selection: Selection, seed: int, per_prompt: int
-) -> pd.DataFrame:
-    """The queue of the pairs `rlhf.selection.select` puts to people, its reason on each item."""
-    chosen = select(pairs, budget, selection, seed, per_prompt)
-    items = chosen[["prompt_id", "response_a", "response_b", "reason"]].values
-    rows = [queue_item(prompt_id, [a, b], reason) for prompt_id, a, b, reason in items]
-    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+    return pair_queue(select(candidates, human.budget, human.selection, human.seed, human.per_prompt))
 
 
 def judge_report(judge: Judge, rankings: pd.DataFrame) -> dict:

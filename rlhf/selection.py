@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 
 Selection = Literal["uncertainty", "judge_margin", "random", "mix"]
-SELECTIONS: tuple[str, ...] = ("uncertainty", "judge_margin", "random", "mix")
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:

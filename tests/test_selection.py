@@ -16,8 +16,10 @@ import torch
 from transformers import GPT2ForSequenceClassification
 
 from rlhf.config import RankResponsesParams
+from rlhf.judges import make_judge
+from rlhf.judges.reward_model import RewardModelJudge
 from rlhf.models import load_tokenizer
-from rlhf.ranking import judge_all, people_queue
+from rlhf.ranking import judge_all, people_queue, rank_all
 from rlhf.reward_models.ensemble import load_reward_model, save_reward_models
 from rlhf.scoring import score_exchanges
 from rlhf.selection import bald, select
@@ -116,19 +118,30 @@ def test_the_human_queue_spends_its_budget_where_the_ensemble_disagrees_most(dis
     assert all(reason.startswith("uncertainty: bald ") for reason in queue["reason"])
 
 
-def test_without_a_budget_the_queues_are_those_before_budgets():
+def test_without_a_budget_the_queues_are_those_before_budgets(disagreeing_ensemble):
     prompts, responses = demo_frames()
     everything = people_queue(RankResponsesParams(judge="human"), prompts, responses, None, "cpu")
     assert len(everything) == 3 and set(everything["reason"]) == {"human"}
+    # A reward-model judge (member 0): its Bradley-Terry preferences make every margin below 1.
+    tokenizer = load_tokenizer(disagreeing_ensemble)
+    member0 = load_reward_model(disagreeing_ensemble, torch.device("cpu"), tokenizer.pad_token_id).members[0]
+    judge = RewardModelJudge(member0, tokenizer, "member-0")
     hybrid = RankResponsesParams(judge="hybrid", ai_judge="rules", confidence_threshold=1.0)
-    from rlhf.judges import make_judge
-
-    _, pairs = judge_all(make_judge(hybrid, "cpu", "rules"), prompts, responses)
+    _, pairs = judge_all(judge, prompts, responses)
     unsure = people_queue(hybrid, prompts, responses, pairs, "cpu")
     assert set(unsure["reason"]) <= {"low_confidence"} and len(unsure) == int((pairs["judge_margin"] < 1.0).sum())
+    assert len(unsure) == 9 and unsure.equals(rank_all(judge, prompts, responses, route_below=1.0)[1])
     budgeted = people_queue(hybrid.model_copy(update={"human": hybrid.human.model_copy(
         update={"budget": 2, "selection": "random"})}), prompts, responses, pairs, "cpu")  # fmt: skip
     assert len(budgeted) == min(2, len(unsure))
+
+
+def test_a_budget_with_no_unsure_pair_queues_nothing(disagreeing_ensemble):
+    prompts, responses = demo_frames()
+    sure = RankResponsesParams(judge="hybrid", ai_judge="rules", confidence_threshold=1.0,
+                               human={"budget": 2, "reward_model": str(disagreeing_ensemble)})  # fmt: skip
+    _, pairs = judge_all(make_judge(sure, "cpu", "rules"), prompts, responses)  # the rules are always sure
+    assert people_queue(sure, prompts, responses, pairs, "cpu").empty
 
 
 def test_a_selection_without_its_signal_is_refused():

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from rlhf.models import load_scalar_head_model
-from rlhf.scoring import score_exchanges
+from rlhf.scoring import exchange_texts, score_texts
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -59,4 +59,5 @@ def member_scores(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, co
     """Each member's reward for each (conversation, response), for the members' disagreement
     (rlhf.selection); a single model is one member.  (M, N)"""
     members = list(model.members) if isinstance(model, RewardEnsemble) else [model]
-    return torch.stack([score_exchanges(member, tokenizer, conversations, responses) for member in members])
+    texts = exchange_texts(tokenizer, conversations, responses)
+    return torch.stack([score_texts(member, tokenizer, texts) for member in members])
