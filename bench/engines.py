@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.algorithms import spread  # noqa: E402
 from bench.machine import machine  # noqa: E402
 
 ENGINES = ["single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
@@ -83,10 +83,6 @@ def run_once(directory: Path, engine: str, settings: dict, processes: int) -> di
     return {"episodes_per_second": episodes / metrics["train_wall_s"], "peaks": metrics["peak_rss_mb_per_process"]}
 
 
-def summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -109,8 +105,8 @@ def main() -> None:
         peaks = [run["peaks"] for run in runs]
         line = {
             "bench": "engines", "engine": engine, "processes": len(peaks[0]), "repeats": len(runs),
-            "episodes_per_second": summary([run["episodes_per_second"] for run in runs]),
-            "peak_rss_mb_per_process": [summary([p[rank] for p in peaks]) for rank in range(len(peaks[0]))],
+            "episodes_per_second": spread([run["episodes_per_second"] for run in runs]),
+            "peak_rss_mb_per_process": [spread([p[rank] for p in peaks]) for rank in range(len(peaks[0]))],
             **about,
         }  # fmt: skip
         print(json.dumps(line), flush=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 
 from rlhf import chat
 from rlhf.config import Params
@@ -194,11 +194,8 @@ def main() -> None:
     train_prompts = train_conversations(prompts)
     tokenizer = load_tokenizer(args.policy_dir)
     reward_tokenizer = load_tokenizer(args.reward_dir)
+    # the frozen models load on the CPU, then go to the device or stay in CPU memory (offload_* keys)
     device, cpu = accelerator.device, torch.device("cpu")
-    def frozen(model, offload: bool):
-        """A frozen model loaded on the CPU: on the device, or kept in CPU memory (offload_* keys)."""
-        return offloaded(model, device, offload)
-
     critic, critic_is_reward_model = load_critic(args, config, tokenizer, reward_tokenizer, device)
     models = PPOModels.build(
         load_policy(args.policy_dir, device),
@@ -206,14 +203,16 @@ def main() -> None:
         config,
         # The KL anchor stays the SFT policy over every round; with LoRA it is the round's start
         # policy with adapters off (no second copy is held).
-        reference=None if config.lora_rank else frozen(load_policy(args.reference_dir, cpu), config.offload_reference),
+        reference=None
+        if config.lora_rank
+        else offloaded(load_policy(args.reference_dir, cpu), device, config.offload_reference),
         critic_is_reward_model=critic_is_reward_model,
     )
     topics = {chat.to_json(c): t for c, t in zip(chat.conversations_of(prompts), topics_of(prompts))}
     scorer = online_reward(
         config.reward,
-        lambda: RewardScorer(frozen(load_reward_model(args.reward_dir, cpu, reward_tokenizer.pad_token_id),
-                                    config.offload_reward_model), reward_tokenizer),
+        lambda: RewardScorer(offloaded(load_reward_model(args.reward_dir, cpu, reward_tokenizer.pad_token_id),
+                                       device, config.offload_reward_model), reward_tokenizer),
         params.rank_responses.principles, topics, tokenizer, device,
     )  # fmt: skip
     gold_scorer = None
@@ -222,7 +221,7 @@ def main() -> None:
     cost_scorer = None
     if config.algorithm == "ppo_lagrangian":
         cost_model, cost_tokenizer = load_cost_model(args.cost_dir, cpu)
-        cost_scorer = RewardScorer(frozen(cost_model, config.offload_reward_model), cost_tokenizer)
+        cost_scorer = RewardScorer(offloaded(cost_model, device, config.offload_reward_model), cost_tokenizer)
     evaluator = in_loop_evaluator(params, prompts, device)
     trainable, total = count_parameters(models.trained.policy)
     if accelerator.is_main_process:
@@ -263,7 +262,7 @@ def main() -> None:
     save_policy(models, accelerator, tokenizer, args.model_dir)
     usage = judge_usage(scorer, accelerator)
     # every process's own peak: under ZeRO-3 / FSDP the shards make them the figure that matters
-    peaks = accelerator.gather(torch.tensor([peak_rss_mb()], dtype=torch.float64, device=device)).tolist()
+    peaks = gather_object([peak_rss_mb()])
     if not accelerator.is_main_process:
         return
     for name, counts in usage.items():

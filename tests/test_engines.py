@@ -158,7 +158,6 @@ def test_offloaded_frozen_models_give_the_same_training_and_stay_in_cpu_memory(t
         models = tiny_models(tiny_tokenizer, params, device="cpu")
         models.trained.to(cuda)
         models.reference = offloaded(models.reference, cuda, offload)
-        torch.manual_seed(1)
         reward = tiny_models(tiny_tokenizer, params, seed=1, device="cpu").trained.critic
         scorer = RewardScorer(offloaded(reward, cuda, offload), tiny_tokenizer)
         result = train_ppo(models, scorer, tiny_tokenizer, PROMPTS, params, 0, log=lambda row: None)

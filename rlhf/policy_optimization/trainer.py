@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from rlhf import chat
@@ -102,7 +102,8 @@ class TrainerState:
             "lagrange": self.lagrange.state_dict() if self.lagrange else None,
             "kl": self.kl.state_dict(),
             "normalizer": self.normalizer.state_dict(),
-            "prompt_rng": every_process(self.prompt_rng.getstate()),  # each process draws its own prompts
+            # each process draws its own prompts; accelerate writes this from the main process only
+            "prompt_rng": gather_object([self.prompt_rng.getstate()]),  # one per process, in rank order
             "shuffle": self.shuffle.get_state(),
             "iteration": self.iteration,
             "history": self.history,
@@ -113,7 +114,9 @@ class TrainerState:
         self.kl.load_state_dict(state["kl"])
         self.normalizer.load_state_dict(state["normalizer"])
         prompt_rng = state["prompt_rng"]  # a list, one per process (a tuple in checkpoints of one process before)
-        self.prompt_rng.setstate(prompt_rng[_process_index()] if isinstance(prompt_rng, list) else prompt_rng)
+        if isinstance(prompt_rng, list):
+            prompt_rng = prompt_rng[PartialState().process_index]
+        self.prompt_rng.setstate(prompt_rng)
         self.shuffle.set_state(state["shuffle"])
         self.iteration, self.history = state["iteration"], state["history"]
         self.best = state.get("best")
@@ -122,20 +125,6 @@ class TrainerState:
 
 
 SHARDED_LAUNCHERS = ("deepspeed_zero2", "deepspeed_zero3", "fsdp")
-
-
-def every_process(value) -> list:
-    """`value` of every process, in rank order. accelerate writes a registered object's state_dict
-    from the main process only, so what differs per process must be gathered into it."""
-    if not torch.distributed.is_initialized():
-        return [value]
-    values = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(values, value)
-    return values
-
-
-def _process_index() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 def make_accelerator(params: TrainPolicyParams, device: torch.device) -> Accelerator:
@@ -490,7 +479,11 @@ class MinibatchCounts:
 
 
 def policy_objective(
-    params: TrainPolicyParams, logprobs: torch.Tensor, mb: Rollout, kl_coef: float, counts: MinibatchCounts | None = None
+    params: TrainPolicyParams,
+    logprobs: torch.Tensor,
+    mb: Rollout,
+    kl_coef: float,
+    counts: MinibatchCounts | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The policy's loss on a micro-batch, as the algorithm defines it, and its statistics.
 
@@ -684,7 +677,7 @@ def whole_for_rollout(models: PPOModels):
     """FSDP2 gathers a unit's weights when that unit's own forward runs; the rollout reads the
     critic's embeddings and value head, which belong to the root unit, without the root's forward, so
     the root's own weights are gathered for the rollout (the layers still gather one at a time)."""
-    root = models.prepared if models.prepared is not None and accelerator_is_fsdp(models.prepared) else None
+    root = models.prepared if _is_fsdp_unit(models.prepared) else None
     if root is not None:
         root.unshard()
     try:
@@ -694,7 +687,7 @@ def whole_for_rollout(models: PPOModels):
             root.reshard()
 
 
-def accelerator_is_fsdp(module: torch.nn.Module) -> bool:
+def _is_fsdp_unit(module: torch.nn.Module | None) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(module, FSDPModule)
@@ -721,7 +714,7 @@ def gathered(accelerator: Accelerator, module: torch.nn.Module):
         with deepspeed.zero.GatheredParameters(list(module.parameters())):
             yield
         return
-    units = [m for m in module.modules() if accelerator_is_fsdp(m)] if accelerator.is_fsdp2 else []
+    units = [m for m in module.modules() if _is_fsdp_unit(m)] if accelerator.is_fsdp2 else []
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
     try:
