@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine  # light: torch is imported only when it is called
+from rlhf.machine import machine  # light: torch is imported only when it is called
 
 ALGORITHMS = ["ppo", "grpo", "rloo", "reinforce_pp"]
 

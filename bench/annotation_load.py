@@ -13,7 +13,7 @@ counts every acknowledged ranking in the store: `lost` is those acknowledged and
 
 One JSON line per configuration: submits/s (acknowledged), p50/p99 of every request and of the
 submits alone (ms), the answers by status, lost, the seconds the drain took after the lock went,
-the load average before and after, and the machine (bench/machine.py).
+the load average before and after, and the machine (rlhf/machine.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from bench.machine import machine
+from rlhf.machine import machine
 from rlhf.ranking import RANKING_COLUMNS
 from rlhf.store import FeedbackStore
 from rlhf.text import content_id

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine
+from rlhf.machine import machine
 from tests.pipeline_repo import dvc, make_repo  # noqa: E402  (one place copies the project into a repo)
 
 

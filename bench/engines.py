@@ -30,7 +30,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.algorithms import spread  # noqa: E402
-from bench.machine import machine  # noqa: E402
+from rlhf.machine import machine  # noqa: E402
 
 ENGINES = ["single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 

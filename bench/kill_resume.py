@@ -32,7 +32,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.machine import machine  # noqa: E402
+from rlhf.machine import machine  # noqa: E402
 from tests.pipeline_repo import GIT_ENV, STAGES, make_repo, run  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine
+from rlhf.machine import machine
 from tests.pipeline_repo import make_repo  # noqa: E402 - the repository builder the tests use
 
 

@@ -50,7 +50,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from bench.machine import machine  # light: torch is imported only when it is called
+from rlhf.machine import machine  # light: torch is imported only when it is called
 
 TRL_VENV = BENCH / ".venv-trl"
 TRL_PIN = "trl==0.29.1"

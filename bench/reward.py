@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from bench.machine import machine
+from rlhf.machine import machine
 from rlhf.config import load_params
 from rlhf.demo import domain
 from rlhf.demo.tokenizer import train_tokenizer

@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 
 from bench.annotation_load import free_port, queued_store, start
-from bench.machine import machine
+from rlhf.machine import machine
 
 CLIENTS = (1, 8, 64)
 QUERIES_PER_REQUEST = 8

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
 
-from bench.machine import machine
+from rlhf.machine import machine
 from rlhf.snapshot import read_comparisons
 from rlhf.store import FeedbackStore
 

@@ -29,6 +29,7 @@ import yaml
 
 from rlhf.config import PARAMS_FILE, load_params
 from rlhf.errors import InputError
+from rlhf.machine import machine
 
 # Names of fields that measure the run rather than the result (and provenance that names the run).
 VOLATILE = re.compile(r"seconds|_s$|wall|runtime|per_second|rss|_mb$|timestamp|run_id|git_rev|dvc_rev", re.IGNORECASE)
@@ -57,17 +58,6 @@ class VerifyReport:
     @property
     def first_difference(self) -> StageResult | None:
         return next((stage for stage in self.stages if not stage.same), None)
-
-
-def machine() -> dict:
-    """What decides float rounding here: torch's CPU kernel capability and its thread count."""
-    import torch
-
-    return {
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch_threads": torch.get_num_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-    }
 
 
 def _git(root: Path, *args: str) -> str:

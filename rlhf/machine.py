@@ -1,4 +1,5 @@
-"""The machine a bench line was measured on, as a dict every bench prints with its figures.
+"""The machine a bench line was measured on, as a dict every bench prints with its figures (and
+`rlhf verify` with its verdict).
 
 Two 2-core sessions of this project ran the same pipeline code's `make demo` flow in 7.2 and 3.7
 minutes, and `ppo_vs_trl` read 1.67-1.74 on one and 2.08 on the other: a figure without its CPU

@@ -1,9 +1,9 @@
-"""bench/machine.py: the CPU a bench line names, read from /proc/cpuinfo's first processor."""
+"""rlhf/machine.py: the CPU a bench line (and rlhf verify) names, read from /proc/cpuinfo's first processor."""
 
 import platform
 from pathlib import Path
 
-from bench.machine import cpu_model, machine
+from rlhf.machine import cpu_model, machine
 
 TWO_PROCESSORS = """processor\t: 0
 vendor_id\t: AuthenticAMD
