@@ -14,7 +14,7 @@ import httpx
 import psutil
 import pytest
 from filelock import FileLock
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rlhf.annotation.journal import Journal, journal_path
@@ -162,8 +162,12 @@ def test_fuzz_the_page_api_finds_no_5xx(store):
             optional={"unsafe": st.lists(st.sampled_from(ids) | TEXT, max_size=2), "mode": st.sampled_from(["rank", "x"])},
         )  # fmt: skip
 
+        # Two explicit examples run first, so that every kind of answer is met whatever the draws: the
+        # served item ranked (200), then ranked again (409); the generated ones add the 422s and the rest.
         @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(path=st.sampled_from(["/api/submit", "/api/skip"]), body=SUBMISSION | served)
+        @example(path="/api/submit", body=ranking(item)).via("the served item, ranked")
+        @example(path="/api/submit", body=ranking(item)).via("the served item, ranked again")
         def run(path, body):
             answer = client.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
             seen["examples"] += 1
