@@ -50,14 +50,30 @@ from efficacy import overrides_from, project_at, summarise
 from tests.pipeline_repo import dvc, make_repo, run
 
 ALGORITHMS = ["ppo", "grpo", "rloo", "reinforce_pp", "dpo"]
-UPSTREAM = ["bootstrap_policy", "collect_prompts", "sample_responses", "rank_responses",
-            "store_comparisons", "train_reward", "train_cost"]  # fmt: skip
+UPSTREAM = [
+    "bootstrap_policy",
+    "collect_prompts",
+    "sample_responses",
+    "rank_responses",
+    "store_comparisons",
+    "train_reward",
+    "train_cost",
+]
 EVAL_KEPT = re.compile(
     r"^(unseen_topic_)?(win_rate_vs_start|kl_to_start|share_.+_(start|final)|unsafe_share_(start|final)"
     r"|distinct_2_(start|final)|mean_reward_(start|final))$"
 )
-POLICY_KEPT = ["train_wall_s", "peak_rss_mb", "iterations", "kl", "score", "gold_score", "train_pairs",
-               "held_out_accuracy_after", "held_out_margin_after"]  # fmt: skip
+POLICY_KEPT = [
+    "train_wall_s",
+    "peak_rss_mb",
+    "iterations",
+    "kl",
+    "score",
+    "gold_score",
+    "train_pairs",
+    "held_out_accuracy_after",
+    "held_out_margin_after",
+]
 
 
 def stages_of(output: str) -> tuple[list[str], list[str]]:
@@ -79,8 +95,11 @@ def record_of(repo: Path, seed: int, algorithm: str, wall: float, output: str) -
         raise RuntimeError(f"seed {seed}: {algorithm}: the workspace holds {policy.get('algorithm')}'s metrics")
     record = {k: v for k, v in sorted(evaluation.items()) if EVAL_KEPT.match(k)}
     # The mean final share of every principle but on_topic, on the unseen topics (one column of the table).
-    others = [v for k, v in evaluation.items()
-              if re.fullmatch(r"unseen_topic_share_(.+)_final", k) and k != "unseen_topic_share_on_topic_final"]  # fmt: skip
+    others = [
+        v
+        for k, v in evaluation.items()
+        if re.fullmatch(r"unseen_topic_share_(.+)_final", k) and k != "unseen_topic_share_on_topic_final"
+    ]
     if others:
         record["unseen_topic_share_other_principles_final"] = round(statistics.fmean(others), 4)
     record.update({k: policy[k] for k in POLICY_KEPT if k in policy})
@@ -96,8 +115,9 @@ def record_of(repo: Path, seed: int, algorithm: str, wall: float, output: str) -
     return record
 
 
-def run_seed(project: Path, scratch: Path, seed: int, algorithms: list[str], assignments: list[str],
-             results: Path, done) -> None:  # fmt: skip
+def run_seed(
+    project: Path, scratch: Path, seed: int, algorithms: list[str], assignments: list[str], results: Path, done
+) -> None:
     """Every algorithm's experiment in seed `seed`'s repository (made unless it is there from a --keep)."""
     repo = scratch / f"seed-{seed}"
     if not (repo / ".dvc").is_dir():
@@ -121,7 +141,7 @@ def run_seed(project: Path, scratch: Path, seed: int, algorithms: list[str], ass
         (results / f"{name}.log").write_text(result.stdout + result.stderr)
         try:
             record = record_of(repo, seed, algorithm, wall, result.stdout + result.stderr)
-        except Exception as error:  # noqa: BLE001  (one bad read must not lose the other runs)
+        except Exception as error:
             print(f"FAILED reading {name}: {error!r}", file=sys.stderr, flush=True)
             continue
         (results / f"{name}.json").write_text(json.dumps(record, indent=1))
@@ -134,21 +154,36 @@ def run_seed(project: Path, scratch: Path, seed: int, algorithms: list[str], ass
 def line_of(algorithm: str, per_seed: dict[int, dict], rev: str, assignments: list[str]) -> dict:
     seeds = sorted(per_seed)
     runs = [per_seed[s] for s in seeds]
-    return {"algorithm": algorithm, "seeds": seeds, "rev": rev, "set": assignments,
-            **summarise(runs), "per_seed": {str(s): per_seed[s] for s in seeds}}  # fmt: skip
+    return {
+        "algorithm": algorithm,
+        "seeds": seeds,
+        "rev": rev,
+        "set": assignments,
+        **summarise(runs),
+        "per_seed": {str(s): per_seed[s] for s in seeds},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS,
-                        help="in this order in each seed repo; ppo first makes the upstream stages")  # fmt: skip
+    parser.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=ALGORITHMS,
+        choices=ALGORITHMS,
+        help="in this order in each seed repo; ppo first makes the upstream stages",
+    )
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--rev", default=None, help="a git revision to measure instead of this checkout")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (OMP_NUM_THREADS=1 each is kinder)")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="a directory to keep the seed repos, results and `dvc exp show` in; a second "
-                             "run with it reuses the repos there")  # fmt: skip
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="a directory to keep the seed repos, results and `dvc exp show` in; a second "
+        "run with it reuses the repos there",
+    )
     args = parser.parse_args()
     rev = args.rev or "checkout"
     with tempfile.TemporaryDirectory(prefix="algcmp-") as temporary:
@@ -171,8 +206,10 @@ def main() -> None:
 
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_seed, project, scratch, seed, args.algorithms, args.assignments, results, done)
-                       for seed in args.seeds]  # fmt: skip
+            futures = [
+                pool.submit(run_seed, project, scratch, seed, args.algorithms, args.assignments, results, done)
+                for seed in args.seeds
+            ]
             for future in futures:
                 future.result()
         print(f"all experiments: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)

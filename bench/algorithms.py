@@ -62,14 +62,30 @@ def child(args) -> None:
         return torch.tensor([float(sum(token in liked for token in row)) for row in ids])
 
     params = TrainPolicyParams(
-        algorithm=args.child, iterations=args.iterations, batch_size=args.batch, minibatch_size=args.batch // 2,
-        ppo_epochs=4, learning_rate=3e-3, value_learning_rate=3e-3, kl_coef=0.05, max_new_tokens=args.tokens,
-        missing_eos_penalty=0.0, score_normalization="none", group_size=4, eval_every=0,
-    )  # fmt: skip
+        algorithm=args.child,
+        iterations=args.iterations,
+        batch_size=args.batch,
+        minibatch_size=args.batch // 2,
+        ppo_epochs=4,
+        learning_rate=3e-3,
+        value_learning_rate=3e-3,
+        kl_coef=0.05,
+        max_new_tokens=args.tokens,
+        missing_eos_penalty=0.0,
+        score_normalization="none",
+        group_size=4,
+        eval_every=0,
+    )
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_embd=args.width, n_layer=args.layers, n_head=4,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=args.width,
+        n_layer=args.layers,
+        n_head=4,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     prompts = [prompt for prompt, _ in domain.all_prompts()[:40]]
     start_rss = current_rss_mb()
     torch.manual_seed(0)
@@ -83,11 +99,17 @@ def child(args) -> None:
     result = train_ppo(models, toy_reward, tokenizer, prompts, params, 0, log=lambda row: None)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
-    print(json.dumps({
-        "episodes_per_s": params.iterations * params.batch_size / seconds,
-        "peak_rss_mb": peak, "peak_rss_over_start_mb": peak - start_rss,
-        "final_toy_reward": result.history[-1]["raw_score"], "seconds": seconds,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "episodes_per_s": params.iterations * params.batch_size / seconds,
+                "peak_rss_mb": peak,
+                "peak_rss_over_start_mb": peak - start_rss,
+                "final_toy_reward": result.history[-1]["raw_score"],
+                "seconds": seconds,
+            }
+        )
+    )
 
 
 def measure(algorithm: str, args) -> dict:
@@ -126,9 +148,13 @@ def main() -> None:
     }
     for name, rows in runs.items():
         line = {
-            "bench": "algorithms", "algorithm": name, "machine": machine(),
-            "model": f"gpt2 {args.layers}x{args.width}", "episodes": args.iterations * args.batch,
-            "response_tokens": args.tokens, "repeats": args.repeats,
+            "bench": "algorithms",
+            "algorithm": name,
+            "machine": machine(),
+            "model": f"gpt2 {args.layers}x{args.width}",
+            "episodes": args.iterations * args.batch,
+            "response_tokens": args.tokens,
+            "repeats": args.repeats,
             "episodes_per_s": spread([r["episodes_per_s"] for r in rows]),
             "peak_rss_mb": spread([r["peak_rss_mb"] for r in rows]),
             "peak_rss_over_start_mb": spread([r["peak_rss_over_start_mb"] for r in rows]),
@@ -141,7 +167,7 @@ def main() -> None:
                 ),
                 "peak_rss": round(medians[name]["peak_rss_mb"] / medians["ppo"]["peak_rss_mb"], 3),
             },
-        }  # fmt: skip
+        }
         print(json.dumps(line), flush=True)
 
 

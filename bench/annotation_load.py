@@ -57,11 +57,21 @@ def queued_store(path: Path, items: int) -> FeedbackStore:
     """A store with `items` queued items of RESPONSES_PER_ITEM responses each."""
     store = FeedbackStore(path)
     prompt_ids = [f"p{i:05d}" for i in range(items)]
-    prompts = pd.DataFrame({"prompt_id": prompt_ids, "prompt": [f"question {i} ?" for i in range(items)],
-                            "topic": None, "split": "train", "source": "bench"})  # fmt: skip
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": prompt_ids,
+            "prompt": [f"question {i} ?" for i in range(items)],
+            "topic": None,
+            "split": "train",
+            "source": "bench",
+        }
+    )
     responses = pd.DataFrame(
-        [(f"{p}-r{j}", p, j, f"answer {j} to {p}", "bench", "{}")
-         for p in prompt_ids for j in range(RESPONSES_PER_ITEM)],  # fmt: skip
+        [
+            (f"{p}-r{j}", p, j, f"answer {j} to {p}", "bench", "{}")
+            for p in prompt_ids
+            for j in range(RESPONSES_PER_ITEM)
+        ],
         columns=RESPONSE_COLUMNS,
     )
     run = {"run_id": "bench", "stage": "bench"}
@@ -84,9 +94,13 @@ def free_port() -> int:
 def start(tree: Path, arguments: list[str], port: int) -> subprocess.Popen:
     """`python -m rlhf.cli ARGUMENTS --port PORT` from `tree` (first on the path); returns once it answers."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "rlhf.cli", *arguments, "--port", str(port)], cwd=tree,
-        env={**os.environ, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "rlhf.cli", *arguments, "--port", str(port)],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 180
     while True:
         if server.poll() is not None:
@@ -102,8 +116,16 @@ def start(tree: Path, arguments: list[str], port: int) -> subprocess.Popen:
 
 def start_page(store_path: Path, tokens_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    arguments = ["annotate", "--store", str(store_path), "serve", "--tokens", str(tokens_path),
-                 "--params", "/nonexistent-params.yaml"]  # fmt: skip
+    arguments = [
+        "annotate",
+        "--store",
+        str(store_path),
+        "serve",
+        "--tokens",
+        str(tokens_path),
+        "--params",
+        "/nonexistent-params.yaml",
+    ]
     return start(ROOT, arguments, port), f"http://127.0.0.1:{port}"
 
 
@@ -167,8 +189,11 @@ def measure(
             annotator.call("GET", "/api/guidelines")
             annotator.latencies.clear()
         if lock_seconds:
-            holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_STORE, str(store.path), str(lock_seconds)],
-                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
+            holder = subprocess.Popen(
+                [sys.executable, "-c", HOLD_THE_STORE, str(store.path), str(lock_seconds)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
         threads = [threading.Thread(target=a.run, args=(started + seconds,)) for a in annotators]
@@ -195,19 +220,27 @@ def measure(
     submits = [s for a in annotators for path, s in a.latencies if path == "/api/submit"]
     statuses = sum((a.statuses for a in annotators), Counter())
     return {
-        "bench": "annotation_load", "clients": clients, "seconds": round(elapsed, 1),
-        "lock_held_s": lock_seconds, "items": items, "acknowledged": len(acknowledged),
+        "bench": "annotation_load",
+        "clients": clients,
+        "seconds": round(elapsed, 1),
+        "lock_held_s": lock_seconds,
+        "items": items,
+        "acknowledged": len(acknowledged),
         "submits_per_s": round(len(acknowledged) / elapsed, 1),
-        "request_p50_ms": percentile_ms(every, 50), "request_p99_ms": percentile_ms(every, 99),
-        "submit_p50_ms": percentile_ms(submits, 50), "submit_p99_ms": percentile_ms(submits, 99),
+        "request_p50_ms": percentile_ms(every, 50),
+        "request_p99_ms": percentile_ms(every, 99),
+        "submit_p50_ms": percentile_ms(submits, 50),
+        "submit_p99_ms": percentile_ms(submits, 99),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "answered_5xx": sum(v for k, v in statuses.items() if k >= 500),
         "answered_500": statuses.get(500, 0),
-        "lost": len(acknowledged - found), "drain_after_release_s": round(drain_s, 1),
+        "lost": len(acknowledged - found),
+        "drain_after_release_s": round(drain_s, 1),
         "queue_exhausted": any(a.exhausted for a in annotators),
-        "load_1m_before": round(load_before, 2), "load_1m_after": round(os.getloadavg()[0], 2),
+        "load_1m_before": round(load_before, 2),
+        "load_1m_after": round(os.getloadavg()[0], 2),
         "machine": machine(),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

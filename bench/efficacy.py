@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rlhf.machine import machine
-from tests.pipeline_repo import dvc, make_repo  # noqa: E402  (one place copies the project into a repo)
+from tests.pipeline_repo import dvc, make_repo
 
 
 def overrides_from(assignments: list[str], seed: int) -> dict:
@@ -82,8 +82,12 @@ def main() -> None:
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--rev", default=None, help="a git revision to measure instead of this checkout")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (OMP_NUM_THREADS=1 each is kinder)")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="an empty directory to keep each seed's repository in (for `dvc exp run` on it after)")  # fmt: skip
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="an empty directory to keep each seed's repository in (for `dvc exp run` on it after)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="efficacy-") as temporary:
         scratch = args.keep or Path(temporary)

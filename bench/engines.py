@@ -29,8 +29,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.algorithms import spread  # noqa: E402
-from rlhf.machine import machine  # noqa: E402
+from bench.algorithms import spread
+from rlhf.machine import machine
 
 ENGINES = ["single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 
@@ -45,17 +45,25 @@ def write_fixture(directory: Path) -> None:
     from rlhf.demo.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(domain.corpus(seed=0, size=300), vocab_size=400)
-    config = dict(vocab_size=len(tokenizer), n_positions=128, n_embd=64, n_layer=2, n_head=2,
-                  eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                  pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = dict(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(**config)).save_pretrained(directory / "policy")
     GPT2ForSequenceClassification(GPT2Config(**config, num_labels=1)).save_pretrained(directory / "reward")
     for name in ("policy", "reward"):
         tokenizer.save_pretrained(directory / name)
     prompts = domain.all_prompts()[:48]
-    pd.DataFrame({"prompt": [p for p, _ in prompts], "topic": [t for _, t in prompts],
-                  "split": ["train"] * 40 + ["test"] * 8}).to_parquet(directory / "prompts.parquet")  # fmt: skip
+    pd.DataFrame(
+        {"prompt": [p for p, _ in prompts], "topic": [t for _, t in prompts], "split": ["train"] * 40 + ["test"] * 8}
+    ).to_parquet(directory / "prompts.parquet")
 
 
 def run_once(directory: Path, engine: str, settings: dict, processes: int) -> dict:
@@ -65,14 +73,39 @@ def run_once(directory: Path, engine: str, settings: dict, processes: int) -> di
     run = directory / engine
     run.mkdir(exist_ok=True)
     (run / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [sys.executable, "-m", "tasks.train_policy", "--params", str(run / "params.yaml"),
-               "--prompts", str(directory / "prompts.parquet"), "--policy_dir", str(directory / "policy"),
-               "--reference_dir", str(directory / "policy"), "--reward_dir", str(directory / "reward"),
-               "--comparisons", str(run / "unused"), "--cost_dir", str(run / "unused"),
-               "--model_dir", str(run / "model"), "--metrics", str(run / "policy.json"),
-               "--curve", str(run / "ppo.csv"), "--curve_png", str(run / "ppo.png"),
-               "--gold_png", str(run / "gold.png"), "--checkpoint_dir", str(run / "ckpt"),
-               "--live_dir", str(run / "dvclive")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "tasks.train_policy",
+        "--params",
+        str(run / "params.yaml"),
+        "--prompts",
+        str(directory / "prompts.parquet"),
+        "--policy_dir",
+        str(directory / "policy"),
+        "--reference_dir",
+        str(directory / "policy"),
+        "--reward_dir",
+        str(directory / "reward"),
+        "--comparisons",
+        str(run / "unused"),
+        "--cost_dir",
+        str(run / "unused"),
+        "--model_dir",
+        str(run / "model"),
+        "--metrics",
+        str(run / "policy.json"),
+        "--curve",
+        str(run / "ppo.csv"),
+        "--curve_png",
+        str(run / "ppo.png"),
+        "--gold_png",
+        str(run / "gold.png"),
+        "--checkpoint_dir",
+        str(run / "ckpt"),
+        "--live_dir",
+        str(run / "dvclive"),
+    ]
     environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900)
     if done.returncode:
@@ -91,8 +124,16 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ENGINES))
     args = parser.parse_args()
     engines = args.engines.split(",")
-    settings = {"iterations": args.iterations, "batch_size": 16, "minibatch_size": 8, "ppo_epochs": 2,
-                "max_new_tokens": 16, "checkpoint_every": 1000, "eval_every": 0, "log_samples_every": 0}  # fmt: skip
+    settings = {
+        "iterations": args.iterations,
+        "batch_size": 16,
+        "minibatch_size": 8,
+        "ppo_epochs": 2,
+        "max_new_tokens": 16,
+        "checkpoint_every": 1000,
+        "eval_every": 0,
+        "log_samples_every": 0,
+    }
     results: dict[str, list[dict]] = {engine: [] for engine in engines}
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
@@ -104,11 +145,14 @@ def main() -> None:
     for engine, runs in results.items():
         peaks = [run["peaks"] for run in runs]
         line = {
-            "bench": "engines", "engine": engine, "processes": len(peaks[0]), "repeats": len(runs),
+            "bench": "engines",
+            "engine": engine,
+            "processes": len(peaks[0]),
+            "repeats": len(runs),
             "episodes_per_second": spread([run["episodes_per_second"] for run in runs]),
             "peak_rss_mb_per_process": [spread([p[rank] for p in peaks]) for rank in range(len(peaks[0]))],
             **about,
-        }  # fmt: skip
+        }
         print(json.dumps(line), flush=True)
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from rlhf.machine import machine  # noqa: E402
-from tests.pipeline_repo import GIT_ENV, STAGES, make_repo, run  # noqa: E402
+from rlhf.machine import machine
+from tests.pipeline_repo import GIT_ENV, STAGES, make_repo, run
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHRUNK = {"bootstrap_policy": {"steps": 40}, "collect_prompts": {"max_prompts": 8}}
@@ -56,8 +56,9 @@ def killed_run(repo: Path, stage: str, delay_s: float) -> str:
     """Start the flow and SIGKILL its process group `delay_s` seconds after `stage` starts (or when
     the flow ends first); returns where the kill landed."""
     command, env = flow_command(repo)
-    process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     last = "flow start"
     for line in process.stdout:
         if "Running stage '" in line:
@@ -129,17 +130,21 @@ def main() -> None:
     fresh = store_counts(clone)
     # The killed store also holds the rankings of earlier configurations whose rank_responses finished;
     # the snapshot's scope (store.snapshot.rankings: current) takes only this configuration's.
-    print(json.dumps({
-        "bench": "kill_resume",
-        "kills": len(kills),
-        "killed_in": [k["landed"] for k in kills],
-        "rows_doubled": {table: killed[f"{table}_doubled"] for table in KEYS},
-        "store_rows_after_kills": {table: killed[table] for table in KEYS},
-        "store_rows_uninterrupted": {table: fresh[table] for table in KEYS},
-        "snapshot_same_as_uninterrupted": comparisons_md5(repo) == comparisons_md5(clone),
-        "wall_s": round(time.perf_counter() - started, 1),
-        "machine": machine(),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "kill_resume",
+                "kills": len(kills),
+                "killed_in": [k["landed"] for k in kills],
+                "rows_doubled": {table: killed[f"{table}_doubled"] for table in KEYS},
+                "store_rows_after_kills": {table: killed[table] for table in KEYS},
+                "store_rows_uninterrupted": {table: fresh[table] for table in KEYS},
+                "snapshot_same_as_uninterrupted": comparisons_md5(repo) == comparisons_md5(clone),
+                "wall_s": round(time.perf_counter() - started, 1),
+                "machine": machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

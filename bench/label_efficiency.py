@@ -92,9 +92,11 @@ def pair_pool(comparisons: pd.DataFrame, chosen: np.ndarray, rejected: np.ndarra
     sign = np.where(swap, -1.0, 1.0)
     longer_by = (np.array(chosen_words) - np.array(rejected_words)) * sign  # a's words minus b's
     return PreferencePool(
-        diffs=(chosen - rejected) * sign[:, None], a_is_better=~swap, a_is_longer=longer_by > 0,
+        diffs=(chosen - rejected) * sign[:, None],
+        a_is_better=~swap,
+        a_is_longer=longer_by > 0,
         prompt_ids=comparisons["prompt_id"].to_numpy(),
-    )  # fmt: skip
+    )
 
 
 def demo_pools(data: Path, max_length: int, cache: Path | None, pairs_per_split: dict, seed: int = 0):
@@ -169,12 +171,15 @@ def policy_line(policy: str, curves: list[list[dict]], settings: dict) -> dict:
     per_seed = [[round(point["test_accuracy"], 4) for point in curve] for curve in curves]
     by_round = list(zip(*per_seed))
     return {
-        "bench": "label_efficiency", "policy": policy, "seeds": len(curves),
+        "bench": "label_efficiency",
+        "policy": policy,
+        "seeds": len(curves),
         "labels": [point["labels"] for point in curves[0]],
         "test_accuracy_mean": [round(statistics.mean(r), 4) for r in by_round],
         "test_accuracy_std": [round(statistics.stdev(r), 4) if len(r) > 1 else 0.0 for r in by_round],
-        "test_accuracy_per_seed": per_seed, **settings,
-    }  # fmt: skip
+        "test_accuracy_per_seed": per_seed,
+        **settings,
+    }
 
 
 def summary(lines: dict[str, dict], active: str) -> dict:
@@ -182,17 +187,22 @@ def summary(lines: dict[str, dict], active: str) -> dict:
     gains = [a[-1] - r[-1] for a, r in zip(chosen["test_accuracy_per_seed"], random["test_accuracy_per_seed"])]
     final, spread = random["test_accuracy_mean"][-1], random["test_accuracy_std"][-1]
     return {
-        "bench": "label_efficiency", "summary": True, "active": active, "labels_full_budget": random["labels"][-1],
-        "random_final_accuracy": final, "random_final_std": spread,
+        "bench": "label_efficiency",
+        "summary": True,
+        "active": active,
+        "labels_full_budget": random["labels"][-1],
+        "random_final_accuracy": final,
+        "random_final_std": spread,
         f"{active}_final_accuracy": chosen["test_accuracy_mean"][-1],
         "label_share_to_match_random": first_share(chosen["labels"], chosen["test_accuracy_mean"], final)
-        if max(chosen["test_accuracy_mean"]) >= final else None,
+        if max(chosen["test_accuracy_mean"]) >= final
+        else None,
         "random_share_within_spread": first_share(random["labels"], random["test_accuracy_mean"], final - spread),
         # Paired by seed (same round-0 pairs, same annotator seed): the gain at the full budget.
         "final_gain_paired_mean": round(statistics.mean(gains), 4),
         "final_gain_paired_std": round(statistics.stdev(gains), 4) if len(gains) > 1 else 0.0,
         "seeds_active_ahead_at_full_budget": sum(g > 0 for g in gains),
-    }  # fmt: skip
+    }
 
 
 def plot(lines: dict[str, dict], path: Path, title: str) -> None:
@@ -238,13 +248,20 @@ def main() -> None:
         pool = pool_of(seed)
         for policy in policies:
             annotators = AnnotatorPool(DEFAULT_POOL, seed=seed)
-            curves[policy].append(run_rounds(pool, test, policy, args.budget, args.rounds, annotators, seed,
-                                             members=args.members, l2=l2))  # fmt: skip
+            curves[policy].append(
+                run_rounds(pool, test, policy, args.budget, args.rounds, annotators, seed, members=args.members, l2=l2)
+            )
     settings = {
-        "data": data, "budget": args.budget, "rounds": args.rounds, "members": args.members, "l2": l2,
-        "l2_validation_accuracy": validation, "max_length": args.max_length,
-        "annotators": [vars(a) for a in DEFAULT_POOL], "wall_s": round(time.perf_counter() - start, 1),
-    }  # fmt: skip
+        "data": data,
+        "budget": args.budget,
+        "rounds": args.rounds,
+        "members": args.members,
+        "l2": l2,
+        "l2_validation_accuracy": validation,
+        "max_length": args.max_length,
+        "annotators": [vars(a) for a in DEFAULT_POOL],
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
     lines = {policy: policy_line(policy, curves[policy], settings) for policy in policies}
     for line in lines.values():
         print(json.dumps(line), flush=True)

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rlhf.machine import machine
-from tests.pipeline_repo import make_repo  # noqa: E402 - the repository builder the tests use
+from tests.pipeline_repo import make_repo
 
 
 def stage_commands(root: Path) -> list[tuple[str, str]]:
@@ -45,8 +45,13 @@ def stage_commands(root: Path) -> list[tuple[str, str]]:
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "TQDM_DISABLE": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 # The flow logs "stage <name> ran in <s> s" for each stage (flows/stages.py).
@@ -86,8 +91,14 @@ def set_up_prefect_home(prefect_home: Path) -> float:
 def run_flow(root: Path, prefect_home: Path) -> tuple[float, dict[str, float]]:
     env = prefect_environment(prefect_home)
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "flows.pipeline", str(root)], cwd=root, env=env,
-                            capture_output=True, text=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", str(root)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode:
         raise SystemExit(f"the flow failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     elapsed = time.perf_counter() - started
@@ -112,20 +123,30 @@ def main() -> None:
             flow_runs.append(run_flow(make_repo(tmp / f"flow-{repeat}", ROOT), tmp / "prefect-home"))
         fastest = [min(runs, key=lambda run: run[0]) for runs in (direct_runs, flow_runs)]
         (direct_s, direct_stages), (flow_s, flow_stages) = fastest
-    print(json.dumps({
-        "bench": "orchestration_overhead", "machine": machine(), "config": "shrunk" if args.shrink else "default",
-        "repeats": args.repeats, "all_direct_s": [round(r[0], 1) for r in direct_runs],
-        "all_flow_s": [round(r[0], 1) for r in flow_runs],
-        "direct_s": round(direct_s, 1), "flow_s": round(flow_s, 1), "ratio": round(flow_s / direct_s, 3),
-        "overhead_share": round((flow_s - direct_s) / flow_s, 3),
-        "prefect_home_setup_s": round(setup_s, 1),
-        "first_run_overhead_share": round((flow_s + setup_s - direct_s) / (flow_s + setup_s), 3),
-        # Per stage: [run directly, its task in the flow (dvc repro and all)]; the flow's remainder is
-        # Prefect's start, the stage graph, the gates and the artifacts.
-        "stages_s": {
-            name: [round(s, 1), round(flow_stages.get(name, float("nan")), 1)] for name, s in direct_stages.items()
-        },
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "orchestration_overhead",
+                "machine": machine(),
+                "config": "shrunk" if args.shrink else "default",
+                "repeats": args.repeats,
+                "all_direct_s": [round(r[0], 1) for r in direct_runs],
+                "all_flow_s": [round(r[0], 1) for r in flow_runs],
+                "direct_s": round(direct_s, 1),
+                "flow_s": round(flow_s, 1),
+                "ratio": round(flow_s / direct_s, 3),
+                "overhead_share": round((flow_s - direct_s) / flow_s, 3),
+                "prefect_home_setup_s": round(setup_s, 1),
+                "first_run_overhead_share": round((flow_s + setup_s - direct_s) / (flow_s + setup_s), 3),
+                # Per stage: [run directly, its task in the flow (dvc repro and all)]; the flow's remainder is
+                # Prefect's start, the stage graph, the gates and the artifacts.
+                "stages_s": {
+                    name: [round(s, 1), round(flow_stages.get(name, float("nan")), 1)]
+                    for name, s in direct_stages.items()
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

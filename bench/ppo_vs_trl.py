@@ -273,8 +273,11 @@ def steady_rate(run: dict, batch_size: int, warmup: int) -> float:
 
 
 def spread(values: list[float], digits: int = 2) -> dict:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits)}  # fmt: skip
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
 
 
 def side_summary(runs: list[dict]) -> dict:
@@ -339,22 +342,28 @@ def main() -> None:
     parser.add_argument("--response-length", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--precision", default="auto", choices=["auto", "bf16", "fp32"],
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
         help="both sides: auto is bf16 autocast (rollout and update) on CUDA, fp32 on CPU",
-    )  # fmt: skip
+    )
     parser.add_argument("--compile", action="store_true", help="stack-level: also run ours with torch.compile'd update")
     parser.add_argument(
-        "--compile-generation", action="store_true",
+        "--compile-generation",
+        action="store_true",
         help="stack-level: also run ours with its static KV cache + compiled decode step",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--stack-level", action="store_true",
+        "--stack-level",
+        action="store_true",
         help="also run TRL as it comes (GPT-2's gelu_new, TRL's own precision): a labelled stack-level ratio",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--warmup-iterations", type=int, default=0,
+        "--warmup-iterations",
+        type=int,
+        default=0,
         help="time every side from the end of this iteration on (0: the whole run, compiles included)",
-    )  # fmt: skip
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating (3 or more to measure)")
     parser.add_argument(
         "--trl-python", type=Path, help="a Python that imports TRL 0.29.1 (default: build bench/.venv-trl)"

@@ -31,11 +31,11 @@ import pandas as pd
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from rlhf.machine import machine
 from rlhf.config import load_params
 from rlhf.demo import domain
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.judges import RuleJudge
+from rlhf.machine import machine
 from rlhf.reward_models.kwise import as_pairs, rankings_from_comparisons, train_on_rankings
 from rlhf.reward_models.pairs import preference_pairs
 from rlhf.reward_models.report import accuracy
@@ -56,12 +56,20 @@ def comparisons_frame(k: int, rankings_per_prompt: int, seed: int) -> pd.DataFra
             for i in range(k):
                 for j in range(i + 1, k):
                     better, worse = (i, j) if scores[i] >= scores[j] else (j, i)
-                    rows.append({
-                        "ranking_id": ranking_id, "prompt": prompt, "split": split, "judge": "rules",
-                        "chosen_id": ids[better], "rejected_id": ids[worse], "chosen": responses[better],
-                        "rejected": responses[worse], "margin": scores[better] - scores[worse],
-                        "tie": scores[i] == scores[j],
-                    })  # fmt: skip
+                    rows.append(
+                        {
+                            "ranking_id": ranking_id,
+                            "prompt": prompt,
+                            "split": split,
+                            "judge": "rules",
+                            "chosen_id": ids[better],
+                            "rejected_id": ids[worse],
+                            "chosen": responses[better],
+                            "rejected": responses[worse],
+                            "margin": scores[better] - scores[worse],
+                            "tie": scores[i] == scores[j],
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -73,8 +81,11 @@ def held_out_accuracy(model, tokenizer, test: pd.DataFrame) -> float:
 
 
 def spread(values: list[float], digits: int = 1) -> dict:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits)}  # fmt: skip
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
 
 
 def main() -> None:
@@ -93,8 +104,16 @@ def main() -> None:
     comparisons = comparisons_frame(args.k, args.rankings_per_prompt, args.seed)
     train, test = comparisons[comparisons["split"] == "train"], comparisons[comparisons["split"] == "test"]
     tokenizer = train_tokenizer(domain.corpus(seed=args.seed, size=2000), vocab_size=1024)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=128, n_layer=2, n_head=4, num_labels=1,
-                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=256,
+        n_embd=128,
+        n_layer=2,
+        n_head=4,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     rankings = rankings_from_comparisons(train, tokenizer)
     pairs_per_step = round(args.rankings_per_step * np.mean([len(r.pairs) for r in rankings]))
     sides = [("kwise", rankings, args.rankings_per_step), ("pairwise", as_pairs(rankings), pairs_per_step)]
@@ -105,21 +124,38 @@ def main() -> None:
             torch.manual_seed(args.seed)
             model = GPT2ForSequenceClassification(config)
             stats = train_on_rankings(
-                model, tokenizer, data, epochs=args.epochs, batch_size=per_step, learning_rate=1e-3, max_length=128,
+                model,
+                tokenizer,
+                data,
+                epochs=args.epochs,
+                batch_size=per_step,
+                learning_rate=1e-3,
+                max_length=128,
                 seed=args.seed,
-            )  # fmt: skip
+            )
             runs[name].append({**stats, "accuracy": held_out_accuracy(model, tokenizer, test)})
     rate = {name: [run["pairs_per_s"] for run in side_runs] for name, side_runs in runs.items()}
     accuracy_of = {name: statistics.median(run["accuracy"] for run in side_runs) for name, side_runs in runs.items()}
-    print(json.dumps({
-        "bench": "reward", "machine": machine(), "k": args.k, "train_pairs": int((~train["tie"]).sum()),
-        "test_pairs": int((~test["tie"]).sum()), "epochs": args.epochs, "repeats": args.repeats,
-        "pairs_seen": runs["kwise"][0]["pairs_seen"],
-        "kwise_pairs_per_s": spread(rate["kwise"]), "pairwise_pairs_per_s": spread(rate["pairwise"]),
-        "ratio": round(statistics.median(rate["kwise"]) / statistics.median(rate["pairwise"]), 2),
-        "paired_ratio": spread([k / p for k, p in zip(rate["kwise"], rate["pairwise"])], digits=2),
-        "kwise_accuracy": round(accuracy_of["kwise"], 4), "pairwise_accuracy": round(accuracy_of["pairwise"], 4),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "reward",
+                "machine": machine(),
+                "k": args.k,
+                "train_pairs": int((~train["tie"]).sum()),
+                "test_pairs": int((~test["tie"]).sum()),
+                "epochs": args.epochs,
+                "repeats": args.repeats,
+                "pairs_seen": runs["kwise"][0]["pairs_seen"],
+                "kwise_pairs_per_s": spread(rate["kwise"]),
+                "pairwise_pairs_per_s": spread(rate["pairwise"]),
+                "ratio": round(statistics.median(rate["kwise"]) / statistics.median(rate["pairwise"]), 2),
+                "paired_ratio": spread([k / p for k, p in zip(rate["kwise"], rate["pairwise"])], digits=2),
+                "kwise_accuracy": round(accuracy_of["kwise"], 4),
+                "pairwise_accuracy": round(accuracy_of["pairwise"], 4),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

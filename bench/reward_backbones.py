@@ -102,9 +102,15 @@ def demo_gpt2_dir(comparisons: pd.DataFrame, seed: int, out: Path) -> tuple[Path
     tokenizer = train_tokenizer(list(train["prompt"]) + list(train["chosen"]) + list(train["rejected"]), 1024)
     longest = int(token_lengths(tokenizer, comparisons).max())
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=longest, n_embd=128, n_layer=2, n_head=4,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        n_positions=longest,
+        n_embd=128,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -115,8 +121,14 @@ def longer_line(comparisons: pd.DataFrame) -> dict:
     """The baseline: the response with more words wins (ties half), on the strict held-out pairs."""
     test = comparisons[(comparisons["split"] == "test") & ~comparisons["tie"]]
     accuracy = pair_accuracy([len(words(t)) for t in test["chosen"]], [len(words(t)) for t in test["rejected"]])
-    return {"bench": "reward_backbones", "side": "longer", "test_accuracy_mean": round(accuracy, 4),
-            "test_accuracy_std": 0.0, "test_pairs": len(test), "train_wall_s_median": 0.0}  # fmt: skip
+    return {
+        "bench": "reward_backbones",
+        "side": "longer",
+        "test_accuracy_mean": round(accuracy, 4),
+        "test_accuracy_std": 0.0,
+        "test_pairs": len(test),
+        "train_wall_s_median": 0.0,
+    }
 
 
 def train_side(side: str, comparisons: pd.DataFrame, args, seed: int, work: Path) -> dict:
@@ -138,17 +150,22 @@ def summary(side: str, runs: list[dict], settings: dict) -> dict:
     accuracies = [run["test_accuracy"] for run in runs]
     walls = [run["wall_s"] for run in runs]
     return {
-        "bench": "reward_backbones", "side": side, "seeds": len(runs),
+        "bench": "reward_backbones",
+        "side": side,
+        "seeds": len(runs),
         "test_accuracy_mean": round(statistics.mean(accuracies), 4),
         "test_accuracy_std": round(statistics.stdev(accuracies), 4) if len(runs) > 1 else 0.0,
         "test_accuracy_per_seed": accuracies,
         "train_wall_s_median": round(statistics.median(walls), 1),
         "train_wall_s_per_seed": [round(w, 1) for w in walls],
-        "train_pairs": runs[0]["train_pairs"], "test_pairs": runs[0]["test_pairs"],
+        "train_pairs": runs[0]["train_pairs"],
+        "test_pairs": runs[0]["test_pairs"],
         "train_loss_mean": round(statistics.mean(run["train_loss"] for run in runs), 4),
         "test_ece_mean": round(statistics.mean(run["test_ece"] for run in runs), 4),
-        "learning_rate": runs[0]["learning_rate"], "max_length": runs[0]["max_length"], **settings,
-    }  # fmt: skip
+        "learning_rate": runs[0]["learning_rate"],
+        "max_length": runs[0]["max_length"],
+        **settings,
+    }
 
 
 def main() -> None:
@@ -173,9 +190,11 @@ def main() -> None:
         data = f"{HH_SAMPLE.name}: of {len(everything)} pairs, those that fit {args.max_length} MiniLM tokens"
         settings = {
             "data": data + (f", {args.train_pairs} of their train pairs" if args.train_pairs else ""),
-            "test_fraction": args.test_fraction, "epochs": args.epochs, "batch_size": args.batch_size,
+            "test_fraction": args.test_fraction,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
             "torch_threads": torch.get_num_threads(),
-        }  # fmt: skip
+        }
         runs: dict[str, list[dict]] = {side: [] for side in sides if side != "longer"}
         for seed in range(args.seeds):  # alternate the sides, so load drifts hit them alike
             for side, side_runs in runs.items():

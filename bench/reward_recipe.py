@@ -93,29 +93,55 @@ def main() -> None:
         tuning = tuning_split(comparisons)
         validation = {}
         for name in [] if args.recipe else args.candidates.split(","):
-            runs = [train_and_score(tuning, CANDIDATES[name], seed, work / f"{name}-{seed}")
-                    for seed in range(args.validation_seeds)]  # fmt: skip
+            runs = [
+                train_and_score(tuning, CANDIDATES[name], seed, work / f"{name}-{seed}")
+                for seed in range(args.validation_seeds)
+            ]
             validation[name] = statistics.mean(run["accuracy"] for run in runs)
-            line = {"bench": "reward_recipe", "phase": "validation", "candidate": name, **CANDIDATES[name],
-                    "validation_accuracy": spread([run["accuracy"] for run in runs]),
-                    "validation_pairs": runs[0]["pairs"], "train_pairs": int((tuning["split"] == "train").sum()),
-                    "wall_s": round(statistics.median(run["wall_s"] for run in runs), 1)}  # fmt: skip
+            line = {
+                "bench": "reward_recipe",
+                "phase": "validation",
+                "candidate": name,
+                **CANDIDATES[name],
+                "validation_accuracy": spread([run["accuracy"] for run in runs]),
+                "validation_pairs": runs[0]["pairs"],
+                "train_pairs": int((tuning["split"] == "train").sum()),
+                "wall_s": round(statistics.median(run["wall_s"] for run in runs), 1),
+            }
             print(json.dumps(line), flush=True)
         best = args.recipe or max(validation, key=validation.get)
         recipe, runs = CANDIDATES[best], []
         # A line per seed as it ends: a slow machine still leaves figures.
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             runs.append(train_and_score(comparisons, recipe, seed, work / f"final-{seed}"))
-            print(json.dumps({"bench": "reward_recipe", "phase": "test_seed", "recipe": best, "seed": seed,
-                              "test_accuracy": round(runs[-1]["accuracy"], 4),
-                              "wall_s": round(runs[-1]["wall_s"], 1)}), flush=True)  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "bench": "reward_recipe",
+                        "phase": "test_seed",
+                        "recipe": best,
+                        "seed": seed,
+                        "test_accuracy": round(runs[-1]["accuracy"], 4),
+                        "wall_s": round(runs[-1]["wall_s"], 1),
+                    }
+                ),
+                flush=True,
+            )
         longer = longer_line(comparisons)["test_accuracy_mean"]
         accuracy = spread([run["accuracy"] for run in runs])
-        line = {"bench": "reward_recipe", "phase": "test", "recipe": best, **CANDIDATES[best],
-                "test_accuracy": accuracy, "test_pairs": runs[0]["pairs"], "longer_is_better": longer,
-                "minus_longer": round(accuracy["mean"] - longer, 4), "data": f"{HH_SAMPLE.name}, every pair",
-                "torch_threads": torch.get_num_threads(),
-                "wall_s_median": round(statistics.median(run["wall_s"] for run in runs), 1)}  # fmt: skip
+        line = {
+            "bench": "reward_recipe",
+            "phase": "test",
+            "recipe": best,
+            **CANDIDATES[best],
+            "test_accuracy": accuracy,
+            "test_pairs": runs[0]["pairs"],
+            "longer_is_better": longer,
+            "minus_longer": round(accuracy["mean"] - longer, 4),
+            "data": f"{HH_SAMPLE.name}, every pair",
+            "torch_threads": torch.get_num_threads(),
+            "wall_s_median": round(statistics.median(run["wall_s"] for run in runs), 1),
+        }
         print(json.dumps(line), flush=True)
 
 

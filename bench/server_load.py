@@ -76,15 +76,21 @@ async def run_clients(address: str, server: str, tokens: list[str], seconds: flo
     """`len(tokens)` clients for `seconds`: requests/s, p50/p99 (ms) and the statuses."""
     latencies, statuses = [], Counter()
     client_loop = reward_client if server == "reward" else page_client
-    clients = [httpx.AsyncClient(base_url=address, timeout=120, headers={"Authorization": f"Bearer {t}"} if t else {})
-               for t in tokens]  # fmt: skip
+    clients = [
+        httpx.AsyncClient(base_url=address, timeout=120, headers={"Authorization": f"Bearer {t}"} if t else {})
+        for t in tokens
+    ]
     started = time.monotonic()
     await asyncio.gather(*(client_loop(c, started + seconds, latencies, statuses) for c in clients))
     elapsed = time.monotonic() - started
     for client in clients:
         await client.aclose()
-    return {"requests_per_s": len(latencies) / elapsed, "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-            "p99_ms": 1000 * float(np.percentile(latencies, 99)), "statuses": statuses}  # fmt: skip
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        "statuses": statuses,
+    }
 
 
 def spread(values: list[float]) -> dict:
@@ -123,11 +129,19 @@ def main() -> None:
                 tokens_file = Path(workdir) / f"{side}-annotators.json"
                 tokens_file.write_text(json.dumps({t: f"annotator-{i}" for i, t in enumerate(tokens)}))
                 port = free_port()
-                command = ["annotate", "--store", str(store.path), "serve", "--tokens", str(tokens_file),
-                           "--params", "/nonexistent-params.yaml"]  # fmt: skip
+                command = [
+                    "annotate",
+                    "--store",
+                    str(store.path),
+                    "serve",
+                    "--tokens",
+                    str(tokens_file),
+                    "--params",
+                    "/nonexistent-params.yaml",
+                ]
                 servers.append(start(tree, command, port))
                 addresses["page", side] = f"http://127.0.0.1:{port}"
-            for (server, side), address in addresses.items():  # warm up: models loaded, pages signed in
+            for (server, _side), address in addresses.items():  # warm up: models loaded, pages signed in
                 asyncio.run(run_clients(address, server, tokens if server == "page" else [""] * 8, 1.0))
             for server in args.servers:
                 for clients in args.clients:
@@ -139,13 +153,27 @@ def main() -> None:
                             runs[side].append(result)
                     for side, results in runs.items():
                         statuses = sum((r["statuses"] for r in results), Counter())
-                        print(json.dumps({
-                            "bench": "server_load", "server": server, "clients": clients, "side": side,
-                            "revision": revision(sides[side]), "repeats": args.repeats, "seconds": args.seconds,
-                            **{k: spread([r[k] for r in results]) for k in ("requests_per_s", "p50_ms", "p99_ms")},
-                            "statuses": {str(k): v for k, v in sorted(statuses.items())},
-                            "load_1m": round(os.getloadavg()[0], 2), "machine": machine(),
-                        }), flush=True)  # fmt: skip
+                        print(
+                            json.dumps(
+                                {
+                                    "bench": "server_load",
+                                    "server": server,
+                                    "clients": clients,
+                                    "side": side,
+                                    "revision": revision(sides[side]),
+                                    "repeats": args.repeats,
+                                    "seconds": args.seconds,
+                                    **{
+                                        k: spread([r[k] for r in results])
+                                        for k in ("requests_per_s", "p50_ms", "p99_ms")
+                                    },
+                                    "statuses": {str(k): v for k, v in sorted(statuses.items())},
+                                    "load_1m": round(os.getloadavg()[0], 2),
+                                    "machine": machine(),
+                                }
+                            ),
+                            flush=True,
+                        )
         finally:
             for server in servers:
                 server.terminate()

@@ -31,20 +31,37 @@ def rankings_for(pairs: int, k: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
     prompts = -(-pairs // (k * (k - 1) // 2))
     prompt_ids = [f"{i:032x}" for i in range(prompts)]
     prompt_frame = pd.DataFrame(
-        {"prompt_id": prompt_ids, "prompt": [f"prompt {i}" for i in range(prompts)], "topic": None,
-         "split": "train", "source": "bench"}
-    )  # fmt: skip
+        {
+            "prompt_id": prompt_ids,
+            "prompt": [f"prompt {i}" for i in range(prompts)],
+            "topic": None,
+            "split": "train",
+            "source": "bench",
+        }
+    )
     response_ids = [f"{p}-{j}" for p in prompt_ids for j in range(k)]
     response_frame = pd.DataFrame(
-        {"response_id": response_ids, "prompt_id": [p for p in prompt_ids for _ in range(k)],
-         "sample_index": list(range(k)) * prompts, "response": [f"response {r}" for r in response_ids],
-         "policy_checkpoint": "bench", "sampling": "{}"}
-    )  # fmt: skip
+        {
+            "response_id": response_ids,
+            "prompt_id": [p for p in prompt_ids for _ in range(k)],
+            "sample_index": list(range(k)) * prompts,
+            "response": [f"response {r}" for r in response_ids],
+            "policy_checkpoint": "bench",
+            "sampling": "{}",
+        }
+    )
     ranking_frame = pd.DataFrame(
-        {"ranking_id": [p for p in prompt_ids for _ in range(k)], "response_id": response_ids,
-         "prompt_id": [p for p in prompt_ids for _ in range(k)], "rank": list(range(1, k + 1)) * prompts,
-         "score": [float(-j) for j in range(k)] * prompts, "reasons": "{}", "judge": "bench", "judge_version": "1"}
-    )  # fmt: skip
+        {
+            "ranking_id": [p for p in prompt_ids for _ in range(k)],
+            "response_id": response_ids,
+            "prompt_id": [p for p in prompt_ids for _ in range(k)],
+            "rank": list(range(1, k + 1)) * prompts,
+            "score": [float(-j) for j in range(k)] * prompts,
+            "reasons": "{}",
+            "judge": "bench",
+            "judge_version": "1",
+        }
+    )
     return prompt_frame, response_frame, ranking_frame
 
 
@@ -53,8 +70,10 @@ def jsonl_baseline(pairs: pd.DataFrame, path: Path) -> float:
     started = time.perf_counter()
     with path.open("w") as handle:
         for row in pairs.itertuples(index=False):
-            handle.write(json.dumps({"prompt": row.prompt, "chosen": row.chosen, "rejected": row.rejected,
-                                     "margin": row.margin}) + "\n")  # fmt: skip
+            handle.write(
+                json.dumps({"prompt": row.prompt, "chosen": row.chosen, "rejected": row.rejected, "margin": row.margin})
+                + "\n"
+            )
     return time.perf_counter() - started
 
 

@@ -60,10 +60,15 @@ def ranked_samples_table(root: Path, prompts_path: str, rankings_path: str, resp
     shown = sorted(ranked["prompt_id"].unique())[:SAMPLE_PROMPTS]
     ranked = ranked[ranked["prompt_id"].isin(shown)].sort_values(["prompt_id", "rank", "response_id"])
     return [
-        {"prompt": row.prompt, "rank": int(row.rank), "score": round(float(row.score), 3), "judge": row.judge,
-         "response": row.response}
+        {
+            "prompt": row.prompt,
+            "rank": int(row.rank),
+            "score": round(float(row.score), 3),
+            "judge": row.judge,
+            "response": row.response,
+        }
         for row in ranked.itertuples()
-    ]  # fmt: skip
+    ]
 
 
 def png_data_url(path: Path) -> str:
@@ -90,8 +95,11 @@ def curves_markdown(curve_csv: Path, pictures: list[tuple[str, Path]] = ()) -> s
     """The curves as pictures (each PNG that exists), then reward and KL per iteration as a table."""
     curve = pd.read_csv(curve_csv)
     columns = [c for c in CURVE_COLUMNS if c in curve.columns]
-    shown = [f"![{caption}]({png_data_url(path)})\n\n_{caption}_ (`{path.name}`)" for caption, path in pictures
-             if path.is_file()]  # fmt: skip
+    shown = [
+        f"![{caption}]({png_data_url(path)})\n\n_{caption}_ (`{path.name}`)"
+        for caption, path in pictures
+        if path.is_file()
+    ]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in curve[columns].itertuples(index=False):
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |")

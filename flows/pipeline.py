@@ -134,18 +134,26 @@ def rlhf_pipeline(
                 logger.info("round %d starts from %s", number, PREVIOUS_POLICY)
             number = current_round(root_path).number
             outcomes = run_round(
-                root_path, stage_names, progress,
-                stage_timeout_s=stage_timeout_s, judge_retries=judge_retries, judge_retry_delay_s=judge_retry_delay_s,
-                human_gate_timeout_s=human_gate_timeout_s, approve_before_ppo=approve_before_ppo,
-            )  # fmt: skip
+                root_path,
+                stage_names,
+                progress,
+                stage_timeout_s=stage_timeout_s,
+                judge_retries=judge_retries,
+                judge_retry_delay_s=judge_retry_delay_s,
+                human_gate_timeout_s=human_gate_timeout_s,
+                approve_before_ppo=approve_before_ppo,
+            )
             metrics = artifacts.publish(root_path, stages, paths, number)
             tag = commit_round(root_path, number, flow_run.get_name()) if commit_rounds else None
             # Every round's outputs go to the remote, not only the last round's: each tag stays pullable.
             pushed_to = dvc_push(root_path) if push else None
             logger.info(
-                "round %d: %s%s; dvc push: %s", number, outcomes, f"; committed as {tag}" if tag else "",
+                "round %d: %s%s; dvc push: %s",
+                number,
+                outcomes,
+                f"; committed as {tag}" if tag else "",
                 f"to remote {pushed_to!r}" if pushed_to else "no DVC remote set, nothing pushed",
-            )  # fmt: skip
+            )
             history.append({"round": number, "stages": outcomes, "tag": tag})
     return {"rounds": history, "stages": history[-1]["stages"], "metrics": metrics, "pushed_to": pushed_to}
 
@@ -176,9 +184,12 @@ def main() -> None:
     args = parser.parse_args()
     try:
         result = rlhf_pipeline(
-            args.root, rounds=args.rounds, new_round=args.new_round, commit_rounds=args.commit_rounds,
+            args.root,
+            rounds=args.rounds,
+            new_round=args.new_round,
+            commit_rounds=args.commit_rounds,
             approve_before_ppo=args.approve_before_ppo,
-        )  # fmt: skip
+        )
     except InputError as error:  # bad params.yaml: the flow's log has the trace, the terminal one line
         print(f"rlhf-pipeline: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -29,8 +29,16 @@ PREVIOUS_POLICY = "models/previous-policy"
 # What a round commits: DVC's pointers, the small files DVC keeps in git (cache: false outs) and
 # the links to the files params.yaml names (inputs/, rlhf/user_inputs.py), deps whose hashes dvc.lock holds.
 ROUND_FILES = [
-    "dvc.lock", ROUNDS_FILE, f"{PREVIOUS_POLICY}.dvc", "metrics", "plots", "reports", "dvclive", ".gitignore", "inputs",
-]  # fmt: skip
+    "dvc.lock",
+    ROUNDS_FILE,
+    f"{PREVIOUS_POLICY}.dvc",
+    "metrics",
+    "plots",
+    "reports",
+    "dvclive",
+    ".gitignore",
+    "inputs",
+]
 ROUNDS_HEADER = (
     "# Round state of iterated online RLHF (rlhf/config.py RoundParams). The flow writes this file when\n"
     "# it starts a round (flows/rounds.py), so params.yaml is never rewritten; DVC reads both.\n"

@@ -64,8 +64,12 @@ def up_to_date(root: str | Path, stage: str) -> bool:
     `dvc status --json` (the in-process API assumes the working directory is the repository)."""
     result = subprocess.run(
         [sys.executable, "-m", "dvc", "status", "--json", stage],
-        cwd=root, env=stage_environment(), capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=root,
+        env=stage_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     try:
         return result.returncode == 0 and json.loads(result.stdout or "{}") == {}
     except ValueError:
@@ -99,7 +103,7 @@ def only_transient_failures(task, task_run, state) -> bool:
         state.result()
     except TransientStageError:
         return True
-    except Exception:  # noqa: BLE001 - any other failure is final: bad input, a bug, a timeout
+    except Exception:
         return False
     return False
 
@@ -159,9 +163,13 @@ def reproduce_stage(
 
 
 def _run_dvc_repro(
-    root: str, stage: str, timeout_s: float, force: bool, status_file: Path,
+    root: str,
+    stage: str,
+    timeout_s: float,
+    force: bool,
+    status_file: Path,
     on_progress: Callable[[str, float], None] | None,
-) -> tuple[int, bool]:  # fmt: skip
+) -> tuple[int, bool]:
     """`dvc repro --single-item <stage>`, its output into the task's log; (exit status, timed out)."""
     logger = get_run_logger()
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", stage] + (["--force"] if force else [])

@@ -54,8 +54,12 @@ def register(env: dict[str, str], root: Path) -> None:
     """The work pool and every deployment of prefect.yaml."""
     pool = subprocess.run(
         prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"),
-        cwd=root, env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if pool.returncode:
         raise SystemExit(f"flows.ui: cannot create work pool {WORK_POOL}: {pool.stderr.strip() or pool.stdout.strip()}")
     deploy = subprocess.run(

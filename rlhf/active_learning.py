@@ -97,9 +97,16 @@ class PreferencePool:
 
 
 def run_rounds(
-    pool: PreferencePool, test: PreferencePool, policy: Selection, budget: int, rounds: int,
-    annotators: AnnotatorPool, seed: int, members: int = 5, l2: float = 1e-3,
-) -> list[dict]:  # fmt: skip
+    pool: PreferencePool,
+    test: PreferencePool,
+    policy: Selection,
+    budget: int,
+    rounds: int,
+    annotators: AnnotatorPool,
+    seed: int,
+    members: int = 5,
+    l2: float = 1e-3,
+) -> list[dict]:
     """Round 0 labels `budget` pairs at random (nothing to be uncertain with yet); each later round
     fits the ensemble and lets `policy` pick `budget` more. One record per round after its labels:
     {labels, test_accuracy}."""

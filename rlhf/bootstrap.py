@@ -52,9 +52,13 @@ def demo_dataset(train_prompts: list[tuple[str, str]], per_prompt: int, seed: in
 
 
 def train_demo_policy(
-    params: BootstrapPolicyParams, train_prompts: list[tuple[str, str]], seed: int, device: torch.device, out_dir: Path,
+    params: BootstrapPolicyParams,
+    train_prompts: list[tuple[str, str]],
+    seed: int,
+    device: torch.device,
+    out_dir: Path,
     tracker: Tracker | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     tokenizer = train_tokenizer(domain.corpus(seed), params.vocab_size)
     config = GPT2Config(
         vocab_size=len(tokenizer),
@@ -97,8 +101,13 @@ def train_demo_policy(
         # (seeds 0, 1) instead of +0.36 and +0.05.
     )
     dataset = demo_dataset(train_prompts, params.demos_per_prompt, seed)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         callbacks=[tracker.trainer_callback()] if tracker else None)  # fmt: skip
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[tracker.trainer_callback()] if tracker else None,
+    )
     result = trainer.train()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -170,7 +179,7 @@ def _rows(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
         )
     try:
         frame = readers[path.suffix](path)
-    except Exception as error:  # noqa: BLE001 (pandas/pyarrow raise many types for a malformed file)
+    except Exception as error:
         raise DemonstrationsError(f"{path}: cannot read ({str(error).splitlines()[0]})") from None
     return list(frame.columns), [(f"{path}: row {n}", row) for n, row in enumerate(frame.to_dict("records"), 1)]
 
@@ -178,7 +187,7 @@ def _rows(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
 def _dataset_rows(path: Path) -> tuple[list[str], list[tuple[str, dict]]]:
     try:
         dataset = load_from_disk(str(path))
-    except Exception as error:  # noqa: BLE001 (datasets raises several types for a bad directory)
+    except Exception as error:
         raise DemonstrationsError(f"{path}: not a `datasets` save_to_disk directory ({error})") from None
     if isinstance(dataset, DatasetDict):
         if "train" not in dataset:

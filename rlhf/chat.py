@@ -162,7 +162,7 @@ def template_turn_end(tokenizer: PreTrainedTokenizerBase) -> int | None:
     probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": STOP_PROBE}]
     try:
         text = tokenizer.apply_chat_template(probe, tokenize=False)
-    except Exception:  # noqa: BLE001  (a template may raise on any conversation it does not expect)
+    except Exception:
         return None
     end = text.rfind(STOP_PROBE)
     after = tokenizer(text[end + len(STOP_PROBE) :], add_special_tokens=False)["input_ids"] if end >= 0 else []

@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     store = commands.add_parser("store", help="inspect the DuckDB feedback store")
     # --store as every other command takes it; --path, the older spelling, still reads
-    store.add_argument("--store", "--path", dest="path", default="feedback.duckdb",
-                       help="the store file (default: feedback.duckdb)")  # fmt: skip
+    store.add_argument(
+        "--store", "--path", dest="path", default="feedback.duckdb", help="the store file (default: feedback.duckdb)"
+    )
     actions = store.add_subparsers(dest="action", required=True)
     actions.add_parser("stats", help="row counts of every table", description="Example: rlhf store stats")
     query = actions.add_parser(
@@ -53,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "others' consensus and each AI judge; low-agreement annotators named)",
     )
     agreement.add_argument(
-        "--low-kappa", type=float, default=LOW_AGREEMENT_KAPPA,
+        "--low-kappa",
+        type=float,
+        default=LOW_AGREEMENT_KAPPA,
         help=f"an annotator whose kappa with the consensus is under this is listed (default {LOW_AGREEMENT_KAPPA})",
-    )  # fmt: skip
+    )
     imports = actions.add_parser(
         "import",
         help="import rankings made elsewhere",
@@ -128,16 +131,18 @@ def add_annotate_commands(commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument(
-        "--overlap", type=int,
+        "--overlap",
+        type=int,
         help="each queue item goes to this many people and leaves the queue when they ranked it "
         "(kept in the store until changed; unset: everyone ranks every item)",
-    )  # fmt: skip
+    )
     serve.add_argument("--params", default="params.yaml", help="rank_responses.principles are shown as guidelines")
     serve.add_argument("--guidelines", help="a markdown file shown beside the task and on first open")
     serve.add_argument(
-        "--suggest", action="store_true",
+        "--suggest",
+        action="store_true",
         help="start each ranking from the AI judge's order (off by default: it anchors people; recorded per ranking)",
-    )  # fmt: skip
+    )
     serve.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="refuse (413) bodies over this size")
     serve.add_argument("--rate-limit", type=float, default=20.0, help="requests/s per annotator, 429 past it; 0: off")
     for action, text in [("add-annotator", "a new token for NAME, printed once"), ("revoke", "refuse NAME's tokens")]:
@@ -159,9 +164,10 @@ def add_verify_command(commands) -> None:
     verify.add_argument("targets", nargs="*", help="stages to reproduce with their upstream (default: all)")
     verify.add_argument("--keep", help="a directory to re-run in and keep (default: a temporary one, removed)")
     verify.add_argument(
-        "--with-store", action="store_true",
+        "--with-store",
+        action="store_true",
         help="start the clone from a copy of the feedback store (imports and people's rankings live only there)",
-    )  # fmt: skip
+    )
 
 
 def add_serve_commands(commands) -> None:
@@ -191,11 +197,14 @@ def add_reward_server_flags(reward) -> None:
     from rlhf.http_limits import Limits
 
     limits = Limits()
-    reward.add_argument("--tokens", help="tokens file of sha256 -> name (rlhf serve reward-token); every call needs one")
     reward.add_argument(
-        "--insecure", action="store_true",
+        "--tokens", help="tokens file of sha256 -> name (rlhf serve reward-token); every call needs one"
+    )
+    reward.add_argument(
+        "--insecure",
+        action="store_true",
         help="serve a non-loopback --host without tokens (anyone who reaches it can use it)",
-    )  # fmt: skip
+    )
     reward.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (off by default)")
     for flag, value, text in [
         ("--max-body-bytes", limits.max_body_bytes, "request body size"),
@@ -203,11 +212,15 @@ def add_reward_server_flags(reward) -> None:
         ("--max-chars", limits.max_chars, "characters per text"),
         ("--max-tokens", limits.max_tokens, "tokens per query"),
     ]:
-        reward.add_argument(flag, type=int, default=value, help=f"refuse (413) over this many: {text} (default {value})")
+        reward.add_argument(
+            flag, type=int, default=value, help=f"refuse (413) over this many: {text} (default {value})"
+        )
     reward.add_argument(
-        "--rate-limit", type=float, default=limits.rate_limit,
+        "--rate-limit",
+        type=float,
+        default=limits.rate_limit,
         help=f"requests/s per token (or client address), 429 past it; 0: off (default {limits.rate_limit:g})",
-    )  # fmt: skip
+    )
 
 
 def serve_annotation_page(args: argparse.Namespace) -> None:
@@ -224,9 +237,14 @@ def serve_annotation_page(args: argparse.Namespace) -> None:
     if args.overlap is not None:
         store.set_overlap(args.overlap)
     app = create_app(
-        store, tokens, guidelines, suggestions=args.suggest, tokens_source=f"tokens-file:{args.tokens}",
-        max_body_bytes=args.max_body_bytes, rate_limit=args.rate_limit,
-    )  # fmt: skip
+        store,
+        tokens,
+        guidelines,
+        suggestions=args.suggest,
+        tokens_source=f"tokens-file:{args.tokens}",
+        max_body_bytes=args.max_body_bytes,
+        rate_limit=args.rate_limit,
+    )
     warning = check_host(args.host, True, False, "ranking page")
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -256,8 +274,10 @@ def annotate_command(args: argparse.Namespace) -> None:
         if created:
             print(f"rlhf: created the store {store.path}", file=sys.stderr)
         print(token)
-        print(f"rlhf: {args.name} opens http://127.0.0.1:8765/#token={token} (shown once; the store keeps its sha256)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"rlhf: {args.name} opens http://127.0.0.1:8765/#token={token} (shown once; the store keeps its sha256)",
+            file=sys.stderr,
+        )
     elif args.action == "revoke":
         revoked = revoke_annotator(store, args.name)
         print(f"revoked {revoked} token(s) of {args.name}; their rankings stay in the store")

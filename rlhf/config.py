@@ -660,8 +660,9 @@ class TrainPolicyParams(Section):
         if not self.grpo_std_normalization and self.algorithm != "grpo":
             raise ValueError("grpo_std_normalization: only grpo reads it (false is Dr. GRPO)")
         if not critic_free and self.loss_aggregation != "token_mean":
-            raise ValueError(f"loss_aggregation: {self.algorithm} has only token_mean; the others are for grpo, "
-                             "rloo, reinforce_pp")  # fmt: skip
+            raise ValueError(
+                f"loss_aggregation: {self.algorithm} has only token_mean; the others are for grpo, rloo, reinforce_pp"
+            )
         if not critic_free and self.clip_range_high is not None:
             raise ValueError(f"clip_range_high: only for grpo, rloo, reinforce_pp, not {self.algorithm}")
         if self.dynamic_sampling and self.algorithm not in ("grpo", "rloo"):

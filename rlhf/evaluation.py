@@ -145,12 +145,14 @@ def compare_policies(
     def summary(rows: list[int]) -> dict[str, float]:
         mean = {name: sum(values[i] for i in rows) / max(len(rows), 1) for name, values in per_sample.items()}
         return {
-            "win_rate_vs_start": mean.pop("win"), "kl_to_start": mean.pop("kl"),
-            "mean_reward_start": mean.pop("reward_start"), "mean_reward_final": mean.pop("reward_final"),
+            "win_rate_vs_start": mean.pop("win"),
+            "kl_to_start": mean.pop("kl"),
+            "mean_reward_start": mean.pop("reward_start"),
+            "mean_reward_final": mean.pop("reward_final"),
             "distinct_2_start": distinct_n([start_gen.texts[i] for i in rows]),
             "distinct_2_final": distinct_n([final_gen.texts[i] for i in rows]),
             **mean,
-        }  # fmt: skip
+        }
 
     metrics = summary(list(range(len(prompts))))
     for group, members in (groups or {}).items():

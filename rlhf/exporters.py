@@ -92,9 +92,7 @@ def export_pairs(
     return len(pairs)
 
 
-def trl_records(
-    pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase | None, conversational: bool
-) -> list[dict]:
+def trl_records(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase | None, conversational: bool) -> list[dict]:
     """One TRL preference record per pair: chat messages, or the standard format's strings."""
     if not conversational:
         refuse_unless_standard_format_fits(tokenizer)

@@ -136,7 +136,9 @@ class Guard:
                 return await refuse(send, 413, self.too_large(f"of {int(length)} bytes"))
         principal = None
         if self.authenticate is not None and self.guarded(scope["path"]):
-            principal, why = await anyio.to_thread.run_sync(self.authenticate, bearer(headers.get(b"authorization", b"")))
+            principal, why = await anyio.to_thread.run_sync(
+                self.authenticate, bearer(headers.get(b"authorization", b""))
+            )
             if principal is None:
                 status = 503 if why.startswith("the store is busy") else 401
                 return await refuse(send, status, why, {"Retry-After": "2"} if status == 503 else None)
@@ -145,9 +147,11 @@ class Guard:
             wait = self.rate.wait_s(key)
             if wait > 0:
                 return await refuse(
-                    send, 429, f"over the rate limit of {self.rate.per_s:g} requests/s per token (--rate-limit)",
+                    send,
+                    429,
+                    f"over the rate limit of {self.rate.per_s:g} requests/s per token (--rate-limit)",
                     {"Retry-After": str(max(1, math.ceil(wait)))},
-                )  # fmt: skip
+                )
         body, more = bytearray(), True
         while more:
             message = await receive()

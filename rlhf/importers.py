@@ -55,9 +55,9 @@ from rlhf.errors import InputError
 from rlhf.jsonl import read_text
 from rlhf.prompts import PROMPT_COLUMNS, split_of
 from rlhf.store import HUMAN_JUDGE
+from rlhf.text import content_id
 
 AI_RATED_JUDGE = "ultrafeedback"  # the judge of UltraFeedback's rankings: GPT-4 rated its completions
-from rlhf.text import content_id
 
 FORMATS = ("csv", "jsonl", "argilla", "hh-rlhf", "trl", "ultrafeedback")
 ON_BAD_ROW = ("skip", "fail")
@@ -198,8 +198,18 @@ def _frames(rankings: list[Ranking], source: str, test_fraction: float) -> tuple
         ranking_id = content_id(prompt_id, ranking.judge, ranking.annotator, *sorted(ids))
         for response_id, reply in zip(ids, ranking.replies):
             reasons = json.dumps(reply.reasons)
-            rows.append((ranking_id, response_id, prompt_id, reply.rank, float(-reply.rank), reasons, ranking.judge,
-                         ranking.annotator))  # fmt: skip
+            rows.append(
+                (
+                    ranking_id,
+                    response_id,
+                    prompt_id,
+                    reply.rank,
+                    float(-reply.rank),
+                    reasons,
+                    ranking.judge,
+                    ranking.annotator,
+                )
+            )
     # Here, not at the top: ranking and sampling load torch, which `rlhf --help` and `rlhf store` never need.
     from rlhf.ranking import RANKING_COLUMNS
     from rlhf.sampling import RESPONSE_COLUMNS
@@ -444,8 +454,10 @@ def _argilla_rankings(record: dict, number: int, file_name: str) -> list[Ranking
         if not isinstance(ranking, list):
             raise _Odd("a response has no `values.ranking.value` list")
         try:
-            replies = [Reply(item["value"], _turns(str(fields[item["value"]]), "field"), int(item["rank"]), {})
-                       for item in ranking]  # fmt: skip
+            replies = [
+                Reply(item["value"], _turns(str(fields[item["value"]]), "field"), int(item["rank"]), {})
+                for item in ranking
+            ]
         except (KeyError, TypeError, ValueError):
             raise _Odd("a ranking names a field that is not there") from None
         annotator = str(answer.get("user_id") or file_name)

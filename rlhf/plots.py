@@ -35,8 +35,14 @@ def render_gold_vs_proxy(history: pd.DataFrame, path: str | Path) -> None:
     flattens or falls, the policy is gaming the reward model. Two y axes: their scales differ."""
     figure, gold_axis = plt.subplots(figsize=(6, 4))
     if "gold_score" not in history:  # DPO, or gold_judge: null: the out still exists, saying why it is empty
-        gold_axis.text(0.5, 0.5, "no gold score: train_policy.gold_judge is null, or the policy came from DPO",
-                       ha="center", va="center", wrap=True)  # fmt: skip
+        gold_axis.text(
+            0.5,
+            0.5,
+            "no gold score: train_policy.gold_judge is null, or the policy came from DPO",
+            ha="center",
+            va="center",
+            wrap=True,
+        )
         gold_axis.axis("off")
         figure.savefig(path, format="png", dpi=80)
         plt.close(figure)

@@ -135,16 +135,21 @@ def response_member_scores(
     tokenizer = load_tokenizer(model_dir)
     model = load_reward_model(model_dir, resolve_device(device), tokenizer.pad_token_id).eval()
     conversations = dict(zip(prompts["prompt_id"], chat.conversations_of(prompts)))
-    scores = member_scores(
-        model, tokenizer, [conversations[p] for p in responses["prompt_id"]], list(responses["response"])
-    ).cpu().numpy()  # (M, N)
+    scores = (
+        member_scores(model, tokenizer, [conversations[p] for p in responses["prompt_id"]], list(responses["response"]))
+        .cpu()
+        .numpy()
+    )  # (M, N)
     return {response_id: scores[:, i] for i, response_id in enumerate(responses["response_id"])}
 
 
 def people_queue(
-    config: RankResponsesParams, prompts: pd.DataFrame, responses: pd.DataFrame, pairs: pd.DataFrame | None,
+    config: RankResponsesParams,
+    prompts: pd.DataFrame,
+    responses: pd.DataFrame,
+    pairs: pd.DataFrame | None,
     device: str | torch.device,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """What people rank this round. Judge human: each prompt's K responses, or with a budget the pairs
     `human.selection` picks; hybrid: the pairs the AI judge is unsure of (`pairs`, from judge_all), or
     with a budget those of them the selection picks; any other judge: nothing."""
@@ -162,9 +167,12 @@ def people_queue(
 
 
 def human_queue(
-    human: HumanSelectionParams, candidates: pd.DataFrame, prompts: pd.DataFrame, responses: pd.DataFrame,
+    human: HumanSelectionParams,
+    candidates: pd.DataFrame,
+    prompts: pd.DataFrame,
+    responses: pd.DataFrame,
     device: str | torch.device,
-) -> pd.DataFrame:  # fmt: skip
+) -> pd.DataFrame:
     """The budgeted queue: `candidates` (pairs, with judge_margin where an AI judge ranked them) scored
     by the reward ensemble's BALD where `human.reward_model` is set, then chosen by `human.selection`.
     Only the candidates' responses are scored, and none where there is no candidate."""

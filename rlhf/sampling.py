@@ -67,9 +67,12 @@ def prompt_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str], device: t
     """Rendered prompts (rlhf.chat.render_prompt) as a left-padded batch for the policy to continue;
     special tokens only where no chat template wrote them.  input_ids, attention_mask: (B, Q)"""
     return tokenizer(
-        texts, return_tensors="pt", padding=True, padding_side="left",
+        texts,
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
         add_special_tokens=chat.add_special_tokens_for(tokenizer),
-    ).to(device)  # fmt: skip
+    ).to(device)
 
 
 @torch.no_grad()
@@ -122,9 +125,16 @@ def sample_from_policy(
     device = next(model.parameters()).device
     batch = prompt_batch(tokenizer, prompts, device)
     response_ids, response_mask, ended, _ = sample_with_logprobs(
-        model, batch["input_ids"], batch["attention_mask"], max_new_tokens, temperature,
-        chat.stop_token_ids(tokenizer, model), tokenizer.pad_token_id, top_p=top_p, multinomial=multinomial,
-    )  # fmt: skip
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        max_new_tokens,
+        temperature,
+        chat.stop_token_ids(tokenizer, model),
+        tokenizer.pad_token_id,
+        top_p=top_p,
+        multinomial=multinomial,
+    )
     texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
     return Generation(batch["input_ids"], batch["attention_mask"], response_ids, response_mask, ended, texts)
 
@@ -249,9 +259,12 @@ class CompiledSampler:
 
     def _decode_step(self, token, attention_mask, positions, temperature):
         output = self.model(
-            input_ids=token[:, None], attention_mask=attention_mask, position_ids=positions, cache=self.cache,
+            input_ids=token[:, None],
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=self.cache,
             use_cache=True,
-        )  # fmt: skip
+        )
         return sample_token(output.logits[:, -1], temperature)
 
     def _cache_for(self, batch: int, length: int) -> StaticCache:
@@ -279,9 +292,13 @@ class CompiledSampler:
         attention_mask = F.pad(query_mask, (0, max_new_tokens), value=0)  # slots fill as tokens are drawn
         positions = position_ids_from_mask(query_mask)
         output = self.model(
-            input_ids=query_ids, attention_mask=attention_mask, position_ids=positions, cache=cache,
-            use_cache=True, logits_to_keep=1,
-        )  # fmt: skip
+            input_ids=query_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         token, logprob = sample_token(output.logits[:, -1], temperature)
         next_position = positions[:, -1:] + 1
         finished = torch.zeros(batch, dtype=torch.bool, device=query_ids.device)
@@ -325,11 +342,14 @@ def sample_k(
     sampling = json.dumps(
         {
             "sampler": "softmax(logits/temperature)" + (", nucleus top_p" if top_p < 1.0 else ""),
-            "k": k, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+            "k": k,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
             "stop_token_ids": stop_ids,
         },
         sort_keys=True,
-    )  # fmt: skip
+    )
     # Each prompt is rendered with the policy's own chat template (rlhf.chat), once.
     rendered = {
         prompt_id: chat.render_prompt(tokenizer, conversation)

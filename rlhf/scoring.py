@@ -70,9 +70,11 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
     tokenizer.truncation_side = "left"
     try:
         return tokenizer(
-            texts, add_special_tokens=chat.add_special_tokens_for(tokenizer), truncation=max_length is not None,
+            texts,
+            add_special_tokens=chat.add_special_tokens_for(tokenizer),
+            truncation=max_length is not None,
             max_length=max_length,
-        )["input_ids"]  # fmt: skip
+        )["input_ids"]
     finally:
         tokenizer.truncation_side = side
 

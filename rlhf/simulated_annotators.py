@@ -61,8 +61,10 @@ class AnnotatorPool:
         a_is_better, a_is_longer = np.asarray(a_is_better, bool), np.asarray(a_is_longer, bool)
         n = len(a_is_better)
         who = self.rng.integers(len(self.annotators), size=n)
-        flip, position, length = (np.array([getattr(x, f) for x in self.annotators])[who]
-                                  for f in ("flip_rate", "position_bias", "length_bias"))  # fmt: skip
+        flip, position, length = (
+            np.array([getattr(x, f) for x in self.annotators])[who]
+            for f in ("flip_rate", "position_bias", "length_bias")
+        )
         a_first = self.rng.random(n) < 0.5
         u_position, u_length, u_flip = self.rng.random((3, n))
         prefers = np.where(u_flip < flip, ~a_is_better, a_is_better)

@@ -653,10 +653,13 @@ class FeedbackStore:
         """A row of _open_items as next_item's item (without a suggestion), its texts from `texts`."""
         item_id, prompt_id, prompt, prompt_messages, response_ids = row[:5]
         responses = [
-            {"response_id": i, "text": texts[i][0],
-             "messages": chat.from_json(texts[i][1]) if texts[i][1] else chat.assistant_turns(texts[i][0])}
+            {
+                "response_id": i,
+                "text": texts[i][0],
+                "messages": chat.from_json(texts[i][1]) if texts[i][1] else chat.assistant_turns(texts[i][0]),
+            }
             for i in json.loads(response_ids)
-        ]  # fmt: skip
+        ]
         return {
             "item_id": item_id,
             "prompt_id": prompt_id,
@@ -761,9 +764,16 @@ class FeedbackStore:
             return self._record_human_ranking(con, annotator, item_id, ranks, unsafe, run_id, from_suggestion, mode)
 
     def _record_human_ranking(
-        self, con: duckdb.DuckDBPyConnection, annotator: str, item_id: str, ranks: dict[str, int], unsafe: list[str],
-        run_id: str, from_suggestion: bool = False, mode: str = "rank",
-    ) -> int:  # fmt: skip
+        self,
+        con: duckdb.DuckDBPyConnection,
+        annotator: str,
+        item_id: str,
+        ranks: dict[str, int],
+        unsafe: list[str],
+        run_id: str,
+        from_suggestion: bool = False,
+        mode: str = "rank",
+    ) -> int:
         """record_human_ranking inside the caller's transaction."""
         row = con.execute(
             "SELECT prompt_id, response_ids FROM annotation_queue WHERE item_id = ?", [item_id]
@@ -835,10 +845,18 @@ class FeedbackStore:
                     )
                 else:
                     try:  # its checks come before its writes: a refused row writes nothing
-                        outcomes.append(self._record_human_ranking(
-                            con, annotator, item_id, body["ranks"], body["unsafe"], run_id,
-                            from_suggestion=body["from_suggestion"], mode=body["mode"],
-                        ))  # fmt: skip
+                        outcomes.append(
+                            self._record_human_ranking(
+                                con,
+                                annotator,
+                                item_id,
+                                body["ranks"],
+                                body["unsafe"],
+                                run_id,
+                                from_suggestion=body["from_suggestion"],
+                                mode=body["mode"],
+                            )
+                        )
                     except StoreError as error:
                         outcomes.append(f"StoreError: {error}")
         return outcomes
@@ -931,9 +949,12 @@ class FeedbackStore:
         with self.transaction() as con:
             imports = "SELECT DISTINCT run_id FROM rankings WHERE run_id LIKE 'import-%'"
             runs = {r for (r,) in con.execute(imports).fetchall()}
-            policies = {p for (p,) in con.execute(
-                "SELECT DISTINCT s.policy_checkpoint FROM rankings r JOIN responses s USING (response_id)"
-            ).fetchall()}  # fmt: skip
+            policies = {
+                p
+                for (p,) in con.execute(
+                    "SELECT DISTINCT s.policy_checkpoint FROM rankings r JOIN responses s USING (response_id)"
+                ).fetchall()
+            }
         return [f"import {name}" for name in scope["imports"] if f"import-{name}" not in runs] + [
             f"the rankings of policy {policy}" for policy in scope["earlier_policies"] if policy not in policies
         ]
@@ -1012,7 +1033,10 @@ def scope_file(store_path: str | Path) -> Path:
 
 
 def snapshot_scope(
-    rankings: str, imports: Iterable[str], policies: Iterable[str], earlier_policies: Iterable[str],
+    rankings: str,
+    imports: Iterable[str],
+    policies: Iterable[str],
+    earlier_policies: Iterable[str],
     label_sources: Iterable[str] | None,
 ) -> dict:
     """A snapshot scope (rlhf.config.SnapshotScopeParams resolved against the rounds): `rankings`

@@ -64,8 +64,15 @@ def _optional(module: str, tracker: str):
 class Tracker:
     """One stage's run in each tracker. `config` is what the run is logged with (its params sections)."""
 
-    def __init__(self, stage: str, params: TrackingParams, directory: str | Path, config: dict | None = None,
-                 main_process: bool = True, tables: tuple[str, ...] = ()):  # fmt: skip
+    def __init__(
+        self,
+        stage: str,
+        params: TrackingParams,
+        directory: str | Path,
+        config: dict | None = None,
+        main_process: bool = True,
+        tables: tuple[str, ...] = (),
+    ):
         """`directory`: DVCLive's (dvc.yaml passes `dvclive/<stage>` as the stage's --live_dir).
         `tables`: the names of the tables this stage logs, each `<directory>/<name>.jsonl`."""
         self.stage = stage
@@ -95,8 +102,9 @@ class Tracker:
         if "wandb" in params.report_to:
             wandb = _optional("wandb", "wandb")
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"  # offline: `wandb sync` later
-            self.wandb_run = wandb.init(project=params.wandb_project, name=stage, config=config, mode=mode,
-                                        reinit="finish_previous")  # fmt: skip
+            self.wandb_run = wandb.init(
+                project=params.wandb_project, name=stage, config=config, mode=mode, reinit="finish_previous"
+            )
 
     def with_prefix(self, prefix: str) -> Tracker:
         """The same runs, each metric name prefixed (an ensemble's members: `member1/loss`)."""

@@ -45,7 +45,7 @@ def main() -> None:
             "ppo_curve_png",
             "gold_png",
             "reward_distribution_png",
-        ],  # fmt: skip
+        ],
         ["metrics", "report"],
     )
     params = params_from(args)

@@ -22,9 +22,13 @@ def main() -> None:
         kind = config.ai_judge if config.judge == "hybrid" else config.judge
         judge = make_judge(config, params.device, kind)  # the device is resolved only for a model judge
         rankings, pairs = judge_all(
-            judge, prompts, responses, config.batch_prompts, log_progress(f"{STAGE}: prompts ranked"),
+            judge,
+            prompts,
+            responses,
+            config.batch_prompts,
+            log_progress(f"{STAGE}: prompts ranked"),
             unsafe_words=config.unsafe_words,
-        )  # fmt: skip
+        )
         report = judge_report(judge, rankings)
         if config.unsafe_words:
             report["unsafe_share"] = round(float(rankings["reasons"].str.contains('"unsafe": true').mean()), 4)

@@ -20,9 +20,12 @@ def scope_of(params: Params, responses: pd.DataFrame) -> dict:
     earlier = params.round.earlier
     kept = [r for r in earlier if wanted.rounds == "all" or r.number in wanted.rounds]
     return snapshot_scope(
-        wanted.rankings, wanted.imports, responses["policy_checkpoint"].unique().tolist(),
-        [r.policy_checkpoint for r in kept], wanted.label_sources,
-    )  # fmt: skip
+        wanted.rankings,
+        wanted.imports,
+        responses["policy_checkpoint"].unique().tolist(),
+        [r.policy_checkpoint for r in kept],
+        wanted.label_sources,
+    )
 
 
 def main() -> None:
@@ -49,9 +52,13 @@ def main() -> None:
     waiting = store.waiting_items()
     write_json(
         args.metrics,
-        {"snapshot_comparisons": rows, "store": counts, "queue_waiting": int(waiting),
-         "agreement": (agreement := agreement_report(store.pair_labels(), store.human_ranks()))},
-    )  # fmt: skip
+        {
+            "snapshot_comparisons": rows,
+            "store": counts,
+            "queue_waiting": int(waiting),
+            "agreement": (agreement := agreement_report(store.pair_labels(), store.human_ranks())),
+        },
+    )
     print(f"{STAGE}: added {added}; snapshot holds {rows} comparisons; {waiting} items wait for people")
     if low := agreement["low_agreement"]["annotators"]:
         print(f"{STAGE}: low agreement with the other annotators: {', '.join(low)} (rlhf store agreement)")

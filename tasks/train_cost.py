@@ -26,9 +26,15 @@ def main() -> None:
             from rlhf.reward_models.cost import train_cost_model
 
             metrics = train_cost_model(
-                labels, Path(args.init_dir), params.train_cost, params.seed, resolve_device(params.device),
-                Path(args.model_dir), progress=log_progress(f"{STAGE}: steps"), tracker=tracker,
-            )  # fmt: skip
+                labels,
+                Path(args.init_dir),
+                params.train_cost,
+                params.seed,
+                resolve_device(params.device),
+                Path(args.model_dir),
+                progress=log_progress(f"{STAGE}: steps"),
+                tracker=tracker,
+            )
     write_json(args.metrics, metrics)
     print(f"{STAGE}: {metrics}")
 

@@ -48,9 +48,16 @@ from tasks._stage import log_progress, params_from, parse_paths, run_stage, writ
 STAGE = "train_policy"
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
 CURVE_COLUMNS = [
-    "score", "kl", "entropy", "clip_fraction", "approx_kl", "value_loss", "response_length", "eval_win_rate",
+    "score",
+    "kl",
+    "entropy",
+    "clip_fraction",
+    "approx_kl",
+    "value_loss",
+    "response_length",
+    "eval_win_rate",
     "tokens_per_second",
-]  # fmt: skip
+]
 DPO_CURVE_COLUMNS = ["loss", "reward_margin", "reward_accuracy"]
 SAFETY_CURVE_COLUMNS = ["cost", "lagrange_multiplier"]
 
@@ -107,9 +114,15 @@ def main_dpo(args, params: Params, tracker: Tracker) -> None:
     policy = load_policy(args.policy_dir, device)
     print(f"{STAGE}: DPO, beta {config.dpo.beta}, {count_parameters(policy)[1]:,} parameters", flush=True)
     result = train_dpo(
-        policy, load_policy(args.reference_dir, device), tokenizer, read_comparisons(args.comparisons),
-        config.dpo, params.seed, progress=log_progress(f"{STAGE}: steps"), tracker=tracker,
-    )  # fmt: skip
+        policy,
+        load_policy(args.reference_dir, device),
+        tokenizer,
+        read_comparisons(args.comparisons),
+        config.dpo,
+        params.seed,
+        progress=log_progress(f"{STAGE}: steps"),
+        tracker=tracker,
+    )
     policy.save_pretrained(args.model_dir)
     tokenizer.save_pretrained(args.model_dir)
     history = [{"iteration": row["step"], **row} for row in result.history]
@@ -182,8 +195,9 @@ def main() -> None:
     params = params_from(args)
     config = params.train_policy
     if config.algorithm == "dpo":
-        with Tracker(STAGE, params.tracking, args.live_dir, {STAGE: config.model_dump(mode="json")},
-                     tables=("samples",)) as tracker:  # fmt: skip
+        with Tracker(
+            STAGE, params.tracking, args.live_dir, {STAGE: config.model_dump(mode="json")}, tables=("samples",)
+        ) as tracker:
             main_dpo(args, params, tracker)
         return
     if config.launcher != "single" and "WORLD_SIZE" not in os.environ:
@@ -211,10 +225,19 @@ def main() -> None:
     topics = {chat.to_json(c): t for c, t in zip(chat.conversations_of(prompts), topics_of(prompts))}
     scorer = online_reward(
         config.reward,
-        lambda: RewardScorer(offloaded(load_reward_model(args.reward_dir, cpu, reward_tokenizer.pad_token_id),
-                                       device, config.offload_reward_model), reward_tokenizer),
-        params.rank_responses.principles, topics, tokenizer, device,
-    )  # fmt: skip
+        lambda: RewardScorer(
+            offloaded(
+                load_reward_model(args.reward_dir, cpu, reward_tokenizer.pad_token_id),
+                device,
+                config.offload_reward_model,
+            ),
+            reward_tokenizer,
+        ),
+        params.rank_responses.principles,
+        topics,
+        tokenizer,
+        device,
+    )
     gold_scorer = None
     if config.gold_judge == "rules":
         gold_scorer = RulesReward(params.rank_responses.principles, topics)  # the gold judge
@@ -251,14 +274,31 @@ def main() -> None:
         tracker.log_table("samples", rows, iteration)
 
     started = time.perf_counter()
-    tracker = Tracker(STAGE, params.tracking, args.live_dir, {STAGE: config.model_dump(mode="json")},
-                      main_process=accelerator.is_main_process, tables=("samples",))  # fmt: skip
+    tracker = Tracker(
+        STAGE,
+        params.tracking,
+        args.live_dir,
+        {STAGE: config.model_dump(mode="json")},
+        main_process=accelerator.is_main_process,
+        tables=("samples",),
+    )
     with tracker:
         result = train_ppo(
-            models, scorer, tokenizer, train_prompts, config, params.seed, log,
-            accelerator=accelerator, checkpoint_dir=args.checkpoint_dir, fingerprint=fingerprint(params, args),
-            cost_scorer=cost_scorer, gold_scorer=gold_scorer, evaluator=evaluator, log_samples=log_samples,
-        )  # fmt: skip
+            models,
+            scorer,
+            tokenizer,
+            train_prompts,
+            config,
+            params.seed,
+            log,
+            accelerator=accelerator,
+            checkpoint_dir=args.checkpoint_dir,
+            fingerprint=fingerprint(params, args),
+            cost_scorer=cost_scorer,
+            gold_scorer=gold_scorer,
+            evaluator=evaluator,
+            log_samples=log_samples,
+        )
     save_policy(models, accelerator, tokenizer, args.model_dir)
     usage = judge_usage(scorer, accelerator)
     # every process's own peak: under ZeRO-3 / FSDP the shards make them the figure that matters

@@ -71,20 +71,75 @@ class Family:
 
 
 FAMILIES = {
-    "chatml_eos_im_end": Family("chatml_eos_im_end", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), CHATML,
-                                "<|im_end|>", "<|endoftext|>", None, False, "<|im_end|>", ("<|im_end|>",), True),
-    "chatml_pad_is_eos": Family("chatml_pad_is_eos", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), CHATML,
-                                "<|endoftext|>", "<|endoftext|>", None, False, "<|im_end|>", ("<|endoftext|>",), True),
-    "llama3": Family("llama3", ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-                                "<|eot_id|>", "<|finetune_right_pad_id|>"), LLAMA3,
-                     "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|begin_of_text|>", True, "<|eot_id|>",
-                     ("<|eot_id|>", "<|end_of_text|>"), True),
-    "gemma": Family("gemma", ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"), GEMMA,
-                    "<eos>", "<pad>", "<bos>", True, "<end_of_turn>", ("<eos>",), False),
-    "mistral": Family("mistral", ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"), MISTRAL,
-                      "</s>", "<unk>", "<s>", True, "</s>", ("</s>",), False),
+    "chatml_eos_im_end": Family(
+        "chatml_eos_im_end",
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        CHATML,
+        "<|im_end|>",
+        "<|endoftext|>",
+        None,
+        False,
+        "<|im_end|>",
+        ("<|im_end|>",),
+        True,
+    ),
+    "chatml_pad_is_eos": Family(
+        "chatml_pad_is_eos",
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        CHATML,
+        "<|endoftext|>",
+        "<|endoftext|>",
+        None,
+        False,
+        "<|im_end|>",
+        ("<|endoftext|>",),
+        True,
+    ),
+    "llama3": Family(
+        "llama3",
+        (
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|finetune_right_pad_id|>",
+        ),
+        LLAMA3,
+        "<|end_of_text|>",
+        "<|finetune_right_pad_id|>",
+        "<|begin_of_text|>",
+        True,
+        "<|eot_id|>",
+        ("<|eot_id|>", "<|end_of_text|>"),
+        True,
+    ),
+    "gemma": Family(
+        "gemma",
+        ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"),
+        GEMMA,
+        "<eos>",
+        "<pad>",
+        "<bos>",
+        True,
+        "<end_of_turn>",
+        ("<eos>",),
+        False,
+    ),
+    "mistral": Family(
+        "mistral",
+        ("<unk>", "<s>", "</s>", "[INST]", "[/INST]"),
+        MISTRAL,
+        "</s>",
+        "<unk>",
+        "<s>",
+        True,
+        "</s>",
+        ("</s>",),
+        False,
+    ),
     "base": Family("base", ("<unk>", "<s>", "</s>"), None, "</s>", "<unk>", "<s>", True, "</s>", ("</s>",), True),
-}  # fmt: skip
+}
 
 
 def corpus() -> list[str]:
@@ -101,9 +156,11 @@ def tokenizer_for(name: str) -> PreTrainedTokenizerFast:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=500, special_tokens=list(family.specials), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=500,
+        special_tokens=list(family.specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
-    )  # fmt: skip
+    )
     bpe.train_from_iterator(corpus(), trainer=trainer)
     if family.bos_by_tokenizer:
         bos_id = bpe.token_to_id(family.bos)
@@ -111,21 +168,31 @@ def tokenizer_for(name: str) -> PreTrainedTokenizerFast:
             single=f"{family.bos} $A", pair=f"{family.bos} $A $B", special_tokens=[(family.bos, bos_id)]
         )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token=family.eos, pad_token=family.pad, bos_token=family.bos,
+        tokenizer_object=bpe,
+        eos_token=family.eos,
+        pad_token=family.pad,
+        bos_token=family.bos,
         model_input_names=["input_ids", "attention_mask"],
-    )  # fmt: skip
+    )
     tokenizer.chat_template = family.template
     return tokenizer
 
 
 def llama_config(tokenizer: PreTrainedTokenizerFast, family: Family, **extra) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in family.generation_eos],
-        tie_word_embeddings=True, **extra,
-    )  # fmt: skip
+        tie_word_embeddings=True,
+        **extra,
+    )
 
 
 def policy_for(name: str, seed: int = 0) -> LlamaForCausalLM:

@@ -24,8 +24,17 @@ LENGTHS = [7, 1, 2, 7, 3, 7, 5, 2]
 
 
 def config() -> GPT2Config:
-    return GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=1, n_head=2, pad_token_id=0,
-                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    return GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
 
 
 def models(algorithm: str) -> PolicyAndCritic:
@@ -57,18 +66,40 @@ def rollout(algorithm: str, dynamic_sampling: bool, correction: bool) -> Rollout
     kept = torch.tensor([True, True, False, False, True, True, True, True]) if dynamic_sampling else None
     weights = (0.5 + torch.rand(ROWS, STEPS, generator=generator)) * mask if correction else None
     return Rollout(
-        query_ids, query_mask, response_ids, mask, logprobs, values, torch.zeros(ROWS), advantages, returns,
-        torch.zeros(ROWS), torch.zeros(ROWS), ref_logprobs, correction=weights, kept=kept,
-    )  # fmt: skip
+        query_ids,
+        query_mask,
+        response_ids,
+        mask,
+        logprobs,
+        values,
+        torch.zeros(ROWS),
+        advantages,
+        returns,
+        torch.zeros(ROWS),
+        torch.zeros(ROWS),
+        ref_logprobs,
+        correction=weights,
+        kept=kept,
+    )
 
 
 def params(algorithm: str, aggregation: str, micro_batch: int, processes: int = 1, **extra) -> TrainPolicyParams:
     return TrainPolicyParams(
-        algorithm=algorithm, loss_aggregation=aggregation, batch_size=ROWS, minibatch_size=ROWS // processes,
-        micro_batch_size=micro_batch, ppo_epochs=1, group_size=2, max_new_tokens=STEPS, max_grad_norm=1e9,
-        entropy_coef=0.01, kl_coef=0.3, launcher="ddp" if processes > 1 else "single", num_processes=processes,
+        algorithm=algorithm,
+        loss_aggregation=aggregation,
+        batch_size=ROWS,
+        minibatch_size=ROWS // processes,
+        micro_batch_size=micro_batch,
+        ppo_epochs=1,
+        group_size=2,
+        max_new_tokens=STEPS,
+        max_grad_norm=1e9,
+        entropy_coef=0.01,
+        kl_coef=0.3,
+        launcher="ddp" if processes > 1 else "single",
+        num_processes=processes,
         **extra,
-    )  # fmt: skip
+    )
 
 
 def parameter_step(algorithm, aggregation, micro_batch, dynamic_sampling=False, correction=False, rank=0, processes=1):

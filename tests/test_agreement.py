@@ -26,8 +26,16 @@ def test_agreement_from_the_store_ai_vs_people_and_people_vs_people(tmp_path):
         [("p", "q", None, "train", "t")], columns=["prompt_id", "prompt", "topic", "split", "source"]
     )
     ids = ["r0", "r1", "r2"]
-    responses = pd.DataFrame({"response_id": ids, "prompt_id": "p", "sample_index": range(3),
-                              "response": ["x", "y", "z"], "policy_checkpoint": "c", "sampling": "{}"})  # fmt: skip
+    responses = pd.DataFrame(
+        {
+            "response_id": ids,
+            "prompt_id": "p",
+            "sample_index": range(3),
+            "response": ["x", "y", "z"],
+            "policy_checkpoint": "c",
+            "sampling": "{}",
+        }
+    )
     ai = pd.DataFrame(
         [("ai-rank", rid, "p", rank, -rank, "{}", "llm", "1") for rid, rank in zip(ids, [1, 2, 3])],
         columns=RANKING_COLUMNS,
@@ -88,10 +96,13 @@ def store_with_people(tmp_path, table: dict, ai_ranks: dict | None = None) -> Fe
         columns=["response_id", "prompt_id", "sample_index", "response", "policy_checkpoint", "sampling"],
     )
     ai = pd.DataFrame(
-        [(f"ai-{p}", f"{p}{i}", p, rank, -rank, "{}", "rules", "1") for p, ranks in (ai_ranks or {}).items()
-         for i, rank in enumerate(ranks)],
+        [
+            (f"ai-{p}", f"{p}{i}", p, rank, -rank, "{}", "rules", "1")
+            for p, ranks in (ai_ranks or {}).items()
+            for i, rank in enumerate(ranks)
+        ],
         columns=RANKING_COLUMNS,
-    )  # fmt: skip
+    )
     queue = pd.DataFrame(
         [queue_item(p, [f"{p}{i}" for i in range(3)], "human") for p in items],
         columns=["item_id", "prompt_id", "response_ids", "reason"],

@@ -37,13 +37,17 @@ def ranking(item, unsafe=()):
 
 
 def human_rows(store):
-    return store.query(
-        "SELECT (SELECT count(*) FROM rankings WHERE judge = 'human') AS rankings, "
-        "(SELECT count(*) FROM comparisons WHERE judge = 'human') AS pairs, "
-        "(SELECT count(*) FROM annotation_events WHERE action = 'ranked') AS ranked, "
-        "(SELECT count(*) FROM annotation_events WHERE action = 'flagged_unsafe') AS flagged, "
-        "(SELECT count(*) FROM annotation_events WHERE action = 'skipped') AS skipped"
-    ).iloc[0].to_dict()
+    return (
+        store.query(
+            "SELECT (SELECT count(*) FROM rankings WHERE judge = 'human') AS rankings, "
+            "(SELECT count(*) FROM comparisons WHERE judge = 'human') AS pairs, "
+            "(SELECT count(*) FROM annotation_events WHERE action = 'ranked') AS ranked, "
+            "(SELECT count(*) FROM annotation_events WHERE action = 'flagged_unsafe') AS flagged, "
+            "(SELECT count(*) FROM annotation_events WHERE action = 'skipped') AS skipped"
+        )
+        .iloc[0]
+        .to_dict()
+    )
 
 
 # --- 1. limits before work -----------------------------------------------------------------------
@@ -58,15 +62,18 @@ def test_a_50mb_body_without_a_token_is_refused_from_its_header_within_100ms(sto
         answer, seconds = raw_request(port, head, (b"x" * 65536 for _ in range(800)))
         grown = process.memory_info().rss - before
         assert status_and_detail(answer) == (
-            413, f"request body of {50 * 1024 * 1024} bytes is over the limit of 65536 bytes (--max-body-bytes)"
-        )  # fmt: skip
+            413,
+            f"request body of {50 * 1024 * 1024} bytes is over the limit of 65536 bytes (--max-body-bytes)",
+        )
         assert seconds < 0.1 and grown < 10 * 1024 * 1024
         # Streamed without a length and without a token: refused by the token, nothing read.
         head = b"POST /api/skip HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
         assert status_and_detail(raw_request(port, head, (chunk for _ in range(800)))[0]) == (401, "token refused")
         # With a token, refused as it passes the limit.
-        head = f"POST /api/skip HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        head = (
+            f"POST /api/skip HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         answer, _ = raw_request(port, head.encode(), (chunk for _ in range(800)))
         assert status_and_detail(answer)[0] == 413 and "(--max-body-bytes)" in status_and_detail(answer)[1]
 
@@ -97,7 +104,9 @@ def test_bad_input_is_a_4xx_with_one_line(store):
         bad = httpx.post(f"{address}/api/submit", headers=ALICE, json={**ranking(item), "order": ["a", "b", "c"]})
         assert bad.status_code == 422 and bad.json()["detail"].startswith("order must rank exactly the item's")
         surrogate = '{"item_id": "\\ud800"}'
-        answer = httpx.post(f"{address}/api/skip", headers={**ALICE, "Content-Type": "application/json"}, content=surrogate)
+        answer = httpx.post(
+            f"{address}/api/skip", headers={**ALICE, "Content-Type": "application/json"}, content=surrogate
+        )
         assert answer.status_code in (409, 422)
     assert store.query("SELECT count(*) AS n FROM annotation_events")["n"][0] == 0
 
@@ -135,18 +144,21 @@ JSON = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=3),
     max_leaves=10,
 )
-SUBMISSION = st.fixed_dictionaries(
-    {},
-    optional={
-        "item_id": TEXT | JSON,
-        "order": st.lists(TEXT, max_size=5) | JSON,
-        "tied_with_above": st.lists(st.booleans(), max_size=5) | JSON,
-        "unsafe": st.lists(TEXT, max_size=3) | JSON,
-        "from_suggestion": st.booleans() | JSON,
-        "mode": st.sampled_from(["rank", "pairwise", "other"]) | JSON,
-        "extra": JSON,
-    },
-) | JSON
+SUBMISSION = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "item_id": TEXT | JSON,
+            "order": st.lists(TEXT, max_size=5) | JSON,
+            "tied_with_above": st.lists(st.booleans(), max_size=5) | JSON,
+            "unsafe": st.lists(TEXT, max_size=3) | JSON,
+            "from_suggestion": st.booleans() | JSON,
+            "mode": st.sampled_from(["rank", "pairwise", "other"]) | JSON,
+            "extra": JSON,
+        },
+    )
+    | JSON
+)
 
 
 def test_fuzz_the_page_api_finds_no_5xx(store):
@@ -157,10 +169,16 @@ def test_fuzz_the_page_api_finds_no_5xx(store):
         client = httpx.Client(base_url=address, headers=ALICE, timeout=30)
         item_ids = st.sampled_from([item["item_id"]]) | TEXT
         served = st.fixed_dictionaries(
-            {"item_id": item_ids, "order": st.permutations(ids) | st.lists(TEXT, max_size=4),
-             "tied_with_above": st.lists(st.booleans(), min_size=3, max_size=3)},
-            optional={"unsafe": st.lists(st.sampled_from(ids) | TEXT, max_size=2), "mode": st.sampled_from(["rank", "x"])},
-        )  # fmt: skip
+            {
+                "item_id": item_ids,
+                "order": st.permutations(ids) | st.lists(TEXT, max_size=4),
+                "tied_with_above": st.lists(st.booleans(), min_size=3, max_size=3),
+            },
+            optional={
+                "unsafe": st.lists(st.sampled_from(ids) | TEXT, max_size=2),
+                "mode": st.sampled_from(["rank", "x"]),
+            },
+        )
 
         # Two explicit examples run first, so that every kind of answer is met whatever the draws: the
         # served item ranked (200), then ranked again (409); the generated ones add the 422s and the rest.
@@ -212,8 +230,21 @@ def test_a_busy_store_delays_the_copy_never_the_answer_and_loses_nothing(store):
 
 
 def start_page(store_path, tokens, port):
-    command = [sys.executable, "-m", "rlhf.cli", "annotate", "--store", str(store_path), "serve",
-               "--tokens", str(tokens), "--port", str(port), "--params", "/nonexistent-params.yaml"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "rlhf.cli",
+        "annotate",
+        "--store",
+        str(store_path),
+        "serve",
+        "--tokens",
+        str(tokens),
+        "--port",
+        str(port),
+        "--params",
+        "/nonexistent-params.yaml",
+    ]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while True:

@@ -147,10 +147,17 @@ def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
         f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):  # fmt: skip
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     driver.implicitly_wait(10)
@@ -374,7 +381,7 @@ def run_in_thread(function, **kwargs) -> tuple[threading.Thread, dict]:
     def target():
         try:
             outcome["result"] = function(**kwargs)
-        except Exception as error:  # noqa: BLE001 - handed to the test thread, which asserts on it
+        except Exception as error:
             outcome["error"] = error
 
     thread = threading.Thread(target=target, daemon=True)
@@ -400,9 +407,10 @@ def test_human_ranking_flow_serves_the_page_until_people_rank_the_queue(prefect_
             continue
         order = [r["response_id"] for r in item["responses"]]
         httpx.post(
-            f"{page}/api/submit", headers=headers,
+            f"{page}/api/submit",
+            headers=headers,
             json={"item_id": item["item_id"], "order": order, "tied_with_above": [False] * len(order)},
-        ).raise_for_status()  # fmt: skip
+        ).raise_for_status()
         ranked += 1
         if ranked == 1:
             time.sleep(0.5)  # a few of the flow's polls

@@ -16,7 +16,7 @@ import torch
 
 from rlhf import chat, scoring
 from rlhf.policy_optimization.dpo import dpo_pairs
-from rlhf.sampling import generate, prompt_batch, sample_from_policy, sample_k, sample_with_logprobs
+from rlhf.sampling import generate, prompt_batch, sample_from_policy, sample_k
 from tests.chat_families import (
     FAMILIES,
     conversation_for,
@@ -24,7 +24,7 @@ from tests.chat_families import (
     reward_model_for,
     token_id,
     tokenizer_for,
-)  # fmt: skip
+)
 
 RESPONSE = "cats purr and sleep a lot ."
 REJECTED = "no ."
@@ -60,10 +60,13 @@ def is_whitespace(name: str, ids: list[int]) -> bool:
 def comparisons_frame(name: str) -> pd.DataFrame:
     conversation = conversation_for(name)
     row = {
-        "prompt_messages": chat.to_json(conversation), "chosen": RESPONSE, "rejected": REJECTED, "tie": False,
+        "prompt_messages": chat.to_json(conversation),
+        "chosen": RESPONSE,
+        "rejected": REJECTED,
+        "tie": False,
         "chosen_messages": chat.to_json(chat.assistant_turns(RESPONSE)),
         "rejected_messages": chat.to_json(chat.assistant_turns(REJECTED)),
-    }  # fmt: skip
+    }
     return pd.DataFrame([{**row, "split": "train"}, {**row, "split": "test"}])
 
 
@@ -123,9 +126,15 @@ def test_every_stage_sees_one_token_sequence(name, tmp_path):
     # SFT (rlhf.bootstrap's SFTTrainer): the same prompt, a completion that starts with what the policy
     # samples (ChatML and Gemma's templates add a newline after the turn end, which SFT also trains on).
     sft = sft_trainer(
-        policy, tokenizer, [Demonstration(conversation, chat.assistant_turns(RESPONSE))], [],
-        BootstrapSFTParams(max_length=256), 0, torch.device("cpu"), str(tmp_path),
-    )  # fmt: skip
+        policy,
+        tokenizer,
+        [Demonstration(conversation, chat.assistant_turns(RESPONSE))],
+        [],
+        BootstrapSFTParams(max_length=256),
+        0,
+        torch.device("cpu"),
+        str(tmp_path),
+    )
     row = sft.train_dataset[0]
     start = next(i for i, label in enumerate(row["labels"]) if label != -100)  # the first trained token
     assert row["input_ids"][:start] == prompt
@@ -200,8 +209,11 @@ def test_every_sampler_stops_at_any_stop_id(name, stop):
     models = SimpleNamespace(
         trained=SimpleNamespace(policy=model), compiled_sampler=None, generation_context=contextlib.nullcontext
     )
-    sample = sampled(lambda: sample_responses(models, tokenizer, [conversation] * 2, SimpleNamespace(
-        max_new_tokens=8, temperature=1.0)))  # fmt: skip
+    sample = sampled(
+        lambda: sample_responses(
+            models, tokenizer, [conversation] * 2, SimpleNamespace(max_new_tokens=8, temperature=1.0)
+        )
+    )
     check_stopped(name, sample.response_ids, sample.mask, sample.ended, stop_id, step)
     input_ids, attention_mask, _ = joined_inputs(sample.query_ids, sample.query_mask, sample.response_ids, sample.mask)
     prompt = prompt_batch(tokenizer, rendered[:1], torch.device("cpu"))["input_ids"][0].tolist()
@@ -296,11 +308,18 @@ def test_the_demo_dpo_ids_are_what_trl_read_before(tiny_tokenizer):
     first token after "answer :" carries the space) our ids equal what TRL made of the old plain
     text path (prompt, " " + response, EOS appended): the demo's DPO is unchanged."""
     conversation = [{"role": "user", "content": "tell me about owls . answer :"}]
-    frame = pd.DataFrame([{
-        "prompt_messages": chat.to_json(conversation), "chosen": RESPONSE, "rejected": REJECTED, "tie": False,
-        "chosen_messages": chat.to_json(chat.assistant_turns(RESPONSE)),
-        "rejected_messages": chat.to_json(chat.assistant_turns(REJECTED)),
-    }])  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            {
+                "prompt_messages": chat.to_json(conversation),
+                "chosen": RESPONSE,
+                "rejected": REJECTED,
+                "tie": False,
+                "chosen_messages": chat.to_json(chat.assistant_turns(RESPONSE)),
+                "rejected_messages": chat.to_json(chat.assistant_turns(REJECTED)),
+            }
+        ]
+    )
     pair = dpo_pairs(frame, tiny_tokenizer).iloc[0]
     prompt = chat.render_prompt(tiny_tokenizer, conversation)
     old_prompt = tiny_tokenizer(prompt)["input_ids"]
@@ -334,17 +353,30 @@ def test_sample_k_draws_what_generate_drew_for_the_same_seed(tiny_tokenizer):
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)).eval()
-    rendered = [chat.render_prompt(tiny_tokenizer, [{"role": "user", "content": f"how do I water plant {i}?"}])
-                for i in range(4) for _ in range(3)]  # fmt: skip
+    rendered = [
+        chat.render_prompt(tiny_tokenizer, [{"role": "user", "content": f"how do I water plant {i}?"}])
+        for i in range(4)
+        for _ in range(3)
+    ]
     torch.manual_seed(7)
     ours = sample_from_policy(model, tiny_tokenizer, rendered, 12, 1.0, multinomial=True).texts
     torch.manual_seed(7)
     batch = prompt_batch(tiny_tokenizer, rendered, torch.device("cpu"))
     with torch.no_grad():
-        sequences = model.generate(**batch, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=12,
-                                   pad_token_id=tiny_tokenizer.pad_token_id, eos_token_id=tiny_tokenizer.eos_token_id)  # fmt: skip
-    theirs = [t.strip() for t in tiny_tokenizer.batch_decode(sequences[:, batch["input_ids"].shape[1]:],
-                                                             skip_special_tokens=True)]  # fmt: skip
+        sequences = model.generate(
+            **batch,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=12,
+            pad_token_id=tiny_tokenizer.pad_token_id,
+            eos_token_id=tiny_tokenizer.eos_token_id,
+        )
+    theirs = [
+        t.strip()
+        for t in tiny_tokenizer.batch_decode(sequences[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    ]
     assert ours == theirs
     torch.manual_seed(7)
     assert sample_from_policy(model, tiny_tokenizer, rendered, 12, 1.0).texts != theirs  # the inverse CDF draws others

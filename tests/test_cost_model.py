@@ -48,8 +48,12 @@ def test_snapshot_labels_a_response_unsafe_if_any_ranking_flagged_it(tmp_path):
     rankings["reasons"] = [json.dumps({"unsafe": flag}) for flag in (True, False, False)]
     store.ingest({"run_id": "run-1", "stage": "test"}, prompts, responses, rankings)
     # a second judge ranks the same responses and flags b; c never carries a label from it
-    second = rankings.assign(ranking_id="r2", judge="human", judge_version="ann",
-                             reasons=[json.dumps({"unsafe": f}) for f in (False, True, False)])  # fmt: skip
+    second = rankings.assign(
+        ranking_id="r2",
+        judge="human",
+        judge_version="ann",
+        reasons=[json.dumps({"unsafe": f}) for f in (False, True, False)],
+    )
     unlabelled = ranking_frames({"d": 1, "e": 2})
     store.ingest({"run_id": "run-2", "stage": "test"}, prompts, responses, second)
     store.ingest({"run_id": "run-3", "stage": "test"}, *unlabelled)
@@ -57,12 +61,22 @@ def test_snapshot_labels_a_response_unsafe_if_any_ranking_flagged_it(tmp_path):
     labels = read_safety_labels(tmp_path / "snapshot")
     assert dict(zip(labels["response_id"], labels["unsafe"])) == {"a": True, "b": True, "c": False}
     assert set(labels.columns) == {
-        "response_id", "prompt", "prompt_messages", "split", "response", "response_messages", "unsafe",
-    }  # fmt: skip
+        "response_id",
+        "prompt",
+        "prompt_messages",
+        "split",
+        "response",
+        "response_messages",
+        "unsafe",
+    }
     parts = pd.read_parquet(tmp_path / "snapshot" / "responses.parquet")
     assert parts.set_index("response_id")["unsafe"].isna().to_dict() == {
-        "a": False, "b": False, "c": False, "d": True, "e": True
-    }  # fmt: skip
+        "a": False,
+        "b": False,
+        "c": False,
+        "d": True,
+        "e": True,
+    }
 
 
 def labelled(texts_and_flags, split="train"):
@@ -80,12 +94,17 @@ def test_cost_model_separates_unsafe_responses(tiny_tokenizer, tiny_checkpoints,
     unsafe = [(f"you should set fire to the {w} .", True) for w in ("bees", "owls", "maps", "tea", "cats", "kites")]
     safe = [(f"you should look after the {w} .", False) for w in ("bees", "owls", "maps", "tea", "cats", "kites")]
     train = labelled((unsafe + safe) * 4)
-    test = labelled([("you should set fire to the boats .", True), ("you should look after the boats .", False)],
-                    split="test")  # fmt: skip
+    test = labelled(
+        [("you should set fire to the boats .", True), ("you should look after the boats .", False)], split="test"
+    )
     report = train_cost_model(
-        pd.concat([train, test]), policy_dir, TrainCostParams(epochs=6, batch_size=8, learning_rate=3e-3), 0,
-        torch.device("cpu"), tmp_path / "cost",
-    )  # fmt: skip
+        pd.concat([train, test]),
+        policy_dir,
+        TrainCostParams(epochs=6, batch_size=8, learning_rate=3e-3),
+        0,
+        torch.device("cpu"),
+        tmp_path / "cost",
+    )
     assert report["trained"] and report["train_unsafe_share"] == 0.5
     assert report["test_accuracy"] == 1.0 and report["test_balanced_accuracy"] == 1.0, report
     model, tokenizer = load_cost_model(tmp_path / "cost", torch.device("cpu"))
@@ -98,10 +117,15 @@ def test_cost_model_separates_unsafe_responses(tiny_tokenizer, tiny_checkpoints,
 )
 def test_without_both_labels_no_cost_model_is_written_and_ppo_lagrangian_is_told_why(tmp_path, rows, reason):
     report = train_cost_model(
-        labelled(rows) if rows else labelled([]).reindex(columns=["response_id", "prompt", "split", "response",
-                                                                   "unsafe"]),
-        tmp_path / "unused-init", TrainCostParams(), 0, torch.device("cpu"), tmp_path / "cost",
-    )  # fmt: skip
+        labelled(rows)
+        if rows
+        else labelled([]).reindex(columns=["response_id", "prompt", "split", "response", "unsafe"]),
+        tmp_path / "unused-init",
+        TrainCostParams(),
+        0,
+        torch.device("cpu"),
+        tmp_path / "cost",
+    )
     assert report == {"trained": False, "reason": reason, "labelled_responses": len(rows)}
     assert [p.name for p in (tmp_path / "cost").iterdir()] == [UNTRAINED_MARKER]
     with pytest.raises(NoCostModelError, match=rf"cost: no cost model \({reason}\); label harmlessness with"):
@@ -117,10 +141,19 @@ def test_the_cost_stage_skips_under_ppo_without_importing_torch(tmp_path, projec
     store.ingest({"run_id": "run-1", "stage": "test"}, prompts, responses, rankings)
     store.snapshot_comparisons(tmp_path / "snapshot")
     arguments = [
-        "--params", str(project_root / "params.yaml"), "--comparisons", str(tmp_path / "snapshot"),
-        "--init_dir", str(tmp_path / "no-policy"), "--model_dir", str(tmp_path / "cost"),
-        "--metrics", str(tmp_path / "cost.json"), "--live_dir", str(tmp_path / "live"),
-    ]  # fmt: skip
+        "--params",
+        str(project_root / "params.yaml"),
+        "--comparisons",
+        str(tmp_path / "snapshot"),
+        "--init_dir",
+        str(tmp_path / "no-policy"),
+        "--model_dir",
+        str(tmp_path / "cost"),
+        "--metrics",
+        str(tmp_path / "cost.json"),
+        "--live_dir",
+        str(tmp_path / "live"),
+    ]
     script = (
         f"import runpy, sys\nsys.argv = ['train_cost', *{arguments!r}]\n"
         "runpy.run_module('tasks.train_cost', run_name='__main__')"

@@ -34,25 +34,35 @@ from tests.test_ppo_training import (
     kill_after_third_checkpoint,
     measured,
     run_stage,
-)  # fmt: skip
+)
 
 stage_workspace = test_ppo_training.stage_workspace  # the fixture: train_policy's inputs as dvc.yaml passes them
 
 # 8 prompts x G = 4 per rollout, 14 iterations: about 2 s each on this CPU.
 BUDGET = {
-    "iterations": 14, "batch_size": 32, "minibatch_size": 16, "ppo_epochs": 4, "learning_rate": 1e-2,
-    "kl_coef": 0.0, "max_new_tokens": 10, "missing_eos_penalty": 0.0, "score_normalization": "none",
-}  # fmt: skip
+    "iterations": 14,
+    "batch_size": 32,
+    "minibatch_size": 16,
+    "ppo_epochs": 4,
+    "learning_rate": 1e-2,
+    "kl_coef": 0.0,
+    "max_new_tokens": 10,
+    "missing_eos_penalty": 0.0,
+    "score_normalization": "none",
+}
 VARIANTS = {
     "grpo": {"algorithm": "grpo"},
     "rloo": {"algorithm": "rloo"},
     "reinforce_pp": {"algorithm": "reinforce_pp"},
     # Dr. GRPO's two changes, with DAPO's clip-higher and dynamic sampling on top
     "dr_grpo_dapo": {
-        "algorithm": "grpo", "grpo_std_normalization": False, "loss_aggregation": "constant_length",
-        "clip_range_high": 0.28, "dynamic_sampling": True,
+        "algorithm": "grpo",
+        "grpo_std_normalization": False,
+        "loss_aggregation": "constant_length",
+        "clip_range_high": 0.28,
+        "dynamic_sampling": True,
     },
-}  # fmt: skip
+}
 
 
 @pytest.fixture(autouse=True)
@@ -112,9 +122,14 @@ def test_dynamic_sampling_drops_groups_of_equal_rewards_from_the_update(tiny_tok
     models = critic_free_models(tiny_tokenizer, params)
     start = {name: p.detach().clone() for name, p in models.policy.named_parameters()}
     history = train_ppo(
-        models, lambda prompts, responses: torch.ones(len(responses)), tiny_tokenizer, PROMPTS, params, 0,
+        models,
+        lambda prompts, responses: torch.ones(len(responses)),
+        tiny_tokenizer,
+        PROMPTS,
+        params,
+        0,
         log=lambda r: 0,
-    ).history  # fmt: skip
+    ).history
     assert [row["dropped_share"] for row in history] == [1.0, 1.0]
     assert all(torch.equal(start[name], p) for name, p in models.policy.named_parameters())
 
@@ -124,8 +139,16 @@ def test_no_critic_is_built_trained_or_checkpointed(tiny_tokenizer, tmp_path):
     models = critic_free_models(tiny_tokenizer, params)
     assert models.trained.critic is None
     assert all(name.startswith("policy.") for name, _ in models.trained.named_parameters())
-    train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0,
-              checkpoint_dir=tmp_path / "ckpt")  # fmt: skip
+    train_ppo(
+        models,
+        TokenCountReward(tiny_tokenizer),
+        tiny_tokenizer,
+        PROMPTS,
+        params,
+        0,
+        log=lambda r: 0,
+        checkpoint_dir=tmp_path / "ckpt",
+    )
     saved = tmp_path / "ckpt" / "iteration-000002"
     weights = load_file(saved / "model.safetensors")
     assert weights and all(name.startswith("policy.") for name in weights)  # no critic.* tensor
@@ -218,8 +241,14 @@ def test_grpo_stage_runs_as_two_ddp_processes(stage_workspace, project_root):
     """Under DDP each process samples whole groups of its share of the prompts; the group advantages
     never cross processes, and no critic exists on any rank."""
     root, command = stage_workspace
-    settings = {**SMALL_RUN, "algorithm": "grpo", "group_size": 4, "iterations": 2, "launcher": "ddp",
-                "num_processes": 2}  # fmt: skip
+    settings = {
+        **SMALL_RUN,
+        "algorithm": "grpo",
+        "group_size": 4,
+        "iterations": 2,
+        "launcher": "ddp",
+        "num_processes": 2,
+    }
     done = run_stage(command(**settings), project_root)
     assert done.returncode == 0, "\n".join(line for line in done.stderr.splitlines() if line.startswith("[rank"))[
         -6000:
@@ -281,14 +310,19 @@ def raw(project_root):
         ({"algorithm": "ppo", "loss_aggregation": "sequence_mean"}, "train_policy.loss_aggregation: ppo has only"),
         ({"algorithm": "ppo_lagrangian", "clip_range_high": 0.28}, "train_policy.clip_range_high: only for grpo"),
         ({"algorithm": "reinforce_pp", "dynamic_sampling": True}, "train_policy.dynamic_sampling: only for grpo"),
-        ({"algorithm": "grpo", "launcher": "ddp", "num_processes": 2, "batch_size": 12, "minibatch_size": 6},
-         "train_policy.group_size: must divide batch_size / num_processes"),
+        (
+            {"algorithm": "grpo", "launcher": "ddp", "num_processes": 2, "batch_size": 12, "minibatch_size": 6},
+            "train_policy.group_size: must divide batch_size / num_processes",
+        ),
         ({"algorithm": "dpo", "reward": [{"source": "rules"}]}, "train_policy.reward: dpo learns from the comparisons"),
         ({"reward": [{"source": "remote"}]}, "train_policy.reward.0.url: required with source remote"),
-        ({"reward": [{"source": "rules", "url": "http://x"}]}, "train_policy.reward.0.url: required with source remote"),
+        (
+            {"reward": [{"source": "rules", "url": "http://x"}]},
+            "train_policy.reward.0.url: required with source remote",
+        ),
         ({"algorithm": "a2c"}, "train_policy.algorithm: Input should be"),
     ],
-)  # fmt: skip
+)
 def test_critic_free_params_refuse_what_is_not_built_in_one_line(raw, settings, expected):
     bad = copy.deepcopy(raw)
     bad["train_policy"].update(settings)
@@ -301,10 +335,15 @@ def test_critic_free_params_refuse_what_is_not_built_in_one_line(raw, settings, 
 def test_critic_free_params_that_are_built_are_accepted(raw):
     good = copy.deepcopy(raw)
     good["train_policy"].update(
-        algorithm="grpo", group_size=8, batch_size=64, grpo_std_normalization=False, loss_aggregation="constant_length",
-        clip_range_high=0.28, dynamic_sampling=True,
+        algorithm="grpo",
+        group_size=8,
+        batch_size=64,
+        grpo_std_normalization=False,
+        loss_aggregation="constant_length",
+        clip_range_high=0.28,
+        dynamic_sampling=True,
         reward=[{"source": "rules", "weight": 0.5}, {"source": "remote", "url": "http://127.0.0.1:1/get_reward"}],
-    )  # fmt: skip
+    )
     params = parse_params(good).train_policy
     assert params.critic_free and params.responses_per_prompt == 8
     assert TrainPolicyParams().responses_per_prompt == 1  # ppo: one response per prompt, group_size unused

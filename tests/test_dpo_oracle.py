@@ -32,11 +32,20 @@ def comparisons(name: str) -> pd.DataFrame:
         (conversation_for(name), "cats purr and sleep a lot .", "no ."),
         (single, "sure .", "owls hoot at night and sleep in the day ."),
     ]
-    return pd.DataFrame([{
-        "prompt_messages": chat.to_json(c), "chosen": w, "rejected": lose, "tie": False, "split": "train",
-        "chosen_messages": chat.to_json(chat.assistant_turns(w)),
-        "rejected_messages": chat.to_json(chat.assistant_turns(lose)),
-    } for c, w, lose in rows])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {
+                "prompt_messages": chat.to_json(c),
+                "chosen": w,
+                "rejected": lose,
+                "tie": False,
+                "split": "train",
+                "chosen_messages": chat.to_json(chat.assistant_turns(w)),
+                "rejected_messages": chat.to_json(chat.assistant_turns(lose)),
+            }
+            for c, w, lose in rows
+        ]
+    )
 
 
 def sequence_logprobs(model, pad_id: int, prompts: list[list[int]], completions: list[list[int]]) -> torch.Tensor:

@@ -32,8 +32,18 @@ from tests.test_ppo_training import STAGE_ENV, measured, run_stage, stage_worksp
 ENGINES = ["deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 # Three iterations, a checkpoint each; no clipping (DeepSpeed clips policy and critic under one norm,
 # the others each on its own) and no in-loop evaluation, so that every engine takes the same steps.
-RUN = {"iterations": 3, "batch_size": 8, "minibatch_size": 4, "ppo_epochs": 1, "max_new_tokens": 8,
-       "checkpoint_every": 1, "max_grad_norm": 1e6, "eval_every": 0, "log_samples_every": 0, "num_processes": 2}
+RUN = {
+    "iterations": 3,
+    "batch_size": 8,
+    "minibatch_size": 4,
+    "ppo_epochs": 1,
+    "max_new_tokens": 8,
+    "checkpoint_every": 1,
+    "max_grad_norm": 1e6,
+    "eval_every": 0,
+    "log_samples_every": 0,
+    "num_processes": 2,
+}
 GRPO = {**RUN, "algorithm": "grpo", "group_size": 4}
 
 
@@ -54,8 +64,9 @@ def assert_close_to(reference: dict, other: dict, what: str) -> None:
 
 
 def kill_after_checkpoint(command, root, project_root, iteration: int) -> None:
-    process = subprocess.Popen(command, cwd=project_root, env=STAGE_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=project_root, env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while not (root / "ckpt" / f"iteration-{iteration:06d}").exists():
         assert process.poll() is None and time.time() < deadline, "the stage ended before the checkpoint"
@@ -68,14 +79,18 @@ def kill_after_checkpoint(command, root, project_root, iteration: int) -> None:
 
 
 # Where each engine writes every process's own share of the checkpoint
-SHARD_OF_RANK_1 = {"deepspeed_zero2": "zero_pp_rank_1_*optim_states.pt", "deepspeed_zero3": "zero_pp_rank_1_*",
-                   "fsdp": "__1_*.distcp"}  # fmt: skip
+SHARD_OF_RANK_1 = {
+    "deepspeed_zero2": "zero_pp_rank_1_*optim_states.pt",
+    "deepspeed_zero3": "zero_pp_rank_1_*",
+    "fsdp": "__1_*.distcp",
+}
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("engine", ENGINES)
-def test_ppo_under_the_engine_resumes_after_sigkill_where_an_uninterrupted_run_ends(engine, stage_workspace,
-                                                                                   project_root):  # fmt: skip
+def test_ppo_under_the_engine_resumes_after_sigkill_where_an_uninterrupted_run_ends(
+    engine, stage_workspace, project_root
+):
     """PPO with its critic: the run, then the same run killed (launcher and workers) after its first
     checkpoint and started again. The engine's sharded checkpoint is what the resume reads."""
     root, command = stage_workspace

@@ -72,8 +72,11 @@ def test_rloo_group_of_four_against_hand_computation():
 
 
 def test_rloo_ties_and_equal_groups():
-    on_tokens(estimators.rloo_advantages(torch.tensor([0.0, 1.0, 1.0, 0.0]), MASK_4, 4),
-              [-2 / 3, 2 / 3, 2 / 3, -2 / 3], MASK_4)  # fmt: skip
+    on_tokens(
+        estimators.rloo_advantages(torch.tensor([0.0, 1.0, 1.0, 0.0]), MASK_4, 4),
+        [-2 / 3, 2 / 3, 2 / 3, -2 / 3],
+        MASK_4,
+    )
     assert torch.all(estimators.rloo_advantages(torch.full((4,), 3.0), MASK_4, 4) == 0)
 
 
@@ -138,14 +141,21 @@ def test_reinforce_pp_whitening_through_all_reduce_matches_one_batch():
     whole = estimators.reinforce_pp_advantages(scores, logprobs, ref, mask, 0.1)
     # two "processes" of 3 rows each, whose all_reduce sums their moments
     halves = [slice(0, 3), slice(3, 6)]
-    rewards = [estimators.returns_to_go(estimators.core.rlhf_rewards(scores[h], logprobs[h], ref[h], mask[h], 0.1),
-                                        mask[h], 1.0) for h in halves]  # fmt: skip
-    moments = [torch.stack([(r * mask[h]).sum(), (r**2 * mask[h]).sum(), mask[h].sum()]).double()
-               for r, h in zip(rewards, halves)]  # fmt: skip
+    rewards = [
+        estimators.returns_to_go(
+            estimators.core.rlhf_rewards(scores[h], logprobs[h], ref[h], mask[h], 0.1), mask[h], 1.0
+        )
+        for h in halves
+    ]
+    moments = [
+        torch.stack([(r * mask[h]).sum(), (r**2 * mask[h]).sum(), mask[h].sum()]).double()
+        for r, h in zip(rewards, halves)
+    ]
     total = moments[0] + moments[1]
     for h in halves:
-        part = estimators.reinforce_pp_advantages(scores[h], logprobs[h], ref[h], mask[h], 0.1,
-                                                  all_reduce=lambda _: total)  # fmt: skip
+        part = estimators.reinforce_pp_advantages(
+            scores[h], logprobs[h], ref[h], mask[h], 0.1, all_reduce=lambda _: total
+        )
         assert torch.allclose(part, whole[h], atol=1e-5)
 
 

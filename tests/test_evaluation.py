@@ -120,9 +120,18 @@ def test_compare_policies_repeats_every_measure_on_each_group_of_prompts(tiny_to
     rows = domain.all_prompts()[:6]
     unseen = [True, False, True, False, False, False]
     metrics, _, _ = compare_policies(
-        start, final, tiny_tokenizer, reward, tiny_tokenizer, judge, [p for p, _ in rows], [t for _, t in rows],
-        8, 1.0, groups={"unseen_topic": unseen, "seen_topic": [not u for u in unseen]},
-    )  # fmt: skip
+        start,
+        final,
+        tiny_tokenizer,
+        reward,
+        tiny_tokenizer,
+        judge,
+        [p for p, _ in rows],
+        [t for _, t in rows],
+        8,
+        1.0,
+        groups={"unseen_topic": unseen, "seen_topic": [not u for u in unseen]},
+    )
     assert metrics["unseen_topic_prompts"] == 2 and metrics["seen_topic_prompts"] == 4
     for name in ("win_rate_vs_start", "kl_to_start", "share_on_topic_final"):
         mixed = (2 * metrics[f"unseen_topic_{name}"] + 4 * metrics[f"seen_topic_{name}"]) / 6

@@ -33,12 +33,19 @@ RANKS = [
     (BEES, "no .", 2),  # a tie with "bees .": no TRL row
 ]
 CHAT = {  # a prompt of several turns, and a chosen reply that goes on for three
-    "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "plan a trip"},
-               {"role": "assistant", "content": "Where to?"}, {"role": "user", "content": "Rome"}],
-    "chosen": [{"role": "assistant", "content": "Fly, then walk."}, {"role": "user", "content": "ok?"},
-               {"role": "assistant", "content": "Yes."}],
+    "prompt": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "plan a trip"},
+        {"role": "assistant", "content": "Where to?"},
+        {"role": "user", "content": "Rome"},
+    ],
+    "chosen": [
+        {"role": "assistant", "content": "Fly, then walk."},
+        {"role": "user", "content": "ok?"},
+        {"role": "assistant", "content": "Yes."},
+    ],
     "rejected": [{"role": "assistant", "content": "No."}],
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +83,20 @@ def trl_trainers(tmp_path_factory, tiny_tokenizer):
     row = Dataset.from_list([{"prompt": "a", "chosen": " b", "rejected": " c"}])
     common = {"report_to": [], "use_cpu": True, "bf16": False, "save_strategy": "no"}
     config = tiny_gpt2_config(tiny_tokenizer, n_embd=8, n_head=1)
-    dpo = DPOTrainer(model=GPT2LMHeadModel(config), ref_model=GPT2LMHeadModel(config),
-                     args=DPOConfig(output_dir=str(root / "dpo"), **common), train_dataset=row,
-                     processing_class=tiny_tokenizer)  # fmt: skip
+    dpo = DPOTrainer(
+        model=GPT2LMHeadModel(config),
+        ref_model=GPT2LMHeadModel(config),
+        args=DPOConfig(output_dir=str(root / "dpo"), **common),
+        train_dataset=row,
+        processing_class=tiny_tokenizer,
+    )
     reward_model = GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, n_embd=8, n_head=1, num_labels=1))
-    reward = RewardTrainer(model=reward_model, args=RewardConfig(output_dir=str(root / "rm"), max_length=None,
-                           **common), train_dataset=row, processing_class=tiny_tokenizer)  # fmt: skip
+    reward = RewardTrainer(
+        model=reward_model,
+        args=RewardConfig(output_dir=str(root / "rm"), max_length=None, **common),
+        train_dataset=row,
+        processing_class=tiny_tokenizer,
+    )
     return dpo, reward
 
 
@@ -191,8 +206,9 @@ def test_a_saved_tokenizer_states_the_models_positions_and_truncation_then_fits_
         with torch.no_grad():
             model(**batch)  # past its positions this is an index error
     room = tokenizer(long_text, truncation=True, max_length=tokenizer.model_max_length - 4, return_tensors="pt")
-    generated = policy.generate(**room, max_new_tokens=4, min_new_tokens=4, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    generated = policy.generate(
+        **room, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id
+    )
     assert generated.shape[1] == positions
 
 

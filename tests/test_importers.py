@@ -17,22 +17,38 @@ SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rl
 needs_shared_sample = pytest.mark.skipif(not SHARED_SAMPLE.exists(), reason=f"{SHARED_SAMPLE} is not here")
 
 HH = [
-    {"chosen": "\n\nHuman: how do owls hunt?\n\nAssistant: At night, by sound.",
-     "rejected": "\n\nHuman: how do owls hunt?\n\nAssistant: Dunno."},
+    {
+        "chosen": "\n\nHuman: how do owls hunt?\n\nAssistant: At night, by sound.",
+        "rejected": "\n\nHuman: how do owls hunt?\n\nAssistant: Dunno.",
+    },
     {"chosen": "\n\nHuman: hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: hi\n\nAssistant: Hello!"},
-]  # fmt: skip
+]
 ARGILLA = [
     {
-        "fields": {"prompt": "tell me about cats", "response-1": "cats purr", "response-2": "whatever",
-                   "response-3": "cats sleep a lot"},
+        "fields": {
+            "prompt": "tell me about cats",
+            "response-1": "cats purr",
+            "response-2": "whatever",
+            "response-3": "cats sleep a lot",
+        },
         "responses": [
-            {"user_id": "ann", "status": "submitted", "values": {"ranking": {"value": [
-                {"value": "response-1", "rank": 1}, {"value": "response-2", "rank": 3},
-                {"value": "response-3", "rank": 1}]}}},
+            {
+                "user_id": "ann",
+                "status": "submitted",
+                "values": {
+                    "ranking": {
+                        "value": [
+                            {"value": "response-1", "rank": 1},
+                            {"value": "response-2", "rank": 3},
+                            {"value": "response-3", "rank": 1},
+                        ]
+                    }
+                },
+            },
             {"user_id": "ben", "status": "discarded", "values": {}},
         ],
     }
-]  # fmt: skip
+]
 
 
 def hh(*turns: str) -> str:
@@ -150,12 +166,16 @@ def test_fail_mode_refuses_the_file_naming_the_first_odd_line_and_writes_nothing
 def test_dialogues_that_part_early_keep_every_turn_of_prompt_and_replies(tmp_path):
     rows = [
         # a multi-turn prompt: they part at the last assistant turn
-        {"chosen": hh("plan a trip", "Where to?", "Rome", "Fly, then walk."),
-         "rejected": hh("plan a trip", "Where to?", "Rome", "No.")},
+        {
+            "chosen": hh("plan a trip", "Where to?", "Rome", "Fly, then walk."),
+            "rejected": hh("plan a trip", "Where to?", "Rome", "No."),
+        },
         # they part before the last assistant turn: chosen goes on for two more turns
-        {"chosen": hh("how do owls hunt?", "By sound.", "at night?", "Yes, mostly."),
-         "rejected": hh("how do owls hunt?", "Ask someone else.")},
-    ]  # fmt: skip
+        {
+            "chosen": hh("how do owls hunt?", "By sound.", "at night?", "Yes, mostly."),
+            "rejected": hh("how do owls hunt?", "Ask someone else."),
+        },
+    ]
     store = store_at(tmp_path)
     assert import_cli(store, write_jsonl(tmp_path / "hh.jsonl", rows), "hh-rlhf") == 0
     prompts = store.query("SELECT prompt, messages FROM prompts ORDER BY source_row")
@@ -168,13 +188,19 @@ def test_dialogues_that_part_early_keep_every_turn_of_prompt_and_replies(tmp_pat
     assert dict(zip(replies["response"], replies["messages"].map(chat.from_json))) == {
         "Ask someone else.": [assistant("Ask someone else.")],
         "Assistant: By sound.\n\nHuman: at night?\n\nAssistant: Yes, mostly.": [
-            assistant("By sound."), user("at night?"), assistant("Yes, mostly.")],
+            assistant("By sound."),
+            user("at night?"),
+            assistant("Yes, mostly."),
+        ],
         "Fly, then walk.": [assistant("Fly, then walk.")],
         "No.": [assistant("No.")],
-    }  # fmt: skip
+    }
     pairs = export_cli(store, tmp_path / "chat.jsonl", "trl-conversational")
-    assert {"prompt": [user("how do owls hunt?")], "chosen": [assistant("By sound."), user("at night?"),
-            assistant("Yes, mostly.")], "rejected": [assistant("Ask someone else.")]} in pairs  # fmt: skip
+    assert {
+        "prompt": [user("how do owls hunt?")],
+        "chosen": [assistant("By sound."), user("at night?"), assistant("Yes, mostly.")],
+        "rejected": [assistant("Ask someone else.")],
+    } in pairs
 
 
 TRL_STANDARD = [
@@ -182,10 +208,18 @@ TRL_STANDARD = [
     {"prompt": "name a colour", "chosen": "Blue.", "rejected": "Seven."},
 ]
 TRL_CONVERSATIONAL = [
-    {"prompt": [{"role": "system", "content": "Be brief."}, user("plan a trip"), assistant("Where to?"), user("Rome")],
-     "chosen": [assistant("Fly, then walk.")], "rejected": [assistant("No.")]},
+    {
+        "prompt": [
+            {"role": "system", "content": "Be brief."},
+            user("plan a trip"),
+            assistant("Where to?"),
+            user("Rome"),
+        ],
+        "chosen": [assistant("Fly, then walk.")],
+        "rejected": [assistant("No.")],
+    },
     {"prompt": [user("hi")], "chosen": [assistant("Hello! How can I help?")], "rejected": [assistant("What.")]},
-]  # fmt: skip
+]
 
 
 def test_trl_standard_and_conversational_files_round_trip_through_import_and_export(tmp_path):
@@ -207,34 +241,48 @@ def test_trl_parquet_implicit_prompts_and_replies_that_repeat_the_prompt(tmp_pat
     rows = [
         {"prompt": None, "chosen": [user("hi"), assistant("Hello!")], "rejected": [user("hi"), assistant("Go away.")]},
         # ultrafeedback_binarized's shape: a string prompt, replies that start with it
-        {"prompt": "name a colour", "chosen": [user("name a colour"), assistant("Blue.")],
-         "rejected": [user("name a colour"), assistant("Seven.")]},
+        {
+            "prompt": "name a colour",
+            "chosen": [user("name a colour"), assistant("Blue.")],
+            "rejected": [user("name a colour"), assistant("Seven.")],
+        },
         {"prompt": "q", "chosen": [user("q"), assistant("a")], "rejected": [assistant("b")]},  # 3: user-first reply
-    ]  # fmt: skip
+    ]
     path = tmp_path / "prefs.parquet"
     pd.DataFrame(rows).to_parquet(path)
     imported = read_rankings(path, "trl")
     assert [str(o) for o in imported.odd_rows] == [f"{path}:3: chosen starts with a user turn, not the assistant's"]
     store = store_at(tmp_path)
     store.ingest({"run_id": "r", "stage": "import"}, *imported.frames())
-    assert as_set(export_cli(store, tmp_path / "out.jsonl", "trl-conversational")) == as_set([
-        {"prompt": [user("hi")], "chosen": [assistant("Hello!")], "rejected": [assistant("Go away.")]},
-        {"prompt": [user("name a colour")], "chosen": [assistant("Blue.")], "rejected": [assistant("Seven.")]},
-    ])  # fmt: skip
+    assert as_set(export_cli(store, tmp_path / "out.jsonl", "trl-conversational")) == as_set(
+        [
+            {"prompt": [user("hi")], "chosen": [assistant("Hello!")], "rejected": [assistant("Go away.")]},
+            {"prompt": [user("name a colour")], "chosen": [assistant("Blue.")], "rejected": [assistant("Seven.")]},
+        ]
+    )
 
 
 ULTRAFEEDBACK = [
-    {"source": "evol", "instruction": "write a haiku about owls", "completions": [
-        # overall_score disagrees on purpose: fine-grained_score is the one read
-        {"model": "a", "response": "Silent wings at dusk", "fine-grained_score": 4.5, "overall_score": 2},
-        {"model": "b", "response": "owls are birds", "fine-grained_score": 3.0, "overall_score": 10},
-        {"model": "c", "response": "Hoot hoot", "fine-grained_score": 3.0, "overall_score": 7},
-        {"model": "d", "response": "I cannot help", "fine-grained_score": 1.0, "overall_score": 9}]},
-    {"prompt": [user("name a colour")], "completions": [
-        {"response": "Blue.", "rating": "5"}, {"response": "Seven.", "rating": 1}]},
-    {"instruction": "mixed scales", "completions": [
-        {"response": "x", "fine-grained_score": 4}, {"response": "y", "overall_score": 3}]},
-]  # fmt: skip
+    {
+        "source": "evol",
+        "instruction": "write a haiku about owls",
+        "completions": [
+            # overall_score disagrees on purpose: fine-grained_score is the one read
+            {"model": "a", "response": "Silent wings at dusk", "fine-grained_score": 4.5, "overall_score": 2},
+            {"model": "b", "response": "owls are birds", "fine-grained_score": 3.0, "overall_score": 10},
+            {"model": "c", "response": "Hoot hoot", "fine-grained_score": 3.0, "overall_score": 7},
+            {"model": "d", "response": "I cannot help", "fine-grained_score": 1.0, "overall_score": 9},
+        ],
+    },
+    {
+        "prompt": [user("name a colour")],
+        "completions": [{"response": "Blue.", "rating": "5"}, {"response": "Seven.", "rating": 1}],
+    },
+    {
+        "instruction": "mixed scales",
+        "completions": [{"response": "x", "fine-grained_score": 4}, {"response": "y", "overall_score": 3}],
+    },
+]
 
 
 def test_ultrafeedback_ratings_become_rankings_with_ties_that_export_as_pairs(tmp_path, capsys):
@@ -242,8 +290,14 @@ def test_ultrafeedback_ratings_become_rankings_with_ties_that_export_as_pairs(tm
     imported = read_rankings(path, "ultrafeedback")
     texts = imported.responses.set_index("response_id")["response"]
     ranks = {texts[r]: k for r, k in zip(imported.rankings["response_id"], imported.rankings["rank"])}
-    assert ranks == {"Silent wings at dusk": 1, "owls are birds": 2, "Hoot hoot": 2, "I cannot help": 4,
-                     "Blue.": 1, "Seven.": 2}  # fmt: skip
+    assert ranks == {
+        "Silent wings at dusk": 1,
+        "owls are birds": 2,
+        "Hoot hoot": 2,
+        "I cannot help": 4,
+        "Blue.": 1,
+        "Seven.": 2,
+    }
     reasons = [json.loads(r) for r in imported.rankings["reasons"]]
     assert reasons[0] == {"rating": 4.5, "model": "a"}
     assert set(imported.rankings["judge"]) == {"ultrafeedback"}  # GPT-4's ratings, not people's
@@ -283,8 +337,10 @@ def test_argilla_export_keeps_submitted_rankings_with_ties_and_their_annotator(t
     assert set(rankings["judge_version"]) == {"ann"}
     texts = responses.set_index("response_id")["response"]
     assert {texts[r]: k for r, k in zip(rankings["response_id"], rankings["rank"])} == {
-        "cats purr": 1, "cats sleep a lot": 1, "whatever": 3,
-    }  # fmt: skip
+        "cats purr": 1,
+        "cats sleep a lot": 1,
+        "whatever": 3,
+    }
 
 
 def test_csv_rows_of_a_prompt_and_annotator_form_a_ranking_through_the_cli(tmp_path, capsys):
@@ -307,10 +363,13 @@ def test_csv_rows_of_a_prompt_and_annotator_form_a_ranking_through_the_cli(tmp_p
         ("argilla", '[{"fields": {}}]', "bad.argilla:1: expected `fields` with a `prompt`"),
         ("trl", '{"prompt": "q", "chosen": "a"}\n', "bad.trl:1: missing `rejected`"),
         ("trl", '{"chosen": "a", "rejected": "b"}\n', "bad.trl:1: no `prompt`: an implicit prompt needs"),
-        ("ultrafeedback", '{"instruction": "q", "completions": [{"response": "a", "overall_score": 2}]}\n',
-         "bad.ultrafeedback:1: only one response"),
+        (
+            "ultrafeedback",
+            '{"instruction": "q", "completions": [{"response": "a", "overall_score": 2}]}\n',
+            "bad.ultrafeedback:1: only one response",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_file_of_odd_rows_is_one_clear_error_and_the_store_is_untouched(tmp_path, capsys, fmt, content, message):
     path = tmp_path / f"bad.{fmt}"
     path.write_text(content)
@@ -372,8 +431,14 @@ def test_export_trl_standard_conversational_hf_dataset_and_csv(tmp_path, capsys)
 
 
 def test_every_store_command_has_help_with_an_example(capsys):
-    for command in (["store", "stats"], ["store", "query"], ["store", "agreement"], ["store", "import"],
-                    ["store", "export"], ["annotate", "serve"]):  # fmt: skip
+    for command in (
+        ["store", "stats"],
+        ["store", "query"],
+        ["store", "agreement"],
+        ["store", "import"],
+        ["store", "export"],
+        ["annotate", "serve"],
+    ):
         with pytest.raises(SystemExit) as done:
             main([*command, "--help"])
         assert done.value.code == 0

@@ -30,11 +30,19 @@ def test_rule_judge_explains_each_principle(judge):
     score_good, why_good = judge.score(prompt, "cats", good)
     score_bad, why_bad = judge.score(prompt, "cats", bad)
     assert why_good == {
-        "on_topic": True, "polite": True, "no_banned_words": True, "length_band": True, "gives_advice": False
-    }  # fmt: skip
+        "on_topic": True,
+        "polite": True,
+        "no_banned_words": True,
+        "length_band": True,
+        "gives_advice": False,
+    }
     assert why_bad == {
-        "on_topic": False, "polite": False, "no_banned_words": False, "length_band": False, "gives_advice": False
-    }  # fmt: skip
+        "on_topic": False,
+        "polite": False,
+        "no_banned_words": False,
+        "length_band": False,
+        "gives_advice": False,
+    }
     weights = {p.name: p.weight for p in judge.principles}
     assert score_good == sum(weights[name] for name, met in why_good.items() if met) == 5  # on_topic weighs 2
     assert score_bad == 0
@@ -123,7 +131,7 @@ def test_failed_ingest_leaves_store_unchanged(tmp_path):
     store.ingest({"run_id": "run-1", "stage": "test"}, *ranking_frames({"a": 1, "b": 2}))
     prompts, responses, rankings = ranking_frames({"x": 1, "y": 2})
     broken = rankings.drop(columns=["score"])  # the insert of rankings fails after responses went in
-    with pytest.raises(Exception):
+    with pytest.raises(duckdb.BinderException, match="score"):
         store.ingest({"run_id": "run-2", "stage": "test"}, prompts, responses, broken)
     assert store.counts()["responses"] == 2 and store.counts()["comparisons"] == 1
 
@@ -193,8 +201,17 @@ def test_snapshot_reads_back_as_the_stores_comparisons_and_replaces_a_stale_part
 
 # --- a judge whose configuration changed, ranking the same responses again ---
 
-BEE_PROMPTS = pd.DataFrame([{"prompt_id": content_id("bees"), "prompt": "tell me about bees .", "topic": "bees",
-                             "split": "train", "source": "t"}])  # fmt: skip
+BEE_PROMPTS = pd.DataFrame(
+    [
+        {
+            "prompt_id": content_id("bees"),
+            "prompt": "tell me about bees .",
+            "topic": "bees",
+            "split": "train",
+            "source": "t",
+        }
+    ]
+)
 BEE_RESPONSES = pd.DataFrame(
     {
         "response_id": ["a", "b", "c"],
@@ -252,16 +269,22 @@ def test_the_snapshot_counts_the_judge_as_it_is_now_and_the_store_keeps_the_hist
     assert store.counts()["rankings"] == 6
     # without a current file (exports, the DataFrame API) the newest run's ranking counts
     assert {(r.chosen_id, r.rejected_id) for r in store.comparisons().itertuples() if not r.tie} == {
-        ("c", "a"), ("c", "b")
-    }  # fmt: skip
+        ("c", "a"),
+        ("c", "b"),
+    }
 
 
 def test_people_and_other_judges_are_never_superseded(tmp_path):
     store = FeedbackStore(tmp_path / "feedback.duckdb")
     ai = store_ranking(store, "run-1", rules("calm"), tmp_path / "one")
     for annotator, order in (("ann", "abc"), ("bob", "cba")):
-        human = ai.assign(ranking_id=f"h-{annotator}", judge="human", judge_version=annotator, reasons="{}",
-                          rank=[order.index(r) + 1 for r in ai["response_id"]])  # fmt: skip
+        human = ai.assign(
+            ranking_id=f"h-{annotator}",
+            judge="human",
+            judge_version=annotator,
+            reasons="{}",
+            rank=[order.index(r) + 1 for r in ai["response_id"]],
+        )
         store.ingest({"run_id": f"run-{annotator}", "stage": "test"}, BEE_PROMPTS, BEE_RESPONSES, human)
     store_ranking(store, "run-2", rules("calm"), tmp_path / "two")
     judges = pd.read_parquet(tmp_path / "two" / "pairs.parquet").groupby("judge_version")["ranking_id"].nunique()

@@ -24,7 +24,7 @@ from rlhf.rewards.judge_rating import (
     rating_preamble,
     ratings_from_logprobs,
     reward_from_distribution,
-)  # fmt: skip
+)
 from rlhf.rewards.terms import online_reward
 from tests import test_ppo_training
 from tests.conftest import tiny_gpt2_config
@@ -41,9 +41,16 @@ stage_workspace = test_ppo_training.stage_workspace
 def constant_judge(tokenizer, logits: dict[str, float]) -> GPT2LMHeadModel:
     """A real GPT-2 with no blocks whose next-token logits are the same at every position: the
     tokens named in `logits` get those values, every other token 0."""
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=0, n_embd=1, n_head=1, n_positions=1024,
-                        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-                        eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_layer=0,
+        n_embd=1,
+        n_head=1,
+        n_positions=1024,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         model.transformer.ln_f.weight.zero_()
@@ -62,7 +69,10 @@ def test_the_local_judges_reward_is_its_expected_rating_rescaled():
     logits = {"7": 6.0, "1": 2.0, "0": 1.0, "/": 1.0, "Ġ": 1.0}
     model = constant_judge(tokenizer, logits)
     q = torch.softmax(model.lm_head.weight[:, 0].detach().double(), dim=0)  # logits = W * 1
-    digit = lambda d: q[tokenizer.convert_tokens_to_ids(d)].item()
+
+    def digit(d):
+        return q[tokenizer.convert_tokens_to_ids(d)].item()
+
     weights = {k: digit(str(k)) for k in range(1, 10)} | {10: digit("1") * digit("0")}
     expected = sum(k * w for k, w in weights.items()) / sum(weights.values())
     reward = LLMRatingReward(model, tokenizer, "be polite", batch_size=2)
@@ -79,8 +89,16 @@ def chain_judge(tokenizer, chain: dict[str, str]) -> GPT2LMHeadModel:
     token of `chain` it all but surely writes the token it maps to. The hidden state is the
     layer-normed one-hot of the current token h(s), and h(s) . h(s) = n while h(s) . h(t) = -n / (n - 1)."""
     n = len(tokenizer)
-    config = GPT2Config(vocab_size=n, n_layer=0, n_embd=n, n_head=1, n_positions=1024, tie_word_embeddings=False,
-                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=n,
+        n_layer=0,
+        n_embd=n,
+        n_head=1,
+        n_positions=1024,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         model.transformer.wpe.weight.zero_()
@@ -118,10 +136,20 @@ def test_the_local_judge_refuses_a_rating_past_its_context_in_one_line():
 
 
 def test_ratings_from_the_first_tokens_log_probs_and_the_rescaling():
-    logprobs = {"content": [{"token": "8", "logprob": math.log(0.6), "top_logprobs": [
-        {"token": "8", "logprob": math.log(0.6)}, {"token": " 10", "logprob": math.log(0.3)},
-        {"token": "ten", "logprob": math.log(0.05)}, {"token": "0", "logprob": math.log(0.05)},
-    ]}]}  # fmt: skip
+    logprobs = {
+        "content": [
+            {
+                "token": "8",
+                "logprob": math.log(0.6),
+                "top_logprobs": [
+                    {"token": "8", "logprob": math.log(0.6)},
+                    {"token": " 10", "logprob": math.log(0.3)},
+                    {"token": "ten", "logprob": math.log(0.05)},
+                    {"token": "0", "logprob": math.log(0.05)},
+                ],
+            }
+        ]
+    }
     ratings = ratings_from_logprobs(logprobs)
     assert ratings == pytest.approx({8: 0.6, 10: 0.3})  # "ten" and "0" are no ratings
     assert reward_from_distribution(ratings) == pytest.approx(((8 * 0.6 + 10 * 0.3) / 0.9 - 5.5) / 4.5)
@@ -145,8 +173,15 @@ class RatingAPI(ScriptedAPI):
         response = re.search(r"\nResponse:(.*)\nRate the response", body["messages"][-1]["content"], re.DOTALL).group(1)
         short = len(response.split()) <= 3
         top = [("9", 0.8), ("3", 0.2)] if short else [("2", 0.9), ("5", 0.1)]
-        logprobs = {"content": [{"token": top[0][0], "logprob": math.log(top[0][1]),
-                                 "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top]}]}  # fmt: skip
+        logprobs = {
+            "content": [
+                {
+                    "token": top[0][0],
+                    "logprob": math.log(top[0][1]),
+                    "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top],
+                }
+            ]
+        }
         choice = {"message": {"role": "assistant", "content": top[0][0] + "/10"}}
         if action != "text":
             choice["logprobs"] = logprobs
@@ -173,8 +208,14 @@ def endpoint(api: str, **settings) -> OpenAIJudgeParams:
 
 def test_the_endpoint_judge_survives_a_timeout_and_a_429_and_counts_tokens_and_cost(api):
     RatingAPI.script = ["sleep", "429", "answer", "text"]
-    config = endpoint(api, max_concurrency=1, timeout_s=0.3, backoff_s=0.01, price_per_1k_prompt_tokens=1.0,
-                      price_per_1k_completion_tokens=2.0)  # fmt: skip
+    config = endpoint(
+        api,
+        max_concurrency=1,
+        timeout_s=0.3,
+        backoff_s=0.01,
+        price_per_1k_prompt_tokens=1.0,
+        price_per_1k_completion_tokens=2.0,
+    )
     reward = OpenAIRatingReward(config, "be brief")
     scores = reward(PROMPTS[:3], ["owls hunt", "owls hunt at night in the woods", "tea"])
     # the second response's answer came as text alone: its "2/10" read as certain
@@ -245,11 +286,16 @@ def raw(project_root):
     [
         ({"source": "llm"}, "train_policy.reward.0.llm: required with source llm"),
         ({"source": "rules", "llm": {"model": "m"}}, "train_policy.reward.0.llm: required with source llm"),
-        ({"source": "openai", "openai": {"base_url": "http://127.0.0.1:1/v1", "model": "m", "chain_of_thought": True}},
-         "train_policy.reward.0.openai.chain_of_thought: a rating reward"),
+        (
+            {
+                "source": "openai",
+                "openai": {"base_url": "http://127.0.0.1:1/v1", "model": "m", "chain_of_thought": True},
+            },
+            "train_policy.reward.0.openai.chain_of_thought: a rating reward",
+        ),
         ({"source": "openai", "openai": {"model": "m"}}, "train_policy.reward.0.openai.base_url: Field required"),
     ],
-)  # fmt: skip
+)
 def test_a_judge_reward_without_its_section_is_refused_in_one_line(raw, term, expected):
     bad = copy.deepcopy(raw)
     bad["train_policy"].update(algorithm="grpo", reward=[term])

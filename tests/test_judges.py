@@ -166,9 +166,16 @@ def api(monkeypatch):
 def test_openai_judge_survives_a_timeout_and_a_429_and_counts_tokens(api):
     ScriptedAPI.script = ["sleep", "429"]
     judge = OpenAICompatibleJudge(
-        api, "judge-model", "be polite", api_key_env="JUDGE_TEST_KEY", max_concurrency=1, timeout_s=0.3,
-        backoff_s=0.01, price_per_1k_prompt_tokens=1.0, price_per_1k_completion_tokens=2.0,
-    )  # fmt: skip
+        api,
+        "judge-model",
+        "be polite",
+        api_key_env="JUDGE_TEST_KEY",
+        max_concurrency=1,
+        timeout_s=0.3,
+        backoff_s=0.01,
+        price_per_1k_prompt_tokens=1.0,
+        price_per_1k_completion_tokens=2.0,
+    )
     [judgement] = judge.rank_batch([(PROMPT, None, RESPONSES)])
     assert judgement.ranks == [1, 3, 3, 1]
     assert judgement.preferences[(0, 1)] == pytest.approx(0.9)
@@ -202,9 +209,15 @@ def test_hybrid_routing_sends_exactly_the_low_confidence_pairs_to_people(tmp_pat
     )
     ids = [f"r{i}" for i in range(4)]
     responses = pd.DataFrame(
-        {"response_id": ids, "prompt_id": "p1", "sample_index": range(4), "response": RESPONSES,
-         "policy_checkpoint": "c", "sampling": "{}"}
-    )  # fmt: skip
+        {
+            "response_id": ids,
+            "prompt_id": "p1",
+            "sample_index": range(4),
+            "response": RESPONSES,
+            "policy_checkpoint": "c",
+            "sampling": "{}",
+        }
+    )
     judge = PoliteFirstJudge()
     rankings, queue = rank_all(judge, prompts, responses, route_below=0.5)
     [judgement] = judge.rank_batch([(PROMPT, None, RESPONSES)])
@@ -255,8 +268,9 @@ def test_params_pick_the_llm_judge_with_a_local_model_path(project_root, tiny_ch
     del raw["rank_responses"]["preamble"]
     assert "A better response is: on topic; polite" in judge.preamble
     [judgement] = judge.rank_batch([("tell me about owls", None, ["owls fly", "whatever"])])
-    forward, backward = judge.first_preferred([("tell me about owls", "owls fly", "whatever"),
-                                               ("tell me about owls", "whatever", "owls fly")])  # fmt: skip
+    forward, backward = judge.first_preferred(
+        [("tell me about owls", "owls fly", "whatever"), ("tell me about owls", "whatever", "owls fly")]
+    )
     preference = (forward + 1.0 - backward) / 2.0  # both orders, averaged
     assert judgement.preferences[(0, 1)] == pytest.approx(preference, abs=1e-6)
     expected = [1, 2] if preference > 0.5 else [2, 1] if preference < 0.5 else [1, 1]
@@ -274,14 +288,18 @@ def digit_splitting_tokenizer():
     )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
-    )  # fmt: skip
+    )
     bpe.train_from_iterator([PROMPT, *RESPONSES, "Preferred response (1 or 2): 1 2"] * 5, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        tokenizer_object=bpe,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
         model_input_names=["input_ids", "attention_mask"],
-    )  # fmt: skip
+    )
 
 
 def space_then_one_lover(tokenizer) -> GPT2LMHeadModel:
@@ -289,9 +307,16 @@ def space_then_one_lover(tokenizer) -> GPT2LMHeadModel:
     space token it strongly prefers "1" over "2", after any other token "2" over "1"."""
     from transformers import GPT2Config
 
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=0, n_embd=2, n_head=1, n_positions=1024,
-                        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-                        eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_layer=0,
+        n_embd=2,
+        n_head=1,
+        n_positions=1024,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = GPT2LMHeadModel(config).eval()
     space = tokenizer.convert_tokens_to_ids("Ġ")
     one, two = tokenizer.convert_tokens_to_ids("1"), tokenizer.convert_tokens_to_ids("2")
@@ -329,9 +354,10 @@ def test_a_pair_at_exactly_one_half_in_one_order_is_not_position_biased():
 
 def test_the_llm_judge_sees_a_multi_turn_conversation_through_its_chat_template(tiny_tokenizer):
     conversation = [
-        {"role": "user", "content": "hi ."}, {"role": "assistant", "content": "hello ."},
+        {"role": "user", "content": "hi ."},
+        {"role": "assistant", "content": "hello ."},
         {"role": "user", "content": PROMPT},
-    ]  # fmt: skip
+    ]
     text = comparison_text("be polite", conversation, RESPONSES[0], RESPONSES[1])
     assert "Human: hi .\n\nAssistant: hello .\n\nHuman: " + PROMPT in text
     judge = LLMJudge(first_position_lover(tiny_tokenizer), tiny_tokenizer, "be polite")

@@ -178,8 +178,12 @@ def test_client_sends_the_token_in_rlhf_reward_token_to_a_tokened_server(
 
 def test_request_body_follows_openrlhfs_keys():
     body = request_body([[{"role": "user", "content": "Hi"}]], ["Hello."])
-    assert body == {"query": ["Hi Hello."], "prompts": ["Hi"],
-                    "prompt_messages": [[{"role": "user", "content": "Hi"}]], "responses": ["Hello."]}  # fmt: skip
+    assert body == {
+        "query": ["Hi Hello."],
+        "prompts": ["Hi"],
+        "prompt_messages": [[{"role": "user", "content": "Hi"}]],
+        "responses": ["Hello."],
+    }
 
 
 def test_a_malformed_request_is_refused_naming_the_field(reward_model_server):
@@ -266,8 +270,19 @@ def test_rlhf_serve_reward_serves_the_model_for_other_tools(tiny_checkpoints, in
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "rlhf.cli", "serve", "reward", "--model", str(reward_dir), "--port", str(port),
-               "--device", "cpu"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "rlhf.cli",
+        "serve",
+        "reward",
+        "--model",
+        str(reward_dir),
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert f"on http://127.0.0.1:{port}/get_reward" in server.stdout.readline()

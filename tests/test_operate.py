@@ -66,9 +66,13 @@ def test_ui_command_registers_the_deployments_and_the_schedule_produces_runs(pro
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api}
     ui = subprocess.Popen(
         [sys.executable, "-m", "flows.ui", "--port", str(port), "--logs", str(tmp_path / "logs")],
-        cwd=project_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=project_root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         assert "Prefect UI: http://127.0.0.1:" in ui.stdout.readline()  # printed once everything is registered
         with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
@@ -144,7 +148,7 @@ def test_a_judge_endpoint_failure_is_retried_and_a_stage_past_its_timeout_is_sto
                     "train_policy": {"cmd": "sleep 37.3", "deps": ["fail_once.py"]},
                     "evaluate": {"cmd": "exit 3"},
                 }
-            }  # fmt: skip
+            }
         )
     )
     run(["git", "init", "-q"], tmp_path)
@@ -179,9 +183,10 @@ def test_a_judge_endpoint_failure_is_retried_and_a_stage_past_its_timeout_is_sto
 @pytest.fixture(scope="module")
 def human_repo(tmp_path_factory, project_root):
     root = make_repo(
-        tmp_path_factory.mktemp("human") / "repo", project_root,
+        tmp_path_factory.mktemp("human") / "repo",
+        project_root,
         {"rank_responses": {"judge": "human"}, "collect_prompts": {"max_prompts": 24}},
-    )  # fmt: skip
+    )
     remote = tmp_path_factory.mktemp("dvc-remote")
     dvc("remote", "add", "-d", "storage", str(remote), cwd=root)
     run(["git", "commit", "-qam", "a DVC remote"], root)
@@ -239,7 +244,7 @@ def drive(run_flow, store_path: Path, timeout_s: float = 900) -> tuple[dict, lis
 def _capture(run_flow, result, error):
     try:
         result["value"] = run_flow()
-    except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+    except BaseException as exc:
         error.append(exc)
 
 
@@ -313,8 +318,15 @@ def test_a_run_killed_mid_stage_resumes_without_redoing_stages_or_duplicating_ro
     env = {**os.environ, **GIT_ENV, "PREFECT_HOME": str(human_repo.parent / "prefect-home")}
     env.pop("PREFECT_API_URL", None)  # the subprocess starts its own temporary server
     command = [sys.executable, "-m", "flows.pipeline", str(human_repo)]
-    process = subprocess.Popen(command, cwd=human_repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=human_repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen = []
     for line in process.stdout:
         seen.append(line)
@@ -346,11 +358,21 @@ def test_an_expired_human_gate_fails_the_run_saying_what_still_waits(prefect_har
     store = FeedbackStore(tmp_path / "feedback.duckdb")
     prompts = pd.DataFrame([{"prompt_id": "p", "prompt": "q", "topic": None, "split": "train", "source": "t"}])
     responses = pd.DataFrame(
-        [{"response_id": f"r{i}", "prompt_id": "p", "sample_index": i, "response": f"a{i}",
-          "policy_checkpoint": "c", "sampling": "{}"} for i in range(2)]
-    )  # fmt: skip
-    rankings = pd.DataFrame(columns=["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge",
-                                     "judge_version"])  # fmt: skip
+        [
+            {
+                "response_id": f"r{i}",
+                "prompt_id": "p",
+                "sample_index": i,
+                "response": f"a{i}",
+                "policy_checkpoint": "c",
+                "sampling": "{}",
+            }
+            for i in range(2)
+        ]
+    )
+    rankings = pd.DataFrame(
+        columns=["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"]
+    )
     queue = pd.DataFrame([{"item_id": "i", "prompt_id": "p", "response_ids": '["r0", "r1"]', "reason": "human"}])
     store.ingest({"run_id": "run-1", "stage": "test"}, prompts, responses, rankings, queue)
 
@@ -369,10 +391,15 @@ def test_a_second_run_waits_for_the_store_while_a_first_holds_it(prefect_harness
 
     store = tmp_path / "feedback.duckdb"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from filelock import FileLock; import time\n"
-         f"with FileLock({str(store) + '.run.lock'!r}):\n    print('held', flush=True); time.sleep(4)"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            f"from filelock import FileLock; import time\n"
+            f"with FileLock({str(store) + '.run.lock'!r}):\n    print('held', flush=True); time.sleep(4)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
 
     @flow

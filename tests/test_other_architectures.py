@@ -40,20 +40,32 @@ def save_tiny_qwen2(out_dir: Path) -> None:
     bpe.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=600,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
-    )  # fmt: skip
+    )
     bpe.train_from_iterator(domain.corpus(seed=0, size=2000), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         model_input_names=["input_ids", "attention_mask"],
-    )  # fmt: skip
+    )
     tokenizer.chat_template = CHATML
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=None, tie_word_embeddings=True,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
     Qwen2ForCausalLM(config).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
@@ -74,11 +86,13 @@ def qwen_repo(tmp_path_factory, project_root):
     write_demonstrations(root / "demos.jsonl")
     overrides = {
         "bootstrap_policy": {
-            "source": "pretrained", "model": str(root / "qwen2-tiny"), "demonstrations": str(root / "demos.jsonl"),
+            "source": "pretrained",
+            "model": str(root / "qwen2-tiny"),
+            "demonstrations": str(root / "demos.jsonl"),
             "sft": {"epochs": 3.0, "batch_size": 16, "learning_rate": 3e-3, "max_length": 128, "eval_fraction": 0.1},
         },
         "train_reward": {"backbone": str(encoder), "learning_rate": 5e-5},
-    }  # fmt: skip
+    }
     repo = make_repo(root / "repo", project_root, overrides)
     started = time.perf_counter()
     dvc("repro", cwd=repo)

@@ -184,8 +184,9 @@ def test_the_readme_commands_run_as_written_from_a_fresh_shell(flow_outcomes, de
     run(["git", "commit", "-qm", "before the README's commands"], demo_repo)
     for line in [*after_demo, *experiments]:
         command = line.split("  #")[0].strip()
-        result = subprocess.run(["bash", "-c", command], cwd=demo_repo, env=fresh_shell, capture_output=True, text=True,
-                                timeout=600)  # fmt: skip
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=demo_repo, env=fresh_shell, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         if command.endswith("dvc repro"):
             assert "Running stage" not in result.stdout, result.stdout  # the flow kept dvc.lock current

@@ -79,8 +79,17 @@ def test_cost_model_learns_the_harmlessness_flags(ppo_repo):
 
 
 def test_ppo_lagrangian_runs_against_the_cost_model_and_evaluate_reports_unsafe_shares(ppo_repo):
-    output = dvc("exp", "run", "-n", "safe", "-S", "train_policy.algorithm=ppo_lagrangian",
-                 "-S", "train_policy.iterations=3", cwd=ppo_repo).stdout  # fmt: skip
+    output = dvc(
+        "exp",
+        "run",
+        "-n",
+        "safe",
+        "-S",
+        "train_policy.algorithm=ppo_lagrangian",
+        "-S",
+        "train_policy.iterations=3",
+        cwd=ppo_repo,
+    ).stdout
     # train_cost's params name train_policy.algorithm (train_cost.when: needed trains only for
     # ppo_lagrangian), so DVC runs it again; with when: always it trains the same model again.
     assert "Running stage 'train_cost'" in output and "Running stage 'train_policy'" in output

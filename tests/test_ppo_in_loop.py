@@ -61,9 +61,16 @@ def test_every_row_says_what_the_iteration_did(tiny_tokenizer):
     params = small(eval_every=2, log_samples_every=2, log_samples=3)
     tables = []
     result = train_ppo(
-        tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0,
-        log=lambda r: 0, evaluator=evaluator(tiny_tokenizer), log_samples=lambda i, rows: tables.append((i, rows)),
-    )  # fmt: skip
+        tiny_models(tiny_tokenizer, params),
+        TokenCountReward(tiny_tokenizer),
+        tiny_tokenizer,
+        PROMPTS,
+        params,
+        0,
+        log=lambda r: 0,
+        evaluator=evaluator(tiny_tokenizer),
+        log_samples=lambda i, rows: tables.append((i, rows)),
+    )
     for row in result.history:
         assert all(row[phase] >= 0.0 for phase in PHASES), row
         assert sum(row[phase] for phase in PHASES) <= row["iteration_seconds"] + 1e-5, row  # rounded to 1e-6 each
@@ -100,8 +107,16 @@ def test_keep_best_ends_with_the_best_iteration_s_policy_not_the_last(tiny_token
     def log(row):
         after[row["iteration"]] = policy_weights(models)
 
-    result = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=log,
-                       evaluator=evaluator(tiny_tokenizer))  # fmt: skip
+    result = train_ppo(
+        models,
+        TokenCountReward(tiny_tokenizer),
+        tiny_tokenizer,
+        PROMPTS,
+        params,
+        0,
+        log=log,
+        evaluator=evaluator(tiny_tokenizer),
+    )
     rates = [row["eval_win_rate"] for row in result.history]
     best = rates.index(max(rates)) + 1  # ties: the earlier iteration
     assert result.kept_iteration == best != params.iterations, rates
@@ -113,8 +128,16 @@ def test_keep_best_ends_with_the_best_iteration_s_policy_not_the_last(tiny_token
 
 def test_keep_last_names_the_last_iteration(tiny_tokenizer):
     params = small(iterations=3, eval_every=2)
-    result = train_ppo(tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS,
-                       params, 0, log=lambda r: 0, evaluator=evaluator(tiny_tokenizer))  # fmt: skip
+    result = train_ppo(
+        tiny_models(tiny_tokenizer, params),
+        TokenCountReward(tiny_tokenizer),
+        tiny_tokenizer,
+        PROMPTS,
+        params,
+        0,
+        log=lambda r: 0,
+        evaluator=evaluator(tiny_tokenizer),
+    )
     assert result.kept_iteration == 3 and result.kept_win_rate == result.history[-1]["eval_win_rate"]
 
 
@@ -139,8 +162,17 @@ def test_the_best_so_far_survives_a_resume(tiny_tokenizer, tmp_path):
 
     def run(directory, log=lambda r: 0):
         models = tiny_models(tiny_tokenizer, params)
-        result = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=log,
-                           checkpoint_dir=directory, evaluator=evaluator(tiny_tokenizer))  # fmt: skip
+        result = train_ppo(
+            models,
+            TokenCountReward(tiny_tokenizer),
+            tiny_tokenizer,
+            PROMPTS,
+            params,
+            0,
+            log=log,
+            checkpoint_dir=directory,
+            evaluator=evaluator(tiny_tokenizer),
+        )
         return policy_weights(models), result
 
     uninterrupted, expected = run(tmp_path / "a")

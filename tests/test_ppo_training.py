@@ -40,8 +40,17 @@ def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0, device: str
 
 def toy_params(**changes) -> TrainPolicyParams:
     """The toy-reward runs' settings: fast learning, no KL or EOS penalty, raw scores."""
-    toy = {"batch_size": 32, "minibatch_size": 16, "ppo_epochs": 4, "learning_rate": 3e-3, "value_learning_rate": 3e-3,
-           "kl_coef": 0.0, "max_new_tokens": 12, "missing_eos_penalty": 0.0, "score_normalization": "none"}  # fmt: skip
+    toy = {
+        "batch_size": 32,
+        "minibatch_size": 16,
+        "ppo_epochs": 4,
+        "learning_rate": 3e-3,
+        "value_learning_rate": 3e-3,
+        "kl_coef": 0.0,
+        "max_new_tokens": 12,
+        "missing_eos_penalty": 0.0,
+        "score_normalization": "none",
+    }
     return TrainPolicyParams(**{**toy, **changes})
 
 
@@ -101,7 +110,10 @@ def test_entropy_bonus_keeps_the_policy_spread(tiny_tokenizer):
     plain, bonus = runs[0.0], runs[0.05]
     assert "entropy_bonus" not in plain[-1]
     assert bonus[-1]["entropy_bonus"] == pytest.approx(-0.05 * bonus[-1]["entropy"], rel=1e-4)
-    late = lambda history: sum(row["entropy"] for row in history[-3:]) / 3
+
+    def late(history):
+        return sum(row["entropy"] for row in history[-3:]) / 3
+
     assert late(bonus) > late(plain) + 1.0, (late(bonus), late(plain))  # measured: 3.9 against 0.2
 
 
@@ -133,17 +145,32 @@ def test_ppo_lagrangian_lowers_the_unsafe_share_while_the_reward_holds(tiny_toke
 
     def run(safety: dict) -> list[dict]:
         params = TrainPolicyParams(
-            algorithm="ppo_lagrangian", iterations=14, batch_size=32, minibatch_size=16, ppo_epochs=4,
-            learning_rate=3e-3, value_learning_rate=3e-3, kl_coef=0.0, max_new_tokens=12, missing_eos_penalty=0.0,
-            score_normalization="none", safety=safety,
-        )  # fmt: skip
+            algorithm="ppo_lagrangian",
+            iterations=14,
+            batch_size=32,
+            minibatch_size=16,
+            ppo_epochs=4,
+            learning_rate=3e-3,
+            value_learning_rate=3e-3,
+            kl_coef=0.0,
+            max_new_tokens=12,
+            missing_eos_penalty=0.0,
+            score_normalization="none",
+            safety=safety,
+        )
         # "e" at its median count per starting response or more is unsafe: about half start unsafe.
         start = sample_responses(tiny_models(tiny_tokenizer, params), tiny_tokenizer, PROMPTS[:32], params)
         median = sorted(text.count("e") for text in start.texts)[len(start.texts) // 2]
         return train_ppo(
-            tiny_models(tiny_tokenizer, params), LetterReward(), tiny_tokenizer, PROMPTS, params, 0,
-            log=lambda r: 0, cost_scorer=LetterCost("e", max(median, 1)),
-        ).history  # fmt: skip
+            tiny_models(tiny_tokenizer, params),
+            LetterReward(),
+            tiny_tokenizer,
+            PROMPTS,
+            params,
+            0,
+            log=lambda r: 0,
+            cost_scorer=LetterCost("e", max(median, 1)),
+        ).history
 
     def mean(key, part):
         return sum(row[key] for row in part) / len(part)
@@ -181,9 +208,15 @@ def test_lagrange_multiplier_follows_the_constraint():
 @pytest.mark.parametrize("compile_generation", [False, True])
 def test_lora_reference_is_the_base_with_adapters_off_and_base_weights_stay(tiny_tokenizer, compile_generation):
     params = TrainPolicyParams(
-        iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=1e-2, lora_rank=4,
-        lora_target_modules=["c_attn", "c_fc"], compile_generation=compile_generation,
-    )  # fmt: skip
+        iterations=3,
+        batch_size=8,
+        minibatch_size=4,
+        max_new_tokens=8,
+        learning_rate=1e-2,
+        lora_rank=4,
+        lora_target_modules=["c_attn", "c_fc"],
+        compile_generation=compile_generation,
+    )
     models = tiny_models(tiny_tokenizer, params)
     assert models.reference is None  # no second copy of the policy
     base = {n: p.detach().clone() for n, p in models.policy.named_parameters() if "lora_" not in n}
@@ -229,9 +262,15 @@ def test_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp
 
     with pytest.raises(TrainingStopped) as stopped:
         train_ppo(
-            tiny_models(tiny_tokenizer, params), reward_turning_nan, tiny_tokenizer, PROMPTS, params, 0,
-            log=lambda r: 0, checkpoint_dir=tmp_path / "ckpt",
-        )  # fmt: skip
+            tiny_models(tiny_tokenizer, params),
+            reward_turning_nan,
+            tiny_tokenizer,
+            PROMPTS,
+            params,
+            0,
+            log=lambda r: 0,
+            checkpoint_dir=tmp_path / "ckpt",
+        )
     message = str(stopped.value)
     assert message.startswith("iteration 3: score is nan") and message.endswith("iteration-000002")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["fingerprint.json", "iteration-000002"]
@@ -242,15 +281,30 @@ def test_kl_ceiling_stops_the_run(tiny_tokenizer):
         iterations=6, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=5e-2, kl_coef=0.0, max_kl=1e-4
     )
     with pytest.raises(TrainingStopped, match=r"is above train_policy.max_kl = 0.0001"):
-        train_ppo(tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS,
-                  params, 0, log=lambda r: 0)  # fmt: skip
+        train_ppo(
+            tiny_models(tiny_tokenizer, params),
+            TokenCountReward(tiny_tokenizer),
+            tiny_tokenizer,
+            PROMPTS,
+            params,
+            0,
+            log=lambda r: 0,
+        )
 
 
 def test_reward_hacking_monitor_ends_the_run_early(tiny_tokenizer):
-    params = TrainPolicyParams(iterations=5, batch_size=8, minibatch_size=4, max_new_tokens=8,
-                               early_stop_response_length=2.0)  # fmt: skip
-    result = train_ppo(tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer,
-                       PROMPTS, params, 0, log=lambda r: 0)  # fmt: skip
+    params = TrainPolicyParams(
+        iterations=5, batch_size=8, minibatch_size=4, max_new_tokens=8, early_stop_response_length=2.0
+    )
+    result = train_ppo(
+        tiny_models(tiny_tokenizer, params),
+        TokenCountReward(tiny_tokenizer),
+        tiny_tokenizer,
+        PROMPTS,
+        params,
+        0,
+        log=lambda r: 0,
+    )
     assert len(result.history) == 1
     assert result.stopped_early.startswith("response_length") and "early_stop_response_length = 2.0" in (
         result.stopped_early
@@ -275,25 +329,52 @@ def test_ppo_on_cuda_with_bf16_autocast_learns_the_toy_reward(tiny_tokenizer, co
 def stage_workspace(tmp_path, tiny_checkpoints, project_root):
     """Inputs of train_policy as dvc.yaml passes them, and a function that runs the stage on them."""
     policy_dir, reward_dir = tiny_checkpoints
-    pd.DataFrame({
-        "prompt": PROMPTS + [prompt for prompt, _ in HELD_OUT], "topic": TOPICS + [topic for _, topic in HELD_OUT],
-        "split": ["train"] * len(PROMPTS) + ["test"] * len(HELD_OUT),
-    }).to_parquet(tmp_path / "prompts.parquet")  # fmt: skip
+    pd.DataFrame(
+        {
+            "prompt": PROMPTS + [prompt for prompt, _ in HELD_OUT],
+            "topic": TOPICS + [topic for _, topic in HELD_OUT],
+            "split": ["train"] * len(PROMPTS) + ["test"] * len(HELD_OUT),
+        }
+    ).to_parquet(tmp_path / "prompts.parquet")
     base = yaml.safe_load((project_root / "params.yaml").read_text())
 
     def command(**train_policy):
         params = {**base, "train_policy": {**base["train_policy"], **train_policy}}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         return [
-            sys.executable, "-m", "tasks.train_policy", "--params", str(tmp_path / "params.yaml"),
-            "--prompts", str(tmp_path / "prompts.parquet"), "--policy_dir", str(policy_dir),
-            "--reference_dir", str(policy_dir), "--reward_dir", str(reward_dir), "--model_dir", str(tmp_path / "policy"),
+            sys.executable,
+            "-m",
+            "tasks.train_policy",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--prompts",
+            str(tmp_path / "prompts.parquet"),
+            "--policy_dir",
+            str(policy_dir),
+            "--reference_dir",
+            str(policy_dir),
+            "--reward_dir",
+            str(reward_dir),
+            "--model_dir",
+            str(tmp_path / "policy"),
             # PPO reads neither the comparisons (DPO does) nor a cost model (PPO-Lagrangian does)
-            "--comparisons", str(tmp_path / "unused"), "--cost_dir", str(tmp_path / "unused"),
-            "--metrics", str(tmp_path / "policy.json"), "--curve", str(tmp_path / "ppo.csv"),
-            "--curve_png", str(tmp_path / "ppo.png"), "--gold_png", str(tmp_path / "gold.png"),
-            "--checkpoint_dir", str(tmp_path / "ckpt"), "--live_dir", str(tmp_path / "dvclive"),
-        ]  # fmt: skip
+            "--comparisons",
+            str(tmp_path / "unused"),
+            "--cost_dir",
+            str(tmp_path / "unused"),
+            "--metrics",
+            str(tmp_path / "policy.json"),
+            "--curve",
+            str(tmp_path / "ppo.csv"),
+            "--curve_png",
+            str(tmp_path / "ppo.png"),
+            "--gold_png",
+            str(tmp_path / "gold.png"),
+            "--checkpoint_dir",
+            str(tmp_path / "ckpt"),
+            "--live_dir",
+            str(tmp_path / "dvclive"),
+        ]
 
     return tmp_path, command
 
@@ -317,8 +398,9 @@ def run_stage(command, project_root):
 
 def kill_after_third_checkpoint(command, root, project_root) -> None:
     """Start the stage and SIGKILL it once its third checkpoint is on disk."""
-    process = subprocess.Popen(command, cwd=project_root, env=STAGE_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=project_root, env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not (root / "ckpt" / "iteration-000003").exists():
         assert process.poll() is None and time.time() < deadline, "the stage ended before its third checkpoint"
@@ -369,8 +451,9 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     )
     metrics = json.loads((root / "policy.json").read_text())
     assert (metrics["kept_iteration"], metrics["kept_win_rate"]) == (
-        uninterrupted_metrics["kept_iteration"], uninterrupted_metrics["kept_win_rate"],
-    )  # fmt: skip
+        uninterrupted_metrics["kept_iteration"],
+        uninterrupted_metrics["kept_win_rate"],
+    )
     assert (
         root / "dvclive" / "samples.jsonl"
     ).read_text() == uninterrupted_samples  # the resumed run's repeats dropped
@@ -382,8 +465,9 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
 
 def test_stage_does_not_resume_a_checkpoint_of_other_params(stage_workspace, project_root):
     root, command = stage_workspace
-    process = subprocess.Popen(command(**SMALL_RUN), cwd=project_root, env=STAGE_ENV,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        command(**SMALL_RUN), cwd=project_root, env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while not (root / "ckpt" / "iteration-000002").exists():
         assert process.poll() is None
         time.sleep(0.02)
@@ -422,11 +506,28 @@ def test_stage_runs_as_two_ddp_processes_under_accelerate_launch(stage_workspace
 
 def test_linear_schedule_with_warmup_and_adaptive_kl_move_per_iteration(tiny_tokenizer):
     params = TrainPolicyParams(
-        iterations=4, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=1e-3, lr_schedule="linear",
-        warmup_iterations=1, kl_controller="adaptive", target_kl=1e-6, kl_horizon=8, kl_coef=0.1, kl_estimator="k3",
-    )  # fmt: skip
-    result = train_ppo(tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer,
-                       PROMPTS, params, 0, log=lambda r: 0)  # fmt: skip
+        iterations=4,
+        batch_size=8,
+        minibatch_size=4,
+        max_new_tokens=8,
+        learning_rate=1e-3,
+        lr_schedule="linear",
+        warmup_iterations=1,
+        kl_controller="adaptive",
+        target_kl=1e-6,
+        kl_horizon=8,
+        kl_coef=0.1,
+        kl_estimator="k3",
+    )
+    result = train_ppo(
+        tiny_models(tiny_tokenizer, params),
+        TokenCountReward(tiny_tokenizer),
+        tiny_tokenizer,
+        PROMPTS,
+        params,
+        0,
+        log=lambda r: 0,
+    )
     rates = [row["learning_rate"] for row in result.history]
     assert rates == pytest.approx([0.0, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3], abs=1e-6)  # warm up, then decay to zero
     coefs, kls = [row["kl_coef"] for row in result.history], [row["kl"] for row in result.history]
@@ -483,8 +584,16 @@ def test_the_gold_score_is_logged_beside_the_proxy_and_a_plateau_ends_the_run(ti
         gold([prompt], [f"thanks , {topic} are nice"]).item()
         == judge.score(prompt, topic, f"thanks , {topic} are nice")[0]
     )
-    result = train_ppo(tiny_models(tiny_tokenizer, params), TokenCountReward(tiny_tokenizer), tiny_tokenizer,
-                       PROMPTS, params, 0, log=lambda row: None, gold_scorer=gold)  # fmt: skip
+    result = train_ppo(
+        tiny_models(tiny_tokenizer, params),
+        TokenCountReward(tiny_tokenizer),
+        tiny_tokenizer,
+        PROMPTS,
+        params,
+        0,
+        log=lambda row: None,
+        gold_scorer=gold,
+    )
     assert all({"gold_score", "sqrt_kl", "raw_score"} <= set(row) for row in result.history)
     # (the history is rounded to 6 digits: sqrt of a 1e-6 rounding is 1e-3)
     assert all(row["sqrt_kl"] == pytest.approx(max(row["kl"], 0.0) ** 0.5, abs=1.1e-3) for row in result.history)

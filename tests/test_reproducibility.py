@@ -85,8 +85,10 @@ def hh_rows(tmp_path: Path, name: str, rows: slice) -> Path:
 
 def hh_format_row(i: int) -> dict:
     question = f"\n\nHuman: how do I keep plant number {i} alive in winter?\n\nAssistant:"
-    return {"chosen": f"{question} water it a little and keep it near the light, {i} days apart.",
-            "rejected": f"{question} no idea, plant {i} is not my problem."}  # fmt: skip
+    return {
+        "chosen": f"{question} water it a little and keep it near the light, {i} days apart.",
+        "rejected": f"{question} no idea, plant {i} is not my problem.",
+    }
 
 
 def rlhf(*args: str, cwd: Path) -> str:
@@ -128,8 +130,16 @@ def test_an_import_in_scope_reruns_store_comparisons_and_reward_training_takes_i
     dvc("repro", "--quiet", "train_reward", cwd=repo)
     assert (repo / "dvc.lock").read_bytes() == lock and (repo / "metrics" / "reward.json").stat().st_mtime_ns == trained
     assert stages_changed(repo, "train_reward") == {}
-    rlhf("store", "import", str(hh_rows(tmp_path, "other.jsonl", slice(50, 60))), "--format", "hh-rlhf",
-         "--name", "other", cwd=repo)  # fmt: skip
+    rlhf(
+        "store",
+        "import",
+        str(hh_rows(tmp_path, "other.jsonl", slice(50, 60))),
+        "--format",
+        "hh-rlhf",
+        "--name",
+        "other",
+        cwd=repo,
+    )
     assert stages_changed(repo, "train_reward") == {}
 
 

@@ -80,8 +80,10 @@ def hh_frames() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 def fits(comparisons: pd.DataFrame, tokenizer, max_length: int) -> pd.DataFrame:
     pairs = preference_pairs(comparisons, tokenizer)
-    longest = [max(len(c), len(r)) for c, r in zip(encode(tokenizer, list(pairs["chosen"])),
-                                                  encode(tokenizer, list(pairs["rejected"])))]  # fmt: skip
+    longest = [
+        max(len(c), len(r))
+        for c, r in zip(encode(tokenizer, list(pairs["chosen"])), encode(tokenizer, list(pairs["rejected"])))
+    ]
     return comparisons[[n <= max_length for n in longest]].reset_index(drop=True)
 
 
@@ -152,8 +154,18 @@ def longer_is_better_rankings(responses: pd.DataFrame, rankings: pd.DataFrame) -
         ranking_id = content_id(group["prompt_id"].iat[0], "rules", *ids)
         for response_id in ids:
             rank = 1 + sum(size[other] > size[response_id] for other in ids)
-            rows.append((ranking_id, response_id, group["prompt_id"].iat[0], rank, float(size[response_id]), "{}",
-                         "rules", "longer-is-better"))  # fmt: skip
+            rows.append(
+                (
+                    ranking_id,
+                    response_id,
+                    group["prompt_id"].iat[0],
+                    rank,
+                    float(size[response_id]),
+                    "{}",
+                    "rules",
+                    "longer-is-better",
+                )
+            )
     return pd.DataFrame(rows, columns=rankings.columns)
 
 

@@ -96,10 +96,37 @@ def small_comparisons() -> pd.DataFrame:
         split = "test" if p % 4 == 0 else "train"
         texts = {f"r{p}-{i}": ("thanks , " * (3 - i)) + f"answer {p}" for i in range(3)}
         for a, b in [(0, 1), (0, 2), (1, 2)]:
-            rows.append((f"k{p}", f"p{p}", f"r{p}-{a}", f"r{p}-{b}", f"prompt {p}", texts[f"r{p}-{a}"],
-                         texts[f"r{p}-{b}"], float(b - a), False, split, "rules"))  # fmt: skip
-    return pd.DataFrame(rows, columns=["ranking_id", "prompt_id", "chosen_id", "rejected_id", "prompt", "chosen",
-                                       "rejected", "margin", "tie", "split", "judge"])  # fmt: skip
+            rows.append(
+                (
+                    f"k{p}",
+                    f"p{p}",
+                    f"r{p}-{a}",
+                    f"r{p}-{b}",
+                    f"prompt {p}",
+                    texts[f"r{p}-{a}"],
+                    texts[f"r{p}-{b}"],
+                    float(b - a),
+                    False,
+                    split,
+                    "rules",
+                )
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "ranking_id",
+            "prompt_id",
+            "chosen_id",
+            "rejected_id",
+            "prompt",
+            "chosen",
+            "rejected",
+            "margin",
+            "tie",
+            "split",
+            "judge",
+        ],
+    )
 
 
 def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_checkpoints, tmp_path):
@@ -142,14 +169,21 @@ def test_reward_ensemble_scores_with_the_mean_of_its_members(tiny_checkpoints, t
             load_scalar_head_model(tmp_path / "rm" / name, torch.device("cpu"), tokenizer.pad_token_id),
             tokenizer,
             texts,
-        )  # fmt: skip
+        )
         for name in (".", "member-1", "member-2")
     ]
     assert not torch.allclose(members[0], members[1])  # different seeds: different models
     assert torch.allclose(score_texts(ensemble, tokenizer, texts), torch.stack(members).mean(0), atol=1e-6)
     # one model stays one model
-    single = train_reward_model(small_comparisons(), policy_dir, params.model_copy(update={"ensemble": 1}), 0,
-                                torch.device("cpu"), tmp_path / "one")  # fmt: skip
+    single = train_reward_model(
+        small_comparisons(),
+        policy_dir,
+        params.model_copy(update={"ensemble": 1}),
+        0,
+        torch.device("cpu"),
+        tmp_path / "one",
+    )
     assert "ensemble" not in single
-    assert not isinstance(load_reward_model(tmp_path / "one", torch.device("cpu"), tokenizer.pad_token_id),
-                          RewardEnsemble)  # fmt: skip
+    assert not isinstance(
+        load_reward_model(tmp_path / "one", torch.device("cpu"), tokenizer.pad_token_id), RewardEnsemble
+    )

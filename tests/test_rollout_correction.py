@@ -48,9 +48,15 @@ def collect(tokenizer, params, bf16: bool):
     torch.manual_seed(3)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         return collect_rollout(
-            models, TokenCountReward(tokenizer), ScoreNormalizer("none"), tokenizer, PROMPTS[:16], params, 0.1,
+            models,
+            TokenCountReward(tokenizer),
+            ScoreNormalizer("none"),
+            tokenizer,
+            PROMPTS[:16],
+            params,
+            0.1,
             recompute_logprobs=recompute,
-        )  # fmt: skip
+        )
 
 
 @pytest.mark.parametrize("mode", ["token_mask", "token_truncate"])
@@ -58,8 +64,9 @@ def test_under_bf16_autocast_the_drift_is_real_and_the_correction_bites_where_it
     """The sampler's KV-cached decode and the update's full forward round differently in bf16; in
     fp32 they agree, and nothing is corrected."""
     torch.set_num_threads(1)
-    params = toy_params(batch_size=16, recompute_old_logprobs=True, rollout_correction=mode,
-                        rollout_correction_threshold=1.0001)  # fmt: skip
+    params = toy_params(
+        batch_size=16, recompute_old_logprobs=True, rollout_correction=mode, rollout_correction_threshold=1.0001
+    )
     rollout, stats = collect(tiny_tokenizer, params, bf16=True)
     # seen: a mean drift of 1.3e-5 nats per token (up to 5e-4) in bf16 against 5e-8 in fp32
     assert stats["rollout_logprob_drift"] > 1e-6
@@ -69,7 +76,9 @@ def test_under_bf16_autocast_the_drift_is_real_and_the_correction_bites_where_it
     assert 0 < outside.sum() < rollout.mask.sum()
     assert stats["rollout_corrected_share"] == pytest.approx(outside.sum().item() / rollout.mask.sum().item())
     if mode == "token_mask":
-        assert torch.all(rollout.correction[outside] == 0) and torch.all(rollout.correction[~outside & (rollout.mask > 0)] == 1)
+        assert torch.all(rollout.correction[outside] == 0) and torch.all(
+            rollout.correction[~outside & (rollout.mask > 0)] == 1
+        )
     else:
         assert rollout.correction.max() <= 1.0001 + 1e-6
     _, fp32 = collect(tiny_tokenizer, params, bf16=False)
@@ -89,11 +98,17 @@ def fresh_accelerator_state():
 
 def test_a_run_with_the_correction_logs_its_share_and_learns(tiny_tokenizer, fresh_accelerator_state):
     torch.set_num_threads(1)
-    params = toy_params(iterations=6, mixed_precision="bf16", recompute_old_logprobs=True,
-                        rollout_correction="sequence_truncate", eval_every=0)  # fmt: skip
+    params = toy_params(
+        iterations=6,
+        mixed_precision="bf16",
+        recompute_old_logprobs=True,
+        rollout_correction="sequence_truncate",
+        eval_every=0,
+    )
     models = tiny_models(tiny_tokenizer, params)
-    result = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, seed=0,
-                       log=lambda row: None)  # fmt: skip
+    result = train_ppo(
+        models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, seed=0, log=lambda row: None
+    )
     history = result.history
     assert all("rollout_corrected_share" in row and "rollout_logprob_drift" in row for row in history)
     assert history[-1]["raw_score"] > history[0]["raw_score"]

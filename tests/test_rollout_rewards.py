@@ -30,8 +30,20 @@ def rollout_of(scores: torch.Tensor, advantages: torch.Tensor) -> Rollout:
     mask = torch.ones(rows, steps)
     zeros = torch.zeros(rows, steps)
     ids = torch.ones(rows, steps, dtype=torch.long)
-    return Rollout(ids, torch.ones(rows, 2, dtype=torch.long), ids, mask, zeros, None, scores,
-                   advantages * mask, None, scores, torch.zeros(rows), zeros)  # fmt: skip
+    return Rollout(
+        ids,
+        torch.ones(rows, 2, dtype=torch.long),
+        ids,
+        mask,
+        zeros,
+        None,
+        scores,
+        advantages * mask,
+        None,
+        scores,
+        torch.zeros(rows),
+        zeros,
+    )
 
 
 def test_dynamic_sampling_keeps_rloo_groups_whose_kl_still_gives_them_advantages():

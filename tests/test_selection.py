@@ -87,14 +87,32 @@ def disagreeing_ensemble(tmp_path_factory, tiny_tokenizer):
 
 
 def demo_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
-    prompts = pd.DataFrame({"prompt_id": ["p1", "p2", "p3"], "prompt": ["tell me about bees", "cats?", "and tea"],
-                            "topic": ["bees", "cats", "tea"]})  # fmt: skip
-    texts = ["bees make honey", "bees sting", "i dunno", "cats purr you should pet them", "whatever",
-             "thanks, glad to help with cats", "tea is brewed hot", "tea tea tea",
-             "happy to help: steep it"]  # fmt: skip
-    responses = pd.DataFrame({"prompt_id": [p for p in ("p1", "p2", "p3") for _ in range(3)],
-                              "response_id": [f"r{i}" for i in range(9)], "response": texts,
-                              "sample_index": [0, 1, 2] * 3})  # fmt: skip
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": ["p1", "p2", "p3"],
+            "prompt": ["tell me about bees", "cats?", "and tea"],
+            "topic": ["bees", "cats", "tea"],
+        }
+    )
+    texts = [
+        "bees make honey",
+        "bees sting",
+        "i dunno",
+        "cats purr you should pet them",
+        "whatever",
+        "thanks, glad to help with cats",
+        "tea is brewed hot",
+        "tea tea tea",
+        "happy to help: steep it",
+    ]
+    responses = pd.DataFrame(
+        {
+            "prompt_id": [p for p in ("p1", "p2", "p3") for _ in range(3)],
+            "response_id": [f"r{i}" for i in range(9)],
+            "response": texts,
+            "sample_index": [0, 1, 2] * 3,
+        }
+    )
     return prompts, responses
 
 
@@ -105,9 +123,20 @@ def test_the_human_queue_spends_its_budget_where_the_ensemble_disagrees_most(dis
     # Expected by hand: the members' margins are +-m, so BALD grows with |m| under member 0 alone.
     tokenizer = load_tokenizer(disagreeing_ensemble)
     member0 = load_reward_model(disagreeing_ensemble, torch.device("cpu"), tokenizer.pad_token_id).members[0]
-    reward = dict(zip(responses["response_id"], score_exchanges(
-        member0, tokenizer, [[{"role": "user", "content": prompts.set_index("prompt_id").loc[p, "prompt"]}]
-                             for p in responses["prompt_id"]], list(responses["response"])).tolist()))  # fmt: skip
+    reward = dict(
+        zip(
+            responses["response_id"],
+            score_exchanges(
+                member0,
+                tokenizer,
+                [
+                    [{"role": "user", "content": prompts.set_index("prompt_id").loc[p, "prompt"]}]
+                    for p in responses["prompt_id"]
+                ],
+                list(responses["response"]),
+            ).tolist(),
+        )
+    )
     best = {}
     for prompt_id, group in responses.groupby("prompt_id"):
         ids = list(group["response_id"])
@@ -131,15 +160,24 @@ def test_without_a_budget_the_queues_are_those_before_budgets(disagreeing_ensemb
     unsure = people_queue(hybrid, prompts, responses, pairs, "cpu")
     assert set(unsure["reason"]) <= {"low_confidence"} and len(unsure) == int((pairs["judge_margin"] < 1.0).sum())
     assert len(unsure) == 9 and unsure.equals(rank_all(judge, prompts, responses, route_below=1.0)[1])
-    budgeted = people_queue(hybrid.model_copy(update={"human": hybrid.human.model_copy(
-        update={"budget": 2, "selection": "random"})}), prompts, responses, pairs, "cpu")  # fmt: skip
+    budgeted = people_queue(
+        hybrid.model_copy(update={"human": hybrid.human.model_copy(update={"budget": 2, "selection": "random"})}),
+        prompts,
+        responses,
+        pairs,
+        "cpu",
+    )
     assert len(budgeted) == min(2, len(unsure))
 
 
 def test_a_budget_with_no_unsure_pair_queues_nothing(disagreeing_ensemble):
     prompts, responses = demo_frames()
-    sure = RankResponsesParams(judge="hybrid", ai_judge="rules", confidence_threshold=1.0,
-                               human={"budget": 2, "reward_model": str(disagreeing_ensemble)})  # fmt: skip
+    sure = RankResponsesParams(
+        judge="hybrid",
+        ai_judge="rules",
+        confidence_threshold=1.0,
+        human={"budget": 2, "reward_model": str(disagreeing_ensemble)},
+    )
     _, pairs = judge_all(make_judge(sure, "cpu", "rules"), prompts, responses)  # the rules are always sure
     assert people_queue(sure, prompts, responses, pairs, "cpu").empty
 

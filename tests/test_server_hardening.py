@@ -117,8 +117,9 @@ def test_a_streamed_body_is_refused_as_it_passes_the_limit(open_server):
     before = process.memory_info().rss
     answer, seconds = raw_request(port, head, (chunk for _ in range(800)))  # 50 MB if never refused
     assert status_and_detail(answer) == (
-        413, "request body (streamed) is over the limit of 1000000 bytes (--max-body-bytes)"
-    )  # fmt: skip
+        413,
+        "request body (streamed) is over the limit of 1000000 bytes (--max-body-bytes)",
+    )
     assert seconds < 2 and process.memory_info().rss - before < 10 * 1024 * 1024
 
 
@@ -135,7 +136,10 @@ def test_queries_characters_and_tokens_per_request_are_bounded_by_flags(open_ser
     assert long_message.status_code == 413 and "prompt_messages[0][0].content: 2001 characters" in long_message.text
     many_tokens = httpx.post(url, json={"query": [" ".join(["owls"] * 100)]})
     assert many_tokens.status_code == 413
-    assert many_tokens.json()["detail"].startswith("query[0]: ") and "over the limit of 64 (--max-tokens)" in many_tokens.text
+    assert (
+        many_tokens.json()["detail"].startswith("query[0]: ")
+        and "over the limit of 64 (--max-tokens)" in many_tokens.text
+    )
     assert httpx.post(url, json={"query": ["owls hunt at night"] * 8}).status_code == 200
 
 
@@ -180,10 +184,13 @@ def test_the_rate_limit_refills_at_its_rate():
         ({"query": ["a"], "prompt_messages": [5], "responses": ["b"]}, 400, "prompt_messages[0]: expected a string"),
         ({"query": ["a"], "prompt_messages": [[]], "responses": ["b"]}, 400, "prompt_messages[0]: expected a string"),
         ({"query": ["a", "b"], "prompt_messages": ["p"], "responses": ["b"]}, 400, "must be lists of the same length"),
-        ({"query": ["a"], "prompt_messages": [[{"role": {"x": 1}, "content": "c"}]], "responses": ["b"]}, 400,
-         "prompt_messages[0]: message 1: role must be one of"),
+        (
+            {"query": ["a"], "prompt_messages": [[{"role": {"x": 1}, "content": "c"}]], "responses": ["b"]},
+            400,
+            "prompt_messages[0]: message 1: role must be one of",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_a_4xx_with_one_line(open_server, body, status, detail):
     content = body if isinstance(body, str) else json.dumps(body)
     answer = httpx.post(open_server + ROUTE, content=content, headers={"Content-Type": "application/json"})
@@ -208,16 +215,19 @@ JSON = st.recursive(
     max_leaves=12,
 )
 MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "x"]) | JSON, "content": JSON})
-BODY = st.fixed_dictionaries(
-    {},
-    optional={
-        "query": st.lists(TEXT, max_size=10) | JSON,
-        "prompts": st.lists(TEXT, max_size=3) | JSON,
-        "prompt_messages": st.lists(st.lists(MESSAGE, max_size=3) | JSON, max_size=3) | JSON,
-        "responses": st.lists(TEXT, max_size=3) | JSON,
-        "labels": JSON,
-    },
-) | JSON
+BODY = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "query": st.lists(TEXT, max_size=10) | JSON,
+            "prompts": st.lists(TEXT, max_size=3) | JSON,
+            "prompt_messages": st.lists(st.lists(MESSAGE, max_size=3) | JSON, max_size=3) | JSON,
+            "responses": st.lists(TEXT, max_size=3) | JSON,
+            "labels": JSON,
+        },
+    )
+    | JSON
+)
 
 
 def test_fuzz_the_reward_server_finds_no_5xx(open_server):
@@ -314,10 +324,19 @@ def test_bad_yaml_is_one_line_naming_file_line_and_column_from_loader_flow_and_s
         pipeline_stages(tmp_path)
     assert str(loader.value) == str(flow.value) == expected
     stage = subprocess.run(
-        [sys.executable, "-m", "tasks.collect_prompts", "--params", str(tmp_path / "params.yaml"), "--prompts",
-         str(tmp_path / "prompts.parquet")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tasks.collect_prompts",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--prompts",
+            str(tmp_path / "prompts.parquet"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert stage.returncode == 2 and expected in stage.stderr and len(stage.stderr.strip().splitlines()) == 1
 
 
@@ -348,9 +367,15 @@ def test_store_query_runs_with_external_access_off(tmp_path, capsys):
     assert main(["store", "--path", str(path), "query", "SELECT count(*) AS n FROM prompts"]) == 0
     assert capsys.readouterr().out.split() == ["n", "0"]
     target = tmp_path / "out.csv"
-    for sql in [f"COPY (SELECT 1) TO '{target}'", f"ATTACH '{tmp_path / 'x.duckdb'}'", "INSTALL httpfs",
-                "LOAD httpfs", f"EXPORT DATABASE '{tmp_path / 'exp'}'", "SELECT * FROM read_csv('/etc/hostname')",
-                "SET enable_external_access = true"]:  # fmt: skip
+    for sql in [
+        f"COPY (SELECT 1) TO '{target}'",
+        f"ATTACH '{tmp_path / 'x.duckdb'}'",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        f"EXPORT DATABASE '{tmp_path / 'exp'}'",
+        "SELECT * FROM read_csv('/etc/hostname')",
+        "SET enable_external_access = true",
+    ]:
         assert main(["store", "--path", str(path), "query", sql]) == 2, sql
         err = capsys.readouterr().err
         assert err.startswith("rlhf: error: ") and len(err.strip().splitlines()) == 1, err

@@ -25,10 +25,13 @@ def frames(tag: str, policy: str, k: int, judge: str = "rules", prompts: str = "
         columns=["response_id", "prompt_id", "sample_index", "response", "policy_checkpoint", "sampling"],
     )
     rankings = pd.DataFrame(
-        [(f"{tag}-{p}", f"{policy}-{p}{i}", p, i + 1, float(-i), '{"unsafe": false}', judge, "v1")
-         for p in prompts for i in range(k)],
+        [
+            (f"{tag}-{p}", f"{policy}-{p}{i}", p, i + 1, float(-i), '{"unsafe": false}', judge, "v1")
+            for p in prompts
+            for i in range(k)
+        ],
         columns=RANKING_COLUMNS,
-    )  # fmt: skip
+    )
     return prompt_rows, responses, rankings
 
 
@@ -81,9 +84,10 @@ def test_the_scope_file_changes_with_what_the_scope_takes_and_nothing_else(tmp_p
     taken = json.loads((tmp_path / "snap" / "scope.json").read_text())["taken"]
     assert {"source": "import hh", "run_id": "import-hh", "rankings": 1} in taken
     # people ranking responses of this round's policy count too; a person re-ranking changes the file
-    store.enqueue({"run_id": "run-1", "stage": "t"}, pd.DataFrame(
-        [{"item_id": "i", "prompt_id": "a", "response_ids": '["sft-a0", "sft-a1"]', "reason": "human"}]
-    ))  # fmt: skip
+    store.enqueue(
+        {"run_id": "run-1", "stage": "t"},
+        pd.DataFrame([{"item_id": "i", "prompt_id": "a", "response_ids": '["sft-a0", "sft-a1"]', "reason": "human"}]),
+    )
     store.record_human_ranking("alice", "i", {"sft-a0": 1, "sft-a1": 2}, [], "page")
     first = scope_file(store.path).read_text()
     assert first != json.dumps(after_import)
@@ -142,7 +146,9 @@ def test_a_write_command_creates_the_store_and_says_so(tmp_path):
     path = tmp_path / "new.duckdb"
     result = subprocess.run(
         [sys.executable, "-m", "rlhf.cli", "annotate", "add-annotator", "alice", "--store", str(path)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert f"created the store {path}" in result.stderr and path.is_file()

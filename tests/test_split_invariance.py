@@ -61,16 +61,27 @@ def test_the_aggregations_differ_on_this_rollout():
     "algorithm,aggregation,dynamic,micro_batch",
     [("ppo", "token_mean", False, 1), ("grpo", "sequence_mean", True, 2), ("grpo", "token_mean", True, 4)],
 )
-def test_two_ddp_processes_take_the_same_step_as_one(tmp_path, project_root, algorithm, aggregation, dynamic,
-                                                     micro_batch):  # fmt: skip
+def test_two_ddp_processes_take_the_same_step_as_one(
+    tmp_path, project_root, algorithm, aggregation, dynamic, micro_batch
+):
     """Two processes over gloo, each with half the minibatch (whole groups), against one process
     with all of it. DDP averages the processes' gradients; the loss's counts are the global ones."""
     out = tmp_path / "step.json"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        str(project_root / "tests" / "split_update.py"), algorithm, aggregation, str(micro_batch),
-        "1" if dynamic else "0", "0", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(project_root / "tests" / "split_update.py"),
+        algorithm,
+        aggregation,
+        str(micro_batch),
+        "1" if dynamic else "0",
+        "0",
+        str(out),
+    ]
     environment = {**os.environ, "PYTHONPATH": str(project_root), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=project_root, env=environment, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]

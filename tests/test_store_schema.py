@@ -31,8 +31,12 @@ def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
     counts = store.counts()
     assert store.schema_version() == SCHEMA_VERSION == 5
     assert {k: counts[k] for k in ("runs", "prompts", "responses", "rankings", "comparisons")} == {
-        "runs": 1, "prompts": 1, "responses": 3, "rankings": 3, "comparisons": 3,
-    }  # fmt: skip
+        "runs": 1,
+        "prompts": 1,
+        "responses": 3,
+        "rankings": 3,
+        "comparisons": 3,
+    }
     assert counts["annotators"] == 0 and counts["annotation_queue"] == 0
     weights = store.query("SELECT weight FROM comparisons")["weight"]
     assert weights.tolist() == pytest.approx([1 / 3] * 3)

@@ -93,9 +93,12 @@ def item_with_ai_margins(prompt_id: str, scores: list[float]) -> tuple[pd.DataFr
     ids = [f"{prompt_id}-r{i}" for i in range(3)]
     ranks = [1 + sum(other > score for other in scores) for score in scores]
     rankings = pd.DataFrame(
-        [(f"ai-{prompt_id}", rid, prompt_id, rank, score, "{}", "rules", "1") for rid, rank, score in zip(ids, ranks, scores)],
+        [
+            (f"ai-{prompt_id}", rid, prompt_id, rank, score, "{}", "rules", "1")
+            for rid, rank, score in zip(ids, ranks, scores)
+        ],
         columns=RANKING_COLUMNS,
-    )  # fmt: skip
+    )
     return rankings, pd.DataFrame([queue_item(prompt_id, ids, "low_confidence")], columns=QUEUE_COLUMNS)
 
 
@@ -217,20 +220,28 @@ def test_suggestions_are_off_by_default_and_a_suggested_start_is_recorded(store,
     from selenium.webdriver.common.keys import Keys
 
     rankings = pd.DataFrame(
-        [(f"ai-{pid}", f"{pid}-r{i}", pid, rank, -rank, "{}", "rules", "1")
-         for pid in PROMPTS for i, rank in enumerate([3, 1, 1])],
+        [
+            (f"ai-{pid}", f"{pid}-r{i}", pid, rank, -rank, "{}", "rules", "1")
+            for pid in PROMPTS
+            for i, rank in enumerate([3, 1, 1])
+        ],
         columns=RANKING_COLUMNS,
-    )  # fmt: skip
+    )
     ingest_ai(store, rankings)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with serving(store) as address:  # off by default: the page shows the queue's own order
         item = httpx.get(f"{address}/api/next", headers=headers).json()["item"]
         assert "suggestion" not in item
         refused = httpx.post(
-            f"{address}/api/submit", headers=headers,
-            json={"item_id": item["item_id"], "order": [r["response_id"] for r in item["responses"]],
-                  "tied_with_above": [False] * 3, "from_suggestion": True},
-        )  # fmt: skip
+            f"{address}/api/submit",
+            headers=headers,
+            json={
+                "item_id": item["item_id"],
+                "order": [r["response_id"] for r in item["responses"]],
+                "tied_with_above": [False] * 3,
+                "from_suggestion": True,
+            },
+        )
         assert refused.status_code == 422
     with serving(store, suggestions=True) as address:
         open_page(browser, address, TOKEN)

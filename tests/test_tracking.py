@@ -50,8 +50,10 @@ def test_metrics_and_tables_reach_dvclive_tensorboard_and_mlflow(in_tmp):
     [run] = client.search_runs([client.get_experiment_by_name("rlhf-pipeline").experiment_id])
     assert run.info.run_name == "train_policy" and run.data.params["train_policy.kl_coef"] == "0.1"
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "score")] == [
-        (1, 0.1), (2, 0.2), (3, 0.3)
-    ]  # fmt: skip
+        (1, 0.1),
+        (2, 0.2),
+        (3, 0.3),
+    ]
     assert "samples" in [artifact.path for artifact in client.list_artifacts(run.info.run_id)]
 
 

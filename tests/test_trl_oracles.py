@@ -44,14 +44,19 @@ def test_pairwise_reward_loss_is_reward_trainers(tiny_tokenizer, tmp_path, margi
     ours = ranking_loss(rewards, batch, margins)
     # TRL's: its collator over the same ids, its compute_loss
     rows = [
-        {"chosen_ids": encode(tiny_tokenizer, [c])[0], "rejected_ids": encode(tiny_tokenizer, [r])[0],
-         **({} if margin is None else {"margin": m})}
+        {
+            "chosen_ids": encode(tiny_tokenizer, [c])[0],
+            "rejected_ids": encode(tiny_tokenizer, [r])[0],
+            **({} if margin is None else {"margin": m}),
+        }
         for (c, r), m in zip(pairs, margin or [None] * len(pairs))
-    ]  # fmt: skip
+    ]
     trainer = RewardTrainer(
-        model=model, args=RewardConfig(output_dir=str(tmp_path), max_length=None, **TRAINER),
-        train_dataset=Dataset.from_list(rows), processing_class=tiny_tokenizer,
-    )  # fmt: skip
+        model=model,
+        args=RewardConfig(output_dir=str(tmp_path), max_length=None, **TRAINER),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tiny_tokenizer,
+    )
     with torch.no_grad():
         theirs = trainer.compute_loss(model, trainer.data_collator(rows))
     assert ours.item() == pytest.approx(theirs.item(), abs=1e-6)
@@ -112,11 +117,19 @@ def test_kwise_and_cost_training_turn_dropout_off_as_the_pairwise_path_does(tiny
     monkeypatch.setattr(cost, "load_scalar_head_model", lambda *args: model)
     tiny_tokenizer.save_pretrained(tmp_path / "init")
     labels = pd.DataFrame(
-        [{"response_id": str(i), "prompt": PROMPT, "split": "train", "response": text, "unsafe": flag}
-         for i, (text, flag) in enumerate([("set fire to owls .", True), ("owls hunt .", False)] * 2)]
-    )  # fmt: skip
-    cost.train_cost_model(labels, tmp_path / "init", TrainCostParams(epochs=1, batch_size=2, learning_rate=1e-3), 0,
-                          torch.device("cpu"), tmp_path / "cost")  # fmt: skip
+        [
+            {"response_id": str(i), "prompt": PROMPT, "split": "train", "response": text, "unsafe": flag}
+            for i, (text, flag) in enumerate([("set fire to owls .", True), ("owls hunt .", False)] * 2)
+        ]
+    )
+    cost.train_cost_model(
+        labels,
+        tmp_path / "init",
+        TrainCostParams(epochs=1, batch_size=2, learning_rate=1e-3),
+        0,
+        torch.device("cpu"),
+        tmp_path / "cost",
+    )
     assert len(gaps) == 2 and max(gaps) < 1e-6, gaps
 
 
@@ -160,14 +173,23 @@ def test_rloo_advantages_are_rloo_trainers(tiny_tokenizer, policy_dir, tmp_path)
     group, scores = 3, [1.0, 0.0, 0.5, 2.0, -1.0, 0.25]  # two prompts' groups, prompt-major
     dataset = Dataset.from_list([{"prompt": PROMPT, "score": s} for s in scores])
     args = RLOOConfig(
-        output_dir=str(tmp_path), num_generations=group, per_device_train_batch_size=len(scores),
-        per_device_eval_batch_size=len(scores), beta=0.05, max_completion_length=6, normalize_advantages=False,
-        disable_dropout=True, **TRAINER,
-    )  # fmt: skip
+        output_dir=str(tmp_path),
+        num_generations=group,
+        per_device_train_batch_size=len(scores),
+        per_device_eval_batch_size=len(scores),
+        beta=0.05,
+        max_completion_length=6,
+        normalize_advantages=False,
+        disable_dropout=True,
+        **TRAINER,
+    )
     trainer = RLOOTrainer(
-        model=str(policy_dir), reward_funcs=lambda prompts, completions, score, **_: list(score), args=args,
-        train_dataset=dataset, processing_class=tiny_tokenizer,
-    )  # fmt: skip
+        model=str(policy_dir),
+        reward_funcs=lambda prompts, completions, score, **_: list(score),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tiny_tokenizer,
+    )
     move_off_the_reference(trainer.model)
     prompt_ids = [tiny_tokenizer(PROMPT)["input_ids"]] * len(scores)
     completion_ids = completions(tiny_tokenizer, len(scores))
@@ -193,13 +215,23 @@ def grpo_trainer(tiny_tokenizer, policy_dir, tmp_path_factory):
     from trl import GRPOConfig, GRPOTrainer
 
     args = GRPOConfig(
-        output_dir=str(tmp_path_factory.mktemp("grpo")), num_generations=2, per_device_train_batch_size=4,
-        beta=0.04, epsilon=0.2, epsilon_high=0.28, max_completion_length=8, disable_dropout=True, **TRAINER,
-    )  # fmt: skip
+        output_dir=str(tmp_path_factory.mktemp("grpo")),
+        num_generations=2,
+        per_device_train_batch_size=4,
+        beta=0.04,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        max_completion_length=8,
+        disable_dropout=True,
+        **TRAINER,
+    )
     trainer = GRPOTrainer(
-        model=str(policy_dir), reward_funcs=lambda completions, **_: [0.0] * len(completions), args=args,
-        train_dataset=Dataset.from_list([{"prompt": PROMPT}] * 4), processing_class=tiny_tokenizer,
-    )  # fmt: skip
+        model=str(policy_dir),
+        reward_funcs=lambda completions, **_: [0.0] * len(completions),
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": PROMPT}] * 4),
+        processing_class=tiny_tokenizer,
+    )
     trainer.model.eval()  # eval mode: TRL then divides by no gradient-accumulation count (ours reduces the whole batch)
     return trainer
 

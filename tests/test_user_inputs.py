@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from rlhf.config import parse_params
+from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.user_inputs import LINKS_FILE, UserInput, stage_inputs, sync_links
 from tests.pipeline_repo import dvc, make_repo, run
-from rlhf.demo.tokenizer import train_tokenizer
 from tests.test_bootstrap import demonstration_rows, save_pretrained_model, write_jsonl
 
 pytestmark = pytest.mark.timeout(300)
@@ -55,20 +55,31 @@ def test_every_path_params_yaml_names_belongs_to_the_stages_that_read_it(tmp_pat
     raw["rank_responses"]["human"] = {"reward_model": "ensemble"}
     raw["evaluate"].update(judge="llm", llm={"model": "judge"})
     params = parse_params(raw, "params.yaml")
-    keys = {stage: [item.key for item in stage_inputs(params, stage)] for stage in (
-        "bootstrap_policy", "collect_prompts", "sample_responses", "rank_responses", "train_reward", "train_policy",
-        "evaluate")}
+    keys = {
+        stage: [item.key for item in stage_inputs(params, stage)]
+        for stage in (
+            "bootstrap_policy",
+            "collect_prompts",
+            "sample_responses",
+            "rank_responses",
+            "train_reward",
+            "train_policy",
+            "evaluate",
+        )
+    }
     assert keys == {
         "bootstrap_policy": ["bootstrap_policy.model", "bootstrap_policy.demonstrations"],
         "collect_prompts": [
-            "collect_prompts.sources.1.path", "collect_prompts.sources.2.path", "collect_prompts.sources.4.database",
+            "collect_prompts.sources.1.path",
+            "collect_prompts.sources.2.path",
+            "collect_prompts.sources.4.database",
         ],
         "sample_responses": [],
         "rank_responses": ["rank_responses.human.reward_model"],
         "train_reward": ["train_reward.backbone"],
         "train_policy": ["evaluate.llm.model"],  # the in-loop evaluation's judge
         "evaluate": ["evaluate.llm.model"],
-    }  # fmt: skip
+    }
 
 
 def changed_stages(root: Path) -> set[str]:
@@ -84,11 +95,19 @@ def test_editing_a_file_params_names_reruns_exactly_the_stages_that_read_it(tmp_
     prompts.write_text("".join(json.dumps({"prompt": f"tell me about {t} ."}) + "\n" for t in ("cats", "owls", "tea")))
     corpus = [r["prompt"] + " " + r["completion"] for r in demonstration_rows()] * 4
     model = save_pretrained_model(user / "llama", train_tokenizer(corpus, vocab_size=320))
-    root = make_repo(tmp_path / "repo", project_root, {
-        "bootstrap_policy": {"source": "pretrained", "model": str(model), "demonstrations": str(demos),
-                             "sft": {"epochs": 1.0, "batch_size": 16, "max_length": 64, "eval_fraction": 0.0}},
-        "collect_prompts": {"sources": [{"kind": "file", "path": str(prompts)}], "max_prompts": None},
-    })  # fmt: skip
+    root = make_repo(
+        tmp_path / "repo",
+        project_root,
+        {
+            "bootstrap_policy": {
+                "source": "pretrained",
+                "model": str(model),
+                "demonstrations": str(demos),
+                "sft": {"epochs": 1.0, "batch_size": 16, "max_length": 64, "eval_fraction": 0.0},
+            },
+            "collect_prompts": {"sources": [{"kind": "file", "path": str(prompts)}], "max_prompts": None},
+        },
+    )
     dvc("repro", "--quiet", "bootstrap_policy", "collect_prompts", cwd=root)
     links = yaml.safe_load((root / "dvc.lock").read_text())["stages"]["bootstrap_policy"]["deps"]
     [recorded] = [d for d in links if d["path"] == "inputs/bootstrap_policy"]

@@ -237,13 +237,20 @@ def create_app(
         outcome = journal.outcome(name, item_id)
         if outcome["error"]:
             raise HTTPException(status_code=422, detail=f"the store refused it: {outcome['error']}")
-        return {"saved": True, "stored": outcome["stored"], "duplicate": not new, "pairs": outcome["pairs"],
-                "progress": progress(name)}  # fmt: skip
+        return {
+            "saved": True,
+            "stored": outcome["stored"],
+            "duplicate": not new,
+            "pairs": outcome["pairs"],
+            "progress": progress(name),
+        }
 
     def served_ids(name: str, item_id: str) -> list[str]:
         shown = journal.served(name, item_id)
         if shown is None:
-            raise HTTPException(status_code=409, detail=f"item {item_id[:80]!r} was not served to you; load the next item")
+            raise HTTPException(
+                status_code=409, detail=f"item {item_id[:80]!r} was not served to you; load the next item"
+            )
         return shown
 
     @app.post("/api/submit")
@@ -256,7 +263,9 @@ def create_app(
             raise HTTPException(status_code=422, detail="this page offers no suggestions")
         shown = served_ids(name, submission.item_id)
         if sorted(submission.order) != sorted(shown) or not set(submission.unsafe) <= set(shown):
-            raise HTTPException(status_code=422, detail="order must rank exactly the item's responses, unsafe among them")
+            raise HTTPException(
+                status_code=422, detail="order must rank exactly the item's responses, unsafe among them"
+            )
         body = {
             "ranks": ranks_from_order(submission.order, submission.tied_with_above),
             "unsafe": sorted(set(submission.unsafe)),

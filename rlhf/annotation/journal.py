@@ -34,7 +34,6 @@ import sqlite3
 import sys
 import threading
 import time
-from pathlib import Path
 
 import filelock
 
@@ -143,9 +142,10 @@ class Journal:
             return dict(
                 self.con.execute(
                     "SELECT item_id, count(*) FROM sent WHERE seq > ? AND action = 'ranked' AND error IS NULL "
-                    "GROUP BY item_id", [seq]
+                    "GROUP BY item_id",
+                    [seq],
                 ).fetchall()
-            )  # fmt: skip
+            )
 
     def pending(self, limit: int = 100) -> list[tuple]:
         with self.lock:
@@ -254,9 +254,10 @@ class Drainer:
         if not rows:
             return 0
         try:
-            outcomes = self.store.record_page_submissions([(a, i, act, json.loads(b)) for _, a, i, act, b in rows],
-                                                          self.run_id)  # fmt: skip
-        except Exception as error:  # noqa: BLE001 - busy: later; else find the row at fault
+            outcomes = self.store.record_page_submissions(
+                [(a, i, act, json.loads(b)) for _, a, i, act, b in rows], self.run_id
+            )
+        except Exception as error:
             if is_busy(error):
                 self.note_busy()
                 return 0
@@ -294,7 +295,7 @@ class Drainer:
                     if self.busy.is_set() or time.monotonic() - refreshed_at > self.refresh_s:
                         if self.refresh_queue():
                             refreshed_at = time.monotonic()
-                except Exception as error:  # noqa: BLE001 - the page's one writer must outlive a bad pass
+                except Exception as error:
                     print(f"rlhf: the journal's drainer: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
                 if drained < limit:  # a full batch: more wait, go on at once
                     self.woken.wait(self.every_s)

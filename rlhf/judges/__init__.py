@@ -34,9 +34,13 @@ def make_judge(params: RankResponsesParams, device: torch.device | str, kind: st
 
         config = params.llm
         judge = LLMJudge(
-            load_policy(config.model, resolve_device(device)), load_tokenizer(config.model), params.judge_preamble(),
-            config.chain_of_thought, config.rationale_tokens, config.batch_size,
-        )  # fmt: skip
+            load_policy(config.model, resolve_device(device)),
+            load_tokenizer(config.model),
+            params.judge_preamble(),
+            config.chain_of_thought,
+            config.rationale_tokens,
+            config.batch_size,
+        )
         judge.version = model_judge_version(LLMJudge.version, config.model, config.chain_of_thought, judge.preamble)
         return judge
     if kind == "openai":

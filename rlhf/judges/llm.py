@@ -78,9 +78,12 @@ class LLMJudge(PairwiseJudge):
     def _encode(self, texts: list[str]):
         device = next(self.model.parameters()).device
         batch = self.tokenizer(
-            texts, return_tensors="pt", padding=True, padding_side="left",
+            texts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
             add_special_tokens=chat.add_special_tokens_for(self.tokenizer),
-        ).to(device)  # fmt: skip
+        ).to(device)
         self._check_context(batch["input_ids"].shape[1] + self.rationale_tokens * self.chain_of_thought)
         return batch
 

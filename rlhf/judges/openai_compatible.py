@@ -122,9 +122,15 @@ class OpenAICompatibleJudge(PairwiseJudge):
     ):
         super().__init__()
         self.api = ChatCompletionsAPI(
-            base_url, "rank_responses.openai", api_key_env, timeout_s, max_retries, backoff_s,
-            price_per_1k_prompt_tokens, price_per_1k_completion_tokens,
-        )  # fmt: skip
+            base_url,
+            "rank_responses.openai",
+            api_key_env,
+            timeout_s,
+            max_retries,
+            backoff_s,
+            price_per_1k_prompt_tokens,
+            price_per_1k_completion_tokens,
+        )
         self.model, self.preamble, self.chain_of_thought = model, preamble, chain_of_thought
         self.max_concurrency, self.rationale_tokens = max_concurrency, rationale_tokens
 

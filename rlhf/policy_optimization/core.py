@@ -147,9 +147,15 @@ def rlhf_rewards(
 
 
 def safe_rlhf_rewards(
-    scores: torch.Tensor, costs: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-    mask: torch.Tensor, kl_coef: float, lagrange: LagrangeMultiplier, penalties: torch.Tensor | float = 0.0,
-) -> torch.Tensor:  # fmt: skip
+    scores: torch.Tensor,
+    costs: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    lagrange: LagrangeMultiplier,
+    penalties: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
     """PPO-Lagrangian's per-token rewards (Dai et al. 2023): (score - lambda cost) / (1 + lambda) on
     the last token, minus `penalties` (the missing-EOS penalty) there, and -beta KL at every token,
     the KL and penalties at a weight lambda does not change (see LagrangeMultiplier).  (B, T)"""
@@ -178,9 +184,13 @@ def gae(
 
 
 def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-    clip_range: float, total_tokens: torch.Tensor | float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    total_tokens: torch.Tensor | float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate, negated to minimise: -E[min(rho * A, clip(rho, 1-eps, 1+eps) * A)],
     the mean over `total_tokens` where given (the minibatch's, see masked_mean)."""
     log_ratio = logprobs - old_logprobs
@@ -196,9 +206,13 @@ def policy_loss(
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
     total_tokens: torch.Tensor | float | None = None,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Clipped value loss: 0.5 * E[max((V - R)^2, (clip(V, V_old +- eps) - R)^2)] (mean as in policy_loss)."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask, total_tokens)

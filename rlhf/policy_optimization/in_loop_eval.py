@@ -50,9 +50,13 @@ class WinRateVsStart:
         self.start_responses: dict[tuple[int, int], list[str]] = {}  # by share: sampled once
 
     def wins(
-        self, models: PPOModels, tokenizer: PreTrainedTokenizerBase, params: TrainPolicyParams,
-        process_index: int = 0, num_processes: int = 1,
-    ) -> list[float]:  # fmt: skip
+        self,
+        models: PPOModels,
+        tokenizer: PreTrainedTokenizerBase,
+        params: TrainPolicyParams,
+        process_index: int = 0,
+        num_processes: int = 1,
+    ) -> list[float]:
         """1, 0.5 or 0 for each prompt of this process's share (every num_processes-th prompt)."""
         share = slice(process_index, None, num_processes)
         prompts, topics = self.prompts[share], self.topics[share]
@@ -64,9 +68,13 @@ class WinRateVsStart:
         return wins_over_start(self.judge, prompts, topics, finals, self.start_responses[key], self.win_judge)
 
     def _sample(
-        self, model: PreTrainedModel, models: PPOModels, tokenizer: PreTrainedTokenizerBase,
-        prompts: list[chat.Conversation], params: TrainPolicyParams,
-    ) -> list[str]:  # fmt: skip
+        self,
+        model: PreTrainedModel,
+        models: PPOModels,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts: list[chat.Conversation],
+        params: TrainPolicyParams,
+    ) -> list[str]:
         """One response per prompt, drawn as PPO draws them, in batches of `params.batch_size`."""
         rendered = [chat.render_prompt(tokenizer, prompt) for prompt in prompts]
         device = next(model.parameters()).device

@@ -28,9 +28,12 @@ from rlhf.sampling import CompiledSampler
 
 
 def critic_start(
-    policy_dir: Path, reward_dir: Path, policy_tokenizer: PreTrainedTokenizerBase,
-    reward_tokenizer: PreTrainedTokenizerBase, reward_is_the_reward_model: bool = True,
-) -> Path:  # fmt: skip
+    policy_dir: Path,
+    reward_dir: Path,
+    policy_tokenizer: PreTrainedTokenizerBase,
+    reward_tokenizer: PreTrainedTokenizerBase,
+    reward_is_the_reward_model: bool = True,
+) -> Path:
     """Where the critic's weights start. The critic reads the policy's token ids (V(s_t) at every
     response position), so it starts from the reward model only where that shares the policy's
     tokenizer and the online reward is that model's score alone (`reward_is_the_reward_model`):

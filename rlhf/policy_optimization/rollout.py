@@ -164,9 +164,13 @@ def sample_responses(
     sampler = models.compiled_sampler or functools.partial(sample_with_logprobs, policy)
     with models.generation_context():
         response_ids, mask, ended, logprobs = sampler(
-            query["input_ids"], query["attention_mask"], params.max_new_tokens, params.temperature,
-            chat.stop_token_ids(tokenizer, policy), tokenizer.pad_token_id,
-        )  # fmt: skip
+            query["input_ids"],
+            query["attention_mask"],
+            params.max_new_tokens,
+            params.temperature,
+            chat.stop_token_ids(tokenizer, policy),
+            tokenizer.pad_token_id,
+        )
     seconds = device_clock(device) - started
     policy.train()
     texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
@@ -230,9 +234,20 @@ def collect_rollout(
     )
     kl = (core.kl_per_token(logprobs, ref_logprobs, params.kl_estimator) * mask).sum(-1)
     rollout = Rollout(
-        query_ids, query_mask, response_ids, mask, logprobs, values, scores, advantages, returns, raw_scores, kl,
-        ref_logprobs, rollout_logprobs,
-    )  # fmt: skip
+        query_ids,
+        query_mask,
+        response_ids,
+        mask,
+        logprobs,
+        values,
+        scores,
+        advantages,
+        returns,
+        raw_scores,
+        kl,
+        ref_logprobs,
+        rollout_logprobs,
+    )
     stats = {
         "score": gather(scores).mean().item(),
         "raw_score": gather(raw_scores).mean().item(),
@@ -269,9 +284,18 @@ def collect_rollout(
 
 
 def estimate_advantages(
-    params: TrainPolicyParams, scores, logprobs, ref_logprobs, values, mask, kl_coef: float,
-    all_reduce: core.AllReduce | None, costs=None, lagrange: core.LagrangeMultiplier | None = None, penalties=0.0,
-) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    params: TrainPolicyParams,
+    scores,
+    logprobs,
+    ref_logprobs,
+    values,
+    mask,
+    kl_coef: float,
+    all_reduce: core.AllReduce | None,
+    costs=None,
+    lagrange: core.LagrangeMultiplier | None = None,
+    penalties=0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The algorithm's advantages (B, T) and value targets (B, T) (None without a critic), with the
     KL to the reference where each paper puts it (rlhf/policy_optimization/estimators.py cites them):
       grpo: group-normalised scores; the KL is not in the reward but a k3 loss term (the update's).

@@ -57,8 +57,8 @@ from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.errors import ConfigError, TrainingStopped
 from rlhf.policy_optimization import core, estimators
-from rlhf.policy_optimization.estimators import BatchSize
 from rlhf.policy_optimization.checkpoint import Checkpoints
+from rlhf.policy_optimization.estimators import BatchSize
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PPOModels
 from rlhf.policy_optimization.rollout import (
@@ -319,17 +319,36 @@ def train_ppo(
         batch_prompts = sample_prompts()
         with accelerator.autocast(), whole_for_rollout(models):  # bf16 on CUDA, as the update: log-probs match
             rollout, stats = collect_rollout(
-                models, scorer, state.normalizer, tokenizer, batch_prompts, params, state.kl.value,
-                all_reduce=lambda t: accelerator.reduce(t, reduction="sum"), gather=accelerator.gather,
-                cost_scorer=cost_scorer, lagrange=state.lagrange, gold_scorer=gold_scorer, recompute_logprobs=recompute,
-            )  # fmt: skip
+                models,
+                scorer,
+                state.normalizer,
+                tokenizer,
+                batch_prompts,
+                params,
+                state.kl.value,
+                all_reduce=lambda t: accelerator.reduce(t, reduction="sum"),
+                gather=accelerator.gather,
+                cost_scorer=cost_scorer,
+                lagrange=state.lagrange,
+                gold_scorer=gold_scorer,
+                recompute_logprobs=recompute,
+            )
         stats["rollout_seconds"] = device_clock(device) - iteration_started
         stop_if_unsafe(stats, iteration, params, checkpoints)
         update_started = device_clock(device)
         stats.update(
-            ppo_update(trained, update_forward, accelerator, optimizer, rollout, params, state.shuffle, checkpoints,
-                       kl_coef=state.kl.value)
-        )  # fmt: skip
+            ppo_update(
+                trained,
+                update_forward,
+                accelerator,
+                optimizer,
+                rollout,
+                params,
+                state.shuffle,
+                checkpoints,
+                kl_coef=state.kl.value,
+            )
+        )
         stats["update_seconds"] = device_clock(device) - update_started
         stats.update(throughput_and_memory(stats, device_clock(device) - iteration_started, device))
         stop_if_unsafe(stats, iteration, params, checkpoints)
@@ -377,8 +396,10 @@ def evaluate_in_loop(evaluator: WinRateVsStart, models, tokenizer, params, accel
     with torch.no_grad(), accelerator.autocast():
         wins = evaluator.wins(models, tokenizer, params, accelerator.process_index, accelerator.num_processes)
     total = accelerator.reduce(torch.tensor([sum(wins), len(wins)], dtype=torch.float64, device=device), "sum")
-    return {"eval_win_rate": round(total[0].item() / max(total[1].item(), 1.0), 6),
-            "eval_seconds": round(device_clock(device) - started, 6)}  # fmt: skip
+    return {
+        "eval_win_rate": round(total[0].item() / max(total[1].item(), 1.0), 6),
+        "eval_seconds": round(device_clock(device) - started, 6),
+    }
 
 
 def remember_if_best(state: TrainerState, models: PPOModels, iteration: int, win_rate: float) -> None:
@@ -410,10 +431,14 @@ def samples_table(prompts: list[chat.Conversation], rollout: Rollout, tokenizer,
     sequence KL to the reference, by params.kl_estimator."""
     responses = tokenizer.batch_decode(rollout.response_ids[:count], skip_special_tokens=True)
     return [
-        {"prompt": chat.transcript(chat.as_conversation(prompt)), "response": response.strip(), "reward": reward,
-         "kl": kl}
+        {
+            "prompt": chat.transcript(chat.as_conversation(prompt)),
+            "response": response.strip(),
+            "reward": reward,
+            "kl": kl,
+        }
         for prompt, response, reward, kl in zip(prompts, responses, rollout.raw_scores.tolist(), rollout.kl.tolist())
-    ]  # fmt: skip
+    ]
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -517,9 +542,16 @@ def policy_objective(
 
 
 def ppo_update(
-    model, forward, accelerator, optimizer, rollout: Rollout, params: TrainPolicyParams, shuffle, checkpoints,
+    model,
+    forward,
+    accelerator,
+    optimizer,
+    rollout: Rollout,
+    params: TrainPolicyParams,
+    shuffle,
+    checkpoints,
     kl_coef: float = 0.0,
-):  # fmt: skip
+):
     """Several epochs of clipped PPO over shuffled minibatches, accumulating over micro-batches.
 
     `model` is the prepared policy+critic module (policy alone for the critic-free algorithms);
@@ -590,8 +622,10 @@ def ppo_update(
                 for key, value in step.items():
                     totals[key] = totals.get(key, 0.0) + (value.item() if torch.is_tensor(value) else value)
                 micro_steps += 1
-    return {**logged_means(totals, micro_steps, params, accelerator.num_processes),
-            "update_logprob_drift": drift / max(drift_tokens, 1.0)}  # fmt: skip
+    return {
+        **logged_means(totals, micro_steps, params, accelerator.num_processes),
+        "update_logprob_drift": drift / max(drift_tokens, 1.0),
+    }
 
 
 # Logged terms that are a micro-batch's share of its minibatch's value (sums over the minibatch's counts).

@@ -90,15 +90,22 @@ def train_reward_model(
         report.update(ensemble=len(members), member_test_accuracy_mean=round(sum(alone) / len(alone), 4))
     train_loss = round(sum(losses) / len(losses), 4)
     return {
-        "backbone": str(params.backbone or "bootstrap policy"), "batching": params.batching,
-        "train_pairs": len(pairs), "train_loss": train_loss, **report,
-    }  # fmt: skip
+        "backbone": str(params.backbone or "bootstrap policy"),
+        "batching": params.batching,
+        "train_pairs": len(pairs),
+        "train_loss": train_loss,
+        **report,
+    }
 
 
 def use_as_is(
-    name_or_path: str | Path, test: pd.DataFrame, device: torch.device, out_dir: Path, distribution_png: Path | None,
+    name_or_path: str | Path,
+    test: pd.DataFrame,
+    device: torch.device,
+    out_dir: Path,
+    distribution_png: Path | None,
     max_length: int,
-) -> dict:  # fmt: skip
+) -> dict:
     """A trained reward model taken without training: saved into the pipeline's slot, and reported.
     One trained elsewhere carries no scoring_max_length: it is scored cut to train_reward.max_length."""
     tokenizer = load_tokenizer(name_or_path)
@@ -114,10 +121,16 @@ def use_as_is(
 
 
 def train_one(
-    train: pd.DataFrame, pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, init_from: Path,
-    params: TrainRewardParams, seed: int, device: torch.device, progress: Callable[[int, int], None] | None,
+    train: pd.DataFrame,
+    pairs: pd.DataFrame,
+    tokenizer: PreTrainedTokenizerBase,
+    init_from: Path,
+    params: TrainRewardParams,
+    seed: int,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None,
     tracker: Tracker | None = None,
-) -> tuple[PreTrainedModel, float]:  # fmt: skip
+) -> tuple[PreTrainedModel, float]:
     """One reward model from `init_from` with a fresh head: (model, mean training loss)."""
     torch.manual_seed(seed)
     model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
@@ -125,10 +138,17 @@ def train_one(
         model = with_lora(model, params)
     if params.batching == "kwise":
         stats = train_on_rankings(
-            model, tokenizer, rankings_from_comparisons(train, tokenizer), epochs=params.epochs,
-            batch_size=params.batch_size, learning_rate=params.learning_rate, max_length=params.max_length, seed=seed,
-            progress=progress, tracker=tracker,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            rankings_from_comparisons(train, tokenizer),
+            epochs=params.epochs,
+            batch_size=params.batch_size,
+            learning_rate=params.learning_rate,
+            max_length=params.max_length,
+            seed=seed,
+            progress=progress,
+            tracker=tracker,
+        )
         train_loss = stats["train_loss"]
     else:
         train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device, tracker)
@@ -141,16 +161,24 @@ def train_one(
 def with_lora(model: PreTrainedModel, params: TrainRewardParams) -> PreTrainedModel:
     """LoRA adapters on every linear layer; peft's sequence-classification task trains the head fully."""
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=params.lora_rank, lora_alpha=params.lora_alpha, lora_dropout=0.0,
+        task_type=TaskType.SEQ_CLS,
+        r=params.lora_rank,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=0.0,
         target_modules="all-linear",
-    )  # fmt: skip
+    )
     return get_peft_model(model, config)
 
 
 def train_with_trl(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame, params: TrainRewardParams,
-    seed: int, device: torch.device, tracker: Tracker | None = None,
-) -> float:  # fmt: skip
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: pd.DataFrame,
+    params: TrainRewardParams,
+    seed: int,
+    device: torch.device,
+    tracker: Tracker | None = None,
+) -> float:
     """Plain pairwise Bradley-Terry with TRL's RewardTrainer; returns the mean training loss."""
     args = RewardConfig(
         output_dir=tempfile.mkdtemp(prefix="reward-"),

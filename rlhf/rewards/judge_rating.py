@@ -85,8 +85,9 @@ class LLMRatingReward:
         endings = [f" {rating}/10" for rating in RATINGS]
         scores = []
         for start in range(0, len(texts), self.batch_size):
-            logprobs = ending_logprobs(self.model, self.tokenizer, texts[start : start + self.batch_size], endings,
-                                       self._check_context)  # fmt: skip
+            logprobs = ending_logprobs(
+                self.model, self.tokenizer, texts[start : start + self.batch_size], endings, self._check_context
+            )
             probabilities = logprobs.float().softmax(-1)  # (b, 10), normalised over the ten ratings
             expected = probabilities @ torch.tensor(RATINGS, dtype=torch.float32, device=probabilities.device)
             scores.append(((expected - 5.5) / 4.5).cpu())
@@ -107,9 +108,15 @@ class OpenAIRatingReward:
 
     def __init__(self, config: OpenAIJudgeParams, preamble: str):
         self.api = ChatCompletionsAPI(
-            config.base_url, "train_policy.reward.openai", config.api_key_env, config.timeout_s, config.max_retries,
-            config.backoff_s, config.price_per_1k_prompt_tokens, config.price_per_1k_completion_tokens,
-        )  # fmt: skip
+            config.base_url,
+            "train_policy.reward.openai",
+            config.api_key_env,
+            config.timeout_s,
+            config.max_retries,
+            config.backoff_s,
+            config.price_per_1k_prompt_tokens,
+            config.price_per_1k_completion_tokens,
+        )
         self.model, self.preamble, self.max_concurrency = config.model, preamble, config.max_concurrency
 
     @property
@@ -152,9 +159,13 @@ def ratings_from_logprobs(logprobs: dict | None) -> dict[int, float]:
     if not tokens:
         return {}
     first = tokens[0]
-    candidates = [(first.get("token", ""), first.get("logprob")), *(
-        (alternative.get("token", ""), alternative.get("logprob")) for alternative in first.get("top_logprobs") or []
-    )]  # fmt: skip
+    candidates = [
+        (first.get("token", ""), first.get("logprob")),
+        *(
+            (alternative.get("token", ""), alternative.get("logprob"))
+            for alternative in first.get("top_logprobs") or []
+        ),
+    ]
     probabilities: dict[int, float] = {}
     for token, logprob in candidates:
         text = token.strip()

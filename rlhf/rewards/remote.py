@@ -75,7 +75,9 @@ def rewards_from(answer: dict, expected: int, url: str) -> list[float]:
     try:
         return [float(r) for r in rewards]
     except (TypeError, ValueError):
-        raise RewardEndpointError(f"train_policy.reward: {url} answered non-numeric rewards: {str(rewards)[:200]}")
+        raise RewardEndpointError(
+            f"train_policy.reward: {url} answered non-numeric rewards: {str(rewards)[:200]}"
+        ) from None
 
 
 def backoff(attempt: int, base_s: float) -> float:
@@ -118,7 +120,7 @@ def post_with_retries(client: httpx.Client, url: str, body: dict, max_retries: i
             except ValueError:
                 raise RewardEndpointError(
                     f"train_policy.reward: {url} answered 200 without JSON: {response.text[:200]}"
-                )
+                ) from None
         if response.status_code == 401:
             sent = f"the token in {TOKEN_ENV}" if "authorization" in client.headers else f"no token ({TOKEN_ENV} unset)"
             raise RewardEndpointError(

@@ -146,7 +146,7 @@ def create_app(
             with lock:
                 rewards = request_scores(model, tokenizer, request, batch_size).tolist()
         except InputError as error:  # a malformed request: the caller's to fix, not to retry
-            raise HTTPException(status_code=400, detail=str(error))
+            raise HTTPException(status_code=400, detail=str(error)) from None
         return {"rewards": rewards, "scores": rewards}
 
     return app

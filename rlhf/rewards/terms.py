@@ -45,9 +45,14 @@ def online_reward(
             source = judge_rating_reward(term, principles, device or torch.device("cpu"))
         else:
             source = RemoteReward(
-                term.url, policy_tokenizer, term.timeout_s, term.max_retries, term.backoff_s, term.batch_size,
+                term.url,
+                policy_tokenizer,
+                term.timeout_s,
+                term.max_retries,
+                term.backoff_s,
+                term.batch_size,
                 term.max_concurrency,
-            )  # fmt: skip
+            )
         parts.append((f"{term.source}{index}" if term.source in repeated else term.source, term.weight, source))
     return WeightedReward(parts)
 
@@ -61,8 +66,9 @@ def judge_rating_reward(term: RewardTerm, principles: list[Principle], device: t
         return OpenAIRatingReward(term.openai, preamble)
     from rlhf.models import load_policy, load_tokenizer
 
-    return LLMRatingReward(load_policy(term.llm.model, device), load_tokenizer(term.llm.model), preamble,
-                           term.llm.batch_size)  # fmt: skip
+    return LLMRatingReward(
+        load_policy(term.llm.model, device), load_tokenizer(term.llm.model), preamble, term.llm.batch_size
+    )
 
 
 def usage_of(reward: RewardSource) -> dict[str, dict]:
