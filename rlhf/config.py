@@ -1,9 +1,11 @@
 """The params.yaml schema: one pydantic model per pipeline stage, validated once.
 
 Every knob of the pipeline lives in params.yaml and is described here, so this file is the
-reference for what each key means. A bad value stops with one line naming the key. The defaults
-here are the shipped params.yaml's (a test holds them equal), so a key left out of params.yaml
-means the value written here.
+reference for what each key means. A bad value stops with one line naming the key. Each default
+lives here only: the shipped params.yaml is written from this schema (`python -m rlhf.params_file`,
+each field's docstring as its comment, a test fails when they drift), and a key left out of a
+params.yaml means the value written here. Each rule on the values is checked here only: the stages
+and the trainer rely on the validated object.
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ ROUNDS_FILE = "rounds.yaml"  # the round state, beside params.yaml (RoundParams)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # use_attribute_docstrings: each field's docstring is its description, the comment params.yaml
+    # carries above the key (rlhf/params_file.py).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+# A key params.yaml writes only where its value is not the default: the settings of a judge or a
+# source not in use, and the principles' optional fields. The schema still documents it.
+SHOWN_WHEN_SET = {"shown_when_set": True}
 
 
 class SnapshotScopeParams(Section):
@@ -119,7 +128,7 @@ class BootstrapPolicyParams(Section):
 
 
 class PromptSourceBase(Section):
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, json_schema_extra=SHOWN_WHEN_SET)
     """Take at most this many prompts from this source: its first ones, in the source's order, that
     no earlier source gave already."""
 
@@ -198,7 +207,9 @@ PromptSource = Annotated[
 
 class CollectPromptsParams(Section):
     sources: list[PromptSource] = Field(default_factory=lambda: [DemoPromptSource(kind="demo")], min_length=1)
-    """Where prompts come from, in order: the same prompt from two sources is kept once, from the first."""
+    """Where prompts come from, in order: the same prompt from two sources is kept once, from the first.
+    Each is a `kind` with its settings: demo | file (path, columns) | hf_dataset (path or name, config,
+    split, column) | sql (query, database); each may set `limit`."""
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     """Share of prompts held out for evaluation; the split is a hash of the prompt text."""
     max_prompts: int | None = Field(None, ge=1)
@@ -220,7 +231,8 @@ class CollectPromptsParams(Section):
 
 class SampleResponsesParams(Section):
     k: int = Field(8, ge=2, le=64)
-    """Responses sampled per prompt; a ranking of K gives C(K,2) comparisons."""
+    """Responses sampled per prompt; a ranking of K gives C(K,2) comparisons (28 at 8). Measured on
+    the demo, seeds 0-2: reward-model accuracy 0.85 +/- 0.01 at 8 (at 6: 0.80 +/- 0.04)."""
     max_new_tokens: int = Field(40, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -231,23 +243,23 @@ class ContainsAny(Section):
     kind: Literal["contains_any"]
     name: str
     words: list[str] = Field(min_length=1)
-    weight: float = 1.0
-    description: str | None = None
+    weight: float = Field(1.0, json_schema_extra=SHOWN_WHEN_SET)
+    description: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
 
 
 class ExcludesAll(Section):
     kind: Literal["excludes_all"]
     name: str
     words: list[str] = Field(min_length=1)
-    weight: float = 1.0
-    description: str | None = None
+    weight: float = Field(1.0, json_schema_extra=SHOWN_WHEN_SET)
+    description: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
 
 
 class MentionsTopic(Section):
     kind: Literal["mentions_topic"]
     name: str
-    weight: float = 1.0
-    description: str | None = None
+    weight: float = Field(1.0, json_schema_extra=SHOWN_WHEN_SET)
+    description: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
 
 
 class WordCount(Section):
@@ -255,8 +267,8 @@ class WordCount(Section):
     name: str
     min: int = Field(ge=0)
     max: int = Field(ge=1)
-    weight: float = 1.0
-    description: str | None = None
+    weight: float = Field(1.0, json_schema_extra=SHOWN_WHEN_SET)
+    description: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
 
 
 Principle = Annotated[ContainsAny | ExcludesAll | MentionsTopic | WordCount, Field(discriminator="kind")]
@@ -327,24 +339,28 @@ class RankResponsesParams(Section):
     judge: Literal["rules", "llm", "openai", "reward_model", "human", "hybrid"] = "rules"
     """Which judge ranks the K responses of a prompt. human: every prompt goes to the ranking page's
     queue. hybrid: `ai_judge` labels every pair; pairs it is unsure of go to the queue."""
-    ai_judge: Literal["rules", "llm", "openai", "reward_model"] = "llm"
+    ai_judge: Literal["rules", "llm", "openai", "reward_model"] = Field("llm", json_schema_extra=SHOWN_WHEN_SET)
     """The AI judge of a hybrid."""
-    confidence_threshold: float = Field(0.5, ge=0, le=1)
+    confidence_threshold: float = Field(0.5, ge=0, le=1, json_schema_extra=SHOWN_WHEN_SET)
     """Hybrid: a pair whose judge confidence |2 P - 1| is below this goes to people."""
     principles: list[Principle] = Field(default_factory=demo_constitution, min_length=1)
-    """The constitution: the rule judge scores by it; AI judges read it (descriptions) in their preamble."""
+    """The constitution: the rule judge scores by it; AI judges read it (descriptions) in their
+    preamble. Each is a `kind` with its settings: mentions_topic | contains_any (words) | excludes_all
+    (words) | word_count (min, max); each may set `weight` (default 1) and `description`. The
+    default is the demo's, where staying on the asked topic counts double: an answer about something
+    else is no answer."""
     unsafe_words: list[str] = ["set fire", "throw"]
     """Harmlessness, beside whichever AI judge ranks: a response containing any of these phrases is
     flagged unsafe (its reasons get `"unsafe": true`); the flags train the cost model (Safe RLHF).
     People flag unsafe responses on the ranking page. Empty: AI rankings carry no harmlessness label.
     The defaults here and in `principles` are the demo's constitution."""
-    preamble: str | None = None
+    preamble: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
     """What AI judges are told before each comparison. Default: built from the principles."""
-    batch_prompts: int = Field(32, ge=1)
+    batch_prompts: int = Field(32, ge=1, json_schema_extra=SHOWN_WHEN_SET)
     """Prompts handed to the judge at a time (progress is reported per batch)."""
-    llm: LLMJudgeParams | None = None
-    openai: OpenAIJudgeParams | None = None
-    reward_model: RewardModelJudgeParams | None = None
+    llm: LLMJudgeParams | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
+    openai: OpenAIJudgeParams | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
+    reward_model: RewardModelJudgeParams | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
     human: HumanSelectionParams = Field(default_factory=HumanSelectionParams)
     """What goes to people (judge human or hybrid): a budget per round and how it is chosen."""
 
@@ -376,6 +392,17 @@ class RankResponsesParams(Section):
 
 
 class TrainRewardParams(Section):
+    """The reward model (Bradley-Terry on the comparisons snapshot). The defaults are the demo's, for
+    the bootstrap GPT-2. A recipe for a pretrained encoder on real preferences (bench/reward_recipe.py;
+    all-MiniLM-L6-v2 on the HH-RLHF harmless sample, every pair): backbone <MiniLM dir>, max_length 128
+    cut from the left (the end holds the response the score is read for), epochs 1, batch_size 8,
+    learning_rate 2e-4, pooling the classifier's [CLS] pooler. Chosen on a validation split of the
+    train prompts (171 pairs, seed 0): 0.597 (2 epochs at 1e-4: 0.585). On the test split (251 pairs),
+    seeds 0-2: 0.612 +/- 0.034 (0.626, 0.574, 0.638) vs longer-is-better 0.418; the 0.65 goal is not
+    reached. Not tunable here: the cut side and pooling (train.py has no knob); a frozen MiniLM
+    mean-pooled over the last response with a linear head read 0.61 on the same validation split
+    (bench/label_efficiency.py)."""
+
     backbone: str | None = None
     """null: start from the bootstrap policy (InstructGPT's choice). Else a local path or hub id of
     any model that loads as a sequence classifier with one label (an encoder such as MiniLM or
@@ -389,9 +416,11 @@ class TrainRewardParams(Section):
     """pairwise: one element per pair with TRL's RewardTrainer; kwise: one batch element per ranking,
     its K responses scored once and all its pairs' losses averaged (InstructGPT)."""
     epochs: float = Field(4.0, gt=0)
+    """With k 6, 4 epochs held out as well as 8 (0.795 vs 0.796 mean accuracy, seeds 0-2) in half the time."""
     batch_size: int = Field(32, ge=1)
     """Pairs per step (pairwise) or rankings per step (kwise)."""
     learning_rate: float = Field(5e-4, gt=0, lt=1)
+    """Measured on an earlier demo domain, seeds 0-2: 0.935 +/- 0.002 held-out accuracy (1e-3: 0.926 +/- 0.026)."""
     max_length: int = Field(128, ge=8)
     lora_rank: int = Field(0, ge=0)
     """0: train every weight. >0: LoRA adapters of this rank on every linear layer (the scalar head
@@ -409,6 +438,8 @@ class TrainRewardParams(Section):
 
 
 class TrainCostParams(Section):
+    """Safe RLHF's cost model on the harmlessness labels (rlhf/reward_models/cost.py)."""
+
     when: Literal["needed", "always"] = "needed"
     """needed: train only when train_policy.algorithm reads a cost model (ppo_lagrangian); otherwise
     the stage writes models/cost/untrained.json saying why, in a second. always: train it anyway
@@ -433,6 +464,9 @@ class SafetyParams(Section):
 
 
 class DPOParams(Section):
+    """Direct preference optimisation on the comparisons (algorithm dpo). Measured on the demo: beta
+    0.3 at learning_rate 2e-4 won 0.97 at KL 6 (beta 0.1 at 5e-4: KL 30)."""
+
     beta: float = Field(0.3, gt=0)
     """Strength of the implicit KL to the reference: higher keeps the policy closer to it."""
     epochs: float = Field(3.0, gt=0)
@@ -457,7 +491,9 @@ class RewardTerm(Section):
     weight: float = 1.0
     """This term's weight in the sum."""
     url: str | None = None
-    """remote: the server's endpoint, e.g. http://127.0.0.1:8000/get_reward (`rlhf serve reward`)."""
+    """remote: the server's endpoint, e.g. http://127.0.0.1:8000/get_reward (`rlhf serve reward`).
+    Behind `rlhf serve reward --tokens`, the token goes in the environment variable
+    RLHF_REWARD_TOKEN, never in params.yaml."""
     timeout_s: float = Field(60.0, gt=0)
     """remote: seconds per request before it is retried."""
     max_retries: int = Field(5, ge=0)
@@ -468,11 +504,11 @@ class RewardTerm(Section):
     """remote: exchanges per request."""
     max_concurrency: int = Field(4, ge=1)
     """remote: requests in flight at once."""
-    llm: LLMJudgeParams | None = None
+    llm: LLMJudgeParams | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
     """source llm: the local judge model (its batch_size: responses rated per forward)."""
-    openai: OpenAIJudgeParams | None = None
+    openai: OpenAIJudgeParams | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
     """source openai: the endpoint (its concurrency, retries, timeout and prices apply)."""
-    preamble: str | None = None
+    preamble: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
     """llm | openai: what the judge is told before each response. Default: built from rank_responses.principles."""
 
     @model_validator(mode="after")
@@ -521,7 +557,9 @@ class TrainPolicyParams(Section):
     logged as dropped_share. GRPO: groups of equal scores (they stay in its KL term). RLOO carries
     the KL in its rewards, so at kl_coef > 0 a group of equal scores still has advantages and stays."""
     iterations: int = Field(20, ge=1)
-    """PPO iterations: each samples one batch of rollouts and updates on it."""
+    """PPO iterations: each samples one batch of rollouts and updates on it. Measured on the demo,
+    seeds 0-2: unseen topics on topic +0.29 +/- 0.11 at 20, +0.23 +/- 0.17 at 40 (the gold score is
+    flat from about 10)."""
     batch_size: int = Field(64, ge=1)
     """Responses per rollout batch, summed over all processes (ppo: one per prompt; grpo, rloo,
     reinforce_pp: group_size per prompt)."""
@@ -647,6 +685,9 @@ class TrainPolicyParams(Section):
             )
         if self.keep == "best" and (self.eval_every == 0 or self.algorithm == "dpo"):
             raise ValueError("keep: best needs the in-loop evaluation of an online algorithm (eval_every > 0, not dpo)")
+        if self.keep == "best" and self.launcher in ("deepspeed_zero3", "fsdp"):
+            # Keeping the best needs a whole copy of the policy's weights, which these engines shard.
+            raise ValueError(f"keep: best is not supported under {self.launcher} (sharded weights)")
         return self
 
     @model_validator(mode="after")
@@ -697,7 +738,10 @@ class EvaluateParams(Section):
     pairwise llm / openai judge configured below, independent of the one that labelled the
     training data (it reads rank_responses' principles). The principle shares are always the rules'."""
     llm: LLMJudgeParams | None = None
+    """judge llm: the local judge model. Written even when null: train_policy's in-loop evaluation
+    depends on it by this key (dvc.yaml)."""
     openai: OpenAIJudgeParams | None = None
+    """judge openai: the endpoint; written even when null, as `llm`."""
 
     @model_validator(mode="after")
     def _judge_section_present(self):
@@ -745,7 +789,9 @@ class RoundParams(Section):
 
 class Params(Section):
     seed: int = 0
+    """The seed of every stage's random draws."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """cpu | cuda | auto (cuda when a CUDA device is visible, else cpu)."""
     store: StoreParams = StoreParams()
     bootstrap_policy: BootstrapPolicyParams = BootstrapPolicyParams()
     collect_prompts: CollectPromptsParams = CollectPromptsParams()
@@ -756,7 +802,8 @@ class Params(Section):
     train_policy: TrainPolicyParams = TrainPolicyParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
-    round: RoundParams = RoundParams()
+    round: RoundParams = Field(RoundParams(), json_schema_extra=SHOWN_WHEN_SET)
+    """The round state: it lives in rounds.yaml, never in params.yaml."""
 
 
 _UNION_TAGS = ("contains_any", "excludes_all", "mentions_topic", "word_count")
