@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import efficacy
 from efficacy import overrides_from, project_at, summarise
 
-from tests.pipeline_repo import dvc, make_repo, run
+from tests.support.pipeline_repo import dvc, make_repo, run
 
 ALGORITHMS = ["ppo", "grpo", "rloo", "reinforce_pp", "dpo"]
 UPSTREAM = [

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rlhf.machine import machine
-from tests.pipeline_repo import dvc, make_repo
+from tests.support.pipeline_repo import dvc, make_repo
 
 
 def overrides_from(assignments: list[str], seed: int) -> dict:

@@ -39,7 +39,7 @@ if [ -n "${DRY_RUN:-}" ]; then
   DEVICE=cpu TEST_MARKS="gpu or not gpu" PRECISION=fp32
   MODEL=(--layers 1 --width 64 --heads 2 --iterations 3 --warmup-iterations 1 --batch-size 8 --micro-batch-size 8
          --response-length 8 --repeats 1)
-  TESTS=(tests/test_engines.py::test_gradient_checkpointing_and_offload_keys_run_the_stage)
+  TESTS=(tests/policy_optimization/test_engines.py::test_gradient_checkpointing_and_offload_keys_run_the_stage)
   echo "dry run on the CPU" | tee "$OUT/device.txt"
 else
   DEVICE=cuda TEST_MARKS=gpu PRECISION=bf16
@@ -47,7 +47,7 @@ else
   # two iterations are warm-up on both sides (the compiled sampler's compile, cuBLAS, the allocator).
   MODEL=(--layers 12 --width 1024 --heads 16 --iterations 8 --warmup-iterations 2 --batch-size 64
          --micro-batch-size 32 --response-length 64 --repeats 1)
-  TESTS=(tests/test_ppo_training.py tests/test_models_and_ppo_step.py tests/test_bootstrap.py tests/test_engines.py)
+  TESTS=(tests/policy_optimization/test_ppo_training.py tests/policy_optimization/test_models_and_ppo_step.py tests/test_bootstrap.py tests/policy_optimization/test_engines.py)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 fi
 

@@ -33,7 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rlhf.machine import machine
-from tests.pipeline_repo import GIT_ENV, STAGES, make_repo, run
+from tests.support.pipeline_repo import GIT_ENV, STAGES, make_repo, run
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHRUNK = {"bootstrap_policy": {"steps": 40}, "collect_prompts": {"max_prompts": 8}}

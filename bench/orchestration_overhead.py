@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rlhf.machine import machine
-from tests.pipeline_repo import make_repo
+from tests.support.pipeline_repo import make_repo
 
 
 def stage_commands(root: Path) -> list[tuple[str, str]]:
@@ -112,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        import tests.pipeline_repo as pipeline_repo
+        import tests.support.pipeline_repo as pipeline_repo
 
         if not args.shrink:
             pipeline_repo.SHRINK = {}

@@ -27,7 +27,7 @@ then seed 1, ...):
 Prints one JSON line per side (held-out accuracy mean and std over seeds, wall time of
 `train_reward_model` per seed: load, train, save, score the held-out pairs) and one summary line.
 The defaults (1 epoch, 8 pairs a step, MiniLM at lr 2e-4, the GPT-2 at train_reward's 5e-4) fit a
-2-core CPU: MiniLM takes 2-5 min a seed there, the tiny GPT-2 about 1 min. tests/test_reward_backbones.py
+2-core CPU: MiniLM takes 2-5 min a seed there, the tiny GPT-2 about 1 min. tests/reward_models/test_reward_backbones.py
 trains MiniLM with these settings and asserts the accuracy this bench supports.
 """
 

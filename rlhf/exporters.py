@@ -16,7 +16,7 @@ continued, `chosen` and `rejected` the exact text that follows it. Each format, 
     - with a chat template (the demo's): the template's text, turn ends included; the demo's
       single-turn exchanges render the same as the plain format, with EOS already written.
   TRL then reads the token ids our stages read: the prompt's are rlhf.sampling.prompt_batch's, the
-  prompt and chosen together rlhf.scoring's (tests/test_exports_trl.py). Where it cannot, the
+  prompt and chosen together rlhf.scoring's (tests/store/test_exports_trl.py). Where it cannot, the
   export refuses and names trl-conversational: a template whose assistant turn does not end with
   the tokenizer's EOS (ChatML's "<|im_end|>\\n": TRL would append another token), a tokenizer that
   adds special tokens to plain text while its template writes them too (Llama's BOS, twice), or a

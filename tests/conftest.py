@@ -1,7 +1,16 @@
 import os
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
+import yaml
+from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+
+from rlhf.demo import domain
+from tests.support.policy_runs import HELD_OUT, PROMPTS, TOPICS
+from tests.support.tiny import tiny_gpt2_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,33 +46,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """The demo's byte-level BPE, trained in a second on a small corpus."""
-    from rlhf.demo import domain
     from rlhf.demo.tokenizer import train_tokenizer
 
     return train_tokenizer(domain.corpus(seed=0, size=300), vocab_size=400)
-
-
-def tiny_gpt2_config(tokenizer, **extra):
-    from transformers import GPT2Config
-
-    settings = {
-        "vocab_size": len(tokenizer),
-        "n_positions": 128,
-        "n_embd": 32,
-        "n_layer": 1,
-        "n_head": 2,
-        "eos_token_id": tokenizer.eos_token_id,
-        "bos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    return GPT2Config(**{**settings, **extra})
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory, tiny_tokenizer):
     """Saved random tiny models, as the bootstrap and reward stages would leave them: (policy dir, reward dir)."""
     import torch
-    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
     root = tmp_path_factory.mktemp("tiny-models")
     torch.manual_seed(0)
@@ -72,3 +63,67 @@ def tiny_checkpoints(tmp_path_factory, tiny_tokenizer):
     for name in ("policy", "reward"):
         tiny_tokenizer.save_pretrained(root / name)
     return root / "policy", root / "reward"
+
+
+@pytest.fixture
+def stage_workspace(tmp_path, tiny_checkpoints, project_root):
+    """Inputs of train_policy as dvc.yaml passes them, and a function that runs the stage on them."""
+    policy_dir, reward_dir = tiny_checkpoints
+    pd.DataFrame(
+        {
+            "prompt": PROMPTS + [prompt for prompt, _ in HELD_OUT],
+            "topic": TOPICS + [topic for _, topic in HELD_OUT],
+            "split": ["train"] * len(PROMPTS) + ["test"] * len(HELD_OUT),
+        }
+    ).to_parquet(tmp_path / "prompts.parquet")
+    base = yaml.safe_load((project_root / "params.yaml").read_text())
+
+    def command(**train_policy):
+        params = {**base, "train_policy": {**base["train_policy"], **train_policy}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        return [
+            sys.executable,
+            "-m",
+            "tasks.train_policy",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--prompts",
+            str(tmp_path / "prompts.parquet"),
+            "--policy_dir",
+            str(policy_dir),
+            "--reference_dir",
+            str(policy_dir),
+            "--reward_dir",
+            str(reward_dir),
+            "--model_dir",
+            str(tmp_path / "policy"),
+            # PPO reads neither the comparisons (DPO does) nor a cost model (PPO-Lagrangian does)
+            "--comparisons",
+            str(tmp_path / "unused"),
+            "--cost_dir",
+            str(tmp_path / "unused"),
+            "--metrics",
+            str(tmp_path / "policy.json"),
+            "--curve",
+            str(tmp_path / "ppo.csv"),
+            "--curve_png",
+            str(tmp_path / "ppo.png"),
+            "--gold_png",
+            str(tmp_path / "gold.png"),
+            "--checkpoint_dir",
+            str(tmp_path / "ckpt"),
+            "--live_dir",
+            str(tmp_path / "dvclive"),
+        ]
+
+    return tmp_path, command
+
+
+@pytest.fixture
+def one_thread():
+    """The tiny model gains nothing from a second thread, and on a shared 2-core machine two threads
+    per process contend: a run of a few seconds alone took 90 s under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

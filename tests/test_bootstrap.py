@@ -5,7 +5,6 @@ The "pretrained" models are tiny random Llama and Qwen2 models built here, with 
 trained on a small corpus, once with a small chat template and once without one (plain format).
 """
 
-import copy
 import json
 import random
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import torch
 import yaml
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, Qwen2ForCausalLM
 
 from rlhf import chat
 from rlhf.bootstrap import (
@@ -32,27 +31,11 @@ from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.errors import ConfigError, InputError
 from rlhf.models import load_tokenizer
 from tasks.bootstrap_policy import write_dir_whole
+from tests.support.bootstrap_data import TEMPLATE, demonstration_rows, save_pretrained_model, write_jsonl
 
 pytestmark = pytest.mark.timeout(120)
 
 CPU = torch.device("cpu")
-TOPICS = ("cats", "dogs", "owls", "bees", "tea", "bread", "chess", "maps", "kites", "lakes", "snow", "rain", "boats")
-TOPICS += ("bikes", "stars", "clocks")
-ASKS = ("tell me about {} .", "what do you know about {} ?", "share a fact about {} .")
-# A small ChatML-like template: each turn closed by EOS, so the model learns to stop.
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-
-
-def answer(topic: str) -> str:
-    return f"sure . {topic} are lovely and {topic} are useful ."
-
-
-def demonstration_rows() -> list[dict]:
-    """48 prompt/completion rows, one shape of answer to learn."""
-    return [{"prompt": ask.format(t), "completion": answer(t)} for t in TOPICS for ask in ASKS]
 
 
 def message_rows() -> list[dict]:
@@ -68,40 +51,10 @@ def message_rows() -> list[dict]:
     return rows
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     corpus = [r["prompt"] + " " + r["completion"] for r in demonstration_rows()] * 4
     return train_tokenizer(corpus, vocab_size=320)
-
-
-def save_pretrained_model(directory, tokenizer, arch="llama", chat_template=TEMPLATE, pad=True, dtype=torch.float32):
-    """A tiny random causal LM and its tokenizer, as a user's pretrained checkpoint."""
-    settings = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 256,
-        "bos_token_id": tokenizer.eos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id if pad else None,
-    }
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**settings)) if arch == "llama" else Qwen2ForCausalLM(Qwen2Config(**settings))
-    model.to(dtype).save_pretrained(directory)
-    saved = copy.deepcopy(tokenizer)  # the module's tokenizer stays as it is
-    saved.chat_template = chat_template
-    if not pad:
-        saved.pad_token = None
-    saved.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture()

@@ -1,5 +1,5 @@
 """One token sequence per conversation in every stage (issue 26), for tiny models of real chat
-families (tests/chat_families.py): SFT's tokenisation, sampling (prompt_batch, the rollout, the
+families (tests/support/chat_families.py): SFT's tokenisation, sampling (prompt_batch, the rollout, the
 evaluate stage's sampler), the PPO update's inputs, DPO's (TRL's tokenised dataset), reward and
 cost training and scoring (rlhf.scoring.encode of exchange_text, which rlhf.reward_models.train,
 kwise and cost all tokenise through), the llm judge and the rating judge see the same ids: one BOS
@@ -17,7 +17,7 @@ import torch
 from rlhf import chat, scoring
 from rlhf.policy_optimization.dpo import dpo_pairs
 from rlhf.sampling import generate, prompt_batch, sample_from_policy, sample_k
-from tests.chat_families import (
+from tests.support.chat_families import (
     FAMILIES,
     conversation_for,
     policy_for,

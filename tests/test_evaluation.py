@@ -11,7 +11,7 @@ from rlhf.demo import domain
 from rlhf.evaluation import baseline_accuracies, distinct_n, rouge_l, sequence_kl, win_rate
 from rlhf.logprobs import response_logits
 from rlhf.sampling import generate
-from tests.conftest import tiny_gpt2_config
+from tests.support.tiny import tiny_gpt2_config
 
 
 def test_rouge_l_from_longest_common_subsequence():

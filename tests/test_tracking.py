@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.test_reward_kwise import small_comparisons
+from tests.support.store_data import small_comparisons
 
 
 @pytest.fixture()

@@ -16,7 +16,7 @@ never samples (it stops at the turn end). Here the prompt ids are `rlhf.sampling
 and a completion is the exchange's tokens after them (rlhf.chat.render_exchange, tokenised in
 context), cut after the first stop token (rlhf.chat.stop_token_ids), or ended with EOS where the
 rendering writes none (the plain format). `_PreTokenizedDPOTrainer` hands those ids to TRL's
-collator and loss unchanged; everything else is TRL's (tests/test_dpo_oracle.py checks its loss
+collator and loss unchanged; everything else is TRL's (tests/policy_optimization/test_dpo_oracle.py checks its loss
 and gradients against ours). The store keeps a response's text, not the ids the policy drew, so
 "what the policy samples" is the tokenizer's own encoding of that text in context: where the
 policy drew a non-canonical split of a word, DPO scores the canonical one.
