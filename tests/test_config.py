@@ -21,19 +21,35 @@ def test_shipped_params_are_valid(project_root):
     assert params.sample_responses.k >= 2 and params.rank_responses.principles
 
 
-def test_the_schema_defaults_are_the_shipped_params(project_root):
-    """One set of defaults: a reader of rlhf/config.py learns the values params.yaml runs with."""
-    from rlhf.config import Params
+def test_the_shipped_params_are_the_schema_written_out(project_root):
+    """One set of defaults: params.yaml is what `python -m rlhf.params_file` writes from rlhf/config.py."""
+    from rlhf.params_file import render
 
-    def differences(schema, shipped, path=""):
-        if isinstance(schema, dict) and isinstance(shipped, dict):
-            for key in schema.keys() | shipped.keys():
-                yield from differences(schema.get(key, "<absent>"), shipped.get(key, "<absent>"), f"{path}.{key}")
-        elif schema != shipped:
-            yield f"{path.lstrip('.')}: schema {schema!r}, params.yaml {shipped!r}"
+    assert (project_root / "params.yaml").read_text() == render(), "run python -m rlhf.params_file"
 
-    shipped = load_params(project_root / "params.yaml").model_dump(mode="json")
-    assert sorted(differences(Params().model_dump(mode="json"), shipped)) == []
+
+def test_the_written_params_read_back_as_the_schema_defaults_with_the_keys_dvc_names(project_root):
+    """Every default comes back from the text, and a key marked SHOWN_WHEN_SET is left out at its
+    default but written once it is set (dvc.yaml reads the whole rank_responses section)."""
+    from rlhf.config import Params, RankResponsesParams
+    from rlhf.params_file import render
+
+    written = yaml.safe_load(render())
+    assert parse_params(written) == Params()
+    assert "ai_judge" not in written["rank_responses"] and "round" not in written
+    assert written["evaluate"]["llm"] is None  # dvc.yaml names evaluate.llm: written even when null
+    hybrid = Params(rank_responses=RankResponsesParams(judge="hybrid", ai_judge="rules"))
+    assert yaml.safe_load(render(hybrid))["rank_responses"]["ai_judge"] == "rules"
+
+
+def test_the_params_file_command_checks_and_writes(tmp_path, project_root):
+    from rlhf.params_file import main, render
+
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: 0\n")
+    assert main(["--check", str(path)]) == 1 and path.read_text() == "seed: 0\n"
+    assert main([str(path)]) == 0 and path.read_text() == render()
+    assert main(["--check", str(path)]) == 0
 
 
 @pytest.mark.parametrize(
@@ -71,6 +87,14 @@ def test_compiled_generation_is_refused_under_zero3_naming_both_keys(raw):
         parse_params(bad)
 
 
+def test_keep_best_is_refused_under_a_sharded_launcher(raw):
+    bad = copy.deepcopy(raw)
+    bad["train_policy"].update(keep="best", launcher="fsdp", num_processes=2)
+    with pytest.raises(ConfigError) as caught:
+        parse_params(bad)
+    assert str(caught.value) == "params.yaml: train_policy.keep: best is not supported under fsdp (sharded weights)"
+
+
 def test_malformed_yaml_names_the_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 0\ntrain_policy:\n  kl_coef: [1,\n")
@@ -87,7 +111,7 @@ def test_stage_exits_2_with_one_line_and_writes_nothing(raw, tmp_path, project_r
         [
             sys.executable,
             "-m",
-            "tasks.collect_prompts",
+            "rlhf.stages.collect_prompts",
             "--params",
             str(tmp_path / "params.yaml"),
             "--prompts",
