@@ -38,12 +38,12 @@ setup: $(VENV)/.installed
 	@$(BIN)/dvc remote default >/dev/null 2>&1 || $(BIN)/dvc remote add --local --default local $(DVC_REMOTE)
 
 demo: setup
-	$(BIN)/python -m flows.pipeline
+	$(BIN)/python -m rlhf.flows.pipeline
 	@echo "\nReport: reports/eval.md   Store: $(BIN)/rlhf store stats   Curves: $(BIN)/dvc plots show"
 
 # The Prefect UI with the deployments of prefect.yaml and a worker (README: "Operate it").
 ui: setup
-	$(BIN)/python -m flows.ui --port 4200
+	$(BIN)/python -m rlhf.flows.ui --port 4200
 
 # The ranking page's tests drive Debian's headless Chromium; installed here when apt-get and root allow.
 browser:

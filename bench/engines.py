@@ -76,7 +76,7 @@ def run_once(directory: Path, engine: str, settings: dict, processes: int) -> di
     command = [
         sys.executable,
         "-m",
-        "tasks.train_policy",
+        "rlhf.stages.train_policy",
         "--params",
         str(run / "params.yaml"),
         "--prompts",

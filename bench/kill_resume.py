@@ -42,7 +42,7 @@ SHRUNK = {"bootstrap_policy": {"steps": 40}, "collect_prompts": {"max_prompts": 
 def flow_command(repo: Path) -> tuple[list[str], dict]:
     env = {**os.environ, **GIT_ENV, "PREFECT_HOME": str(repo.parent / "prefect-home")}
     env.pop("PREFECT_API_URL", None)  # each run starts Prefect's temporary server
-    return [sys.executable, "-m", "flows.pipeline", str(repo)], env
+    return [sys.executable, "-m", "rlhf.flows.pipeline", str(repo)], env
 
 
 def set_max_prompts(repo: Path, count: int) -> None:

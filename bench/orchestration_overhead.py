@@ -4,7 +4,7 @@
 
 Copies the project twice into fresh git + DVC repositories. The baseline runs each stage's
 command (as dvc.yaml renders it) one after another with nothing around it; the other runs
-`python -m flows.pipeline` (Prefect's temporary server, one task per stage, `dvc repro` of each
+`python -m rlhf.flows.pipeline` (Prefect's temporary server, one task per stage, `dvc repro` of each
 stage with its hashing and dvc.lock, artifacts). `--shrink` uses the test suite's small config:
 the fixed costs weigh more there, so its share is an upper bound for the default's.
 
@@ -39,7 +39,7 @@ from tests.support.pipeline_repo import make_repo
 
 
 def stage_commands(root: Path) -> list[tuple[str, str]]:
-    from flows.stages import pipeline_stages
+    from rlhf.flows.stages import pipeline_stages
 
     return [(stage.name, stage.cmd) for stage in pipeline_stages(root)]
 
@@ -54,7 +54,7 @@ def environment() -> dict[str, str]:
     }
 
 
-# The flow logs "stage <name> ran in <s> s" for each stage (flows/stages.py).
+# The flow logs "stage <name> ran in <s> s" for each stage (rlhf/flows/stages.py).
 STAGE_TIME = re.compile(r"stage (\w+) (?:ran|skipped) in ([\d.]+) s")
 
 
@@ -92,7 +92,7 @@ def run_flow(root: Path, prefect_home: Path) -> tuple[float, dict[str, float]]:
     env = prefect_environment(prefect_home)
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "flows.pipeline", str(root)],
+        [sys.executable, "-m", "rlhf.flows.pipeline", str(root)],
         cwd=root,
         env=env,
         capture_output=True,

@@ -1,6 +1,6 @@
 """Errors that mean bad input rather than a bug. Each message names the file, key or line.
 
-Also the exit protocol between a stage (tasks/_stage.py) and the flow that runs it (flows/stages.py).
+Also the exit protocol between a stage (rlhf/stages/_stage.py) and the flow that runs it (rlhf/flows/stages.py).
 """
 
 # A judge endpoint that timed out or kept failing: worth another try later (sysexits EX_TEMPFAIL).

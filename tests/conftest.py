@@ -84,7 +84,7 @@ def stage_workspace(tmp_path, tiny_checkpoints, project_root):
         return [
             sys.executable,
             "-m",
-            "tasks.train_policy",
+            "rlhf.stages.train_policy",
             "--params",
             str(tmp_path / "params.yaml"),
             "--prompts",

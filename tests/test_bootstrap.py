@@ -30,7 +30,7 @@ from rlhf.config import BootstrapSFTParams, parse_params
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.errors import ConfigError, InputError
 from rlhf.models import load_tokenizer
-from tasks.bootstrap_policy import write_dir_whole
+from rlhf.stages.bootstrap_policy import write_dir_whole
 from tests.support.bootstrap_data import TEMPLATE, demonstration_rows, save_pretrained_model, write_jsonl
 
 pytestmark = pytest.mark.timeout(120)
@@ -276,7 +276,7 @@ def test_stage_refuses_bad_demonstrations_with_one_line_and_writes_nothing(tmp_p
         [
             sys.executable,
             "-m",
-            "tasks.bootstrap_policy",
+            "rlhf.stages.bootstrap_policy",
             "--params",
             str(tmp_path / "params.yaml"),
             "--model_dir",

@@ -284,7 +284,7 @@ def run_stage(project_root, tmp_path, section, env=None):
     params = yaml.safe_load((project_root / "params.yaml").read_text())
     params["collect_prompts"] = section
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [sys.executable, "-m", "tasks.collect_prompts", "--params", str(tmp_path / "params.yaml")]
+    command = [sys.executable, "-m", "rlhf.stages.collect_prompts", "--params", str(tmp_path / "params.yaml")]
     out = tmp_path / "prompts.parquet"
     result = subprocess.run(
         command + ["--prompts", str(out)],

@@ -168,7 +168,7 @@ def load_reward_app(
 
 def reward_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
     """uvicorn leaving logging alone: its default `log_config` calls logging.config.dictConfig,
-    which can deadlock against Prefect's API log handler inside a flow run (flows/human_ranking.py)."""
+    which can deadlock against Prefect's API log handler inside a flow run (rlhf/flows/human_ranking.py)."""
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None))
 
 

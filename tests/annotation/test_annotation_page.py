@@ -288,7 +288,7 @@ def test_human_ranking_flow_serves_the_page_until_people_rank_the_queue(prefect_
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.human_ranking import PROGRESS_KEY, human_ranking
+    from rlhf.flows.human_ranking import PROGRESS_KEY, human_ranking
 
     port = free_port()
     thread, outcome = run_in_thread(human_ranking, root=str(ranking_workspace), port=port, timeout_s=120, poll_s=0.2)
@@ -320,7 +320,7 @@ def test_human_ranking_flow_serves_the_page_until_people_rank_the_queue(prefect_
 
 
 def test_human_ranking_flow_fails_naming_what_still_waits_when_its_window_ends(prefect_harness, ranking_workspace):
-    from flows.human_ranking import QueueNotDone, human_ranking
+    from rlhf.flows.human_ranking import QueueNotDone, human_ranking
 
     with pytest.raises(QueueNotDone, match=r"closed after 1s with 2 of 2 items waiting"):
         human_ranking(root=str(ranking_workspace), port=free_port(), timeout_s=1, poll_s=0.2)
@@ -331,7 +331,7 @@ def test_the_flows_page_server_leaves_logging_configuration_alone(monkeypatch):
     ranking flow against Prefect's API log handler (FACTS.md); the server must never call it."""
     import logging.config
 
-    from flows.human_ranking import ranking_server
+    from rlhf.flows.human_ranking import ranking_server
 
     def refuse(*args, **kwargs):
         raise AssertionError("logging.config.dictConfig was called")

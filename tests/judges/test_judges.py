@@ -285,7 +285,7 @@ def test_ranking_by_the_rules_starts_without_torch(project_root):
     """The rules judge's stage imports neither torch nor transformers: on the demo the stage spent
     ~8 of its 12 s importing them, and under 1 s ranking."""
     script = (
-        "import tasks.rank_responses as stage\n"
+        "import rlhf.stages.rank_responses as stage\n"
         "from rlhf.config import load_params\n"
         "judge = stage.make_judge(load_params('params.yaml').rank_responses, 'auto')\n"
         "judge.rank_batch([('tell me about owls . answer :', 'owls', ['owls fly', 'whatever'])])"

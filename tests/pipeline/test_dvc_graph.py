@@ -12,15 +12,15 @@ NOT_DEPS = {"rlhf/config.py", "rlhf/errors.py", "rlhf/__init__.py", "rlhf/user_i
 
 
 def imported_files(path: Path, root: Path, seen: set[str]) -> set[str]:
-    """The project files a module imports, followed through rlhf and tasks."""
+    """The project files a module imports, followed through rlhf."""
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
-        if isinstance(node, ast.ImportFrom) and node.module in ("rlhf", "tasks"):  # `from rlhf import chat`
+        if isinstance(node, ast.ImportFrom) and node.module == "rlhf":  # `from rlhf import chat`
             names += [f"{node.module}.{alias.name}" for alias in node.names]
         names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
         for name in names:
-            if not name.startswith(("rlhf", "tasks")):
+            if not name.startswith("rlhf"):
                 continue
             module = root / name.replace(".", "/")
             target = module / "__init__.py" if module.is_dir() else module.with_suffix(".py")
@@ -36,15 +36,17 @@ def imported_files(path: Path, root: Path, seen: set[str]) -> set[str]:
 def test_stage_names_match_task_modules(project_root):
     stages = yaml.safe_load((project_root / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        assert stage["cmd"].startswith(f"bin/python -m tasks.{name} "), name  # the project's interpreter, any shell
-        assert (project_root / "tasks" / f"{name}.py").exists(), name
+        assert stage["cmd"].startswith(f"bin/python -m rlhf.stages.{name} "), (
+            name
+        )  # the project's interpreter, any shell
+        assert (project_root / "rlhf" / "stages" / f"{name}.py").exists(), name
 
 
 def test_every_stage_lists_the_code_it_imports(project_root):
     stages = yaml.safe_load((project_root / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         deps = [d for d in stage["deps"] if not d.startswith("${")]
-        needed = imported_files(project_root / "tasks" / f"{name}.py", project_root, set()) - NOT_DEPS
-        needed.add(f"tasks/{name}.py")
+        needed = imported_files(project_root / "rlhf" / "stages" / f"{name}.py", project_root, set()) - NOT_DEPS
+        needed.add(f"rlhf/stages/{name}.py")
         missing = {f for f in needed if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps)}
         assert not missing, f"{name}: dvc.yaml deps miss {sorted(missing)}"

@@ -65,7 +65,7 @@ def test_ui_command_registers_the_deployments_and_the_schedule_produces_runs(pro
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api}
     ui = subprocess.Popen(
-        [sys.executable, "-m", "flows.ui", "--port", str(port), "--logs", str(tmp_path / "logs")],
+        [sys.executable, "-m", "rlhf.flows.ui", "--port", str(port), "--logs", str(tmp_path / "logs")],
         cwd=project_root,
         env=env,
         stdout=subprocess.PIPE,
@@ -118,12 +118,12 @@ def test_a_judge_endpoint_failure_is_retried_and_a_stage_past_its_timeout_is_sto
     DVC's log lines say (they are reworded here)."""
     from prefect import flow
 
-    from flows.stages import TransientStageError, stage_task
+    from rlhf.flows.stages import TransientStageError, stage_task
 
     (tmp_path / "fail_once.py").write_text(
         "import pathlib\n"
         "from rlhf.errors import JudgeEndpointError\n"
-        "from tasks._stage import run_stage\n"
+        "from rlhf.stages._stage import run_stage\n"
         "def body():\n"
         "    mark = pathlib.Path('tried')\n"
         "    if not mark.exists():\n"
@@ -250,7 +250,7 @@ def _capture(run_flow, result, error):
 
 @pytest.fixture(scope="module")
 def two_rounds(human_repo, prefect_harness):
-    from flows.pipeline import rlhf_pipeline
+    from rlhf.flows.pipeline import rlhf_pipeline
 
     os.environ.update(GIT_ENV)
     return drive(
@@ -317,7 +317,7 @@ def test_a_run_killed_mid_stage_resumes_without_redoing_stages_or_duplicating_ro
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, **GIT_ENV, "PREFECT_HOME": str(human_repo.parent / "prefect-home")}
     env.pop("PREFECT_API_URL", None)  # the subprocess starts its own temporary server
-    command = [sys.executable, "-m", "flows.pipeline", str(human_repo)]
+    command = [sys.executable, "-m", "rlhf.flows.pipeline", str(human_repo)]
     process = subprocess.Popen(
         command,
         cwd=human_repo,
@@ -352,7 +352,7 @@ def test_an_expired_human_gate_fails_the_run_saying_what_still_waits(prefect_har
     import pandas as pd
     from prefect import flow
 
-    from flows.gates import GateTimeout, human_gate
+    from rlhf.flows.gates import GateTimeout, human_gate
     from rlhf.store import FeedbackStore
 
     store = FeedbackStore(tmp_path / "feedback.duckdb")
@@ -387,7 +387,7 @@ def test_an_expired_human_gate_fails_the_run_saying_what_still_waits(prefect_har
 def test_a_second_run_waits_for_the_store_while_a_first_holds_it(prefect_harness, tmp_path):
     from prefect import flow
 
-    from flows.pipeline import one_run_at_a_time
+    from rlhf.flows.pipeline import one_run_at_a_time
 
     store = tmp_path / "feedback.duckdb"
     holder = subprocess.Popen(
@@ -417,7 +417,7 @@ def test_a_second_run_waits_for_the_store_while_a_first_holds_it(prefect_harness
 def ephemeral_startup_timeout(project_root: Path, env: dict[str, str]) -> str:
     """Prefect's ephemeral-server startup timeout as a process that imports our flows sees it."""
     check = (
-        "import flows.pipeline\n"
+        "import rlhf.flows.pipeline\n"
         "from prefect.settings import get_current_settings\n"
         "print(get_current_settings().server.ephemeral.startup_timeout_seconds)\n"
     )

@@ -24,7 +24,7 @@ def demo_repo(tmp_path_factory, project_root):
 
 @pytest.fixture(scope="module")
 def flow_outcomes(demo_repo, prefect_harness):
-    from flows.pipeline import rlhf_pipeline
+    from rlhf.flows.pipeline import rlhf_pipeline
 
     return rlhf_pipeline(str(demo_repo))["stages"]
 
@@ -69,7 +69,7 @@ def test_dvc_status_is_clean_after_the_flow_and_repro_runs_nothing(flow_outcomes
 
 
 def test_second_flow_run_skips_every_stage(flow_outcomes, demo_repo):
-    from flows.pipeline import rlhf_pipeline
+    from rlhf.flows.pipeline import rlhf_pipeline
 
     assert set(rlhf_pipeline(str(demo_repo))["stages"].values()) == {"skipped"}
 
@@ -198,8 +198,8 @@ def test_the_readme_commands_run_as_written_from_a_fresh_shell(flow_outcomes, de
 
 def test_bad_params_value_fails_the_flow_with_one_line_naming_the_key(flow_outcomes, demo_repo):
     """Runs last: a bad value in the evaluate section stops the flow before any stage, and the stage alone."""
-    from flows.pipeline import rlhf_pipeline
     from rlhf.config import ConfigError
+    from rlhf.flows.pipeline import rlhf_pipeline
 
     params_file = demo_repo / "params.yaml"
     original = params_file.read_text()

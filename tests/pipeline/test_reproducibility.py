@@ -150,7 +150,7 @@ def rankings_taken(import_output: str) -> int:
 
 
 def test_params_yaml_is_never_rewritten_and_the_round_state_has_its_own_file(repo):
-    from flows.rounds import start_next_round
+    from rlhf.flows.rounds import start_next_round
 
     dvc("repro", "--quiet", "train_policy", cwd=repo)  # round 1's policy, sampled from models/sft
     params_before = (repo / "params.yaml").read_bytes()

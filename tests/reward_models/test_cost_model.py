@@ -156,7 +156,7 @@ def test_the_cost_stage_skips_under_ppo_without_importing_torch(tmp_path, projec
     ]
     script = (
         f"import runpy, sys\nsys.argv = ['train_cost', *{arguments!r}]\n"
-        "runpy.run_module('tasks.train_cost', run_name='__main__')"
+        "runpy.run_module('rlhf.stages.train_cost', run_name='__main__')"
     )
     assert heavy_modules_loaded_by(script, project_root) == []
     assert [p.name for p in (tmp_path / "cost").iterdir()] == [UNTRAINED_MARKER]

@@ -281,8 +281,8 @@ def test_a_reachable_host_without_tokens_is_refused_unless_insecure(tmp_path, ca
 
 
 def test_bad_yaml_is_one_line_naming_file_line_and_column_from_loader_flow_and_stage(tmp_path):
-    from flows.stages import pipeline_stages
     from rlhf.config import ConfigError, load_params
+    from rlhf.flows.stages import pipeline_stages
 
     (tmp_path / "params.yaml").write_text("seed: 0\ntrain_policy:\n  kl_coef: [1, 2\n  ppo_epochs: 4\n")
     expected = f"{tmp_path / 'params.yaml'}: line 4 not valid YAML (column 13: expected ',' or ']', but got ':')"
@@ -295,7 +295,7 @@ def test_bad_yaml_is_one_line_naming_file_line_and_column_from_loader_flow_and_s
         [
             sys.executable,
             "-m",
-            "tasks.collect_prompts",
+            "rlhf.stages.collect_prompts",
             "--params",
             str(tmp_path / "params.yaml"),
             "--prompts",

@@ -65,7 +65,7 @@ def make_repo(root: Path, project_root: Path, overrides: dict | None = None, shr
     key such as `seed` is replaced)."""
     root.mkdir(parents=True, exist_ok=True)
     # inputs: each stage's links to the files params.yaml names (rlhf/user_inputs.py), a dep in dvc.yaml
-    for name in ["rlhf", "tasks", "flows", "configs", "bin", "inputs"]:
+    for name in ["rlhf", "tasks", "flows", "configs", "bin", "inputs"]:  # tasks, flows: a past commit's layout
         if (project_root / name).exists():  # a past commit (bench/efficacy.py --rev) may lack a newer one
             shutil.copytree(project_root / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     # rounds.yaml: the round state; feedback.duckdb.scope.json: what the snapshot's scope takes from

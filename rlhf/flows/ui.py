@@ -1,6 +1,6 @@
 """One command for the Prefect UI: a local server, a work pool, a worker, and the deployments.
 
-    python -m flows.ui [--port 4200]          # or: make ui
+    python -m rlhf.flows.ui [--port 4200]          # or: make ui
 
 starts `prefect server` on 127.0.0.1, creates the `rlhf-local` process work pool, registers the
 deployments of prefect.yaml, and runs a worker until Ctrl-C.
@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 WORK_POOL = "rlhf-local"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def prefect(*args: str) -> list[str]:
@@ -36,7 +36,7 @@ def wait_healthy(api_url: str, timeout_s: float = 120.0) -> None:
             if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
                 return
         time.sleep(0.5)
-    raise SystemExit(f"flows.ui: the Prefect server at {api_url} did not answer within {timeout_s:.0f}s")
+    raise SystemExit(f"rlhf.flows.ui: the Prefect server at {api_url} did not answer within {timeout_s:.0f}s")
 
 
 def environment(api_url: str) -> dict[str, str]:
@@ -61,12 +61,14 @@ def register(env: dict[str, str], root: Path) -> None:
         check=False,
     )
     if pool.returncode:
-        raise SystemExit(f"flows.ui: cannot create work pool {WORK_POOL}: {pool.stderr.strip() or pool.stdout.strip()}")
+        raise SystemExit(
+            f"rlhf.flows.ui: cannot create work pool {WORK_POOL}: {pool.stderr.strip() or pool.stdout.strip()}"
+        )
     deploy = subprocess.run(
         prefect("--no-prompt", "deploy", "--all"), cwd=root, env=env, capture_output=True, text=True, check=False
     )
     if deploy.returncode:
-        raise SystemExit(f"flows.ui: prefect deploy failed:\n{deploy.stdout}\n{deploy.stderr}")
+        raise SystemExit(f"rlhf.flows.ui: prefect deploy failed:\n{deploy.stdout}\n{deploy.stderr}")
 
 
 @contextlib.contextmanager
@@ -88,7 +90,7 @@ def started(command: list[str], env: dict[str, str], root: Path, log: Path) -> I
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m flows.ui", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rlhf.flows.ui", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=4200, help="port of the local server (default: 4200)")
     parser.add_argument("--server", help="API URL of a running Prefect server to use instead (…/api)")
     parser.add_argument("--root", default=str(ROOT), help="the project directory (default: this checkout)")

@@ -2,7 +2,7 @@
 
 DVC decides what is up to date (its API's status of the stage: the flow never reads DVC's log
 wording), updates dvc.lock and skips unchanged stages; Prefect's own cache is off (NO_CACHE) so
-the two never disagree. The stage writes its own exit status to a file (tasks/_stage.py), since
+the two never disagree. The stage writes its own exit status to a file (rlhf/stages/_stage.py), since
 `dvc repro` exits 255 whatever the command's status. The stage's output streams into the task's
 log, and its `<what>: done/total` lines move the flow's progress artifact.
 """
@@ -77,7 +77,7 @@ def up_to_date(root: str | Path, stage: str) -> bool:
 
 
 def command_exit(status_file: Path) -> int | None:
-    """The exit status the stage wrote (tasks/_stage.py); None when it wrote none (killed, or not ours)."""
+    """The exit status the stage wrote (rlhf/stages/_stage.py); None when it wrote none (killed, or not ours)."""
     try:
         return int(status_file.read_text())
     except (OSError, ValueError):

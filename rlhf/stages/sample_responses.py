@@ -5,7 +5,7 @@ import torch
 
 from rlhf.models import checkpoint_hash, load_policy, load_tokenizer, resolve_device
 from rlhf.sampling import sample_k
-from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_parquet
+from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_parquet
 
 STAGE = "sample_responses"
 

@@ -7,8 +7,8 @@ import pandas as pd
 from rlhf.agreement import agreement_report
 from rlhf.config import Params
 from rlhf.errors import InputError
+from rlhf.stages._stage import params_from, parse_paths, run_info, run_stage, write_json
 from rlhf.store import FeedbackStore, snapshot_scope
-from tasks._stage import params_from, parse_paths, run_info, run_stage, write_json
 
 STAGE = "store_comparisons"
 

@@ -21,7 +21,7 @@ USER_ERRORS = (InputError, FileNotFoundError)
 
 
 def parse_paths(stage: str, inputs: list[str], outputs: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m tasks.{stage}", description=f"The {stage} stage (see dvc.yaml).")
+    parser = argparse.ArgumentParser(prog=f"python -m rlhf.stages.{stage}", description=f"The {stage} stage (see dvc.yaml).")
     parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     parser.add_argument(
         "--user_inputs", help="input: the directory of links to the files params.yaml names (rlhf/user_inputs.py)"

@@ -41,7 +41,7 @@ ROUND_FILES = [
 ]
 ROUNDS_HEADER = (
     "# Round state of iterated online RLHF (rlhf/config.py RoundParams). The flow writes this file when\n"
-    "# it starts a round (flows/rounds.py), so params.yaml is never rewritten; DVC reads both.\n"
+    "# it starts a round (rlhf/flows/rounds.py), so params.yaml is never rewritten; DVC reads both.\n"
 )
 
 

@@ -11,8 +11,8 @@ from rlhf.bootstrap import bootstrap_pretrained, train_demo_policy
 from rlhf.config import BootstrapPolicyParams, Params
 from rlhf.demo import domain
 from rlhf.models import resolve_device
+from rlhf.stages._stage import params_from, parse_paths, run_stage, write_json
 from rlhf.tracking import Tracker
-from tasks._stage import params_from, parse_paths, run_stage, write_json
 
 STAGE = "bootstrap_policy"
 

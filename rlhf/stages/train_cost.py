@@ -4,8 +4,8 @@ from pathlib import Path
 
 from rlhf.reward_models.untrained import COST_READERS, skip_cost_model
 from rlhf.snapshot import read_safety_labels
+from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json
 from rlhf.tracking import Tracker
-from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json
 
 STAGE = "train_cost"
 

@@ -1,10 +1,10 @@
 """The RLHF pipeline as a Prefect flow over the DVC graph.
 
 dvc.yaml is the pipeline; this flow adds orchestration around it: one Prefect task per stage in
-DVC's topological order (flows/stages.py), retries for the judge, a timeout per stage, a run
+DVC's topological order (rlhf/flows/stages.py), retries for the judge, a timeout per stage, a run
 lock so two runs never write the feedback store at once, the human and approval
-gates (flows/gates.py), iterated rounds versioned by git + DVC (flows/rounds.py), `dvc push`
-after each round, and the artifacts the Prefect UI shows (flows/artifacts.py).
+gates (rlhf/flows/gates.py), iterated rounds versioned by git + DVC (rlhf/flows/rounds.py), `dvc push`
+after each round, and the artifacts the Prefect UI shows (rlhf/flows/artifacts.py).
 
 A run killed mid-stage and started again skips the stages DVC finds up to date and finishes the
 rest; the store's content-hash keys make the re-run of a half-done stage add no row twice.
@@ -23,11 +23,11 @@ from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows import artifacts, gates
-from flows.rounds import PREVIOUS_POLICY, commit_round, current_round, dvc_push, is_git_repo, start_next_round
-from flows.stages import pipeline_stages, stage_task
 from rlhf.config import load_params
 from rlhf.errors import InputError
+from rlhf.flows import artifacts, gates
+from rlhf.flows.rounds import PREVIOUS_POLICY, commit_round, current_round, dvc_push, is_git_repo, start_next_round
+from rlhf.flows.stages import pipeline_stages, stage_task
 
 STORE_RUN_LOCK_SUFFIX = ".run.lock"  # held by a run for its whole length: one writing run at a time
 HUMAN_JUDGES = {"human", "hybrid"}
@@ -174,7 +174,7 @@ def summary(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m flows.pipeline", description="Run the RLHF pipeline as a Prefect flow."
+        prog="python -m rlhf.flows.pipeline", description="Run the RLHF pipeline as a Prefect flow."
     )
     parser.add_argument("root", nargs="?", default=".", help="the project directory (default: .)")
     parser.add_argument("--rounds", type=int, default=1, help="feedback rounds to run (default: 1)")

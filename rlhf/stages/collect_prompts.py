@@ -1,7 +1,7 @@
 """Stage collect_prompts: prompts from the demo domain, files, HF datasets or SQL, deduplicated and split."""
 
 from rlhf.prompts import collect
-from tasks._stage import params_from, parse_paths, run_stage, write_parquet
+from rlhf.stages._stage import params_from, parse_paths, run_stage, write_parquet
 
 STAGE = "collect_prompts"
 

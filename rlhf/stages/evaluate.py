@@ -14,7 +14,7 @@ from rlhf.models import load_policy, load_tokenizer, resolve_device
 from rlhf.report import markdown_report
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.snapshot import read_comparisons
-from tasks._stage import params_from, parse_paths, run_stage, write_json
+from rlhf.stages._stage import params_from, parse_paths, run_stage, write_json
 
 STAGE = "evaluate"
 

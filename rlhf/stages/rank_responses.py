@@ -4,7 +4,7 @@ import pandas as pd
 
 from rlhf.judges import make_judge
 from rlhf.ranking import RANKING_COLUMNS, judge_all, judge_report, people_queue
-from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_parquet
+from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_parquet
 
 STAGE = "rank_responses"
 

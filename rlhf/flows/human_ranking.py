@@ -16,11 +16,11 @@ import uvicorn
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.gates import waiting_items
 from rlhf.annotation.annotators import migration_message
 from rlhf.annotation.app import create_app, load_tokens
 from rlhf.annotation.guidelines import load_guidelines
 from rlhf.config import load_params
+from rlhf.flows.gates import waiting_items
 from rlhf.store import FeedbackStore
 
 PROGRESS_KEY = "human-ranking-progress"

@@ -42,11 +42,11 @@ from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.rewards.rules import RulesReward
 from rlhf.rewards.terms import online_reward, usage_of
 from rlhf.snapshot import read_comparisons
+from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_whole
 from rlhf.tracking import Tracker
-from tasks._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_whole
 
 STAGE = "train_policy"
-ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 CURVE_COLUMNS = [
     "score",
     "kl",
@@ -78,7 +78,7 @@ def relaunch_as_processes(params: Params) -> None:
         launch += ["--config_file", str(ACCELERATE_CONFIGS / f"{config.launcher}.yaml"), "--main_process_port", "0"]
     print(f"{STAGE}: launching {config.num_processes} processes ({config.launcher})", flush=True)
     env = {**os.environ, "RLHF_LAUNCHED": "1"}
-    done = subprocess.run([*launch, "-m", f"tasks.{STAGE}", *sys.argv[1:]], env=env, check=False)
+    done = subprocess.run([*launch, "-m", f"rlhf.stages.{STAGE}", *sys.argv[1:]], env=env, check=False)
     sys.exit(done.returncode)
 
 
