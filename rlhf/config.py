@@ -275,7 +275,7 @@ Principle = Annotated[ContainsAny | ExcludesAll | MentionsTopic | WordCount, Fie
 
 
 def demo_constitution() -> list[Principle]:
-    """The demo's principles (params.yaml's, which must equal these: one set of defaults)."""
+    """The demo's principles, the default constitution (the shipped params.yaml writes them out)."""
     return [
         # Staying on the asked topic counts double: an answer about something else is no answer.
         MentionsTopic(kind="mentions_topic", name="on_topic", weight=2.0),
