@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup browser clean ui lock
+.PHONY: demo test setup browser clean ui lock lint
 DVC_REMOTE ?= $(HOME)/.cache/rlhf/dvc-remote
 
 $(BIN)/python:
@@ -54,6 +54,12 @@ browser:
 
 test: setup browser
 	$(BIN)/python -m pytest -ra
+
+# The formatter and the linter (configured in pyproject.toml): CI runs this before the tests.
+# `ruff format .` and `ruff check --fix .` mend what they report.
+lint: setup
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
 
 clean:
 	rm -rf data models metrics plots reports feedback.duckdb* dvc.lock
