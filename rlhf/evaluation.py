@@ -1,18 +1,29 @@
-"""Evaluation measures: win rate under the judge, KL, diversity, reward-model accuracy and baselines.
+"""The evaluate stage: the trained policy against the start policy on held-out prompts, the reward
+model against reward-free baselines on held-out pairs, and the markdown report of both.
 
-ROUGE-L is written here (word-level LCS F-measure, 15 lines) rather than taken from the
-`rouge-score` package, which would pull nltk and absl in for one function.
+The measures (win rate under the judge, KL, diversity, reward-model accuracy and baselines) are
+also what train_policy's in-loop evaluation counts with. ROUGE-L is written here (word-level LCS
+F-measure, 15 lines) rather than taken from the `rouge-score` package, which would pull nltk and
+absl in for one function.
 """
 
 from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf import chat
+from rlhf.config import Params
+from rlhf.judges import Judge, make_judge
 from rlhf.judges.rules import RuleJudge, is_unsafe, words
 from rlhf.logprobs import response_logits
+from rlhf.models import load_policy, load_tokenizer, resolve_device
+from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.reward_models.pairs import accuracy_on, pair_accuracy
 from rlhf.sampling import Generation, sample_from_policy
 from rlhf.scoring import score_exchanges
@@ -170,3 +181,140 @@ def reward_model_vs_baselines(
     strict = comparisons[~comparisons["tie"]]
     accuracy, pairs = accuracy_on(reward_model, reward_tokenizer, strict)
     return {"rm_accuracy": accuracy, "rm_test_pairs": pairs, **baseline_accuracies(strict)}
+
+
+def win_judge_of(params: Params, device: torch.device) -> Judge | None:
+    """The pairwise judge `evaluate.judge` names (llm, openai), told rank_responses' principles;
+    None for the rules, whose scores decide the wins."""
+    section = params.evaluate
+    if section.judge == "rules":
+        return None
+    judge_params = params.rank_responses.model_copy(update={"llm": section.llm, "openai": section.openai})
+    return make_judge(judge_params, device, kind=section.judge)
+
+
+def feedback_quality(rank: dict, feedback: dict) -> dict:
+    """The judge's position bias and how far judges agree, flattened for metrics/eval.json."""
+    agreement = feedback.get("agreement", {})
+    quality = {"judge_position_bias_rate": rank.get("position_bias_rate")}
+    for judge, figures in agreement.get("ai_vs_human", {}).items():
+        quality.update({f"ai_vs_human_{judge}_{k}": v for k, v in figures.items()})
+    for key, value in (agreement.get("inter_annotator") or {}).items():
+        quality[f"inter_annotator_{key}"] = value
+    return quality
+
+
+@dataclass
+class Evaluation:
+    """What the evaluate stage measured: metrics/eval.json's figures and the samples the report shows."""
+
+    metrics: dict
+    prompts: list[str]  # the held-out prompts' texts, each evaluate.samples_per_prompt times in a row
+    before: list[str]  # the start policy's response to each
+    after: list[str]  # the trained policy's
+
+
+def evaluate(
+    params: Params,
+    prompts: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    start_dir: str | Path,
+    policy_dir: str | Path,
+    reward_dir: str | Path,
+    trained: dict,
+    rank_metrics: dict,
+    feedback_metrics: dict,
+) -> Evaluation:
+    """The trained policy (`policy_dir`) against the start (`start_dir`) on the test split of
+    `prompts`, scored by the reward model (`reward_dir`) and judged by evaluate.judge, with the
+    held-out prompts on topics no training prompt has counted apart (unseen_topic_*); the reward
+    model against ROUGE-L and length on the test split of `comparisons`. `trained`, `rank_metrics`
+    and `feedback_metrics` are the metrics files of train_policy, rank_responses and store_comparisons."""
+    device = resolve_device(params.device)
+    section = params.evaluate
+    held_out = prompts[prompts["split"] == "test"].sort_values("prompt_id")
+    rows = held_out.loc[held_out.index.repeat(section.samples_per_prompt)]
+    texts, topics = list(rows["prompt"]), [None if pd.isna(t) else t for t in rows["topic"]]
+    conversations = chat.conversations_of(rows)
+
+    train_topics = set(prompts.loc[prompts["split"] == "train", "topic"].dropna())
+    groups = {  # held-out prompts on a topic no training prompt has, and the others
+        "unseen_topic": [t is not None and t not in train_topics for t in topics],
+        "seen_topic": [t is None or t in train_topics for t in topics],
+    }
+    win_judge = win_judge_of(params, device)
+    tokenizer = load_tokenizer(start_dir)
+    reward_tokenizer = load_tokenizer(reward_dir)
+    reward_model = load_reward_model(reward_dir, device, reward_tokenizer.pad_token_id).eval()
+    torch.manual_seed(params.seed)  # before the policies load: the samples are the same every run
+    with torch.no_grad():
+        policy_metrics, before, after = compare_policies(
+            load_policy(start_dir, device).eval(),
+            load_policy(policy_dir, device).eval(),
+            tokenizer,
+            reward_model,
+            reward_tokenizer,
+            RuleJudge(params.rank_responses.principles),
+            conversations,
+            topics,
+            params.train_policy.max_new_tokens,
+            params.train_policy.temperature,
+            params.rank_responses.unsafe_words,
+            win_judge=win_judge,
+            groups=groups,
+        )
+        rm_metrics = reward_model_vs_baselines(
+            reward_model, reward_tokenizer, comparisons[comparisons["split"] == "test"]
+        )
+    metrics = {
+        # Which algorithm made the policy and how long it trained: `dvc exp show` puts a PPO and a DPO
+        # experiment side by side on the same held-out prompts.
+        "policy_algorithm": trained.get("algorithm", "ppo"),
+        "policy_train_wall_s": trained.get("train_wall_s"),
+        "held_out_prompts": len(held_out),
+        "win_judge": section.judge if win_judge is None else f"{section.judge}:{win_judge.version}",
+        **policy_metrics,
+        **rm_metrics,
+        **feedback_quality(rank_metrics, feedback_metrics),
+    }
+    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    return Evaluation(metrics, texts, before, after)
+
+
+def _cell(text: str) -> str:
+    # Model text is shown as text: escape HTML and the table's own separator.
+    return html.escape(text).replace("|", "\\|").replace("\n", " ") or "(empty)"
+
+
+def markdown_report(
+    metrics: dict,
+    prompts: list[str],
+    before: list[str],
+    after: list[str],
+    samples: int,
+    stride: int,
+    figures: list[tuple[str, str]] = (),
+) -> str:
+    """The evaluation report: the metrics, then `samples` held-out prompts (every `stride`-th row)
+    with the responses before and after. `figures`: (caption, image path relative to the report),
+    shown after the metrics."""
+    lines = ["# Evaluation report", ""]
+    if "win_judge" in metrics:  # who decided the win rate: the rules, or an independent pairwise judge
+        lines += [f"Win rate judged by: {metrics['win_judge']}.", ""]
+    if metrics.get("unseen_topic_prompts"):
+        lines += [
+            f"Held-out prompts on topics no training prompt has: {metrics['unseen_topic_prompts']} "
+            f"(the `unseen_topic_*` rows); on seen topics: {metrics.get('seen_topic_prompts', 0)} (`seen_topic_*`).",
+            "",
+        ]
+    lines += ["| metric | value |", "| --- | --- |"]
+    lines += [f"| {key} | {value} |" for key, value in sorted(metrics.items())]
+    if figures:
+        lines += ["", "## Curves", ""]
+        for caption, path in figures:
+            lines += [f"![{caption}]({path})", ""]
+    lines += ["", "## Held-out prompts: the bootstrap policy before, the trained policy after", ""]
+    lines += ["| prompt | before | after |", "| --- | --- | --- |"]
+    for i in range(0, min(len(prompts), samples * stride), stride):
+        lines.append(f"| {_cell(prompts[i])} | {_cell(before[i])} | {_cell(after[i])} |")
+    return "\n".join(lines) + "\n"
