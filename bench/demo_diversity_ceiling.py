@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from rlhf.config import load_params
 from rlhf.demo import domain
 from rlhf.evaluation import distinct_n
-from rlhf.judges.rules import RuleJudge, is_unsafe
+from rlhf.judges.constitution import RuleJudge, is_unsafe
 
 MAX_DRAWS = 10_000  # per kept response; the demo's strictest restriction keeps 1 in 33 (0.030)
 Keep = Callable[[dict[str, bool], bool], bool]  # (principles met, unsafe) -> keep the response

@@ -53,7 +53,7 @@ import pandas as pd
 from bench.reward_backbones import HH_SAMPLE, hh_comparisons, minilm_dir
 from bench.reward_recipe import in_validation
 from rlhf.active_learning import LinearRewardEnsemble, PreferencePool, encoder_features, run_rounds
-from rlhf.judges.rules import words
+from rlhf.judges.constitution import words
 from rlhf.ranking import every_pair
 from rlhf.scoring import frame_exchanges
 from rlhf.simulated_annotators import DEFAULT_POOL, AnnotatorPool

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhf import chat
 from rlhf.config import Params
 from rlhf.judges import Judge, make_judge
-from rlhf.judges.rules import RuleJudge, is_unsafe, words
+from rlhf.judges.constitution import RuleJudge, is_unsafe, words
 from rlhf.logprobs import response_logits
 from rlhf.models import load_policy, load_tokenizer, resolve_device
 from rlhf.reward_models.ensemble import load_reward_model

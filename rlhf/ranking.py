@@ -14,7 +14,7 @@ from rlhf import chat
 from rlhf.config import HumanSelectionParams, RankResponsesParams
 from rlhf.judges import Judge
 from rlhf.judges.base import all_pairs
-from rlhf.judges.rules import is_unsafe
+from rlhf.judges.constitution import is_unsafe
 from rlhf.selection import bald, select
 from rlhf.text import config_digest, content_id
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from rlhf.config import RankResponsesParams
 from rlhf.judges.base import Judge, Judgement, ranks_from_scores
-from rlhf.judges.rules import RuleJudge
+from rlhf.judges.constitution import RuleJudge
 from rlhf.text import config_digest
 
 if TYPE_CHECKING:  # only the model judges need torch; the rules judge's stage starts without it

@@ -5,7 +5,7 @@ Every source is a callable `source(prompts, responses) -> scores`: the prompts a
 PPO trainer makes of its reward model today (rlhf.policy_optimization.rollout.RewardScorer), so any of these plugs
 in where it does.
 
-- rules.RulesReward: the rule judge's principles as a verifiable reward (rlhf.judges.rules).
+- rules.RulesReward: the rule judge's principles as a verifiable reward (rlhf.judges.constitution).
 - remote.RemoteReward: a reward server over HTTP, OpenRLHF's remote reward-model JSON convention.
 - judge_rating.LLMRatingReward / OpenAIRatingReward: an AI judge's expected 1-10 rating (direct RLAIF).
 - combine.WeightedReward: a weighted sum of sources.

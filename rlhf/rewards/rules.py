@@ -1,5 +1,5 @@
 """The rule judge's principles as a verifiable reward: a response's reward is the summed weight of
-the principles it meets (rlhf.judges.rules.RuleJudge.score), the same number the judge ranks by."""
+the principles it meets (rlhf.judges.constitution.RuleJudge.score), the same number the judge ranks by."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 from rlhf import chat
 from rlhf.config import Principle
-from rlhf.judges.rules import RuleJudge
+from rlhf.judges.constitution import RuleJudge
 
 
 class RulesReward:

@@ -28,8 +28,7 @@ from accelerate.utils import gather_object, set_seed
 from rlhf import chat
 from rlhf.config import Params
 from rlhf.errors import ConfigError
-from rlhf.judges import make_judge
-from rlhf.judges.rules import RuleJudge
+from rlhf.judges import RuleJudge, make_judge
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.plots import render_curve, render_gold_vs_proxy
 from rlhf.policy_optimization.checkpoint import Checkpoints

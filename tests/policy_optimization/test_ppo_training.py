@@ -449,7 +449,7 @@ def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(
 
 def test_the_gold_score_is_logged_beside_the_proxy_and_a_plateau_ends_the_run(tiny_tokenizer):
     from rlhf.config import load_params
-    from rlhf.judges.rules import RuleJudge
+    from rlhf.judges.constitution import RuleJudge
     from rlhf.policy_optimization.trainer import gold_plateau
     from rlhf.rewards.rules import RulesReward
 

@@ -26,7 +26,7 @@ from rlhf.config import TrainRewardParams
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.errors import EmptyComparisonsError
 from rlhf.importers import read_rankings
-from rlhf.judges.rules import words
+from rlhf.judges.constitution import words
 from rlhf.models import load_tokenizer
 from rlhf.reward_models.pairs import preference_pairs
 from rlhf.reward_models.train import train_reward_model
