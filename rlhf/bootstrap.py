@@ -31,7 +31,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTraine
 from trl import SFTConfig, SFTTrainer
 
 from rlhf import chat
-from rlhf.config import BootstrapPolicyParams, BootstrapSFTParams
+from rlhf.config import BootstrapPolicyParams, BootstrapSFTParams, Params
 from rlhf.demo import domain
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.errors import InputError
@@ -387,3 +387,18 @@ def bootstrap_pretrained(
     if params.demonstrations:
         return finetune_pretrained(params.model, params.demonstrations, params.sft, seed, device, out_dir, tracker)
     return pass_through_pretrained(params.model, device, out_dir)
+
+
+def bootstrap_policy(params: Params, device: torch.device, out_dir: Path, tracker: Tracker | None = None) -> dict:
+    """The bootstrap_policy stage: the starting policy into `out_dir` (the demo's, or a pretrained
+    model passed through or fine-tuned), its SFT steps to `tracker`; returns its metrics."""
+    section = params.bootstrap_policy
+    if section.source == "demo":
+        # Demonstrations only for training prompts: held-out prompts stay unseen until evaluation.
+        train = [
+            (p, t)
+            for p, t in domain.all_prompts()
+            if domain.split(p, t, params.collect_prompts.test_fraction) == "train"
+        ]
+        return train_demo_policy(section, train, params.seed, device, out_dir, tracker)
+    return bootstrap_pretrained(section, params.seed, device, out_dir, tracker)

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,9 @@ USER_ERRORS = (InputError, FileNotFoundError)
 
 
 def parse_paths(stage: str, inputs: list[str], outputs: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"python -m rlhf.stages.{stage}", description=f"The {stage} stage (see dvc.yaml).")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m rlhf.stages.{stage}", description=f"The {stage} stage (see dvc.yaml)."
+    )
     parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
     parser.add_argument(
         "--user_inputs", help="input: the directory of links to the files params.yaml names (rlhf/user_inputs.py)"
@@ -96,6 +99,23 @@ def write_whole(path: str | Path, write: Callable[[Path], None]) -> None:
     partial = path.with_name(path.name + ".partial")
     write(partial)
     partial.replace(path)
+
+
+def write_dir_whole(out_dir: Path, write: Callable[[Path], dict]) -> dict:
+    """A directory output appears whole or not at all: `write` fills a temporary directory beside
+    `out_dir`, which is then renamed into place; on any failure the temporary directory is removed
+    and `out_dir` is left as it was. Returns what `write` returns."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result = write(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return result
 
 
 def write_json(path: str | Path, data: dict) -> None:
