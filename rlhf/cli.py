@@ -9,7 +9,12 @@ rlhf annotate add-annotator NAME      a new token for NAME (printed once; the st
 rlhf annotate revoke NAME             refuse NAME's tokens from now on
 rlhf annotate status                  the queue, the overlap setting and each annotator's progress
 rlhf annotate serve                   the human ranking page on http://127.0.0.1:8765
+rlhf serve reward                     the reward model over HTTP (OpenRLHF's POST /get_reward)
+rlhf serve reward-token NAME          a new bearer token for the reward server (printed once)
 rlhf verify                           re-run the pipeline in a fresh clone of HEAD and compare with its dvc.lock
+
+Every command that reads or writes the store takes it as --store FILE (default: feedback.duckdb),
+before or after the action: `rlhf store --store X stats` and `rlhf store stats --store X` are one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,17 @@ from rlhf.exporters import export_pairs
 from rlhf.importers import FORMATS, ON_BAD_ROW, OddRow, read_rankings
 from rlhf.store import FeedbackStore
 
+STORE_DEFAULT = "feedback.duckdb"
+STORE_HELP = f"the store file (default: {STORE_DEFAULT})"
+
+
+def store_option() -> argparse.ArgumentParser:
+    """`--store`, as every command that uses the store takes it after its action; the group's own
+    `--store` (before the action) holds the default, so a value given here wins over the default only."""
+    option = argparse.ArgumentParser(add_help=False)
+    option.add_argument("--store", default=argparse.SUPPRESS, help=STORE_HELP)
+    return option
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -34,20 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     store = commands.add_parser("store", help="inspect the DuckDB feedback store")
-    # --store as every other command takes it; --path, the older spelling, still reads
-    store.add_argument(
-        "--store", "--path", dest="path", default="feedback.duckdb", help="the store file (default: feedback.duckdb)"
-    )
+    # --path, the older spelling of --store, still reads
+    store.add_argument("--store", "--path", dest="store", default=STORE_DEFAULT, help=STORE_HELP)
     actions = store.add_subparsers(dest="action", required=True)
-    actions.add_parser("stats", help="row counts of every table", description="Example: rlhf store stats")
+    actions.add_parser(
+        "stats", help="row counts of every table", description="Example: rlhf store stats", parents=[store_option()]
+    )
     query = actions.add_parser(
         "query",
+        parents=[store_option()],
         help="run read-only SQL",
         description='Example: rlhf store query "SELECT judge, count(*) FROM rankings GROUP BY judge"',
     )
     query.add_argument("sql", help="the SQL to run")
     agreement = actions.add_parser(
         "agreement",
+        parents=[store_option()],
         help="AI-vs-human and inter-annotator agreement, per annotator",
         description="Example: rlhf store agreement  (pairs labelled by both: accuracy and Cohen's kappa; "
         "items ranked by several people: Krippendorff's ordinal alpha; each annotator against the "
@@ -61,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imports = actions.add_parser(
         "import",
+        parents=[store_option()],
         help="import rankings made elsewhere",
         description="Example: rlhf store import hh-rlhf-train.jsonl.gz --format hh-rlhf  "
         "(formats are described in rlhf/importers.py). Rows that cannot be taken (identical chosen "
@@ -91,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exports = actions.add_parser(
         "export",
+        parents=[store_option()],
         help="export labelled pairs",
         description="Example: rlhf store export pairs.jsonl --format trl --tokenizer models/sft --split train  "
         "(formats are described in rlhf/exporters.py). trl and hf-dataset write TRL's standard format: "
@@ -116,17 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_annotate_commands(commands) -> None:
     annotate = commands.add_parser("annotate", help="the human ranking page and its annotators")
-    annotate.add_argument("--store", default="feedback.duckdb", help="the store file (default: feedback.duckdb)")
+    annotate.add_argument("--store", default=STORE_DEFAULT, help=STORE_HELP)
     annotate_actions = annotate.add_subparsers(dest="action", required=True)
     serve = annotate_actions.add_parser(
         "serve",
+        parents=[store_option()],
         help="serve the ranking page",
         description="Example: rlhf annotate serve --overlap 2 --guidelines guidelines.md  "
         "(each person opens http://127.0.0.1:8765/#token=<their token>; tokens come from "
         "`rlhf annotate add-annotator NAME`, or from --tokens annotators.json, "
         '{"<token of 16+ characters>": "alice", ...}, whose tokens are then stored hashed)',
     )
-    serve.add_argument("--store", default=argparse.SUPPRESS, help="the store file (default: feedback.duckdb)")
     serve.add_argument("--tokens", help="JSON file: token -> annotator name (the earlier way; stored hashed on start)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8765)
@@ -146,18 +166,22 @@ def add_annotate_commands(commands) -> None:
     serve.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="refuse (413) bodies over this size")
     serve.add_argument("--rate-limit", type=float, default=20.0, help="requests/s per annotator, 429 past it; 0: off")
     for action, text in [("add-annotator", "a new token for NAME, printed once"), ("revoke", "refuse NAME's tokens")]:
-        command = annotate_actions.add_parser(action, help=text, description=f"Example: rlhf annotate {action} alice")
+        command = annotate_actions.add_parser(
+            action, help=text, description=f"Example: rlhf annotate {action} alice", parents=[store_option()]
+        )
         command.add_argument("name", help="the annotator's name")
-        command.add_argument("--store", default=argparse.SUPPRESS, help="the store file (default: feedback.duckdb)")
-    status = annotate_actions.add_parser(
-        "status", help="queue and annotators", description="Example: rlhf annotate status --store feedback.duckdb"
+    annotate_actions.add_parser(
+        "status",
+        help="queue and annotators",
+        description="Example: rlhf annotate status --store feedback.duckdb",
+        parents=[store_option()],
     )
-    status.add_argument("--store", default=argparse.SUPPRESS, help="the store file (default: feedback.duckdb)")
 
 
 def add_verify_command(commands) -> None:
     verify = commands.add_parser(
         "verify",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="re-run the pipeline in a fresh clone of the current commit and compare every output with it",
         description="Example: rlhf verify   (or: rlhf verify store_comparisons, for the stages up to it)",
     )
@@ -403,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rlhf: error: {error}", file=sys.stderr)
             return 2
         return 0
-    store = FeedbackStore(args.path)
+    store = FeedbackStore(args.store)
     try:
         if not store.path.exists() and args.action != "import":
             raise InputError(f"{store.path}: no store here yet (run the pipeline first)")

@@ -1,16 +1,12 @@
+"""Fixtures shared by the whole suite; helpers shared by several modules live in tests/support/.
+Imports of torch and the library stay inside the fixtures: a test that needs none loads none."""
+
 import os
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
-import torch
 import yaml
-from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
-
-from rlhf.demo import domain
-from tests.support.policy_runs import HELD_OUT, PROMPTS, TOPICS
-from tests.support.tiny import tiny_gpt2_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -46,6 +42,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """The demo's byte-level BPE, trained in a second on a small corpus."""
+    from rlhf.demo import domain
     from rlhf.demo.tokenizer import train_tokenizer
 
     return train_tokenizer(domain.corpus(seed=0, size=300), vocab_size=400)
@@ -55,6 +52,9 @@ def tiny_tokenizer():
 def tiny_checkpoints(tmp_path_factory, tiny_tokenizer):
     """Saved random tiny models, as the bootstrap and reward stages would leave them: (policy dir, reward dir)."""
     import torch
+    from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    from tests.support.tiny import tiny_gpt2_config
 
     root = tmp_path_factory.mktemp("tiny-models")
     torch.manual_seed(0)
@@ -68,6 +68,10 @@ def tiny_checkpoints(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture
 def stage_workspace(tmp_path, tiny_checkpoints, project_root):
     """Inputs of train_policy as dvc.yaml passes them, and a function that runs the stage on them."""
+    import pandas as pd
+
+    from tests.support.tiny import HELD_OUT, PROMPTS, TOPICS
+
     policy_dir, reward_dir = tiny_checkpoints
     pd.DataFrame(
         {
@@ -123,6 +127,8 @@ def stage_workspace(tmp_path, tiny_checkpoints, project_root):
 def one_thread():
     """The tiny model gains nothing from a second thread, and on a shared 2-core machine two threads
     per process contend: a run of a few seconds alone took 90 s under load."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

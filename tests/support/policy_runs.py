@@ -10,18 +10,9 @@ import torch
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from rlhf.config import TrainPolicyParams
-from rlhf.demo import domain
 from rlhf.policy_optimization.models import PPOModels
 from rlhf.policy_optimization.trainer import train_ppo
-from tests.support.tiny import tiny_gpt2_config
-
-PROMPTS = [prompt for prompt, _ in domain.all_prompts()[:40]]
-
-
-TOPICS = [topic for _, topic in domain.all_prompts()[:40]]
-
-
-HELD_OUT = domain.all_prompts()[40:48]  # the stage's test split: its in-loop evaluation's prompts
+from tests.support.tiny import HELD_OUT, PROMPTS, TOPICS, tiny_gpt2_config  # noqa: F401 (re-exported)
 
 
 def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0, device: str = "cpu") -> PPOModels:

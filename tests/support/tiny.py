@@ -1,4 +1,6 @@
-"""Tiny random models' configurations, sized for the CPU tests."""
+"""Tiny random models' configurations, sized for the CPU tests, and the toy domain's prompts."""
+
+from rlhf.demo import domain
 
 
 def tiny_gpt2_config(tokenizer, **extra):
@@ -15,3 +17,9 @@ def tiny_gpt2_config(tokenizer, **extra):
         "pad_token_id": tokenizer.pad_token_id,
     }
     return GPT2Config(**{**settings, **extra})
+
+
+# The toy domain's first 40 prompts train; the next 8 are the stage's test split (its in-loop evaluation's prompts).
+PROMPTS = [prompt for prompt, _ in domain.all_prompts()[:40]]
+TOPICS = [topic for _, topic in domain.all_prompts()[:40]]
+HELD_OUT = domain.all_prompts()[40:48]

@@ -1,0 +1,58 @@
+"""The command line's conventions: every command is listed in `rlhf --help` with an example, and every
+command that uses the store takes it the same way (`--store FILE`, before or after its action)."""
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from rlhf.cli import STORE_DEFAULT, build_parser
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def leaf_commands() -> dict[tuple[str, str], argparse.ArgumentParser]:
+    """(command, action) -> its parser, for every runnable command (`rlhf verify` has no action)."""
+    leaves = {}
+    for command, parser in subparsers(build_parser()).items():
+        actions = subparsers(parser)
+        if not actions:
+            leaves[command, ""] = parser
+        for action, leaf in actions.items():
+            leaves[command, action] = leaf
+    return leaves
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_every_command_is_in_the_top_help_and_its_own_help_starts_with_an_example():
+    top = subprocess.run(
+        [sys.executable, "-m", "rlhf.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for (command, action), parser in leaf_commands().items():
+        line = f"rlhf {command} {action}".strip()
+        assert f"\n{line} " in top, f"`rlhf --help` does not list {line!r}"
+        assert (parser.description or "").startswith(f"Example: {line}"), (line, parser.description)
+
+
+def test_every_command_that_uses_the_store_takes_it_before_or_after_its_action():
+    takes_store = {key for key, parser in leaf_commands().items() if "--store" in parser._option_string_actions}
+    assert takes_store >= {("store", "stats"), ("store", "import"), ("annotate", "status"), ("annotate", "serve")}
+    assert not any(command in ("serve", "verify") for command, _ in takes_store)
+    extra = {"query": ["SELECT 1"], "import": ["f.csv", "--format", "csv"], "export": ["out", "--format", "csv"]}
+    extra |= {"add-annotator": ["alice"], "revoke": ["alice"]}
+    for command, action in takes_store:
+        rest = extra.get(action, [])
+        default = build_parser().parse_args([command, action, *rest])
+        before = build_parser().parse_args([command, "--store", "a.duckdb", action, *rest])
+        after = build_parser().parse_args([command, action, "--store", "a.duckdb", *rest])
+        assert default.store == STORE_DEFAULT, (command, action)
+        assert before.store == after.store == "a.duckdb", (command, action)
+    # the earlier spelling still reads
+    assert build_parser().parse_args(["store", "--path", "old.duckdb", "stats"]).store == "old.duckdb"
