@@ -1,9 +1,11 @@
-"""Apply a judge to every prompt's K responses: one ranking per prompt, one row per response; and
-the queue of what people rank (everything, the judge's unsure pairs, or a budget by rlhf.selection)."""
+"""The rank_responses stage: apply a judge to every prompt's K responses (one ranking per prompt,
+one row per response), and the queue of what people rank (everything, the judge's unsure pairs, or
+a budget by rlhf.selection)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +14,7 @@ import pandas as pd
 
 from rlhf import chat
 from rlhf.config import HumanSelectionParams, RankResponsesParams
-from rlhf.judges import Judge
+from rlhf.judges import Judge, make_judge
 from rlhf.judges.base import all_pairs
 from rlhf.judges.constitution import is_unsafe
 from rlhf.selection import bald, select
@@ -23,6 +25,34 @@ if TYPE_CHECKING:
 
 RANKING_COLUMNS = ["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"]
 QUEUE_COLUMNS = ["item_id", "prompt_id", "response_ids", "reason"]
+
+
+def rank_responses(
+    config: RankResponsesParams,
+    prompts: pd.DataFrame,
+    responses: pd.DataFrame,
+    device: str | torch.device,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The judge `config` names ranks each prompt's K responses and says why; returns the rankings,
+    the queue for people and the stage's metrics. Judge human: no rankings, people rank on the
+    ranking page (`rlhf annotate serve`). `device` is where a model judge runs (resolved only then)."""
+    if config.judge == "human":
+        rankings, pairs = pd.DataFrame(columns=RANKING_COLUMNS), None
+        report = {"judge": "human", "prompts": 0, "responses": 0}
+    else:
+        judge = make_judge(config, device, config.ai_judge if config.judge == "hybrid" else config.judge)
+        rankings, pairs = judge_all(
+            judge, prompts, responses, config.batch_prompts, progress, unsafe_words=config.unsafe_words
+        )
+        report = judge_report(judge, rankings)
+        if config.unsafe_words:
+            report["unsafe_share"] = round(float(rankings["reasons"].str.contains('"unsafe": true').mean()), 4)
+    queue = people_queue(config, prompts, responses, pairs, device)
+    if config.human.budget is not None and config.judge in ("human", "hybrid"):
+        report.update(selection=config.human.selection, budget=config.human.budget)
+    report["queued_for_people"] = len(queue)
+    return rankings, queue, report
 
 
 def queue_item(prompt_id: str, response_ids: list[str], reason: str) -> tuple:

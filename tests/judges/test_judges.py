@@ -285,9 +285,10 @@ def test_ranking_by_the_rules_starts_without_torch(project_root):
     """The rules judge's stage imports neither torch nor transformers: on the demo the stage spent
     ~8 of its 12 s importing them, and under 1 s ranking."""
     script = (
-        "import rlhf.stages.rank_responses as stage\n"
+        "import rlhf.stages.rank_responses\n"
         "from rlhf.config import load_params\n"
-        "judge = stage.make_judge(load_params('params.yaml').rank_responses, 'auto')\n"
+        "from rlhf.judges import make_judge\n"
+        "judge = make_judge(load_params('params.yaml').rank_responses, 'auto')\n"
         "judge.rank_batch([('tell me about owls . answer :', 'owls', ['owls fly', 'whatever'])])"
     )
     assert heavy_modules_loaded_by(script, project_root) == []
