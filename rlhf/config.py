@@ -23,9 +23,10 @@ ROUNDS_FILE = "rounds.yaml"  # the round state, beside params.yaml (RoundParams)
 
 
 class Section(BaseModel):
-    # use_attribute_docstrings: each field's docstring is its description, the comment params.yaml
-    # carries above the key (rlhf/params_file.py).
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # Each field's docstring is the comment params.yaml carries above its key (rlhf/params_file.py
+    # reads them from this file's source; pydantic's use_attribute_docstrings would do it on every
+    # import, for ~0.1 s of each command's start).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # A key params.yaml writes only where its value is not the default: the settings of a judge or a

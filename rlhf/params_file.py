@@ -10,13 +10,15 @@ dvc.yaml names by dotted path and none of the settings of a judge or a source no
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
+import inspect
 import sys
 import textwrap
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel
-from pydantic.fields import FieldInfo
 
 from rlhf.config import PARAMS_FILE, Params
 
@@ -40,14 +42,35 @@ def render(params: Params | None = None) -> str:
 def _fields(model: BaseModel) -> list[list[str]]:
     """Each written field of `model` as its lines (comment, then key and value), unindented."""
     written = []
+    docs = field_docstrings(type(model))
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
         if (field.json_schema_extra or {}).get("shown_when_set") and value == field.get_default(
             call_default_factory=True
         ):
             continue
-        written.append(_comment(_doc(field, value)) + _key(name, value))
+        # A section without a docstring of its own as a field is described by its model's.
+        doc = docs.get(name) or (type(value).__dict__.get("__doc__") if isinstance(value, BaseModel) else None)
+        written.append(_comment(doc) + _key(name, value))
     return written
+
+
+@functools.cache
+def field_docstrings(model: type[BaseModel]) -> dict[str, str]:
+    """{field: its docstring}: the string literal written under a field of `model` and its bases."""
+    docs = {}
+    for cls in reversed([c for c in model.__mro__ if issubclass(c, BaseModel) and c is not BaseModel]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        for field, after in zip(body, body[1:]):
+            if (
+                isinstance(field, ast.AnnAssign)
+                and isinstance(field.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[field.target.id] = inspect.cleandoc(after.value.value)
+    return docs
 
 
 def _key(name: str, value: object) -> list[str]:
@@ -67,13 +90,6 @@ def _list_item(item: BaseModel) -> list[str]:
 
 def _indented(lines: list[str], prefix: str) -> list[str]:
     return [prefix + line for line in lines]
-
-
-def _doc(field: FieldInfo, value: object) -> str | None:
-    """The field's docstring; for a section without one, its model's class docstring."""
-    if field.description:
-        return field.description
-    return type(value).__dict__.get("__doc__") if isinstance(value, BaseModel) else None
 
 
 def _comment(doc: str | None) -> list[str]:
