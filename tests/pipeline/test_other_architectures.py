@@ -8,6 +8,7 @@ and the critic starts from the policy (it cannot read the policy's tokens throug
 
 import importlib.util
 import json
+import math
 import time
 from pathlib import Path
 
@@ -124,6 +125,9 @@ def test_the_reward_model_has_its_own_tokenizer_and_ppo_and_evaluate_ran(qwen_re
     policy = json.loads((qwen_repo / "metrics" / "policy.json").read_text())
     assert policy["iterations"] == 2
     evaluation = json.loads((qwen_repo / "metrics" / "eval.json").read_text())
-    assert 0.0 <= evaluation["win_rate_vs_start"] <= 1.0 and evaluation["kl_to_start"] >= 0.0
+    # two iterations of a random Qwen2 move it too little to ask for a gain: that the evaluation ran on
+    # both policies' samples and measured a number is the point here
+    assert all(math.isfinite(evaluation[key]) for key in ("win_rate_vs_start", "kl_to_start", "mean_reward_final"))
+    assert evaluation["mean_reward_final"] != evaluation["mean_reward_start"]  # the policy moved
     saved = Qwen2ForCausalLM.from_pretrained(qwen_repo / "models" / "policy")
     assert saved.config.model_type == "qwen2"
