@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
 from rlhf import chat
@@ -24,7 +23,7 @@ from rlhf.config import DemoPromptSource, FilePromptSource, HFDatasetPromptSourc
 from rlhf.demo import domain
 from rlhf.errors import InputError, PromptSourceError, StoreError
 from rlhf.jsonl import json_objects
-from rlhf.store import FeedbackStore
+from rlhf.store import FeedbackStore, QueryError, query_in_memory
 from rlhf.text import content_id, split_of
 
 # prompt: the text (rlhf.chat.transcript); messages: the chat messages as JSON (rlhf.chat.to_json);
@@ -204,16 +203,12 @@ def hf_prompts(source: HFDatasetPromptSource) -> pd.DataFrame:
 def _run_query(query: str, database: str | None, where: str) -> pd.DataFrame:
     try:
         if database is None:
-            con = duckdb.connect()
-            try:
-                return con.execute(query).df()
-            finally:
-                con.close()
+            return query_in_memory(query)
         if not Path(database).exists():
             raise PromptSourceError(f"{where}: {database} not found")
-        # The store's own file may be in use by another stage: FeedbackStore reads under its lock.
+        # The store's own file may be in use by another stage: FeedbackStore reads it read-only.
         return FeedbackStore(database).query(query)
-    except duckdb.Error as error:
+    except QueryError as error:
         raise PromptSourceError(f"{where}: {_first_line(error)}") from None
     except StoreError as error:
         raise PromptSourceError(f"{where}: {error}") from None

@@ -1,0 +1,250 @@
+"""The store's tables: each version's DDL, the migrations between them, and the one check that runs
+when a FeedbackStore first opens its file. Comments on the columns are the column documentation
+(docs/store.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from rlhf.errors import StoreError
+
+SCHEMA_VERSION = 5  # the newest version this code reads and writes; MIGRATIONS lead up to it
+
+# Version 1: the tables of the first release. A new store is created at version 1 and migrated
+# forward like any old one, so every store goes through the same steps.
+SCHEMA_V1 = """
+CREATE TABLE runs (
+    run_id VARCHAR PRIMARY KEY,       -- pipeline run that first wrote rows (Prefect flow run id or local-...)
+    stage VARCHAR NOT NULL,           -- the stage that opened the run
+    git_rev VARCHAR,                  -- commit of the project when the run wrote
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE prompts (
+    prompt_id VARCHAR PRIMARY KEY,    -- sha256 of the prompt text
+    prompt VARCHAR NOT NULL,
+    topic VARCHAR,                    -- optional: what an on-topic response must mention
+    split VARCHAR NOT NULL,           -- train | test
+    source VARCHAR NOT NULL,          -- where the prompt came from (demo, a file path, ...)
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE responses (
+    response_id VARCHAR PRIMARY KEY,  -- sha256 of (prompt_id, policy_checkpoint, sample_index, text)
+    prompt_id VARCHAR NOT NULL,
+    sample_index INTEGER NOT NULL,    -- which of the K samples
+    response VARCHAR NOT NULL,
+    policy_checkpoint VARCHAR NOT NULL,  -- content hash of the policy that wrote it
+    sampling VARCHAR NOT NULL,        -- JSON of the sampling parameters
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE rankings (
+    ranking_id VARCHAR NOT NULL,      -- sha256 of (prompt_id, judge, judge_version, response ids)
+    response_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    rank INTEGER NOT NULL,            -- 1 is best; equal ranks are ties
+    score DOUBLE NOT NULL,            -- the judge's score
+    reasons VARCHAR NOT NULL,         -- JSON: why the judge scored it so
+    judge VARCHAR NOT NULL,
+    judge_version VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    PRIMARY KEY (ranking_id, response_id)
+);
+CREATE TABLE comparisons (
+    ranking_id VARCHAR NOT NULL,
+    chosen_id VARCHAR NOT NULL,       -- the better response (for a tie: the smaller id)
+    rejected_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    margin DOUBLE NOT NULL,           -- score(chosen) - score(rejected); 0 for a tie
+    tie BOOLEAN NOT NULL,
+    run_id VARCHAR NOT NULL,
+    PRIMARY KEY (ranking_id, chosen_id, rejected_id)
+);
+"""
+
+# Version 2: no primary-key indexes (inserting into DuckDB's ART indexes was 70% of a 1M-pair
+# ingest); every key stays unique because each write runs alone under the store's lock and adds
+# only rows whose key is not there yet (anti-joins below). Adds the annotation tables, annotators,
+# runs.dvc_rev and comparisons.weight. Comments here are the column documentation (docs/store.md).
+TABLES_V2 = """
+CREATE TABLE runs (
+    run_id VARCHAR NOT NULL,          -- key. Pipeline run that first wrote rows (Prefect flow run id or local-...)
+    stage VARCHAR NOT NULL,           -- the stage (or import, annotate) that opened the run
+    git_rev VARCHAR,                  -- commit of the project when the run wrote
+    dvc_rev VARCHAR,                  -- sha256 of dvc.lock when the run wrote: its DVC revision
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE prompts (
+    prompt_id VARCHAR NOT NULL,       -- key. sha256 of the prompt text
+    prompt VARCHAR NOT NULL,
+    topic VARCHAR,                    -- optional: what an on-topic response must mention
+    split VARCHAR NOT NULL,           -- train or test, by a hash of the text
+    source VARCHAR NOT NULL,          -- where the prompt came from (demo, a file path, import:<file>)
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE responses (
+    response_id VARCHAR NOT NULL,     -- key. sha256 of (prompt_id, policy_checkpoint, sample_index, text)
+    prompt_id VARCHAR NOT NULL,
+    sample_index INTEGER NOT NULL,    -- which of the K samples
+    response VARCHAR NOT NULL,
+    policy_checkpoint VARCHAR NOT NULL,  -- content hash of the policy that wrote it (import:<file> if imported)
+    sampling VARCHAR NOT NULL,        -- JSON of the sampling parameters
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE rankings (
+    ranking_id VARCHAR NOT NULL,      -- key with response_id. sha256 of (prompt, judge, version, responses)
+    response_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    rank INTEGER NOT NULL,            -- 1 is best; equal ranks are ties
+    score DOUBLE NOT NULL,            -- the judge's score (people: minus the rank)
+    reasons VARCHAR NOT NULL,         -- JSON: why the judge scored it so (people: unsafe flag)
+    judge VARCHAR NOT NULL,           -- rules, llm, openai, reward_model, pairwise, human
+    judge_version VARCHAR NOT NULL,   -- version and model of an AI judge; the annotator for human
+    run_id VARCHAR NOT NULL
+);
+CREATE TABLE comparisons (
+    ranking_id VARCHAR NOT NULL,      -- key with chosen_id and rejected_id
+    chosen_id VARCHAR NOT NULL,       -- the better response (for a tie: the smaller id)
+    rejected_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    margin DOUBLE NOT NULL,           -- score(chosen) - score(rejected); 0 for a tie
+    tie BOOLEAN NOT NULL,
+    run_id VARCHAR NOT NULL,
+    weight DOUBLE NOT NULL            -- 1 / pairs of its ranking: each ranking's pairs sum to 1
+);
+CREATE TABLE IF NOT EXISTS annotation_queue (
+    item_id VARCHAR NOT NULL,         -- key. sha256 of (prompt_id, the response ids in order)
+    prompt_id VARCHAR NOT NULL,
+    response_ids VARCHAR NOT NULL,    -- JSON list: the responses a person ranks, in display order
+    reason VARCHAR NOT NULL,          -- human (every prompt) or low_confidence (an AI judge was unsure)
+    run_id VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS annotation_events (
+    item_id VARCHAR NOT NULL,
+    annotator VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,          -- ranked, skipped or flagged_unsafe
+    response_id VARCHAR,              -- the flagged response (flagged_unsafe only)
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE annotators (
+    annotator VARCHAR NOT NULL,       -- key. The name a person ranks under (the ranking page, an import)
+    source VARCHAR NOT NULL,          -- where the name first came from: annotate or import
+    first_seen TIMESTAMP NOT NULL
+);
+"""
+
+COMPARISONS_V3 = """
+CREATE TABLE comparisons (
+    ranking_id VARCHAR NOT NULL,      -- key with chosen_id and rejected_id
+    chosen_id VARCHAR NOT NULL,       -- the better response (for a tie: the smaller id)
+    rejected_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,
+    margin DOUBLE NOT NULL,           -- score(chosen) - score(rejected); 0 for a tie
+    tie BOOLEAN NOT NULL,
+    run_id VARCHAR NOT NULL,
+    weight DOUBLE NOT NULL,           -- 1 / pairs of its ranking: each ranking's pairs sum to 1
+    judge VARCHAR NOT NULL,           -- the judge of its ranking (as in rankings)
+    judge_version VARCHAR NOT NULL    -- the judge's version and model; the annotator for human
+);
+"""
+
+_V1_TABLES = ["runs", "prompts", "responses", "rankings", "comparisons"]
+
+# MIGRATIONS[n] takes a store from version n - 1 to n, in the same transaction as the version bump.
+MIGRATIONS = {
+    2: "".join(f"ALTER TABLE {t} RENAME TO {t}_v1;\n" for t in _V1_TABLES)
+    + TABLES_V2
+    + """
+INSERT INTO runs SELECT run_id, stage, git_rev, NULL, created_at FROM runs_v1;
+INSERT INTO prompts SELECT * FROM prompts_v1;
+INSERT INTO responses SELECT * FROM responses_v1;
+INSERT INTO rankings SELECT * FROM rankings_v1;
+INSERT INTO comparisons SELECT *, 1.0 / count(*) OVER (PARTITION BY ranking_id) FROM comparisons_v1;
+"""
+    + "".join(f"DROP TABLE {t}_v1;\n" for t in _V1_TABLES),
+    # Version 3: each pair carries the judge of its ranking, so the snapshot and the agreement
+    # report read who labelled a pair without joining 1M pairs to the rankings. The table is
+    # rebuilt rather than altered: DuckDB refuses SET NOT NULL after an UPDATE in one transaction.
+    3: "ALTER TABLE comparisons RENAME TO comparisons_v2;\n"
+    + COMPARISONS_V3
+    + """
+INSERT INTO comparisons
+SELECT c.*, coalesce(r.judge, 'unknown'), coalesce(r.judge_version, 'unknown')
+FROM comparisons_v2 c
+LEFT JOIN rankings r ON r.ranking_id = c.ranking_id AND r.response_id = c.chosen_id;
+DROP TABLE comparisons_v2;
+""",
+    # Version 4: conversations (rlhf.chat). A prompt keeps its chat messages and where in its
+    # source it was found; a response keeps its turns and the exact text the policy continued
+    # (its chat template's rendering). Older rows were plain strings: one user message, one
+    # assistant message; the rendered prompt of an old response is not known (NULL).
+    4: """
+ALTER TABLE prompts ADD COLUMN messages VARCHAR;    -- JSON chat messages of the prompt (rlhf.chat)
+ALTER TABLE prompts ADD COLUMN source_row BIGINT;   -- row of the prompt in its source (1-based), if it has rows
+ALTER TABLE responses ADD COLUMN messages VARCHAR;  -- JSON chat messages of the response: the turns after the prompt
+ALTER TABLE responses ADD COLUMN rendered_prompt VARCHAR;  -- the text the policy continued (NULL if imported)
+UPDATE prompts SET messages = json_array(json_object('role', 'user', 'content', prompt));
+UPDATE responses SET messages = json_array(json_object('role', 'assistant', 'content', response));
+""",
+    # Version 5: annotation at team scale (rlhf/annotation). Tokens live in the store, hashed, and
+    # can be revoked; a store-wide overlap setting says how many people rank each queue item; a
+    # ranked event says whether the order started from the AI judge's suggestion and which mode
+    # (the list or pairwise choices) made it. The page before version 5 had neither.
+    5: """
+CREATE TABLE annotator_tokens (
+    token_sha256 VARCHAR NOT NULL,    -- key. sha256 (hex) of the token; the token itself is never stored
+    annotator VARCHAR NOT NULL,       -- the name the token signs in as
+    source VARCHAR NOT NULL,          -- add-annotator, or tokens-file:<path> (a token taken from a JSON file)
+    created_at TIMESTAMP NOT NULL,
+    revoked_at TIMESTAMP              -- NULL while the token is accepted; a revoked token stays refused
+);
+CREATE TABLE annotation_settings (
+    name VARCHAR NOT NULL,            -- key. overlap: how many people rank each queue item
+    value VARCHAR NOT NULL
+);
+ALTER TABLE annotation_events ADD COLUMN from_suggestion BOOLEAN;  -- ranked: the order started from the AI judge's
+ALTER TABLE annotation_events ADD COLUMN mode VARCHAR;  -- ranked: rank (the list) or pairwise (two at a time)
+UPDATE annotation_events SET from_suggestion = false, mode = 'rank' WHERE action = 'ranked';
+""",
+}
+
+HUMAN_JUDGE = "human"
+
+# annotation_events' columns, named: version 5 added two after created_at.
+EVENT_COLUMNS = "item_id, annotator, action, response_id, created_at, from_suggestion, mode"
+
+
+def stored_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The file's schema version; 0 for an empty file (no schema_version table yet). Results are
+    fetched whole: DuckDB 2.0 refuses `register` on a connection with a result left unfinished."""
+    tables = con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name = 'schema_version'").fetchall()
+    return (con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0] or 0) if tables else 0
+
+
+def refuse_newer(path: str | Path, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: schema version {version} is newer than this code reads ({SCHEMA_VERSION}); upgrade the project"
+        )
+
+
+def migrate(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
+    """Bring the file to SCHEMA_VERSION: version 1 into an empty file, then each migration in turn,
+    all in one transaction, so a store is at one version or the next, never between."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        version = con.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+        refuse_newer(path, version)
+        if version == 0:
+            con.execute(SCHEMA_V1)
+        for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            con.execute(MIGRATIONS[target])
+        if version != SCHEMA_VERSION:
+            con.execute("DELETE FROM schema_version")
+            con.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
