@@ -1,14 +1,18 @@
-"""Read the comparisons snapshot that `store_comparisons` writes for DVC (see FeedbackStore.snapshot_comparisons):
-the files are checked here, the SQL that joins them is rlhf.store.snapshot's."""
+"""Read the comparisons snapshot that `store_comparisons` writes for DVC (see FeedbackStore.snapshot_comparisons).
+
+The one SQL outside rlhf/store: DuckDB over the snapshot's Parquet files, never the store. It stays
+here so that the training stages, which read snapshots, do not depend on the store's code: DVC
+would re-run them on every change to rlhf/store (tests/pipeline/test_dvc_graph.py).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
 from rlhf.errors import StoreError
-from rlhf.store import snapshot as snapshot_sql
 
 SNAPSHOT_PARTS = ("pairs", "prompts", "responses")
 
@@ -30,11 +34,32 @@ def read_comparisons(snapshot_dir: str | Path) -> pd.DataFrame:
     ranking_id, prompt_id, chosen_id, rejected_id, prompt, prompt_messages, topic, split, chosen,
     rejected, chosen_messages, rejected_messages, margin, tie, weight, judge, judge_version,
     policy_checkpoint. The *_messages columns are JSON chat messages (rlhf.chat)."""
-    return snapshot_sql.read_pairs(*_parts(snapshot_dir))
+    pairs, prompts, responses = _parts(snapshot_dir)
+    with duckdb.connect() as con:
+        return con.execute(
+            """SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id, p.prompt,
+                      p.messages AS prompt_messages, p.topic, p.split,
+                      ch.response AS chosen, rj.response AS rejected,
+                      ch.messages AS chosen_messages, rj.messages AS rejected_messages, c.margin, c.tie, c.weight,
+                      c.judge, c.judge_version, ch.policy_checkpoint
+               FROM read_parquet(?) c
+               JOIN read_parquet(?) p USING (prompt_id)
+               JOIN read_parquet(?) ch ON ch.response_id = c.chosen_id
+               JOIN read_parquet(?) rj ON rj.response_id = c.rejected_id
+               ORDER BY c.ranking_id, c.chosen_id, c.rejected_id""",
+            [pairs, prompts, responses, responses],
+        ).df()
 
 
 def read_safety_labels(snapshot_dir: str | Path) -> pd.DataFrame:
     """Every response that carries a harmlessness label, with its prompt: response_id, prompt,
     prompt_messages, split, response, response_messages, unsafe (bool), ordered by response_id."""
     _, prompts, responses = _parts(snapshot_dir)
-    return snapshot_sql.read_safety_labels(prompts, responses)
+    with duckdb.connect() as con:
+        return con.execute(
+            """SELECT r.response_id, p.prompt, p.messages AS prompt_messages, p.split, r.response,
+                      r.messages AS response_messages, r.unsafe
+               FROM read_parquet(?) r JOIN read_parquet(?) p USING (prompt_id)
+               WHERE r.unsafe IS NOT NULL ORDER BY r.response_id""",
+            [responses, prompts],
+        ).df()

@@ -1,6 +1,6 @@
 """Which pairs are labels, and the snapshot of them that training reads: three Parquet files (pairs,
 prompts, responses) in a fixed order, byte-identical for the same store and scope, so DVC skips
-what follows when nothing changed; and the SQL that joins a snapshot back into one frame."""
+what follows when nothing changed. rlhf/snapshot.py reads a snapshot back."""
 
 from __future__ import annotations
 
@@ -168,37 +168,3 @@ def write(con: duckdb.DuckDBPyConnection, out_dir: Path, current_ranking_ids: It
         record = {"scope": scope, "taken": taken.to_dict(orient="records")}
         (out_dir / "scope.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return rows
-
-
-# --- reading a snapshot back (rlhf.snapshot checks its files first) ---
-
-
-def read_pairs(pairs: str, prompts: str, responses: str) -> pd.DataFrame:
-    """Every pair of a snapshot's files with its prompt and both texts, in the snapshot's order
-    (the columns of COMPARISONS_QUERY)."""
-    with duckdb.connect() as con:
-        return con.execute(
-            """SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id, p.prompt,
-                      p.messages AS prompt_messages, p.topic, p.split,
-                      ch.response AS chosen, rj.response AS rejected,
-                      ch.messages AS chosen_messages, rj.messages AS rejected_messages, c.margin, c.tie, c.weight,
-                      c.judge, c.judge_version, ch.policy_checkpoint
-               FROM read_parquet(?) c
-               JOIN read_parquet(?) p USING (prompt_id)
-               JOIN read_parquet(?) ch ON ch.response_id = c.chosen_id
-               JOIN read_parquet(?) rj ON rj.response_id = c.rejected_id
-               ORDER BY c.ranking_id, c.chosen_id, c.rejected_id""",
-            [pairs, prompts, responses, responses],
-        ).df()
-
-
-def read_safety_labels(prompts: str, responses: str) -> pd.DataFrame:
-    """Every response of a snapshot's files that carries a harmlessness label, with its prompt."""
-    with duckdb.connect() as con:
-        return con.execute(
-            """SELECT r.response_id, p.prompt, p.messages AS prompt_messages, p.split, r.response,
-                      r.messages AS response_messages, r.unsafe
-               FROM read_parquet(?) r JOIN read_parquet(?) p USING (prompt_id)
-               WHERE r.unsafe IS NOT NULL ORDER BY r.response_id""",
-            [responses, prompts],
-        ).df()
