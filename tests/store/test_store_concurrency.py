@@ -11,28 +11,10 @@ import pandas as pd
 
 from rlhf.ranking import QUEUE_COLUMNS, RANKING_COLUMNS, queue_item
 from rlhf.store import FeedbackStore
+from tests.support.store_data import K, frames
 
-# Rows as code before conversations wrote them: the store gives them their messages (schema 4).
-PLAIN_RESPONSE_COLUMNS = ["response_id", "prompt_id", "sample_index", "response", "policy_checkpoint", "sampling"]
-
-ANNOTATORS, ITEMS, K = 8, 6, 3
+ANNOTATORS, ITEMS = 8, 6
 PIPELINE_BATCHES, PROMPTS_PER_BATCH = 4, 25
-
-
-def frames(prefix: str, prompts: int, k: int = K):
-    """prompts, responses and one AI ranking per prompt, with ids that start with `prefix`."""
-    prompt_rows = [(f"{prefix}p{i}", f"prompt {prefix}{i}", None, "train", "test") for i in range(prompts)]
-    responses, rankings = [], []
-    for i in range(prompts):
-        for j in range(k):
-            response_id = f"{prefix}p{i}r{j}"
-            responses.append((response_id, f"{prefix}p{i}", j, f"response {j}", "ckpt", "{}"))
-            rankings.append((f"{prefix}k{i}", response_id, f"{prefix}p{i}", j + 1, float(-j), "{}", "rules", "1"))
-    return (
-        pd.DataFrame(prompt_rows, columns=["prompt_id", "prompt", "topic", "split", "source"]),
-        pd.DataFrame(responses, columns=PLAIN_RESPONSE_COLUMNS),
-        pd.DataFrame(rankings, columns=RANKING_COLUMNS),
-    )
 
 
 def annotate_everything(path: str, name: str) -> None:
@@ -86,7 +68,7 @@ def test_pipeline_writer_and_eight_annotators_at_once_every_write_lands_once(tmp
 WRITER = """
 import sys
 sys.path.insert(0, {root!r})
-from tests.store.test_store_concurrency import frames
+from tests.support.store_data import frames
 from rlhf.store import FeedbackStore
 
 store = FeedbackStore({path!r})

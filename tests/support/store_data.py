@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from rlhf.ranking import RANKING_COLUMNS
 from rlhf.text import content_id
 
 
@@ -77,4 +78,26 @@ def small_comparisons() -> pd.DataFrame:
             "split",
             "judge",
         ],
+    )
+
+
+K = 3  # responses per prompt in `frames`
+
+# Rows as code before conversations wrote them: the store gives them their messages (schema 4).
+PLAIN_RESPONSE_COLUMNS = ["response_id", "prompt_id", "sample_index", "response", "policy_checkpoint", "sampling"]
+
+
+def frames(prefix: str, prompts: int, k: int = K):
+    """prompts, responses and one AI ranking per prompt, with ids that start with `prefix`."""
+    prompt_rows = [(f"{prefix}p{i}", f"prompt {prefix}{i}", None, "train", "test") for i in range(prompts)]
+    responses, rankings = [], []
+    for i in range(prompts):
+        for j in range(k):
+            response_id = f"{prefix}p{i}r{j}"
+            responses.append((response_id, f"{prefix}p{i}", j, f"response {j}", "ckpt", "{}"))
+            rankings.append((f"{prefix}k{i}", response_id, f"{prefix}p{i}", j + 1, float(-j), "{}", "rules", "1"))
+    return (
+        pd.DataFrame(prompt_rows, columns=["prompt_id", "prompt", "topic", "split", "source"]),
+        pd.DataFrame(responses, columns=PLAIN_RESPONSE_COLUMNS),
+        pd.DataFrame(rankings, columns=RANKING_COLUMNS),
     )
