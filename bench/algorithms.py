@@ -7,7 +7,7 @@ GPT-2 policy (and, for PPO, a critic of the same size), trains it on the same to
 of a fixed tenth of the vocabulary among the response's tokens) for the same episode budget
 (iterations x batch responses; the critic-free ones draw batch / group_size prompts G times each),
 and reports:
-  - episodes_per_s: episodes / the wall time of train_ppo (model building and imports excluded);
+  - episodes_per_s: episodes / the wall time of train_policy (model building and imports excluded);
   - peak memory: the process's peak RSS (getrusage ru_maxrss, a fresh process per measurement, so
     the peak is this run's) and peak_rss_over_start_mb, that peak minus the RSS just before the
     models are built: what the models, optimizer, activations and the run cost, without the
@@ -51,8 +51,8 @@ def child(args) -> None:
     from rlhf.config import TrainPolicyParams
     from rlhf.demo import domain
     from rlhf.demo.tokenizer import train_tokenizer
-    from rlhf.policy_optimization.models import PPOModels
-    from rlhf.policy_optimization.trainer import train_ppo
+    from rlhf.policy_optimization.models import PolicyModels
+    from rlhf.policy_optimization.trainer import train_policy
 
     tokenizer = train_tokenizer(domain.corpus(seed=0, size=300), vocab_size=400)
     liked = set(range(100, 100 + len(tokenizer) // 10))
@@ -94,9 +94,9 @@ def child(args) -> None:
     critic = None
     if not params.critic_free:
         critic = GPT2ForSequenceClassification(GPT2Config(**{**config.to_dict(), "num_labels": 1, "id2label": None}))
-    models = PPOModels.build(policy, critic, params, reference=reference)
+    models = PolicyModels.build(policy, critic, params, reference=reference)
     started = time.perf_counter()
-    result = train_ppo(models, toy_reward, tokenizer, prompts, params, 0, log=lambda row: None)
+    result = train_policy(models, toy_reward, tokenizer, prompts, params, 0, log=lambda row: None)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
     print(

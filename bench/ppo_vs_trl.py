@@ -160,9 +160,9 @@ def run_ours(fixture: Path, compiled: bool) -> dict:
 
     from rlhf.config import TrainPolicyParams
     from rlhf.models import load_tokenizer
-    from rlhf.policy_optimization.models import PPOModels
+    from rlhf.policy_optimization.models import PolicyModels
     from rlhf.policy_optimization.rollout import RewardScorer
-    from rlhf.policy_optimization.trainer import train_ppo
+    from rlhf.policy_optimization.trainer import train_policy
 
     spec = json.loads((fixture / "spec.json").read_text())
     device, run = torch.device(spec["device"]), spec["run"]
@@ -188,7 +188,7 @@ def run_ours(fixture: Path, compiled: bool) -> dict:
         compile=compiled and run["compile"],
         compile_generation=compiled and run["compile_generation"],
     )
-    models = PPOModels.build(
+    models = PolicyModels.build(
         load(GPT2LMHeadModel, "policy"),
         load(GPT2ForSequenceClassification, "value", num_labels=1),
         params,
@@ -201,13 +201,13 @@ def run_ours(fixture: Path, compiled: bool) -> dict:
         torch.cuda.reset_peak_memory_stats()
     iteration_ends = []
 
-    def clock(row: dict) -> None:  # train_ppo logs once per iteration, after its update
+    def clock(row: dict) -> None:  # train_policy logs once per iteration, after its update
         if device.type == "cuda":
             torch.cuda.synchronize()
         iteration_ends.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    result = train_ppo(models, scorer, tokenizer, spec["prompts"], params, seed=run["seed"], log=clock)
+    result = train_policy(models, scorer, tokenizer, spec["prompts"], params, seed=run["seed"], log=clock)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - started

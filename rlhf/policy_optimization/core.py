@@ -183,26 +183,22 @@ def gae(
     return advantages, advantages + values
 
 
-def policy_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    clip_range: float,
-    total_tokens: torch.Tensor | float | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate, negated to minimise: -E[min(rho * A, clip(rho, 1-eps, 1+eps) * A)],
-    the mean over `total_tokens` where given (the minibatch's, see masked_mean)."""
-    log_ratio = logprobs - old_logprobs
+def clipped_surrogate(
+    log_ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate per token, negated to minimise, and where the clip bit.  (B, T) -> (B, T), (B, T) bool
+
+    L_t = -min(rho_t A_t, clip(rho_t, 1 - eps_low, 1 + eps_high) A_t),  rho_t = exp(log_ratio_t) = pi / pi_old
+    (Schulman et al. 2017, eq. 7). clip_high defaults to clip_low; DAPO's clip-higher sets it above
+    (Yu et al. 2025: 0.28 against 0.2) so unlikely tokens may still gain probability. `clipped` is
+    where the clipped term is the one taken, so the token has no gradient: the clip fraction's
+    tokens. Every algorithm's loss is this (rlhf/policy_optimization/algorithms.py): per token, or
+    with GSPO's sequence ratio at every token of its sequence."""
     ratio = torch.exp(log_ratio)
+    high = clip_low if clip_high is None else clip_high
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.max(unclipped, clipped), mask, total_tokens)
-    stats = {
-        "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
-        "approx_kl": masked_mean(0.5 * log_ratio**2, mask),  # Schulman's k2 estimator of KL(old || new)
-    }
-    return loss, stats
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + high)
+    return torch.max(unclipped, clipped), clipped > unclipped
 
 
 def value_loss(
@@ -213,7 +209,8 @@ def value_loss(
     clip_range: float,
     total_tokens: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """Clipped value loss: 0.5 * E[max((V - R)^2, (clip(V, V_old +- eps) - R)^2)] (mean as in policy_loss)."""
+    """Clipped value loss: 0.5 * E[max((V - R)^2, (clip(V, V_old +- eps) - R)^2)], the mean over
+    `total_tokens` where given (the minibatch's, see masked_mean)."""
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped_values - returns) ** 2), mask, total_tokens)
 

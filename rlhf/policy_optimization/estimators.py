@@ -142,23 +142,6 @@ def dynamic_sampling_mask(values: torch.Tensor, group_size: int, tolerance: floa
     return informative.repeat_interleave(group_size)
 
 
-def clipped_surrogate(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    clip_low: float,
-    clip_high: float | None = None,
-) -> torch.Tensor:
-    """PPO's clipped surrogate per token, negated to minimise, before aggregation.  (B, T)
-
-    -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A), rho = pi / pi_old (Schulman et al. 2017,
-    eq. 7). clip_high defaults to clip_low; DAPO's clip-higher sets it above (Yu et al. 2025: 0.28
-    against 0.2) so unlikely tokens may still gain probability. core.policy_loss is this, token-meaned."""
-    ratio = torch.exp(logprobs - old_logprobs)
-    high = clip_low if clip_high is None else clip_high
-    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + high))
-
-
 @dataclass(frozen=True)
 class BatchSize:
     """What a minibatch's loss is divided by, counted over the whole minibatch: every micro-batch

@@ -1,4 +1,4 @@
-"""PPO's in-loop evaluation: the win rate against the start policy on fixed held-out prompts.
+"""The in-loop evaluation: the win rate against the start policy on fixed held-out prompts.
 
 The wins are counted by rlhf.evaluation, the evaluate stage's code, with the evaluate stage's
 judge (rules, or a pairwise llm / openai judge). What differs from the evaluate stage:
@@ -15,15 +15,21 @@ judge (rules, or a pairwise llm / openai judge). What differs from the evaluate 
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
+from accelerate import Accelerator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.evaluation import wins_over_start
-from rlhf.policy_optimization.models import PPOModels
+from rlhf.policy_optimization.models import PolicyModels
+from rlhf.policy_optimization.rollout import device_clock
 from rlhf.sampling import sample_from_policy
+
+if TYPE_CHECKING:
+    from rlhf.policy_optimization.trainer import TrainerState
 
 
 @contextlib.contextmanager
@@ -51,7 +57,7 @@ class WinRateVsStart:
 
     def wins(
         self,
-        models: PPOModels,
+        models: PolicyModels,
         tokenizer: PreTrainedTokenizerBase,
         params: TrainPolicyParams,
         process_index: int = 0,
@@ -70,12 +76,12 @@ class WinRateVsStart:
     def _sample(
         self,
         model: PreTrainedModel,
-        models: PPOModels,
+        models: PolicyModels,
         tokenizer: PreTrainedTokenizerBase,
         prompts: list[chat.Conversation],
         params: TrainPolicyParams,
     ) -> list[str]:
-        """One response per prompt, drawn as PPO draws them, in batches of `params.batch_size`."""
+        """One response per prompt, drawn as the trainer draws them, in batches of `params.batch_size`."""
         rendered = [chat.render_prompt(tokenizer, prompt) for prompt in prompts]
         device = next(model.parameters()).device
         was_training = model.training
@@ -91,3 +97,52 @@ class WinRateVsStart:
         finally:
             model.train(was_training)
         return texts
+
+
+def every(iteration: int, every: int) -> bool:
+    return every > 0 and iteration % every == 0
+
+
+def evaluation_due(iteration: int, params: TrainPolicyParams, stopping: str | None) -> bool:
+    """Every `eval_every` iterations, and at the last one (the end of the run, or an early stop)."""
+    return params.eval_every > 0 and (
+        every(iteration, params.eval_every) or iteration == params.iterations or bool(stopping)
+    )
+
+
+def evaluate_in_loop(evaluator: WinRateVsStart, models, tokenizer, params, accelerator: Accelerator) -> dict:
+    """The win rate against the start over every process's share of the held-out prompts."""
+    device = next(models.trained.parameters()).device
+    started = device_clock(device)
+    with torch.no_grad(), accelerator.autocast():
+        wins = evaluator.wins(models, tokenizer, params, accelerator.process_index, accelerator.num_processes)
+    total = accelerator.reduce(torch.tensor([sum(wins), len(wins)], dtype=torch.float64, device=device), "sum")
+    return {
+        "eval_win_rate": round(total[0].item() / max(total[1].item(), 1.0), 6),
+        "eval_seconds": round(device_clock(device) - started, 6),
+    }
+
+
+def remember_if_best(state: TrainerState, models: PolicyModels, iteration: int, win_rate: float) -> None:
+    """keep: best: a copy of the policy's trained parameters when this evaluation beats every earlier
+    one. A tie keeps the earlier iteration: as good by the judge, and nearer the start policy.
+    Under LoRA only the adapters train, so only they are copied."""
+    if state.best is not None and win_rate <= state.best["win_rate"]:
+        return
+    weights = {name: p.detach().to("cpu", copy=True) for name, p in models.policy.named_parameters() if p.requires_grad}
+    state.best = {"iteration": iteration, "win_rate": win_rate, "weights": weights}
+
+
+@torch.no_grad()
+def keep_policy(
+    models: PolicyModels, state: TrainerState, params: TrainPolicyParams
+) -> tuple[int | None, float | None]:
+    """Leave in `models` the policy `params.keep` asks for; returns (its iteration, its in-loop win rate)."""
+    if params.keep == "best" and state.best is not None:
+        for name, parameter in models.policy.named_parameters():
+            if name in state.best["weights"]:
+                parameter.copy_(state.best["weights"][name])
+        return state.best["iteration"], state.best["win_rate"]
+    if not state.history:
+        return None, None
+    return state.history[-1]["iteration"], state.history[-1].get("eval_win_rate")

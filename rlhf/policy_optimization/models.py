@@ -79,7 +79,7 @@ def critic_values(critic: PreTrainedModel, query_ids, query_mask, response_ids, 
 
 
 @dataclass
-class PPOModels:
+class PolicyModels:
     trained: PolicyAndCritic  # what the optimizer updates
     reference: PreTrainedModel | None  # frozen starting policy; None under LoRA (adapters off instead)
     # Around sampling: gathers the policy's ZeRO-3 shards (set by the trainer); nothing otherwise.
@@ -103,7 +103,7 @@ class PPOModels:
         params: TrainPolicyParams,
         reference: PreTrainedModel | None = None,
         critic_is_reward_model: bool = False,
-    ) -> PPOModels:
+    ) -> PolicyModels:
         """Wire the models as params ask: LoRA or a frozen copy as reference, checkpointing, no dropout.
 
         A critic copied from the reward model gets a bias on its value head (zero: the same

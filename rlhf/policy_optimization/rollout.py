@@ -1,13 +1,13 @@
-"""One batch of experience: sample -> score -> KL -> advantages (PPO: rewards -> GAE -> whiten).
+"""The rollout engine, one batch of experience: sample -> score -> KL -> advantages.
 
 Forward passes per rollout: the sampling loop (which keeps the policy's log-probs, so the policy
 is not run again), one reference pass, one critic pass (PPO only), one reward-model pass. The stats
 time them as phases: generation_seconds (sampling), scoring_seconds (reward, cost and gold
 scorers), reference_seconds (reference and critic passes).
 
-The critic-free algorithms (grpo, rloo, reinforce_pp) get the prompts already repeated G times,
-prompt-major (the trainer's sampler does that), run no critic, and take their advantages from
-rlhf/policy_optimization/estimators.py (`estimate_advantages` is the one place the estimator is chosen).
+The advantages are the algorithm's (algorithms.py: PPO's rewards -> GAE -> whiten, GRPO's group
+normalisation, ...). The critic-free algorithms get the prompts already repeated G times,
+prompt-major (the trainer's sampler does that) and run no critic.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from rlhf.config import TrainPolicyParams
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import use_fused_gelu
 from rlhf.policy_optimization import core, estimators
-from rlhf.policy_optimization.models import PPOModels, critic_values
+from rlhf.policy_optimization.algorithms import Algorithm, ScoredBatch, algorithm_for
+from rlhf.policy_optimization.models import PolicyModels, critic_values
 from rlhf.policy_optimization.rollout_correction import importance_weights
 from rlhf.rewards.rules import RulesReward  # the gold judge (the rules), scored beside the proxy
 from rlhf.sampling import prompt_batch, sample_with_logprobs
@@ -152,7 +153,10 @@ class Samples:
 
 @torch.no_grad()
 def sample_responses(
-    models: PPOModels, tokenizer: PreTrainedTokenizerBase, prompts: list[chat.Conversation], params: TrainPolicyParams
+    models: PolicyModels,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[chat.Conversation],
+    params: TrainPolicyParams,
 ) -> Samples:
     """One response per prompt conversation, rendered with the policy's chat template (rlhf.chat)."""
     policy = models.trained.policy
@@ -179,9 +183,43 @@ def sample_responses(
     )
 
 
+@dataclass
+class Scores:
+    """A batch's scores from the online reward (and the cost model). B = responses."""
+
+    raw: torch.Tensor  # (B,) the reward as its sources said it
+    scores: torch.Tensor  # (B,) normalised, minus the missing-EOS penalty
+    penalties: torch.Tensor  # (B,) the missing-EOS penalty
+    costs: torch.Tensor | None  # (B,) the cost model's P(unsafe); PPO-Lagrangian only
+    seconds: float
+
+
+def score(sample: Samples, prompts, scorer, normalizer: ScoreNormalizer, params, gather, cost_scorer) -> Scores:
+    """The reward at the end of each response, normalised, minus the missing-EOS penalty; the cost
+    model's P(unsafe) beside it where there is one (PPO-Lagrangian weighs it by lambda)."""
+    device = sample.response_ids.device
+    started = device_clock(device)
+    raw = scorer(prompts, sample.texts).to(device)
+    if normalizer.mode == "running":
+        normalizer.observe(gather(raw))
+    penalties = params.missing_eos_penalty * (~sample.ended).float()
+    scores = normalizer(raw) - penalties
+    costs = None if cost_scorer is None else torch.sigmoid(cost_scorer(prompts, sample.texts).to(device))
+    return Scores(raw, scores, penalties, costs, device_clock(device) - started)
+
+
+def reference_pass(models: PolicyModels, sample: Samples, params) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi_ref of the sampled tokens, and V_old(s_t) where there is a critic.  (B, T), (B, T) or None"""
+    args = (sample.query_ids, sample.query_mask, sample.response_ids, sample.mask)
+    with models.reference_policy() as reference:
+        ref_logprobs = token_logprobs(response_logits(reference, *args, params.temperature), sample.response_ids)
+    values = None if models.trained.critic is None else critic_values(models.trained.critic, *args) * sample.mask
+    return ref_logprobs * sample.mask, values
+
+
 @torch.no_grad()
 def collect_rollout(
-    models: PPOModels,
+    models: PolicyModels,
     scorer: RewardScorer,
     normalizer: ScoreNormalizer,
     tokenizer: PreTrainedTokenizerBase,
@@ -191,77 +229,65 @@ def collect_rollout(
     all_reduce: core.AllReduce | None = None,
     gather=lambda tensor: tensor,
     cost_scorer: RewardScorer | None = None,
-    lagrange: core.LagrangeMultiplier | None = None,
     gold_scorer: RulesReward | None = None,
     recompute_logprobs: Callable[..., torch.Tensor] | None = None,
+    algorithm: Algorithm | None = None,
 ) -> tuple[Rollout, dict[str, float]]:
-    """One batch of experience and its statistics. `recompute_logprobs(query_ids, query_mask,
+    """One batch of experience and its statistics, its advantages as `algorithm` computes them
+    (default: the one `params.algorithm` names). `recompute_logprobs(query_ids, query_mask,
     response_ids, mask)`: the update's own forward (train_policy.recompute_old_logprobs), whose
     log-probs then stand for pi_old everywhere (the KL, the advantages, the ratio), the sampler's
     kept for the rollout correction."""
+    algorithm = algorithm or algorithm_for(params)
     # 1. sample one response per prompt from the current policy, keeping log pi_rollout
     sample = sample_responses(models, tokenizer, prompts, params)
-    query_ids, query_mask, response_ids, mask = sample.query_ids, sample.query_mask, sample.response_ids, sample.mask
-    logprobs, ended, device = sample.logprobs, sample.ended, response_ids.device
-    rollout_logprobs, drift, recompute_seconds = None, {}, 0.0
+    mask, device = sample.mask, sample.response_ids.device
+    logprobs, rollout_logprobs, drift, recompute_seconds = sample.logprobs, None, {}, 0.0
     if recompute_logprobs is not None:  # 1b. pi_old from the update's forward, before anything reads it
-        recompute_started = device_clock(device)
-        rollout_logprobs, logprobs = logprobs, recompute_logprobs(query_ids, query_mask, response_ids, mask) * mask
+        started = device_clock(device)
+        args = (sample.query_ids, sample.query_mask, sample.response_ids, mask)
+        rollout_logprobs, logprobs = logprobs, recompute_logprobs(*args) * mask
         drift = {"rollout_logprob_drift": core.masked_mean((logprobs - rollout_logprobs).abs(), mask).item()}
-        recompute_seconds = device_clock(device) - recompute_started  # a forward over the rollout, as the reference's
+        recompute_seconds = device_clock(device) - started  # a forward over the rollout, as the reference's
     # 2. score: the reward model at the end of the response, normalised, minus the missing-EOS penalty
-    scoring_started = device_clock(device)
-    raw_scores = scorer(prompts, sample.texts).to(device)
-    if normalizer.mode == "running":
-        normalizer.observe(gather(raw_scores))
-    penalties = params.missing_eos_penalty * (~ended).float()
-    scores = normalizer(raw_scores) - penalties
-    costs = None
-    if cost_scorer is not None:  # PPO-Lagrangian: the cost model's P(unsafe), weighed by lambda in step 4
-        costs = torch.sigmoid(cost_scorer(prompts, sample.texts).to(device))
-    scoring_seconds = device_clock(device) - scoring_started
+    scored = score(sample, prompts, scorer, normalizer, params, gather, cost_scorer)
     # 3. reference log-probs and (PPO only) the critic's values
     reference_started = device_clock(device)
-    args = (query_ids, query_mask, response_ids, mask)
-    with models.reference_policy() as reference:
-        ref_logprobs = token_logprobs(response_logits(reference, *args, params.temperature), response_ids)
-    values = None if models.trained.critic is None else critic_values(models.trained.critic, *args) * mask
-    ref_logprobs = ref_logprobs * mask
+    ref_logprobs, values = reference_pass(models, sample, params)
     reference_seconds = device_clock(device) - reference_started + recompute_seconds
-    # 4-5. the KL where the algorithm puts it, and its advantages (PPO: rewards -> GAE -> whiten)
-    advantages, returns = estimate_advantages(
-        params, scores, logprobs, ref_logprobs, values, mask, kl_coef, all_reduce, costs, lagrange, penalties
-    )
+    # 4. the KL where the algorithm puts it, and its advantages (PPO: rewards -> GAE -> whiten)
+    batch = ScoredBatch(scored.scores, scored.penalties, scored.costs, logprobs, ref_logprobs, values, mask)
+    advantages, returns = algorithm.advantages(batch, kl_coef, all_reduce)
     kl = (core.kl_per_token(logprobs, ref_logprobs, params.kl_estimator) * mask).sum(-1)
     rollout = Rollout(
-        query_ids,
-        query_mask,
-        response_ids,
+        sample.query_ids,
+        sample.query_mask,
+        sample.response_ids,
         mask,
         logprobs,
         values,
-        scores,
+        scored.scores,
         advantages,
         returns,
-        raw_scores,
+        scored.raw,
         kl,
         ref_logprobs,
         rollout_logprobs,
     )
     stats = {
-        "score": gather(scores).mean().item(),
-        "raw_score": gather(raw_scores).mean().item(),
+        "score": gather(scored.scores).mean().item(),
+        "raw_score": gather(scored.raw).mean().item(),
         "kl": gather(kl).mean().item(),
         "response_length": gather(mask.sum(-1)).mean().item(),
-        "repetition": gather(core.repetition_rate(response_ids, mask).to(device)).mean().item(),
-        "ended_share": gather(ended.float()).mean().item(),
+        "repetition": gather(core.repetition_rate(sample.response_ids, mask).to(device)).mean().item(),
+        "ended_share": gather(sample.ended.float()).mean().item(),
         "generation_seconds": sample.seconds,
-        "scoring_seconds": scoring_seconds,
+        "scoring_seconds": scored.seconds,
         "reference_seconds": reference_seconds,
         "generated_tokens": gather(mask.sum()).sum().item(),
         **drift,
     }
-    if params.rollout_correction != "none":  # 6. importance weights between sampler and trainer
+    if params.rollout_correction != "none":  # 5. importance weights between sampler and trainer
         rollout.correction, corrected = importance_weights(
             logprobs, rollout_logprobs, mask, params.rollout_correction, params.rollout_correction_threshold
         )
@@ -271,8 +297,8 @@ def collect_rollout(
     # Every process scores an equal share, so the mean of the processes' means is the global mean.
     for name, mean in getattr(scorer, "last_means", {}).items():
         stats[f"reward_{name}"] = gather(torch.tensor([mean], device=device)).mean().item()
-    if costs is not None:
-        stats.update(cost=gather(costs).mean().item(), lagrange_multiplier=lagrange.value)
+    if scored.costs is not None:
+        stats.update(cost=gather(scored.costs).mean().item(), lagrange_multiplier=algorithm.lagrange.value)
     if params.dynamic_sampling:
         stats["dropped_share"] = drop_uninformative_groups(rollout, params.group_size, gather)
     if gold_scorer is not None:  # gold beside proxy against sqrt(KL): where the policy games the reward model
@@ -281,48 +307,6 @@ def collect_rollout(
         stats["scoring_seconds"] += device_clock(device) - gold_started
         stats.update(gold_score=gather(gold).mean().item(), sqrt_kl=max(stats["kl"], 0.0) ** 0.5)
     return rollout, stats
-
-
-def estimate_advantages(
-    params: TrainPolicyParams,
-    scores,
-    logprobs,
-    ref_logprobs,
-    values,
-    mask,
-    kl_coef: float,
-    all_reduce: core.AllReduce | None,
-    costs=None,
-    lagrange: core.LagrangeMultiplier | None = None,
-    penalties=0.0,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The algorithm's advantages (B, T) and value targets (B, T) (None without a critic), with the
-    KL to the reference where each paper puts it (rlhf/policy_optimization/estimators.py cites them):
-      grpo: group-normalised scores; the KL is not in the reward but a k3 loss term (the update's).
-      rloo: leave-one-out over the KL-penalised sequence rewards r - beta * sum_t log(pi/pi_ref).
-      reinforce_pp: per-token KL in the reward, returns-to-go, normalised over the global batch.
-      ppo, ppo_lagrangian: per-token KL in the reward, GAE, whitened globally; ppo_lagrangian trades
-        score against lambda * cost at a KL weight lambda does not change (core.LagrangeMultiplier).
-    `scores` already hold minus `penalties` (the missing-EOS penalty); PPO-Lagrangian takes them apart."""
-    group = params.group_size
-    if params.algorithm == "grpo":
-        return estimators.grpo_advantages(scores, mask, group, params.grpo_std_normalization), None
-    if params.algorithm == "rloo":
-        penalised = estimators.kl_penalised_scores(scores, logprobs, ref_logprobs, mask, kl_coef)
-        return estimators.rloo_advantages(penalised, mask, group), None
-    if params.algorithm == "reinforce_pp":
-        advantages = estimators.reinforce_pp_advantages(
-            scores, logprobs, ref_logprobs, mask, kl_coef, params.gamma, all_reduce
-        )
-        return advantages, None
-    if costs is None:
-        rewards = core.rlhf_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
-    else:
-        rewards = core.safe_rlhf_rewards(
-            scores + penalties, costs, logprobs, ref_logprobs, mask, kl_coef, lagrange, penalties
-        )
-    advantages, returns = core.gae(rewards, values, mask, params.gamma, params.lam)
-    return core.whiten(advantages, mask, all_reduce=all_reduce), returns
 
 
 def drop_uninformative_groups(rollout: Rollout, group_size: int, gather) -> float:

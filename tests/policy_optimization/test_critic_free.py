@@ -19,8 +19,8 @@ from rlhf import chat
 from rlhf.config import RewardTerm, TrainPolicyParams, WordCount, parse_params
 from rlhf.errors import ConfigError
 from rlhf.models import load_policy
-from rlhf.policy_optimization.models import PPOModels
-from rlhf.policy_optimization.trainer import train_ppo
+from rlhf.policy_optimization.models import PolicyModels
+from rlhf.policy_optimization.trainer import train_policy
 from rlhf.rewards.server import create_app
 from rlhf.rewards.terms import online_reward
 from tests.support.policy_runs import (
@@ -83,7 +83,7 @@ def test_dynamic_sampling_drops_groups_of_equal_rewards_from_the_update(tiny_tok
     params = TrainPolicyParams(**{**BUDGET, **VARIANTS["dr_grpo_dapo"], "iterations": 2})
     models = critic_free_models(tiny_tokenizer, params)
     start = {name: p.detach().clone() for name, p in models.policy.named_parameters()}
-    history = train_ppo(
+    history = train_policy(
         models,
         lambda prompts, responses: torch.ones(len(responses)),
         tiny_tokenizer,
@@ -101,7 +101,7 @@ def test_no_critic_is_built_trained_or_checkpointed(tiny_tokenizer, tmp_path):
     models = critic_free_models(tiny_tokenizer, params)
     assert models.trained.critic is None
     assert all(name.startswith("policy.") for name, _ in models.trained.named_parameters())
-    train_ppo(
+    train_policy(
         models,
         TokenCountReward(tiny_tokenizer),
         tiny_tokenizer,
@@ -120,9 +120,9 @@ def test_no_critic_is_built_trained_or_checkpointed(tiny_tokenizer, tmp_path):
     critic = GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, num_labels=1))
     reference = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer))
     with pytest.raises(ValueError, match="grpo is critic-free"):
-        PPOModels.build(GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)), critic, params, reference=reference)
+        PolicyModels.build(GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)), critic, params, reference=reference)
     with pytest.raises(ValueError, match="ppo needs a critic"):
-        PPOModels.build(
+        PolicyModels.build(
             GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)), None, TrainPolicyParams(), reference=reference
         )
 

@@ -162,8 +162,9 @@ def test_offloaded_frozen_models_give_the_same_training_and_stay_in_cpu_memory(t
     """On CUDA the offloaded reference and reward model live in CPU memory between their forwards
     and the run is the one with them on the device (the same kernels on the same inputs)."""
     from rlhf.config import TrainPolicyParams
+    from rlhf.policy_optimization.engine import offloaded
     from rlhf.policy_optimization.rollout import RewardScorer
-    from rlhf.policy_optimization.trainer import offloaded, train_ppo
+    from rlhf.policy_optimization.trainer import train_policy
     from tests.policy_optimization.test_ppo_training import PROMPTS, tiny_models
 
     cuda = torch.device("cuda")
@@ -175,7 +176,7 @@ def test_offloaded_frozen_models_give_the_same_training_and_stay_in_cpu_memory(t
         models.reference = offloaded(models.reference, cuda, offload)
         reward = tiny_models(tiny_tokenizer, params, seed=1, device="cpu").trained.critic
         scorer = RewardScorer(offloaded(reward, cuda, offload), tiny_tokenizer)
-        result = train_ppo(models, scorer, tiny_tokenizer, PROMPTS, params, 0, log=lambda row: None)
+        result = train_policy(models, scorer, tiny_tokenizer, PROMPTS, params, 0, log=lambda row: None)
         where = {p.device.type for p in [*models.reference.parameters(), *scorer.model.parameters()]}
         assert where == ({"cpu"} if offload else {"cuda"})
         results.append(([row["score"] for row in result.history], models.policy.state_dict()))

@@ -177,26 +177,7 @@ def test_dynamic_sampling_tolerance():
     assert estimators.dynamic_sampling_mask(scores, 2, tolerance=1e-3).tolist() == [False, False, True, True]
 
 
-# --- the clipped surrogate and the loss aggregations ---------------------------------------------
-
-
-def test_clipped_surrogate_per_token_and_clip_higher():
-    old = torch.log(torch.tensor([[0.5, 0.5, 0.5]]))
-    new = torch.log(torch.tensor([[0.75, 0.25, 0.55]]))  # ratios 1.5, 0.5, 1.1
-    advantages = torch.tensor([[1.0, 1.0, -2.0]])
-    losses = estimators.clipped_surrogate(new, old, advantages, clip_low=0.2)
-    assert torch.allclose(losses, torch.tensor([[-1.2, -0.5, 2.2]]))
-    # clip-higher: eps_high 0.28 lets the first token's ratio reach 1.28
-    higher = estimators.clipped_surrogate(new, old, advantages, clip_low=0.2, clip_high=0.28)
-    assert torch.allclose(higher, torch.tensor([[-1.28, -0.5, 2.2]]))
-
-
-def test_token_mean_agrees_with_core_policy_loss():
-    torch.manual_seed(1)
-    new, old, advantages = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3)
-    loss, _ = estimators.core.policy_loss(new, old, advantages, MASK_4, 0.2)
-    mine = estimators.token_mean(estimators.clipped_surrogate(new, old, advantages, 0.2), MASK_4)
-    assert torch.allclose(loss, mine)
+# --- the loss aggregations (the clipped surrogate: test_ppo_core) ---------------------------------------------
 
 
 def test_aggregations_on_a_small_masked_tensor():

@@ -11,9 +11,10 @@ from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer
-from rlhf.policy_optimization.models import PPOModels
+from rlhf.policy_optimization.engine import make_accelerator
+from rlhf.policy_optimization.models import PolicyModels
 from rlhf.policy_optimization.rollout import RewardScorer, ScoreNormalizer, collect_rollout
-from rlhf.policy_optimization.trainer import make_accelerator, ppo_update
+from rlhf.policy_optimization.update import policy_update
 from rlhf.sampling import CompiledSampler, mask_after_eos, sample_with_logprobs
 from tests.support.tiny import tiny_gpt2_config as tiny_config
 
@@ -129,7 +130,7 @@ def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, 
     params = TrainPolicyParams(
         batch_size=8, minibatch_size=4, micro_batch_size=2, ppo_epochs=2, max_new_tokens=8, learning_rate=1e-3
     )
-    models = PPOModels.build(policy, critic, params, reference=reference)
+    models = PolicyModels.build(policy, critic, params, reference=reference)
     prompts = [p for p, _ in domain.all_prompts()[:8]]
     before = {name: p.detach().clone() for name, p in policy.named_parameters()}
     critic_before = [p.detach().clone() for p in critic.parameters()]
@@ -142,11 +143,11 @@ def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, 
     assert rollout.advantages.shape == rollout.mask.shape == rollout.response_ids.shape
     accelerator = make_accelerator(params, device)  # minibatch 4 of micro-batches 2: 2 accumulation steps
     optimizer = torch.optim.Adam(models.trained.parameters(), 1e-3)
-    trained, optimizer = accelerator.prepare(models.trained, optimizer)  # as train_ppo does
+    trained, optimizer = accelerator.prepare(models.trained, optimizer)  # as train_policy does
     shuffle = torch.Generator().manual_seed(0)
     steps = []
     optimizer.optimizer.register_step_post_hook(lambda *args: steps.append(1))
-    update = ppo_update(trained, trained, accelerator, optimizer, rollout, params, shuffle, None)
+    update = policy_update(trained, trained, accelerator, optimizer, rollout, params, shuffle, None)
     assert len(steps) == params.ppo_epochs * params.batch_size // params.minibatch_size  # one per minibatch
     assert set(update) >= {"policy_loss", "value_loss", "entropy", "clip_fraction", "approx_kl", "policy_grad_norm"}
     assert any(not torch.equal(before[name], p) for name, p in policy.named_parameters())
@@ -155,11 +156,11 @@ def test_one_ppo_iteration_moves_policy_and_critic_but_not_reference(tokenizer, 
 
 
 def test_the_rollout_vs_update_logprob_drift_is_measured_and_recomputing_removes_it(tokenizer, tmp_path):
-    """The drift ppo_update logs is the sampler's log pi_old against the update's first forward:
+    """The drift policy_update logs is the sampler's log pi_old against the update's first forward:
     0 in fp32 on CPU. With recompute, the trainer's forward stands for pi_old before the KL and the
     advantages are computed from it (shifted by hand here, as bf16 shifts it on CUDA: the rollout's
     KL moves by the shift), and the sampler's log-probs are kept for the rollout correction."""
-    from rlhf.policy_optimization.trainer import recompute_logprobs
+    from rlhf.policy_optimization.update import recompute_logprobs
 
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(tiny_config(tokenizer))
@@ -168,7 +169,7 @@ def test_the_rollout_vs_update_logprob_drift_is_measured_and_recomputing_removes
     params = TrainPolicyParams(batch_size=8, minibatch_size=8, micro_batch_size=4, ppo_epochs=1, max_new_tokens=8)
     reference = GPT2LMHeadModel(tiny_config(tokenizer))
     reference.load_state_dict(policy.state_dict())
-    models = PPOModels.build(policy, critic, params, reference=reference)
+    models = PolicyModels.build(policy, critic, params, reference=reference)
     reward_model = load_scalar_head_model(tmp_path / "rm", torch.device("cpu"), tokenizer.pad_token_id)
     scorer = RewardScorer(reward_model, tokenizer)
     prompts = [p for p, _ in domain.all_prompts()[:8]]
@@ -193,5 +194,5 @@ def test_the_rollout_vs_update_logprob_drift_is_measured_and_recomputing_removes
     accelerator = make_accelerator(params, torch.device("cpu"))  # 2 micro-batches per optimizer step
     trained, optimizer = accelerator.prepare(models.trained, torch.optim.Adam(models.trained.parameters(), 1e-3))
     shuffle = torch.Generator().manual_seed(0)
-    update = ppo_update(trained, trained, accelerator, optimizer, rollout, params, shuffle, None)
+    update = policy_update(trained, trained, accelerator, optimizer, rollout, params, shuffle, None)
     assert update["update_logprob_drift"] == pytest.approx(0.05, abs=1e-4)  # read before the first step only

@@ -38,12 +38,20 @@ def test_clipped_policy_loss_matches_hand_computation():
     old = torch.log(torch.tensor([[0.5, 0.5, 0.5]]))
     new = torch.log(torch.tensor([[0.75, 0.25, 0.55]]))  # ratios 1.5, 0.5, 1.1
     advantages = torch.tensor([[1.0, 1.0, -2.0]])
-    mask = torch.ones(1, 3)
-    loss, stats = core.policy_loss(new, old, advantages, mask, clip_range=0.2)
-    # token 1: ratio 1.5, A=+1 -> min(1.5, 1.2) = 1.2; token 2: ratio 0.5, A=+1 -> min(0.5, 0.8) = 0.5;
-    # token 3: ratio 1.1 (inside the clip), A=-2 -> -2.2.  loss = -(1.2 + 0.5 - 2.2) / 3
-    assert math.isclose(loss.item(), -(1.2 + 0.5 - 2.2) / 3, rel_tol=1e-5)
-    assert math.isclose(stats["clip_fraction"].item(), 1 / 3, rel_tol=1e-5)
+    losses, clipped = core.clipped_surrogate(new - old, advantages, clip_low=0.2)
+    # token 1: ratio 1.5, A=+1 -> min(1.5, 1.2) = 1.2 (the clip binds); token 2: ratio 0.5, A=+1 ->
+    # min(0.5, 0.8) = 0.5 (it does not); token 3: ratio 1.1 (inside the clip), A=-2 -> -2.2.
+    assert torch.allclose(losses, torch.tensor([[-1.2, -0.5, 2.2]]))
+    assert clipped.tolist() == [[True, False, False]]
+    assert math.isclose(core.masked_mean(losses, torch.ones(1, 3)).item(), -(1.2 + 0.5 - 2.2) / 3, rel_tol=1e-5)
+    # clip-higher (DAPO): eps_high 0.28 lets the first token's ratio reach 1.28
+    higher, clipped = core.clipped_surrogate(new - old, advantages, clip_low=0.2, clip_high=0.28)
+    assert torch.allclose(higher, torch.tensor([[-1.28, -0.5, 2.2]]))
+    assert clipped.tolist() == [[True, False, False]]
+    # a negative advantage clips below: ratio 0.5 with A = -1 is held at 0.8
+    low, clipped = core.clipped_surrogate(new - old, -torch.ones(1, 3), clip_low=0.2)
+    assert torch.allclose(low, torch.tensor([[1.5, 0.8, 1.1]]))
+    assert clipped.tolist() == [[False, True, False]]
 
 
 def test_clipped_value_loss_matches_hand_computation():

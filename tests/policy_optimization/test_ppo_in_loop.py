@@ -7,8 +7,8 @@ import torch
 
 from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
-from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
-from rlhf.policy_optimization.trainer import TrainerState, remember_if_best, train_ppo
+from rlhf.policy_optimization.in_loop_eval import WinRateVsStart, remember_if_best
+from rlhf.policy_optimization.trainer import TrainerState, train_policy
 from tests.support.policy_runs import PROMPTS, TokenCountReward, tiny_models
 
 HELD_OUT = [prompt for prompt, _ in domain.all_prompts()[40:56]]  # not among the training PROMPTS
@@ -42,7 +42,7 @@ def policy_weights(models) -> dict[str, torch.Tensor]:
 def test_evaluating_in_the_loop_leaves_training_bitwise_the_same(tiny_tokenizer):
     def run(params, **hooks):
         models = tiny_models(tiny_tokenizer, params)
-        result = train_ppo(
+        result = train_policy(
             models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0, **hooks
         )
         return policy_weights(models), result.history
@@ -60,7 +60,7 @@ def test_evaluating_in_the_loop_leaves_training_bitwise_the_same(tiny_tokenizer)
 def test_every_row_says_what_the_iteration_did(tiny_tokenizer):
     params = small(eval_every=2, log_samples_every=2, log_samples=3)
     tables = []
-    result = train_ppo(
+    result = train_policy(
         tiny_models(tiny_tokenizer, params),
         TokenCountReward(tiny_tokenizer),
         tiny_tokenizer,
@@ -107,7 +107,7 @@ def test_keep_best_ends_with_the_best_iteration_s_policy_not_the_last(tiny_token
     def log(row):
         after[row["iteration"]] = policy_weights(models)
 
-    result = train_ppo(
+    result = train_policy(
         models,
         TokenCountReward(tiny_tokenizer),
         tiny_tokenizer,
@@ -128,7 +128,7 @@ def test_keep_best_ends_with_the_best_iteration_s_policy_not_the_last(tiny_token
 
 def test_keep_last_names_the_last_iteration(tiny_tokenizer):
     params = small(iterations=3, eval_every=2)
-    result = train_ppo(
+    result = train_policy(
         tiny_models(tiny_tokenizer, params),
         TokenCountReward(tiny_tokenizer),
         tiny_tokenizer,
@@ -162,7 +162,7 @@ def test_the_best_so_far_survives_a_resume(tiny_tokenizer, tmp_path):
 
     def run(directory, log=lambda r: 0):
         models = tiny_models(tiny_tokenizer, params)
-        result = train_ppo(
+        result = train_policy(
             models,
             TokenCountReward(tiny_tokenizer),
             tiny_tokenizer,

@@ -17,8 +17,8 @@ from rlhf.demo import domain
 from rlhf.errors import TrainingStopped
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.models import load_policy
-from rlhf.policy_optimization.models import PPOModels
-from rlhf.policy_optimization.trainer import train_ppo
+from rlhf.policy_optimization.models import PolicyModels
+from rlhf.policy_optimization.trainer import train_policy
 from tests.support.policy_runs import (
     PROMPTS,
     SMALL_RUN,
@@ -33,7 +33,7 @@ from tests.support.policy_runs import (
 from tests.support.tiny import tiny_gpt2_config
 
 
-def assert_sampler_follows_the_weights(models: PPOModels, tokenizer, prompts: list[str]) -> None:
+def assert_sampler_follows_the_weights(models: PolicyModels, tokenizer, prompts: list[str]) -> None:
     """The compiled sampler's log-probs equal a full forward pass of the policy as trained."""
     query = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
     args = (query["input_ids"], query["attention_mask"])
@@ -48,7 +48,9 @@ def assert_sampler_follows_the_weights(models: PPOModels, tokenizer, prompts: li
 def test_ppo_raises_a_toy_reward_within_a_fixed_budget(tiny_tokenizer, compile_generation):
     params = toy_params(iterations=14, compile_generation=compile_generation)
     models = tiny_models(tiny_tokenizer, params)
-    history = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+    history = train_policy(
+        models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0
+    )
     assert (models.compiled_sampler is not None) == compile_generation
     if compile_generation:  # the compiled step reads the weights as they are now, not as they were compiled
         assert_sampler_follows_the_weights(models, tiny_tokenizer, PROMPTS[: params.batch_size])
@@ -73,7 +75,7 @@ def test_entropy_bonus_keeps_the_policy_spread(tiny_tokenizer):
         models = tiny_models(tiny_tokenizer, params)
         with torch.no_grad():
             models.policy.transformer.ln_f.weight.mul_(20.0)
-        runs[coef] = train_ppo(models, ZeroReward(), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0).history
+        runs[coef] = train_policy(models, ZeroReward(), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0).history
     plain, bonus = runs[0.0], runs[0.05]
     assert "entropy_bonus" not in plain[-1]
     assert bonus[-1]["entropy_bonus"] == pytest.approx(-0.05 * bonus[-1]["entropy"], rel=1e-4)
@@ -128,7 +130,7 @@ def test_ppo_lagrangian_lowers_the_unsafe_share_while_the_reward_holds(tiny_toke
         # "e" at its median count per starting response or more is unsafe: about half start unsafe.
         start = sample_responses(tiny_models(tiny_tokenizer, params), tiny_tokenizer, PROMPTS[:32], params)
         median = sorted(text.count("e") for text in start.texts)[len(start.texts) // 2]
-        return train_ppo(
+        return train_policy(
             tiny_models(tiny_tokenizer, params),
             LetterReward(),
             tiny_tokenizer,
@@ -187,7 +189,7 @@ def test_lora_reference_is_the_base_with_adapters_off_and_base_weights_stay(tiny
     models = tiny_models(tiny_tokenizer, params)
     assert models.reference is None  # no second copy of the policy
     base = {n: p.detach().clone() for n, p in models.policy.named_parameters() if "lora_" not in n}
-    result = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+    result = train_policy(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
     assert result.history[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # adapters start as a no-op
     assert result.history[-1]["kl"] != pytest.approx(0.0, abs=1e-6)
     assert all(torch.equal(base[n], p) for n, p in models.policy.named_parameters() if n in base)
@@ -209,7 +211,7 @@ def test_gradient_checkpointing_saves_fewer_activations_and_trains_the_same(tiny
         response = torch.randint(0, len(tiny_tokenizer), (4, 6))
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             models.trained(query["input_ids"], query["attention_mask"], response, torch.ones(4, 6), 1.0)
-        train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+        train_policy(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
         return [p.detach().clone() for p in models.policy.parameters()], sum(saved)
 
     (plain, plain_saved), (checkpointed, checkpointed_saved) = run(False), run(True)
@@ -228,7 +230,7 @@ def test_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp
         return scores * float("nan") if len(calls) == 4 else scores  # calibration, iterations 1, 2, then NaN
 
     with pytest.raises(TrainingStopped) as stopped:
-        train_ppo(
+        train_policy(
             tiny_models(tiny_tokenizer, params),
             reward_turning_nan,
             tiny_tokenizer,
@@ -248,7 +250,7 @@ def test_kl_ceiling_stops_the_run(tiny_tokenizer):
         iterations=6, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=5e-2, kl_coef=0.0, max_kl=1e-4
     )
     with pytest.raises(TrainingStopped, match=r"is above train_policy.max_kl = 0.0001"):
-        train_ppo(
+        train_policy(
             tiny_models(tiny_tokenizer, params),
             TokenCountReward(tiny_tokenizer),
             tiny_tokenizer,
@@ -263,7 +265,7 @@ def test_reward_hacking_monitor_ends_the_run_early(tiny_tokenizer):
     params = TrainPolicyParams(
         iterations=5, batch_size=8, minibatch_size=4, max_new_tokens=8, early_stop_response_length=2.0
     )
-    result = train_ppo(
+    result = train_policy(
         tiny_models(tiny_tokenizer, params),
         TokenCountReward(tiny_tokenizer),
         tiny_tokenizer,
@@ -283,7 +285,7 @@ def test_reward_hacking_monitor_ends_the_run_early(tiny_tokenizer):
 def test_ppo_on_cuda_with_bf16_autocast_learns_the_toy_reward(tiny_tokenizer, compile_generation):
     params = toy_params(iterations=14, mixed_precision="auto", compile_generation=compile_generation)
     models = tiny_models(tiny_tokenizer, params, device="cuda")
-    result = train_ppo(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+    result = train_policy(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
     scores = [row["score"] for row in result.history]
     assert all(torch.isfinite(torch.tensor(scores)))
     assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 1.0, scores
@@ -397,7 +399,7 @@ def test_linear_schedule_with_warmup_and_adaptive_kl_move_per_iteration(tiny_tok
         kl_coef=0.1,
         kl_estimator="k3",
     )
-    result = train_ppo(
+    result = train_policy(
         tiny_models(tiny_tokenizer, params),
         TokenCountReward(tiny_tokenizer),
         tiny_tokenizer,
@@ -430,12 +432,12 @@ def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(
     reference = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer))
     reference.load_state_dict(policy.state_dict())
     critic = GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, num_labels=1))
-    models = PPOModels.build(policy, critic, params, reference, critic_is_reward_model=critic_is_reward_model)
+    models = PolicyModels.build(policy, critic, params, reference, critic_is_reward_model=critic_is_reward_model)
     hidden = torch.randn(5, critic.config.n_embd)
     with torch.no_grad():
         before = models.trained.critic.score(hidden)[:, 0].clone()
     reward = TokenCountReward(tiny_tokenizer)  # raw scores of a few tokens each: far from mean 0, std 1
-    train_ppo(models, reward, tiny_tokenizer, PROMPTS, params, 0, log=lambda row: None)
+    train_policy(models, reward, tiny_tokenizer, PROMPTS, params, 0, log=lambda row: None)
     with torch.no_grad():
         after = models.trained.critic.score(hidden)[:, 0]
     if not critic_is_reward_model:  # a new value head on the policy: left as it starts
@@ -450,7 +452,7 @@ def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(
 def test_the_gold_score_is_logged_beside_the_proxy_and_a_plateau_ends_the_run(tiny_tokenizer):
     from rlhf.config import load_params
     from rlhf.judges.constitution import RuleJudge
-    from rlhf.policy_optimization.trainer import gold_plateau
+    from rlhf.policy_optimization.monitors import gold_plateau
     from rlhf.rewards.rules import RulesReward
 
     params = TrainPolicyParams(iterations=3, batch_size=8, minibatch_size=4, max_new_tokens=8)
@@ -462,7 +464,7 @@ def test_the_gold_score_is_logged_beside_the_proxy_and_a_plateau_ends_the_run(ti
         gold([prompt], [f"thanks , {topic} are nice"]).item()
         == judge.score(prompt, topic, f"thanks , {topic} are nice")[0]
     )
-    result = train_ppo(
+    result = train_policy(
         tiny_models(tiny_tokenizer, params),
         TokenCountReward(tiny_tokenizer),
         tiny_tokenizer,

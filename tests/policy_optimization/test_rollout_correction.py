@@ -12,7 +12,8 @@ import torch
 from rlhf.config import TrainPolicyParams
 from rlhf.policy_optimization.rollout import ScoreNormalizer, collect_rollout
 from rlhf.policy_optimization.rollout_correction import importance_weights
-from rlhf.policy_optimization.trainer import recompute_logprobs, train_ppo
+from rlhf.policy_optimization.trainer import train_policy
+from rlhf.policy_optimization.update import recompute_logprobs
 from tests.support.policy_runs import PROMPTS, TokenCountReward, tiny_models, toy_params
 
 # Row 0: token weights 1, 3, 1/3, 1.5 (sequence weight 1.5); row 1: 2.5, 1.6, padding (sequence 4).
@@ -106,7 +107,7 @@ def test_a_run_with_the_correction_logs_its_share_and_learns(tiny_tokenizer, fre
         eval_every=0,
     )
     models = tiny_models(tiny_tokenizer, params)
-    result = train_ppo(
+    result = train_policy(
         models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, seed=0, log=lambda row: None
     )
     history = result.history

@@ -8,9 +8,9 @@ from transformers import AutoTokenizer
 
 from rlhf.config import TrainPolicyParams
 from rlhf.policy_optimization import estimators
+from rlhf.policy_optimization.algorithms import MinibatchCounts, algorithm_for
 from rlhf.policy_optimization.models import critic_start
 from rlhf.policy_optimization.rollout import Rollout, ScoreNormalizer, drop_uninformative_groups
-from rlhf.policy_optimization.trainer import MinibatchCounts, policy_objective
 
 
 def test_a_constant_calibration_batch_centres_the_scores_without_blowing_them_up():
@@ -72,7 +72,7 @@ def test_grpo_keeps_dropped_groups_in_its_kl_term():
     drop_uninformative_groups(rollout, 2, gather=lambda t: t)
     assert rollout.kept.tolist() == [True, True, False, False]
     logprobs = torch.full((4, 3), -2.0, requires_grad=True)
-    loss, stats = policy_objective(params, logprobs, rollout, kl_coef=0.5, counts=MinibatchCounts.of(rollout, None))
+    loss, stats = algorithm_for(params).loss(logprobs, rollout, 0.5, MinibatchCounts.of(rollout, None))
     loss.backward()
     assert torch.all(logprobs.grad[2:] != 0)  # the dropped group: the KL's pull only
     assert stats["kl_loss"].item() > 0

@@ -74,7 +74,7 @@ def test_two_ddp_processes_take_the_same_step_as_one(
         "--standalone",
         "--nproc_per_node",
         "2",
-        str(project_root / "tests" / "split_update.py"),
+        str(project_root / "tests" / "support" / "split_update.py"),
         algorithm,
         aggregation,
         str(micro_batch),

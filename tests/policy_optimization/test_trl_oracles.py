@@ -11,7 +11,7 @@ import torch
 from datasets import Dataset
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
-from rlhf.policy_optimization import estimators
+from rlhf.policy_optimization import core, estimators
 from rlhf.reward_models.kwise import Ranking, RankingCollator, ranking_loss, train_on_rankings
 from rlhf.scoring import encode
 from tests.support.tiny import tiny_gpt2_config
@@ -273,7 +273,7 @@ def our_grpo_loss(trainer, batch: dict, mode: str, old_logprobs: torch.Tensor | 
     old = batch["old_per_token_logps"] if old_logprobs is None else old_logprobs
     advantages = estimators.per_token(batch["advantages"], mask)
     budget = trainer.args.max_completion_length
-    surrogate = estimators.clipped_surrogate(logprobs, old, advantages, trainer.args.epsilon, trainer.args.epsilon_high)
+    surrogate, _ = core.clipped_surrogate(logprobs - old, advantages, trainer.args.epsilon, trainer.args.epsilon_high)
     kl = estimators.k3_kl_loss(logprobs, batch["ref_per_token_logps"], mask, mode, budget)
     return estimators.aggregate(surrogate, mask, mode, budget) + trainer.args.beta * kl
 

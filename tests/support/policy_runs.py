@@ -10,18 +10,18 @@ import torch
 from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from rlhf.config import TrainPolicyParams
-from rlhf.policy_optimization.models import PPOModels
-from rlhf.policy_optimization.trainer import train_ppo
+from rlhf.policy_optimization.models import PolicyModels
+from rlhf.policy_optimization.trainer import train_policy
 from tests.support.tiny import HELD_OUT, PROMPTS, TOPICS, tiny_gpt2_config  # noqa: F401 (re-exported)
 
 
-def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0, device: str = "cpu") -> PPOModels:
+def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0, device: str = "cpu") -> PolicyModels:
     torch.manual_seed(seed)
     policy = GPT2LMHeadModel(tiny_gpt2_config(tokenizer)).to(device)
     reference = GPT2LMHeadModel(tiny_gpt2_config(tokenizer)).to(device)
     reference.load_state_dict(policy.state_dict())
     critic = GPT2ForSequenceClassification(tiny_gpt2_config(tokenizer, num_labels=1)).to(device)
-    return PPOModels.build(policy, critic, params, reference=None if params.lora_rank else reference)
+    return PolicyModels.build(policy, critic, params, reference=None if params.lora_rank else reference)
 
 
 def toy_params(**changes) -> TrainPolicyParams:
@@ -103,17 +103,17 @@ BUDGET = {
 }
 
 
-def critic_free_models(tokenizer, params: TrainPolicyParams, seed: int = 0) -> PPOModels:
+def critic_free_models(tokenizer, params: TrainPolicyParams, seed: int = 0) -> PolicyModels:
     torch.manual_seed(seed)
     policy = GPT2LMHeadModel(tiny_gpt2_config(tokenizer))
     reference = GPT2LMHeadModel(tiny_gpt2_config(tokenizer))
     reference.load_state_dict(policy.state_dict())
-    return PPOModels.build(policy, None, params, reference=reference)
+    return PolicyModels.build(policy, None, params, reference=reference)
 
 
 def train(tokenizer, reward, **settings) -> list[dict]:
     params = TrainPolicyParams(**{**BUDGET, **settings})
-    return train_ppo(
+    return train_policy(
         critic_free_models(tokenizer, params), reward, tokenizer, PROMPTS, params, 0, log=lambda r: 0
     ).history
 

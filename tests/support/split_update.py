@@ -14,9 +14,10 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 from rlhf.config import TrainPolicyParams
+from rlhf.policy_optimization.engine import make_accelerator
 from rlhf.policy_optimization.models import PolicyAndCritic
 from rlhf.policy_optimization.rollout import Rollout
-from rlhf.policy_optimization.trainer import make_accelerator, ppo_update
+from rlhf.policy_optimization.update import policy_update
 
 ROWS, QUERY, STEPS, VOCAB = 8, 5, 7, 48
 # Response lengths 7, 1, 2, 7, 3, 7, 5, 2: unequal, so the aggregations differ.
@@ -113,7 +114,9 @@ def parameter_step(algorithm, aggregation, micro_batch, dynamic_sampling=False, 
     rows = torch.arange(rank * share, (rank + 1) * share)
     experience = rollout(algorithm, dynamic_sampling, correction).minibatch(rows)
     shuffle = torch.Generator().manual_seed(0)
-    ppo_update(trained, trained, accelerator, optimizer, experience, settings, shuffle, None, kl_coef=settings.kl_coef)
+    policy_update(
+        trained, trained, accelerator, optimizer, experience, settings, shuffle, None, kl_coef=settings.kl_coef
+    )
     return {name: (p.detach() - before[name]) for name, p in accelerator.unwrap_model(trained).named_parameters()}
 
 
