@@ -127,11 +127,11 @@ def publish(root: Path, stages: list[PipelineStage], paths: dict[str, str], roun
             table=ranked_samples_table(root, paths["prompts"], paths["rankings"], paths["responses"]),
             description=f"Sample prompts with their ranked responses, round {round_number}",
         )
-    if (root / paths["ppo_curve"]).exists():
+    if (root / paths["policy_curve"]).exists():
         pictures = [
-            ("Policy training: reward and KL per iteration", root / paths["ppo_curve_png"]),
+            ("Policy training: reward and KL per iteration", root / paths["policy_curve_png"]),
             ("Gold (rules) versus proxy (reward model) against sqrt(KL)", root / paths["gold_png"]),
             ("Reward model: held-out score distributions", root / paths["reward_distribution_png"]),
         ]
-        create_markdown_artifact(key=CURVES_KEY, markdown=curves_markdown(root / paths["ppo_curve"], pictures))
+        create_markdown_artifact(key=CURVES_KEY, markdown=curves_markdown(root / paths["policy_curve"], pictures))
     return rows

@@ -1,4 +1,4 @@
-"""Resumable PPO checkpoints: everything needed to continue a run exactly where it stopped.
+"""Resumable training checkpoints: everything needed to continue a run exactly where it stopped.
 
 A checkpoint is accelerate's `save_state` (trained weights, optimizer, RNG states of every process:
 python, numpy, torch, CUDA) plus the objects registered with it (trainer state: iteration, history,

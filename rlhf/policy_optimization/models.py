@@ -1,4 +1,4 @@
-"""The networks PPO holds: the trained policy and critic as one module, and the frozen reference.
+"""The networks the online algorithms hold: the trained policy and critic as one module, and the frozen reference.
 
 The critic-free algorithms (grpo, rloo, reinforce_pp) hold the same module with no critic: nothing
 of a value model is built, prepared, optimised or checkpointed for them.

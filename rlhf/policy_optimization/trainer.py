@@ -145,6 +145,7 @@ class Run:
 
     algorithm: Algorithm
     accelerator: Accelerator
+    models: PolicyModels
     trained: torch.nn.Module  # policy (and critic) as the engine wrapped them
     forward: Callable  # `trained`, or its torch.compile'd wrapper, for the update's forward passes
     optimizer: torch.optim.Optimizer
@@ -152,6 +153,10 @@ class Run:
     state: TrainerState
     checkpoints: Checkpoints | None
     prompts: list[chat.Conversation]
+    tokenizer: PreTrainedTokenizerBase
+    scorer: RewardScorer  # the online reward
+    cost_scorer: RewardScorer | None = None  # PPO-Lagrangian's cost model
+    gold_scorer: RulesReward | None = None  # the gold judge, scored beside the proxy
     resumed_from: int | None = None
     recompute: Callable[..., torch.Tensor] | None = None  # recompute_old_logprobs: pi_old by the update's forward
 
@@ -160,6 +165,40 @@ class Run:
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum")
+
+    def rollout(self, prompts: list[chat.Conversation]) -> tuple[Rollout, dict[str, float]]:
+        """Sample, score, the KL and the algorithm's advantages (rollout.collect_rollout)."""
+        with self.accelerator.autocast(), whole_for_rollout(self.models):  # bf16 on CUDA, as the update
+            return collect_rollout(
+                self.models,
+                self.scorer,
+                self.state.normalizer,
+                self.tokenizer,
+                prompts,
+                self.algorithm.params,
+                self.state.kl.value,
+                all_reduce=self.all_reduce,
+                gather=self.accelerator.gather,
+                cost_scorer=self.cost_scorer,
+                gold_scorer=self.gold_scorer,
+                recompute_logprobs=self.recompute,
+                algorithm=self.algorithm,
+            )
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        """The algorithm's loss over `rollout`'s minibatches (update.policy_update)."""
+        return policy_update(
+            self.trained,
+            self.forward,
+            self.accelerator,
+            self.optimizer,
+            rollout,
+            self.algorithm.params,
+            self.state.shuffle,
+            self.checkpoints,
+            self.state.kl.value,
+            self.algorithm,
+        )
 
 
 def train_policy(
@@ -192,6 +231,7 @@ def train_policy(
     accelerator = accelerator or make_accelerator(params, device)
     refuse_what_is_not_built(algorithm, accelerator, cost_scorer, evaluator)
     run = start_run(models, algorithm, scorer, tokenizer, prompts, seed, log, accelerator, checkpoint_dir, fingerprint)
+    run.cost_scorer, run.gold_scorer = cost_scorer, gold_scorer
     state = run.state
     stopped_early = None
     for iteration in range(state.iteration + 1, params.iterations + 1):
@@ -199,40 +239,12 @@ def train_policy(
         reset_peak_memory(device)
         batch_prompts = run.sample_prompts()
         # 1-4. sample -> score -> KL -> advantages: the rollout engine, with the algorithm's advantages
-        with accelerator.autocast(), whole_for_rollout(models):  # bf16 on CUDA, as the update: log-probs match
-            rollout, stats = collect_rollout(
-                models,
-                scorer,
-                state.normalizer,
-                tokenizer,
-                batch_prompts,
-                params,
-                state.kl.value,
-                all_reduce=run.all_reduce,
-                gather=accelerator.gather,
-                cost_scorer=cost_scorer,
-                gold_scorer=gold_scorer,
-                recompute_logprobs=run.recompute,
-                algorithm=run.algorithm,
-            )
+        rollout, stats = run.rollout(batch_prompts)
         stats["rollout_seconds"] = device_clock(device) - started
         stop_if_unsafe(stats, iteration, params, run.checkpoints)
         # 5. update: epochs of the algorithm's loss over shuffled minibatches
         update_started = device_clock(device)
-        stats.update(
-            policy_update(
-                run.trained,
-                run.forward,
-                accelerator,
-                run.optimizer,
-                rollout,
-                params,
-                state.shuffle,
-                run.checkpoints,
-                state.kl.value,
-                run.algorithm,
-            )
-        )
+        stats.update(run.update(rollout))
         stats["update_seconds"] = device_clock(device) - update_started
         stats.update(throughput_and_memory(stats, device_clock(device) - started, device))
         stop_if_unsafe(stats, iteration, params, run.checkpoints)
@@ -325,7 +337,20 @@ def start_run(
     forward = torch.compile(trained) if params.compile else trained
     if shards_weights(accelerator):
         models.generation_context = functools.partial(gathered, accelerator, models.trained.policy)
-    run = Run(algorithm, accelerator, trained, forward, optimizer, scheduler, state, checkpoints, prompts)
+    run = Run(
+        algorithm,
+        accelerator,
+        models,
+        trained,
+        forward,
+        optimizer,
+        scheduler,
+        state,
+        checkpoints,
+        prompts,
+        tokenizer,
+        scorer,
+    )
     if latest is not None:
         accelerator.load_state(str(latest))
         run.resumed_from = state.iteration

@@ -52,7 +52,7 @@ def test_evaluation_metrics_are_complete(flow_outcomes, demo_repo):
     report = (demo_repo / "reports" / "eval.md").read_text()
     assert "win_rate_vs_start" in report and "| prompt | before | after |" in report
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)  # the curves, relative to the report
-    assert sorted(linked) == ["../plots/gold_vs_proxy.png", "../plots/ppo.png", "../plots/reward.png"]
+    assert sorted(linked) == ["../plots/gold_vs_proxy.png", "../plots/policy.png", "../plots/reward.png"]
     assert all((demo_repo / "reports" / path).resolve().read_bytes()[:4] == b"\x89PNG" for path in linked)
 
 
@@ -117,7 +117,7 @@ def test_flow_published_metrics_and_report_artifacts(flow_outcomes):
 def test_dvc_exp_run_sets_any_params_key_and_plots_render(flow_outcomes, demo_repo):
     dvc("plots", "show", "-o", str(demo_repo.parent / "plots-out"), cwd=demo_repo)
     rendered = (demo_repo.parent / "plots-out" / "index.html").read_text()
-    assert "PPO per iteration" in rendered and '"score"' in rendered
+    assert "Policy training per iteration" in rendered and '"score"' in rendered
     run(["git", "add", "-A"], demo_repo)
     run(["git", "commit", "-qm", "the flow's round"], demo_repo)
     output = dvc("exp", "run", "-n", "fewer-samples", "-S", "evaluate.report_samples=1", cwd=demo_repo).stdout

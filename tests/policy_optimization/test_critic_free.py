@@ -231,10 +231,10 @@ def test_grpo_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_
     done = run_stage(command(**run), project_root)
     assert done.returncode == 0, done.stderr
     uninterrupted = load_policy(root / "policy", torch.device("cpu")).state_dict()
-    uninterrupted_curve = pd.read_csv(root / "ppo.csv")
+    uninterrupted_curve = pd.read_csv(root / "policy.csv")
     uninterrupted_metrics = json.loads((root / "policy.json").read_text())
     assert uninterrupted_metrics["algorithm"] == "grpo" and "value_loss" not in uninterrupted_curve
-    for path in ("policy", "ppo.csv", "ppo.png", "policy.json"):
+    for path in ("policy", "policy.csv", "policy.png", "policy.json"):
         subprocess.run(["rm", "-rf", str(root / path)], check=True)
 
     kill_after_third_checkpoint(command(**run), root, project_root)
@@ -247,7 +247,7 @@ def test_grpo_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_
     assert re.search(r"resumed after iteration [34] from", resumed.stdout)
     final = load_policy(root / "policy", torch.device("cpu")).state_dict()
     assert all(torch.equal(uninterrupted[name], final[name]) for name in uninterrupted)
-    curve = pd.read_csv(root / "ppo.csv")
+    curve = pd.read_csv(root / "policy.csv")
     pd.testing.assert_frame_equal(
         curve.drop(columns=measured(curve)), uninterrupted_curve.drop(columns=measured(curve))
     )

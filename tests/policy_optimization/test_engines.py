@@ -99,7 +99,7 @@ def test_ppo_under_the_engine_resumes_after_sigkill_where_an_uninterrupted_run_e
     assert done.returncode == 0, ranks_of(done)
     assert "2 process(es)" in done.stdout
     assert len(json.loads((root / "policy.json").read_text())["peak_rss_mb_per_process"]) == 2
-    uninterrupted, uninterrupted_curve = trained_policy(root), pd.read_csv(root / "ppo.csv")
+    uninterrupted, uninterrupted_curve = trained_policy(root), pd.read_csv(root / "policy.csv")
     subprocess.run(["rm", "-rf", str(root / "policy")], check=True)
 
     kill_after_checkpoint(command(**run), root, project_root, iteration=1)
@@ -108,7 +108,7 @@ def test_ppo_under_the_engine_resumes_after_sigkill_where_an_uninterrupted_run_e
     resumed = run_stage(command(**run), project_root)
     assert resumed.returncode == 0, ranks_of(resumed)
     assert re.search(r"resumed after iteration [12] from", resumed.stdout)
-    curve = pd.read_csv(root / "ppo.csv")
+    curve = pd.read_csv(root / "policy.csv")
     unmeasured = [column for column in curve if column not in measured(curve)]
     pd.testing.assert_frame_equal(curve[unmeasured], uninterrupted_curve[unmeasured])
     final = trained_policy(root)

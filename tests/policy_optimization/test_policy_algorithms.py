@@ -48,7 +48,7 @@ def test_dpo_trains_on_the_comparisons_and_evaluate_compares_it_with_ppo(ppo_rep
     # on the training batches and on held-out pairs it never saw.
     assert policy["held_out_margin_before"] == 0.0
     assert policy["held_out_margin_after"] > 0.0
-    curve = pd.read_csv(ppo_repo / "plots" / "ppo.csv")
+    curve = pd.read_csv(ppo_repo / "plots" / "policy.csv")
     assert list(curve.columns[:2]) == ["iteration", "step"] and len(curve) >= 2
     assert curve["reward_margin"].iloc[-1] > curve["reward_margin"].iloc[0]
     # evaluate measures the DPO policy on the held-out prompts PPO was measured on; the diff puts
@@ -97,7 +97,7 @@ def test_ppo_lagrangian_runs_against_the_cost_model_and_evaluate_reports_unsafe_
     policy = json.loads((ppo_repo / "metrics" / "policy.json").read_text())
     assert policy["algorithm"] == "ppo_lagrangian" and 0.0 <= policy["cost"] <= 1.0
     assert policy["lagrange_multiplier"] >= 0.0
-    curve = pd.read_csv(ppo_repo / "plots" / "ppo.csv")
+    curve = pd.read_csv(ppo_repo / "plots" / "policy.csv")
     assert {"cost", "lagrange_multiplier"} <= set(curve.columns) and len(curve) == 3
     evaluation = json.loads((ppo_repo / "metrics" / "eval.json").read_text())
     for key in ("unsafe_share_start", "unsafe_share_final", "win_rate_vs_start"):

@@ -301,12 +301,12 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     done = run_stage(command(**run), project_root)
     assert done.returncode == 0, done.stderr
     uninterrupted = load_policy(root / "policy", torch.device("cpu")).state_dict()
-    uninterrupted_curve = pd.read_csv(root / "ppo.csv")
+    uninterrupted_curve = pd.read_csv(root / "policy.csv")
     uninterrupted_metrics = json.loads((root / "policy.json").read_text())
     uninterrupted_samples = (root / "dvclive" / "samples.jsonl").read_text()
     uninterrupted_live = (root / "dvclive" / "plots" / "metrics" / "score.tsv").read_text()
     assert not (root / "ckpt").exists()  # removed once the policy is written
-    assert (root / "ppo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (root / "policy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rates = uninterrupted_curve.dropna(subset=["eval_win_rate"])
     assert list(rates["iteration"]) == [2, 4, 6]
     assert uninterrupted_metrics["kept_win_rate"] == rates["eval_win_rate"].max()
@@ -314,7 +314,7 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     samples = [json.loads(line) for line in uninterrupted_samples.splitlines()]
     assert [row["step"] for row in samples] == [2, 2, 2, 4, 4, 4, 6, 6, 6]
     assert all(set(row) == {"step", "prompt", "response", "reward", "kl"} for row in samples)
-    for path in ("policy", "ppo.csv", "ppo.png", "policy.json"):
+    for path in ("policy", "policy.csv", "policy.png", "policy.json"):
         subprocess.run(["rm", "-rf", str(root / path)], check=True)
 
     kill_after_third_checkpoint(command(**run), root, project_root)
@@ -325,7 +325,7 @@ def test_stage_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     assert re.search(r"resumed after iteration [34] from", resumed.stdout)  # the kill lands within a step
     final = load_policy(root / "policy", torch.device("cpu")).state_dict()
     assert all(torch.equal(uninterrupted[name], final[name]) for name in uninterrupted)
-    curve = pd.read_csv(root / "ppo.csv")
+    curve = pd.read_csv(root / "policy.csv")
     pd.testing.assert_frame_equal(
         curve.drop(columns=measured(curve)), uninterrupted_curve.drop(columns=measured(curve))
     )
@@ -356,7 +356,7 @@ def test_stage_does_not_resume_a_checkpoint_of_other_params(stage_workspace, pro
     done = run_stage(command(**{**SMALL_RUN, "learning_rate": 1e-3}), project_root)
     assert done.returncode == 0, done.stderr
     assert "resumed" not in done.stdout
-    assert len(pd.read_csv(root / "ppo.csv")) == SMALL_RUN["iterations"]
+    assert len(pd.read_csv(root / "policy.csv")) == SMALL_RUN["iterations"]
 
 
 def test_stage_stops_with_one_line_naming_the_ceiling(stage_workspace, project_root):

@@ -267,7 +267,7 @@ def test_the_stage_rates_with_a_local_and_an_endpoint_judge_and_reports_the_cost
     assert metrics["reward_usage"]["openai"]["requests"] == 24 == len(RatingAPI.seen)
     assert metrics["reward_usage"]["openai"]["cost"] == pytest.approx(24 * 40 * 0.5 / 1000)
     assert "train_policy: reward openai: " in done.stdout
-    curve = pd.read_csv(root / "ppo.csv")
+    curve = pd.read_csv(root / "policy.csv")
     assert len(curve) == 2
     live = root / "dvclive" / "plots" / "metrics"
     llm_means = [float(line.split("\t")[1]) for line in (live / "reward_llm.tsv").read_text().splitlines()[1:]]
