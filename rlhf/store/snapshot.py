@@ -41,14 +41,15 @@ WHERE preferred > 1
 """
 
 # The pairs that are labels. An AI label of a pair that hybrid routing sent to people is not a
-# label: the people's is. Such queue items hold the pair's two ids in order.
-LABELLED_PAIRS = f"""
+# label: the people's is. Such queue items hold the pair's two ids in order. `superseded` is the
+# temp table of SUPERSEDED_RANKINGS (note_superseded), which the snapshot reads twice.
+LABELLED_PAIRS = """
 SELECT c.* FROM comparisons c
 ANTI JOIN (SELECT response_ids->>'$[0]' AS low, response_ids->>'$[1]' AS high FROM annotation_queue
            WHERE reason = 'low_confidence' AND json_array_length(response_ids) = 2) routed
   ON c.judge <> 'human'
  AND routed.low = least(c.chosen_id, c.rejected_id) AND routed.high = greatest(c.chosen_id, c.rejected_id)
-ANTI JOIN ({SUPERSEDED_RANKINGS}) superseded ON superseded.ranking_id = c.ranking_id
+ANTI JOIN superseded ON superseded.ranking_id = c.ranking_id
 """
 
 # Several people's rankings of one item (the same prompt and responses) merge by weight: each of
@@ -69,17 +70,19 @@ FROM ({LABELLED_PAIRS}) l LEFT JOIN ({HUMAN_RATERS}) h USING (ranking_id)
 
 # A LIKE, not a JSON parse: reasons are written by json.dumps, and this runs over every ranking row.
 # The snapshot's rankings are those of the `in_scope` relation (snapshot_comparisons).
-UNSAFE_LABELS = f"""
+UNSAFE_LABELS = """
 SELECT response_id, bool_or(reasons LIKE '%"unsafe": true%') AS unsafe
-FROM rankings ANTI JOIN ({SUPERSEDED_RANKINGS}) superseded USING (ranking_id)
+FROM rankings ANTI JOIN superseded USING (ranking_id)
 WHERE reasons LIKE '%"unsafe": %' AND ranking_id IN (SELECT ranking_id FROM in_scope) GROUP BY response_id
 """
-SCOPED_RANKINGS = "(SELECT prompt_id, response_id FROM rankings WHERE ranking_id IN (SELECT ranking_id FROM in_scope))"
+# The prompt and response of every ranking row in scope, kept as the temp table `scoped`: the
+# prompts and the responses file both select by it.
+SCOPED = "SELECT prompt_id, response_id FROM rankings WHERE ranking_id IN (SELECT ranking_id FROM in_scope)"
 
 # The snapshot is three files, each row once: the labelled pairs of the rankings in scope, and their
 # prompts and responses (with a scope, a fourth: scope.json, what it took).
 # Texts are not repeated per pair (a response is in K - 1 pairs): the files stay small and a
-# 1M-pair snapshot takes under 2 s. `rlhf.snapshot.read_comparisons` joins them back. Each file
+# 1M-pair snapshot takes about a second. `rlhf.snapshot.read_comparisons` joins them back. Each file
 # has its own COPY options: the pairs' hash ids gain nothing from Parquet's dictionary encoding.
 SNAPSHOT_FILES = {
     "pairs": (
@@ -89,8 +92,8 @@ SNAPSHOT_FILES = {
         "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1",
     ),
     "prompts": (
-        f"""SELECT prompt_id, prompt, messages, topic, split FROM prompts
-            WHERE prompt_id IN (SELECT prompt_id FROM {SCOPED_RANKINGS}) ORDER BY prompt_id""",
+        """SELECT prompt_id, prompt, messages, topic, split FROM prompts
+            WHERE prompt_id IN (SELECT prompt_id FROM scoped) ORDER BY prompt_id""",
         "FORMAT parquet",
     ),
     # unsafe: the harmlessness label (Safe RLHF's cost model): true if any ranking of the response
@@ -98,7 +101,7 @@ SNAPSHOT_FILES = {
     "responses": (
         f"""SELECT r.response_id, r.prompt_id, r.response, r.messages, r.policy_checkpoint, s.unsafe
             FROM responses r LEFT JOIN ({UNSAFE_LABELS}) s USING (response_id)
-            WHERE response_id IN (SELECT response_id FROM {SCOPED_RANKINGS}) ORDER BY response_id""",
+            WHERE response_id IN (SELECT response_id FROM scoped) ORDER BY response_id""",
         "FORMAT parquet",
     ),
 }
@@ -123,9 +126,15 @@ def register_current(con: duckdb.DuckDBPyConnection, ranking_ids: Iterable[str])
     con.register("current_rankings", pd.DataFrame({"ranking_id": pd.Series(sorted(set(ranking_ids)), dtype=str)}))
 
 
+def note_superseded(con: duckdb.DuckDBPyConnection, current_ranking_ids: Iterable[str]) -> None:
+    """The temp table `superseded` (SUPERSEDED_RANKINGS) with the rankings stored now preferred."""
+    register_current(con, current_ranking_ids)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE superseded AS {SUPERSEDED_RANKINGS}")
+
+
 def comparisons(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
     """Every labelled pair with its prompt and response texts, in the snapshot's order."""
-    register_current(con, ())
+    note_superseded(con, ())
     return con.execute(COMPARISONS_QUERY).df()
 
 
@@ -147,7 +156,7 @@ def replacing(out_dir: Path) -> Iterator[Path]:
 
 def write(con: duckdb.DuckDBPyConnection, out_dir: Path, current_ranking_ids: Iterable[str], scope: dict | None) -> int:
     """Write the snapshot's files into `out_dir` (see FeedbackStore.snapshot_comparisons); the number of pairs."""
-    register_current(con, current_ranking_ids)
+    note_superseded(con, current_ranking_ids)
     if scope is None:
         con.execute("CREATE OR REPLACE TEMP TABLE in_scope AS SELECT DISTINCT ranking_id FROM rankings")
     else:
@@ -159,6 +168,7 @@ def write(con: duckdb.DuckDBPyConnection, out_dir: Path, current_ranking_ids: It
                       (SELECT ranking_id FROM rankings WHERE list_contains(CAST(? AS VARCHAR[]), judge))""",
             scope_arguments(scope) + [judges, judges],
         )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE scoped AS {SCOPED}")
     for name, (query, options) in SNAPSHOT_FILES.items():
         target = str(out_dir / f"{name}.parquet").replace("'", "''")  # COPY binds no target
         con.execute(f"COPY ({query}) TO '{target}' ({options})")
