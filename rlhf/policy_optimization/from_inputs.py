@@ -25,7 +25,7 @@ from rlhf.config import Params
 from rlhf.errors import ConfigError
 from rlhf.judges import RuleJudge, make_judge
 from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
-from rlhf.policy_optimization.algorithms import PPOLagrangian, algorithm_for
+from rlhf.policy_optimization.algorithms import algorithm_for
 from rlhf.policy_optimization.engine import make_accelerator, offloaded, peak_rss_mb, save_policy
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PolicyModels, count_parameters, critic_start
@@ -167,7 +167,7 @@ def train_online(
         return None
     for name, counts in usage.items():
         print(f"{STAGE}: reward {name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
-    safety = SAFETY_CURVE_COLUMNS if isinstance(algorithm, PPOLagrangian) else []
+    safety = [column for column in SAFETY_CURVE_COLUMNS if column in algorithm.logs]  # PPO-Lagrangian's
     metrics = {"algorithm": config.algorithm}
     last = result.history[-1]
     metrics.update({k: last[k] for k in ("score", "kl", "response_length", "repetition", "entropy", "ended_share")})

@@ -275,14 +275,7 @@ def collect_rollout(
         rollout_logprobs,
     )
     stats = {
-        "score": gather(scored.scores).mean().item(),
-        "raw_score": gather(scored.raw).mean().item(),
-        "kl": gather(kl).mean().item(),
-        "response_length": gather(mask.sum(-1)).mean().item(),
-        "repetition": gather(core.repetition_rate(sample.response_ids, mask).to(device)).mean().item(),
-        "ended_share": gather(sample.ended.float()).mean().item(),
-        "generation_seconds": sample.seconds,
-        "scoring_seconds": scored.seconds,
+        **rollout_stats(sample, scored, kl, gather),
         "reference_seconds": reference_seconds,
         "generated_tokens": gather(mask.sum()).sum().item(),
         **drift,
@@ -307,6 +300,21 @@ def collect_rollout(
         stats["scoring_seconds"] += device_clock(device) - gold_started
         stats.update(gold_score=gather(gold).mean().item(), sqrt_kl=max(stats["kl"], 0.0) ** 0.5)
     return rollout, stats
+
+
+def rollout_stats(sample: Samples, scored: Scores, kl: torch.Tensor, gather) -> dict[str, float]:
+    """The batch's means over every process: score, KL, length, the reward-hacking monitors, phase times."""
+    mask = sample.mask
+    return {
+        "score": gather(scored.scores).mean().item(),
+        "raw_score": gather(scored.raw).mean().item(),
+        "kl": gather(kl).mean().item(),
+        "response_length": gather(mask.sum(-1)).mean().item(),
+        "repetition": gather(core.repetition_rate(sample.response_ids, mask).to(mask.device)).mean().item(),
+        "ended_share": gather(sample.ended.float()).mean().item(),
+        "generation_seconds": sample.seconds,
+        "scoring_seconds": scored.seconds,
+    }
 
 
 def drop_uninformative_groups(rollout: Rollout, group_size: int, gather) -> float:

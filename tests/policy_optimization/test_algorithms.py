@@ -10,6 +10,8 @@ from rlhf.config import TrainPolicyParams
 from rlhf.policy_optimization import estimators
 from rlhf.policy_optimization.algorithms import GSPO, MinibatchCounts, algorithm_for
 from rlhf.policy_optimization.rollout import Rollout
+from rlhf.policy_optimization.trainer import train_policy
+from tests.support.policy_runs import PROMPTS, TokenCountReward, critic_free_models, tiny_models, toy_params
 
 
 def rollout_of(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> Rollout:
@@ -88,3 +90,20 @@ def test_each_algorithm_says_what_it_needs_as_the_schema_does(name):
 def test_dpo_is_not_an_online_algorithm():
     with pytest.raises(ValueError, match="not trained by the online loop"):
         algorithm_for(TrainPolicyParams(algorithm="dpo"))
+
+
+ALL_LOGGED = {column for name in ONLINE for column in algorithm_for(TrainPolicyParams(algorithm=name)).logs}
+
+
+@pytest.mark.parametrize("name", ONLINE)
+def test_an_iteration_logs_what_its_algorithm_says_and_no_other_algorithms_columns(tiny_tokenizer, name):
+    params = toy_params(algorithm=name, iterations=1, batch_size=8, minibatch_size=8, ppo_epochs=1, max_new_tokens=6)
+    models = (
+        tiny_models(tiny_tokenizer, params) if not params.critic_free else critic_free_models(tiny_tokenizer, params)
+    )
+    cost = {"cost_scorer": lambda prompts, responses: torch.zeros(len(responses))} if name == "ppo_lagrangian" else {}
+    reward = TokenCountReward(tiny_tokenizer)
+    row = train_policy(models, reward, tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0, **cost).history[-1]
+    logs = set(algorithm_for(params).logs)
+    assert logs <= set(row)
+    assert not (ALL_LOGGED - logs) & set(row)
