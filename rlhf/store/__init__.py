@@ -14,12 +14,12 @@ All SQL of the project lives in this package, one module per concern:
 
 The concurrency rule (docs/architecture.md): no process keeps the file open between operations;
 each write is one short transaction under a cross-process file lock, retried while another
-process (the DuckDB CLI, say) holds DuckDB's own lock. Reads open the file read-only without that
-lock, so they wait only while a write is open, never for the writers queued behind it. Rows are
-keyed by content hashes, so writing the same rows twice adds nothing.
+process (the DuckDB CLI, say) holds DuckDB's own lock. Reads open the file read-only, without that
+lock unless a write is open (then they take their turn between writes). Rows are keyed by content
+hashes, so writing the same rows twice adds nothing.
 """
 
-from rlhf.store.feedback_store import READ_WAIT_S, FeedbackStore
+from rlhf.store.feedback_store import FeedbackStore
 from rlhf.store.ingest import with_messages
 from rlhf.store.reads import QueryError, query_in_memory
 from rlhf.store.schema import EVENT_COLUMNS, HUMAN_JUDGE, MIGRATIONS, SCHEMA_V1, SCHEMA_VERSION
@@ -29,7 +29,6 @@ __all__ = [
     "EVENT_COLUMNS",
     "HUMAN_JUDGE",
     "MIGRATIONS",
-    "READ_WAIT_S",
     "SCHEMA_V1",
     "SCHEMA_VERSION",
     "FeedbackStore",

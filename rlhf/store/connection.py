@@ -8,9 +8,11 @@ configuration"). So:
 - a writer takes the store's file lock (`<store>.lock`, which queues the writers of every process),
   then this process's lock of the file, then opens read-write, retrying while a process outside the
   file lock (the DuckDB CLI, a reader) holds DuckDB's own lock;
-- a reader takes no file lock: it opens read-only, retrying only while a writer's transaction is
-  open, for at most `wait_s`, then gives up with one line naming the writer. Readers never queue
-  behind writers that have not started, and never block one another across processes.
+- a reader opens read-only without the file lock when no write is open, so readers never wait for
+  a lock that a process holds without writing, and never block one another across processes;
+  while a write is open, it waits for the file lock as every read did before (filelock polls: no
+  queue, so a stream of back-to-back writes can keep it out), for at most `wait_s`, then gives up
+  with one line naming the writer.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import filelock
 from filelock import FileLock
 
 from rlhf.errors import StoreError
@@ -34,7 +37,7 @@ _FILES: dict[str, threading.RLock] = {}
 _FILES_GUARD = threading.Lock()
 _writing = threading.local()
 
-READ_POLL_S = 0.25  # a reader retries at least this often while a writer holds the file
+READ_POLL_S = 0.25  # a reader retries at least this often while a process outside the lock holds the file
 
 
 def _file_lock(path: Path) -> threading.RLock:
@@ -82,35 +85,70 @@ def open_writer(path: Path, lock: FileLock, retries: int) -> Iterator[duckdb.Duc
 
 
 @contextlib.contextmanager
-def open_reader(path: Path, wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection, opened without the store's file lock. While a writer holds the file
-    it is retried for at most `wait_s`; then StoreError "cannot open the store" (what
-    rlhf.annotation.journal.is_busy reads as busy) naming the writer's process."""
+def open_reader(path: Path, lock: FileLock, wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection. Without the store's file lock when no write is open (the common
+    case); while one is, the read waits for the lock as every read did before, at most `wait_s`,
+    then StoreError "cannot open the store" (what rlhf.annotation.journal.is_busy reads as busy)
+    naming the writer."""
     deadline = time.monotonic() + wait_s
+    with _in_process(path, wait_s):
+        read_only = not _writing_here(path)
+        try:
+            con = _open(path, read_only=read_only)
+        except duckdb.IOException as error:  # a write (another process) has the file open
+            _refuse_removed(path)
+            holder, con = _holder(error), None
+        if con is not None:
+            try:
+                yield con
+            finally:
+                con.close()
+            return
+    try:  # writers take the file lock, then this process's: the same order here
+        lock.acquire(timeout=max(deadline - time.monotonic(), 0.0))
+    except filelock.Timeout:
+        raise StoreError(f"{path}: cannot open the store: {holder} (waited {wait_s:g} s)") from None
+    try:
+        with _in_process(path, max(deadline - time.monotonic(), 0.0)):
+            con = _open_until(path, read_only, deadline, wait_s)
+            try:
+                yield con
+            finally:
+                con.close()
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _in_process(path: Path, wait_s: float) -> Iterator[None]:
     in_process = _file_lock(path)
-    if not in_process.acquire(timeout=max(wait_s, 0.0)):
+    if not in_process.acquire(timeout=wait_s):
         raise StoreError(f"{path}: cannot open the store: a write in this process holds it (waited {wait_s:g} s)")
     try:
-        read_only = not _writing_here(path)
-        attempt = 0
-        while True:
-            try:
-                con = _open(path, read_only=read_only)
-                break
-            except duckdb.IOException as error:  # a writer (another process) has the file open
-                if not path.is_file():
-                    raise StoreError(f"{path}: no store here (it was removed)") from None
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StoreError(f"{path}: cannot open the store: {_holder(error)} (waited {wait_s:g} s)") from None
-                time.sleep(min(0.02 * 2**attempt, READ_POLL_S, left))
-                attempt += 1
-        try:
-            yield con
-        finally:
-            con.close()
+        yield
     finally:
         in_process.release()
+
+
+def _open_until(path: Path, read_only: bool, deadline: float, wait_s: float) -> duckdb.DuckDBPyConnection:
+    """Open under the file lock, retried until `deadline` while a process outside the lock (the
+    DuckDB CLI) holds the file."""
+    attempt = 0
+    while True:
+        try:
+            return _open(path, read_only=read_only)
+        except duckdb.IOException as error:
+            _refuse_removed(path)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreError(f"{path}: cannot open the store: {_holder(error)} (waited {wait_s:g} s)") from None
+            time.sleep(min(0.02 * 2**attempt, READ_POLL_S, left))
+            attempt += 1
+
+
+def _refuse_removed(path: Path) -> None:
+    if not path.is_file():
+        raise StoreError(f"{path}: no store here (it was removed)") from None
 
 
 def _holder(error: duckdb.IOException) -> str:

@@ -19,8 +19,6 @@ from rlhf.store.connection import open_reader, open_writer
 from rlhf.store.schema import SCHEMA_VERSION, migrate, refuse_newer, stored_version
 from rlhf.store.scope import absent_sources, recorded_scope, scope_file, scope_fingerprint, write_scope_file
 
-READ_WAIT_S = 10.0  # the longest a read waits for a writer's transaction to end (lock_timeout_s if shorter)
-
 
 class FeedbackStore:
     """Opens `path` for one operation at a time; never holds it between calls. Writes queue under
@@ -28,13 +26,13 @@ class FeedbackStore:
 
     def __init__(self, path: str | Path, lock_timeout_s: float = 60.0, retries: int = 20, create: bool = True):
         """`create`: False for a reader, which refuses a missing store (StoreError) and creates nothing.
-        `lock_timeout_s`: how long a write waits for the store's lock (and a read, at most READ_WAIT_S,
-        for a write to end); `retries`: how often a write retries DuckDB's own lock."""
+        `lock_timeout_s`: how long a write waits for the store's lock, and a read for the writes before
+        it to end; `retries`: how often a write retries DuckDB's own lock."""
         self.path = Path(path)
         self.lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s)
         self.retries = retries
         self.create = create
-        self.read_wait_s = min(lock_timeout_s, READ_WAIT_S)
+        self.lock_timeout_s = lock_timeout_s
         self.scope_file = scope_file(self.path)
         self.in_memory = str(path) == ":memory:"  # every operation opens a new, empty database
         self._schema_current = False
@@ -78,22 +76,22 @@ class FeedbackStore:
 
     @contextlib.contextmanager
     def reader(self, check_schema: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection, without the writers' lock: it waits at most `read_wait_s` while a
-        write is open, then StoreError. A store not yet at this schema is migrated first, once;
+        """A read-only connection, without the writers' lock unless a write is open: then it waits
+        for its turn at most `lock_timeout_s`, then StoreError naming the writer. A store not yet at this schema is migrated first, once;
         `check_schema` False reads the file as it is (`query`: any DuckDB file, a store or not)."""
         self._refuse_missing()
         if self.in_memory or not self.path.is_file():
             with self._writer() as con:  # nothing to read yet: create it (an in-memory store each time)
                 yield con
             return
-        with open_reader(self.path, self.read_wait_s) as con:
+        with open_reader(self.path, self.lock, self.lock_timeout_s) as con:
             current = self._schema_current or not check_schema or self._check_version(con)
             if current:
                 yield con
                 return
         with self._writer():  # an older store: migrate it under the lock, then read
             pass
-        with open_reader(self.path, self.read_wait_s) as con:
+        with open_reader(self.path, self.lock, self.lock_timeout_s) as con:
             yield con
 
     def _check_version(self, con: duckdb.DuckDBPyConnection) -> bool:

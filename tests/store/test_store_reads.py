@@ -1,6 +1,6 @@
-"""Reads take no writer lock: they open the file read-only, wait only while a write is open, and give
-up after a bound with one line naming the writer. Real processes hold the store; `rlhf store stats`
-runs as a user runs it."""
+"""Reads take no writer lock unless a write is open: they open the file read-only, wait only while a
+write is open, and give up after their bound with one line naming the writer. Real processes hold
+the store; `rlhf store stats` runs as a user runs it."""
 
 import subprocess
 import sys
@@ -14,7 +14,7 @@ import pytest
 from rlhf import chat
 from rlhf.errors import StoreError
 from rlhf.ranking import QUEUE_COLUMNS, RANKING_COLUMNS, queue_item
-from rlhf.store import READ_WAIT_S, FeedbackStore
+from rlhf.store import FeedbackStore
 from rlhf.store.ingest import one_turn_json
 from tests.support.store_data import frames
 
@@ -79,19 +79,20 @@ def test_stats_answers_once_a_short_write_ends(store_path, project_root):
     assert "comparisons      12" in done.stdout  # 4 prompts of 3 responses: 3 pairs each
 
 
-def test_stats_gives_up_on_a_long_write_within_its_bound_with_one_line_naming_the_writer(store_path, project_root):
+def test_a_read_gives_up_on_a_long_write_after_its_bound_with_one_line_naming_the_writer(store_path, project_root):
     writer = hold(HOLD_A_WRITE, store_path, 120, project_root)
+    started = time.monotonic()
     try:
-        done, seconds = stats(store_path, project_root)
+        with pytest.raises(StoreError) as refused:
+            FeedbackStore(store_path, lock_timeout_s=2).counts()
     finally:
         writer.kill()
         writer.wait()
-    assert done.returncode == 2
-    assert done.stderr == (
-        f"rlhf: error: {store_path}: cannot open the store: another process (PID {writer.pid}) is writing it; "
-        f"try again when it is done (waited {READ_WAIT_S:g} s)\n"
+    assert 2 <= time.monotonic() - started < 10
+    assert str(refused.value) == (
+        f"{store_path}: cannot open the store: another process (PID {writer.pid}) is writing it; "
+        "try again when it is done (waited 2 s)"
     )
-    assert READ_WAIT_S <= seconds < READ_WAIT_S + 15  # the bound, plus the command's start
 
 
 def test_stats_does_not_queue_behind_the_writers_lock(store_path, project_root):
@@ -103,7 +104,7 @@ def test_stats_does_not_queue_behind_the_writers_lock(store_path, project_root):
         holder.kill()
         holder.wait()
     assert done.returncode == 0, done.stderr
-    assert seconds < READ_WAIT_S  # it never waited for the lock: its bound did not run out
+    assert seconds < 30  # it never waited for the lock (held 120 s; a read waits up to 60 s)
 
 
 def test_stats_answers_while_another_process_reads_the_file(store_path, project_root):
@@ -116,7 +117,7 @@ def test_stats_answers_while_another_process_reads_the_file(store_path, project_
         reader.kill()
         reader.wait()
     assert done.returncode == 0, done.stderr
-    assert seconds < READ_WAIT_S
+    assert seconds < 30  # the other reader holds the file 120 s
 
 
 def test_the_schema_is_checked_once_per_store_not_on_every_read(store_path):
