@@ -1,5 +1,5 @@
 """The shape of the code, for issue 29's before/after: the longest functions, the classes with the
-most methods, `# fmt: skip` markers, test files per feature folder, and the library's module count.
+most methods, the formatter's skip markers, test files per feature folder, and the library's module count.
 Prints one JSON line. Usage: python bench/code_shape.py [ROOT]   (ROOT: a checkout, default this one)
 """
 
