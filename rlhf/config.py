@@ -528,17 +528,19 @@ class RewardTerm(Section):
         return self
 
 
-CRITIC_FREE = ("grpo", "rloo", "reinforce_pp")  # the algorithms that build no critic
+CRITIC_FREE = ("grpo", "rloo", "reinforce_pp", "gspo")  # the algorithms that build no critic
 
 
 class TrainPolicyParams(Section):
-    algorithm: Literal["ppo", "grpo", "rloo", "reinforce_pp", "dpo", "ppo_lagrangian"] = "ppo"
+    algorithm: Literal["ppo", "grpo", "rloo", "reinforce_pp", "gspo", "dpo", "ppo_lagrangian"] = "ppo"
     """ppo: online RL against the reward (below) with a critic. grpo | rloo | reinforce_pp: critic-free
     online RL on `group_size` responses per prompt (rlhf/policy_optimization/estimators.py): GRPO's group-normalised
     advantages with its k3 KL loss term, RLOO's leave-one-out baseline on the KL-penalised sequence
     reward, REINFORCE++'s per-token KL reward normalised over the global batch. dpo: offline, on the
     comparisons snapshot itself (the `dpo` section); the reward model is then only used by evaluate.
-    ppo_lagrangian: PPO that also keeps the cost model's expected P(unsafe) under `safety.cost_limit`."""
+    ppo_lagrangian: PPO that also keeps the cost model's expected P(unsafe) under `safety.cost_limit`.
+    gspo: GRPO's advantages with the importance ratio and its clip per sequence (Zheng et al. 2025).
+    Each is one object in rlhf/policy_optimization/algorithms.py."""
     dpo: DPOParams = DPOParams()
     safety: SafetyParams = SafetyParams()
     reward: list[RewardTerm] = [RewardTerm()]
@@ -650,7 +652,7 @@ class TrainPolicyParams(Section):
     early_stop_response_length: float | None = Field(None, gt=0)
     gold_judge: Literal["rules"] | None = "rules"
     """A cheap gold judge scoring every iteration's samples beside the reward model's proxy score
-    (rank_responses' principles): plots/ppo.csv gets gold_score and sqrt_kl, plots/gold_vs_proxy.png
+    (rank_responses' principles): plots/policy.csv gets gold_score and sqrt_kl, plots/gold_vs_proxy.png
     both against sqrt(KL). null: none (a real model's rules may mean nothing)."""
     early_stop_gold_patience: int | None = Field(None, ge=1)
     """End early (keeping the policy) once the gold score has not passed its best for this many iterations."""
@@ -697,10 +699,10 @@ class TrainPolicyParams(Section):
         critic_free = self.critic_free
         if critic_free and (self.batch_size // self.num_processes) % self.group_size:
             raise ValueError("group_size: must divide batch_size / num_processes (each process holds whole groups)")
-        if self.algorithm in ("grpo", "rloo") and self.group_size < 2:
+        if self.algorithm in ("grpo", "rloo", "gspo") and self.group_size < 2:
             raise ValueError(f"group_size: {self.algorithm} needs at least 2 responses per prompt for its baseline")
-        if not self.grpo_std_normalization and self.algorithm != "grpo":
-            raise ValueError("grpo_std_normalization: only grpo reads it (false is Dr. GRPO)")
+        if not self.grpo_std_normalization and self.algorithm not in ("grpo", "gspo"):
+            raise ValueError("grpo_std_normalization: only grpo and gspo read it (false is Dr. GRPO)")
         if not critic_free and self.loss_aggregation != "token_mean":
             raise ValueError(
                 f"loss_aggregation: {self.algorithm} has only token_mean; the others are for grpo, rloo, reinforce_pp"

@@ -84,7 +84,7 @@ def test_each_algorithm_says_what_it_needs_as_the_schema_does(name):
     assert algorithm.name == name
     assert algorithm.needs_critic == (not params.critic_free)
     assert algorithm.needs_cost_model == (name == "ppo_lagrangian")
-    assert algorithm.kl_in_loss == (name == "grpo")
+    assert algorithm.kl_in_loss == (name in ("grpo", "gspo"))  # GSPO keeps GRPO's k3 term
 
 
 def test_dpo_is_not_an_online_algorithm():

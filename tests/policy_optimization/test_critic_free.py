@@ -47,6 +47,7 @@ VARIANTS = {
     "grpo": {"algorithm": "grpo"},
     "rloo": {"algorithm": "rloo"},
     "reinforce_pp": {"algorithm": "reinforce_pp"},
+    "gspo": {"algorithm": "gspo"},  # one object and one schema line (issue 29)
     # Dr. GRPO's two changes, with DAPO's clip-higher and dynamic sampling on top
     "dr_grpo_dapo": {
         "algorithm": "grpo",
@@ -64,9 +65,10 @@ def test_each_critic_free_algorithm_raises_the_toy_reward_within_a_fixed_budget(
     assert gain(history) > 2.0, [row["score"] for row in history]  # about 6 liked tokens at the start
     assert history[-1]["kl"] > 0.0
     assert not any("value_loss" in row or "critic_grad_norm" in row for row in history)  # no critic trained
-    assert ("kl_loss" in history[0]) == (VARIANTS[variant]["algorithm"] == "grpo")  # GRPO's k3 term, logged
+    assert ("kl_loss" in history[0]) == (VARIANTS[variant]["algorithm"] in ("grpo", "gspo"))  # the k3 term, logged
     if VARIANTS[variant].get("dynamic_sampling"):
-        assert all(0.0 <= row["dropped_share"] <= 1.0 for row in history)
+        groups = BUDGET["batch_size"] // TrainPolicyParams(**BUDGET, **VARIANTS[variant]).group_size
+        assert all((row["dropped_share"] * groups).is_integer() for row in history)  # whole groups are dropped
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce_pp"])
@@ -196,7 +198,8 @@ def test_a_weighted_sum_of_sources_is_what_the_trainer_sees(tiny_tokenizer):
     history = train(tiny_tokenizer, reward, algorithm="grpo", iterations=2)
     for row in history:
         assert row["raw_score"] == pytest.approx(2.0 * row["reward_rules"] - 0.5 * row["reward_reward_model"], abs=1e-5)
-        assert 0.0 <= row["reward_rules"] <= 1.0 and row["reward_reward_model"] >= 0.0
+        # one principle of weight 1: each response scores 0 or 1, so the batch mean is a count / batch
+        assert (row["reward_rules"] * BUDGET["batch_size"]).is_integer(), row["reward_rules"]
 
 
 def test_grpo_stage_runs_as_two_ddp_processes(stage_workspace, project_root):
