@@ -28,7 +28,7 @@ import torch
 from rlhf import chat
 from rlhf.demo import domain
 from rlhf.judges.constitution import words
-from rlhf.models import load_tokenizer
+from rlhf.pretrained import load_tokenizer
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.scoring import score_exchanges
 

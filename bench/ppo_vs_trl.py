@@ -159,10 +159,10 @@ def run_ours(fixture: Path, compiled: bool) -> dict:
     from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
     from rlhf.config import TrainPolicyParams
-    from rlhf.models import load_tokenizer
     from rlhf.policy_optimization.models import PolicyModels
     from rlhf.policy_optimization.rollout import RewardScorer
     from rlhf.policy_optimization.trainer import train_policy
+    from rlhf.pretrained import load_tokenizer
 
     spec = json.loads((fixture / "spec.json").read_text())
     device, run = torch.device(spec["device"]), spec["run"]

@@ -53,7 +53,7 @@ from rlhf.config import TrainRewardParams
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.importers import read_rankings
 from rlhf.judges.constitution import words
-from rlhf.models import load_tokenizer
+from rlhf.pretrained import load_tokenizer
 from rlhf.reward_models.pairs import pair_accuracy, preference_pairs
 from rlhf.reward_models.train import train_reward_model
 from rlhf.scoring import encode

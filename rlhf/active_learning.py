@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from transformers import AutoModel
 
-from rlhf.models import load_tokenizer
+from rlhf.pretrained import load_tokenizer
 from rlhf.reward_models import report
 from rlhf.scoring import batch_of, encode
 from rlhf.selection import Selection, bald, select

@@ -36,7 +36,7 @@ from rlhf.demo import domain
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.errors import InputError
 from rlhf.jsonl import json_objects
-from rlhf.models import load_policy, load_tokenizer
+from rlhf.pretrained import load_policy, load_tokenizer
 from rlhf.text import split_of
 from rlhf.tracking import Tracker
 

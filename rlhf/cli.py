@@ -377,7 +377,7 @@ def export_tokenizer(path: str | None):
         return None
     if not Path(path).is_dir():
         raise InputError(f"--tokenizer {path}: no model directory here")
-    from rlhf.models import load_tokenizer
+    from rlhf.pretrained import load_tokenizer
 
     return load_tokenizer(path)
 

@@ -22,7 +22,7 @@ from rlhf.config import Params
 from rlhf.judges import Judge, make_judge
 from rlhf.judges.constitution import RuleJudge, is_unsafe, words
 from rlhf.logprobs import response_logits
-from rlhf.models import load_policy, load_tokenizer, resolve_device
+from rlhf.pretrained import load_policy, load_tokenizer, resolve_device
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.reward_models.pairs import accuracy_on, pair_accuracy
 from rlhf.sampling import Generation, sample_from_policy

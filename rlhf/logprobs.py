@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel
 
-from rlhf.models import position_ids_from_mask
+from rlhf.pretrained import position_ids_from_mask
 
 
 def joined_inputs(query_ids, query_mask, response_ids, mask):

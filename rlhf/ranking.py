@@ -159,7 +159,7 @@ def response_member_scores(
 ) -> dict[str, np.ndarray]:
     """Each response's reward under every member of the reward model in `model_dir`.  id -> (M,)"""
     # Here, not at the top: the rules judge's stage ranks without torch (it spent ~8 s importing it).
-    from rlhf.models import load_tokenizer, resolve_device
+    from rlhf.pretrained import load_tokenizer, resolve_device
     from rlhf.reward_models.ensemble import load_reward_model, member_scores
 
     tokenizer = load_tokenizer(model_dir)

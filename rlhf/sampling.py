@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from rlhf import chat
-from rlhf.models import position_ids_from_mask
+from rlhf.pretrained import position_ids_from_mask
 from rlhf.text import content_id
 
 # response: the text (rlhf.chat.transcript of its turns); messages: its chat turns as JSON;

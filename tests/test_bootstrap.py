@@ -29,7 +29,7 @@ from rlhf.bootstrap import (
 from rlhf.config import BootstrapSFTParams, parse_params
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.errors import ConfigError, InputError
-from rlhf.models import load_tokenizer
+from rlhf.pretrained import load_tokenizer
 from rlhf.stages._stage import write_dir_whole
 from tests.support.bootstrap_data import TEMPLATE, demonstration_rows, save_pretrained_model, write_jsonl
 

@@ -30,7 +30,7 @@ def make_judge(params: RankResponsesParams, device: torch.device | str, kind: st
         return RuleJudge(params.principles)
     if kind == "llm":
         from rlhf.judges.llm import LLMJudge
-        from rlhf.models import load_policy, load_tokenizer, resolve_device
+        from rlhf.pretrained import load_policy, load_tokenizer, resolve_device
 
         config = params.llm
         judge = LLMJudge(
@@ -53,7 +53,7 @@ def make_judge(params: RankResponsesParams, device: torch.device | str, kind: st
         )
         return judge
     from rlhf.judges.reward_model import RewardModelJudge
-    from rlhf.models import checkpoint_hash, load_tokenizer, resolve_device
+    from rlhf.pretrained import checkpoint_hash, load_tokenizer, resolve_device
     from rlhf.reward_models.ensemble import load_reward_model
 
     tokenizer = load_tokenizer(params.reward_model.path)

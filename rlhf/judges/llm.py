@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhf import chat
 from rlhf.errors import InputError
 from rlhf.judges.pairwise import CHOICE_CUE, RATIONALE_CUE, PairwiseJudge, comparison_text
-from rlhf.models import position_ids_from_mask
+from rlhf.pretrained import position_ids_from_mask
 
 
 class LLMJudge(PairwiseJudge):

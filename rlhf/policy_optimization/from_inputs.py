@@ -24,13 +24,13 @@ from rlhf import chat
 from rlhf.config import Params
 from rlhf.errors import ConfigError
 from rlhf.judges import RuleJudge, make_judge
-from rlhf.models import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.policy_optimization.algorithms import algorithm_for
 from rlhf.policy_optimization.engine import make_accelerator, offloaded, peak_rss_mb, save_policy
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PolicyModels, count_parameters, critic_start
 from rlhf.policy_optimization.rollout import RewardScorer
 from rlhf.policy_optimization.trainer import train_policy
+from rlhf.pretrained import checkpoint_hash, load_policy, load_scalar_head_model, load_tokenizer, resolve_device
 from rlhf.reward_models.cost import load_cost_model
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.rewards.rules import RulesReward

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.config import TrainPolicyParams
 from rlhf.logprobs import joined_inputs, response_logits
-from rlhf.models import backbone, use_fused_gelu
+from rlhf.pretrained import backbone, use_fused_gelu
 from rlhf.sampling import CompiledSampler
 
 

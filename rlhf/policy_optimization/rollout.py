@@ -23,11 +23,11 @@ from transformers import PreTrainedTokenizerBase
 from rlhf import chat
 from rlhf.config import TrainPolicyParams
 from rlhf.logprobs import response_logits, token_logprobs
-from rlhf.models import use_fused_gelu
 from rlhf.policy_optimization import core, estimators
 from rlhf.policy_optimization.algorithms import Algorithm, ScoredBatch, algorithm_for
 from rlhf.policy_optimization.models import PolicyModels, critic_values
 from rlhf.policy_optimization.rollout_correction import importance_weights
+from rlhf.pretrained import use_fused_gelu
 from rlhf.rewards.rules import RulesReward  # the gold judge (the rules), scored beside the proxy
 from rlhf.sampling import prompt_batch, sample_with_logprobs
 from rlhf.scoring import score_exchanges

@@ -21,7 +21,7 @@ import torch
 
 from rlhf.config import TrainCostParams
 from rlhf.errors import NoCostModelError
-from rlhf.models import load_scalar_head_model, load_tokenizer
+from rlhf.pretrained import load_scalar_head_model, load_tokenizer
 from rlhf.reward_models.kwise import disable_dropout
 from rlhf.reward_models.untrained import skip_cost_model, untrained_reason
 from rlhf.scoring import batch_of, encode, frame_texts, score_texts

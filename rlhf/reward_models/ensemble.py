@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from rlhf.models import load_scalar_head_model
+from rlhf.pretrained import load_scalar_head_model
 from rlhf.scoring import exchange_texts, score_texts
 
 ENSEMBLE_FILE = "ensemble.json"

@@ -21,7 +21,7 @@ from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import TrainRewardParams
 from rlhf.errors import EmptyComparisonsError
-from rlhf.models import load_scalar_head_model, load_tokenizer
+from rlhf.pretrained import load_scalar_head_model, load_tokenizer
 from rlhf.reward_models.ensemble import RewardEnsemble, save_reward_models
 from rlhf.reward_models.kwise import rankings_from_comparisons, train_on_rankings
 from rlhf.reward_models.pairs import preference_pairs, score_pairs

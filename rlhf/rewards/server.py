@@ -34,7 +34,7 @@ from rlhf import chat
 from rlhf.errors import InputError
 from rlhf.http_auth import token_checker
 from rlhf.http_limits import Guard, Limits, RateLimit, has_lone_surrogate, one_line_validation_errors
-from rlhf.models import load_tokenizer, resolve_device, use_fused_gelu
+from rlhf.pretrained import load_tokenizer, resolve_device, use_fused_gelu
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.scoring import ended, score_exchanges, score_texts
 

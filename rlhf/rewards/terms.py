@@ -64,7 +64,7 @@ def judge_rating_reward(term: RewardTerm, principles: list[Principle], device: t
     preamble = term.preamble or rating_preamble(principles)
     if term.source == "openai":
         return OpenAIRatingReward(term.openai, preamble)
-    from rlhf.models import load_policy, load_tokenizer
+    from rlhf.pretrained import load_policy, load_tokenizer
 
     return LLMRatingReward(
         load_policy(term.llm.model, device), load_tokenizer(term.llm.model), preamble, term.llm.batch_size

@@ -4,7 +4,7 @@ fine-tuned on demonstrations; rlhf.bootstrap). The model directory appears whole
 from pathlib import Path
 
 from rlhf.bootstrap import bootstrap_policy
-from rlhf.models import resolve_device
+from rlhf.pretrained import resolve_device
 from rlhf.stages._stage import params_from, parse_paths, run_stage, write_dir_whole, write_json
 from rlhf.tracking import Tracker
 

@@ -25,7 +25,7 @@ def main() -> None:
             "start_dir",
             "policy_dir",
             "reward_dir",
-            "ppo_curve_png",
+            "policy_curve_png",
             "gold_png",
             "reward_distribution_png",
         ],
@@ -47,7 +47,7 @@ def main() -> None:
     figures = [
         (caption, os.path.relpath(path, Path(args.report).parent))  # relative: the report renders where it lies
         for caption, path in [
-            ("Policy training: reward and KL per iteration", args.ppo_curve_png),
+            ("Policy training: reward and KL per iteration", args.policy_curve_png),
             ("Gold (rules) versus proxy (reward model) score against sqrt(KL)", args.gold_png),
             ("Reward model: held-out score distributions", args.reward_distribution_png),
         ]

@@ -3,7 +3,7 @@
 import pandas as pd
 import torch
 
-from rlhf.models import checkpoint_hash, load_policy, load_tokenizer, resolve_device
+from rlhf.pretrained import checkpoint_hash, load_policy, load_tokenizer, resolve_device
 from rlhf.sampling import sample_k
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_parquet
 

@@ -22,7 +22,7 @@ def main() -> None:
             metrics = skip_cost_model(Path(args.model_dir), reason, len(labels))
         else:
             # Imported here: the skip above needs neither torch nor transformers (rlhf.reward_models.untrained).
-            from rlhf.models import resolve_device
+            from rlhf.pretrained import resolve_device
             from rlhf.reward_models.cost import train_cost_model
 
             metrics = train_cost_model(

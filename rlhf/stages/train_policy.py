@@ -27,9 +27,9 @@ from pathlib import Path
 import pandas as pd
 
 from rlhf.config import Params
-from rlhf.models import resolve_device
 from rlhf.plots import render_curve, render_gold_vs_proxy
 from rlhf.policy_optimization.from_inputs import PolicyInputs, PolicyOutcome, train_offline, train_online
+from rlhf.pretrained import resolve_device
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_whole
 
 STAGE = "train_policy"

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from rlhf.models import resolve_device
+from rlhf.pretrained import resolve_device
 from rlhf.reward_models.train import train_reward_model
 from rlhf.snapshot import read_comparisons
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json

@@ -18,7 +18,7 @@ from transformers import GPT2ForSequenceClassification
 from rlhf.config import RankResponsesParams
 from rlhf.judges import make_judge
 from rlhf.judges.reward_model import RewardModelJudge
-from rlhf.models import load_tokenizer
+from rlhf.pretrained import load_tokenizer
 from rlhf.ranking import judge_all, people_queue, rank_all
 from rlhf.reward_models.ensemble import load_reward_model, save_reward_models
 from rlhf.scoring import score_exchanges

@@ -70,7 +70,7 @@ def test_pairwise_preferences_become_a_k_way_ranking_with_ties_and_confidences()
 
 
 def test_reward_model_judge_ranks_by_score(tiny_tokenizer, tiny_checkpoints):
-    from rlhf.models import load_scalar_head_model
+    from rlhf.pretrained import load_scalar_head_model
 
     _, reward_dir = tiny_checkpoints
     model = load_scalar_head_model(reward_dir, torch.device("cpu"), tiny_tokenizer.pad_token_id)

@@ -47,10 +47,10 @@ def test_where_padding_is_eos_the_score_is_read_at_the_last_text_token_in_both(t
     """Most pretrained causal LMs pad with EOS: a trailing EOS then counts as padding, and the
     classifier reads the token before it. Training and scoring share that reading."""
     tokenizer = copy.deepcopy(tiny_tokenizer)
-    tokenizer.pad_token = tokenizer.eos_token  # as rlhf.models.load_tokenizer does for a model without one
+    tokenizer.pad_token = tokenizer.eos_token  # as rlhf.pretrained.load_tokenizer does for a model without one
     torch.manual_seed(0)
     model = GPT2ForSequenceClassification(tiny_gpt2_config(tokenizer, num_labels=1)).eval()
-    model.config.pad_token_id = tokenizer.pad_token_id  # as rlhf.models.load_scalar_head_model does
+    model.config.pad_token_id = tokenizer.pad_token_id  # as rlhf.pretrained.load_scalar_head_model does
     text = exchange_text(tokenizer, chat.as_conversation(LONG), RESPONSE)  # ends with EOS
     ids = encode(tokenizer, [text])[0]
     with torch.no_grad():

@@ -18,9 +18,9 @@ from transformers import GPT2ForSequenceClassification, GPT2LMHeadModel
 from rlhf import chat
 from rlhf.config import RewardTerm, TrainPolicyParams, WordCount, parse_params
 from rlhf.errors import ConfigError
-from rlhf.models import load_policy
 from rlhf.policy_optimization.models import PolicyModels
 from rlhf.policy_optimization.trainer import train_policy
+from rlhf.pretrained import load_policy
 from rlhf.rewards.server import create_app
 from rlhf.rewards.terms import online_reward
 from tests.support.policy_runs import (

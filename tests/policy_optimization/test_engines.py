@@ -26,7 +26,7 @@ import psutil
 import pytest
 import torch
 
-from rlhf.models import load_policy
+from rlhf.pretrained import load_policy
 from tests.support.policy_runs import STAGE_ENV, measured, run_stage
 
 ENGINES = ["deepspeed_zero2", "deepspeed_zero3", "fsdp"]

@@ -10,11 +10,11 @@ from rlhf.bootstrap import pass_through_pretrained
 from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
 from rlhf.logprobs import response_logits, token_logprobs
-from rlhf.models import load_policy, load_scalar_head_model, load_tokenizer
 from rlhf.policy_optimization.engine import make_accelerator
 from rlhf.policy_optimization.models import PolicyModels
 from rlhf.policy_optimization.rollout import RewardScorer, ScoreNormalizer, collect_rollout
 from rlhf.policy_optimization.update import policy_update
+from rlhf.pretrained import load_policy, load_scalar_head_model, load_tokenizer
 from rlhf.sampling import CompiledSampler, mask_after_eos, sample_with_logprobs
 from tests.support.tiny import tiny_gpt2_config as tiny_config
 

@@ -16,9 +16,9 @@ from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
 from rlhf.errors import TrainingStopped
 from rlhf.logprobs import response_logits, token_logprobs
-from rlhf.models import load_policy
 from rlhf.policy_optimization.models import PolicyModels
 from rlhf.policy_optimization.trainer import train_policy
+from rlhf.pretrained import load_policy
 from tests.support.policy_runs import (
     PROMPTS,
     SMALL_RUN,

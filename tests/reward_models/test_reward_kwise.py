@@ -92,7 +92,7 @@ def test_calibration_error_and_report_by_judge_and_margin():
 
 def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_checkpoints, tmp_path):
     from rlhf.config import TrainRewardParams
-    from rlhf.models import load_scalar_head_model
+    from rlhf.pretrained import load_scalar_head_model
     from rlhf.reward_models.train import train_reward_model
 
     policy_dir, _ = tiny_checkpoints
@@ -111,7 +111,7 @@ def test_lora_reward_model_trains_adapters_and_saves_a_plain_merged_model(tiny_c
 
 def test_reward_ensemble_scores_with_the_mean_of_its_members(tiny_checkpoints, tmp_path):
     from rlhf.config import TrainRewardParams
-    from rlhf.models import load_scalar_head_model, load_tokenizer
+    from rlhf.pretrained import load_scalar_head_model, load_tokenizer
     from rlhf.reward_models.ensemble import RewardEnsemble, load_reward_model
     from rlhf.reward_models.train import train_reward_model
     from rlhf.scoring import score_texts

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from rlhf import chat
 from rlhf.annotation.annotators import hash_token
 from rlhf.config import ContainsAny, ExcludesAll, MentionsTopic, WordCount
-from rlhf.models import load_tokenizer
 from rlhf.policy_optimization.rollout import RewardScorer
+from rlhf.pretrained import load_tokenizer
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.rewards.combine import WeightedReward
 from rlhf.rewards.remote import TOKEN_ENV, RemoteReward, RewardEndpointError, request_body

@@ -18,7 +18,7 @@ from rlhf import chat, scoring
 from rlhf.cli import main
 from rlhf.errors import InputError
 from rlhf.exporters import export_pairs
-from rlhf.models import load_tokenizer
+from rlhf.pretrained import load_tokenizer
 from rlhf.sampling import prompt_batch
 from rlhf.store import FeedbackStore
 from tests.support.tiny import tiny_gpt2_config
@@ -194,7 +194,7 @@ def test_a_saved_tokenizer_states_the_models_positions_and_truncation_then_fits_
     for model, directory in ((policy, policy_dir), (reward.eval(), reward_dir)):
         model.save_pretrained(directory)
         unlimited.save_pretrained(directory)
-        # a stage loads it (rlhf.models) and saves it with its model, as every stage does
+        # a stage loads it (rlhf.pretrained) and saves it with its model, as every stage does
         load_tokenizer(directory).save_pretrained(tmp_path / "resaved" / directory.name)
     long_text = "tell me about owls . answer : " * 40
     for name, model in (("policy", policy), ("reward", reward)):

@@ -1,4 +1,4 @@
-"""Loading and saving models and tokenizers: one code path for the tiny demo and real models.
+"""Pretrained models and tokenizers: loading, devices, hashing; one code path for the tiny demo and real models.
 
 A `name_or_path` is a local directory or a hub id; nothing here downloads unless the user
 names a hub id (the embedded default only ever passes local directories).
