@@ -21,8 +21,9 @@ from collections import Counter
 
 import pandas as pd
 
+from rlhf.cli_choices import LOW_AGREEMENT_KAPPA
+
 HUMAN = "human"
-LOW_AGREEMENT_KAPPA = 0.2  # Landis & Koch's "slight" agreement and below
 MIN_CONSENSUS_PAIRS = 5  # fewer pairs say too little to call anyone out
 
 

@@ -22,15 +22,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
-
-from rlhf.agreement import LOW_AGREEMENT_KAPPA, agreement_report
+from rlhf.cli_choices import EXPORT_FORMATS, IMPORT_FORMATS, LOW_AGREEMENT_KAPPA, ON_BAD_ROW
 from rlhf.errors import InputError, StoreError
-from rlhf.exporters import FORMATS as EXPORT_FORMATS
-from rlhf.exporters import export_pairs
-from rlhf.importers import FORMATS, ON_BAD_ROW, OddRow, read_rankings
-from rlhf.store import FeedbackStore
+
+if TYPE_CHECKING:
+    from rlhf.importers import OddRow
+    from rlhf.store import FeedbackStore
+
+# Each command imports what it uses when it runs: `rlhf --help` loads neither pandas, DuckDB nor torch.
 
 STORE_DEFAULT = "feedback.duckdb"
 STORE_HELP = f"the store file (default: {STORE_DEFAULT})"
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument(
         "file", help="the rankings file (.jsonl, .jsonl.gz, .csv, .json, or .parquet for trl/ultrafeedback)"
     )
-    imports.add_argument("--format", required=True, choices=FORMATS, dest="fmt")
+    imports.add_argument("--format", required=True, choices=IMPORT_FORMATS, dest="fmt")
     imports.add_argument(
         "--name",
         help="the import set's name, which store.snapshot.imports in params.yaml lists to train on it "
@@ -254,6 +255,7 @@ def serve_annotation_page(args: argparse.Namespace) -> None:
     from rlhf.annotation.app import create_app, load_tokens
     from rlhf.annotation.guidelines import load_guidelines, principles_from_params
     from rlhf.http_auth import check_host
+    from rlhf.store import FeedbackStore
 
     store = FeedbackStore(args.store)
     tokens = load_tokens(args.tokens) if args.tokens else None
@@ -287,6 +289,7 @@ def serve_annotation_page(args: argparse.Namespace) -> None:
 
 def annotate_command(args: argparse.Namespace) -> None:
     from rlhf.annotation.annotators import add_annotator, revoke_annotator
+    from rlhf.store import FeedbackStore
 
     # Only the commands that write may create the store; the others refuse a missing one.
     store = FeedbackStore(args.store, create=args.action in ("serve", "add-annotator"))
@@ -343,6 +346,8 @@ def print_agreement(report: dict) -> None:
 
 
 def import_rankings(store: FeedbackStore, args: argparse.Namespace) -> None:
+    from rlhf.importers import read_rankings
+
     columns = dict(pair.split("=", 1) for pair in args.map.split(",") if "=" in pair)
     imported = read_rankings(args.file, args.fmt, columns=columns, on_bad_row=args.on_bad_row)
     # The import set's name is its run: store.snapshot.imports takes it by that name.
@@ -427,6 +432,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rlhf: error: {error}", file=sys.stderr)
             return 2
         return 0
+    return store_command(args)
+
+
+def store_command(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from rlhf.agreement import agreement_report
+    from rlhf.exporters import export_pairs
+    from rlhf.store import FeedbackStore
+
     store = FeedbackStore(args.store)
     try:
         if not store.path.exists() and args.action != "import":

@@ -51,12 +51,11 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from rlhf import chat
+from rlhf.cli_choices import EXPORT_FORMATS as FORMATS
 from rlhf.errors import InputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-FORMATS = ("trl", "trl-conversational", "hf-dataset", "csv")
 
 
 def export_pairs(

@@ -51,6 +51,8 @@ from typing import NamedTuple
 import pandas as pd
 
 from rlhf import chat
+from rlhf.cli_choices import IMPORT_FORMATS as FORMATS
+from rlhf.cli_choices import ON_BAD_ROW
 from rlhf.errors import InputError
 from rlhf.jsonl import read_text
 from rlhf.prompts import PROMPT_COLUMNS, split_of
@@ -59,8 +61,6 @@ from rlhf.text import content_id
 
 AI_RATED_JUDGE = "ultrafeedback"  # the judge of UltraFeedback's rankings: GPT-4 rated its completions
 
-FORMATS = ("csv", "jsonl", "argilla", "hh-rlhf", "trl", "ultrafeedback")
-ON_BAD_ROW = ("skip", "fail")
 RATING_KEYS = ("fine-grained_score", "overall_score", "rating")
 HH_SPEAKER = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
