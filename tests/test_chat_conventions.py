@@ -349,7 +349,7 @@ def test_sample_k_draws_what_generate_drew_for_the_same_seed(tiny_tokenizer):
     softmax), so a seed's comparison data, and every figure downstream, stay the same."""
     from transformers import GPT2LMHeadModel
 
-    from tests.conftest import tiny_gpt2_config
+    from tests.support.tiny import tiny_gpt2_config
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(tiny_gpt2_config(tiny_tokenizer)).eval()

@@ -11,8 +11,8 @@ import yaml
 from rlhf.config import parse_params
 from rlhf.demo.tokenizer import train_tokenizer
 from rlhf.user_inputs import LINKS_FILE, UserInput, stage_inputs, sync_links
+from tests.support.bootstrap_data import demonstration_rows, save_pretrained_model, write_jsonl
 from tests.support.pipeline_repo import dvc, make_repo, run
-from tests.test_bootstrap import demonstration_rows, save_pretrained_model, write_jsonl
 
 pytestmark = pytest.mark.timeout(300)
 

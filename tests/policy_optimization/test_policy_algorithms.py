@@ -110,7 +110,9 @@ def test_ppo_lagrangian_runs_against_the_cost_model_and_evaluate_reports_unsafe_
 def test_unknown_algorithm_fails_naming_the_key(ppo_repo):
     bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train_policy.algorithm=sac"], ppo_repo, check=False)
     assert bad.returncode != 0
-    expected = "params.yaml: train_policy.algorithm: Input should be 'ppo', 'grpo', 'rloo', 'reinforce_pp', 'dpo' or "
+    expected = (
+        "params.yaml: train_policy.algorithm: Input should be 'ppo', 'grpo', 'rloo', 'reinforce_pp', 'gspo', 'dpo' or "
+    )
     assert expected + "'ppo_lagrangian' (got 'sac')" in bad.stdout + bad.stderr
     run(["git", "checkout", "--", "."], ppo_repo)
     dvc("checkout", "--quiet", "--force", cwd=ppo_repo)

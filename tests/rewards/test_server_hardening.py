@@ -32,7 +32,7 @@ pytestmark = pytest.mark.timeout(120)
 def tiny_reward(tiny_tokenizer):
     from transformers import GPT2ForSequenceClassification
 
-    from tests.conftest import tiny_gpt2_config
+    from tests.support.tiny import tiny_gpt2_config
 
     torch.manual_seed(0)
     return GPT2ForSequenceClassification(tiny_gpt2_config(tiny_tokenizer, num_labels=1)), tiny_tokenizer
