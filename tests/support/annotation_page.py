@@ -1,13 +1,12 @@
 """The ranking page under test: its fixture data, the server on a free port, and the browser helpers."""
 
 import contextlib
-import socket
-import threading
 import time
 
 import uvicorn
 
 from rlhf.annotation.app import create_app
+from tests.support.servers import free_port, running
 
 TOKEN, OTHER_TOKEN = "alice-token-0123456789", "bob-token-0123456789ab"
 
@@ -24,22 +23,12 @@ RESPONSES = {
 @contextlib.contextmanager
 def serving(store, **options):
     """The page over `store` (create_app's `options`), served on a free port of 127.0.0.1; yields its address."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     app = create_app(store, {TOKEN: "alice", OTHER_TOKEN: "bob"}, **options)
-    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not uvicorn_server.started:
-        assert time.time() < deadline, "the page did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        uvicorn_server.should_exit = True
-        thread.join(timeout=10)
+    with running(
+        uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")), port
+    ) as address:
+        yield address
 
 
 def wait_for(predicate, timeout=10.0):
@@ -57,12 +46,6 @@ def response_rows(browser):
 
 def count(browser, selector) -> int:
     return browser.execute_script("return document.querySelectorAll(arguments[0]).length", selector)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # Rows as code before conversations wrote them: the store gives them their messages (schema 4).

@@ -6,18 +6,21 @@ import socket
 import threading
 import time
 
+import uvicorn
 from fastapi import FastAPI
 
 from rlhf.rewards.server import reward_server
 
 
-@contextlib.contextmanager
-def serving(app: FastAPI):
-    """`app` served by uvicorn on a free port of 127.0.0.1 in a thread; yields its address."""
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = reward_server(app, "127.0.0.1", port)
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(server: uvicorn.Server, port: int):
+    """`server` (uvicorn, bound to 127.0.0.1:`port`) run in a thread until the block ends; yields its address."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -29,6 +32,14 @@ def serving(app: FastAPI):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serving(app: FastAPI):
+    """`app` served by the reward server's uvicorn settings on a free port of 127.0.0.1; yields its address."""
+    port = free_port()
+    with running(reward_server(app, "127.0.0.1", port), port) as address:
+        yield address
 
 
 def raw_request(port: int, head: bytes, chunks, timeout_s: float = 5.0) -> tuple[bytes, float]:
