@@ -10,7 +10,7 @@ import duckdb
 
 from rlhf.errors import StoreError
 
-SCHEMA_VERSION = 5  # the newest version this code reads and writes; MIGRATIONS lead up to it
+SCHEMA_VERSION = 6  # the newest version this code reads and writes; MIGRATIONS lead up to it
 
 # Version 1: the tables of the first release. A new store is created at version 1 and migrated
 # forward like any old one, so every store goes through the same steps.
@@ -206,6 +206,30 @@ CREATE TABLE annotation_settings (
 ALTER TABLE annotation_events ADD COLUMN from_suggestion BOOLEAN;  -- ranked: the order started from the AI judge's
 ALTER TABLE annotation_events ADD COLUMN mode VARCHAR;  -- ranked: rank (the list) or pairwise (two at a time)
 UPDATE annotation_events SET from_suggestion = false, mode = 'rank' WHERE action = 'ranked';
+""",
+    # Version 6: thumbs up/down (rlhf/store/binary.py). One response judged alone, desirable or not:
+    # the ranking page's binary mode, feedback on a deployed policy, imported sets. Texts are kept
+    # in the row (a deployed response is in no other table); KTO and the binary reward model train
+    # on them.
+    6: """
+CREATE TABLE binary_labels (
+    label_id VARCHAR NOT NULL,        -- key. sha256 of (prompt_id, response_id or response text, source, annotator): a person's new label of a response replaces their old one
+    prompt_id VARCHAR NOT NULL,       -- sha256 of the prompt (as prompts.prompt_id), whether or not the prompts table holds it
+    prompt VARCHAR NOT NULL,          -- the prompt as text (a transcript for several turns)
+    prompt_messages VARCHAR NOT NULL, -- JSON chat messages of the prompt (rlhf.chat)
+    response_id VARCHAR,              -- the labelled row of responses; NULL for a response no stage sampled (deployed, imported)
+    response VARCHAR NOT NULL,        -- the labelled response as text
+    response_messages VARCHAR NOT NULL,  -- JSON chat messages of the response: the turns after the prompt
+    desirable BOOLEAN NOT NULL,       -- thumbs up (true) or down (false)
+    reason VARCHAR,                   -- why, in the annotator's words (optional)
+    source VARCHAR NOT NULL,          -- page (the ranking page's binary mode), deployed (a served policy's users), import:<name>, ...
+    annotator VARCHAR NOT NULL,       -- who labelled it: a person's name on the page, a user of a deployment, an import's rater
+    policy_checkpoint VARCHAR,        -- content hash of the policy that wrote the response, where known
+    item_id VARCHAR,                  -- the annotation queue item it answers (page only)
+    split VARCHAR NOT NULL,           -- train or test: the prompt's split where the store holds it, else by a hash of the prompt
+    run_id VARCHAR NOT NULL,          -- the run that wrote (or last changed) the label
+    created_at TIMESTAMP NOT NULL     -- when the label was written or last changed
+);
 """,
 }
 
