@@ -10,7 +10,7 @@ import duckdb
 
 from rlhf.errors import StoreError
 
-SCHEMA_VERSION = 6  # the newest version this code reads and writes; MIGRATIONS lead up to it
+SCHEMA_VERSION = 7  # the newest version this code reads and writes; MIGRATIONS lead up to it
 
 # Version 1: the tables of the first release. A new store is created at version 1 and migrated
 # forward like any old one, so every store goes through the same steps.
@@ -229,6 +229,35 @@ CREATE TABLE binary_labels (
     split VARCHAR NOT NULL,           -- train or test: the prompt's split where the store holds it, else by a hash of the prompt
     run_id VARCHAR NOT NULL,          -- the run that wrote (or last changed) the label
     created_at TIMESTAMP NOT NULL     -- when the label was written or last changed
+);
+""",
+    # Version 7: a deployed policy's exchanges and the feedback on them (rlhf/serving,
+    # rlhf/store/exchanges.py). Each exchange is stored before the client gets its answer; an edited
+    # better answer or a choice between two answers shown side by side also becomes a ranking (judge
+    # deployed) in the import set `deployed`, which store.snapshot.imports takes like any other.
+    7: """
+CREATE TABLE exchanges (
+    exchange_id VARCHAR NOT NULL,     -- key. The id the client got (the chat completion's `id`)
+    client VARCHAR NOT NULL,          -- who asked: the name their token signs in as
+    messages VARCHAR NOT NULL,        -- JSON chat messages of the request (rlhf.chat)
+    answers VARCHAR NOT NULL,         -- JSON list of the answers shown (two: side by side, for a choice)
+    model VARCHAR NOT NULL,           -- the model name the answer carried
+    policy_checkpoint VARCHAR NOT NULL,  -- content hash of the served checkpoint, or upstream:<url>#<model>
+    sampling VARCHAR NOT NULL,        -- JSON of the sampling parameters (temperature, top_p, max_tokens, n, ...)
+    rendered_prompt VARCHAR,          -- the text the policy continued (its chat template's); NULL behind an upstream
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE exchange_feedback (
+    exchange_id VARCHAR NOT NULL,     -- key with kind and answer (a choice: with kind alone)
+    kind VARCHAR NOT NULL,            -- thumbs, rating, edit or choice
+    answer INTEGER NOT NULL,          -- the answer it is about (0; 1 for the second of two); a choice: the chosen one
+    client VARCHAR NOT NULL,          -- who gave it: the exchange's own client
+    thumbs_up BOOLEAN,                -- thumbs: up (true) or down (false)
+    rating INTEGER,                   -- rating: 1 (worst) to 5 (best)
+    reason VARCHAR,                   -- thumbs, rating: why, in the client's words (optional)
+    edited VARCHAR,                   -- edit: the better answer the client wrote
+    ranking_id VARCHAR,               -- edit, choice: the ranking (judge deployed) its preferred pair became
+    created_at TIMESTAMP NOT NULL
 );
 """,
 }
