@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rlhf.errors import ConfigError
 
@@ -479,6 +479,49 @@ class DPOParams(Section):
     """Optimizer steps between rows of the training curve."""
 
 
+class KTOParams(Section):
+    """Kahneman-Tversky optimisation (algorithm kto; Ethayarajh et al. 2024, "KTO: Model Alignment
+    as Prospect Theoretic Optimization") with TRL's KTOTrainer: each response judged alone,
+    desirable or not, against a reference point (the batch's KL to the reference), so unpaired
+    thumbs up/down train the policy as well as the comparisons do
+    (rlhf/policy_optimization/kto.py)."""
+
+    labels: Literal["comparisons", "binary"] = "comparisons"
+    """comparisons: from the comparisons snapshot's strict pairs as TRL's unpair_preference_dataset
+    unpairs them (each pair's chosen response desirable, its rejected one undesirable), then one
+    row per response: desirable where it wins more of its pairs than it loses, undesirable where
+    it loses more, left out where even. binary: the store's thumbs up/down (binary_labels) in the
+    comparisons snapshot."""
+    beta: float = Field(0.3, gt=0)
+    """Strength of the implicit KL to the reference, as DPO's beta: higher keeps the policy closer."""
+    desirable_weight: float | Literal["auto"] = "auto"
+    """lambda_D, the weight of the desirable examples' losses. auto: with undesirable_weight, set
+    so that lambda_D * n_desirable / (lambda_U * n_undesirable) = 1, inside the [1, 4/3] the KTO
+    paper (eq. 8) and TRL recommend for unbalanced data: the rarer side's weight rises
+    to n_more / n_rarer and the other stays 1 (both 1 on balanced data). A number: used as given."""
+    undesirable_weight: float | Literal["auto"] = "auto"
+    """lambda_U, the weight of the undesirable examples' losses; auto as desirable_weight (one
+    number and one auto: the auto one is solved for the ratio 1)."""
+    epochs: float = Field(3.0, gt=0)
+    """Passes over the train split's labelled responses."""
+    batch_size: int = Field(16, ge=2)
+    """Responses per optimizer step; at least 2, since the KL reference point is estimated from
+    the batch's mismatched (prompt, response) pairs."""
+    learning_rate: float = Field(2e-4, gt=0, lt=1)
+    """Peak learning rate (cosine schedule, 5% warmup), as DPO's."""
+    max_length: int = Field(128, ge=8)
+    """Prompt plus response tokens; longer examples are truncated at the end."""
+    log_every: int = Field(5, ge=1)
+    """Optimizer steps between rows of the training curve."""
+
+    @field_validator("desirable_weight", "undesirable_weight", mode="before")
+    @classmethod
+    def _positive_or_auto(cls, value):
+        if value == "auto" or (isinstance(value, int | float) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError("must be a number > 0 or auto")
+
+
 class RewardTerm(Section):
     """One source of train_policy's online reward; the reward is the weighted sum of the terms
     (rlhf.rewards.combine.WeightedReward)."""
@@ -529,19 +572,22 @@ class RewardTerm(Section):
 
 
 CRITIC_FREE = ("grpo", "rloo", "reinforce_pp", "gspo")  # the algorithms that build no critic
+OFFLINE = ("dpo", "kto")  # trained on the comparisons snapshot itself, no online reward
 
 
 class TrainPolicyParams(Section):
-    algorithm: Literal["ppo", "grpo", "rloo", "reinforce_pp", "gspo", "dpo", "ppo_lagrangian"] = "ppo"
+    algorithm: Literal["ppo", "grpo", "rloo", "reinforce_pp", "gspo", "dpo", "kto", "ppo_lagrangian"] = "ppo"
     """ppo: online RL against the reward (below) with a critic. grpo | rloo | reinforce_pp: critic-free
     online RL on `group_size` responses per prompt (rlhf/policy_optimization/estimators.py): GRPO's group-normalised
     advantages with its k3 KL loss term, RLOO's leave-one-out baseline on the KL-penalised sequence
     reward, REINFORCE++'s per-token KL reward normalised over the global batch. dpo: offline, on the
     comparisons snapshot itself (the `dpo` section); the reward model is then only used by evaluate.
+    kto: offline as dpo, on responses labelled desirable or not (the `kto` section).
     ppo_lagrangian: PPO that also keeps the cost model's expected P(unsafe) under `safety.cost_limit`.
     gspo: GRPO's advantages with the importance ratio and its clip per sequence (Zheng et al. 2025).
     Each is one object in rlhf/policy_optimization/algorithms.py."""
     dpo: DPOParams = DPOParams()
+    kto: KTOParams = KTOParams()
     safety: SafetyParams = SafetyParams()
     reward: list[RewardTerm] = [RewardTerm()]
     """The online reward: a weighted sum of these terms (default: the reward model alone)."""
@@ -686,8 +732,10 @@ class TrainPolicyParams(Section):
             raise ValueError(
                 "num_processes: needs a multi-process launcher (ddp, deepspeed_zero2, deepspeed_zero3, fsdp)"
             )
-        if self.keep == "best" and (self.eval_every == 0 or self.algorithm == "dpo"):
-            raise ValueError("keep: best needs the in-loop evaluation of an online algorithm (eval_every > 0, not dpo)")
+        if self.keep == "best" and (self.eval_every == 0 or self.algorithm in OFFLINE):
+            raise ValueError(
+                "keep: best needs the in-loop evaluation of an online algorithm (eval_every > 0, not dpo or kto)"
+            )
         if self.keep == "best" and self.launcher in ("deepspeed_zero3", "fsdp"):
             # Keeping the best needs a whole copy of the policy's weights, which these engines shard.
             raise ValueError(f"keep: best is not supported under {self.launcher} (sharded weights)")
@@ -713,8 +761,10 @@ class TrainPolicyParams(Section):
             raise ValueError("dynamic_sampling: only for grpo and rloo, whose baseline is the group's")
         if self.rollout_correction != "none" and not self.recompute_old_logprobs:
             raise ValueError("rollout_correction: needs recompute_old_logprobs: true (the trainer's log-probs)")
-        if self.algorithm == "dpo" and self.reward != [RewardTerm()]:
-            raise ValueError("reward: dpo learns from the comparisons, not from an online reward")
+        if self.algorithm in OFFLINE and self.reward != [RewardTerm()]:
+            raise ValueError(
+                f"reward: {self.algorithm} learns from the comparisons snapshot, not from an online reward"
+            )
         return self
 
     @property

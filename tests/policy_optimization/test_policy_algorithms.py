@@ -111,7 +111,8 @@ def test_unknown_algorithm_fails_naming_the_key(ppo_repo):
     bad = run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train_policy.algorithm=sac"], ppo_repo, check=False)
     assert bad.returncode != 0
     expected = (
-        "params.yaml: train_policy.algorithm: Input should be 'ppo', 'grpo', 'rloo', 'reinforce_pp', 'gspo', 'dpo' or "
+        "params.yaml: train_policy.algorithm: Input should be "
+        "'ppo', 'grpo', 'rloo', 'reinforce_pp', 'gspo', 'dpo', 'kto' or "
     )
     assert expected + "'ppo_lagrangian' (got 'sac')" in bad.stdout + bad.stderr
     run(["git", "checkout", "--", "."], ppo_repo)
