@@ -56,6 +56,9 @@ class SnapshotScopeParams(Section):
 
 
 class StoreParams(Section):
+    """The DuckDB feedback store every round writes to and the comparisons snapshot reads from
+    (rlhf/store)."""
+
     path: str = "feedback.duckdb"
     """The DuckDB feedback store; lives across runs and is never a DVC out."""
     lock_timeout_s: float = Field(60.0, gt=0)
@@ -73,6 +76,8 @@ class BootstrapSFTParams(Section):
     batch_size: int = Field(8, ge=1)
     """Demonstrations per device per optimizer step (times gradient_accumulation_steps)."""
     gradient_accumulation_steps: int = Field(1, ge=1)
+    """Micro-batches whose gradients add up to one optimizer step: a larger effective batch in the
+    same memory."""
     learning_rate: float = Field(2e-5, gt=0, lt=1)
     """Peak learning rate (cosine schedule, 3% warmup). LoRA usually wants about 10x more (2e-4)."""
     max_length: int = Field(1024, ge=8)
@@ -85,13 +90,21 @@ class BootstrapSFTParams(Section):
     """>0: train LoRA adapters of this rank (peft) and merge them into the saved model, so later
     stages load a plain model; 0: fine-tune every weight."""
     lora_alpha: float = Field(16.0, gt=0)
+    """LoRA's scaling numerator: the adapters' update is scaled by lora_alpha / lora_rank (Hu et
+    al. 2021)."""
     lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Which linear layers get LoRA adapters: all-linear (every one but the output head), or module
+    names such as [c_attn, c_proj]."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     """auto: bf16 autocast on a CUDA device that supports it, else fp32."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for about a third more compute."""
 
 
 class BootstrapPolicyParams(Section):
+    """The policy every later stage starts from: the demo's tiny GPT-2 trained on the synthetic
+    domain, or a pretrained causal LM, optionally fine-tuned on your demonstrations."""
+
     source: Literal["demo", "pretrained"] = "demo"
     """demo: train the tiny policy on the synthetic domain; pretrained: start from `model`, passed
     through as it is or fine-tuned on `demonstrations`."""
@@ -108,14 +121,19 @@ class BootstrapPolicyParams(Section):
     vocab_size: int = Field(1024, ge=300, le=65536)
     """Size of the demo tokenizer's BPE vocabulary."""
     n_layer: int = Field(2, ge=1, le=48)
+    """Transformer blocks of the demo's GPT-2 (source: demo)."""
     n_embd: int = Field(128, ge=16, le=8192)
+    """Hidden size of the demo's GPT-2; a multiple of n_head."""
     n_head: int = Field(4, ge=1, le=128)
+    """Attention heads of the demo's GPT-2."""
     demos_per_prompt: int = Field(12, ge=1)
     """Mixed-quality demonstrations generated per training prompt."""
     steps: int = Field(800, ge=1)
     """Optimizer steps of the demo's supervised fine-tuning (source: demo; a pretrained model's is `sft`)."""
     batch_size: int = Field(32, ge=1)
+    """Demonstrations per optimizer step of the demo's supervised fine-tuning."""
     learning_rate: float = Field(3e-3, gt=0, lt=1)
+    """AdamW learning rate of the demo's supervised fine-tuning (from scratch, hence high)."""
 
     @model_validator(mode="after")
     def _pretrained_needs_model(self):
@@ -135,6 +153,8 @@ class PromptSourceBase(Section):
 
 
 class DemoPromptSource(PromptSourceBase):
+    """The synthetic domain's prompts (rlhf/demo): the embedded default."""
+
     kind: Literal["demo"]
     """The synthetic domain's prompts (rlhf/demo)."""
 
@@ -149,6 +169,8 @@ def _one_prompt_column(columns: dict[str, str]) -> None:
 
 
 class FilePromptSource(PromptSourceBase):
+    """Prompts from a JSONL, CSV or Parquet file of yours."""
+
     kind: Literal["file"]
     path: str = Field(min_length=1)
     """A .jsonl, .csv or .parquet file with a `messages` column (chat messages; JSON text in CSV) or a
@@ -163,6 +185,9 @@ class FilePromptSource(PromptSourceBase):
 
 
 class HFDatasetPromptSource(PromptSourceBase):
+    """Prompts from a Hugging Face dataset: a save_to_disk directory, or a hub id (needs the
+    network)."""
+
     kind: Literal["hf_dataset"]
     path: str | None = None
     """A directory written by `Dataset.save_to_disk` (or `DatasetDict.save_to_disk`)."""
@@ -192,6 +217,8 @@ class HFDatasetPromptSource(PromptSourceBase):
 
 
 class SQLPromptSource(PromptSourceBase):
+    """Prompts from a DuckDB query: over the feedback store, another DuckDB file, or Parquet files."""
+
     kind: Literal["sql"]
     query: str = Field(min_length=1)
     """A DuckDB query returning a `messages` or `prompt` column (and optionally `topic`). Its row order
@@ -207,6 +234,8 @@ PromptSource = Annotated[
 
 
 class CollectPromptsParams(Section):
+    """Where the prompts come from and which are held out for evaluation."""
+
     sources: list[PromptSource] = Field(default_factory=lambda: [DemoPromptSource(kind="demo")], min_length=1)
     """Where prompts come from, in order: the same prompt from two sources is kept once, from the first.
     Each is a `kind` with its settings: demo | file (path, columns) | hf_dataset (path or name, config,
@@ -231,45 +260,80 @@ class CollectPromptsParams(Section):
 
 
 class SampleResponsesParams(Section):
+    """How the K responses per prompt are sampled from the current policy."""
+
     k: int = Field(8, ge=2, le=64)
     """Responses sampled per prompt; a ranking of K gives C(K,2) comparisons (28 at 8). Measured on
     the demo, seeds 0-2: reward-model accuracy 0.85 +/- 0.01 at 8 (at 6: 0.80 +/- 0.04)."""
     max_new_tokens: int = Field(40, ge=1)
+    """Most tokens sampled per response; one that reaches it without EOS is cut there."""
     temperature: float = Field(1.0, gt=0)
+    """Sampling temperature: above 1 spreads the K responses wider, below 1 narrows them."""
     top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling: draw from the smallest set of tokens whose probability reaches top_p (1:
+    all)."""
     batch_size: int = Field(64, ge=1)
+    """Prompts' responses generated per forward batch: memory against speed; the samples do not
+    depend on it."""
 
 
 class ContainsAny(Section):
+    """A rule principle: the response contains at least one of `words`."""
+
     kind: Literal["contains_any"]
     name: str
+    """The principle's name: its column in the judge's reasons and the evaluation report."""
     words: list[str] = Field(min_length=1)
+    """The response passes when it contains any of these (case-insensitive)."""
     weight: float = Field(1.0, json_schema_extra=SHOWN_WHEN_SET)
+    """The principle's weight in the judge's score (the sum of weights of principles passed)."""
     description: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
+    """What the principle means, for people and the LLM judges' prompts; default: generated from
+    the words."""
 
 
 class ExcludesAll(Section):
+    """A rule principle: the response contains none of `words`."""
+
     kind: Literal["excludes_all"]
     name: str
+    """The principle's name: its column in the judge's reasons and the evaluation report."""
     words: list[str] = Field(min_length=1)
+    """The response passes when it contains none of these (case-insensitive)."""
     weight: float = Field(1.0, json_schema_extra=SHOWN_WHEN_SET)
+    """The principle's weight in the judge's score (the sum of weights of principles passed)."""
     description: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
+    """What the principle means, for people and the LLM judges' prompts; default: generated from
+    the words."""
 
 
 class MentionsTopic(Section):
+    """A rule principle: the response mentions the prompt's topic (prompts that carry one)."""
+
     kind: Literal["mentions_topic"]
     name: str
+    """The principle's name: its column in the judge's reasons and the evaluation report."""
     weight: float = Field(1.0, json_schema_extra=SHOWN_WHEN_SET)
+    """The principle's weight in the judge's score (the sum of weights of principles passed)."""
     description: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
+    """What the principle means, for people and the LLM judges' prompts; default: generated."""
 
 
 class WordCount(Section):
+    """A rule principle: the response's word count is within [min, max]."""
+
     kind: Literal["word_count"]
     name: str
+    """The principle's name: its column in the judge's reasons and the evaluation report."""
     min: int = Field(ge=0)
+    """Fewest words a passing response has."""
     max: int = Field(ge=1)
+    """Most words a passing response has."""
     weight: float = Field(1.0, json_schema_extra=SHOWN_WHEN_SET)
+    """The principle's weight in the judge's score (the sum of weights of principles passed)."""
     description: str | None = Field(None, json_schema_extra=SHOWN_WHEN_SET)
+    """What the principle means, for people and the LLM judges' prompts; default: generated from
+    the band."""
 
 
 Principle = Annotated[ContainsAny | ExcludesAll | MentionsTopic | WordCount, Field(discriminator="kind")]
@@ -288,32 +352,51 @@ def demo_constitution() -> list[Principle]:
 
 
 class LLMJudgeParams(Section):
+    """A local causal LM as a pairwise judge (RLAIF): it reads the principles, the prompt and two
+    responses, and picks one."""
+
     model: str
     """A local path or hub id of a causal LM that reads the comparison and answers "1" or "2"."""
     chain_of_thought: bool = False
     """Let the judge write a rationale (greedy) before the choice is read."""
     rationale_tokens: int = Field(64, ge=1)
+    """Most tokens of the rationale written before the choice (chain_of_thought)."""
     batch_size: int = Field(16, ge=1)
+    """Comparisons judged per forward batch."""
 
 
 class OpenAIJudgeParams(Section):
+    """An OpenAI-compatible chat endpoint as a pairwise judge (a served judge model, or a hosted
+    API)."""
+
     base_url: str
     """An OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (vLLM) or https://api.openai.com/v1."""
     model: str
+    """The model name the endpoint serves, as its /v1/models lists it."""
     api_key_env: str = "OPENAI_API_KEY"
     """The environment variable holding the API key (the key itself never goes in params.yaml)."""
     max_concurrency: int = Field(8, ge=1, le=256)
+    """Requests in flight at once."""
     timeout_s: float = Field(30.0, gt=0)
+    """Seconds one request may take before it counts as failed and is retried."""
     max_retries: int = Field(5, ge=0)
+    """Retries of a failed request (timeout, 429, 5xx) before the stage stops with the endpoint
+    named."""
     backoff_s: float = Field(1.0, ge=0)
     """First retry delay; doubles on each retry (a 429's Retry-After wins)."""
     chain_of_thought: bool = False
+    """Ask for a short rationale before the choice (costs rationale_tokens more per comparison)."""
     rationale_tokens: int = Field(256, ge=1)
+    """Most tokens of the rationale (chain_of_thought)."""
     price_per_1k_prompt_tokens: float = Field(0.0, ge=0)
+    """Your endpoint's price, for the cost the stage reports in its metrics (0: not counted)."""
     price_per_1k_completion_tokens: float = Field(0.0, ge=0)
+    """As price_per_1k_prompt_tokens, for the tokens the judge writes."""
 
 
 class RewardModelJudgeParams(Section):
+    """A trained reward model as the judge: responses ranked by its score."""
+
     path: str
     """A reward model directory (e.g. a previous round's models/reward)."""
 
@@ -337,6 +420,9 @@ class HumanSelectionParams(Section):
 
 
 class RankResponsesParams(Section):
+    """Who ranks each prompt's K responses: rules, an AI judge, people on the ranking page, or a
+    hybrid that sends the judge's unsure pairs to people."""
+
     judge: Literal["rules", "llm", "openai", "reward_model", "human", "hybrid"] = "rules"
     """Which judge ranks the K responses of a prompt. human: every prompt goes to the ranking page's
     queue. hybrid: `ai_judge` labels every pair; pairs it is unsure of go to the queue."""
@@ -423,10 +509,13 @@ class TrainRewardParams(Section):
     learning_rate: float = Field(5e-4, gt=0, lt=1)
     """Measured on an earlier demo domain, seeds 0-2: 0.935 +/- 0.002 held-out accuracy (1e-3: 0.926 +/- 0.026)."""
     max_length: int = Field(128, ge=8)
+    """Tokens of prompt plus response the reward model reads; longer ones are cut at the end."""
     lora_rank: int = Field(0, ge=0)
     """0: train every weight. >0: LoRA adapters of this rank on every linear layer (the scalar head
     trains fully); the adapters are merged before saving, so the saved model loads like any other."""
     lora_alpha: float = Field(16.0, gt=0)
+    """LoRA's scaling numerator: the adapters' update is scaled by lora_alpha / lora_rank (Hu et
+    al. 2021)."""
     ensemble: int = Field(1, ge=1, le=16)
     """>1: train this many reward models (seeds seed, seed+1, ...) and score with their mean;
     metrics/reward.json then also gives the members' mean accuracy alone."""
@@ -446,9 +535,13 @@ class TrainCostParams(Section):
     the stage writes models/cost/untrained.json saying why, in a second. always: train it anyway
     (its held-out harmlessness accuracy in metrics/cost.json)."""
     epochs: int = Field(3, ge=1)
+    """Passes over the training split's labelled responses."""
     batch_size: int = Field(32, ge=1)
+    """Labelled responses per optimizer step."""
     learning_rate: float = Field(5e-4, gt=0, lt=1)
+    """AdamW learning rate."""
     max_length: int = Field(128, ge=8)
+    """Tokens of prompt plus response the cost model reads; longer ones are cut at the end."""
 
 
 class SafetyParams(Section):
@@ -471,8 +564,11 @@ class DPOParams(Section):
     beta: float = Field(0.3, gt=0)
     """Strength of the implicit KL to the reference: higher keeps the policy closer to it."""
     epochs: float = Field(3.0, gt=0)
+    """Passes over the comparisons snapshot."""
     batch_size: int = Field(16, ge=1)
+    """Pairs per optimizer step."""
     learning_rate: float = Field(2e-4, gt=0, lt=1)
+    """AdamW learning rate of TRL's DPOTrainer."""
     max_length: int = Field(128, ge=8)
     """Prompt plus response tokens; longer pairs are truncated at the end."""
     log_every: int = Field(5, ge=1)
@@ -576,6 +672,9 @@ OFFLINE = ("dpo", "kto")  # trained on the comparisons snapshot itself, no onlin
 
 
 class TrainPolicyParams(Section):
+    """Policy optimisation: the algorithm (online RL against the reward, or offline on the
+    preferences) and its settings."""
+
     algorithm: Literal["ppo", "grpo", "rloo", "reinforce_pp", "gspo", "dpo", "kto", "ppo_lagrangian"] = "ppo"
     """ppo: online RL against the reward (below) with a critic. grpo | rloo | reinforce_pp: critic-free
     online RL on `group_size` responses per prompt (rlhf/policy_optimization/estimators.py): GRPO's group-normalised
@@ -617,11 +716,15 @@ class TrainPolicyParams(Section):
     micro_batch_size: int | None = Field(None, ge=1)
     """Responses per forward/backward; gradients accumulate over a minibatch. Default: minibatch_size."""
     ppo_epochs: int = Field(4, ge=1)
+    """Passes over each rollout batch (in minibatches) before the next rollout."""
     learning_rate: float = Field(3e-4, gt=0, lt=1)
+    """AdamW learning rate of the policy."""
     value_learning_rate: float = Field(3e-4, gt=0, lt=1)
+    """AdamW learning rate of the critic (ppo, ppo_lagrangian)."""
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     """Decay of both learning rates over the run, after warmup."""
     warmup_iterations: int = Field(0, ge=0)
+    """Iterations over which both learning rates rise linearly from 0."""
     kl_coef: float = Field(0.1, ge=0)
     """Per-token KL penalty coefficient beta against the frozen reference (the start value if adaptive)."""
     recompute_old_logprobs: bool = False
@@ -650,17 +753,28 @@ class TrainPolicyParams(Section):
     score_normalization: Literal["none", "initial", "running"] = "initial"
     """Reward-model scores as used: raw; standardised by the starting policy's scores; or by running stats."""
     gamma: float = Field(1.0, ge=0, le=1)
+    """Discount factor of the per-token rewards in GAE (1: none, as usual for RLHF)."""
     lam: float = Field(0.95, ge=0, le=1)
+    """GAE's lambda (Schulman et al. 2016): 1 is Monte Carlo returns, lower trades variance for the
+    critic's bias."""
     clip_range: float = Field(0.2, gt=0)
+    """PPO's epsilon: the probability ratio is clipped to [1 - clip_range, 1 + clip_range]
+    (Schulman et al. 2017, eq. 7)."""
     value_clip_range: float = Field(0.2, gt=0)
+    """The critic's new values are clipped to this distance from the rollout's (ppo,
+    ppo_lagrangian)."""
     vf_coef: float = Field(0.5, ge=0)
+    """Weight of the critic's loss beside the policy's (c1 in Schulman et al. 2017, eq. 9)."""
     entropy_coef: float = Field(0.0, ge=0)
     """Entropy bonus c2: the update's loss subtracts c2 times the policy's mean per-token entropy on
     its own samples (Schulman et al. 2017, eq. 9), so the policy keeps spreading its probability
     over words the reward does not care about instead of collapsing onto one phrasing."""
     max_grad_norm: float = Field(1.0, gt=0)
+    """Gradients are clipped to this global norm before each optimizer step."""
     max_new_tokens: int = Field(40, ge=1)
+    """Most tokens sampled per rollout response."""
     temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the rollouts; log-probabilities are taken at the same temperature."""
     missing_eos_penalty: float = Field(1.0, ge=0)
     """Subtracted from the (normalised) score of a response that never emits EOS."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
@@ -682,7 +796,10 @@ class TrainPolicyParams(Section):
     lora_rank: int = Field(0, ge=0)
     """0: train every weight. >0: LoRA adapters of this rank; the reference is the base with adapters off."""
     lora_alpha: float = Field(16.0, gt=0)
+    """LoRA's scaling numerator: the adapters' update is scaled by lora_alpha / lora_rank (Hu et
+    al. 2021)."""
     lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Which linear layers get LoRA adapters: all-linear, or module names such as [c_attn, c_proj]."""
     launcher: Literal["single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"] = "single"
     """single: one process. Otherwise the stage re-runs itself under `accelerate launch` (configs/accelerate/);
     on CPU ddp runs under torchrun, the others over gloo. ZeRO-3 and fsdp (FSDP2) shard the trained weights."""
@@ -695,7 +812,11 @@ class TrainPolicyParams(Section):
     early_stop_kl: float | None = Field(None, gt=0)
     """Reward-hacking monitors: above any of these the run ends early and keeps the policy it has."""
     early_stop_repetition: float | None = Field(None, gt=0, le=1)
+    """End early (keeping the policy) once the batch's mean repetition rate (the share of each
+    response's 3-grams that repeat an earlier one) passes this: a policy looping a phrase the reward
+    model likes."""
     early_stop_response_length: float | None = Field(None, gt=0)
+    """End early (keeping the policy) once the mean response length passes this many tokens."""
     gold_judge: Literal["rules"] | None = "rules"
     """A cheap gold judge scoring every iteration's samples beside the reward model's proxy score
     (rank_responses' principles): plots/policy.csv gets gold_score and sqrt_kl, plots/gold_vs_proxy.png
@@ -715,6 +836,7 @@ class TrainPolicyParams(Section):
     """Every N iterations a table of `log_samples` samples (prompt, response, reward, KL) goes to
     the trackers, as TRL's completions logging does. 0: none."""
     log_samples: int = Field(4, ge=1)
+    """Samples per table logged every log_samples_every iterations."""
 
     @model_validator(mode="after")
     def _batches_nest(self):
@@ -783,7 +905,11 @@ class TrainPolicyParams(Section):
 
 
 class EvaluateParams(Section):
+    """The held-out evaluation: the trained policy against the start, judged by an independent
+    judge, with per-principle shares and samples."""
+
     samples_per_prompt: int = Field(2, ge=1)
+    """Responses sampled per held-out prompt from each policy (the start and the trained one)."""
     report_samples: int = Field(8, ge=0)
     """Held-out prompts shown with their before/after responses in the markdown report."""
     judge: Literal["rules", "llm", "openai"] = "rules"
@@ -814,15 +940,21 @@ class TrackingParams(Section):
     `tensorboard_dir/<stage>`; mlflow logs to `mlflow_tracking_uri`; wandb logs to `wandb_project`
     (offline, under ./wandb, when WANDB_API_KEY is not set)."""
     tensorboard_dir: str = "runs"
+    """Where tensorboard's event files go, one folder per stage (report_to: [tensorboard])."""
     mlflow_tracking_uri: str | None = None
     """null: a local SQLite store, ./mlflow.db, artifacts in ./mlruns (`mlflow ui --backend-store-uri
     sqlite:///mlflow.db`). MLflow 3 keeps its plain-file store in maintenance mode, hence SQLite."""
     mlflow_experiment: str = "rlhf-pipeline"
+    """The MLflow experiment runs are logged under (report_to: [mlflow])."""
     wandb_project: str = "rlhf-pipeline"
+    """The W&B project runs are logged under (report_to: [wandb])."""
 
 
 class EarlierRound(Section):
+    """A finished feedback round (the flow appends one when it starts the next)."""
+
     number: int = Field(ge=1)
+    """The round's number, as store.snapshot.rounds names it."""
     policy_checkpoint: str = Field(min_length=1)
     """Content hash of the policy that round sampled from: its responses (and rankings) carry it."""
 
