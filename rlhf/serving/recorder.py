@@ -1,0 +1,78 @@
+"""Group commit: the serving endpoint's requests hand their store writes to one writer thread, which
+runs every write waiting at that moment in one transaction and then answers each request.
+
+Why: a write is one transaction under the store's file lock, and opening the DuckDB file for it costs
+about 30 ms here, so sixteen clients writing one transaction each would queue behind one another;
+taken together they pay the open once. A request still gets its answer only after its rows are
+committed, so an acknowledged exchange is in the store even if the server is killed the next moment.
+
+A job is a function of the open connection. It returns its result, or a refusal as a value (see
+rlhf.store.exchanges): an exception rolls back the whole batch, so the writer then runs each job of
+that batch alone, and only the job that raised fails.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+import duckdb
+
+from rlhf.store import FeedbackStore
+
+Job = Callable[[duckdb.DuckDBPyConnection], Any]
+
+
+class Recorder:
+    """One writer thread over `store`; `submit(job)` blocks until the job's transaction committed."""
+
+    def __init__(self, store: FeedbackStore, max_batch: int = 256):
+        self.store, self.max_batch = store, max_batch
+        self.jobs: queue.Queue[tuple[Job, Future] | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._write_forever, name="exchange-recorder", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job, timeout_s: float | None = None) -> Any:
+        """The job's result once it is committed; its exception (or the store's) if it failed."""
+        done: Future = Future()
+        self.jobs.put((job, done))
+        return done.result(timeout=timeout_s)
+
+    def close(self) -> None:
+        """Finish the jobs queued so far, then stop the writer."""
+        self.jobs.put(None)
+        self.thread.join()
+
+    def _write_forever(self) -> None:
+        while True:
+            first = self.jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.jobs.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[Job, Future]]) -> None:
+        try:
+            with self.store.transaction() as con:
+                results = [job(con) for job, _ in batch]
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0][1].set_exception(error)
+                return
+            for one in batch:  # find the job that failed; the others commit on their own
+                self._write([one])
+            return
+        for (_, done), result in zip(batch, results):
+            done.set_result(result)

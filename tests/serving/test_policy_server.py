@@ -1,0 +1,191 @@
+"""The policy server end to end over a real uvicorn, a tiny policy and a real DuckDB store: exchanges
+recorded with their provenance, each kind of feedback, refusals, the proxy in front of another
+OpenAI-compatible server, and the snapshot taking the deployed pairs."""
+
+import json
+
+import httpx
+import pandas as pd
+import pytest
+
+from rlhf import chat
+from rlhf.pretrained import checkpoint_hash
+from tests.serving.conftest import LIMITS, ask, bearer, serving
+from tests.support.servers import raw_request, status_and_detail
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def feedback(client, address, token, **body):
+    return client.post(f"{address}/v1/feedback", json=body, headers=bearer(token))
+
+
+def test_an_exchange_is_answered_in_openai_shape_and_stored_with_its_provenance(
+    server, store, tokens, tiny_checkpoints, local_policy
+):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "tell me about cats . answer :"}]
+    with httpx.Client(timeout=30) as client:
+        answer = client.post(
+            f"{server}/v1/chat/completions",
+            json={"model": "x", "messages": messages, "max_tokens": 6, "temperature": 0.7, "top_p": 0.9, "seed": 1},
+            headers=bearer(tokens["alice"]),
+        )
+        models = client.get(f"{server}/v1/models", headers=bearer(tokens["bob"])).json()
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    assert [c["index"] for c in body["choices"]] == [0]
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["choices"][0]["finish_reason"] in ("stop", "length")
+    assert 1 <= body["usage"]["completion_tokens"] <= 6
+    assert models["data"][0]["id"] == tiny_checkpoints[0].name
+    row = store.query("SELECT * FROM exchanges").to_dict(orient="records")
+    assert len(row) == 1
+    row = row[0]
+    assert row["exchange_id"] == body["id"] and row["client"] == "alice"
+    assert json.loads(row["answers"]) == [body["choices"][0]["message"]["content"]]
+    assert chat.from_json(row["messages"]) == messages
+    assert row["policy_checkpoint"] == checkpoint_hash(tiny_checkpoints[0])
+    # the prompt the policy continued is its chat template's rendering, as sample_responses renders it
+    assert row["rendered_prompt"] == chat.render_prompt(local_policy.tokenizer, messages)
+    sampling = json.loads(row["sampling"])
+    assert (sampling["temperature"], sampling["top_p"], sampling["max_tokens"], sampling["n"]) == (0.7, 0.9, 6, 1)
+
+
+def test_each_kind_of_feedback_is_stored_once_and_edits_and_choices_become_deployed_pairs(server, store, tokens):
+    alice = tokens["alice"]
+    with httpx.Client(timeout=30) as client:
+        one = ask(client, server, alice).json()
+        two = ask(client, server, alice, "tell me about cats . answer :", n=2).json()
+        assert len(two["choices"]) == 2
+        replies = [
+            feedback(client, server, alice, exchange_id=one["id"], thumbs="down", reason="off topic"),
+            feedback(client, server, alice, exchange_id=one["id"], rating=2),
+            feedback(client, server, alice, exchange_id=one["id"], edited="owls hunt at night , glad to help"),
+            feedback(client, server, alice, exchange_id=two["id"], choice=1),
+            feedback(client, server, alice, exchange_id=two["id"], thumbs="up", answer=1),
+        ]
+        again = feedback(client, server, alice, exchange_id=one["id"], thumbs="down", reason="off topic")
+        changed = feedback(client, server, alice, exchange_id=one["id"], thumbs="up")
+        other_choice = feedback(client, server, alice, exchange_id=two["id"], choice=0)
+    assert [r.status_code for r in replies] == [200] * 5, [r.text for r in replies]
+    assert [r.json()["pairs"] for r in replies] == [0, 0, 1, 1, 0]
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert changed.status_code == 409 and other_choice.status_code == 409
+    assert "that stands" in changed.json()["detail"]
+    stored = store.query("SELECT kind, answer, client, thumbs_up, rating, reason FROM exchange_feedback ORDER BY kind")
+    stored = stored.astype(object).where(stored.notna(), None)
+    assert stored.values.tolist() == [
+        ["choice", 1, "alice", None, None, None],
+        ["edit", 0, "alice", None, None, None],
+        ["rating", 0, "alice", None, 2, None],
+        ["thumbs", 0, "alice", False, None, "off topic"],
+        ["thumbs", 1, "alice", True, None, None],
+    ]
+    pairs = store.comparisons().set_index("judge_version")
+    assert list(pairs["judge"]) == ["deployed", "deployed"] and set(pairs.index) == {"alice"}
+    chosen = set(pairs["chosen"])
+    assert "owls hunt at night , glad to help" in chosen  # the edit is preferred to the answer
+    assert two["choices"][1]["message"]["content"] in chosen  # the choice: answer 1 over answer 0
+    assert set(pairs["rejected"]) == {one["choices"][0]["message"]["content"], two["choices"][0]["message"]["content"]}
+
+
+def test_refusals_are_one_line_with_the_right_status(server, store, tokens):
+    alice, bob = tokens["alice"], tokens["bob"]
+    with httpx.Client(timeout=30) as client:
+        mine = ask(client, server, alice).json()["id"]
+        cases = {
+            "no token": client.post(f"{server}/v1/chat/completions", json={"messages": []}),
+            "bad token": ask(client, server, "not-a-token-of-anyone"),
+            "unknown id": feedback(client, server, alice, exchange_id="chatcmpl-nope", thumbs="up"),
+            "another's id": feedback(client, server, bob, exchange_id=mine, thumbs="up"),
+            "no messages": client.post(f"{server}/v1/chat/completions", json={"messages": []}, headers=bearer(alice)),
+            "bad role": ask(client, server, alice, messages=[{"role": "tool", "content": "x"}]),
+            "two kinds": feedback(client, server, alice, exchange_id=mine, thumbs="up", rating=3),
+            "rating 6": feedback(client, server, alice, exchange_id=mine, rating=6),
+            "choice of one": feedback(client, server, alice, exchange_id=mine, choice=0),
+            "stream": ask(client, server, alice, stream=True),
+            "max_tokens": ask(client, server, alice, max_tokens=LIMITS.max_tokens + 1),
+            "long message": ask(client, server, alice, "x" * (LIMITS.max_chars + 1)),
+            "not json": client.post(
+                f"{server}/v1/feedback", content=b"{nope", headers={**bearer(alice), "content-type": "application/json"}
+            ),
+        }
+    statuses = {name: answer.status_code for name, answer in cases.items()}
+    assert statuses == {
+        "no token": 401,
+        "bad token": 401,
+        "unknown id": 404,
+        "another's id": 404,
+        "no messages": 422,
+        "bad role": 422,
+        "two kinds": 422,
+        "rating 6": 422,
+        "choice of one": 422,
+        "stream": 422,
+        "max_tokens": 413,
+        "long message": 413,
+        "not json": 422,
+    }
+    for name, answer in cases.items():
+        detail = answer.json()["detail"]
+        assert isinstance(detail, str) and "\n" not in detail and detail, (name, detail)
+    assert cases["max_tokens"].json()["detail"].endswith("(--max-tokens)")
+    # an oversized body is refused from its header, before the token is even looked at
+    port = int(server.rsplit(":", 1)[1])
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {LIMITS.max_body_bytes + 1}\r\n\r\n"
+    ).encode()
+    status, detail = status_and_detail(raw_request(port, head, [b"x" * 1024] * 80)[0])
+    assert status == 413 and "(--max-body-bytes)" in detail
+    # only the one exchange asked for was recorded; no refusal wrote anything
+    assert store.query("SELECT count(*) AS n FROM exchanges")["n"][0] == 1
+    assert store.query("SELECT count(*) AS n FROM exchange_feedback")["n"][0] == 0
+
+
+def test_a_proxy_in_front_of_another_openai_compatible_server_records_the_upstream(
+    local_policy, store, tokens, tmp_path
+):
+    """The upstream is itself a policy server (no recording): a real OpenAI-compatible endpoint."""
+    from rlhf.serving.backends import Upstream
+    from rlhf.store import FeedbackStore
+
+    upstream_store = FeedbackStore(tmp_path / "upstream.duckdb")
+    from rlhf.annotation.annotators import add_annotator
+
+    proxy_token = add_annotator(upstream_store, "proxy")
+    with serving(local_policy, upstream_store, record=False) as upstream_address:
+        upstream = Upstream(f"{upstream_address}/v1", api_key=proxy_token)
+        with serving(upstream, store) as proxy, httpx.Client(timeout=30) as client:
+            answer = ask(client, proxy, tokens["bob"], n=2)
+            down = Upstream(f"{upstream_address}/v1", api_key="wrong-token")
+            with serving(down, store) as refused_proxy:
+                bad_gateway = ask(client, refused_proxy, tokens["bob"])
+    assert answer.status_code == 200, answer.text
+    row = store.query("SELECT client, model, policy_checkpoint, answers, rendered_prompt FROM exchanges")
+    assert row["client"].tolist() == ["bob"]
+    assert row["policy_checkpoint"][0] == f"upstream:{upstream_address}/v1#{local_policy.name}"
+    assert json.loads(row["answers"][0]) == [c["message"]["content"] for c in answer.json()["choices"]]
+    assert row["rendered_prompt"][0] is None
+    assert bad_gateway.status_code == 502 and "answered 401" in bad_gateway.json()["detail"]
+    assert upstream_store.query("SELECT count(*) AS n FROM exchanges")["n"][0] == 0  # the upstream recorded nothing
+
+
+def test_the_snapshot_takes_the_deployed_pairs_when_its_scope_lists_the_import(server, store, tokens, tmp_path):
+    from rlhf.snapshot import read_comparisons
+    from rlhf.store import snapshot_scope
+
+    with httpx.Client(timeout=30) as client:
+        shown = ask(client, server, tokens["alice"], n=2).json()
+        assert feedback(client, server, tokens["alice"], exchange_id=shown["id"], choice=0).status_code == 200
+    without = snapshot_scope("current", [], [], [], None)
+    with_deployed = snapshot_scope("current", ["deployed"], [], [], None)
+    assert store.snapshot_comparisons(tmp_path / "without", [], without) == 0
+    assert store.snapshot_comparisons(tmp_path / "with", [], with_deployed) == 1
+    pairs = read_comparisons(tmp_path / "with")
+    assert pairs["chosen"].tolist() == [shown["choices"][0]["message"]["content"]]
+    assert pairs["rejected"].tolist() == [shown["choices"][1]["message"]["content"]]
+    taken = json.loads((tmp_path / "with" / "scope.json").read_text())["taken"]
+    assert taken == [{"rankings": 1, "run_id": "import-deployed", "source": "import deployed"}]
+    assert isinstance(pairs, pd.DataFrame)
