@@ -9,6 +9,7 @@ All SQL of the project lives in this package, one module per concern:
 - `snapshot` and `scope`: which pairs are labels, the Parquet snapshot training reads, and what DVC
   sees of the store (`<store>.scope.json`);
 - `annotation`: the queue people rank from, their rankings and skips, overlap, tokens;
+- `binary`: thumbs up/down, one response judged alone, and their snapshot (TRL's unpaired format);
 - `reads`: agreement's labels and ad-hoc SQL;
 - `feedback_store`: FeedbackStore, whose methods each open the file once and call one of the above.
 

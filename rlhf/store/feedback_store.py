@@ -14,7 +14,7 @@ import pandas as pd
 from filelock import FileLock
 
 from rlhf.errors import StoreError
-from rlhf.store import annotation, ingest, reads, snapshot
+from rlhf.store import annotation, binary, ingest, reads, snapshot
 from rlhf.store.connection import open_reader, open_writer
 from rlhf.store.schema import SCHEMA_VERSION, migrate, refuse_newer, stored_version
 from rlhf.store.scope import absent_sources, recorded_scope, scope_file, scope_fingerprint, write_scope_file
@@ -151,6 +151,39 @@ class FeedbackStore:
         """Every labelled pair with its prompt and response texts, in a fixed order."""
         with self.reader() as con:
             return snapshot.comparisons(con)
+
+    # --- thumbs up/down: one response judged alone (rlhf/store/binary.py) ---
+
+    def add_binary_labels(
+        self, labels: pd.DataFrame, source: str, run_id: str, test_fraction: float | None = None
+    ) -> int:
+        """Write binary labels at once; returns how many were new or changed (0 for the same labels again).
+
+        `labels`: columns prompt and response (strings or chat messages), desirable (bool),
+        annotator; optional response_id (a row of responses: it lends its policy checkpoint),
+        reason, policy_checkpoint, item_id. `source`: page, deployed, import:<name>, ... One label
+        per (prompt, response, source, annotator): a new one replaces the old. A prompt the store
+        does not hold is split by a hash of its text at `test_fraction` (None: collect_prompts'
+        default). A bad row is refused with InputError naming it, and nothing is written."""
+        if test_fraction is None:
+            from rlhf.config import CollectPromptsParams
+
+            test_fraction = CollectPromptsParams.model_fields["test_fraction"].default
+        with self.transaction() as con:
+            return binary.add_binary_labels(con, labels, source, {"run_id": run_id, "stage": source}, test_fraction)
+
+    def binary_labels(self, source: str | None = None) -> pd.DataFrame:
+        """Every binary label (of one source, if named) with its texts and provenance, by label_id."""
+        with self.reader() as con:
+            return binary.binary_labels(con, source)
+
+    def snapshot_binary_labels(self, path: str | Path, scope: dict | None = None) -> int:
+        """Write the binary labels `scope` takes (snapshot_scope; None: every label) to the Parquet
+        file `path` in TRL's unpaired preference format (prompt, completion, label; KTOTrainer reads
+        it as is) plus messages, split and provenance; byte-identical for the same store and scope.
+        Returns the number of labels."""
+        with self.reader() as con:
+            return binary.snapshot_binary_labels(con, Path(path), scope)
 
     # --- the human annotation queue (the ranking page is a thin shell over these) ---
 

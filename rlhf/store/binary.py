@@ -1,0 +1,208 @@
+"""Thumbs up/down: one response judged alone, desirable or not (schema version 6, `binary_labels`).
+
+Where the labels come from: the ranking page's binary mode (source `page`), the users of a deployed
+policy (`deployed`), an imported set (`import:<name>`). A row keeps its prompt and response texts
+and messages, since a deployed response is in no other table, and its provenance: annotator, the
+policy that wrote the response, the queue item, the run.
+
+The snapshot is TRL's unpaired preference format (`prompt`, `completion`, `label`), the dataset
+KTOTrainer reads as it is (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
+Optimization"), with the chat messages, the split and the provenance as further columns. Every
+function here runs on a connection the caller opened (FeedbackStore).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from rlhf import chat
+from rlhf.errors import InputError
+from rlhf.store.ingest import insert_run
+from rlhf.text import content_id, split_of
+
+# The columns a caller passes: prompt and response (strings or chat messages), desirable, annotator;
+# the optional ones may be absent or None.
+REQUIRED_COLUMNS = ("prompt", "response", "desirable", "annotator")
+OPTIONAL_COLUMNS = ("response_id", "reason", "policy_checkpoint", "item_id")
+
+# The labels a snapshot scope (rlhf.store.scope.snapshot_scope) takes. Every binary label is a
+# person's (a page's annotator, a deployment's user, an import's rater), so the scope's
+# label_sources keep them where they name `human`. Parameters: scope_parameters(scope).
+IN_SCOPE = """
+SELECT * FROM binary_labels
+WHERE (CAST(? AS BOOLEAN)
+       OR list_contains(CAST(? AS VARCHAR[]), source)
+       OR list_contains(CAST(? AS VARCHAR[]), policy_checkpoint)
+       OR list_contains(CAST(? AS VARCHAR[]), policy_checkpoint))
+  AND (CAST(? AS VARCHAR[]) IS NULL OR list_contains(CAST(? AS VARCHAR[]), 'human'))
+"""
+
+# The snapshot's columns: TRL's unpaired preference format first, then what our stages read
+# (messages for rlhf.scoring, the split for held-out reports) and the provenance.
+SNAPSHOT_COLUMNS = """
+prompt, response AS completion, desirable AS label, prompt_messages, response_messages AS completion_messages,
+split, label_id, prompt_id, response_id, reason, source, annotator, policy_checkpoint
+"""
+
+# What DVC would see of the labels a scope takes: a count and an order-free digest of their rows.
+SCOPE_DIGEST = f"""
+SELECT count(*), coalesce(bit_xor(hash(label_id, desirable, reason)), 0) FROM ({IN_SCOPE})
+"""
+
+
+def label_rows(labels: pd.DataFrame, source: str, test_fraction: float) -> pd.DataFrame:
+    """The caller's labels as binary_labels' columns (less split from the store, run and time):
+    ids, texts and canonical messages. InputError naming the column or row of a bad one."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in labels]
+    if missing:
+        raise InputError(f"binary labels: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED_COLUMNS)})")
+    if not source:
+        raise InputError("binary labels: the source must be named (page, deployed, import:<name>, ...)")
+    rows = []
+    for row, label in enumerate(labels.to_dict(orient="records"), 1):
+        where = f"binary labels, row {row}"
+        prompt = chat.as_conversation(label["prompt"], f"{where}: prompt")
+        response = chat.assistant_turns(label["response"]) if label["response"] is not None else None
+        if not response or not any(m["content"].strip() for m in response):
+            raise InputError(f"{where}: response is empty")
+        if not isinstance(label["desirable"], bool) and str(label["desirable"]) not in ("True", "False"):
+            raise InputError(f"{where}: desirable must be true or false, not {label['desirable']!r}")
+        if not isinstance(label["annotator"], str) or not label["annotator"].strip():
+            raise InputError(f"{where}: annotator must be named")
+        optional = {c: _present(label.get(c)) for c in OPTIONAL_COLUMNS}
+        key = chat.prompt_key(prompt)
+        prompt_id = content_id(key)
+        response_key = optional["response_id"] or chat.to_json(response)
+        rows.append(
+            {
+                "label_id": content_id(prompt_id, response_key, source, label["annotator"]),
+                "prompt_id": prompt_id,
+                "prompt": chat.transcript(prompt),
+                "prompt_messages": chat.to_json(prompt),
+                "response_id": optional["response_id"],
+                "response": response[0]["content"] if len(response) == 1 else chat.transcript(response),
+                "response_messages": chat.to_json(response),
+                "desirable": str(label["desirable"]) == "True",
+                "reason": optional["reason"],
+                "source": source,
+                "annotator": label["annotator"],
+                "policy_checkpoint": optional["policy_checkpoint"],
+                "item_id": optional["item_id"],
+                "hashed_split": split_of(key, test_fraction),
+            }
+        )
+    # one label per key: a person who changed their mind within one batch keeps the last
+    return pd.DataFrame(rows, columns=[*_ROW_COLUMNS, "hashed_split"]).drop_duplicates("label_id", keep="last")
+
+
+_ROW_COLUMNS = [
+    "label_id",
+    "prompt_id",
+    "prompt",
+    "prompt_messages",
+    "response_id",
+    "response",
+    "response_messages",
+    "desirable",
+    "reason",
+    "source",
+    "annotator",
+    "policy_checkpoint",
+    "item_id",
+]
+
+
+def _present(value: object) -> str | None:
+    """An optional text: None for absent, None, NaN or blank."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def add_binary_labels(
+    con: duckdb.DuckDBPyConnection, labels: pd.DataFrame, source: str, run: dict, test_fraction: float
+) -> int:
+    """FeedbackStore.add_binary_labels inside the caller's transaction: how many labels were new or changed.
+
+    Checks come before writes, so a refused batch writes nothing. A response the store holds
+    (`response_id`) lends its policy checkpoint where none is given; a prompt the store holds
+    lends its split, any other prompt is split by a hash of its text (`test_fraction`), as
+    collect_prompts splits."""
+    rows = label_rows(labels, source, test_fraction)
+    insert_run(con, run)
+    con.register("incoming_binary_labels", rows)
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE new_binary_labels AS
+           SELECT n.label_id, n.prompt_id, n.prompt, n.prompt_messages, CAST(n.response_id AS VARCHAR) AS response_id,
+                  n.response, n.response_messages, CAST(n.desirable AS BOOLEAN) AS desirable,
+                  CAST(n.reason AS VARCHAR) AS reason, n.source, n.annotator,
+                  coalesce(CAST(n.policy_checkpoint AS VARCHAR), s.policy_checkpoint) AS policy_checkpoint,
+                  CAST(n.item_id AS VARCHAR) AS item_id, coalesce(p.split, n.hashed_split) AS split,
+                  CAST(? AS VARCHAR) AS run_id, now()::TIMESTAMP AS created_at
+           FROM incoming_binary_labels n
+           LEFT JOIN prompts p ON p.prompt_id = n.prompt_id
+           LEFT JOIN responses s ON s.response_id = CAST(n.response_id AS VARCHAR)""",
+        [run["run_id"]],
+    )
+    con.unregister("incoming_binary_labels")
+    # A label already there counts again only if it changed (a person turned a thumb, or gave a reason).
+    changed = """SELECT n.label_id FROM new_binary_labels n JOIN binary_labels b USING (label_id)
+                 WHERE b.desirable IS DISTINCT FROM n.desirable OR b.reason IS DISTINCT FROM n.reason"""
+    before = con.execute("SELECT count(*) FROM binary_labels").fetchone()[0]
+    replaced = con.execute(f"SELECT count(*) FROM ({changed})").fetchone()[0]
+    con.execute(f"DELETE FROM binary_labels WHERE label_id IN ({changed})")
+    con.execute(
+        "INSERT INTO binary_labels SELECT * FROM new_binary_labels n "
+        "WHERE NOT EXISTS (SELECT 1 FROM binary_labels b WHERE b.label_id = n.label_id)"
+    )
+    return con.execute("SELECT count(*) FROM binary_labels").fetchone()[0] - before + replaced
+
+
+def binary_labels(con: duckdb.DuckDBPyConnection, source: str | None = None) -> pd.DataFrame:
+    """Every binary label (of one source, if named), every column, ordered by label_id."""
+    return con.execute(
+        "SELECT * FROM binary_labels WHERE CAST(? AS VARCHAR) IS NULL OR source = ? ORDER BY label_id",
+        [source, source],
+    ).df()
+
+
+def scope_parameters(scope: dict) -> list:
+    """IN_SCOPE's parameters for a snapshot scope: every label?, the imports' sources, this round's
+    policies, the earlier rounds' policies, the judges (twice)."""
+    judges = scope["label_sources"]
+    imports = [f"import:{name}" for name in scope["imports"]]
+    return [scope["rankings"] == "all", imports, scope["policies"], scope["earlier_policies"], judges, judges]
+
+
+def _scoped(scope: dict | None) -> tuple[str, list]:
+    """The labels `scope` takes, as SQL and its parameters; None: every label."""
+    if scope is None:
+        return "SELECT * FROM binary_labels", []
+    return IN_SCOPE, scope_parameters(scope)
+
+
+def snapshot_binary_labels(con: duckdb.DuckDBPyConnection, path: Path, scope: dict | None) -> int:
+    """Write the labels `scope` takes to the Parquet file `path`, ordered by label_id: the same
+    store and scope give a byte-identical file. The file appears whole or not at all (written
+    beside its place, then renamed). Returns the number of labels."""
+    query, arguments = _scoped(scope)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    target = str(partial).replace("'", "''")  # COPY binds no target
+    con.execute(
+        f"COPY (SELECT {SNAPSHOT_COLUMNS} FROM ({query}) ORDER BY label_id) TO '{target}' (FORMAT parquet)",
+        arguments,
+    )
+    partial.replace(path)
+    return con.execute("SELECT count(*) FROM read_parquet(?)", [str(path)]).fetchone()[0]
+
+
+def scope_digest(con: duckdb.DuckDBPyConnection, scope: dict) -> dict:
+    """What a scope takes of the binary labels, as the scope file would record it: a count and an
+    order-free digest (a new label, a turned thumb or a new reason changes it)."""
+    rows, digest = con.execute(SCOPE_DIGEST, scope_parameters(scope)).fetchone()
+    return {"binary_labels": int(rows), "binary_digest": f"{int(digest):016x}"}
