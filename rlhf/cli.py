@@ -11,6 +11,7 @@ rlhf annotate status                  the queue, the overlap setting and each an
 rlhf annotate serve                   the human ranking page on http://127.0.0.1:8765
 rlhf serve reward                     the reward model over HTTP (OpenRLHF's POST /get_reward)
 rlhf serve reward-token NAME          a new bearer token for the reward server (printed once)
+rlhf serve policy                     a policy as an OpenAI-compatible chat endpoint that records feedback
 rlhf verify                           re-run the pipeline in a fresh clone of HEAD and compare with its dvc.lock
 
 Every command that reads or writes the store takes it as --store FILE (default: feedback.duckdb),
@@ -197,6 +198,7 @@ def add_verify_command(commands) -> None:
 
 def add_serve_commands(commands) -> None:
     serve_models = commands.add_parser("serve", help="serve a trained model over HTTP for other tools")
+    serve_models.add_argument("--store", default=STORE_DEFAULT, help=f"{STORE_HELP}; serve policy records into it")
     served = serve_models.add_subparsers(dest="action", required=True)
     reward = served.add_parser(
         "reward",
@@ -216,6 +218,51 @@ def add_serve_commands(commands) -> None:
     )
     token.add_argument("name", help="who the token is for")
     token.add_argument("--tokens", required=True, help="the tokens file (created if missing)")
+    add_policy_server_command(served)
+
+
+def add_policy_server_command(served) -> None:
+    from rlhf.serving.limits import ServingLimits
+
+    limits = ServingLimits()
+    policy = served.add_parser(
+        "policy",
+        parents=[store_option()],
+        help="a policy as an OpenAI-compatible chat endpoint (POST /v1/chat/completions) that records every "
+        "exchange and the feedback on it (POST /v1/feedback) in the store",
+        description="Example: rlhf serve policy --checkpoint models/policy --port 8080  (clients sign in with "
+        "`rlhf annotate add-annotator NAME`'s tokens; an edited answer or a choice between two answers "
+        "becomes a pair that the snapshot takes with store.snapshot.imports: [deployed]; see rlhf/serving/)",
+    )
+    source = policy.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a policy checkpoint directory to load and sample (e.g. models/policy)")
+    source.add_argument(
+        "--upstream", help="an OpenAI-compatible server's base URL to stand in front of (e.g. http://127.0.0.1:8000/v1)"
+    )
+    policy.add_argument("--upstream-model", help="the model name to ask the upstream for (default: the client's)")
+    policy.add_argument(
+        "--upstream-key-env",
+        help="an environment variable that holds the upstream's API key (never on the command line)",
+    )
+    policy.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    policy.add_argument("--port", type=int, default=8080)
+    policy.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    policy.add_argument("--no-record", action="store_true", help="serve without storing exchanges (feedback: 404)")
+    for flag, value, text in [
+        ("--max-body-bytes", limits.max_body_bytes, "request body size"),
+        ("--max-messages", limits.max_messages, "chat messages per request"),
+        ("--max-chars", limits.max_chars, "characters per message, edit or reason"),
+        ("--max-tokens", limits.max_tokens, "tokens an answer may ask for"),
+    ]:
+        policy.add_argument(
+            flag, type=int, default=value, help=f"refuse (413) over this many: {text} (default {value})"
+        )
+    policy.add_argument(
+        "--rate-limit",
+        type=float,
+        default=limits.rate_limit,
+        help=f"requests/s per client token, 429 past it; 0: off (default {limits.rate_limit:g})",
+    )
 
 
 def add_reward_server_flags(reward) -> None:
@@ -408,11 +455,40 @@ def serve_reward(args: argparse.Namespace) -> None:
     serve_reward_model(args.model, args.host, args.port, args.device, args.batch_size, limits, hashes, args.docs)
 
 
+def serve_policy(args: argparse.Namespace) -> None:
+    import os
+
+    from rlhf.http_auth import check_host
+    from rlhf.serving.limits import ServingLimits
+
+    limits = ServingLimits(
+        args.max_body_bytes, args.max_messages, args.max_chars, args.max_tokens, rate_limit=args.rate_limit
+    )
+    if args.checkpoint is not None and not Path(args.checkpoint).is_dir():
+        raise InputError(f"--checkpoint {args.checkpoint}: no policy checkpoint directory here")
+    if args.upstream_key_env and args.upstream_key_env not in os.environ:
+        raise InputError(f"--upstream-key-env {args.upstream_key_env}: no such environment variable is set")
+    warning = check_host(args.host, True, False, "policy server")  # every call needs a client token
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    from rlhf.serving.backends import LocalPolicy, Upstream
+    from rlhf.serving.policy_server import serve
+
+    if args.checkpoint is not None:
+        backend = LocalPolicy(args.checkpoint, args.device)
+    else:
+        key = os.environ[args.upstream_key_env] if args.upstream_key_env else None
+        backend = Upstream(args.upstream, args.upstream_model, key)
+    recording = "not recording" if args.no_record else f"recording to {args.store}"
+    print(f"rlhf: policy {backend.name} on http://{args.host}:{args.port}/v1 ({recording})", flush=True)
+    serve(backend, args.store, args.host, args.port, limits, record=not args.no_record)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         try:
-            serve_reward(args)
+            serve_policy(args) if args.action == "policy" else serve_reward(args)
         except InputError as error:
             print(f"rlhf: error: {error}", file=sys.stderr)
             return 2

@@ -266,3 +266,18 @@ def create_app(
 def policy_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
     """uvicorn leaving logging alone (rlhf.rewards.server.reward_server says why)."""
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None))
+
+
+def serve(
+    backend,
+    store_path: str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    limits: ServingLimits | None = None,
+    record: bool = True,
+) -> None:
+    """Serve `backend` on http://host:port/v1 until interrupted, recording into the store at `store_path`
+    (created, or brought to the current schema, first: the clients' tokens are read from it)."""
+    store = FeedbackStore(store_path)
+    store.schema_version()
+    policy_server(create_app(backend, store, limits, record), host, port).run()
