@@ -514,9 +514,7 @@ def main(argv: list[str] | None = None) -> int:
 def store_command(args: argparse.Namespace) -> int:
     import duckdb
 
-    from rlhf.agreement import agreement_report
-    from rlhf.exporters import export_pairs
-    from rlhf.store import FeedbackStore
+    from rlhf.store import FeedbackStore  # pandas loads only with a command that reads a frame
 
     store = FeedbackStore(args.store)
     try:
@@ -526,8 +524,12 @@ def store_command(args: argparse.Namespace) -> int:
             for table, rows in store.counts().items():
                 print(f"{table:16} {rows}")
         elif args.action == "agreement":
+            from rlhf.agreement import agreement_report
+
             print_agreement(agreement_report(store.pair_labels(), store.human_ranks(), kappa_below=args.low_kappa))
         elif args.action == "export":
+            from rlhf.exporters import export_pairs
+
             rows = export_pairs(store.comparisons(), args.out, args.fmt, args.split, export_tokenizer(args.tokenizer))
             print(f"exported {rows} pairs to {args.out} ({args.fmt})")
         elif args.action == "import":
