@@ -34,13 +34,14 @@ import threading
 import time
 from typing import Annotated, Literal
 
+import filelock
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from rlhf import chat
 from rlhf.annotation.annotators import hash_token, sign_in
-from rlhf.errors import InputError
+from rlhf.errors import InputError, StoreError
 from rlhf.http_limits import Guard, RateLimit, has_lone_surrogate, one_line_validation_errors
 from rlhf.serving.backends import BackendError, Completion, Sampling, sampling_json
 from rlhf.serving.limits import ServingLimits
@@ -214,8 +215,9 @@ def create_app(
         """The job committed by the recorder, or 503: the store stayed busy (nothing was recorded)."""
         try:
             return recorder.submit(job, timeout_s=store_timeout_s)
-        except Exception as error:
-            raise refused(503, f"the store is busy ({type(error).__name__}); nothing was recorded, try again") from None
+        except (filelock.Timeout, StoreError, TimeoutError) as error:
+            detail = f"the store is busy ({type(error).__name__}); nothing was recorded, try again"
+            raise HTTPException(status_code=503, detail=detail, headers={"Retry-After": "2"}) from None
 
     @app.get("/health")
     def health() -> dict:

@@ -7,8 +7,9 @@ Feedback becomes labels where it can: an edited better answer (the edit preferre
 a choice between two answers shown side by side (the chosen one preferred) are each one ranking of
 two responses, judge `deployed`, its version the client's name, in the run `import-deployed`: the
 import set `deployed`, which a snapshot takes when params.yaml lists it (store.snapshot.imports:
-[deployed]), as it takes any other import. Thumbs and ratings stay in exchange_feedback, with who
-gave them and on which checkpoint's answer.
+[deployed]), as it takes any other import. A thumb is also a binary label (rlhf/store/binary.py,
+source `deployed`) for KTO and the binary reward model; a rating stays in exchange_feedback. Every
+feedback row keeps who gave it and on which checkpoint's answer (through its exchange).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import duckdb
 import pandas as pd
 
 from rlhf import chat
-from rlhf.store import ingest
+from rlhf.store import binary, ingest
 from rlhf.text import content_id, split_of
 
 DEPLOYED_JUDGE = "deployed"
@@ -101,6 +102,8 @@ def record_feedback(
     pairs = 0
     if kind in PAIR_KINDS:
         ranking_id, pairs = record_preferred_pair(con, client, shown, answers, kind, answer, feedback, test_fraction)
+    if kind == "thumbs" and answers[answer].strip():  # a binary label needs a response to label
+        record_binary_label(con, client, shown, answers[answer], feedback, test_fraction)
     con.execute(
         "INSERT INTO exchange_feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now())",
         [feedback["exchange_id"], kind, answer, client, *values.values(), ranking_id],
@@ -165,6 +168,20 @@ def record_preferred_pair(
     )
     added = ingest.ingest(con, DEPLOYED_RUN, prompts, pd.DataFrame([better, worse]), rankings)
     return ranking_id, added["comparisons"]
+
+
+def record_binary_label(
+    con: duckdb.DuckDBPyConnection, client: str, shown: dict, text: str, feedback: dict, test_fraction: float
+) -> None:
+    label = {
+        "prompt": chat.from_json(shown["messages"]),
+        "response": text,
+        "desirable": feedback["thumbs_up"],
+        "annotator": client,
+        "reason": feedback.get("reason"),
+        "policy_checkpoint": shown["policy_checkpoint"],
+    }
+    binary.add_binary_labels(con, pd.DataFrame([label]), DEPLOYED_JUDGE, DEPLOYED_RUN, test_fraction)
 
 
 def response_row(prompt_id: str, shown: dict, index: int, text: str, writer: str | None = None) -> dict:

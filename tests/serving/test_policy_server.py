@@ -82,6 +82,14 @@ def test_each_kind_of_feedback_is_stored_once_and_edits_and_choices_become_deplo
         ["thumbs", 0, "alice", False, None, "off topic"],
         ["thumbs", 1, "alice", True, None, None],
     ]
+    # each thumb is also a binary label of source deployed (KTO's data), on the answer it is about
+    labels = store.binary_labels("deployed")
+    thumbed = [(one, 0, False), (two, 1, True)]
+    expected = {
+        (e["choices"][i]["message"]["content"], up) for e, i, up in thumbed if e["choices"][i]["message"]["content"]
+    }
+    assert set(zip(labels["response"], labels["desirable"])) == expected
+    assert set(labels["annotator"]) <= {"alice"} and len(labels) == len(expected)
     pairs = store.comparisons().set_index("judge_version")
     assert list(pairs["judge"]) == ["deployed", "deployed"] and set(pairs.index) == {"alice"}
     chosen = set(pairs["chosen"])
