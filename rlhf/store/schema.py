@@ -1,6 +1,7 @@
 """The store's tables: each version's DDL, the migrations between them, and the one check that runs
-when a FeedbackStore first opens its file. Comments on the columns are the column documentation
-(docs/store.md)."""
+when a FeedbackStore first opens its file. The `--` comments are the store's reference
+(docs/reference/store.md, written by tools/reference_store.py): on a column's newest definition its
+meaning, in the lines right above a table's newest CREATE TABLE the table's."""
 
 from __future__ import annotations
 
@@ -65,42 +66,46 @@ CREATE TABLE comparisons (
 # Version 2: no primary-key indexes (inserting into DuckDB's ART indexes was 70% of a 1M-pair
 # ingest); every key stays unique because each write runs alone under the store's lock and adds
 # only rows whose key is not there yet (anti-joins below). Adds the annotation tables, annotators,
-# runs.dvc_rev and comparisons.weight. Comments here are the column documentation (docs/store.md).
+# runs.dvc_rev and comparisons.weight. Comments here are the column documentation (docs/reference/store.md, tools/reference_store.py).
 TABLES_V2 = """
+-- One row per pipeline run (or import, or annotation session) that wrote to the store: where every row came from.
 CREATE TABLE runs (
     run_id VARCHAR NOT NULL,          -- key. Pipeline run that first wrote rows (Prefect flow run id or local-...)
     stage VARCHAR NOT NULL,           -- the stage (or import, annotate) that opened the run
     git_rev VARCHAR,                  -- commit of the project when the run wrote
     dvc_rev VARCHAR,                  -- sha256 of dvc.lock when the run wrote: its DVC revision
-    created_at TIMESTAMP NOT NULL
+    created_at TIMESTAMP NOT NULL     -- when the run first wrote
 );
+-- Every prompt collected, sampled from or imported, once.
 CREATE TABLE prompts (
     prompt_id VARCHAR NOT NULL,       -- key. sha256 of the prompt text
-    prompt VARCHAR NOT NULL,
+    prompt VARCHAR NOT NULL,          -- the prompt as text (a transcript for several turns)
     topic VARCHAR,                    -- optional: what an on-topic response must mention
     split VARCHAR NOT NULL,           -- train or test, by a hash of the text
     source VARCHAR NOT NULL,          -- where the prompt came from (demo, a file path, import:<file>)
-    run_id VARCHAR NOT NULL
+    run_id VARCHAR NOT NULL           -- the run that wrote the row (runs.run_id)
 );
+-- Every response a policy sampled (or an import brought), once.
 CREATE TABLE responses (
     response_id VARCHAR NOT NULL,     -- key. sha256 of (prompt_id, policy_checkpoint, sample_index, text)
-    prompt_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,       -- the prompt it answers (prompts.prompt_id)
     sample_index INTEGER NOT NULL,    -- which of the K samples
-    response VARCHAR NOT NULL,
+    response VARCHAR NOT NULL,        -- the response as text
     policy_checkpoint VARCHAR NOT NULL,  -- content hash of the policy that wrote it (import:<file> if imported)
     sampling VARCHAR NOT NULL,        -- JSON of the sampling parameters
-    run_id VARCHAR NOT NULL
+    run_id VARCHAR NOT NULL           -- the run that wrote the row (runs.run_id)
 );
+-- One row per response per ranking: a judge's (or a person's) order of one prompt's responses.
 CREATE TABLE rankings (
     ranking_id VARCHAR NOT NULL,      -- key with response_id. sha256 of (prompt, judge, version, responses)
-    response_id VARCHAR NOT NULL,
-    prompt_id VARCHAR NOT NULL,
+    response_id VARCHAR NOT NULL,     -- the ranked response (responses.response_id)
+    prompt_id VARCHAR NOT NULL,       -- the prompt of the ranked responses
     rank INTEGER NOT NULL,            -- 1 is best; equal ranks are ties
     score DOUBLE NOT NULL,            -- the judge's score (people: minus the rank)
     reasons VARCHAR NOT NULL,         -- JSON: why the judge scored it so (people: unsafe flag)
     judge VARCHAR NOT NULL,           -- rules, llm, openai, reward_model, pairwise, human
     judge_version VARCHAR NOT NULL,   -- version and model of an AI judge; the annotator for human
-    run_id VARCHAR NOT NULL
+    run_id VARCHAR NOT NULL           -- the run that wrote the row (runs.run_id)
 );
 CREATE TABLE comparisons (
     ranking_id VARCHAR NOT NULL,      -- key with chosen_id and rejected_id
@@ -112,37 +117,41 @@ CREATE TABLE comparisons (
     run_id VARCHAR NOT NULL,
     weight DOUBLE NOT NULL            -- 1 / pairs of its ranking: each ranking's pairs sum to 1
 );
+-- Items waiting for people on the ranking page: a prompt and the responses to rank.
 CREATE TABLE IF NOT EXISTS annotation_queue (
     item_id VARCHAR NOT NULL,         -- key. sha256 of (prompt_id, the response ids in order)
-    prompt_id VARCHAR NOT NULL,
+    prompt_id VARCHAR NOT NULL,       -- the prompt whose responses are ranked
     response_ids VARCHAR NOT NULL,    -- JSON list: the responses a person ranks, in display order
     reason VARCHAR NOT NULL,          -- human (every prompt) or low_confidence (an AI judge was unsure)
-    run_id VARCHAR NOT NULL,
-    created_at TIMESTAMP NOT NULL
+    run_id VARCHAR NOT NULL,          -- the run that queued it
+    created_at TIMESTAMP NOT NULL     -- when it was queued
 );
+-- What people did on the ranking page, one row per action: the audit trail of human labels.
 CREATE TABLE IF NOT EXISTS annotation_events (
-    item_id VARCHAR NOT NULL,
-    annotator VARCHAR NOT NULL,
+    item_id VARCHAR NOT NULL,         -- the queue item (annotation_queue.item_id)
+    annotator VARCHAR NOT NULL,       -- who acted (annotators.annotator)
     action VARCHAR NOT NULL,          -- ranked, skipped or flagged_unsafe
     response_id VARCHAR,              -- the flagged response (flagged_unsafe only)
-    created_at TIMESTAMP NOT NULL
+    created_at TIMESTAMP NOT NULL     -- when
 );
+-- The people (and imported raters) whose labels the store holds.
 CREATE TABLE annotators (
     annotator VARCHAR NOT NULL,       -- key. The name a person ranks under (the ranking page, an import)
     source VARCHAR NOT NULL,          -- where the name first came from: annotate or import
-    first_seen TIMESTAMP NOT NULL
+    first_seen TIMESTAMP NOT NULL     -- when the name was first seen
 );
 """
 
 COMPARISONS_V3 = """
+-- The pairs every ranking implies: a ranking of K responses gives C(K,2) of them, each weighted 1 / C(K,2).
 CREATE TABLE comparisons (
     ranking_id VARCHAR NOT NULL,      -- key with chosen_id and rejected_id
     chosen_id VARCHAR NOT NULL,       -- the better response (for a tie: the smaller id)
-    rejected_id VARCHAR NOT NULL,
-    prompt_id VARCHAR NOT NULL,
+    rejected_id VARCHAR NOT NULL,     -- the worse response (for a tie: the larger id)
+    prompt_id VARCHAR NOT NULL,       -- the prompt both responses answer
     margin DOUBLE NOT NULL,           -- score(chosen) - score(rejected); 0 for a tie
-    tie BOOLEAN NOT NULL,
-    run_id VARCHAR NOT NULL,
+    tie BOOLEAN NOT NULL,             -- true when the ranking put both at the same rank
+    run_id VARCHAR NOT NULL,          -- the run that wrote the row (runs.run_id)
     weight DOUBLE NOT NULL,           -- 1 / pairs of its ranking: each ranking's pairs sum to 1
     judge VARCHAR NOT NULL,           -- the judge of its ranking (as in rankings)
     judge_version VARCHAR NOT NULL    -- the judge's version and model; the annotator for human
@@ -192,16 +201,18 @@ UPDATE responses SET messages = json_array(json_object('role', 'assistant', 'con
     # ranked event says whether the order started from the AI judge's suggestion and which mode
     # (the list or pairwise choices) made it. The page before version 5 had neither.
     5: """
+-- The ranking page's sign-in tokens, hashed: `rlhf annotate add-annotator NAME` prints a token once; `rlhf annotate revoke NAME` revokes them.
 CREATE TABLE annotator_tokens (
     token_sha256 VARCHAR NOT NULL,    -- key. sha256 (hex) of the token; the token itself is never stored
     annotator VARCHAR NOT NULL,       -- the name the token signs in as
     source VARCHAR NOT NULL,          -- add-annotator, or tokens-file:<path> (a token taken from a JSON file)
-    created_at TIMESTAMP NOT NULL,
+    created_at TIMESTAMP NOT NULL,    -- when the token was issued or taken
     revoked_at TIMESTAMP              -- NULL while the token is accepted; a revoked token stays refused
 );
+-- Store-wide annotation settings (`rlhf annotate serve --overlap N`).
 CREATE TABLE annotation_settings (
     name VARCHAR NOT NULL,            -- key. overlap: how many people rank each queue item
-    value VARCHAR NOT NULL
+    value VARCHAR NOT NULL            -- the setting's value, as text
 );
 ALTER TABLE annotation_events ADD COLUMN from_suggestion BOOLEAN;  -- ranked: the order started from the AI judge's
 ALTER TABLE annotation_events ADD COLUMN mode VARCHAR;  -- ranked: rank (the list) or pairwise (two at a time)
@@ -212,6 +223,7 @@ UPDATE annotation_events SET from_suggestion = false, mode = 'rank' WHERE action
     # in the row (a deployed response is in no other table); KTO and the binary reward model train
     # on them.
     6: """
+-- Thumbs up/down: one response judged alone, desirable or not, with who judged it and where (the ranking page's binary mode, a deployed policy's users, imports).
 CREATE TABLE binary_labels (
     label_id VARCHAR NOT NULL,        -- key. sha256 of (prompt_id, response_id or response text, source, annotator): a person's new label of a response replaces their old one
     prompt_id VARCHAR NOT NULL,       -- sha256 of the prompt (as prompts.prompt_id), whether or not the prompts table holds it
@@ -236,6 +248,7 @@ CREATE TABLE binary_labels (
     # better answer or a choice between two answers shown side by side also becomes a ranking (judge
     # deployed) in the import set `deployed`, which store.snapshot.imports takes like any other.
     7: """
+-- A deployed policy's exchanges (`rlhf serve policy`): the request, the answers shown, and the checkpoint and sampling that wrote them.
 CREATE TABLE exchanges (
     exchange_id VARCHAR NOT NULL,     -- key. The id the client got (the chat completion's `id`)
     client VARCHAR NOT NULL,          -- who asked: the name their token signs in as
@@ -245,8 +258,9 @@ CREATE TABLE exchanges (
     policy_checkpoint VARCHAR NOT NULL,  -- content hash of the served checkpoint, or upstream:<url>#<model>
     sampling VARCHAR NOT NULL,        -- JSON of the sampling parameters (temperature, top_p, max_tokens, n, ...)
     rendered_prompt VARCHAR,          -- the text the policy continued (its chat template's); NULL behind an upstream
-    created_at TIMESTAMP NOT NULL
+    created_at TIMESTAMP NOT NULL     -- when the exchange was stored (before the client got its answer)
 );
+-- Feedback on an exchange: thumbs, a rating, an edited better answer or a choice between two answers.
 CREATE TABLE exchange_feedback (
     exchange_id VARCHAR NOT NULL,     -- key with kind and answer (a choice: with kind alone)
     kind VARCHAR NOT NULL,            -- thumbs, rating, edit or choice
@@ -257,7 +271,7 @@ CREATE TABLE exchange_feedback (
     reason VARCHAR,                   -- thumbs, rating: why, in the client's words (optional)
     edited VARCHAR,                   -- edit: the better answer the client wrote
     ranking_id VARCHAR,               -- edit, choice: the ranking (judge deployed) its preferred pair became
-    created_at TIMESTAMP NOT NULL
+    created_at TIMESTAMP NOT NULL     -- when the feedback was stored
 );
 """,
 }
