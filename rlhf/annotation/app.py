@@ -9,6 +9,10 @@ The page shows model text with textContent only, and a Content-Security-Policy f
 script, so a message that contains HTML stays text. The guidelines are the one piece of HTML the
 page inserts: rendered from markdown on the server with raw HTML escaped (guidelines.py).
 
+An item of one response asks for a thumbs up or down instead of a ranking (the binary mode: good
+or bad, with an optional reason, `POST /api/label`); the store keeps it as a binary label with the
+annotator and the item (rlhf/store/binary.py), and counts it as that person's ranking of the item.
+
 Options of a team (all off by default): `suggestions` starts each list from the AI judge's ranking
 (it anchors people, so it is opt-in, and each ranking records whether it started so); the overlap
 is a store setting (FeedbackStore.set_overlap), so the page, the pipeline and the flow agree on
@@ -36,7 +40,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from rlhf.annotation.annotators import hash_token, import_tokens, sign_in
 from rlhf.annotation.guidelines import Guidelines
@@ -44,6 +48,7 @@ from rlhf.annotation.journal import Drainer, Journal, StoreBusy, is_busy, journa
 from rlhf.errors import InputError
 from rlhf.http_limits import Guard, RateLimit, one_line_validation_errors
 from rlhf.store import FeedbackStore
+from rlhf.store.binary import BINARY_MODE
 
 STATIC = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
@@ -55,6 +60,7 @@ SECURITY_HEADERS = {
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 MAX_RESPONSES = 100
+MAX_REASON = 2000  # characters of a thumbs up/down's reason
 BUSY = "the store is busy (a pipeline stage or another program holds it); the page tries again by itself"
 
 
@@ -70,6 +76,18 @@ class Submission(BaseModel):
     """The order started from the AI judge's ranking (only when the page offers suggestions)."""
     mode: Literal["rank", "pairwise"] = "rank"
     """How the order was made: the list (drag, keys) or pairwise choices."""
+
+
+class Label(BaseModel):
+    """Thumbs up/down of an item that asks for one response's label (the binary mode)."""
+
+    model_config = ConfigDict(extra="forbid")
+    item_id: Id
+    response_id: Id
+    desirable: StrictBool
+    """Good (true) or bad (false)."""
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_REASON)] | None = None
+    """Why, in the annotator's words (optional; blank is none)."""
 
 
 class Skip(BaseModel):
@@ -273,6 +291,20 @@ def create_app(
             "mode": submission.mode,
         }
         return accept(name, submission.item_id, "ranked", body)
+
+    @app.post("/api/label")
+    def label(request: Label, name: str = Depends(annotator)) -> dict:
+        if served_ids(name, request.item_id) != [request.response_id]:
+            raise HTTPException(
+                status_code=422, detail="this item asks for a ranking, or for the label of another response"
+            )
+        body = {
+            "mode": BINARY_MODE,
+            "response_id": request.response_id,
+            "desirable": request.desirable,
+            "reason": request.reason or None,
+        }
+        return accept(name, request.item_id, "ranked", body)
 
     @app.post("/api/skip")
     def skip(request: Skip, name: str = Depends(annotator)) -> dict:

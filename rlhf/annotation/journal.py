@@ -39,6 +39,7 @@ import filelock
 
 from rlhf.errors import StoreError
 from rlhf.store import FeedbackStore
+from rlhf.store.binary import BINARY_MODE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS served (
@@ -50,7 +51,7 @@ CREATE TABLE IF NOT EXISTS served (
 CREATE TABLE IF NOT EXISTS sent (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     annotator TEXT NOT NULL, item_id TEXT NOT NULL,
-    action TEXT NOT NULL,                -- ranked or skipped
+    action TEXT NOT NULL,                -- ranked (a ranking, or a thumbs up/down: body mode binary) or skipped
     body TEXT NOT NULL,                  -- JSON: the submission as the store takes it
     received_at REAL NOT NULL,
     drained_at REAL,                     -- NULL while pending
@@ -254,9 +255,7 @@ class Drainer:
         if not rows:
             return 0
         try:
-            outcomes = self.store.record_page_submissions(
-                [(a, i, act, json.loads(b)) for _, a, i, act, b in rows], self.run_id
-            )
+            outcomes = self.store_rows(rows)
         except Exception as error:
             if is_busy(error):
                 self.note_busy()
@@ -267,6 +266,23 @@ class Drainer:
         self.journal.mark_drained([(seq, outcome) for (seq, *_), outcome in zip(rows, outcomes)])
         self.busy.clear()
         return len(rows)
+
+    def store_rows(self, rows: list[tuple]) -> list:
+        """The store's outcome of each row, in order: thumbs up/down (mode binary) as binary labels,
+        rankings and skips as before; one transaction each kind."""
+        bodies = {seq: json.loads(body) for seq, _, _, _, body in rows}
+        binary = [row for row in rows if bodies[row[0]].get("mode") == BINARY_MODE]
+        others = [row for row in rows if bodies[row[0]].get("mode") != BINARY_MODE]
+        outcomes = {}
+        if others:
+            written = self.store.record_page_submissions(
+                [(a, i, act, bodies[seq]) for seq, a, i, act, _ in others], self.run_id
+            )
+            outcomes.update(zip([row[0] for row in others], written))
+        if binary:
+            written = self.store.record_page_labels([(a, i, bodies[seq]) for seq, a, i, _, _ in binary], self.run_id)
+            outcomes.update(zip([row[0] for row in binary], written))
+        return [outcomes[row[0]] for row in rows]
 
     def refresh_queue(self) -> bool:
         """Read the queue's copy afresh (and, getting in, clear `busy`); False if the store is busy."""

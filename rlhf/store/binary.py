@@ -13,6 +13,7 @@ function here runs on a connection the caller opened (FeedbackStore).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -21,12 +22,13 @@ import pandas as pd
 from rlhf import chat
 from rlhf.errors import InputError
 from rlhf.store.ingest import insert_run
+from rlhf.store.schema import EVENT_COLUMNS
 from rlhf.text import content_id, split_of
 
 # The columns a caller passes: prompt and response (strings or chat messages), desirable, annotator;
 # the optional ones may be absent or None.
 REQUIRED_COLUMNS = ("prompt", "response", "desirable", "annotator")
-OPTIONAL_COLUMNS = ("response_id", "reason", "policy_checkpoint", "item_id")
+OPTIONAL_COLUMNS = ("response_id", "reason", "policy_checkpoint", "item_id", "split")
 
 # The labels a snapshot scope (rlhf.store.scope.snapshot_scope) takes. Every binary label is a
 # person's (a page's annotator, a deployment's user, an import's rater), so the scope's
@@ -73,6 +75,8 @@ def label_rows(labels: pd.DataFrame, source: str, test_fraction: float) -> pd.Da
         if not isinstance(label["annotator"], str) or not label["annotator"].strip():
             raise InputError(f"{where}: annotator must be named")
         optional = {c: _present(label.get(c)) for c in OPTIONAL_COLUMNS}
+        if optional["split"] not in (None, "train", "test"):
+            raise InputError(f"{where}: split must be train or test, not {optional['split']!r}")
         key = chat.prompt_key(prompt)
         prompt_id = content_id(key)
         response_key = optional["response_id"] or chat.to_json(response)
@@ -91,11 +95,14 @@ def label_rows(labels: pd.DataFrame, source: str, test_fraction: float) -> pd.Da
                 "annotator": label["annotator"],
                 "policy_checkpoint": optional["policy_checkpoint"],
                 "item_id": optional["item_id"],
+                "given_split": optional["split"],
                 "hashed_split": split_of(key, test_fraction),
             }
         )
     # one label per key: a person who changed their mind within one batch keeps the last
-    return pd.DataFrame(rows, columns=[*_ROW_COLUMNS, "hashed_split"]).drop_duplicates("label_id", keep="last")
+    return pd.DataFrame(rows, columns=[*_ROW_COLUMNS, "given_split", "hashed_split"]).drop_duplicates(
+        "label_id", keep="last"
+    )
 
 
 _ROW_COLUMNS = [
@@ -129,9 +136,9 @@ def add_binary_labels(
     """FeedbackStore.add_binary_labels inside the caller's transaction: how many labels were new or changed.
 
     Checks come before writes, so a refused batch writes nothing. A response the store holds
-    (`response_id`) lends its policy checkpoint where none is given; a prompt the store holds
-    lends its split, any other prompt is split by a hash of its text (`test_fraction`), as
-    collect_prompts splits."""
+    (`response_id`) lends its policy checkpoint where none is given. The split: the label's own
+    (`split`), else the prompt's where the store holds it, else by a hash of the prompt's text at
+    `test_fraction`, as collect_prompts splits."""
     rows = label_rows(labels, source, test_fraction)
     insert_run(con, run)
     con.register("incoming_binary_labels", rows)
@@ -141,7 +148,7 @@ def add_binary_labels(
                   n.response, n.response_messages, CAST(n.desirable AS BOOLEAN) AS desirable,
                   CAST(n.reason AS VARCHAR) AS reason, n.source, n.annotator,
                   coalesce(CAST(n.policy_checkpoint AS VARCHAR), s.policy_checkpoint) AS policy_checkpoint,
-                  CAST(n.item_id AS VARCHAR) AS item_id, coalesce(p.split, n.hashed_split) AS split,
+                  CAST(n.item_id AS VARCHAR) AS item_id, coalesce(CAST(n.given_split AS VARCHAR), p.split, n.hashed_split) AS split,
                   CAST(? AS VARCHAR) AS run_id, now()::TIMESTAMP AS created_at
            FROM incoming_binary_labels n
            LEFT JOIN prompts p ON p.prompt_id = n.prompt_id
@@ -206,3 +213,57 @@ def scope_digest(con: duckdb.DuckDBPyConnection, scope: dict) -> dict:
     order-free digest (a new label, a turned thumb or a new reason changes it)."""
     rows, digest = con.execute(SCOPE_DIGEST, scope_parameters(scope)).fetchone()
     return {"binary_labels": int(rows), "binary_digest": f"{int(digest):016x}"}
+
+
+# --- the ranking page's binary mode: a queue item of one response, labelled good or bad ---
+
+# The page records a label's event as the ranking of an item (action ranked, mode binary), so the
+# queue's order, overlap, progress and the flow's wait count it as they count a ranking.
+PAGE_SOURCE = "page"
+BINARY_MODE = "binary"
+
+PAGE_ITEM = """
+SELECT q.response_ids, p.prompt, p.messages, p.split, r.response, r.messages
+FROM annotation_queue q JOIN prompts p USING (prompt_id) LEFT JOIN responses r ON r.response_id = ?
+WHERE q.item_id = ?
+"""
+
+
+def record_page_labels(con: duckdb.DuckDBPyConnection, submissions: list[tuple[str, str, dict]], run_id: str) -> list:
+    """FeedbackStore.record_page_labels inside the caller's transaction: per (annotator, item_id,
+    body with response_id, desirable, reason), 1 for the label written (or there already: a row
+    the journal drains twice is written once), or the StoreError's text of one refused."""
+    outcomes = []
+    for annotator, item_id, body in submissions:
+        done = con.execute(
+            "SELECT count(*) FROM annotation_events WHERE annotator = ? AND item_id = ? AND action = 'ranked'",
+            [annotator, item_id],
+        ).fetchone()[0]
+        if done:
+            outcomes.append(1)
+            continue
+        row = con.execute(PAGE_ITEM, [body["response_id"], item_id]).fetchone()
+        if row is None:
+            outcomes.append(f"StoreError: annotation: no queued item {item_id!r}")
+            continue
+        response_ids, prompt, prompt_messages, split, response, response_messages = row
+        if json.loads(response_ids) != [body["response_id"]] or response is None:
+            outcomes.append(f"StoreError: annotation: item {item_id!r} does not ask for a label of that response")
+            continue
+        label = {
+            "prompt": chat.from_json(prompt_messages) if prompt_messages else prompt,
+            "response": chat.from_json(response_messages) if response_messages else response,
+            "response_id": body["response_id"],
+            "desirable": bool(body["desirable"]),
+            "reason": body.get("reason"),
+            "annotator": annotator,
+            "item_id": item_id,
+            "split": split,
+        }
+        add_binary_labels(con, pd.DataFrame([label]), PAGE_SOURCE, {"run_id": run_id, "stage": "annotate"}, 0.0)
+        con.execute(
+            f"INSERT INTO annotation_events ({EVENT_COLUMNS}) VALUES (?, ?, 'ranked', NULL, now(), false, ?)",
+            [item_id, annotator, BINARY_MODE],
+        )
+        outcomes.append(1)
+    return outcomes

@@ -177,6 +177,14 @@ class FeedbackStore:
         with self.reader() as con:
             return binary.binary_labels(con, source)
 
+    def record_page_labels(self, submissions: list[tuple[str, str, dict]], run_id: str) -> list:
+        """The ranking page's binary-mode journal rows, (annotator, item_id, body: response_id,
+        desirable, reason), in one transaction: each a binary label (source page, the item's
+        prompt and response from the store) and a ranked event of mode binary, so the queue counts
+        it. Per row: 1, or the StoreError's text of one refused (an item that is not that one response)."""
+        with self.transaction() as con:
+            return binary.record_page_labels(con, submissions, run_id)
+
     def snapshot_binary_labels(self, path: str | Path, scope: dict | None = None) -> int:
         """Write the binary labels `scope` takes (snapshot_scope; None: every label) to the Parquet
         file `path` in TRL's unpaired preference format (prompt, completion, label; KTOTrainer reads

@@ -3,7 +3,8 @@
 // A prompt is a conversation (chat messages, rlhf/chat.py); each response is the turns after it.
 "use strict";
 
-// mode: how the current order was made (rank: the list; pairwise: choices between two).
+// mode: how the current order was made (rank: the list; pairwise: choices between two), or binary:
+// the item is one response to judge good or bad.
 // fromSuggestion: the list started from the AI judge's ranking (the store records it).
 const state = { token: "", item: null, annotator: "", mode: "rank", fromSuggestion: false, guidelines: null };
 const $ = (id) => document.getElementById(id);
@@ -191,6 +192,7 @@ function show(item) {
   showRankView();
   if (!item) return;
   $("prompt").replaceChildren(...turns(item.messages || [{ role: "user", content: item.prompt }], "user"));
+  if (item.responses.length === 1) return showBinary(item);
   $("responses").replaceChildren(...item.responses.map(responseRow));
   if (state.fromSuggestion) arrange(item.suggestion.order, item.suggestion.tied_with_above);
   $("suggested").hidden = !state.fromSuggestion;
@@ -211,6 +213,51 @@ function showRankView() {
   pairwise.active = false;
   $("rank-view").hidden = false;
   $("pair-view").hidden = true;
+  $("binary-view").hidden = true;
+  $("submit").hidden = $("pairwise").hidden = false;
+}
+
+// --- binary mode: an item of one response asks for a thumbs up or down, with an optional reason ---
+
+function showBinary(item) {
+  const response = item.responses[0];
+  state.mode = "binary";
+  state.fromSuggestion = false;
+  $("rank-view").hidden = true;
+  $("binary-view").hidden = false;
+  $("submit").hidden = $("pairwise").hidden = true;
+  $("suggested").hidden = true;
+  $("responses").replaceChildren();
+  $("binary-response").replaceChildren(
+    ...turns(response.messages || [{ role: "assistant", content: response.text }], "assistant")
+  );
+  $("binary-reason").value = "";
+  if (!$("guidelines-dialog").open) $("thumb-up").focus();
+}
+
+async function label(desirable) {
+  if (!state.item || state.mode !== "binary") return;
+  try {
+    await api("/api/label", {
+      item_id: state.item.item_id,
+      response_id: state.item.responses[0].response_id,
+      desirable,
+      reason: $("binary-reason").value.trim() || null,
+    });
+    await load();
+  } catch (error) {
+    $("status").textContent = error.message;
+  }
+}
+
+// G, B and S outside the reason's box: in it, they are letters of the reason.
+function onBinaryKey(event) {
+  if (state.mode !== "binary" || event.target === $("binary-reason")) return;
+  const action = { g: () => label(true), b: () => label(false), s: skip }[event.key.toLowerCase()];
+  if (action) {
+    event.preventDefault();
+    action();
+  }
 }
 
 function startPairwise() {
@@ -321,7 +368,8 @@ async function loadGuidelines() {
 function closeGuidelines() {
   if (state.guidelines) localStorage.setItem(`rlhf-guidelines-seen-${state.annotator}`, state.guidelines.digest);
   $("guidelines-dialog").close();
-  if (rows().length && !pairwise.active) rows()[0].focus();
+  if (state.mode === "binary") $("thumb-up").focus();
+  else if (rows().length && !pairwise.active) rows()[0].focus();
 }
 
 async function load() {
@@ -387,6 +435,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("choose-b").addEventListener("click", () => choose("b"));
   $("choose-tie").addEventListener("click", () => choose("tie"));
   document.addEventListener("keydown", onPairKey);
+  document.addEventListener("keydown", onBinaryKey);
+  $("thumb-up").addEventListener("click", () => label(true));
+  $("thumb-down").addEventListener("click", () => label(false));
   $("show-guidelines").addEventListener("click", () => $("guidelines-dialog").showModal());
   $("guidelines-ok").addEventListener("click", closeGuidelines);
   $("guidelines-dialog").addEventListener("cancel", closeGuidelines);
