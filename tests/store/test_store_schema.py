@@ -29,7 +29,7 @@ def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
     version_one_store(path)
     store = FeedbackStore(path)
     counts = store.counts()
-    assert store.schema_version() == SCHEMA_VERSION == 5
+    assert store.schema_version() == SCHEMA_VERSION == 7  # binary_labels (6), exchanges (7)
     assert {k: counts[k] for k in ("runs", "prompts", "responses", "rankings", "comparisons")} == {
         "runs": 1,
         "prompts": 1,
@@ -44,7 +44,7 @@ def test_a_version_one_store_migrates_forward_keeping_every_row(tmp_path):
     judges = store.query("SELECT DISTINCT judge, judge_version FROM comparisons")  # version 3: from the ranking
     assert judges.values.tolist() == [["rules", "1"]]
     FeedbackStore(path).counts()  # opening again migrates nothing
-    assert store.schema_version() == 5
+    assert store.schema_version() == SCHEMA_VERSION
 
 
 def test_a_populated_version_two_store_migrates_forward_with_each_pairs_judge(tmp_path):
@@ -57,7 +57,7 @@ def test_a_populated_version_two_store_migrates_forward_with_each_pairs_judge(tm
     con.execute("INSERT INTO annotators VALUES ('alice', 'annotate', now())")
     con.close()
     store = FeedbackStore(path)
-    assert store.schema_version() == 5
+    assert store.schema_version() == SCHEMA_VERSION
     rows = store.query(
         "SELECT chosen_id, judge, judge_version, weight FROM comparisons ORDER BY chosen_id, rejected_id"
     )
@@ -78,7 +78,7 @@ def test_plain_text_rows_become_one_turn_conversations_in_version_four(tmp_path)
     path = tmp_path / "feedback.duckdb"
     version_one_store(path)
     store = FeedbackStore(path)
-    assert store.schema_version() == 5  # opening for a write migrates
+    assert store.schema_version() == SCHEMA_VERSION  # opening for a write migrates
     prompt = store.query("SELECT prompt, messages, source_row FROM prompts").iloc[0]
     assert json.loads(prompt["messages"]) == [{"role": "user", "content": "q"}] and pd.isna(prompt["source_row"])
     responses = store.query("SELECT response, messages, rendered_prompt FROM responses ORDER BY response_id")
@@ -98,7 +98,9 @@ def test_a_store_from_newer_code_is_refused_with_one_line(tmp_path):
     con = duckdb.connect(str(path))
     con.execute("UPDATE schema_version SET version = 99")
     con.close()
-    with pytest.raises(StoreError, match=r"schema version 99 is newer than this code reads \(5\); upgrade"):
+    with pytest.raises(
+        StoreError, match=rf"schema version 99 is newer than this code reads \({SCHEMA_VERSION}\); upgrade"
+    ):
         FeedbackStore(path).counts()
 
 
@@ -148,7 +150,7 @@ def test_a_version_four_store_with_page_rankings_migrates_to_team_annotation(tmp
     con.execute("INSERT INTO annotation_events VALUES ('item', 'bob', 'skipped', NULL, now())")
     con.close()
     store = FeedbackStore(path)
-    assert store.schema_version() == 5
+    assert store.schema_version() == SCHEMA_VERSION
     events = store.query("SELECT annotator, action, from_suggestion, mode FROM annotation_events ORDER BY annotator")
     assert events.values.tolist()[0] == ["alice", "ranked", False, "rank"]
     assert events.iloc[1]["action"] == "skipped" and pd.isna(events.iloc[1]["mode"])
