@@ -12,15 +12,18 @@ slot at once may both rank it: an extra label, never a lost one.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import duckdb
-import pandas as pd
 
 from rlhf import chat
 from rlhf.errors import StoreError
 from rlhf.store.ingest import PAIRS_FROM_RANKINGS, insert_annotators, insert_run
 from rlhf.store.schema import EVENT_COLUMNS, HUMAN_JUDGE
 from rlhf.text import content_id
+
+if TYPE_CHECKING:  # pandas loads where a frame is built (record_human_ranking) or read (.df())
+    import pandas as pd
 
 # Each queue item with how many people ranked it (`people`) and how close a call it was for the AI
 # judge (`closest`: the smallest |score margin| the judge gave any two of the item's responses; a
@@ -215,6 +218,8 @@ def record_human_ranking(
 ) -> int:
     """FeedbackStore.record_human_ranking inside the caller's transaction: its checks come before
     its writes, so a refused ranking writes nothing."""
+    import pandas as pd
+
     row = con.execute("SELECT prompt_id, response_ids FROM annotation_queue WHERE item_id = ?", [item_id]).fetchone()
     if row is None:
         raise StoreError(f"annotation: no queued item {item_id!r}")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring
+from typing import TYPE_CHECKING
 
 import duckdb
-import pandas as pd
 
 from rlhf import chat
 from rlhf.store.schema import HUMAN_JUDGE
+
+if TYPE_CHECKING:  # the caller's frames; pandas loads where one is built (with_messages)
+    import pandas as pd
 
 COUNTED_TABLES = ["runs", "prompts", "responses", "rankings", "comparisons", "annotation_queue", "annotators"]
 
@@ -96,6 +99,8 @@ def each_key_once(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:
 
 def with_messages(prompts: pd.DataFrame, responses: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Frames written before conversations (plain strings) get the columns of schema version 4."""
+    import pandas as pd
+
     if "messages" not in prompts:
         prompts = prompts.assign(messages=one_turn_json("user", prompts["prompt"], chat.as_conversation))
     if "source_row" not in prompts:

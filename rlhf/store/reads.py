@@ -3,10 +3,14 @@ connection (FeedbackStore opens one without the writers' lock), or on DuckDB in 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import duckdb
-import pandas as pd
 
 from rlhf.store.schema import HUMAN_JUDGE
+
+if TYPE_CHECKING:  # the frames come from DuckDB's .df(), which loads pandas when a read needs it
+    import pandas as pd
 
 # What a caller catches for a query that DuckDB refused (a syntax error, a missing table or file).
 QueryError = duckdb.Error

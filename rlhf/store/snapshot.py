@@ -9,11 +9,14 @@ import json
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import pandas as pd
 
 from rlhf.store.scope import SCOPE_SOURCES, STORE_SIDE_RANKINGS, scope_arguments
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # An AI judge's version names its configuration (model, principles, unsafe words), so a changed
 # judge that ranks the same responses again writes a new ranking beside the old one. One ranking
@@ -122,8 +125,18 @@ ORDER BY c.ranking_id, c.chosen_id, c.rejected_id
 
 
 def register_current(con: duckdb.DuckDBPyConnection, ranking_ids: Iterable[str]) -> None:
-    """The `current_rankings` relation that SUPERSEDED_RANKINGS reads."""
-    con.register("current_rankings", pd.DataFrame({"ranking_id": pd.Series(sorted(set(ranking_ids)), dtype=str)}))
+    """The temp table `current_rankings` that SUPERSEDED_RANKINGS reads, each id once. DuckDB reads
+    the ids in place as a pandas column (the stage's rankings file has one per response: 666k at 1M
+    pairs, where Python's sorted(set()) took 0.5 s) and drops the repeats itself."""
+    import pandas as pd  # loaded already where ids are given: the stage read them with it
+
+    given = ranking_ids if isinstance(ranking_ids, pd.Series) else pd.Series(list(ranking_ids), dtype=object)
+    con.register("given_rankings", pd.DataFrame({"ranking_id": given}))
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE current_rankings AS "
+        "SELECT DISTINCT CAST(ranking_id AS VARCHAR) AS ranking_id FROM given_rankings"
+    )
+    con.unregister("given_rankings")
 
 
 def note_superseded(con: duckdb.DuckDBPyConnection, current_ranking_ids: Iterable[str]) -> None:
@@ -174,7 +187,8 @@ def write(con: duckdb.DuckDBPyConnection, out_dir: Path, current_ranking_ids: It
         con.execute(f"COPY ({query}) TO '{target}' ({options})")
     rows = con.execute("SELECT count(*) FROM read_parquet(?)", [str(out_dir / "pairs.parquet")]).fetchone()[0]
     if scope is not None:
-        taken = con.execute(SCOPE_SOURCES).df().astype(object).where(lambda f: f.notna(), None)
-        record = {"scope": scope, "taken": taken.to_dict(orient="records")}
+        sources = con.execute(SCOPE_SOURCES)
+        columns = [column[0] for column in sources.description]
+        record = {"scope": scope, "taken": [dict(zip(columns, row, strict=True)) for row in sources.fetchall()]}
         (out_dir / "scope.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return rows
