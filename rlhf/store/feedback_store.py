@@ -8,16 +8,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
-import pandas as pd
 from filelock import FileLock
 
 from rlhf.errors import StoreError
-from rlhf.store import annotation, binary, ingest, reads, snapshot
+from rlhf.store import annotation, ingest, reads, snapshot
 from rlhf.store.connection import open_reader, open_writer
 from rlhf.store.schema import SCHEMA_VERSION, migrate, refuse_newer, stored_version
 from rlhf.store.scope import absent_sources, recorded_scope, scope_file, scope_fingerprint, write_scope_file
+
+if TYPE_CHECKING:  # frames come in from callers and out of DuckDB's .df(), which loads pandas itself
+    import pandas as pd
 
 
 class FeedbackStore:
@@ -169,11 +172,15 @@ class FeedbackStore:
             from rlhf.config import CollectPromptsParams
 
             test_fraction = CollectPromptsParams.model_fields["test_fraction"].default
+        from rlhf.store import binary  # pandas at its top: loaded only for binary labels
+
         with self.transaction() as con:
             return binary.add_binary_labels(con, labels, source, {"run_id": run_id, "stage": source}, test_fraction)
 
     def binary_labels(self, source: str | None = None) -> pd.DataFrame:
         """Every binary label (of one source, if named) with its texts and provenance, by label_id."""
+        from rlhf.store import binary  # pandas at its top: loaded only for binary labels
+
         with self.reader() as con:
             return binary.binary_labels(con, source)
 
@@ -182,6 +189,8 @@ class FeedbackStore:
         desirable, reason), in one transaction: each a binary label (source page, the item's
         prompt and response from the store) and a ranked event of mode binary, so the queue counts
         it. Per row: 1, or the StoreError's text of one refused (an item that is not that one response)."""
+        from rlhf.store import binary  # pandas at its top: loaded only for binary labels
+
         with self.transaction() as con:
             return binary.record_page_labels(con, submissions, run_id)
 
@@ -190,6 +199,8 @@ class FeedbackStore:
         file `path` in TRL's unpaired preference format (prompt, completion, label; KTOTrainer reads
         it as is) plus messages, split and provenance; byte-identical for the same store and scope.
         Returns the number of labels."""
+        from rlhf.store import binary  # pandas at its top: loaded only for binary labels
+
         with self.reader() as con:
             return binary.snapshot_binary_labels(con, Path(path), scope)
 
