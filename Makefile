@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup browser clean ui lock lint
+.PHONY: demo test setup browser clean ui lock lint docs
 DVC_REMOTE ?= $(HOME)/.cache/rlhf/dvc-remote
 
 $(BIN)/python:
@@ -60,6 +60,11 @@ test: setup browser
 lint: setup
 	$(BIN)/ruff format --check --quiet .
 	$(BIN)/ruff check --quiet .
+
+# The docs site: the pages generated from the code and the benches, then a strict build into site/.
+docs: setup
+	$(BIN)/python tools/generate_docs.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 clean:
 	rm -rf data models metrics plots reports feedback.duckdb* dvc.lock
