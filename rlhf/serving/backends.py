@@ -4,9 +4,12 @@ server already running (vLLM, TGI, Ollama, a hosted API) that the policy server 
 A local checkpoint answers as the pipeline samples it: the conversation rendered by the policy's own
 chat template (rlhf.chat.render_prompt, as sample_responses renders it), drawn from exactly
 softmax(logits / temperature) or its nucleus (rlhf.sampling.sample_from_policy, as evaluation draws),
-stopping at the policy's stop tokens. One generation runs at a time (CPU threads are shared; a GPU
-server wants vLLM behind --upstream). Temperature 0 (greedy, in OpenAI's API) is drawn at
-GREEDY_TEMPERATURE, which puts all but a vanishing mass on the most probable token.
+stopping at the policy's stop tokens. One batch runs at a time: the requests that wait meanwhile
+and are drawn alike (max_tokens, temperature, top_p) go together in the next batch, left-padded as
+sample_responses batches them, so sixteen clients cost about one batch each round, not sixteen
+generations (a GPU server under heavy load still wants vLLM's continuous batching, behind
+--upstream). Temperature 0 (greedy, in OpenAI's API) is drawn at GREEDY_TEMPERATURE, which puts all
+but a vanishing mass on the most probable token.
 """
 
 from __future__ import annotations
@@ -49,10 +52,24 @@ class BackendError(Exception):
     """The backend could not answer (an upstream down or refusing): a 502 naming why."""
 
 
-class LocalPolicy:
-    """A policy checkpoint directory (a hub id works too, where the hub is reachable)."""
+@dataclass
+class Waiting:
+    """A request waiting for the model; whichever request's thread runs the batch that takes it fills it in."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto"):
+    rendered: str  # the text the policy continues
+    n: int  # answers wanted
+    key: tuple[int, float, float]  # (max_tokens, temperature drawn at, top_p): requests drawn alike share a batch
+    texts: list[str] | None = None  # (n,)
+    ended: list[bool] | None = None  # (n,) the turn ended before max_tokens
+    lengths: list[int] | None = None  # (n,) tokens drawn
+    error: BaseException | None = None
+
+
+class LocalPolicy:
+    """A policy checkpoint directory (a hub id works too, where the hub is reachable). `max_batch`:
+    the most sequences one batch draws."""
+
+    def __init__(self, checkpoint: str | Path, device: str = "auto", max_batch: int = 32):
         from rlhf.pretrained import checkpoint_hash, load_policy, load_tokenizer, resolve_device
 
         self.tokenizer = load_tokenizer(checkpoint)
@@ -61,13 +78,53 @@ class LocalPolicy:
         self.checkpoint = checkpoint_hash(checkpoint) if Path(checkpoint).is_dir() else str(checkpoint)
         self.stop_ids = chat.stop_token_ids(self.tokenizer, self.model)
         self.context = self.tokenizer.model_max_length
-        self.lock = threading.Lock()
+        self.max_batch = max_batch
+        self.lock = threading.Lock()  # held by the thread whose batch runs
+        self.queue_lock = threading.Lock()
+        self.waiting: list[Waiting] = []
+        self.batches = 0  # batches drawn so far
+
+    def generate(self, waiting: Waiting) -> Waiting:
+        """`waiting` filled in: by a batch another request's thread ran while this one waited for the
+        model, or by the batches this thread runs once it holds the model, oldest requests first."""
+        with self.queue_lock:
+            self.waiting.append(waiting)
+        with self.lock:
+            while waiting.texts is None and waiting.error is None:
+                self._run_batch(waiting.key)
+        if waiting.error is not None:
+            raise waiting.error
+        return waiting
+
+    def _run_batch(self, key: tuple[int, float, float]) -> None:
+        from rlhf.sampling import sample_from_policy
+
+        with self.queue_lock:
+            batch, size = [], 0
+            for waiting in list(self.waiting):
+                if waiting.key == key and (not batch or size + waiting.n <= self.max_batch):
+                    batch.append(waiting)
+                    size += waiting.n
+                    self.waiting.remove(waiting)
+        self.batches += 1
+        max_tokens, temperature, top_p = key
+        prompts = [waiting.rendered for waiting in batch for _ in range(waiting.n)]
+        try:
+            generation = sample_from_policy(self.model, self.tokenizer, prompts, max_tokens, temperature, top_p)
+        except Exception as error:
+            for waiting in batch:
+                waiting.error = error
+            return
+        ended, lengths = generation.ended.tolist(), generation.response_mask.sum(-1).tolist()
+        start = 0
+        for waiting in batch:
+            rows = slice(start, start + waiting.n)
+            waiting.texts, waiting.ended, waiting.lengths = generation.texts[rows], ended[rows], lengths[rows]
+            start += waiting.n
 
     def complete(
         self, conversation: chat.Conversation, sampling: Sampling, requested_model: str | None = None
     ) -> Completion:
-        from rlhf.sampling import sample_from_policy
-
         rendered = chat.render_prompt(self.tokenizer, conversation)
         prompt_tokens = len(
             self.tokenizer(rendered, add_special_tokens=chat.add_special_tokens_for(self.tokenizer))["input_ids"]
@@ -78,11 +135,9 @@ class LocalPolicy:
                 f"context of {self.context} tokens"
             )
         temperature = max(sampling.temperature, GREEDY_TEMPERATURE)
-        with self.lock:
-            generation = sample_from_policy(
-                self.model, self.tokenizer, [rendered] * sampling.n, sampling.max_tokens, temperature, sampling.top_p
-            )
-        lengths = generation.response_mask.sum(-1).tolist()
+        drawn_alike = (sampling.max_tokens, temperature, sampling.top_p)
+        generation = self.generate(Waiting(rendered, sampling.n, drawn_alike))
+        lengths = generation.lengths
         drawn = {
             "sampler": "softmax(logits/temperature)" + (", nucleus top_p" if sampling.top_p < 1.0 else ""),
             "temperature": sampling.temperature,
@@ -94,7 +149,7 @@ class LocalPolicy:
         }
         return Completion(
             answers=generation.texts,
-            finish_reasons=["stop" if ended else "length" for ended in generation.ended.tolist()],
+            finish_reasons=["stop" if ended else "length" for ended in generation.ended],
             model=self.name,
             policy_checkpoint=self.checkpoint,
             sampling=drawn,
