@@ -20,6 +20,7 @@ from rlhf.annotation.annotators import migration_message
 from rlhf.annotation.app import create_app, load_tokens
 from rlhf.annotation.guidelines import load_guidelines
 from rlhf.config import load_params
+from rlhf.flows.command_line import flow_arguments, flow_parser
 from rlhf.flows.gates import waiting_items
 from rlhf.store import FeedbackStore
 
@@ -50,10 +51,20 @@ def human_ranking(
     guidelines: str | None = None,
     suggestions: bool = False,
 ) -> dict:
-    """Serve the ranking page on host:port until the queue is done. People sign in with tokens
-    from `rlhf annotate add-annotator`, or from the `tokens` file (stored hashed on start; "" for
-    none). `overlap`: people per item (None keeps the store's setting); `guidelines`: a markdown
-    file shown beside the constitution; `suggestions`: start from the AI judge's order."""
+    """Serve the ranking page on host:port until people have ranked the annotation queue.
+
+    Args:
+        root: The project directory, whose params.yaml names the feedback store.
+        tokens: A JSON file of annotators' tokens, stored hashed on start ("" for none); people
+            also sign in with tokens from `rlhf annotate add-annotator`.
+        host: The address the page listens on (127.0.0.1: this machine only).
+        port: The page's port.
+        timeout_s: Seconds to serve before the run fails with the items still waiting.
+        poll_s: Seconds between looks at the queue (and updates of the progress artifact).
+        overlap: People who rank each item; unset keeps the store's setting.
+        guidelines: A markdown file shown beside the constitution on the page.
+        suggestions: Start each ranking from the AI judge's order.
+    """
     logger = get_run_logger()
     root_path = Path(root).resolve()
     params = load_params(root_path / "params.yaml")
@@ -85,3 +96,12 @@ def human_ranking(
     if waiting:
         raise QueueNotDone(f"the ranking page closed after {timeout_s:.0f}s with {waiting} of {total} items waiting")
     return {"items": total, "waiting": 0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = flow_parser(human_ranking, prog="python -m rlhf.flows.human_ranking", positional=("root",))
+    print(human_ranking(**flow_arguments(human_ranking, parser, argv)))
+
+
+if __name__ == "__main__":
+    main()

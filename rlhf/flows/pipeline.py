@@ -12,7 +12,6 @@ rest; the store's content-hash keys make the re-run of a half-done stage add no 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from prefect.runtime import flow_run
 from rlhf.config import load_params
 from rlhf.errors import InputError
 from rlhf.flows import artifacts, gates
+from rlhf.flows.command_line import flow_arguments, flow_parser
 from rlhf.flows.rounds import PREVIOUS_POLICY, commit_round, current_round, dvc_push, is_git_repo, start_next_round
 from rlhf.flows.stages import pipeline_stages, stage_task
 
@@ -108,12 +108,27 @@ def rlhf_pipeline(
 ) -> dict:
     """Run the stages of dvc.yaml through DVC, `rounds` times.
 
-    The first round reproduces the workspace as it is (from the policy in params.yaml's
+    The first round reproduces the workspace as it is (from the policy in rounds.yaml's
     `round.start_policy`); each further round, and the first one too with `new_round`, first makes
-    the last trained policy the start. `commit_rounds` commits and tags every round in git;
-    `push` runs `dvc push` after every round when a DVC remote is set.
+    the last trained policy the start. The command line (`python -m rlhf.flows.pipeline --help`)
+    and the Prefect UI's form both take their options and descriptions from this signature and
+    the Args below.
 
-    Returns {"rounds": [{"round", "stages", "tag"}], "stages": <last round's>, "metrics": [...], "pushed_to"}.
+    Args:
+        root: The project directory: the DVC repository whose dvc.yaml and params.yaml to run.
+        rounds: Feedback rounds to run, one after another (at least 1).
+        new_round: Start a new round from the last trained policy before the first round too.
+        approve_before_ppo: Pause before train_policy until a reviewer approves in the Prefect UI.
+        human_gate_timeout_s: Seconds a human gate (people's rankings, the approval) waits before the run fails.
+        stage_timeout_s: Seconds one stage may run before it is stopped and the run fails.
+        judge_retries: Times a judging stage is retried when its judge endpoint timed out or kept failing.
+        judge_retry_delay_s: The first retry's delay in seconds; each later one waits twice as long.
+        commit_rounds: Commit and tag every round in git (rlhf-round-N), so each round can be checked out.
+        push: Run `dvc push` after every round when a DVC remote is set.
+        store_wait_s: Seconds to wait for another run that holds the feedback store before not starting.
+
+    Returns:
+        {"rounds": [{"round", "stages", "tag"}], "stages": <last round's>, "metrics": [...], "pushed_to"}.
     """
     if rounds < 1:
         raise ValueError(f"rounds: must be at least 1 (got {rounds})")
@@ -172,24 +187,11 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m rlhf.flows.pipeline", description="Run the RLHF pipeline as a Prefect flow."
-    )
-    parser.add_argument("root", nargs="?", default=".", help="the project directory (default: .)")
-    parser.add_argument("--rounds", type=int, default=1, help="feedback rounds to run (default: 1)")
-    parser.add_argument("--new-round", action="store_true", help="start a new round from the last policy first")
-    parser.add_argument("--commit-rounds", action="store_true", help="commit and tag every round in git")
-    parser.add_argument("--approve-before-ppo", action="store_true", help="wait for a reviewer before PPO")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = flow_parser(rlhf_pipeline, prog="python -m rlhf.flows.pipeline", positional=("root",))
+    arguments = flow_arguments(rlhf_pipeline, parser, argv)
     try:
-        result = rlhf_pipeline(
-            args.root,
-            rounds=args.rounds,
-            new_round=args.new_round,
-            commit_rounds=args.commit_rounds,
-            approve_before_ppo=args.approve_before_ppo,
-        )
+        result = rlhf_pipeline(**arguments)
     except InputError as error:  # bad params.yaml: the flow's log has the trace, the terminal one line
         print(f"rlhf-pipeline: error: {error}", file=sys.stderr)
         sys.exit(2)
