@@ -190,7 +190,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         nonlocal recorder
-        recorder = Recorder(store) if record else None
+        recorder = app.state.recorder = Recorder(store) if record else None
         try:
             yield
         finally:

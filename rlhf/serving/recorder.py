@@ -13,6 +13,7 @@ that batch alone, and only the job that raised fails.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -23,6 +24,8 @@ import duckdb
 
 from rlhf.store import FeedbackStore
 
+log = logging.getLogger(__name__)
+
 Job = Callable[[duckdb.DuckDBPyConnection], Any]
 
 
@@ -31,6 +34,7 @@ class Recorder:
 
     def __init__(self, store: FeedbackStore, max_batch: int = 256):
         self.store, self.max_batch = store, max_batch
+        self.split_batches = 0  # batches that failed together and were written one job at a time
         self.jobs: queue.Queue[tuple[Job, Future] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._write_forever, name="exchange-recorder", daemon=True)
         self.thread.start()
@@ -71,6 +75,10 @@ class Recorder:
             if len(batch) == 1:
                 batch[0][1].set_exception(error)
                 return
+            self.split_batches += 1
+            log.warning(
+                "a batch of %d store writes failed together (%s); writing them one at a time", len(batch), error
+            )
             for one in batch:  # find the job that failed; the others commit on their own
                 self._write([one])
             return

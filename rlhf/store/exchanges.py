@@ -1,7 +1,8 @@
 """A deployed policy's exchanges and the feedback on them (rlhf/serving). Every function here runs
 inside the caller's write transaction; the serving endpoint batches several requests' work into one
 transaction (rlhf/serving/recorder.py), so a refusal is returned, never raised: raising would roll
-back the other requests' rows too.
+back the other requests' rows too. Every read is fetched whole: DuckDB 2.0 refuses `register` (as
+ingest registers its frames) on a connection with a result left unfinished.
 
 Feedback becomes labels where it can: an edited better answer (the edit preferred to the answer) and
 a choice between two answers shown side by side (the chosen one preferred) are each one ranking of
@@ -52,22 +53,22 @@ class Refusal:
 
 def record_exchanges(con: duckdb.DuckDBPyConnection, exchanges: list[dict]) -> int:
     """Add exchanges (dicts of EXCHANGE_COLUMNS); one already stored (same id) is not added again."""
-    frame = pd.DataFrame(exchanges, columns=EXCHANGE_COLUMNS)
-    con.register("incoming_exchanges", ingest.each_key_once(frame, ["exchange_id"]))
-    before = con.execute("SELECT count(*) FROM exchanges").fetchone()[0]
-    con.execute(
-        f"INSERT INTO exchanges SELECT {', '.join(EXCHANGE_COLUMNS)}, now() FROM incoming_exchanges n "
-        "WHERE NOT EXISTS (SELECT 1 FROM exchanges e WHERE e.exchange_id = n.exchange_id)"
-    )
-    con.unregister("incoming_exchanges")
-    return con.execute("SELECT count(*) FROM exchanges").fetchone()[0] - before
+    added = 0
+    for row in exchanges:
+        values = [row[c] for c in EXCHANGE_COLUMNS]
+        added += con.execute(
+            f"INSERT INTO exchanges SELECT {', '.join('?' * len(values))}, now() "
+            "WHERE NOT EXISTS (SELECT 1 FROM exchanges WHERE exchange_id = ?)",
+            [*values, row["exchange_id"]],
+        ).fetchall()[0][0]
+    return added
 
 
 def exchange(con: duckdb.DuckDBPyConnection, exchange_id: str) -> dict | None:
-    row = con.execute(
+    rows = con.execute(
         f"SELECT {', '.join(EXCHANGE_COLUMNS)} FROM exchanges WHERE exchange_id = ?", [exchange_id]
-    ).fetchone()
-    return None if row is None else dict(zip(EXCHANGE_COLUMNS, row))
+    ).fetchall()
+    return dict(zip(EXCHANGE_COLUMNS, rows[0])) if rows else None
 
 
 def record_feedback(
@@ -113,13 +114,14 @@ def record_feedback(
 
 def earlier_feedback(con: duckdb.DuckDBPyConnection, exchange_id: str, kind: str, answer: int) -> dict | None:
     """The stored feedback of this kind on this answer (a choice: on the exchange), if any."""
-    row = con.execute(
+    rows = con.execute(
         "SELECT answer, thumbs_up, rating, reason, edited FROM exchange_feedback "
         "WHERE exchange_id = ? AND kind = ? AND (kind = 'choice' OR answer = ?)",
         [exchange_id, kind, answer],
-    ).fetchone()
-    if row is None:
+    ).fetchall()
+    if not rows:
         return None
+    row = rows[0]
     return {"answer": row[0], "values": dict(zip(("thumbs_up", "rating", "reason", "edited"), row[1:]))}
 
 
@@ -201,7 +203,7 @@ def response_row(prompt_id: str, shown: dict, index: int, text: str, writer: str
 
 def counts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Exchanges, and feedback by kind."""
-    found = {"exchanges": con.execute("SELECT count(*) FROM exchanges").fetchone()[0]}
+    found = {"exchanges": con.execute("SELECT count(*) FROM exchanges").fetchall()[0][0]}
     for kind, n in con.execute("SELECT kind, count(*) FROM exchange_feedback GROUP BY kind").fetchall():
         found[kind] = n
     return found

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.serving.conftest import ask, bearer
-from tests.support.servers import free_port
+from tests.support.servers import free_port, running
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -114,14 +114,18 @@ def stored(store) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
 
 
 def test_16_clients_for_30_s_record_every_exchange_and_feedback_exactly_once(local_policy, store, tokens):
-    from tests.serving.conftest import serving
+    from rlhf.serving.policy_server import create_app, policy_server
+    from tests.serving.conftest import LIMITS
 
-    with serving(local_policy, store) as address:
+    app, port = create_app(local_policy, store, LIMITS), free_port()
+    with running(policy_server(app, "127.0.0.1", port), port) as address:
         started = time.perf_counter()
         tally = run_clients(address, tokens, seconds=30, resend_every=7)
         elapsed = time.perf_counter() - started
+        split = app.state.recorder.split_batches
     exchanges, feedback = stored(store)
     assert tally.other == []  # no refusal, no timeout: every request was acknowledged
+    assert split == 0  # every batch of writes committed together (none failed and was written job by job)
     assert len(tally.exchanges) > CLIENTS  # each client went round more than once
     assert sorted(exchanges) == sorted(tally.exchanges)  # each acknowledged exchange once, with its client
     assert sorted(feedback) == sorted(tally.feedback)  # each feedback once, resent ones too
