@@ -168,6 +168,8 @@ class Upstream:
     passed on)."""
 
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout_s: float = 120.0):
+        if not url.startswith(("http://", "https://")):
+            raise InputError(f"--upstream {url}: expected an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)")
         self.url = url.rstrip("/")
         self.model = model
         self.name = model or "upstream"

@@ -21,7 +21,8 @@ Feedback on an exchange that is not the client's own, or not in the store, is a 
 Recording: the exchange is committed to the store before the client gets its answer, by the
 group-commit writer (recorder.py), so an answer the client received is in the store even if the
 server is killed right after; if the store stays busy past `store_timeout_s`, the client gets 503
-and no answer (the answer would not be recorded). `record=False` serves without recording
+with Retry-After and no answer (the exchange may still be stored once the store is free: an
+exchange stored but never answered is possible, one answered but not stored is not). `record=False` serves without recording
 (exchanges are not stored, feedback finds none): the bench's baseline.
 """
 

@@ -170,6 +170,11 @@ def test_a_proxy_in_front_of_another_openai_compatible_server_records_the_upstre
             down = Upstream(f"{upstream_address}/v1", api_key="wrong-token")
             with serving(down, store) as refused_proxy:
                 bad_gateway = ask(client, refused_proxy, tokens["bob"])
+            no_record = client.post(
+                f"{upstream_address}/v1/feedback",
+                json={"exchange_id": answer.json()["id"], "thumbs": "up"},
+                headers=bearer(proxy_token),
+            )
     assert answer.status_code == 200, answer.text
     row = store.query("SELECT client, model, policy_checkpoint, answers, rendered_prompt FROM exchanges")
     assert row["client"].tolist() == ["bob"]
@@ -178,6 +183,21 @@ def test_a_proxy_in_front_of_another_openai_compatible_server_records_the_upstre
     assert row["rendered_prompt"][0] is None
     assert bad_gateway.status_code == 502 and "answered 401" in bad_gateway.json()["detail"]
     assert upstream_store.query("SELECT count(*) AS n FROM exchanges")["n"][0] == 0  # the upstream recorded nothing
+    assert no_record.status_code == 404 and "--no-record" in no_record.json()["detail"]
+
+
+def test_a_store_busy_past_the_wait_answers_503_and_the_server_goes_on_once_it_is_free(local_policy, store, tokens):
+    with serving(local_policy, store, store_timeout_s=0.5) as address, httpx.Client(timeout=30) as client:
+        first = ask(client, address, tokens["alice"])  # signed in: the answer is kept a while
+        assert first.status_code == 200
+        with store.lock:  # a pipeline stage holds the store
+            busy = ask(client, address, tokens["alice"])
+        after = ask(client, address, tokens["alice"])
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "2"
+    assert busy.json()["detail"].startswith("the store is busy")
+    assert after.status_code == 200
+    stored = set(store.query("SELECT exchange_id FROM exchanges")["exchange_id"])
+    assert {first.json()["id"], after.json()["id"]} <= stored  # every answered exchange is stored
 
 
 def test_the_snapshot_takes_the_deployed_pairs_when_its_scope_lists_the_import(server, store, tokens, tmp_path):
