@@ -1,4 +1,5 @@
-"""Reward model: Bradley-Terry on comparisons, K-wise per ranking or pairwise (TRL), and scoring with it.
+"""Reward model: Bradley-Terry on comparisons, K-wise per ranking or pairwise (TRL), and scoring with it;
+from thumbs up/down instead of pairs, or beside them (`train_reward.labels`, rlhf.reward_models.binary).
 
 The model reads the conversation and response rendered with its own tokenizer (rlhf.scoring) and
 returns one scalar. By default it starts from the bootstrap policy's weights (InstructGPT
@@ -20,8 +21,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import TrainRewardParams
-from rlhf.errors import EmptyComparisonsError
+from rlhf.errors import EmptyComparisonsError, InputError
 from rlhf.pretrained import load_scalar_head_model, load_tokenizer
+from rlhf.reward_models.binary import (
+    PairsAndLabelsCollator,
+    PairsAndLabelsRewardTrainer,
+    balanced_class_weights,
+    binary_report,
+    training_rows,
+)
 from rlhf.reward_models.ensemble import RewardEnsemble, save_reward_models
 from rlhf.reward_models.kwise import rankings_from_comparisons, train_on_rankings
 from rlhf.reward_models.pairs import preference_pairs, score_pairs
@@ -52,16 +60,56 @@ def train_reward_model(
     distribution_png: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     tracker: Tracker | None = None,
+    binary_labels: pd.DataFrame | None = None,
 ) -> dict:
-    """Train on the train split's strict pairs, save to out_dir, and report on the test split.
+    """Train on the train split's strict pairs, or binary labels, or both (`params.labels`), save to
+    out_dir, and report on the test split: held-out pairs, and held-out binary labels where given.
 
     The split is by prompt, so no held-out pair shares a prompt with a training pair. `init_from`
-    is the bootstrap policy; `params.backbone`, where set, replaces it.
+    is the bootstrap policy; `params.backbone`, where set, replaces it. `binary_labels`: the binary
+    labels snapshot (FeedbackStore.snapshot_binary_labels: prompt_messages, completion_messages,
+    label, split), needed when `params.labels` is binary or both.
     """
     init_from = params.backbone or init_from
     test = comparisons[comparisons["split"] == "test"]
+    labels_test = binary_labels[binary_labels["split"] == "test"] if binary_labels is not None else None
     if not params.train:
-        return use_as_is(init_from, test, device, out_dir, distribution_png, params.max_length)
+        return use_as_is(init_from, test, device, out_dir, distribution_png, params.max_length, labels_test)
+    train = train_pairs(comparisons, params) if params.labels != "binary" else None
+    labels_train = train_labels(binary_labels, params) if params.labels != "pairwise" else None
+    tokenizer = load_tokenizer(init_from)
+    pairs = preference_pairs(train, tokenizer) if train is not None else None
+    members, losses = [], []
+    for member in range(params.ensemble):
+        member_tracker = tracker.with_prefix(f"member{member}/") if tracker and params.ensemble > 1 else tracker
+        model, loss = train_one(
+            train, pairs, tokenizer, init_from, params, seed + member, device, progress, member_tracker, labels_train
+        )
+        members.append(model.eval())
+        losses.append(loss)
+    save_reward_models(members, tokenizer, out_dir)
+    scorer = members[0] if len(members) == 1 else RewardEnsemble(members)
+    held_out_pairs = params.labels != "binary" or (~test["tie"]).any()  # binary alone may have no pairs
+    report = evaluate_reward_model(scorer, tokenizer, test, distribution_png) if held_out_pairs else {}
+    if len(members) > 1 and held_out_pairs:  # does the ensemble help? each member alone, on the same held-out pairs
+        alone = [evaluate_reward_model(m, tokenizer, test, None)["test_accuracy"] for m in members]
+        report.update(ensemble=len(members), member_test_accuracy_mean=round(sum(alone) / len(alone), 4))
+    if labels_test is not None:
+        report.update(binary_report(scorer, tokenizer, labels_test))
+    train_loss = round(sum(losses) / len(losses), 4)
+    return {
+        "backbone": str(params.backbone or "bootstrap policy"),
+        "batching": params.batching,
+        "labels": params.labels,
+        "train_pairs": len(pairs) if pairs is not None else 0,
+        **({"train_labels": len(labels_train)} if labels_train is not None else {}),
+        "train_loss": train_loss,
+        **report,
+    }
+
+
+def train_pairs(comparisons: pd.DataFrame, params: TrainRewardParams) -> pd.DataFrame:
+    """The train split's pairs from `params.label_sources`; EmptyComparisonsError if none is strict."""
     train = comparisons[comparisons["split"] == "train"]
     if params.label_sources is not None:
         train = train[train["judge"].isin(params.label_sources)]
@@ -72,30 +120,23 @@ def train_reward_model(
             )
     if train["tie"].all():
         raise EmptyComparisonsError("comparisons snapshot: no non-tie pairs in the train split")
-    tokenizer = load_tokenizer(init_from)
-    pairs = preference_pairs(train, tokenizer)
-    members, losses = [], []
-    for member in range(params.ensemble):
-        member_tracker = tracker.with_prefix(f"member{member}/") if tracker and params.ensemble > 1 else tracker
-        model, loss = train_one(
-            train, pairs, tokenizer, init_from, params, seed + member, device, progress, member_tracker
+    return train
+
+
+def train_labels(binary_labels: pd.DataFrame | None, params: TrainRewardParams) -> pd.DataFrame:
+    """The binary labels' train split; one error naming the key if there are none to train on."""
+    if binary_labels is None:
+        raise InputError(
+            f"train_reward.labels: {params.labels} needs the binary labels snapshot "
+            "(binary_labels.parquet in the comparisons snapshot); none was given"
         )
-        members.append(model.eval())
-        losses.append(loss)
-    save_reward_models(members, tokenizer, out_dir)
-    scorer = members[0] if len(members) == 1 else RewardEnsemble(members)
-    report = evaluate_reward_model(scorer, tokenizer, test, distribution_png)
-    if len(members) > 1:  # does the ensemble help? each member alone, on the same held-out pairs
-        alone = [evaluate_reward_model(m, tokenizer, test, None)["test_accuracy"] for m in members]
-        report.update(ensemble=len(members), member_test_accuracy_mean=round(sum(alone) / len(alone), 4))
-    train_loss = round(sum(losses) / len(losses), 4)
-    return {
-        "backbone": str(params.backbone or "bootstrap policy"),
-        "batching": params.batching,
-        "train_pairs": len(pairs),
-        "train_loss": train_loss,
-        **report,
-    }
+    train = binary_labels[binary_labels["split"] == "train"]
+    if train.empty:
+        raise EmptyComparisonsError(
+            f"train_reward.labels: {params.labels}, but the binary labels snapshot has no train labels "
+            f"({len(binary_labels)} labels in all)"
+        )
+    return train
 
 
 def use_as_is(
@@ -105,6 +146,7 @@ def use_as_is(
     out_dir: Path,
     distribution_png: Path | None,
     max_length: int,
+    labels_test: pd.DataFrame | None = None,
 ) -> dict:
     """A trained reward model taken without training: saved into the pipeline's slot, and reported.
     One trained elsewhere carries no scoring_max_length: it is scored cut to train_reward.max_length."""
@@ -117,12 +159,13 @@ def use_as_is(
         "backbone": str(name_or_path),
         "trained": False,
         **evaluate_reward_model(model, tokenizer, test, distribution_png),
+        **(binary_report(model, tokenizer, labels_test) if labels_test is not None else {}),
     }
 
 
 def train_one(
-    train: pd.DataFrame,
-    pairs: pd.DataFrame,
+    train: pd.DataFrame | None,
+    pairs: pd.DataFrame | None,
     tokenizer: PreTrainedTokenizerBase,
     init_from: Path,
     params: TrainRewardParams,
@@ -130,8 +173,10 @@ def train_one(
     device: torch.device,
     progress: Callable[[int, int], None] | None,
     tracker: Tracker | None = None,
+    labels: pd.DataFrame | None = None,
 ) -> tuple[PreTrainedModel, float]:
-    """One reward model from `init_from` with a fresh head: (model, mean training loss)."""
+    """One reward model from `init_from` with a fresh head: (model, mean training loss). `labels`:
+    binary labels to train on beside `pairs` (or instead of them: `train` and `pairs` None)."""
     torch.manual_seed(seed)
     model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
     if params.lora_rank:
@@ -151,7 +196,7 @@ def train_one(
         )
         train_loss = stats["train_loss"]
     else:
-        train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device, tracker)
+        train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device, tracker, labels)
     if params.lora_rank:
         model = model.merge_and_unload()  # a plain model again: PPO, judges and evaluate load it as is
     model.config.scoring_max_length = params.max_length  # scoring cuts where training did (rlhf.scoring)
@@ -178,8 +223,11 @@ def train_with_trl(
     seed: int,
     device: torch.device,
     tracker: Tracker | None = None,
+    labels: pd.DataFrame | None = None,
 ) -> float:
-    """Plain pairwise Bradley-Terry with TRL's RewardTrainer; returns the mean training loss."""
+    """Plain pairwise Bradley-Terry with TRL's RewardTrainer, or with binary `labels` its subclass
+    whose loss adds (or, `pairs` None, is) the binary loss (rlhf.reward_models.binary); returns the
+    mean training loss."""
     args = RewardConfig(
         output_dir=tempfile.mkdtemp(prefix="reward-"),
         num_train_epochs=params.epochs,
@@ -196,13 +244,25 @@ def train_with_trl(
         gradient_checkpointing=False,
         max_length=None,  # tokenized_pairs cut them already, as scoring does
     )
-    trainer = RewardTrainer(
-        model=model,
-        args=args,
-        train_dataset=tokenized_pairs(pairs, tokenizer, params.max_length),
-        processing_class=tokenizer,
-        callbacks=[tracker.trainer_callback()] if tracker else None,
-    )
+    callbacks = [tracker.trainer_callback()] if tracker else None
+    if labels is None:
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=tokenized_pairs(pairs, tokenizer, params.max_length),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    else:
+        trainer = PairsAndLabelsRewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=training_rows(pairs, labels, tokenizer, params.max_length),
+            processing_class=tokenizer,
+            data_collator=PairsAndLabelsCollator(tokenizer),
+            callbacks=callbacks,
+            class_weights=balanced_class_weights(labels["label"]),
+        )
     return round(trainer.train().training_loss, 4)
 
 

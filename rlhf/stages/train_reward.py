@@ -1,7 +1,11 @@
-"""Stage train_reward: a Bradley-Terry reward model on the comparisons snapshot."""
+"""Stage train_reward: a Bradley-Terry reward model on the comparisons snapshot, or on its binary
+labels (thumbs up/down), or on both (train_reward.labels)."""
 
 from pathlib import Path
 
+import pandas as pd
+
+from rlhf.errors import InputError
 from rlhf.pretrained import resolve_device
 from rlhf.reward_models.train import train_reward_model
 from rlhf.snapshot import read_comparisons
@@ -9,6 +13,19 @@ from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage
 from rlhf.tracking import Tracker
 
 STAGE = "train_reward"
+# The binary labels snapshot (FeedbackStore.snapshot_binary_labels), in the comparisons snapshot's directory.
+BINARY_LABELS = "binary_labels.parquet"
+
+
+def read_binary_labels(comparisons_dir: str | Path) -> pd.DataFrame:
+    """The binary labels beside the comparisons; one error naming the file if it is not there."""
+    path = Path(comparisons_dir) / BINARY_LABELS
+    if not path.is_file():
+        raise InputError(
+            f"{path}: no binary labels snapshot; train_reward.labels binary and both train on it "
+            "(store_comparisons writes it)"
+        )
+    return pd.read_parquet(path)
 
 
 def main() -> None:
@@ -16,6 +33,7 @@ def main() -> None:
     params = params_from(args)
     device = resolve_device(params.device)
     comparisons = read_comparisons(args.comparisons)
+    labels = read_binary_labels(args.comparisons) if params.train_reward.labels != "pairwise" else None
     partial_png = Path(args.distribution_png + ".partial")
     partial_png.parent.mkdir(parents=True, exist_ok=True)
     with Tracker(
@@ -31,6 +49,7 @@ def main() -> None:
             partial_png,
             progress=log_progress(f"{STAGE}: steps"),
             tracker=tracker,
+            binary_labels=labels,
         )
     if partial_png.exists():
         partial_png.replace(args.distribution_png)
