@@ -6,10 +6,14 @@ One hook for every trainer. Our own loops (PPO, K-wise reward models, the cost m
 DVCLive, TensorBoard, MLflow and W&B through one code path, whoever trains, and the Trainer's own
 `report_to` integrations stay off (each would open its own run, named its own way).
 
-DVCLive writes `dvclive/<stage>/` (metrics.json for `dvc exp show` / `dvc metrics show`,
-plots/metrics/*.tsv for `dvc plots show` and DVC's VS Code extension); dvc.yaml declares both as
-the stage's metrics and plots, so DVC versions them with the run. Tables (PPO's samples) go to
-`dvclive/<stage>/<name>.jsonl`, one row per line with its step, and to the trackers that have tables.
+DVCLive writes `dvclive/<stage>/`: plots/metrics/*.tsv, one step series per metric that moves
+(dvc.yaml's top-level `plots:` draws them), and metrics.json, the last value of each series plus
+the figures logged once (`SUMMARY_ONLY`: the Trainer's end-of-training runtime and loss, progress
+counters), which would otherwise be plots of a single point. dvc.yaml keeps the folder as an
+output of the stage, so DVC versions it with the run, without making its ~60 summary values
+columns of `dvc exp show` (each stage's own metrics file holds its figures). Tables (PPO's
+samples) go to `dvclive/<stage>/<name>.jsonl`, one row per line with its step, and to the trackers
+that have tables. TensorBoard, MLflow and W&B get every value at its step, as they always did.
 """
 
 from __future__ import annotations
@@ -38,6 +42,24 @@ def _numbers(metrics: dict) -> dict[str, float]:
         for name, value in metrics.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     }
+
+
+# Logged as one figure each (DVCLive's summary, metrics.json), never as a step series: a plot of
+# one point says nothing, and a counter that only restates the step is no curve either.
+SUMMARY_ONLY = frozenset(
+    {
+        # what transformers' Trainer logs once, when training ends
+        "train_runtime",
+        "train_samples_per_second",
+        "train_steps_per_second",
+        "total_flos",
+        "train_loss",
+        # progress counters: the Trainer's epoch and tokens seen, our loop's iteration (= its step)
+        "epoch",
+        "num_tokens",
+        "iteration",
+    }
+)
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, object]:
@@ -120,7 +142,10 @@ class Tracker:
         if self.live is not None:
             self.live.step = step
             for name, value in values.items():
-                self.live.log_metric(name, value)
+                if name.rsplit("/", 1)[-1] in SUMMARY_ONLY:
+                    _set_nested(self.live.summary, name.split("/"), value)  # as log_metric nests `member0/x`
+                else:
+                    self.live.log_metric(name, value)
             self.live.make_summary()
         if self.tensorboard is not None:
             for name, value in values.items():
@@ -174,8 +199,12 @@ class Tracker:
 
     def close(self) -> None:
         if self.live is not None:
-            if not self.logged_any:  # dvc.yaml declares the summary and the plots directory: both must exist
-                self.log_metrics({"steps": 0}, 0)
+            if not self.logged_any:  # dvc.yaml declares the directory: its summary says nothing trained
+                self.live.summary["steps"] = 0
+                self.live.make_summary()
+            # dvc.yaml plots every series in this folder; with none (nothing trained, or only a
+            # summary) it is empty, and an empty folder is no plot rather than a missing one.
+            (Path(self.live.plots_dir) / "metrics").mkdir(parents=True, exist_ok=True)
             for table in self.tables.values():
                 table.path.touch()  # declared too, even when no table was due (log_samples_every: 0, DPO)
             self.live.end()
@@ -212,6 +241,12 @@ class TableFile:
         with self.path.open("a" if self.started else "w") as file:
             file.writelines(json.dumps({"step": step, **row}) + "\n" for row in rows)
         self.started = True
+
+
+def _set_nested(summary: dict, keys: list[str], value: float) -> None:
+    for key in keys[:-1]:
+        summary = summary.setdefault(key, {})
+    summary[keys[-1]] = value
 
 
 def _step_of(line: str) -> int | None:

@@ -102,7 +102,8 @@ def test_a_stage_that_logged_nothing_still_leaves_the_outs_dvc_declares(in_tmp):
     with Tracker("train_cost", TrackingParams(), "dvclive/train_cost", tables=("samples",)):
         pass  # e.g. a cost model with no harmlessness labels to learn from
     assert json.loads((in_tmp / "dvclive" / "train_cost" / "metrics.json").read_text())["steps"] == 0
-    assert (in_tmp / "dvclive" / "train_cost" / "plots" / "metrics").is_dir()
+    plots = in_tmp / "dvclive" / "train_cost" / "plots" / "metrics"
+    assert plots.is_dir() and list(plots.iterdir()) == []  # no series, so `dvc plots show` draws nothing of one point
     assert (in_tmp / "dvclive" / "train_cost" / "samples.jsonl").read_text() == ""
 
 
@@ -134,3 +135,43 @@ def test_a_resumed_run_logs_the_rows_before_its_checkpoint_again_and_drops_the_t
     assert dvclive_series(in_tmp, "train_policy", "score") == [(1, 0.1), (2, 0.2), (3, 0.3), (4, 0.4)]
     steps = [json.loads(line)["step"] for line in (live / "samples.jsonl").open()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_figures_logged_once_go_to_the_summary_not_to_a_plot_of_one_point(in_tmp):
+    """The Trainer's end-of-training log (runtime, throughput, FLOPs, mean loss) and its progress
+    counters are figures, not curves: they reach metrics.json, and only what moves gets a TSV."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from rlhf.config import TrackingParams
+    from rlhf.tracking import Tracker
+
+    live = in_tmp / "dvclive" / "bootstrap_policy"
+    with Tracker("bootstrap_policy", TrackingParams(), live) as tracker:
+        callback = tracker.trainer_callback()
+        args, control = TrainingArguments(output_dir=str(in_tmp / "out"), report_to=[]), TrainerControl()
+        for step, loss in ((10, 2.0), (20, 1.5)):
+            state = TrainerState(global_step=step)
+            callback.on_log(args, state, control, logs={"loss": loss, "epoch": step / 20, "num_tokens": 64.0 * step})
+        end = {"train_runtime": 3.5, "train_samples_per_second": 9.1, "total_flos": 1e9, "train_loss": 1.75}
+        callback.on_log(args, TrainerState(global_step=20), control, logs={**end, "epoch": 1.0})
+
+    series = {path.stem for path in (live / "plots" / "metrics").iterdir()}
+    assert series == {"loss"}
+    assert dvclive_series(in_tmp, "bootstrap_policy", "loss") == [(10, 2.0), (20, 1.5)]
+    summary = json.loads((live / "metrics.json").read_text())
+    assert {key: summary[key] for key in end} == end
+    assert summary["epoch"] == 1.0 and summary["num_tokens"] == 1280.0 and summary["loss"] == 1.5
+
+
+def test_an_ensemble_members_summary_figures_nest_as_its_series_do(in_tmp):
+    from rlhf.config import TrackingParams
+    from rlhf.tracking import Tracker
+
+    live = in_tmp / "dvclive" / "train_reward"
+    with Tracker("train_reward", TrackingParams(), live) as tracker:
+        member = tracker.with_prefix("member1/")
+        member.log_metrics({"loss": 0.5, "epoch": 0.5}, 1)
+        member.log_metrics({"loss": 0.25, "epoch": 1.0, "train_runtime": 2.0}, 2)
+    summary = json.loads((live / "metrics.json").read_text())
+    assert summary["member1"] == {"loss": 0.25, "epoch": 1.0, "train_runtime": 2.0}
+    assert [p.name for p in (live / "plots" / "metrics" / "member1").iterdir()] == ["loss.tsv"]
