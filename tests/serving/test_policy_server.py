@@ -115,6 +115,7 @@ def test_refusals_are_one_line_with_the_right_status(server, store, tokens):
             "stream": ask(client, server, alice, stream=True),
             "max_tokens": ask(client, server, alice, max_tokens=LIMITS.max_tokens + 1),
             "long message": ask(client, server, alice, "x" * (LIMITS.max_chars + 1)),
+            "over the context": ask(client, server, alice, "owls " * 300),  # 128 positions in the tiny policy
             "not json": client.post(
                 f"{server}/v1/feedback", content=b"{nope", headers={**bearer(alice), "content-type": "application/json"}
             ),
@@ -133,12 +134,14 @@ def test_refusals_are_one_line_with_the_right_status(server, store, tokens):
         "stream": 422,
         "max_tokens": 413,
         "long message": 413,
+        "over the context": 413,
         "not json": 422,
     }
     for name, answer in cases.items():
         detail = answer.json()["detail"]
         assert isinstance(detail, str) and "\n" not in detail and detail, (name, detail)
     assert cases["max_tokens"].json()["detail"].endswith("(--max-tokens)")
+    assert cases["over the context"].json()["detail"].endswith("over the model's context of 128 tokens")
     # an oversized body is refused from its header, before the token is even looked at
     port = int(server.rsplit(":", 1)[1])
     head = (
@@ -217,3 +220,19 @@ def test_the_snapshot_takes_the_deployed_pairs_when_its_scope_lists_the_import(s
     taken = json.loads((tmp_path / "with" / "scope.json").read_text())["taken"]
     assert taken == [{"rankings": 1, "run_id": "import-deployed", "source": "import deployed"}]
     assert isinstance(pairs, pd.DataFrame)
+
+
+def test_the_command_refuses_a_missing_checkpoint_or_a_bad_upstream_in_one_line(tmp_path, capsys):
+    from rlhf.cli import main
+
+    store = str(tmp_path / "feedback.duckdb")
+    assert main(["serve", "policy", "--checkpoint", str(tmp_path / "nope"), "--store", store]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"rlhf: error: --checkpoint {tmp_path / 'nope'}: no policy checkpoint directory here\n"
+    )
+    assert main(["serve", "policy", "--upstream", "127.0.0.1:8000", "--store", store]) == 2
+    assert "expected an http:// or https:// URL" in capsys.readouterr().err
+    assert main(["serve", "policy", "--upstream", "http://x/v1", "--upstream-key-env", "RLHF_NO_SUCH_VARIABLE"]) == 2
+    assert "RLHF_NO_SUCH_VARIABLE: no such environment variable is set" in capsys.readouterr().err
+    assert not (tmp_path / "feedback.duckdb").exists()  # nothing was created
