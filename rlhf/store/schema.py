@@ -215,7 +215,7 @@ CREATE TABLE annotation_settings (
     value VARCHAR NOT NULL            -- the setting's value, as text
 );
 ALTER TABLE annotation_events ADD COLUMN from_suggestion BOOLEAN;  -- ranked: the order started from the AI judge's
-ALTER TABLE annotation_events ADD COLUMN mode VARCHAR;  -- ranked: rank (the list) or pairwise (two at a time)
+ALTER TABLE annotation_events ADD COLUMN mode VARCHAR;  -- ranked: rank (the list), pairwise (two at a time) or binary (one response's thumbs up or down, in binary_labels)
 UPDATE annotation_events SET from_suggestion = false, mode = 'rank' WHERE action = 'ranked';
 """,
     # Version 6: thumbs up/down (rlhf/store/binary.py). One response judged alone, desirable or not:
