@@ -13,8 +13,8 @@ feedback people give on it, lands in the feedback store (`rlhf serve policy`).
 - GET /v1/models; GET /health (open, for load balancers).
 
 Clients sign in with the ranking page's tokens (`rlhf annotate add-annotator NAME`: the store keeps
-their sha256 and revocations); an answer is cached for SIGN_IN_TTL_S, so a revocation holds within
-that time. Limits before work (rlhf/http_limits.py): the body's size (413), the token (401), a rate
+their sha256 and revocations); an answer is kept for `sign_in_ttl_s` (SIGN_IN_TTL_S), so a
+revocation holds within that time. Limits before work (rlhf/http_limits.py): the body's size (413), the token (401), a rate
 per client (429), then parsing (422, one line); then messages, characters and max_tokens (413).
 Feedback on an exchange that is not the client's own, or not in the store, is a 404.
 
@@ -149,17 +149,17 @@ def completion_body(exchange_id: str, completion: Completion) -> dict:
 
 
 class SignIn:
-    """sign_in against the store, each token's answer kept SIGN_IN_TTL_S (a read of the store per
+    """sign_in against the store, each token's answer kept `ttl_s` (a read of the store per
     request would queue behind the recorder's writes)."""
 
-    def __init__(self, store: FeedbackStore):
-        self.store, self.known, self.lock = store, {}, threading.Lock()
+    def __init__(self, store: FeedbackStore, ttl_s: float = SIGN_IN_TTL_S):
+        self.store, self.ttl_s, self.known, self.lock = store, ttl_s, {}, threading.Lock()
 
     def __call__(self, token: str) -> tuple[str | None, str]:
         key, now = hash_token(token), time.monotonic()
         with self.lock:
             cached = self.known.get(key)
-        if cached is not None and now - cached[0] < SIGN_IN_TTL_S:
+        if cached is not None and now - cached[0] < self.ttl_s:
             return cached[1]
         try:
             answer = sign_in(self.store, token)
@@ -181,6 +181,7 @@ def create_app(
     record: bool = True,
     store_timeout_s: float = 30.0,
     test_fraction: float = 0.2,
+    sign_in_ttl_s: float = SIGN_IN_TTL_S,
 ) -> FastAPI:
     """The app over `backend` (backends.LocalPolicy or backends.Upstream) and `store` (its tokens,
     and where exchanges are recorded unless `record` is False). `test_fraction`: the share of
@@ -204,7 +205,7 @@ def create_app(
     app.add_middleware(
         Guard,
         max_body_bytes=limits.max_body_bytes,
-        authenticate=SignIn(readers),
+        authenticate=SignIn(readers, sign_in_ttl_s),
         guarded=lambda path: path not in OPEN_PATHS,
         rate=RateLimit(limits.rate_limit, burst=max(1, int(2 * limits.rate_limit))),
     )

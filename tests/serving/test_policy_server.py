@@ -236,3 +236,15 @@ def test_the_command_refuses_a_missing_checkpoint_or_a_bad_upstream_in_one_line(
     assert main(["serve", "policy", "--upstream", "http://x/v1", "--upstream-key-env", "RLHF_NO_SUCH_VARIABLE"]) == 2
     assert "RLHF_NO_SUCH_VARIABLE: no such environment variable is set" in capsys.readouterr().err
     assert not (tmp_path / "feedback.duckdb").exists()  # nothing was created
+
+
+def test_a_revoked_client_is_refused_once_its_sign_in_expires(local_policy, store, tokens):
+    from rlhf.annotation.annotators import revoke_annotator
+
+    with serving(local_policy, store, sign_in_ttl_s=0.0) as address, httpx.Client(timeout=30) as client:
+        before = ask(client, address, tokens["bob"])
+        revoke_annotator(store, "bob")
+        after = ask(client, address, tokens["bob"])
+        alice = ask(client, address, tokens["alice"])
+    assert (before.status_code, after.status_code, alice.status_code) == (200, 401, 200)
+    assert after.json()["detail"] == "token revoked"
