@@ -214,11 +214,11 @@ def create_app(
         return request.state.principal  # signed in by the Guard, before the body was read
 
     def write(job):
-        """The job committed by the recorder, or 503: the store stayed busy (nothing was recorded)."""
+        """The job committed by the recorder, or 503: the store stayed busy past store_timeout_s."""
         try:
             return recorder.submit(job, timeout_s=store_timeout_s)
         except (filelock.Timeout, StoreError, TimeoutError) as error:
-            detail = f"the store is busy ({type(error).__name__}); nothing was recorded, try again"
+            detail = f"the store is busy ({type(error).__name__}): not recorded in time, so not answered; try again"
             raise HTTPException(status_code=503, detail=detail, headers={"Retry-After": "2"}) from None
 
     @app.get("/health")
