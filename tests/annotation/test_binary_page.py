@@ -138,3 +138,34 @@ def test_a_ranking_item_refuses_a_label(binary_store):
         )
         assert refused.status_code == 422 and "asks for a ranking" in refused.json()["detail"]
     assert len(binary_store.binary_labels()) == 3 and binary_store.waiting_items() == 1
+
+
+def test_labels_and_rankings_sent_while_the_store_is_busy_are_drained_together_once(binary_store):
+    """A stage holds the store: a thumbs down and a ranking are acknowledged from the journal, then
+    one drain writes both kinds (a label and a ranking), each once."""
+    from filelock import FileLock
+
+    from rlhf.annotation.journal import Journal, journal_path
+
+    with serving(binary_store) as server:
+        sent = []
+        with FileLock(str(binary_store.path) + ".lock"):  # what a pipeline stage holds while it writes
+            for _ in range(4):  # three labels and the ranking, in whichever order the queue serves them
+                item = next_item(server)
+                ids = [r["response_id"] for r in item["responses"]]
+                if len(ids) == 1:
+                    body = {"item_id": item["item_id"], "response_id": ids[0], "desirable": False, "reason": "vague"}
+                    answer = httpx.post(f"{server}/api/label", headers=AUTH, json=body)
+                else:
+                    body = {"item_id": item["item_id"], "order": ids, "tied_with_above": [False] * len(ids)}
+                    answer = httpx.post(f"{server}/api/submit", headers=AUTH, json=body)
+                assert answer.status_code == 200 and answer.json()["saved"] and not answer.json()["stored"]
+                sent.append(item["item_id"])
+            assert next_item(server) is None  # the page's copy of the queue knows what alice sent
+        wait_for(lambda: Journal(journal_path(binary_store)).pending_count() == 0, timeout=30)
+    labels = binary_store.binary_labels()
+    assert len(labels) == 3 and not labels["desirable"].any() and set(labels["reason"]) == {"vague"}
+    modes = binary_store.query("SELECT mode, count(*) AS n FROM annotation_events GROUP BY mode ORDER BY mode")
+    assert modes.values.tolist() == [["binary", 3], ["rank", 1]]
+    assert binary_store.query("SELECT count(*) AS n FROM rankings WHERE judge = 'human'")["n"][0] == 3
+    assert binary_store.waiting_items() == 0 and len(sent) == 4

@@ -159,3 +159,34 @@ def test_trls_kto_trainer_reads_the_snapshot(tmp_path):
     dataset = Dataset.from_parquet(str(path))
     assert {"prompt", "completion", "label"} <= set(dataset.column_names)
     assert not is_conversational(dataset[0]) and dataset.features["label"].dtype == "bool"
+
+
+def test_page_labels_are_written_once_and_only_for_an_item_of_that_one_response(tmp_path):
+    """FeedbackStore.record_page_labels, as the page's journal drains it: twice the same row (a kill
+    between the store's commit and the journal's mark) is one label and one event."""
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    sampled_rows(store)
+    prompt_id = content_id("tell me about cats")
+    items = pd.DataFrame(
+        [
+            ("alone", prompt_id, json.dumps(["sft-0"]), "binary"),
+            ("together", prompt_id, json.dumps(["sft-0", "sft-1"]), "human"),
+        ],
+        columns=["item_id", "prompt_id", "response_ids", "reason"],
+    )
+    store.enqueue({"run_id": "q", "stage": "test"}, items)
+    body = {"mode": "binary", "response_id": "sft-0", "desirable": False, "reason": "rude"}
+    assert store.record_page_labels([("ann", "alone", body)], "annotate-1") == [1]
+    assert store.record_page_labels([("ann", "alone", body)], "annotate-1") == [1]
+    refused = store.record_page_labels(
+        [("ann", "together", body), ("ann", "nowhere", body), ("bo", "alone", {**body, "response_id": "sft-1"})],
+        "annotate-1",
+    )
+    assert [outcome.startswith("StoreError") for outcome in refused] == [True, True, True]
+    labels = store.binary_labels()
+    assert labels[["item_id", "annotator", "desirable", "reason", "split"]].values.tolist() == [
+        ["alone", "ann", False, "rude", "test"]
+    ]
+    events = store.query("SELECT item_id, annotator, action, mode FROM annotation_events")
+    assert events.values.tolist() == [["alone", "ann", "ranked", "binary"]]
+    assert store.annotation_progress("ann")["done"] == 1  # the queue counts it as ann's
