@@ -203,23 +203,35 @@ def test_a_store_busy_past_the_wait_answers_503_and_the_server_goes_on_once_it_i
     assert {first.json()["id"], after.json()["id"]} <= stored  # every answered exchange is stored
 
 
-def test_the_snapshot_takes_the_deployed_pairs_when_its_scope_lists_the_import(server, store, tokens, tmp_path):
+def test_the_next_rounds_snapshot_takes_the_deployed_pairs_when_its_scope_lists_the_import(
+    server, store, tokens, tmp_path
+):
+    """store_comparisons' own work (store_round) with store.snapshot.imports: [deployed] takes the
+    served pairs beside the round's rankings; without it, only the round's."""
+    from rlhf.config import Params
     from rlhf.snapshot import read_comparisons
-    from rlhf.store import snapshot_scope
+    from rlhf.store.round import store_round
+    from tests.store.test_snapshot_scope import frames
 
     with httpx.Client(timeout=30) as client:
         shown = ask(client, server, tokens["alice"], n=2).json()
         assert feedback(client, server, tokens["alice"], exchange_id=shown["id"], choice=0).status_code == 200
-    without = snapshot_scope("current", [], [], [], None)
-    with_deployed = snapshot_scope("current", ["deployed"], [], [], None)
-    assert store.snapshot_comparisons(tmp_path / "without", [], without) == 0
-    assert store.snapshot_comparisons(tmp_path / "with", [], with_deployed) == 1
-    pairs = read_comparisons(tmp_path / "with")
-    assert pairs["chosen"].tolist() == [shown["choices"][0]["message"]["content"]]
-    assert pairs["rejected"].tolist() == [shown["choices"][1]["message"]["content"]]
-    taken = json.loads((tmp_path / "with" / "scope.json").read_text())["taken"]
-    assert taken == [{"rankings": 1, "run_id": "import-deployed", "source": "import deployed"}]
-    assert isinstance(pairs, pd.DataFrame)
+    queue = pd.DataFrame(columns=["item_id", "prompt_id", "response_ids", "reason"])
+    taken = {}
+    for name, imports in (("without", []), ("with", ["deployed"])):
+        params = Params.model_validate({"store": {"path": str(store.path), "snapshot": {"imports": imports}}})
+        round_rows = frames("round-1", "sft", 2)  # this round's own rankings: one pair per prompt, two prompts
+        run = {"run_id": "round-1", "stage": "store_comparisons"}
+        store_round(store, params, run, *round_rows, queue, tmp_path / name)
+        taken[name] = read_comparisons(tmp_path / name)
+    assert set(taken["without"]["judge"]) == {"rules"} and len(taken["without"]) == 2
+    deployed = taken["with"][taken["with"]["judge"] == "deployed"]
+    assert len(taken["with"]) == 3 and len(deployed) == 1
+    assert deployed["chosen"].tolist() == [shown["choices"][0]["message"]["content"]]
+    assert deployed["rejected"].tolist() == [shown["choices"][1]["message"]["content"]]
+    assert deployed["judge_version"].tolist() == ["alice"]
+    sources = json.loads((tmp_path / "with" / "scope.json").read_text())["taken"]
+    assert {"rankings": 1, "run_id": "import-deployed", "source": "import deployed"} in sources
 
 
 def test_the_command_refuses_a_missing_checkpoint_or_a_bad_upstream_in_one_line(tmp_path, capsys):
