@@ -5,9 +5,9 @@
     rlhf serve policy --upstream http://127.0.0.1:8000/v1 --upstream-model my-model   # in front of vLLM/TGI
 
     curl -s http://127.0.0.1:8080/v1/chat/completions -H "Authorization: Bearer $TOKEN" \\
-         -d '{"messages": [{"role": "user", "content": "tell me about owls"}], "n": 2}'
+         -H "Content-Type: application/json" -d '{"messages": [{"role": "user", "content": "tell me about owls"}], "n": 2}'
     curl -s http://127.0.0.1:8080/v1/feedback -H "Authorization: Bearer $TOKEN" \\
-         -d '{"exchange_id": "chatcmpl-...", "choice": 1}'    # or "thumbs": "up", "rating": 4, "edited": "..."
+         -H "Content-Type: application/json" -d '{"exchange_id": "chatcmpl-...", "choice": 1}'    # or "thumbs": "up", "rating": 4, "edited": "..."
 
 Any OpenAI client works against /v1 (its api_key is the token). To train on what people said, list
 the import in params.yaml: `store.snapshot.imports: [deployed]` (edits and choices, as preferred
