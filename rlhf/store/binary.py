@@ -67,8 +67,8 @@ def label_rows(labels: pd.DataFrame, source: str, test_fraction: float) -> pd.Da
     for row, label in enumerate(labels.to_dict(orient="records"), 1):
         where = f"binary labels, row {row}"
         prompt = chat.as_conversation(label["prompt"], f"{where}: prompt")
-        response = chat.assistant_turns(label["response"]) if label["response"] is not None else None
-        if not response or not any(m["content"].strip() for m in response):
+        response = _response_turns(label["response"], where)
+        if not any(m["content"].strip() for m in response):
             raise InputError(f"{where}: response is empty")
         if not isinstance(label["desirable"], bool) and str(label["desirable"]) not in ("True", "False"):
             raise InputError(f"{where}: desirable must be true or false, not {label['desirable']!r}")
@@ -122,6 +122,13 @@ _ROW_COLUMNS = [
 ]
 
 
+def _response_turns(response: object, where: str) -> chat.Conversation:
+    """A response as the turns after the prompt: a string is one assistant turn, a list its messages."""
+    if isinstance(response, str):
+        return chat.assistant_turns(response)
+    return chat.as_conversation(response, f"{where}: response")
+
+
 def _present(value: object) -> str | None:
     """An optional text: None for absent, None, NaN or blank."""
     if value is None or (isinstance(value, float) and value != value):
@@ -140,6 +147,8 @@ def add_binary_labels(
     (`split`), else the prompt's where the store holds it, else by a hash of the prompt's text at
     `test_fraction`, as collect_prompts splits."""
     rows = label_rows(labels, source, test_fraction)
+    if rows.empty:
+        return 0
     insert_run(con, run)
     con.register("incoming_binary_labels", rows)
     con.execute(

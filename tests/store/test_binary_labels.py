@@ -104,6 +104,8 @@ def test_deployed_feedback_on_a_conversation_needs_no_other_table(tmp_path):
         ({"annotator": " "}, r"row 2: annotator must be named"),
         ({"response": ""}, r"row 2: response is empty"),
         ({"prompt": 3}, r"row 2: prompt: expected a string or a non-empty list"),
+        ({"response": float("nan")}, r"row 2: response: expected a string or a non-empty list"),
+        ({"split": "dev"}, r"row 2: split must be train or test"),
     ],
 )
 def test_a_bad_row_is_refused_by_number_and_nothing_is_written(tmp_path, change, message):
@@ -118,6 +120,10 @@ def test_a_missing_column_is_named(tmp_path):
     store = FeedbackStore(tmp_path / "feedback.duckdb")
     with pytest.raises(InputError, match="missing column.*desirable"):
         store.add_binary_labels(pd.DataFrame([{"prompt": "p", "response": "r", "annotator": "a"}]), "page", "r")
+    assert (
+        store.add_binary_labels(pd.DataFrame(columns=["prompt", "response", "desirable", "annotator"]), "page", "r")
+        == 0
+    )
 
 
 def test_the_snapshot_is_trls_unpaired_format_byte_identical_and_takes_its_scope(tmp_path):
