@@ -2,7 +2,8 @@
 model against reward-free baselines on held-out pairs, and the markdown report of both.
 
 The measures (win rate under the judge, KL, diversity, reward-model accuracy and baselines) are
-also what train_policy's in-loop evaluation counts with. ROUGE-L is written here (word-level LCS
+also what train_policy's in-loop evaluation counts with. The report leads with the headline
+(against the start, the judge named), then each principle, the curves, every figure, and the samples. ROUGE-L is written here (word-level LCS
 F-measure, 15 lines) rather than taken from the `rouge-score` package, which would pull nltk and
 absl in for one function.
 """
@@ -10,6 +11,8 @@ absl in for one function.
 from __future__ import annotations
 
 import html
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,6 +289,90 @@ def _cell(text: str) -> str:
     return html.escape(text).replace("|", "\\|").replace("\n", " ") or "(empty)"
 
 
+def _figure(value) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def principle_names(metrics: dict) -> list[str]:
+    """The constitution's principles the rules checked: each has share_<name>_start and _final."""
+    return sorted(
+        match.group(1)
+        for key in metrics
+        if (match := re.fullmatch(r"share_(.+)_start", key)) and f"share_{match.group(1)}_final" in metrics
+    )
+
+
+def headline_section(metrics: dict) -> list[str]:
+    """The figures to read first: the trained policy against the start, under the named judge, and
+    the reward model against reward-free baselines."""
+    judge = metrics.get("win_judge", "rules")
+    trained = f"{metrics.get('policy_algorithm', 'the trained policy')}"
+    if metrics.get("policy_train_wall_s") is not None:
+        trained += f", {metrics['policy_train_wall_s']} s of training"
+    responses = (metrics.get("unseen_topic_prompts") or 0) + (metrics.get("seen_topic_prompts") or 0)
+    lines = [
+        "## Headline",
+        "",
+        f"The trained policy ({trained}) against the start policy on {_figure(metrics.get('held_out_prompts'))} "
+        "held-out prompts" + (f" ({responses} responses from each)" if responses else "") + ", "
+        f"the win rate judged by **{judge}**. The start is its own baseline: it ties with itself "
+        "(win rate 0.5) at KL 0.",
+        "",
+        "| measure | start | trained |",
+        "| --- | --- | --- |",
+        f"| win rate against the start (judge: {judge}) | 0.5 | {_figure(metrics.get('win_rate_vs_start'))} |",
+    ]
+    if metrics.get("unseen_topic_prompts"):
+        lines.append(
+            f"| win rate on topics no training prompt has ({metrics['unseen_topic_prompts']} responses) | 0.5 "
+            f"| {_figure(metrics.get('unseen_topic_win_rate_vs_start'))} |"
+        )
+    lines += [
+        f"| KL to the start (nats per response) | 0 | {_figure(metrics.get('kl_to_start'))} |",
+        f"| mean reward-model score | {_figure(metrics.get('mean_reward_start'))} "
+        f"| {_figure(metrics.get('mean_reward_final'))} |",
+    ]
+    if "unsafe_share_start" in metrics:
+        lines.append(
+            f"| share of unsafe responses | {metrics['unsafe_share_start']} | {_figure(metrics.get('unsafe_share_final'))} |"
+        )
+    lines += [
+        f"| distinct-2 (diversity) | {_figure(metrics.get('distinct_2_start'))} "
+        f"| {_figure(metrics.get('distinct_2_final'))} |",
+        "",
+        f"| reward model, on {_figure(metrics.get('rm_test_pairs'))} held-out pairs | accuracy |",
+        "| --- | --- |",
+        f"| reward-model accuracy | {_figure(metrics.get('rm_accuracy'))} |",
+        f"| baseline: ROUGE-L with the prompt | {_figure(metrics.get('rouge_baseline_accuracy'))} |",
+        f"| baseline: the longer response | {_figure(metrics.get('length_baseline_accuracy'))} |",
+        "",
+    ]
+    return lines
+
+
+def principle_section(metrics: dict) -> list[str]:
+    """Each principle's share of responses that meet it, before and after, overall and by topic group."""
+    names = principle_names(metrics)
+    if not names:
+        return []
+    groups = [g for g in ("unseen_topic", "seen_topic") if metrics.get(f"{g}_prompts")]
+    header = "| principle | start | trained |" + "".join(f" {g.replace('_', ' ')}s: start | trained |" for g in groups)
+    lines = [
+        "## Per principle",
+        "",
+        "Share of the held-out responses that meet each principle of the constitution, by the rules.",
+        "",
+        header,
+        "| --- " * (3 + 2 * len(groups)) + "|",
+    ]
+    for name in names:
+        cells = [metrics[f"share_{name}_start"], metrics[f"share_{name}_final"]]
+        for group in groups:
+            cells += [metrics.get(f"{group}_share_{name}_start"), metrics.get(f"{group}_share_{name}_final")]
+        lines.append(f"| {name} | " + " | ".join(_figure(c) for c in cells) + " |")
+    return [*lines, ""]
+
+
 def markdown_report(
     metrics: dict,
     prompts: list[str],
@@ -295,26 +382,35 @@ def markdown_report(
     stride: int,
     figures: list[tuple[str, str]] = (),
 ) -> str:
-    """The evaluation report: the metrics, then `samples` held-out prompts (every `stride`-th row)
-    with the responses before and after. `figures`: (caption, image path relative to the report),
-    shown after the metrics."""
-    lines = ["# Evaluation report", ""]
-    if "win_judge" in metrics:  # who decided the win rate: the rules, or an independent pairwise judge
-        lines += [f"Win rate judged by: {metrics['win_judge']}.", ""]
-    if metrics.get("unseen_topic_prompts"):
-        lines += [
-            f"Held-out prompts on topics no training prompt has: {metrics['unseen_topic_prompts']} "
-            f"(the `unseen_topic_*` rows); on seen topics: {metrics.get('seen_topic_prompts', 0)} (`seen_topic_*`).",
-            "",
-        ]
-    lines += ["| metric | value |", "| --- | --- |"]
-    lines += [f"| {key} | {value} |" for key, value in sorted(metrics.items())]
+    """The evaluation report, most read first: the headline (win rate under the named judge, KL and
+    reward against the start, the reward model's accuracy), each principle, the curves (`figures`:
+    caption, image path relative to the report), every figure of metrics/eval.json, and last
+    `samples` held-out prompts (every `stride`-th row) with the responses before and after."""
+    lines = ["# Evaluation report", "", *headline_section(metrics), *principle_section(metrics)]
     if figures:
-        lines += ["", "## Curves", ""]
+        lines += ["## Curves", ""]
         for caption, path in figures:
-            lines += [f"![{caption}]({path})", ""]
-    lines += ["", "## Held-out prompts: the bootstrap policy before, the trained policy after", ""]
+            lines += [f"![{caption}]({path})", "", f"_{caption}_", ""]
+    lines += ["## Every figure (metrics/eval.json)", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {key} | {_figure(value)} |" for key, value in sorted(metrics.items())]
+    lines += ["", "## Held-out prompts: the start policy before, the trained policy after", ""]
     lines += ["| prompt | before | after |", "| --- | --- | --- |"]
     for i in range(0, min(len(prompts), samples * stride), stride):
         lines.append(f"| {_cell(prompts[i])} | {_cell(before[i])} | {_cell(after[i])} |")
     return "\n".join(lines) + "\n"
+
+
+def write_report(
+    path: str | Path, evaluation: Evaluation, samples: int, stride: int, pictures: list[tuple[str, Path]]
+) -> None:
+    """The report as markdown at `path`, its pictures (caption, PNG) linked relative to it so the
+    page renders where it lies; a picture that is not there (a stage run by hand) is left out."""
+    path = Path(path)
+    figures = [
+        (caption, os.path.relpath(picture, path.parent)) for caption, picture in pictures if Path(picture).is_file()
+    ]
+    report = markdown_report(
+        evaluation.metrics, evaluation.prompts, evaluation.before, evaluation.after, samples, stride, figures
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report)

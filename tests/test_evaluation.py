@@ -1,6 +1,7 @@
 """Evaluation measures against hand-computed values."""
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -136,3 +137,71 @@ def test_compare_policies_repeats_every_measure_on_each_group_of_prompts(tiny_to
     for name in ("win_rate_vs_start", "kl_to_start", "share_on_topic_final"):
         mixed = (2 * metrics[f"unseen_topic_{name}"] + 4 * metrics[f"seen_topic_{name}"]) / 6
         assert metrics[name] == pytest.approx(mixed)  # each group is a part of the whole
+
+
+def report_sections(report: str) -> dict[str, str]:
+    """The report's `## ` sections in order, by heading."""
+    parts = re.split(r"^## (.+)$", report, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_the_report_leads_with_the_headline_then_principles_and_ends_with_samples(tiny_checkpoints, tmp_path):
+    """The evaluate stage's report on tiny policies: the first section names the judge and holds the
+    win rate, KL, reward and reward-model accuracy beside the start's; the principles follow; the
+    samples come last; every picture it shows is a file beside it."""
+    from rlhf.config import load_params
+    from rlhf.evaluation import evaluate, write_report
+    from rlhf.plots import render_curve
+    from tests.support.store_data import small_comparisons
+
+    policy_dir, reward_dir = tiny_checkpoints
+    rows = domain.all_prompts()[:48]
+    unseen = rows[40][1]  # a held-out topic no training prompt has
+    train = [(p, t) for p, t in rows[:40] if t != unseen]
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": [f"p{i:02d}" for i in range(len(train) + 8)],
+            "prompt": [p for p, _ in train + rows[40:48]],
+            "topic": [t for _, t in train + rows[40:48]],
+            "split": ["train"] * len(train) + ["test"] * 8,
+        }
+    )
+    params = load_params()
+    params = params.model_copy(
+        update={"train_policy": params.train_policy.model_copy(update={"max_new_tokens": 6})}, deep=True
+    )
+    evaluation = evaluate(params, prompts, small_comparisons(), policy_dir, policy_dir, reward_dir, {}, {}, {})
+    metrics = evaluation.metrics
+    curve = pd.DataFrame({"iteration": [1, 2, 3], "score": [0.1, 0.4, 0.5], "kl": [0.0, 0.2, 0.3]})
+    (tmp_path / "plots").mkdir()
+    render_curve(curve, ["score", "kl"], tmp_path / "plots" / "policy.png")
+    pictures = [("Policy curve", tmp_path / "plots" / "policy.png"), ("Not drawn", tmp_path / "plots" / "none.png")]
+    write_report(tmp_path / "reports" / "eval.md", evaluation, 3, params.evaluate.samples_per_prompt, pictures)
+    report = (tmp_path / "reports" / "eval.md").read_text()
+
+    sections = report_sections(report)
+    headings = list(sections)
+    assert headings[:2] == ["Headline", "Per principle"]
+    assert headings[-1].startswith("Held-out prompts") and "| prompt | before | after |" in sections[headings[-1]]
+    headline = sections["Headline"]
+    assert f"judged by **{metrics['win_judge']}**" in headline and metrics["win_judge"] == "rules"
+    for figure in ("win_rate_vs_start", "kl_to_start", "rm_accuracy", "mean_reward_start", "mean_reward_final"):
+        assert f"| {metrics[figure]} |" in headline, figure
+    assert re.search(
+        rf"\| win rate against the start \(judge: rules\) \| 0\.5 \| {metrics['win_rate_vs_start']} \|", headline
+    )
+    assert metrics["unseen_topic_prompts"] > 0 and f"| {metrics['unseen_topic_win_rate_vs_start']} |" in headline
+
+    principles = sections["Per principle"]
+    for principle in params.rank_responses.principles:
+        name = principle.name
+        row = f"| {name} | {metrics[f'share_{name}_start']} | {metrics[f'share_{name}_final']} | "
+        assert row in principles, (name, principles)
+    assert report.index("## Per principle") < report.index("## Curves") < report.index("## Held-out prompts")
+
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert linked == ["../plots/policy.png"]  # relative to the report; the picture not drawn is left out
+    assert (tmp_path / "reports" / linked[0]).resolve().read_bytes()[:4] == b"\x89PNG"
+    assert (
+        len(re.findall(r"^\| .* \| .* \| .* \|$", sections[headings[-1]], flags=re.MULTILINE)) == 2 + 3
+    )  # header, rule, 3 samples

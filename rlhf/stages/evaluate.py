@@ -1,12 +1,11 @@
 """Stage evaluate: the final policy against the bootstrap policy on held-out prompts (rlhf.evaluation)."""
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from rlhf.evaluation import evaluate, markdown_report
+from rlhf.evaluation import evaluate, write_report
 from rlhf.snapshot import read_comparisons
 from rlhf.stages._stage import params_from, parse_paths, run_stage, write_json
 
@@ -44,27 +43,13 @@ def main() -> None:
         feedback_metrics=json.loads(Path(args.feedback_metrics).read_text()),
     )
     write_json(args.metrics, evaluation.metrics)
-    figures = [
-        (caption, os.path.relpath(path, Path(args.report).parent))  # relative: the report renders where it lies
-        for caption, path in [
-            ("Policy training: reward and KL per iteration", args.policy_curve_png),
-            ("Gold (rules) versus proxy (reward model) score against sqrt(KL)", args.gold_png),
-            ("Reward model: held-out score distributions", args.reward_distribution_png),
-        ]
-        if Path(path).exists()  # a stage run by hand may come without them
+    pictures = [
+        ("Policy training: reward and KL per iteration", Path(args.policy_curve_png)),
+        ("Gold (rules) versus proxy (reward model) score against sqrt(KL)", Path(args.gold_png)),
+        ("Reward model: held-out score distributions", Path(args.reward_distribution_png)),
     ]
     section = params.evaluate
-    report = markdown_report(
-        evaluation.metrics,
-        evaluation.prompts,
-        evaluation.before,
-        evaluation.after,
-        section.report_samples,
-        section.samples_per_prompt,
-        figures,
-    )
-    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(report)
+    write_report(args.report, evaluation, section.report_samples, section.samples_per_prompt, pictures)
     print(f"{STAGE}: {evaluation.metrics}")
 
 
