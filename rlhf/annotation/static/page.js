@@ -250,9 +250,10 @@ async function label(desirable) {
   }
 }
 
-// G, B and S outside the reason's box: in it, they are letters of the reason.
+// G, B and S outside the reason's box (in it, they are letters of the reason) and the guidelines.
 function onBinaryKey(event) {
-  if (state.mode !== "binary" || event.target === $("binary-reason")) return;
+  if (state.mode !== "binary" || event.target === $("binary-reason") || $("guidelines-dialog").open) return;
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
   const action = { g: () => label(true), b: () => label(false), s: skip }[event.key.toLowerCase()];
   if (action) {
     event.preventDefault();
