@@ -165,7 +165,8 @@ class LocalPolicy:
 class Upstream:
     """An OpenAI-compatible server's POST {url}/chat/completions. `model`: the name to ask it for
     (None: the client's own). `api_key`: sent as its bearer token (the client's token is ours, never
-    passed on)."""
+    passed on, and the key never reaches our clients: an upstream's error text is scrubbed of it).
+    A server that answers fewer choices than asked (TGI takes no `n`) is asked again for the rest."""
 
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None, timeout_s: float = 120.0):
         if not url.startswith(("http://", "https://")):
@@ -173,6 +174,7 @@ class Upstream:
         self.url = url.rstrip("/")
         self.model = model
         self.name = model or "upstream"
+        self.api_key = api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
@@ -185,33 +187,53 @@ class Upstream:
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
             "max_tokens": sampling.max_tokens,
-            "n": sampling.n,
         }
+        choices, usage, model = [], {}, asked["model"]
+        for _ in range(sampling.n):  # each answer holds at least one choice, so n asks at most
+            body = self._ask({**asked, "n": sampling.n - len(choices)})
+            choices += sorted(body["choices"], key=lambda c: c.get("index", 0))[: sampling.n - len(choices)]
+            model = str(body.get("model") or model)
+            for key, value in (body.get("usage") or {}).items():
+                if isinstance(value, int):
+                    usage[key] = usage.get(key, 0) + value
+            if len(choices) == sampling.n:
+                break
+        return Completion(
+            answers=[c["message"]["content"] or "" for c in choices],
+            finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
+            model=model,
+            policy_checkpoint=f"upstream:{self.url}#{model}",
+            sampling={
+                **{k: asked[k] for k in ("temperature", "top_p", "max_tokens")},
+                "n": sampling.n,
+                "upstream": self.url,
+            },
+            usage=usage,
+        )
+
+    def _ask(self, asked: dict) -> dict:
+        """One chat completion with at least one choice, or BackendError naming why not (one line)."""
         try:
             answer = self.client.post("/chat/completions", json=asked)
         except httpx.HTTPError as error:
-            raise BackendError(f"upstream {self.url}: {type(error).__name__}: {error}") from None
+            raise BackendError(self._scrubbed(f"upstream {self.url}: {type(error).__name__}: {error}")) from None
         if answer.status_code != 200:
-            raise BackendError(f"upstream {self.url} answered {answer.status_code}: {answer.text[:200]}")
+            raise BackendError(
+                self._scrubbed(f"upstream {self.url} answered {answer.status_code}: {answer.text[:200]}")
+            )
         try:
             body = answer.json()
-            choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
-            texts = [c["message"]["content"] or "" for c in choices]
+            if not body["choices"] or not all(isinstance(c["message"]["content"], str | None) for c in body["choices"]):
+                raise ValueError("no choices, or one without a message's text")
         except (ValueError, KeyError, TypeError) as error:
             raise BackendError(
                 f"upstream {self.url}: not a chat completion ({type(error).__name__}: {error})"
             ) from None
-        if len(texts) != sampling.n:
-            raise BackendError(f"upstream {self.url}: asked for {sampling.n} answers, got {len(texts)}")
-        model = str(body.get("model") or asked["model"])
-        return Completion(
-            answers=texts,
-            finish_reasons=[c.get("finish_reason") or "stop" for c in choices],
-            model=model,
-            policy_checkpoint=f"upstream:{self.url}#{model}",
-            sampling={**{k: asked[k] for k in ("temperature", "top_p", "max_tokens", "n")}, "upstream": self.url},
-            usage=body.get("usage") or {},
-        )
+        return body
+
+    def _scrubbed(self, text: str) -> str:
+        text = " ".join(text.split())
+        return text.replace(self.api_key, "<upstream key>") if self.api_key else text
 
     def close(self) -> None:
         self.client.close()

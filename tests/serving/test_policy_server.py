@@ -3,6 +3,9 @@ recorded with their provenance, each kind of feedback, refusals, the proxy in fr
 OpenAI-compatible server, and the snapshot taking the deployed pairs."""
 
 import json
+import threading
+from http.server import ThreadingHTTPServer
+from typing import ClassVar
 
 import httpx
 import pandas as pd
@@ -11,6 +14,7 @@ import pytest
 from rlhf import chat
 from rlhf.pretrained import checkpoint_hash
 from tests.serving.conftest import LIMITS, ask, bearer, serving
+from tests.support.judge_api import SECRET, ScriptedAPI
 from tests.support.servers import raw_request, status_and_detail
 
 pytestmark = pytest.mark.timeout(180)
@@ -260,3 +264,36 @@ def test_a_revoked_client_is_refused_once_its_sign_in_expires(local_policy, stor
         alice = ask(client, address, tokens["alice"])
     assert (before.status_code, after.status_code, alice.status_code) == (200, 401, 200)
     assert after.json()["detail"] == "token revoked"
+
+
+class OneChoiceAPI(ScriptedAPI):
+    """An upstream that takes no `n` (as TGI's chat endpoint): one choice per answer, whatever was asked."""
+
+    script: ClassVar[list[str]] = []
+    seen: ClassVar[list[dict]] = []
+
+    def answer(self, body: dict, action: str) -> None:
+        choice = {"index": 0, "message": {"role": "assistant", "content": f"answer {len(self.seen)}"}}
+        self._send(200, {"model": "one-choice", "choices": [choice], "usage": {"completion_tokens": 2}})
+
+
+def test_a_proxy_asks_again_for_the_second_answer_and_never_shows_the_upstream_key(store, tokens):
+    from rlhf.serving.backends import Upstream
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), OneChoiceAPI)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    try:
+        with serving(Upstream(address, "one-choice", api_key=SECRET), store) as proxy, httpx.Client(timeout=30) as c:
+            two = ask(c, proxy, tokens["alice"], n=2)
+            OneChoiceAPI.script.append("503")  # an upstream error that echoes our key
+            failed = ask(c, proxy, tokens["alice"])
+    finally:
+        upstream.shutdown()
+    assert two.status_code == 200, two.text
+    assert [choice["message"]["content"] for choice in two.json()["choices"]] == ["answer 1", "answer 2"]
+    assert [seen["body"]["n"] for seen in OneChoiceAPI.seen[:2]] == [2, 1]  # asked again for the one missing
+    assert all(seen["auth"] == f"Bearer {SECRET}" for seen in OneChoiceAPI.seen)  # the upstream's key, not ours
+    assert two.json()["usage"]["completion_tokens"] == 4
+    assert failed.status_code == 502 and "answered 503" in failed.json()["detail"]
+    assert SECRET not in failed.text and "<upstream key>" in failed.json()["detail"]
