@@ -1,5 +1,5 @@
 """Stage train_policy: online RL from the round's start policy against the online reward (PPO
-with a critic; GRPO, RLOO, REINFORCE++ without one), or DPO on the comparisons snapshot
+with a critic; GRPO, RLOO, REINFORCE++ without one), or DPO or KTO on the comparisons snapshot
 (`train_policy.algorithm`). The online reward is `train_policy.reward`: the reward model, the
 rules (rank_responses.principles), a reward server over HTTP, or a weighted sum of these.
 
@@ -65,14 +65,22 @@ def write_outputs(args, outcome: PolicyOutcome) -> None:
     write_json(args.metrics, outcome.metrics)
 
 
+def train_kto(params: Params, inputs: PolicyInputs, model_dir: str, live_dir: str, progress) -> PolicyOutcome:
+    # Imported here: TRL's KTOTrainer, datasets and peft, which the other algorithms never load.
+    from rlhf.policy_optimization.kto import train_from_inputs
+
+    return train_from_inputs(params, inputs, model_dir, live_dir, progress)
+
+
 def main() -> None:
     args = parse_paths(
         STAGE, INPUTS, ["model_dir", "metrics", "curve", "curve_png", "gold_png", "checkpoint_dir", "live_dir"]
     )
     params = params_from(args)
     inputs = PolicyInputs(**{name: getattr(args, name) for name in INPUTS})
-    if params.train_policy.algorithm == "dpo":
-        outcome = train_offline(params, inputs, args.model_dir, args.live_dir, log_progress(f"{STAGE}: steps"))
+    if params.train_policy.algorithm in ("dpo", "kto"):
+        train = train_offline if params.train_policy.algorithm == "dpo" else train_kto
+        outcome = train(params, inputs, args.model_dir, args.live_dir, log_progress(f"{STAGE}: steps"))
         write_outputs(args, outcome)
         print(f"{STAGE}: {outcome.metrics}", flush=True)
         return
