@@ -11,7 +11,7 @@ classifier of desirability:
 
 the logistic (cross-entropy) loss of a one-logit classifier. Unbalanced data (thumbs down are
 rarer on a deployed model) is weighed as KTO weighs it, by class: w_D n_D = w_U n_U, so each class
-carries half the loss (KTO, section 4.2, keeps lambda_D n_D / lambda_U n_U in [1, 4/3]; we take 1).
+carries half the loss (the KTO paper recommends lambda_D n_D / (lambda_U n_U) in [1, 4/3]; we take 1).
 
 How it differs from Bradley-Terry on pairs (Ouyang et al. 2022, eq. 1; L_pair = -log sigmoid(r(x,
 y_w) - r(x, y_l))): Bradley-Terry sees only differences between responses to the same prompt, so
