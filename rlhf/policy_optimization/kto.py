@@ -38,6 +38,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 from datasets import Dataset
@@ -47,7 +48,7 @@ from trl.data_utils import unpair_preference_dataset
 
 from rlhf import chat
 from rlhf.config import KTOParams, Params
-from rlhf.errors import EmptyComparisonsError
+from rlhf.errors import EmptyComparisonsError, InputError
 from rlhf.policy_optimization.dpo import _Progress, completion_ids, prompt_ids
 from rlhf.policy_optimization.from_inputs import STAGE, PolicyInputs, PolicyOutcome
 from rlhf.scoring import frame_exchanges
@@ -62,6 +63,9 @@ LOGGED = {
     "kl": "kl",
 }
 KTO_CURVE_COLUMNS = ["loss", "reward_margin", "reward_desirable", "reward_undesirable", "kl"]
+# The binary labels snapshot (FeedbackStore.snapshot_binary_labels) in the comparisons snapshot's
+# directory, as rlhf/stages/train_reward.py names it.
+BINARY_LABELS = "binary_labels.parquet"
 # What a response carries from the comparisons snapshot into its unpaired row (when the frame has it).
 RESPONSE_COLUMNS = {"prompt": "prompt", "prompt_messages": "prompt_messages", "split": "split"}
 
@@ -250,20 +254,27 @@ def _held_out(trainer: KTOTrainer, held_out: pd.DataFrame) -> dict:
     return {"held_out_margin": logged.get("eval_rewards/margins"), "held_out_kl": logged.get("eval_kl")}
 
 
-def labelled_responses(params: Params, comparisons_dir: str) -> pd.DataFrame:
-    """The unpaired examples `train_policy.kto.labels` names, from the comparisons snapshot."""
+def labelled_responses(params: Params, comparisons_dir: str | Path) -> pd.DataFrame:
+    """The unpaired examples `train_policy.kto.labels` names: those the comparisons snapshot's
+    pairs give, or the binary labels snapshot beside it (already TRL's unpaired format)."""
     from rlhf.snapshot import read_comparisons
 
     if params.train_policy.kto.labels == "comparisons":
         return unpaired_from_comparisons(read_comparisons(comparisons_dir))
-    raise NotImplementedError("binary labels: pending rlhf/store/binary.py's snapshot")
+    path = Path(comparisons_dir) / BINARY_LABELS
+    if not path.is_file():
+        raise InputError(
+            f"{path}: no binary labels snapshot; train_policy.kto.labels binary trains on it "
+            "(store_comparisons writes it)"
+        )
+    return pd.read_parquet(path)
 
 
 def train_from_inputs(
     params: Params, inputs: PolicyInputs, model_dir: str, live_dir: str, progress: Callable[[int, int], None]
 ) -> PolicyOutcome:
     """The train_policy stage's KTO, as from_inputs.train_offline is its DPO: the policy from the
-    round's start, the bootstrap policy as reference, the labelled responses of the snapshot."""
+    round's start, the bootstrap policy as reference, the labelled responses `labelled_responses` reads."""
     from accelerate.utils import set_seed
 
     from rlhf.policy_optimization.engine import peak_rss_mb

@@ -9,8 +9,16 @@ from transformers import GPT2LMHeadModel
 
 from rlhf import chat
 from rlhf.config import KTOParams, parse_params
-from rlhf.errors import ConfigError
-from rlhf.policy_optimization.kto import kto_examples, kto_weights, train_kto, unpaired_from_comparisons
+from rlhf.errors import ConfigError, InputError
+from rlhf.policy_optimization.kto import (
+    BINARY_LABELS,
+    kto_examples,
+    kto_weights,
+    labelled_responses,
+    train_kto,
+    unpaired_from_comparisons,
+)
+from rlhf.store import FeedbackStore
 from tests.support.tiny import HELD_OUT, PROMPTS, tiny_gpt2_config
 
 # The known rule: a response is desirable when it starts gladly. One desirable and two undesirable
@@ -90,6 +98,30 @@ def test_a_rankings_pairs_label_each_response_once_by_its_wins_and_losses():
     assert labels == {"best .": True, "poor .": False}
     assert list(unpaired["split"]) == ["train", "train"]
     assert chat.from_json(unpaired["completion_messages"][0]) == chat.assistant_turns("best .")
+
+
+def test_binary_labels_from_a_real_store_snapshot_are_kto_examples_as_they_are(tmp_path, tiny_tokenizer):
+    params = parse_params({"train_policy": {"algorithm": "kto", "kto": {"labels": "binary"}}})
+    with pytest.raises(InputError, match=r"comparisons/binary_labels.parquet: no binary labels snapshot"):
+        labelled_responses(params, tmp_path / "comparisons")
+    rows = [
+        {"prompt": p, "response": r, "desirable": is_desirable(r), "annotator": "rater", "split": "train"}
+        for p in PROMPTS[:3]
+        for r in DESIRABLE + UNDESIRABLE
+    ]
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    store.add_binary_labels(pd.DataFrame(rows), "import:rule", "import-rule")
+    store.snapshot_binary_labels(tmp_path / "comparisons" / BINARY_LABELS)
+    unpaired = labelled_responses(params, tmp_path / "comparisons")
+    examples = kto_examples(unpaired, tiny_tokenizer)
+    assert sorted(examples["label"]) == [False] * 6 + [True] * 3
+    # The same ids the policy would read and sample for the same texts given directly.
+    direct = kto_examples(labelled(PROMPTS[:3], "train"), tiny_tokenizer)
+    assert ids_and_labels(examples) == ids_and_labels(direct)
+
+
+def ids_and_labels(examples: pd.DataFrame) -> list[tuple]:
+    return sorted(zip(examples["prompt_ids"].map(tuple), examples["completion_ids"].map(tuple), examples["label"]))
 
 
 def labelled(prompts: list[str], split: str) -> pd.DataFrame:
