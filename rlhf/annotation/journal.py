@@ -2,9 +2,9 @@
 
 The feedback store can be busy for a minute (a pipeline stage holds its lock; another program holds
 the DuckDB file). A ranking the page acknowledged must survive that, and a kill. So the page writes
-each submission (and skip) to this journal first: SQLite in WAL mode with synchronous=FULL, one
+each submission (a ranking, a thumbs up or down, a skip) to this journal first: SQLite in WAL mode with synchronous=FULL, one
 committed row per submission, before it answers "saved". One writer (`Drainer`) copies pending rows
-into the store, oldest first, a batch in one transaction (opening the DuckDB file costs tens of
+into the store, oldest first, a batch in one transaction per kind (opening the DuckDB file costs tens of
 milliseconds: one open per row drained about 6 rows/s), and marks them drained; a busy store leaves
 them pending for the next pass. A kill between the acknowledgement and the drain leaves the row
 pending: the next page server on the same store drains it on start. A kill between the store's
