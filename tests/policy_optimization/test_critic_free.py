@@ -19,7 +19,6 @@ from rlhf import chat
 from rlhf.config import RewardTerm, TrainPolicyParams, WordCount, parse_params
 from rlhf.errors import ConfigError
 from rlhf.policy_optimization.models import PolicyModels
-from rlhf.policy_optimization.trainer import train_policy
 from rlhf.pretrained import load_policy
 from rlhf.rewards.server import create_app
 from rlhf.rewards.terms import online_reward
@@ -35,6 +34,7 @@ from tests.support.policy_runs import (
     measured,
     run_stage,
     train,
+    train_on_toy,
 )
 from tests.support.servers import serving
 from tests.support.tiny import tiny_gpt2_config
@@ -85,14 +85,8 @@ def test_dynamic_sampling_drops_groups_of_equal_rewards_from_the_update(tiny_tok
     params = TrainPolicyParams(**{**BUDGET, **VARIANTS["dr_grpo_dapo"], "iterations": 2})
     models = critic_free_models(tiny_tokenizer, params)
     start = {name: p.detach().clone() for name, p in models.policy.named_parameters()}
-    history = train_policy(
-        models,
-        lambda prompts, responses: torch.ones(len(responses)),
-        tiny_tokenizer,
-        PROMPTS,
-        params,
-        0,
-        log=lambda r: 0,
+    history = train_on_toy(
+        tiny_tokenizer, params, models=models, reward=lambda prompts, responses: torch.ones(len(responses))
     ).history
     assert [row["dropped_share"] for row in history] == [1.0, 1.0]
     assert all(torch.equal(start[name], p) for name, p in models.policy.named_parameters())
@@ -103,16 +97,7 @@ def test_no_critic_is_built_trained_or_checkpointed(tiny_tokenizer, tmp_path):
     models = critic_free_models(tiny_tokenizer, params)
     assert models.trained.critic is None
     assert all(name.startswith("policy.") for name, _ in models.trained.named_parameters())
-    train_policy(
-        models,
-        TokenCountReward(tiny_tokenizer),
-        tiny_tokenizer,
-        PROMPTS,
-        params,
-        0,
-        log=lambda r: 0,
-        checkpoint_dir=tmp_path / "ckpt",
-    )
+    train_on_toy(tiny_tokenizer, params, models=models, checkpoint_dir=tmp_path / "ckpt")
     saved = tmp_path / "ckpt" / "iteration-000002"
     weights = load_file(saved / "model.safetensors")
     assert weights and all(name.startswith("policy.") for name in weights)  # no critic.* tensor

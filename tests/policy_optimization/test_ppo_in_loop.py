@@ -8,8 +8,8 @@ import torch
 from rlhf.config import TrainPolicyParams
 from rlhf.demo import domain
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart, remember_if_best
-from rlhf.policy_optimization.trainer import TrainerState, train_policy
-from tests.support.policy_runs import PROMPTS, TokenCountReward, tiny_models
+from rlhf.policy_optimization.trainer import TrainerState
+from tests.support.policy_runs import PROMPTS, TokenCountReward, tiny_models, train_on_toy
 
 HELD_OUT = [prompt for prompt, _ in domain.all_prompts()[40:56]]  # not among the training PROMPTS
 PHASES = ["generation_seconds", "scoring_seconds", "reference_seconds", "update_seconds"]
@@ -42,9 +42,7 @@ def policy_weights(models) -> dict[str, torch.Tensor]:
 def test_evaluating_in_the_loop_leaves_training_bitwise_the_same(tiny_tokenizer):
     def run(params, **hooks):
         models = tiny_models(tiny_tokenizer, params)
-        result = train_policy(
-            models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0, **hooks
-        )
+        result = train_on_toy(tiny_tokenizer, params, models=models, **hooks)
         return policy_weights(models), result.history
 
     plain, plain_history = run(small(eval_every=0, log_samples_every=0))
@@ -60,14 +58,9 @@ def test_evaluating_in_the_loop_leaves_training_bitwise_the_same(tiny_tokenizer)
 def test_every_row_says_what_the_iteration_did(tiny_tokenizer):
     params = small(eval_every=2, log_samples_every=2, log_samples=3)
     tables = []
-    result = train_policy(
-        tiny_models(tiny_tokenizer, params),
-        TokenCountReward(tiny_tokenizer),
+    result = train_on_toy(
         tiny_tokenizer,
-        PROMPTS,
         params,
-        0,
-        log=lambda r: 0,
         evaluator=evaluator(tiny_tokenizer),
         log_samples=lambda i, rows: tables.append((i, rows)),
     )
@@ -112,16 +105,7 @@ def test_keep_best_ends_with_the_best_iteration_s_policy_not_the_last(tiny_token
     def log(row):
         after[row["iteration"]] = policy_weights(models)
 
-    result = train_policy(
-        models,
-        TokenCountReward(tiny_tokenizer),
-        tiny_tokenizer,
-        PROMPTS,
-        params,
-        0,
-        log=log,
-        evaluator=evaluator(tiny_tokenizer),
-    )
+    result = train_on_toy(tiny_tokenizer, params, models=models, log=log, evaluator=evaluator(tiny_tokenizer))
     rates = [row["eval_win_rate"] for row in result.history]
     best = rates.index(max(rates)) + 1  # ties: the earlier iteration
     assert result.kept_iteration == best != params.iterations, rates
@@ -133,16 +117,7 @@ def test_keep_best_ends_with_the_best_iteration_s_policy_not_the_last(tiny_token
 
 def test_keep_last_names_the_last_iteration(tiny_tokenizer):
     params = small(iterations=3, eval_every=2)
-    result = train_policy(
-        tiny_models(tiny_tokenizer, params),
-        TokenCountReward(tiny_tokenizer),
-        tiny_tokenizer,
-        PROMPTS,
-        params,
-        0,
-        log=lambda r: 0,
-        evaluator=evaluator(tiny_tokenizer),
-    )
+    result = train_on_toy(tiny_tokenizer, params, evaluator=evaluator(tiny_tokenizer))
     assert result.kept_iteration == 3 and result.kept_win_rate == result.history[-1]["eval_win_rate"]
 
 
@@ -167,13 +142,10 @@ def test_the_best_so_far_survives_a_resume(tiny_tokenizer, tmp_path):
 
     def run(directory, log=lambda r: 0):
         models = tiny_models(tiny_tokenizer, params)
-        result = train_policy(
-            models,
-            TokenCountReward(tiny_tokenizer),
+        result = train_on_toy(
             tiny_tokenizer,
-            PROMPTS,
             params,
-            0,
+            models=models,
             log=log,
             checkpoint_dir=directory,
             evaluator=evaluator(tiny_tokenizer),

@@ -17,7 +17,6 @@ from rlhf.demo import domain
 from rlhf.errors import TrainingStopped
 from rlhf.logprobs import response_logits, token_logprobs
 from rlhf.policy_optimization.models import PolicyModels
-from rlhf.policy_optimization.trainer import train_policy
 from rlhf.pretrained import load_policy
 from tests.support.policy_runs import (
     PROMPTS,
@@ -29,6 +28,7 @@ from tests.support.policy_runs import (
     run_stage,
     tiny_models,
     toy_params,
+    train_on_toy,
 )
 from tests.support.tiny import tiny_gpt2_config
 
@@ -48,9 +48,7 @@ def assert_sampler_follows_the_weights(models: PolicyModels, tokenizer, prompts:
 def test_ppo_raises_a_toy_reward_within_a_fixed_budget(tiny_tokenizer, compile_generation):
     params = toy_params(iterations=14, compile_generation=compile_generation)
     models = tiny_models(tiny_tokenizer, params)
-    history = train_policy(
-        models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0
-    )
+    history = train_on_toy(tiny_tokenizer, params, models=models)
     assert (models.compiled_sampler is not None) == compile_generation
     if compile_generation:  # the compiled step reads the weights as they are now, not as they were compiled
         assert_sampler_follows_the_weights(models, tiny_tokenizer, PROMPTS[: params.batch_size])
@@ -75,7 +73,7 @@ def test_entropy_bonus_keeps_the_policy_spread(tiny_tokenizer):
         models = tiny_models(tiny_tokenizer, params)
         with torch.no_grad():
             models.policy.transformer.ln_f.weight.mul_(20.0)
-        runs[coef] = train_policy(models, ZeroReward(), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0).history
+        runs[coef] = train_on_toy(tiny_tokenizer, params, models=models, reward=ZeroReward()).history
     plain, bonus = runs[0.0], runs[0.05]
     assert "entropy_bonus" not in plain[-1]
     assert bonus[-1]["entropy_bonus"] == pytest.approx(-0.05 * bonus[-1]["entropy"], rel=1e-4)
@@ -130,15 +128,8 @@ def test_ppo_lagrangian_lowers_the_unsafe_share_while_the_reward_holds(tiny_toke
         # "e" at its median count per starting response or more is unsafe: about half start unsafe.
         start = sample_responses(tiny_models(tiny_tokenizer, params), tiny_tokenizer, PROMPTS[:32], params)
         median = sorted(text.count("e") for text in start.texts)[len(start.texts) // 2]
-        return train_policy(
-            tiny_models(tiny_tokenizer, params),
-            LetterReward(),
-            tiny_tokenizer,
-            PROMPTS,
-            params,
-            0,
-            log=lambda r: 0,
-            cost_scorer=LetterCost("e", max(median, 1)),
+        return train_on_toy(
+            tiny_tokenizer, params, reward=LetterReward(), cost_scorer=LetterCost("e", max(median, 1))
         ).history
 
     def mean(key, part):
@@ -189,7 +180,7 @@ def test_lora_reference_is_the_base_with_adapters_off_and_base_weights_stay(tiny
     models = tiny_models(tiny_tokenizer, params)
     assert models.reference is None  # no second copy of the policy
     base = {n: p.detach().clone() for n, p in models.policy.named_parameters() if "lora_" not in n}
-    result = train_policy(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+    result = train_on_toy(tiny_tokenizer, params, models=models)
     assert result.history[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # adapters start as a no-op
     assert result.history[-1]["kl"] != pytest.approx(0.0, abs=1e-6)
     assert all(torch.equal(base[n], p) for n, p in models.policy.named_parameters() if n in base)
@@ -211,7 +202,7 @@ def test_gradient_checkpointing_saves_fewer_activations_and_trains_the_same(tiny
         response = torch.randint(0, len(tiny_tokenizer), (4, 6))
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             models.trained(query["input_ids"], query["attention_mask"], response, torch.ones(4, 6), 1.0)
-        train_policy(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+        train_on_toy(tiny_tokenizer, params, models=models)
         return [p.detach().clone() for p in models.policy.parameters()], sum(saved)
 
     (plain, plain_saved), (checkpointed, checkpointed_saved) = run(False), run(True)
@@ -230,16 +221,7 @@ def test_nan_reward_stops_and_keeps_the_last_good_checkpoint(tiny_tokenizer, tmp
         return scores * float("nan") if len(calls) == 4 else scores  # calibration, iterations 1, 2, then NaN
 
     with pytest.raises(TrainingStopped) as stopped:
-        train_policy(
-            tiny_models(tiny_tokenizer, params),
-            reward_turning_nan,
-            tiny_tokenizer,
-            PROMPTS,
-            params,
-            0,
-            log=lambda r: 0,
-            checkpoint_dir=tmp_path / "ckpt",
-        )
+        train_on_toy(tiny_tokenizer, params, reward=reward_turning_nan, checkpoint_dir=tmp_path / "ckpt")
     message = str(stopped.value)
     assert message.startswith("iteration 3: score is nan") and message.endswith("iteration-000002")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["fingerprint.json", "iteration-000002"]
@@ -250,30 +232,14 @@ def test_kl_ceiling_stops_the_run(tiny_tokenizer):
         iterations=6, batch_size=8, minibatch_size=4, max_new_tokens=8, learning_rate=5e-2, kl_coef=0.0, max_kl=1e-4
     )
     with pytest.raises(TrainingStopped, match=r"is above train_policy.max_kl = 0.0001"):
-        train_policy(
-            tiny_models(tiny_tokenizer, params),
-            TokenCountReward(tiny_tokenizer),
-            tiny_tokenizer,
-            PROMPTS,
-            params,
-            0,
-            log=lambda r: 0,
-        )
+        train_on_toy(tiny_tokenizer, params)
 
 
 def test_reward_hacking_monitor_ends_the_run_early(tiny_tokenizer):
     params = TrainPolicyParams(
         iterations=5, batch_size=8, minibatch_size=4, max_new_tokens=8, early_stop_response_length=2.0
     )
-    result = train_policy(
-        tiny_models(tiny_tokenizer, params),
-        TokenCountReward(tiny_tokenizer),
-        tiny_tokenizer,
-        PROMPTS,
-        params,
-        0,
-        log=lambda r: 0,
-    )
+    result = train_on_toy(tiny_tokenizer, params)
     assert len(result.history) == 1
     assert result.stopped_early.startswith("response_length") and "early_stop_response_length = 2.0" in (
         result.stopped_early
@@ -285,7 +251,7 @@ def test_reward_hacking_monitor_ends_the_run_early(tiny_tokenizer):
 def test_ppo_on_cuda_with_bf16_autocast_learns_the_toy_reward(tiny_tokenizer, compile_generation):
     params = toy_params(iterations=14, mixed_precision="auto", compile_generation=compile_generation)
     models = tiny_models(tiny_tokenizer, params, device="cuda")
-    result = train_policy(models, TokenCountReward(tiny_tokenizer), tiny_tokenizer, PROMPTS, params, 0, log=lambda r: 0)
+    result = train_on_toy(tiny_tokenizer, params, models=models)
     scores = [row["score"] for row in result.history]
     assert all(torch.isfinite(torch.tensor(scores)))
     assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 1.0, scores
@@ -401,15 +367,7 @@ def test_linear_schedule_with_warmup_and_adaptive_kl_move_per_iteration(tiny_tok
         kl_coef=0.1,
         kl_estimator="k3",
     )
-    result = train_policy(
-        tiny_models(tiny_tokenizer, params),
-        TokenCountReward(tiny_tokenizer),
-        tiny_tokenizer,
-        PROMPTS,
-        params,
-        0,
-        log=lambda r: 0,
-    )
+    result = train_on_toy(tiny_tokenizer, params)
     rates = [row["learning_rate"] for row in result.history]
     assert rates == pytest.approx([0.0, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3], abs=1e-6)  # warm up, then decay to zero
     coefs, kls = [row["kl_coef"] for row in result.history], [row["kl"] for row in result.history]
@@ -439,7 +397,7 @@ def test_a_critic_copied_from_the_reward_model_starts_on_the_normalised_scale(
     with torch.no_grad():
         before = models.trained.critic.score(hidden)[:, 0].clone()
     reward = TokenCountReward(tiny_tokenizer)  # raw scores of a few tokens each: far from mean 0, std 1
-    train_policy(models, reward, tiny_tokenizer, PROMPTS, params, 0, log=lambda row: None)
+    train_on_toy(tiny_tokenizer, params, models=models, reward=reward, log=lambda row: None)
     with torch.no_grad():
         after = models.trained.critic.score(hidden)[:, 0]
     if not critic_is_reward_model:  # a new value head on the policy: left as it starts
@@ -466,16 +424,7 @@ def test_the_gold_score_is_logged_beside_the_proxy_and_a_plateau_ends_the_run(ti
         gold([prompt], [f"thanks , {topic} are nice"]).item()
         == judge.score(prompt, topic, f"thanks , {topic} are nice")[0]
     )
-    result = train_policy(
-        tiny_models(tiny_tokenizer, params),
-        TokenCountReward(tiny_tokenizer),
-        tiny_tokenizer,
-        PROMPTS,
-        params,
-        0,
-        log=lambda row: None,
-        gold_scorer=gold,
-    )
+    result = train_on_toy(tiny_tokenizer, params, log=lambda row: None, gold_scorer=gold)
     assert all({"gold_score", "sqrt_kl", "raw_score"} <= set(row) for row in result.history)
     # (the history is rounded to 6 digits: sqrt of a 1e-6 rounding is 1e-3)
     assert all(row["sqrt_kl"] == pytest.approx(max(row["kl"], 0.0) ** 0.5, abs=1.1e-3) for row in result.history)

@@ -24,6 +24,13 @@ def tiny_models(tokenizer, params: TrainPolicyParams, seed: int = 0, device: str
     return PolicyModels.build(policy, critic, params, reference=None if params.lora_rank else reference)
 
 
+def train_on_toy(tokenizer, params: TrainPolicyParams, models=None, reward=None, log=lambda row: 0, **hooks):
+    """train_policy on the toy prompts at seed 0: tiny models and the token-counting reward unless given."""
+    models = tiny_models(tokenizer, params) if models is None else models
+    reward = TokenCountReward(tokenizer) if reward is None else reward
+    return train_policy(models, reward, tokenizer, PROMPTS, params, 0, log=log, **hooks)
+
+
 def toy_params(**changes) -> TrainPolicyParams:
     """The toy-reward runs' settings: fast learning, no KL or EOS penalty, raw scores."""
     toy = {
