@@ -43,19 +43,20 @@ from rlhf.store import FeedbackStore
 PROMPTS = [prompt for prompt, _ in domain.all_prompts()[:64]]
 
 
-def start_server(checkpoint: Path, store: Path, record: bool, max_tokens: int) -> tuple:
-    """`rlhf serve policy` as a process; returns (process, address) once /health answers."""
+def start_server(checkpoint: Path, store: Path, record: bool, max_tokens: int, log: Path) -> tuple:
+    """`rlhf serve policy` as a process, its output to `log` (a pipe nobody reads would fill and stop
+    it); returns (process, address) once /health answers."""
     import subprocess
 
     port = free_port()
     command = [sys.executable, "-m", "rlhf.cli", "serve", "policy", "--checkpoint", str(checkpoint)]
     command += ["--store", str(store), "--port", str(port), "--device", "cpu", "--rate-limit", "0"]
     command += ["--max-tokens", str(max_tokens)] + ([] if record else ["--no-record"])
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     address, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
     while True:
         if server.poll() is not None:
-            raise SystemExit(f"rlhf serve policy did not start: {server.stderr.read()[-2000:]}")
+            raise SystemExit(f"rlhf serve policy did not start: {log.read_text()[-2000:]}")
         try:
             httpx.get(f"{address}/health", timeout=1)
             return server, address
@@ -71,7 +72,11 @@ async def client_loop(client: httpx.AsyncClient, until: float, max_tokens: int, 
         body = {"messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}], "max_tokens": max_tokens}
         index += 1
         started = time.perf_counter()
-        answer = await client.post("/v1/chat/completions", json=body)
+        try:
+            answer = await client.post("/v1/chat/completions", json=body)
+        except httpx.TransportError as error:  # counted, not fatal: the line shows how many
+            statuses[type(error).__name__] += 1
+            continue
         latencies.append(time.perf_counter() - started)
         statuses[answer.status_code] += 1
 
@@ -83,10 +88,12 @@ async def run_clients(address: str, tokens: list[str], seconds: float, max_token
         httpx.AsyncClient(base_url=address, timeout=120, headers={"Authorization": f"Bearer {t}"}) for t in tokens
     ]
     started = time.monotonic()
-    await asyncio.gather(*(client_loop(c, started + seconds, max_tokens, latencies, statuses) for c in clients))
-    elapsed = time.monotonic() - started
-    for client in clients:
-        await client.aclose()
+    try:
+        await asyncio.gather(*(client_loop(c, started + seconds, max_tokens, latencies, statuses) for c in clients))
+    finally:
+        elapsed = time.monotonic() - started
+        for client in clients:
+            await client.aclose()
     return {
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": 1000 * float(np.percentile(latencies, 50)),
@@ -116,8 +123,9 @@ def main() -> None:
             for setting in settings:
                 stores[setting] = FeedbackStore(Path(workdir) / f"recording-{setting}.duckdb")
                 tokens[setting] = [add_annotator(stores[setting], f"client-{i}") for i in range(args.clients)]
+                log = Path(workdir) / f"server-{setting}.log"
                 server, addresses[setting] = start_server(
-                    args.checkpoint, stores[setting].path, setting == "on", args.max_tokens
+                    args.checkpoint, stores[setting].path, setting == "on", args.max_tokens, log
                 )
                 servers.append(server)
             for setting in settings:  # warm up: the model's first calls, every token signed in
@@ -135,6 +143,10 @@ def main() -> None:
                 server.terminate()
             for server in servers:
                 server.wait(timeout=60)
+        for setting in settings:  # what a server said, where it did not answer every request with 200
+            if any(set(r["statuses"]) - {200} for r in runs[setting]):
+                tail = (Path(workdir) / f"server-{setting}.log").read_text()[-3000:]
+                print(f"recording {setting}: the server's log ends:\n{tail}", file=sys.stderr)
         recorded = len(stores["on"].query("SELECT exchange_id FROM exchanges")) - warm_exchanges
         medians = {s: statistics.median(r["requests_per_s"] for r in runs[s]) for s in settings}
         for setting, results in runs.items():

@@ -51,6 +51,7 @@ from rlhf.store import FeedbackStore
 from rlhf.store import exchanges as stored
 
 SIGN_IN_TTL_S = 5.0
+SHUTDOWN_S = 10
 OPEN_PATHS = {"/health"}
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
@@ -268,8 +269,12 @@ def create_app(
 
 
 def policy_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
-    """uvicorn leaving logging alone (rlhf.rewards.server.reward_server says why)."""
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", log_config=None))
+    """uvicorn leaving logging alone (rlhf.rewards.server.reward_server says why). A stop waits at
+    most SHUTDOWN_S for open requests: a client that keeps its connection open cannot hold it up."""
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", log_config=None, timeout_graceful_shutdown=SHUTDOWN_S
+    )
+    return uvicorn.Server(config)
 
 
 def serve(
