@@ -7,8 +7,9 @@ taken together they pay the open once. A request still gets its answer only afte
 committed, so an acknowledged exchange is in the store even if the server is killed the next moment.
 
 A job is a function of the open connection. It returns its result, or a refusal as a value (see
-rlhf.store.exchanges): an exception rolls back the whole batch, so the writer then runs each job of
-that batch alone, and only the job that raised fails.
+rlhf.store.exchanges): an exception rolls back the whole batch, so the writer fails that job and
+writes the others again without it. An error of the store itself (busy past its lock's timeout)
+fails every job of the batch at once.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Recorder:
 
     def __init__(self, store: FeedbackStore, max_batch: int = 256):
         self.store, self.max_batch = store, max_batch
-        self.split_batches = 0  # batches that failed together and were written one job at a time
+        self.rewritten_batches = 0  # batches rolled back by one job's exception, written again without it
         self.jobs: queue.Queue[tuple[Job, Future] | None] = queue.Queue()
         self.thread = threading.Thread(target=self._write_forever, name="exchange-recorder", daemon=True)
         self.thread.start()
@@ -68,19 +69,24 @@ class Recorder:
             self._write(batch)
 
     def _write(self, batch: list[tuple[Job, Future]]) -> None:
+        running = None  # the index of the job running when an exception came; None: the store's own
         try:
             with self.store.transaction() as con:
-                results = [job(con) for job, _ in batch]
+                results = []
+                for job, _ in batch:
+                    running = len(results)
+                    results.append(job(con))
+                running = None
         except Exception as error:
-            if len(batch) == 1:
-                batch[0][1].set_exception(error)
+            if running is None:  # the store is busy or cannot be written: every job fails with it
+                for _, done in batch:
+                    done.set_exception(error)
                 return
-            self.split_batches += 1
-            log.warning(
-                "a batch of %d store writes failed together (%s); writing them one at a time", len(batch), error
-            )
-            for one in batch:  # find the job that failed; the others commit on their own
-                self._write([one])
+            self.rewritten_batches += 1
+            log.warning("a store write failed (%s); writing the other %d of its batch again", error, len(batch) - 1)
+            batch[running][1].set_exception(error)
+            if rest := batch[:running] + batch[running + 1 :]:
+                self._write(rest)  # rolled back with it: written again without it
             return
         for (_, done), result in zip(batch, results):
             done.set_result(result)

@@ -122,10 +122,10 @@ def test_16_clients_for_30_s_record_every_exchange_and_feedback_exactly_once(loc
         started = time.perf_counter()
         tally = run_clients(address, tokens, seconds=30, resend_every=7)
         elapsed = time.perf_counter() - started
-        split = app.state.recorder.split_batches
+        rewritten = app.state.recorder.rewritten_batches
     exchanges, feedback = stored(store)
     assert tally.other == []  # no refusal, no timeout: every request was acknowledged
-    assert split == 0  # every batch of writes committed together (none failed and was written job by job)
+    assert rewritten == 0  # every batch of writes committed as it was (no job failed and rolled it back)
     assert len(tally.exchanges) > CLIENTS  # each client went round more than once
     assert sorted(exchanges) == sorted(tally.exchanges)  # each acknowledged exchange once, with its client
     assert sorted(feedback) == sorted(tally.feedback)  # each feedback once, resent ones too
