@@ -178,7 +178,8 @@ def twin(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
     cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     commands = [line for line in result.stderr.splitlines() if line.startswith("+ [")]
     print(f"\nCPU twin: {wall:.0f} s wall, {cpu_s:.0f} s CPU, exit {result.returncode}; commands as traced:")
-    print("\n".join(line[:160] for line in commands if "curl" not in line and "kill -0" not in line))
+    shown = [line for line in commands if not re.search(r"curl|kill -0|sleep|seq", line)]
+    print("\n".join(re.sub(r"(OPENAI_API_KEY=)\S+", r"\1***", line)[:160] for line in shown))  # no token
     return repo, result, wall
 
 
