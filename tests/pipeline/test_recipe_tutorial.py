@@ -15,8 +15,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -154,6 +156,21 @@ def twin_script(blocks: list[str]) -> str:
     return "\n".join(header + [f": block {n}\n{block}" for n, block in enumerate(blocks, 1)])
 
 
+def run_in_own_session(command: list[str], cwd: Path, env: dict, timeout_s: float) -> subprocess.CompletedProcess:
+    """`command` in a session of its own; past `timeout_s` (under the tests' timeout, so this runs
+    first), the whole session is killed, the judge it started in the background included."""
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the group this call started, and nothing else
+            out, err = process.communicate()
+            err += f"\n(killed after {timeout_s:.0f} s)"
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
     if not SHARED_SAMPLE.exists():
@@ -168,12 +185,10 @@ def twin(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
     if port_in_use(port):
         pytest.skip(f"port {port}, where the tutorial serves the judge, is in use (another run of this test?)")
     repo = make_repo(tmp_path_factory.mktemp("recipe") / "repo", ROOT, shrink=False)
-    (repo / ".venv").symlink_to(venv)  # the tutorial's .venv/bin/... (ignored by git there too)
-    env = {**__import__("os").environ, **GIT_ENV, "HH_RLHF": str(SHARED_SAMPLE), "TOKENIZERS_PARALLELISM": "false"}
+    (repo / ".venv").symlink_to(venv)  # the tutorial's .venv/bin/..., where `make setup` puts them
+    env = {**os.environ, **GIT_ENV, "HH_RLHF": str(SHARED_SAMPLE), "TOKENIZERS_PARALLELISM": "false"}
     started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(
-        ["bash", "-c", twin_script(twin_blocks())], cwd=repo, env=env, capture_output=True, text=True, timeout=1500
-    )
+    result = run_in_own_session(["bash", "-c", twin_script(twin_blocks())], repo, env, timeout_s=1200)
     wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     commands = [line for line in result.stderr.splitlines() if line.startswith("+ [")]
