@@ -126,6 +126,14 @@ def test_the_page_marks_the_twin_and_serves_the_judge_where_its_params_look():
     assert "kill $JUDGE" in script.split("dvc repro")[-1]  # the judge is stopped after the run
 
 
+def test_the_cuda_torch_line_installs_the_version_the_project_pins():
+    """The README's and the tutorial's CUDA torch is pyproject.toml's pin: a bump must update both."""
+    pinned = re.search(r'"torch==([^"]+)"', (ROOT / "pyproject.toml").read_text())[1]
+    line = re.compile(rf"pip install torch=={re.escape(pinned)} --index-url https://download\.pytorch\.org/whl/cu\d+")
+    for page in (ROOT / "README.md", PAGE):
+        assert line.search(page.read_text()), f"{page.name}: no CUDA torch line for torch=={pinned}"
+
+
 # --- the CPU twin, command by command ------------------------------------------------------------
 
 
