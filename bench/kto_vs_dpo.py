@@ -19,7 +19,8 @@ SFT policy and the comparisons are the one pipeline run's (bench/efficacy.py var
     python bench/kto_vs_dpo.py                                   # seeds 0 1 2, the whole snapshot
     python bench/kto_vs_dpo.py --train_prompts 48 --test_prompts 16 --set evaluate.samples_per_prompt=1
                                                    # a smaller label budget (both sides), a quicker run
-    python bench/kto_vs_dpo.py --set train_policy.kto.beta=0.1 --seeds 0 1 2 3
+    python bench/kto_vs_dpo.py --algorithms kto --set train_policy.kto.epochs=9   # KTO alone, other settings
+    OMP_NUM_THREADS=1 python bench/kto_vs_dpo.py ...              # a thread each: kinder on a shared machine
 
 One line per algorithm on stdout, once all its seeds are done:
 {"bench": "kto_vs_dpo", "algorithm", "seeds", "label_budget", <metric>: {"mean", "std"}, ...,
@@ -157,6 +158,7 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, default=ROOT, help="where `dvc repro` left the demo's outputs")
     parser.add_argument("--train_prompts", type=int, default=None, help="label budget: first N train prompts' pairs")
     parser.add_argument("--test_prompts", type=int, default=None, help="held-out pairs: first N test prompts'")
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=ALGORITHMS, help="one side again")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args()
 
@@ -169,19 +171,19 @@ def main() -> None:
         for part in path:
             target = target[part]
         target[last] = yaml.safe_load(value)
-    results: dict[str, dict[int, dict]] = {algorithm: {} for algorithm in ALGORITHMS}
+    results: dict[str, dict[int, dict]] = {algorithm: {} for algorithm in args.algorithms}
     with tempfile.TemporaryDirectory(prefix="kto-vs-dpo-") as temporary:
         scratch = Path(temporary)
         inputs = copy_inputs(args.workspace, scratch, args.train_prompts, args.test_prompts)
         budget = {"train_prompts_limit": args.train_prompts, "test_prompts_limit": args.test_prompts}
         budget.update(label_budget(inputs["comparisons"]))
         for index, seed in enumerate(args.seeds):
-            order = ALGORITHMS if index % 2 == 0 else ALGORITHMS[::-1]  # both sides alternate
+            order = args.algorithms if index % 2 == 0 else args.algorithms[::-1]  # both sides alternate
             for algorithm in order:
                 record = run_one(params_for(base, algorithm, seed), algorithm, inputs, scratch / f"{algorithm}-s{seed}")
                 results[algorithm][seed] = record
                 print(json.dumps({"algorithm": algorithm, "seed": seed, **record}), file=sys.stderr, flush=True)
-    for algorithm in ALGORITHMS:
+    for algorithm in args.algorithms:
         runs = [results[algorithm][seed] for seed in args.seeds]
         settings = base["train_policy"][algorithm]
         line = {
