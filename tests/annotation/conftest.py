@@ -1,7 +1,6 @@
 """Shared by several test modules."""
 
 import json
-import shutil
 
 import pandas as pd
 import pytest
@@ -10,6 +9,7 @@ from rlhf.ranking import RANKING_COLUMNS
 from rlhf.store import FeedbackStore
 from rlhf.text import content_id
 from tests.support.annotation_page import PLAIN_RESPONSE_COLUMNS, PROMPTS, RESPONSES
+from tests.support.browser import headless_chromium
 
 
 @pytest.fixture
@@ -44,27 +44,5 @@ def store(tmp_path):
 
 @pytest.fixture
 def browser(tmp_path):
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    driver.implicitly_wait(10)
-    yield driver
-    driver.quit()
+    with headless_chromium(tmp_path / "chromium-profile") as driver:
+        yield driver
