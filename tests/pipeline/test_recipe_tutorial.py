@@ -39,8 +39,8 @@ RECIPE = ROOT / "configs" / "real-model"
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless-sample.jsonl.gz"
 MARK = "<!-- cpu-twin -->"
 # The twin's whole run is the module fixture, counted in the first test that uses it: 346 to 447 s
-# of wall time in three runs on 2 cores under loads of 11 to 16 (110 to 113 s of its processes'
-# CPU), so past the suite's 900 s is within reach on a busier machine.
+# of wall time in three runs on 2 cores under loads of 11 to 16 (110 and 113 s of its processes'
+# CPU in the two that counted it), so past the suite's 900 s is within reach on a busier machine.
 TWIN = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
