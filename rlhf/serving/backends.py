@@ -14,6 +14,7 @@ but a vanishing mass on the most probable token.
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ class LocalPolicy:
         self.checkpoint = checkpoint_hash(checkpoint) if Path(checkpoint).is_dir() else str(checkpoint)
         self.stop_ids = chat.stop_token_ids(self.tokenizer, self.model)
         self.context = self.tokenizer.model_max_length
+        # A fast tokenizer's padding settings are state of one Rust object, which a batch sets and
+        # unsets while it encodes: a request counting its prompt's tokens on the same object at that
+        # moment broke a batch ("Unable to create tensor"). Requests render and count on a copy.
+        self.request_tokenizer = copy.deepcopy(self.tokenizer)
+        self.request_lock = threading.Lock()
         self.max_batch = max_batch
         self.lock = threading.Lock()  # held by the thread whose batch runs
         self.queue_lock = threading.Lock()
@@ -125,10 +131,10 @@ class LocalPolicy:
     def complete(
         self, conversation: chat.Conversation, sampling: Sampling, requested_model: str | None = None
     ) -> Completion:
-        rendered = chat.render_prompt(self.tokenizer, conversation)
-        prompt_tokens = len(
-            self.tokenizer(rendered, add_special_tokens=chat.add_special_tokens_for(self.tokenizer))["input_ids"]
-        )
+        with self.request_lock:
+            rendered = chat.render_prompt(self.request_tokenizer, conversation)
+            special = chat.add_special_tokens_for(self.request_tokenizer)
+            prompt_tokens = len(self.request_tokenizer(rendered, add_special_tokens=special)["input_ids"])
         if prompt_tokens + sampling.max_tokens > self.context:
             raise InputError(
                 f"messages: {prompt_tokens} tokens and max_tokens {sampling.max_tokens} are over the model's "

@@ -202,7 +202,8 @@ def create_app(
 
     app = FastAPI(title="rlhf policy server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     one_line_validation_errors(app)
-    readers = FeedbackStore(store.path, lock_timeout_s=2.0, create=False)
+    # a sign-in waits for the writes before it at most this long, then 503 (a known client's stands)
+    readers = FeedbackStore(store.path, lock_timeout_s=min(store_timeout_s, 10.0), create=False)
     app.add_middleware(
         Guard,
         max_body_bytes=limits.max_body_bytes,

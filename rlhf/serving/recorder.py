@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -26,6 +27,10 @@ import duckdb
 from rlhf.store import FeedbackStore
 
 log = logging.getLogger(__name__)
+
+# A pause after each batch: the store's in-process lock is not fair, and a writer that takes it back
+# at once kept a sign-in's read of the store (the same file, this process) out for seconds under load.
+BETWEEN_BATCHES_S = 0.002
 
 Job = Callable[[duckdb.DuckDBPyConnection], Any]
 
@@ -67,6 +72,7 @@ class Recorder:
                     break
                 batch.append(more)
             self._write(batch)
+            time.sleep(BETWEEN_BATCHES_S)
 
     def _write(self, batch: list[tuple[Job, Future]]) -> None:
         running = None  # the index of the job running when an exception came; None: the store's own
