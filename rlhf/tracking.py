@@ -200,6 +200,7 @@ class Tracker:
     def close(self) -> None:
         if self.live is not None:
             if not self.logged_any:  # dvc.yaml declares the directory: its summary says nothing trained
+                self.live.step = 0  # the summary carries its step (0), as DVCLive writes every summary
                 self.live.summary["steps"] = 0
                 self.live.make_summary()
             # dvc.yaml plots every series in this folder; with none (nothing trained, or only a

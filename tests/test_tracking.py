@@ -101,7 +101,7 @@ def test_a_stage_that_logged_nothing_still_leaves_the_outs_dvc_declares(in_tmp):
 
     with Tracker("train_cost", TrackingParams(), "dvclive/train_cost", tables=("samples",)):
         pass  # e.g. a cost model with no harmlessness labels to learn from
-    assert json.loads((in_tmp / "dvclive" / "train_cost" / "metrics.json").read_text())["steps"] == 0
+    assert json.loads((in_tmp / "dvclive" / "train_cost" / "metrics.json").read_text()) == {"steps": 0, "step": 0}
     plots = in_tmp / "dvclive" / "train_cost" / "plots" / "metrics"
     assert plots.is_dir() and list(plots.iterdir()) == []  # no series, so `dvc plots show` draws nothing of one point
     assert (in_tmp / "dvclive" / "train_cost" / "samples.jsonl").read_text() == ""
