@@ -404,6 +404,11 @@ class RewardModelJudgeParams(Section):
 class HumanSelectionParams(Section):
     """Which items go to people each round (rlhf.selection): a budget and the policy that spends it."""
 
+    mode: Literal["ranking", "binary"] = "ranking"
+    """ranking: people rank each item's responses on the ranking page. binary (judge human, no
+    budget): each response is an item of its own, judged good or bad with an optional reason (the
+    page's thumbs up/down); the labels go to the store's binary_labels, which KTO and
+    train_reward.labels binary | both read."""
     budget: int | None = Field(None, ge=1)
     """Pairs queued for people per round. null: every candidate, as before budgets (judge human:
     each prompt's K responses as one ranking; hybrid: every pair below confidence_threshold)."""
@@ -461,6 +466,8 @@ class RankResponsesParams(Section):
     @model_validator(mode="after")
     def _selection_has_its_signal(self):
         human = self.human
+        if human.mode == "binary" and (self.judge != "human" or human.budget is not None):
+            raise ValueError("human.mode: binary needs judge 'human' and no human.budget (every response is asked)")
         if human.budget is None or self.judge not in ("human", "hybrid"):
             return self
         if human.selection == "uncertainty" and not human.reward_model:

@@ -73,6 +73,16 @@ def queue_everything(responses: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
 
 
+def queue_each_response(responses: pd.DataFrame) -> pd.DataFrame:
+    """human.mode binary: every response an item of its own, for a thumbs up or down on the page."""
+    rows = [
+        queue_item(prompt_id, [response_id], "binary")
+        for prompt_id, group in _by_prompt(responses)
+        for response_id in group["response_id"]
+    ]
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+
+
 def every_pair(responses: pd.DataFrame) -> pd.DataFrame:
     """Every pair of each prompt's responses, in prompt then sample order (judge_all's order)."""
     rows = [
@@ -185,6 +195,8 @@ def people_queue(
     with a budget those of them the selection picks; any other judge: nothing."""
     human = config.human
     if config.judge == "human":
+        if human.mode == "binary":
+            return queue_each_response(responses)
         if human.budget is None:
             return queue_everything(responses)
         return human_queue(human, every_pair(responses), prompts, responses, device)

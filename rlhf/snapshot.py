@@ -15,6 +15,8 @@ import pandas as pd
 from rlhf.errors import StoreError
 
 SNAPSHOT_PARTS = ("pairs", "prompts", "responses")
+# The thumbs up/down the same scope takes (FeedbackStore.snapshot_binary_labels), beside the parts.
+BINARY_LABELS = "binary_labels.parquet"
 
 
 def _parts(snapshot_dir: str | Path) -> list[str]:

@@ -8,13 +8,11 @@ import pandas as pd
 from rlhf.errors import InputError
 from rlhf.pretrained import resolve_device
 from rlhf.reward_models.train import train_reward_model
-from rlhf.snapshot import read_comparisons
+from rlhf.snapshot import BINARY_LABELS, read_comparisons
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json
 from rlhf.tracking import Tracker
 
 STAGE = "train_reward"
-# The binary labels snapshot (FeedbackStore.snapshot_binary_labels), in the comparisons snapshot's directory.
-BINARY_LABELS = "binary_labels.parquet"
 
 
 def read_binary_labels(comparisons_dir: str | Path) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rlhf.errors import InputError
+from rlhf.snapshot import BINARY_LABELS
 from rlhf.store.scope import snapshot_scope
 
 if TYPE_CHECKING:
@@ -73,8 +74,10 @@ def store_round(
             "(import it, restore the store, or narrow store.snapshot)"
         )
     rows = store.snapshot_comparisons(snapshot_dir, rankings["ranking_id"], scope)
+    binary_rows = store.snapshot_binary_labels(Path(snapshot_dir) / BINARY_LABELS, scope)
     metrics = {
         "snapshot_comparisons": rows,
+        "snapshot_binary_labels": binary_rows,
         "store": store.counts(),
         "queue_waiting": int(store.waiting_items()),
         "agreement": agreement_report(store.pair_labels(), store.human_ranks()),

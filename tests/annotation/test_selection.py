@@ -187,3 +187,15 @@ def test_a_selection_without_its_signal_is_refused():
         RankResponsesParams(judge="human", human={"budget": 5})
     with pytest.raises(ValueError, match="judge_margin needs judge 'hybrid'"):
         RankResponsesParams(judge="human", human={"budget": 5, "selection": "judge_margin"})
+
+
+def test_binary_mode_asks_about_each_response_alone():
+    """human.mode binary: one queue item per response, for the page's thumbs up or down."""
+    prompts, responses = demo_frames()
+    binary = RankResponsesParams(judge="human", human={"mode": "binary"})
+    queue = people_queue(binary, prompts, responses, None, "cpu")
+    assert sorted(json.loads(ids)[0] for ids in queue["response_ids"]) == sorted(responses["response_id"])
+    assert all(len(json.loads(ids)) == 1 for ids in queue["response_ids"]) and set(queue["reason"]) == {"binary"}
+    assert queue["item_id"].is_unique
+    with pytest.raises(ValueError, match="human.mode: binary needs judge 'human'"):
+        RankResponsesParams(judge="hybrid", ai_judge="rules", human={"mode": "binary"})
