@@ -42,13 +42,18 @@ ABOUT = {
     ),
 }
 
-# The README's table: (label, efficacy metric, the start's metric or None).
+# The README's table: (label, the trained policy's metric, the start's metric or the baselines).
 HEADLINE = [
     ("win rate against the start policy (the rules judge, ties half)", "win_rate_vs_start", None),
+    ("the same on the held-out topics", "unseen_topic_win_rate_vs_start", None),
     ("KL to the start policy, nats per response", "kl_to_start", None),
-    ("reward-model accuracy on held-out pairs", "rm_accuracy", None),
-    ("the same pairs by ROUGE-L to the reference / by length", "rouge_baseline_accuracy", "length_baseline_accuracy"),
-    ("share on topic (start → trained)", "share_on_topic_final", "share_on_topic_start"),
+    (
+        "reward-model accuracy on held-out pairs",
+        "rm_accuracy",
+        {"ROUGE-L": "rouge_baseline_accuracy", "longer-is-better": "length_baseline_accuracy"},
+    ),
+    ("share on topic", "share_on_topic_final", "share_on_topic_start"),
+    ("share on topic, unseen topics", "unseen_topic_share_on_topic_final", "unseen_topic_share_on_topic_start"),
     ("share polite", "share_polite_final", "share_polite_start"),
     ("share with no banned words", "share_no_banned_words_final", "share_no_banned_words_start"),
     ("share in the length band", "share_length_band_final", "share_length_band_start"),
@@ -98,14 +103,22 @@ def _mean_std(metrics: dict, name: str | None) -> str:
     return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
+def _start_cell(metrics: dict, start: str | dict | None) -> str:
+    """The start policy's figure, or the baselines' (named) where the row compares with baselines."""
+    if isinstance(start, dict):
+        return ", ".join(f"{label} {_mean_std(metrics, name)}" for label, name in start.items() if name in metrics)
+    return _mean_std(metrics, start)
+
+
 def headline_table(line: dict) -> list[str]:
     """The efficacy line's headline as a markdown table, with its seeds and machine under it."""
     metrics = line["metrics"]
-    rows = ["| over seeds " + ", ".join(map(str, line["seeds"])) + " (mean ± std) | trained | start or baseline |"]
+    seeds = ", ".join(map(str, line["seeds"]))
+    rows = [f"| held-out prompts, seeds {seeds} (mean ± std) | start policy or baseline | trained (PPO) |"]
     rows.append("| --- | --- | --- |")
     for label, final, start in HEADLINE:
         if final in metrics:
-            rows.append(f"| {label} | {_mean_std(metrics, final)} | {_mean_std(metrics, start)} |")
+            rows.append(f"| {label} | {_start_cell(metrics, start)} | {_mean_std(metrics, final)} |")
     rows += ["", f"Measured on {machine_text(line['machine'])}, at {line['rev']}, by `bench/efficacy.py`."]
     return rows
 
@@ -120,7 +133,11 @@ def seed_spread_svg(line: dict) -> str:
     import matplotlib.pyplot as plt
 
     matplotlib.rcParams["svg.hashsalt"] = "rlhf-results"  # stable ids: the file changes only with its data
-    pairs = [(label, final, start) for label, final, start in HEADLINE if final.startswith(("share", "unsafe", "win"))]
+    pairs = [
+        (label, final, start)
+        for label, final, start in HEADLINE
+        if not isinstance(start, dict) and final.startswith(("share", "unseen", "unsafe", "win"))
+    ]
     figure, axis = plt.subplots(figsize=(8, 0.45 * len(pairs) + 1))
     for row, (_label, final, start) in enumerate(pairs):
         for name, colour in ((start, "tab:gray"), (final, "tab:blue")):
