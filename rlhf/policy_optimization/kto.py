@@ -52,6 +52,7 @@ from rlhf.errors import EmptyComparisonsError, InputError
 from rlhf.policy_optimization.dpo import _Progress, completion_ids, prompt_ids
 from rlhf.policy_optimization.from_inputs import STAGE, PolicyInputs, PolicyOutcome
 from rlhf.scoring import frame_exchanges
+from rlhf.snapshot import BINARY_LABELS, read_comparisons
 from rlhf.tracking import Tracker
 
 # The names TRL's KTOTrainer logs, and ours in the curve file.
@@ -63,9 +64,6 @@ LOGGED = {
     "kl": "kl",
 }
 KTO_CURVE_COLUMNS = ["loss", "reward_margin", "reward_desirable", "reward_undesirable", "kl"]
-# The binary labels snapshot (FeedbackStore.snapshot_binary_labels) in the comparisons snapshot's
-# directory, as rlhf/stages/train_reward.py names it.
-BINARY_LABELS = "binary_labels.parquet"
 # What a response carries from the comparisons snapshot into its unpaired row (when the frame has it).
 RESPONSE_COLUMNS = {"prompt": "prompt", "prompt_messages": "prompt_messages", "split": "split"}
 
@@ -257,8 +255,6 @@ def _held_out(trainer: KTOTrainer, held_out: pd.DataFrame) -> dict:
 def labelled_responses(params: Params, comparisons_dir: str | Path) -> pd.DataFrame:
     """The unpaired examples `train_policy.kto.labels` names: those the comparisons snapshot's
     pairs give, or the binary labels snapshot beside it (already TRL's unpaired format)."""
-    from rlhf.snapshot import read_comparisons
-
     if params.train_policy.kto.labels == "comparisons":
         return unpaired_from_comparisons(read_comparisons(comparisons_dir))
     path = Path(comparisons_dir) / BINARY_LABELS
