@@ -164,7 +164,9 @@ def flat(line: dict, prefix: str = "") -> dict[str, object]:
         if key in ("machine", "bench", "per_seed"):
             continue
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and set(value) == {"mean", "std"}:
+            out[name] = f"{_number(value['mean'])} ± {_number(value['std'])}"
+        elif isinstance(value, dict):
             out.update(flat(value, f"{name}."))
         elif (
             isinstance(value, list) and all(isinstance(item, int | float | str) for item in value) and len(value) <= 12
@@ -175,17 +177,34 @@ def flat(line: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def lines_table(lines: list[dict]) -> list[str]:
+    """A bench's lines side by side: a column per line, headed by what sets it apart from the
+    others, a row per figure; the machine under the table (or a row, where the lines differ)."""
+    figures = [flat(line) for line in lines]
+    names = list(dict.fromkeys(name for figure in figures for name in figure))
+    differing = [name for name in names if len({str(figure.get(name)) for figure in figures}) > 1]
+    settings = [name for name in differing if not any("±" in str(figure.get(name, "")) for figure in figures)]
+    headers = [
+        ", ".join(f"{key.rsplit('.', 1)[-1]} {figure.get(key, '')}" for key in settings[:3]) or f"line {i + 1}"
+        for i, figure in enumerate(figures)
+    ]
+    rows = ["| figure | " + " | ".join(headers) + " |", "|" + " --- |" * (len(lines) + 1)]
+    rows += [f"| `{name}` | " + " | ".join(str(figure.get(name, "")) for figure in figures) + " |" for name in names]
+    machines = {machine_text(line["machine"]) for line in lines}
+    if len(machines) == 1:
+        rows += ["", f"On {machines.pop()}."]
+    else:
+        rows.append("| machine | " + " | ".join(machine_text(line["machine"]) for line in lines) + " |")
+    return [*rows, ""]
+
+
 def bench_section(bench: str, lines: list[dict]) -> list[str]:
     title, what, command = ABOUT.get(bench, (bench, "", f"python bench/{bench}.py"))
     out = [f"## {title}", "", what, "", f"`{command}` (`bench/{bench}.py`)", ""] if what else [f"## {title}", ""]
     if bench == "efficacy":
         out += headline_table(lines[-1]) + ["", f"![Each seed's shares, start and trained]({SEED_PLOT})", ""]
         return out
-    for line in lines:
-        figures = flat(line)
-        out += [f"On {machine_text(line['machine'])}:", "", "| figure | value |", "| --- | --- |"]
-        out += [f"| `{name}` | {value} |" for name, value in figures.items()]
-        out.append("")
+    out += lines_table(lines)
     return out
 
 
