@@ -190,7 +190,9 @@ def scope_parameters(scope: dict) -> list:
     """IN_SCOPE's parameters for a snapshot scope: every label?, the imports' sources, this round's
     policies, the earlier rounds' policies, the judges (twice)."""
     judges = scope["label_sources"]
-    imports = [f"import:{name}" for name in scope["imports"]]
+    # An import set is the source import:<name>; a deployed policy's thumbs are the source
+    # `deployed`, which store.snapshot.imports names as its pairs' import set (rlhf.store.exchanges).
+    imports = [f"import:{name}" for name in scope["imports"]] + [n for n in scope["imports"] if n == "deployed"]
     return [scope["rankings"] == "all", imports, scope["policies"], scope["earlier_policies"], judges, judges]
 
 

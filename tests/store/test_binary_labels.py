@@ -145,6 +145,8 @@ def test_the_snapshot_is_trls_unpaired_format_byte_identical_and_takes_its_scope
     assert not path.with_name(path.name + ".partial").exists()
     # an import by name, an earlier round's policy, everything, and judges that leave people out
     assert store.snapshot_binary_labels(path, {**this_round, "imports": ["hh"]}) == 3
+    # the deployed policy's thumbs come with its import set, as its edited and chosen pairs do
+    assert store.snapshot_binary_labels(path, {**this_round, "imports": ["deployed"]}) == 3
     assert store.snapshot_binary_labels(path, {**this_round, "earlier_policies": ["rl"]}) == 3
     assert store.snapshot_binary_labels(path, {**this_round, "rankings": "all"}) == 4
     assert store.snapshot_binary_labels(path, None) == 4
