@@ -24,11 +24,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import anyio.to_thread
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+if TYPE_CHECKING:  # FastAPI loads in about 0.4 s: the CLI's parser reads Limits' defaults without it
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
 Authenticate = Callable[[str], tuple[str | None, str]]
 """token -> (principal, "") or (None, why refused)."""
@@ -136,6 +137,8 @@ class Guard:
                 return await refuse(send, 413, self.too_large(f"of {int(length)} bytes"))
         principal = None
         if self.authenticate is not None and self.guarded(scope["path"]):
+            import anyio.to_thread
+
             principal, why = await anyio.to_thread.run_sync(
                 self.authenticate, bearer(headers.get(b"authorization", b""))
             )
@@ -186,6 +189,9 @@ def validation_line(error: RequestValidationError) -> str:
 
 
 def one_line_validation_errors(app: FastAPI) -> None:
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_line(error)}, status_code=422)

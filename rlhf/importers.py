@@ -54,6 +54,7 @@ from rlhf import chat
 from rlhf.cli_choices import IMPORT_FORMATS as FORMATS
 from rlhf.cli_choices import ON_BAD_ROW
 from rlhf.errors import InputError
+from rlhf.frames import RANKING_COLUMNS, RESPONSE_COLUMNS
 from rlhf.jsonl import read_text
 from rlhf.prompts import PROMPT_COLUMNS, split_of
 from rlhf.store import HUMAN_JUDGE
@@ -210,10 +211,6 @@ def _frames(rankings: list[Ranking], source: str, test_fraction: float) -> tuple
                     ranking.annotator,
                 )
             )
-    # Here, not at the top: ranking and sampling load torch, which `rlhf --help` and `rlhf store` never need.
-    from rlhf.ranking import RANKING_COLUMNS
-    from rlhf.sampling import RESPONSE_COLUMNS
-
     return (
         pd.DataFrame(list(prompts.values()), columns=PROMPT_COLUMNS).astype({"source_row": "Int64"}),
         pd.DataFrame(list(responses.values()), columns=RESPONSE_COLUMNS),

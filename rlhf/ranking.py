@@ -14,6 +14,7 @@ import pandas as pd
 
 from rlhf import chat
 from rlhf.config import HumanSelectionParams, RankResponsesParams
+from rlhf.frames import QUEUE_COLUMNS, RANKING_COLUMNS
 from rlhf.judges import Judge, make_judge
 from rlhf.judges.base import all_pairs
 from rlhf.judges.constitution import is_unsafe
@@ -22,9 +23,6 @@ from rlhf.text import config_digest, content_id
 
 if TYPE_CHECKING:
     import torch
-
-RANKING_COLUMNS = ["ranking_id", "response_id", "prompt_id", "rank", "score", "reasons", "judge", "judge_version"]
-QUEUE_COLUMNS = ["item_id", "prompt_id", "response_ids", "reason"]
 
 
 def rank_responses(

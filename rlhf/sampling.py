@@ -19,21 +19,12 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StaticCache
 
 from rlhf import chat
+from rlhf.frames import RESPONSE_COLUMNS
 from rlhf.pretrained import position_ids_from_mask
 from rlhf.text import content_id
 
 # response: the text (rlhf.chat.transcript of its turns); messages: its chat turns as JSON;
 # rendered_prompt: the exact text the policy continued (its chat template's rendering; None if imported).
-RESPONSE_COLUMNS = [
-    "response_id",
-    "prompt_id",
-    "sample_index",
-    "response",
-    "messages",
-    "rendered_prompt",
-    "policy_checkpoint",
-    "sampling",
-]
 
 
 @dataclass
