@@ -108,6 +108,30 @@ class _PreTokenizedDPOTrainer(DPOTrainer):
         return dataset
 
 
+def offline_training_args(name: str, params, seed: int, device) -> dict:
+    """The TRL trainer arguments DPO and KTO share (their `dpo` / `kto` section: epochs, batch size,
+    learning rate, max length, logging): a cosine schedule after 5% warmup, no checkpoints or
+    evaluation of TRL's own, logs to our trackers only, bf16 on CUDA."""
+    return {
+        "output_dir": tempfile.mkdtemp(prefix=f"{name}-"),
+        "num_train_epochs": params.epochs,
+        "per_device_train_batch_size": params.batch_size,
+        "per_device_eval_batch_size": max(params.batch_size, 32),
+        "learning_rate": params.learning_rate,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,
+        "max_length": params.max_length,
+        "logging_steps": max(1, params.log_every),
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": [],  # the trackers get the logs through rlhf.tracking's callback
+        "seed": seed,
+        "use_cpu": device.type == "cpu",
+        "bf16": device.type == "cuda",
+        "activation_checkpointing": False,  # transformers 5's name for gradient checkpointing
+    }
+
+
 class _Progress(TrainerCallback):
     def __init__(self, report: Callable[[int, int], None]):
         self.report = report
@@ -165,25 +189,7 @@ def dpo_trainer(
     if train.empty:
         raise EmptyComparisonsError("comparisons snapshot: no non-tie pairs in the train split for DPO")
     device = next(policy.parameters()).device
-    args = DPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="dpo-"),
-        beta=params.beta,
-        num_train_epochs=params.epochs,
-        per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=max(params.batch_size, 32),
-        learning_rate=params.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        max_length=params.max_length,
-        logging_steps=max(1, params.log_every),
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],  # the trackers get the logs through rlhf.tracking's callback
-        seed=seed,
-        use_cpu=device.type == "cpu",
-        bf16=device.type == "cuda",
-        activation_checkpointing=False,  # transformers 5's name for gradient checkpointing
-    )
+    args = DPOConfig(**offline_training_args("dpo", params, seed, device), beta=params.beta)
     trainer = _PreTokenizedDPOTrainer(
         model=policy,
         ref_model=reference,

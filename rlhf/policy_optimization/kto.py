@@ -34,7 +34,6 @@ prompt's responses, whose "mismatched" pairs would not be mismatched.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from trl.data_utils import unpair_preference_dataset
 from rlhf import chat
 from rlhf.config import KTOParams, Params
 from rlhf.errors import EmptyComparisonsError, InputError
-from rlhf.policy_optimization.dpo import _Progress, completion_ids, prompt_ids
+from rlhf.policy_optimization.dpo import _Progress, completion_ids, offline_training_args, prompt_ids
 from rlhf.policy_optimization.from_inputs import STAGE, PolicyInputs, PolicyOutcome
 from rlhf.scoring import frame_exchanges
 from rlhf.snapshot import BINARY_LABELS, read_comparisons
@@ -176,25 +175,10 @@ def kto_trainer(
     desirable_weight, undesirable_weight = kto_weights(params, int(train["label"].sum()), int((~train["label"]).sum()))
     device = next(policy.parameters()).device
     args = KTOConfig(
-        output_dir=tempfile.mkdtemp(prefix="kto-"),
+        **offline_training_args("kto", params, seed, device),
         beta=params.beta,
         desirable_weight=desirable_weight,
         undesirable_weight=undesirable_weight,
-        num_train_epochs=params.epochs,
-        per_device_train_batch_size=params.batch_size,
-        per_device_eval_batch_size=max(params.batch_size, 32),
-        learning_rate=params.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.05,
-        max_length=params.max_length,
-        logging_steps=max(1, params.log_every),
-        save_strategy="no",
-        eval_strategy="no",
-        report_to=[],  # the trackers get the logs through rlhf.tracking's callback
-        seed=seed,
-        use_cpu=device.type == "cpu",
-        bf16=device.type == "cuda",
-        activation_checkpointing=False,  # transformers 5's name for gradient checkpointing
     )
     trainer = _PreTokenizedKTOTrainer(
         model=policy,
