@@ -8,10 +8,16 @@ import httpx
 import pandas as pd
 import pytest
 
-from rlhf.ranking import RANKING_COLUMNS
-from rlhf.store import FeedbackStore
 from rlhf.text import content_id
-from tests.support.annotation_page import PLAIN_RESPONSE_COLUMNS, PROMPTS, RESPONSES, TOKEN, serving, wait_for
+from tests.support.annotation_page import (
+    PROMPTS,
+    RESPONSES,
+    TEST_RUN,
+    TOKEN,
+    serving,
+    store_with_page_responses,
+    wait_for,
+)
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -20,21 +26,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def binary_store(tmp_path):
     """The cats prompt's three responses, each queued alone (the binary mode), and the owls prompt's
     three queued together as a ranking: one page serves both."""
-    store = FeedbackStore(tmp_path / "feedback.duckdb")
-    prompts = pd.DataFrame(
-        [(pid, text, None, "test", "test") for pid, text in PROMPTS.items()],
-        columns=["prompt_id", "prompt", "topic", "split", "source"],
-    )
-    responses = pd.DataFrame(
-        [
-            (f"{pid}-r{i}", pid, i, text, "ckpt", "{}")
-            for pid, texts in RESPONSES.items()
-            for i, text in enumerate(texts)
-        ],
-        columns=PLAIN_RESPONSE_COLUMNS,
-    )
-    run = {"run_id": "test-run", "stage": "test"}
-    store.ingest(run, prompts, responses, pd.DataFrame(columns=RANKING_COLUMNS))
+    store = store_with_page_responses(tmp_path / "feedback.duckdb", "test")
+    run = TEST_RUN
     alone = [("p-cats", [f"p-cats-r{i}"], "binary") for i in range(3)]
     together = [("p-owls", [f"p-owls-r{i}" for i in range(3)], "human")]
     items = pd.DataFrame(

@@ -50,3 +50,29 @@ def count(browser, selector) -> int:
 
 # Rows as code before conversations wrote them: the store gives them their messages (schema 4).
 PLAIN_RESPONSE_COLUMNS = ["response_id", "prompt_id", "sample_index", "response", "policy_checkpoint", "sampling"]
+
+TEST_RUN = {"run_id": "test-run", "stage": "test"}
+
+
+def store_with_page_responses(path, split: str):
+    """A store holding PROMPTS (in `split`) and their RESPONSES, nothing queued yet."""
+    import pandas as pd
+
+    from rlhf.frames import RANKING_COLUMNS
+    from rlhf.store import FeedbackStore
+
+    store = FeedbackStore(path)
+    prompts = pd.DataFrame(
+        [(pid, text, None, split, "test") for pid, text in PROMPTS.items()],
+        columns=["prompt_id", "prompt", "topic", "split", "source"],
+    )
+    responses = pd.DataFrame(
+        [
+            (f"{pid}-r{i}", pid, i, text, "ckpt", "{}")
+            for pid, texts in RESPONSES.items()
+            for i, text in enumerate(texts)
+        ],
+        columns=PLAIN_RESPONSE_COLUMNS,
+    )
+    store.ingest(TEST_RUN, prompts, responses, pd.DataFrame(columns=RANKING_COLUMNS))
+    return store
