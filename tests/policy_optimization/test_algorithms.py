@@ -6,7 +6,7 @@ import typing
 import pytest
 import torch
 
-from rlhf.config import TrainPolicyParams
+from rlhf.config import OFFLINE, TrainPolicyParams
 from rlhf.policy_optimization import estimators
 from rlhf.policy_optimization.algorithms import GSPO, MinibatchCounts, algorithm_for
 from rlhf.policy_optimization.rollout import Rollout
@@ -74,7 +74,7 @@ def test_gspo_is_a_sequence_mean_whatever_the_loss_aggregation_says():
     assert losses == [pytest.approx(0.0)] * 3  # at pi = pi_old: -(1 * 1 - 1 * 1) / 2, per response
 
 
-ONLINE = [a for a in typing.get_args(TrainPolicyParams.model_fields["algorithm"].annotation) if a != "dpo"]
+ONLINE = [a for a in typing.get_args(TrainPolicyParams.model_fields["algorithm"].annotation) if a not in OFFLINE]
 
 
 @pytest.mark.parametrize("name", ONLINE)
