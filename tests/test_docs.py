@@ -79,6 +79,7 @@ def test_the_site_builds_every_page(site):
 
 def test_the_front_page_renders_offline_in_a_browser(site, tmp_path):
     with headless_chromium(tmp_path / "profile") as driver:
+        driver.set_window_size(1400, 1000)  # a desktop's: narrower, the theme folds the navigation into a drawer
         driver.get((site / "index.html").as_uri())
         assert driver.title.startswith("rlhf-pipeline")
         links = {link.text.strip() for link in driver.find_elements("css selector", "nav a") if link.text.strip()}
