@@ -273,8 +273,8 @@ class SampleResponsesParams(Section):
     """Nucleus sampling: draw from the smallest set of tokens whose probability reaches top_p (1:
     all)."""
     batch_size: int = Field(64, ge=1)
-    """Prompts' responses generated per forward batch: memory against speed; the samples do not
-    depend on it."""
+    """Responses generated per forward batch: memory against speed. Each batch draws from its own
+    stream, seeded from (seed, batch number), so the samples change with it."""
 
 
 class ContainsAny(Section):
@@ -990,11 +990,25 @@ class RoundParams(Section):
     """The finished rounds, oldest first (store.snapshot.rounds chooses which of them the snapshot keeps)."""
 
 
+class WorkersParams(Section):
+    """Processes that share a stage's batches (torchrun on this machine; one per GPU there): where
+    the work runs, never what it gives, so no stage depends on these keys and changing one re-runs
+    nothing. A killed worker's batches are redone, none twice (rlhf/sharding.py)."""
+
+    sample_responses: int = Field(1, ge=1)
+    """Processes sampling the responses: each batch draws from its own seeded stream, so the
+    responses are those one process samples."""
+    rank_responses: int = Field(1, ge=1)
+    """Processes judging the prompts (a model or endpoint judge; the rules and people need none):
+    the same rankings and judge counts as one process."""
+
+
 class Params(Section):
     seed: int = 0
     """The seed of every stage's random draws."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """cpu | cuda | auto (cuda when a CUDA device is visible, else cpu)."""
+    workers: WorkersParams = WorkersParams()
     store: StoreParams = StoreParams()
     bootstrap_policy: BootstrapPolicyParams = BootstrapPolicyParams()
     collect_prompts: CollectPromptsParams = CollectPromptsParams()

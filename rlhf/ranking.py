@@ -24,6 +24,16 @@ from rlhf.text import config_digest, content_id
 if TYPE_CHECKING:
     import torch
 
+PAIR_COLUMNS = ["prompt_id", "response_a", "response_b"]
+
+
+def ranking_judge(config: RankResponsesParams, device: str | torch.device) -> Judge | None:
+    """The judge that ranks every prompt's responses (None for judge human: people rank them all).
+    `device` is where a model judge runs (resolved only then)."""
+    if config.judge == "human":
+        return None
+    return make_judge(config, device, config.ai_judge if config.judge == "hybrid" else config.judge)
+
 
 def rank_responses(
     config: RankResponsesParams,
@@ -35,14 +45,29 @@ def rank_responses(
     """The judge `config` names ranks each prompt's K responses and says why; returns the rankings,
     the queue for people and the stage's metrics. Judge human: no rankings, people rank on the
     ranking page (`rlhf annotate serve`). `device` is where a model judge runs (resolved only then)."""
-    if config.judge == "human":
+    judge = ranking_judge(config, device)
+    rankings, pairs = (
+        (None, None)
+        if judge is None
+        else judge_all(judge, prompts, responses, config.batch_prompts, progress, unsafe_words=config.unsafe_words)
+    )
+    return finish_ranking(config, judge, prompts, responses, rankings, pairs, device)
+
+
+def finish_ranking(
+    config: RankResponsesParams,
+    judge: Judge | None,
+    prompts: pd.DataFrame,
+    responses: pd.DataFrame,
+    rankings: pd.DataFrame | None,
+    pairs: pd.DataFrame | None,
+    device: str | torch.device,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(rankings, queue, metrics) once `judge` has ranked everything (judge_all or JudgedBatches)."""
+    if judge is None:
         rankings, pairs = pd.DataFrame(columns=RANKING_COLUMNS), None
         report = {"judge": "human", "prompts": 0, "responses": 0}
     else:
-        judge = make_judge(config, device, config.ai_judge if config.judge == "hybrid" else config.judge)
-        rankings, pairs = judge_all(
-            judge, prompts, responses, config.batch_prompts, progress, unsafe_words=config.unsafe_words
-        )
         report = judge_report(judge, rankings)
         if config.unsafe_words:
             report["unsafe_share"] = round(float(rankings["reasons"].str.contains('"unsafe": true').mean()), 4)
@@ -89,7 +114,7 @@ def every_pair(responses: pd.DataFrame) -> pd.DataFrame:
         for ids in [list(group["response_id"])]
         for i, j in all_pairs(len(ids))
     ]
-    return pd.DataFrame(rows, columns=["prompt_id", "response_a", "response_b"])
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
 
 
 def rank_all(
@@ -103,6 +128,87 @@ def rank_all(
     return rankings, pair_queue(low_confidence(pairs, route_below))
 
 
+class JudgedBatches:
+    """Every prompt's K responses under one judge, in batches of `batch_prompts` prompts (prompts in
+    id order) that can run in any process: `judge_batch(i)` gives batch i's tables (rankings, its
+    pairs with the judge's confidence, and the judge's counters it moved); `combine` joins them.
+    With `unsafe_words`, each response's reasons also say whether it is unsafe (the harmlessness
+    label, independent of its rank)."""
+
+    def __init__(
+        self,
+        judge: Judge,
+        prompts: pd.DataFrame,
+        responses: pd.DataFrame,
+        batch_prompts: int = 32,
+        unsafe_words: list[str] | None = None,
+    ):
+        self.judge, self.unsafe_words = judge, unsafe_words
+        # The unsafe words label the ranking too: other words are another ranking of the same responses.
+        self.version = f"{judge.version}+unsafe-{config_digest(*unsafe_words)}" if unsafe_words else judge.version
+        self.by_prompt = prompts.set_index("prompt_id")
+        self.conversations = dict(zip(prompts["prompt_id"], chat.conversations_of(prompts)))
+        groups = list(_by_prompt(responses))
+        self.batches = [groups[start : start + batch_prompts] for start in range(0, len(groups), batch_prompts)]
+
+    def judge_batch(self, index: int) -> dict[str, pd.DataFrame]:
+        chunk = self.batches[index]
+        items = []
+        for prompt_id, group in chunk:
+            prompt = self.by_prompt.loc[prompt_id]
+            topic = None if pd.isna(prompt["topic"]) else prompt["topic"]
+            items.append((self.conversations[prompt_id], topic, list(group["response"])))
+        before = judge_counters(self.judge)
+        judgements = self.judge.rank_batch(items)
+        after = judge_counters(self.judge)
+        rows, margins = [], []
+        for (prompt_id, group), judgement in zip(chunk, judgements):
+            # The same judge over the same responses is the same ranking: re-runs add nothing.
+            ranking_id = content_id(prompt_id, self.judge.name, self.version, *sorted(group["response_id"]))
+            for response_id, text, rank, score, reasons in zip(
+                group["response_id"], group["response"], judgement.ranks, judgement.scores, judgement.reasons
+            ):
+                if self.unsafe_words:
+                    reasons = {**reasons, "unsafe": is_unsafe(text, self.unsafe_words)}
+                reasons_json = json.dumps(reasons, sort_keys=True)
+                rows.append(
+                    (ranking_id, response_id, prompt_id, rank, score, reasons_json, self.judge.name, self.version)
+                )
+            margins += [judgement.confidence(i, j) for i, j in all_pairs(len(group))]
+        responses = pd.concat([group for _, group in chunk])
+        return {
+            "rankings": pd.DataFrame(rows, columns=RANKING_COLUMNS),
+            "pairs": every_pair(responses).assign(judge_margin=margins),
+            "judge_counters": pd.DataFrame([{"batches": 1, **{name: after[name] - before[name] for name in after}}]),
+        }
+
+    def combine(self, tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(rankings, pairs) of every batch; the judge's counters become the batches' totals, wherever they ran."""
+        if not tables:
+            return pd.DataFrame(columns=RANKING_COLUMNS), pd.DataFrame(columns=[*PAIR_COLUMNS, "judge_margin"])
+        set_judge_counters(self.judge, {name: int(total) for name, total in tables["judge_counters"].sum().items()})
+        return tables["rankings"], tables["pairs"]
+
+
+def judge_counters(judge: Judge) -> dict[str, int]:
+    """What a judge counts as it works: pairs judged and position-biased ones (pairwise judges),
+    requests and tokens (endpoint judges)."""
+    counters = {}
+    if (stats := getattr(judge, "stats", None)) is not None:
+        counters.update(pairs=stats.pairs, position_biased=stats.position_biased)
+    if (usage := getattr(judge, "usage", None)) is not None:
+        counters.update({f"usage.{name}": value for name, value in usage.items()})
+    return counters
+
+
+def set_judge_counters(judge: Judge, counters: dict[str, int]) -> None:
+    if (stats := getattr(judge, "stats", None)) is not None:
+        stats.pairs, stats.position_biased = counters.get("pairs", 0), counters.get("position_biased", 0)
+    if (usage := getattr(judge, "usage", None)) is not None:
+        for name in usage:
+            usage[name] = counters.get(f"usage.{name}", 0)
+
+
 def judge_all(
     judge: Judge,
     prompts: pd.DataFrame,
@@ -112,35 +218,15 @@ def judge_all(
     unsafe_words: list[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(rankings, pairs): the judge's rankings, and every pair of each prompt's responses (every_pair)
-    with the judge's confidence in its order (`judge_margin`, |2 P - 1|). With `unsafe_words`, each
-    response's reasons also say whether it is unsafe (the harmlessness label, independent of its rank)."""
-    # The unsafe words label the ranking too: other words are another ranking of the same responses.
-    version = f"{judge.version}+unsafe-{config_digest(*unsafe_words)}" if unsafe_words else judge.version
-    by_prompt = prompts.set_index("prompt_id")
-    conversations = dict(zip(prompts["prompt_id"], chat.conversations_of(prompts)))
-    groups = list(_by_prompt(responses))
-    rows, margins = [], []
-    for start in range(0, len(groups), batch_prompts):
-        chunk = groups[start : start + batch_prompts]
-        items = []
-        for prompt_id, group in chunk:
-            prompt = by_prompt.loc[prompt_id]
-            topic = None if pd.isna(prompt["topic"]) else prompt["topic"]
-            items.append((conversations[prompt_id], topic, list(group["response"])))
-        for (prompt_id, group), judgement in zip(chunk, judge.rank_batch(items)):
-            # The same judge over the same responses is the same ranking: re-runs add nothing.
-            ranking_id = content_id(prompt_id, judge.name, version, *sorted(group["response_id"]))
-            for response_id, text, rank, score, reasons in zip(
-                group["response_id"], group["response"], judgement.ranks, judgement.scores, judgement.reasons
-            ):
-                if unsafe_words:
-                    reasons = {**reasons, "unsafe": is_unsafe(text, unsafe_words)}
-                reasons_json = json.dumps(reasons, sort_keys=True)
-                rows.append((ranking_id, response_id, prompt_id, rank, score, reasons_json, judge.name, version))
-            margins += [judgement.confidence(i, j) for i, j in all_pairs(len(group))]
+    with the judge's confidence in its order (`judge_margin`, |2 P - 1|), every batch in this process."""
+    batches = JudgedBatches(judge, prompts, responses, batch_prompts, unsafe_words)
+    done = []
+    for index in range(len(batches.batches)):
+        done.append(batches.judge_batch(index))
         if progress:
-            progress(min(start + batch_prompts, len(groups)), len(groups))
-    return pd.DataFrame(rows, columns=RANKING_COLUMNS), every_pair(responses).assign(judge_margin=margins)
+            progress(index + 1, len(batches.batches))
+    tables = {name: pd.concat([batch[name] for batch in done], ignore_index=True) for name in done[0]} if done else {}
+    return batches.combine(tables)
 
 
 def low_confidence(pairs: pd.DataFrame, route_below: float) -> pd.DataFrame:

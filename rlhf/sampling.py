@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -106,6 +107,7 @@ def sample_from_policy(
     temperature: float,
     top_p: float = 1.0,
     multinomial: bool = False,
+    generator: torch.Generator | None = None,
 ) -> Generation:
     """Responses drawn from exactly softmax(logits / temperature), as PPO's sampler draws them
     (with top_p < 1, from its nucleus: `sample_token`), stopping at any of the policy's stop ids.
@@ -125,16 +127,17 @@ def sample_from_policy(
         tokenizer.pad_token_id,
         top_p=top_p,
         multinomial=multinomial,
+        generator=generator,
     )
     texts = [t.strip() for t in tokenizer.batch_decode(response_ids, skip_special_tokens=True)]
     return Generation(batch["input_ids"], batch["attention_mask"], response_ids, response_mask, ended, texts)
 
 
-def sample_categorical(logprobs: torch.Tensor) -> torch.Tensor:
+def sample_categorical(logprobs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One draw per row by inverting the CDF: one uniform per row, where torch.multinomial
     draws an exponential per vocabulary entry (a tenth of the sampling loop on CPU).  (B, V) -> (B,)"""
     cdf = logprobs.exp().cumsum(-1)
-    draw = torch.rand(len(cdf), 1, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    draw = torch.rand(len(cdf), 1, device=cdf.device, dtype=cdf.dtype, generator=generator) * cdf[:, -1:]
     return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
@@ -148,22 +151,27 @@ def nucleus(logprobs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def sample_token(
-    logits: torch.Tensor, temperature: float, top_p: float = 1.0, multinomial: bool = False
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float = 1.0,
+    multinomial: bool = False,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(token, log pi(token)) drawn from the last position's logits at `temperature` (and from
     their nucleus when top_p < 1; the log-prob is then the nucleus's).  (B, V) -> (B,), (B,)
 
     multinomial: draw with torch.multinomial, as transformers' `generate` does, instead of the
     inverse CDF (the same distribution, other random numbers): for a seed, the same draws as
-    `generate` gave, so a dataset sampled before this sampler replaced `generate` stays the same."""
+    `generate` gave, so a dataset sampled before this sampler replaced `generate` stays the same.
+    generator: the random stream to draw from (default: torch's global one)."""
     step_logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         step_logprobs = nucleus(step_logprobs, top_p)
     if multinomial:  # softmax of the scaled logits itself, as generate computes its probabilities
         probs = step_logprobs.exp() if top_p < 1.0 else torch.softmax(logits.float() / temperature, dim=-1)
-        token = torch.multinomial(probs, num_samples=1).squeeze(-1)
+        token = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
     else:
-        token = sample_categorical(step_logprobs)
+        token = sample_categorical(step_logprobs, generator)
     return token, step_logprobs.gather(-1, token[:, None]).squeeze(-1)
 
 
@@ -188,6 +196,7 @@ def sample_with_logprobs(
     pad_token_id: int,
     top_p: float = 1.0,
     multinomial: bool = False,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Ancestral sampling with a KV cache that keeps log pi(a_t | s_t) of each sampled token,
     stopping a row at the first of `eos_token_id` (one stop id or a list: rlhf.chat.stop_token_ids).
@@ -207,7 +216,7 @@ def sample_with_logprobs(
     finished = torch.zeros(len(query_ids), dtype=torch.bool, device=query_ids.device)
     tokens, logprobs = [], []
     for _ in range(max_new_tokens):
-        token, logprob = sample_token(output.logits[:, -1], temperature, top_p, multinomial)
+        token, logprob = sample_token(output.logits[:, -1], temperature, top_p, multinomial, generator)
         token = token.masked_fill(finished, pad_token_id)
         tokens.append(token)
         logprobs.append(logprob)
@@ -311,6 +320,85 @@ class CompiledSampler:
         return response_ids[:, :length], response_mask[:, :length], ended, logprobs[:, :length]
 
 
+def batch_generator(seed: int, batch_index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The random stream of one batch of sample_k: seeded from (seed, batch_index) through NumPy's
+    SeedSequence, which spreads related seeds into independent streams (O'Neill 2015, PCG). A batch
+    draws the same numbers in whichever process or order it runs, so sharded sampling gives
+    exactly the responses of one process."""
+    state = np.random.SeedSequence([seed, batch_index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
+
+
+@dataclass
+class ResponseSampler:
+    """K sampled responses for every prompt, in batches that can run anywhere (rows keyed by
+    content: RESPONSE_COLUMNS).
+
+    Drawn as `sample_from_policy` draws them: from exactly softmax(logits / temperature), or its
+    nucleus when top_p < 1, never through the model's own generation config (a repetition penalty or
+    top-k it ships would change the distribution without a trace). The `sampling` column records
+    all of it: the sampler, k, max_new_tokens, temperature, top_p and the stop token ids.
+    Batch i holds responses [i * batch_size, (i + 1) * batch_size) of the prompts' order, K per
+    prompt, and draws from batch_generator(seed, i)."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    prompts: pd.DataFrame
+    k: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    batch_size: int
+    policy_checkpoint: str
+    seed: int
+
+    def __post_init__(self) -> None:
+        self.stop_ids = chat.stop_token_ids(self.tokenizer, self.model)
+        self.sampling = json.dumps(
+            {
+                "sampler": "softmax(logits/temperature)" + (", nucleus top_p" if self.top_p < 1.0 else ""),
+                "k": self.k,
+                "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "stop_token_ids": self.stop_ids,
+            },
+            sort_keys=True,
+        )
+        # Each prompt is rendered with the policy's own chat template (rlhf.chat), once.
+        self.rendered = {
+            prompt_id: chat.render_prompt(self.tokenizer, conversation)
+            for prompt_id, conversation in zip(self.prompts["prompt_id"], chat.conversations_of(self.prompts))
+        }
+        jobs = [(prompt_id, i) for prompt_id in self.prompts["prompt_id"] for i in range(self.k)]
+        self.batches = [jobs[start : start + self.batch_size] for start in range(0, len(jobs), self.batch_size)]
+
+    def sample_batch(self, index: int) -> pd.DataFrame:
+        chunk = self.batches[index]
+        texts = [self.rendered[prompt_id] for prompt_id, _ in chunk]
+        device = next(self.model.parameters()).device
+        # torch.multinomial, as generate drew, from the batch's own stream
+        generation = sample_from_policy(
+            self.model,
+            self.tokenizer,
+            texts,
+            self.max_new_tokens,
+            self.temperature,
+            self.top_p,
+            multinomial=True,
+            generator=batch_generator(self.seed, index, device),
+        )
+        rows = []
+        for (prompt_id, response_index), text in zip(chunk, generation.texts):
+            response_id = content_id(prompt_id, self.policy_checkpoint, response_index, text)
+            turns = chat.to_json(chat.assistant_turns(text))
+            rendered = self.rendered[prompt_id]
+            rows.append(
+                (response_id, prompt_id, response_index, text, turns, rendered, self.policy_checkpoint, self.sampling)
+            )
+        return pd.DataFrame(rows, columns=RESPONSE_COLUMNS)
+
+
 def sample_k(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -321,42 +409,16 @@ def sample_k(
     top_p: float,
     batch_size: int,
     policy_checkpoint: str,
+    seed: int = 0,
     progress=None,
 ) -> pd.DataFrame:
-    """K sampled responses for every prompt, as rows keyed by content (see RESPONSE_COLUMNS).
-
-    Drawn as `sample_from_policy` draws them: from exactly softmax(logits / temperature), or its
-    nucleus when top_p < 1, never through the model's own generation config (a repetition penalty or
-    top-k it ships would change the distribution without a trace). The `sampling` column records
-    all of it: the sampler, k, max_new_tokens, temperature, top_p and the stop token ids."""
-    stop_ids = chat.stop_token_ids(tokenizer, model)
-    sampling = json.dumps(
-        {
-            "sampler": "softmax(logits/temperature)" + (", nucleus top_p" if top_p < 1.0 else ""),
-            "k": k,
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "stop_token_ids": stop_ids,
-        },
-        sort_keys=True,
+    """Every batch of a ResponseSampler in one process, in order."""
+    sampler = ResponseSampler(
+        model, tokenizer, prompts, k, max_new_tokens, temperature, top_p, batch_size, policy_checkpoint, seed
     )
-    # Each prompt is rendered with the policy's own chat template (rlhf.chat), once.
-    rendered = {
-        prompt_id: chat.render_prompt(tokenizer, conversation)
-        for prompt_id, conversation in zip(prompts["prompt_id"], chat.conversations_of(prompts))
-    }
-    jobs = [(prompt_id, i) for prompt_id in prompts["prompt_id"] for i in range(k)]
-    rows = []
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        texts = [rendered[prompt_id] for prompt_id, _ in chunk]
-        # torch.multinomial, as generate drew: a seed's comparison data stay those generate sampled
-        generation = sample_from_policy(model, tokenizer, texts, max_new_tokens, temperature, top_p, multinomial=True)
-        for (prompt_id, index), text in zip(chunk, generation.texts):
-            response_id = content_id(prompt_id, policy_checkpoint, index, text)
-            turns = chat.to_json(chat.assistant_turns(text))
-            rows.append((response_id, prompt_id, index, text, turns, rendered[prompt_id], policy_checkpoint, sampling))
+    frames = []
+    for index in range(len(sampler.batches)):
+        frames.append(sampler.sample_batch(index))
         if progress:
-            progress(min(start + batch_size, len(jobs)), len(jobs))
-    return pd.DataFrame(rows, columns=RESPONSE_COLUMNS)
+            progress(index + 1, len(sampler.batches))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESPONSE_COLUMNS)

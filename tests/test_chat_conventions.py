@@ -16,7 +16,7 @@ import torch
 
 from rlhf import chat, scoring
 from rlhf.policy_optimization.dpo import dpo_pairs
-from rlhf.sampling import generate, prompt_batch, sample_from_policy, sample_k
+from rlhf.sampling import batch_generator, generate, prompt_batch, sample_from_policy, sample_k
 from tests.support.chat_families import (
     FAMILIES,
     conversation_for,
@@ -218,10 +218,15 @@ def test_every_sampler_stops_at_any_stop_id(name, stop):
     input_ids, attention_mask, _ = joined_inputs(sample.query_ids, sample.query_mask, sample.response_ids, sample.mask)
     prompt = prompt_batch(tokenizer, rendered[:1], torch.device("cpu"))["input_ids"][0].tolist()
     assert input_ids[0][attention_mask[0].bool()].tolist() == prompt + sample.response_ids[0, : step + 1].tolist()
-    # sample_k (the comparison data): the same draws as sample_from_policy's with generate's multinomial
+    # sample_k (the comparison data): the same draws as sample_from_policy's with generate's
+    # multinomial, from the first batch's own stream
     prompts = pd.DataFrame({"prompt_id": ["p"], "messages": [chat.to_json(conversation)]})
-    frame = sampled(lambda: sample_k(model, tokenizer, prompts, 2, 8, 1.0, 1.0, 2, "ckpt"))
-    drawn = sampled(lambda: sample_from_policy(model, tokenizer, rendered, 8, 1.0, multinomial=True))
+    frame = sampled(lambda: sample_k(model, tokenizer, prompts, 2, 8, 1.0, 1.0, 2, "ckpt", seed=3))
+    drawn = sampled(
+        lambda: sample_from_policy(
+            model, tokenizer, rendered, 8, 1.0, multinomial=True, generator=batch_generator(3, 0)
+        )
+    )
     assert list(frame["response"]) == drawn.texts
     assert json.loads(frame["sampling"][0])["stop_token_ids"] == stops
 
@@ -345,8 +350,8 @@ def test_train_dpo_trains_and_measures_on_our_ids():
 
 
 def test_sample_k_draws_what_generate_drew_for_the_same_seed(tiny_tokenizer):
-    """sample_k no longer goes through generate, but draws as it did (torch.multinomial on the
-    softmax), so a seed's comparison data, and every figure downstream, stay the same."""
+    """sample_from_policy(multinomial=True), sample_k's sampler, draws as generate does
+    (torch.multinomial on the softmax): from the same stream, the same responses."""
     from transformers import GPT2LMHeadModel
 
     from tests.support.tiny import tiny_gpt2_config

@@ -35,6 +35,13 @@ ABOUT = {
         "against the same server with recording off.",
         "python bench/serve_policy.py",
     ),
+    "sampling_workers": (
+        "Sampling over workers",
+        "The sample_responses stage with one worker and with two under torchrun, alternating, on the same "
+        "inputs: responses per second over the stage's whole wall time (start-up included), and whether "
+        "every run wrote the same bytes.",
+        "python bench/sampling_workers.py --prompts 384",
+    ),
     "kto_vs_dpo": (
         "KTO against DPO",
         "Both offline algorithms on the demo at the same label budget, over seeds.",

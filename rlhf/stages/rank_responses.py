@@ -1,26 +1,56 @@
-"""Stage rank_responses: the judge params.yaml names ranks each prompt's K responses and says why (rlhf.ranking)."""
+"""Stage rank_responses: the judge params.yaml names ranks each prompt's K responses and says why (rlhf.ranking).
+
+With `workers.rank_responses` above 1 (and a judge other than people) the stage runs itself again
+as that many processes under torchrun, each judging its share of the prompt batches
+(rlhf.sharding); the rankings are those one process gives, and a run killed part-way keeps the
+batches it finished (--parts_dir).
+"""
 
 import pandas as pd
 
-from rlhf.ranking import rank_responses
+from rlhf.ranking import JudgedBatches, finish_ranking, ranking_judge
+from rlhf.sharding import BatchParts, Worker, relaunch_as_workers, run_batches
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_parquet
+from rlhf.text import content_id
 
 STAGE = "rank_responses"
 
 
 def main() -> None:
-    args = parse_paths(STAGE, ["prompts", "responses"], ["rankings", "queue", "metrics"])
+    args = parse_paths(STAGE, ["prompts", "responses"], ["rankings", "queue", "metrics", "parts_dir"])
     params = params_from(args)
-    rankings, queue, report = rank_responses(
-        params.rank_responses,
-        pd.read_parquet(args.prompts),
-        pd.read_parquet(args.responses),
-        params.device,  # resolved only for a model judge: the rules need no torch
-        log_progress(f"{STAGE}: prompts ranked"),
-    )
+    config = params.rank_responses
+    worker = Worker.from_environment()
+    if params.workers.rank_responses > 1 and worker.world == 1 and config.judge != "human":
+        relaunch_as_workers(f"rlhf.stages.{STAGE}", params.workers.rank_responses)
+    prompts, responses = pd.read_parquet(args.prompts), pd.read_parquet(args.responses)
+    device = params.device  # resolved only for a model judge: the rules need no torch
+    if worker.world > 1:
+        from rlhf.pretrained import resolve_device  # here: the rules judge's stage runs without torch
+
+        device = worker.place(resolve_device(params.device))
+    judge = ranking_judge(config, device)
+    rankings = pairs = None
+    if judge is not None:
+        batches = JudgedBatches(judge, prompts, responses, config.batch_prompts, config.unsafe_words)
+        # What the parts were judged from: a part of another judge, setting or response set is discarded.
+        fingerprint = {
+            "rank_responses": config.model_dump(mode="json"),
+            "judge": [judge.name, batches.version],
+            "responses": content_id(*responses["response_id"]),
+        }
+        parts = BatchParts(args.parts_dir, fingerprint)
+        who = f"{STAGE} (worker {worker.rank} of {worker.world})" if worker.world > 1 else STAGE
+        tables = run_batches(len(batches.batches), batches.judge_batch, parts, worker, log_progress(f"{who}: batches"))
+        if tables is None:  # not rank 0: rank 0 writes
+            return
+        rankings, pairs = batches.combine(tables)
+    rankings, queue, report = finish_ranking(config, judge, prompts, responses, rankings, pairs, params.device)
     write_parquet(rankings, args.rankings)
     write_parquet(queue, args.queue)
     write_json(args.metrics, report)
+    if judge is not None:
+        parts.remove()
     print(f"{STAGE}: {report['prompts']} prompts ranked by {report['judge']}; {len(queue)} items queued for people")
 
 

@@ -1,24 +1,35 @@
-"""Stage sample_responses: K responses per prompt from the current policy."""
+"""Stage sample_responses: K responses per prompt from the current policy.
+
+With `workers.sample_responses` above 1 the stage runs itself again as that many processes under
+torchrun, each sampling its share of the batches (rlhf.sharding); the responses are those one
+process samples, and a run killed part-way keeps the batches it finished (--parts_dir).
+"""
 
 import pandas as pd
 import torch
 
+from rlhf.frames import RESPONSE_COLUMNS
 from rlhf.pretrained import checkpoint_hash, load_policy, load_tokenizer, resolve_device
-from rlhf.sampling import sample_k
+from rlhf.sampling import ResponseSampler
+from rlhf.sharding import BatchParts, Worker, relaunch_as_workers, run_batches
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_parquet
+from rlhf.text import content_id
 
 STAGE = "sample_responses"
 
 
 def main() -> None:
-    args = parse_paths(STAGE, ["policy_dir", "prompts"], ["responses"])
+    args = parse_paths(STAGE, ["policy_dir", "prompts"], ["responses", "parts_dir"])
     params = params_from(args)
     section = params.sample_responses
+    worker = Worker.from_environment()
+    if params.workers.sample_responses > 1 and worker.world == 1:
+        relaunch_as_workers(f"rlhf.stages.{STAGE}", params.workers.sample_responses)
     prompts = pd.read_parquet(args.prompts)
     tokenizer = load_tokenizer(args.policy_dir)
-    policy = load_policy(args.policy_dir, resolve_device(params.device)).eval()
-    torch.manual_seed(params.seed)
-    responses = sample_k(
+    policy = load_policy(args.policy_dir, worker.place(resolve_device(params.device))).eval()
+    policy_checkpoint = checkpoint_hash(args.policy_dir)
+    sampler = ResponseSampler(
         policy,
         tokenizer,
         prompts,
@@ -27,10 +38,28 @@ def main() -> None:
         temperature=section.temperature,
         top_p=section.top_p,
         batch_size=section.batch_size,
-        policy_checkpoint=checkpoint_hash(args.policy_dir),
-        progress=log_progress(STAGE),
+        policy_checkpoint=policy_checkpoint,
+        seed=params.seed,
     )
-    write_parquet(responses, args.responses)
+    # What the parts were sampled from: a part of another policy, prompt set or setting is discarded.
+    fingerprint = {
+        "seed": params.seed,
+        "sample_responses": section.model_dump(mode="json"),
+        "policy_checkpoint": policy_checkpoint,
+        "prompts": content_id(*prompts["prompt_id"], *prompts["messages"]),
+        "torch": torch.__version__,
+    }
+    parts = BatchParts(args.parts_dir, fingerprint)
+    who = f"{STAGE} (worker {worker.rank} of {worker.world}): batches" if worker.world > 1 else f"{STAGE}: batches"
+
+    def sample(index: int) -> dict:
+        return {"responses": sampler.sample_batch(index)}
+
+    sampled = run_batches(len(sampler.batches), sample, parts, worker, log_progress(who))
+    if sampled is None:  # not rank 0: rank 0 writes
+        return
+    write_parquet(sampled.get("responses", pd.DataFrame(columns=RESPONSE_COLUMNS)), args.responses)
+    parts.remove()
 
 
 if __name__ == "__main__":
