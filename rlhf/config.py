@@ -928,6 +928,9 @@ class EvaluateParams(Section):
 
     samples_per_prompt: int = Field(2, ge=1)
     """Responses sampled per held-out prompt from each policy (the start and the trained one)."""
+    batch_size: int = Field(64, ge=1)
+    """Held-out samples generated and scored per batch: memory against speed. Each batch draws from
+    its own stream, seeded from (seed, batch number), so the samples change with it."""
     report_samples: int = Field(8, ge=0)
     """Held-out prompts shown with their before/after responses in the markdown report."""
     judge: Literal["rules", "llm", "openai"] = "rules"
@@ -1001,6 +1004,9 @@ class WorkersParams(Section):
     rank_responses: int = Field(1, ge=1)
     """Processes judging the prompts (a model or endpoint judge; the rules and people need none):
     the same rankings and judge counts as one process."""
+    evaluate: int = Field(1, ge=1)
+    """Processes sampling and scoring the held-out prompts (evaluate.batch_size each at a time):
+    the same metrics and report as one process."""
 
 
 class Params(Section):

@@ -28,7 +28,7 @@ from rlhf.logprobs import response_logits
 from rlhf.pretrained import load_policy, load_tokenizer, resolve_device
 from rlhf.reward_models.ensemble import load_reward_model
 from rlhf.reward_models.pairs import accuracy_on, pair_accuracy
-from rlhf.sampling import Generation, sample_from_policy
+from rlhf.sampling import Generation, batch_generator, sample_from_policy
 from rlhf.scoring import score_exchanges
 
 
@@ -115,6 +115,110 @@ def wins_over_start(
     return [1.0 if f > s else 0.5 if f == s else 0.0 for f, s in zip(final_scores, start_scores)]
 
 
+# What every batch of PolicyComparison holds per sample (with share_* and unsafe_share_* columns)
+SAMPLE_COLUMNS = ["start_text", "final_text", "kl", "reward_start", "reward_final", "win"]
+
+
+@dataclass
+class PolicyComparison:
+    """Both policies answer the same prompts, sampled as in training, and are compared; with
+    `unsafe_words`, also whether each response is unsafe (the harmlessness check). In batches of
+    `batch_size` prompts that can run in any process: batch i samples the start policy from
+    batch_generator(seed, i, 1) and the trained one from batch_generator(seed, i, 2), so the
+    samples are the same wherever and in whatever order the batches run.
+
+    The win is the rule judge's (`judge`), or a pairwise judge's (`win_judge`: llm, openai),
+    independent of whoever labelled the training data."""
+
+    start: PreTrainedModel
+    final: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    reward_model: PreTrainedModel
+    reward_tokenizer: PreTrainedTokenizerBase
+    judge: RuleJudge
+    prompts: list  # conversations (a plain string is one user turn)
+    topics: list
+    max_new_tokens: int
+    temperature: float
+    unsafe_words: list[str] | None = None
+    win_judge: Judge | None = None
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.prompts = [chat.as_conversation(prompt) for prompt in self.prompts]
+        self.batches = [
+            range(i, min(i + self.batch_size, len(self.prompts))) for i in range(0, len(self.prompts), self.batch_size)
+        ]
+
+    @torch.no_grad()
+    def compare_batch(self, index: int) -> dict[str, pd.DataFrame]:
+        """Batch `index`'s samples: both responses, and per sample the KL, both rewards, the win and
+        each principle met (share_<name>_start / _final) and, with unsafe words, unsafe_share_*."""
+        rows = self.batches[index]
+        prompts, topics = [self.prompts[i] for i in rows], [self.topics[i] for i in rows]
+        rendered = [chat.render_prompt(self.tokenizer, conversation) for conversation in prompts]
+        device = next(self.start.parameters()).device
+        draw = {
+            "start": batch_generator(self.seed, index, device, 1),
+            "final": batch_generator(self.seed, index, device, 2),
+        }
+        sample = {
+            when: sample_from_policy(
+                model, self.tokenizer, rendered, self.max_new_tokens, self.temperature, generator=draw[when]
+            )
+            for when, model in (("start", self.start), ("final", self.final))
+        }
+        start_gen, final_gen = sample["start"], sample["final"]
+        asked = [chat.last_user_content(conversation) for conversation in prompts]  # what the rules read
+        columns = {
+            "start_text": start_gen.texts,
+            "final_text": final_gen.texts,
+            "kl": sequence_kl(self.final, self.start, final_gen, self.temperature).tolist(),
+            "reward_start": score_exchanges(
+                self.reward_model, self.reward_tokenizer, prompts, start_gen.texts
+            ).tolist(),
+            "reward_final": score_exchanges(
+                self.reward_model, self.reward_tokenizer, prompts, final_gen.texts
+            ).tolist(),
+            "win": wins_over_start(self.judge, prompts, topics, final_gen.texts, start_gen.texts, self.win_judge),
+        }
+        for when, gen in sample.items():
+            for n, (response, prompt, topic) in enumerate(zip(gen.texts, asked, topics)):
+                for name, met in self.judge.check(prompt, topic, response).items():
+                    columns.setdefault(f"share_{name}_{when}", [0.0] * len(asked))[n] = float(met)
+            if self.unsafe_words:
+                columns[f"unsafe_share_{when}"] = [float(is_unsafe(r, self.unsafe_words)) for r in gen.texts]
+        return {"samples": pd.DataFrame(columns)}
+
+
+def summarize_comparison(samples: pd.DataFrame, groups: dict[str, list[bool]] | None = None) -> dict[str, float]:
+    """The means of PolicyComparison's samples (win rate, KL, rewards, shares) and distinct-2 of both
+    policies' responses; `groups` (name -> which samples) repeats every measure on those samples,
+    prefixed with the name (e.g. unseen_topic_win_rate_vs_start)."""
+    measures = [name for name in samples.columns if not name.endswith("_text")]
+
+    def summary(rows: list[int]) -> dict[str, float]:
+        mean = {name: float(samples[name].iloc[rows].sum()) / max(len(rows), 1) for name in measures}
+        return {
+            "win_rate_vs_start": mean.pop("win"),
+            "kl_to_start": mean.pop("kl"),
+            "mean_reward_start": mean.pop("reward_start"),
+            "mean_reward_final": mean.pop("reward_final"),
+            "distinct_2_start": distinct_n([samples["start_text"].iloc[i] for i in rows]),
+            "distinct_2_final": distinct_n([samples["final_text"].iloc[i] for i in rows]),
+            **mean,
+        }
+
+    metrics = summary(list(range(len(samples))))
+    for group, members in (groups or {}).items():
+        rows = [i for i, member in enumerate(members) if member]
+        metrics[f"{group}_prompts"] = len(rows)
+        if rows:
+            metrics.update({f"{group}_{name}": value for name, value in summary(rows).items()})
+    return metrics
+
+
 def compare_policies(
     start: PreTrainedModel,
     final: PreTrainedModel,
@@ -129,52 +233,31 @@ def compare_policies(
     unsafe_words: list[str] | None = None,
     win_judge=None,
     groups: dict[str, list[bool]] | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
 ) -> tuple[dict[str, float], list[str], list[str]]:
-    """Both policies answer the same prompts, sampled as in training, and are compared; with
-    `unsafe_words`, also the share of unsafe responses before and after (the harmlessness check).
-
-    The win rate is the rule judge's (`judge`), or a pairwise judge's (`win_judge`: llm, openai),
-    independent of whoever labelled the training data. `groups` (name -> which prompts) repeats
-    every measure on those prompts, prefixed with the name (e.g. unseen_topic_win_rate_vs_start).
-    Returns (metrics, start responses, final responses).
-    """
-    prompts = [chat.as_conversation(prompt) for prompt in prompts]  # a plain string is one user turn
-    rendered = [chat.render_prompt(tokenizer, conversation) for conversation in prompts]
-    start_gen = sample_from_policy(start, tokenizer, rendered, max_new_tokens, temperature)
-    final_gen = sample_from_policy(final, tokenizer, rendered, max_new_tokens, temperature)
-    asked = [chat.last_user_content(conversation) for conversation in prompts]  # what the rules read
-    per_sample = {
-        "kl": sequence_kl(final, start, final_gen, temperature).tolist(),
-        "reward_start": score_exchanges(reward_model, reward_tokenizer, prompts, start_gen.texts).tolist(),
-        "reward_final": score_exchanges(reward_model, reward_tokenizer, prompts, final_gen.texts).tolist(),
-    }
-    per_sample["win"] = wins_over_start(judge, prompts, topics, final_gen.texts, start_gen.texts, win_judge)
-    for when, gen in (("start", start_gen), ("final", final_gen)):
-        for response, prompt, topic, n in zip(gen.texts, asked, topics, range(len(asked))):
-            for name, met in judge.check(prompt, topic, response).items():
-                per_sample.setdefault(f"share_{name}_{when}", [0.0] * len(asked))[n] = float(met)
-        if unsafe_words:
-            per_sample[f"unsafe_share_{when}"] = [float(is_unsafe(r, unsafe_words)) for r in gen.texts]
-
-    def summary(rows: list[int]) -> dict[str, float]:
-        mean = {name: sum(values[i] for i in rows) / max(len(rows), 1) for name, values in per_sample.items()}
-        return {
-            "win_rate_vs_start": mean.pop("win"),
-            "kl_to_start": mean.pop("kl"),
-            "mean_reward_start": mean.pop("reward_start"),
-            "mean_reward_final": mean.pop("reward_final"),
-            "distinct_2_start": distinct_n([start_gen.texts[i] for i in rows]),
-            "distinct_2_final": distinct_n([final_gen.texts[i] for i in rows]),
-            **mean,
-        }
-
-    metrics = summary(list(range(len(prompts))))
-    for group, members in (groups or {}).items():
-        rows = [i for i, member in enumerate(members) if member]
-        metrics[f"{group}_prompts"] = len(rows)
-        if rows:
-            metrics.update({f"{group}_{name}": value for name, value in summary(rows).items()})
-    return metrics, start_gen.texts, final_gen.texts
+    """PolicyComparison's every batch in this process, summarized (summarize_comparison).
+    Returns (metrics, start responses, final responses)."""
+    comparison = PolicyComparison(
+        start,
+        final,
+        tokenizer,
+        reward_model,
+        reward_tokenizer,
+        judge,
+        prompts,
+        topics,
+        max_new_tokens,
+        temperature,
+        unsafe_words,
+        win_judge,
+        batch_size,
+        seed,
+    )
+    samples = pd.concat(
+        [comparison.compare_batch(i)["samples"] for i in range(len(comparison.batches))], ignore_index=True
+    )
+    return summarize_comparison(samples, groups), list(samples["start_text"]), list(samples["final_text"])
 
 
 def reward_model_vs_baselines(
@@ -217,6 +300,92 @@ class Evaluation:
     after: list[str]  # the trained policy's
 
 
+@dataclass
+class HeldOut:
+    """The held-out prompts an evaluation answers: each test-split prompt samples_per_prompt times in
+    a row, by prompt_id, with the groups its measures repeat on."""
+
+    texts: list[str]
+    conversations: list
+    topics: list
+    groups: dict[str, list[bool]]  # unseen_topic: a topic no training prompt has; seen_topic: the others
+    prompt_count: int
+
+    @classmethod
+    def of(cls, prompts: pd.DataFrame, samples_per_prompt: int) -> HeldOut:
+        held_out = prompts[prompts["split"] == "test"].sort_values("prompt_id")
+        rows = held_out.loc[held_out.index.repeat(samples_per_prompt)]
+        topics = [None if pd.isna(t) else t for t in rows["topic"]]
+        train_topics = set(prompts.loc[prompts["split"] == "train", "topic"].dropna())
+        groups = {
+            "unseen_topic": [t is not None and t not in train_topics for t in topics],
+            "seen_topic": [t is None or t in train_topics for t in topics],
+        }
+        return cls(list(rows["prompt"]), chat.conversations_of(rows), topics, groups, len(held_out))
+
+
+def policy_comparison(
+    params: Params,
+    held_out: HeldOut,
+    start_dir: str | Path,
+    policy_dir: str | Path,
+    reward_dir: str | Path,
+    device: torch.device,
+) -> PolicyComparison:
+    """The trained policy (`policy_dir`) against the start (`start_dir`) on `held_out`, scored by the
+    reward model (`reward_dir`) and judged by evaluate.judge."""
+    reward_tokenizer = load_tokenizer(reward_dir)
+    return PolicyComparison(
+        load_policy(start_dir, device).eval(),
+        load_policy(policy_dir, device).eval(),
+        load_tokenizer(start_dir),
+        load_reward_model(reward_dir, device, reward_tokenizer.pad_token_id).eval(),
+        reward_tokenizer,
+        RuleJudge(params.rank_responses.principles),
+        held_out.conversations,
+        held_out.topics,
+        params.train_policy.max_new_tokens,
+        params.train_policy.temperature,
+        params.rank_responses.unsafe_words,
+        win_judge=win_judge_of(params, device),
+        batch_size=params.evaluate.batch_size,
+        seed=params.seed,
+    )
+
+
+def finish_evaluation(
+    params: Params,
+    held_out: HeldOut,
+    comparison: PolicyComparison,
+    samples: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    trained: dict,
+    rank_metrics: dict,
+    feedback_metrics: dict,
+) -> Evaluation:
+    """metrics/eval.json's figures from the comparison's samples (every batch's), the reward model
+    against ROUGE-L and length on the test split of `comparisons`, and what train_policy,
+    rank_responses and store_comparisons measured (`trained`, `rank_metrics`, `feedback_metrics`)."""
+    with torch.no_grad():
+        rm_metrics = reward_model_vs_baselines(
+            comparison.reward_model, comparison.reward_tokenizer, comparisons[comparisons["split"] == "test"]
+        )
+    win_judge = comparison.win_judge
+    metrics = {
+        # Which algorithm made the policy and how long it trained: `dvc exp show` puts a PPO and a DPO
+        # experiment side by side on the same held-out prompts.
+        "policy_algorithm": trained.get("algorithm", "ppo"),
+        "policy_train_wall_s": trained.get("train_wall_s"),
+        "held_out_prompts": held_out.prompt_count,
+        "win_judge": params.evaluate.judge if win_judge is None else f"{params.evaluate.judge}:{win_judge.version}",
+        **summarize_comparison(samples, held_out.groups),
+        **rm_metrics,
+        **feedback_quality(rank_metrics, feedback_metrics),
+    }
+    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    return Evaluation(metrics, held_out.texts, list(samples["start_text"]), list(samples["final_text"]))
+
+
 def evaluate(
     params: Params,
     prompts: pd.DataFrame,
@@ -231,57 +400,16 @@ def evaluate(
     """The trained policy (`policy_dir`) against the start (`start_dir`) on the test split of
     `prompts`, scored by the reward model (`reward_dir`) and judged by evaluate.judge, with the
     held-out prompts on topics no training prompt has counted apart (unseen_topic_*); the reward
-    model against ROUGE-L and length on the test split of `comparisons`. `trained`, `rank_metrics`
-    and `feedback_metrics` are the metrics files of train_policy, rank_responses and store_comparisons."""
-    device = resolve_device(params.device)
-    section = params.evaluate
-    held_out = prompts[prompts["split"] == "test"].sort_values("prompt_id")
-    rows = held_out.loc[held_out.index.repeat(section.samples_per_prompt)]
-    texts, topics = list(rows["prompt"]), [None if pd.isna(t) else t for t in rows["topic"]]
-    conversations = chat.conversations_of(rows)
-
-    train_topics = set(prompts.loc[prompts["split"] == "train", "topic"].dropna())
-    groups = {  # held-out prompts on a topic no training prompt has, and the others
-        "unseen_topic": [t is not None and t not in train_topics for t in topics],
-        "seen_topic": [t is None or t in train_topics for t in topics],
-    }
-    win_judge = win_judge_of(params, device)
-    tokenizer = load_tokenizer(start_dir)
-    reward_tokenizer = load_tokenizer(reward_dir)
-    reward_model = load_reward_model(reward_dir, device, reward_tokenizer.pad_token_id).eval()
-    torch.manual_seed(params.seed)  # before the policies load: the samples are the same every run
-    with torch.no_grad():
-        policy_metrics, before, after = compare_policies(
-            load_policy(start_dir, device).eval(),
-            load_policy(policy_dir, device).eval(),
-            tokenizer,
-            reward_model,
-            reward_tokenizer,
-            RuleJudge(params.rank_responses.principles),
-            conversations,
-            topics,
-            params.train_policy.max_new_tokens,
-            params.train_policy.temperature,
-            params.rank_responses.unsafe_words,
-            win_judge=win_judge,
-            groups=groups,
-        )
-        rm_metrics = reward_model_vs_baselines(
-            reward_model, reward_tokenizer, comparisons[comparisons["split"] == "test"]
-        )
-    metrics = {
-        # Which algorithm made the policy and how long it trained: `dvc exp show` puts a PPO and a DPO
-        # experiment side by side on the same held-out prompts.
-        "policy_algorithm": trained.get("algorithm", "ppo"),
-        "policy_train_wall_s": trained.get("train_wall_s"),
-        "held_out_prompts": len(held_out),
-        "win_judge": section.judge if win_judge is None else f"{section.judge}:{win_judge.version}",
-        **policy_metrics,
-        **rm_metrics,
-        **feedback_quality(rank_metrics, feedback_metrics),
-    }
-    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    return Evaluation(metrics, texts, before, after)
+    model against ROUGE-L and length on the test split of `comparisons`, every batch in this
+    process. `trained`, `rank_metrics` and `feedback_metrics` are the metrics files of
+    train_policy, rank_responses and store_comparisons."""
+    held_out = HeldOut.of(prompts, params.evaluate.samples_per_prompt)
+    comparison = policy_comparison(params, held_out, start_dir, policy_dir, reward_dir, resolve_device(params.device))
+    batches = [comparison.compare_batch(i)["samples"] for i in range(len(comparison.batches))]
+    samples = pd.concat(batches, ignore_index=True) if batches else pd.DataFrame(columns=SAMPLE_COLUMNS)
+    return finish_evaluation(
+        params, held_out, comparison, samples, comparisons, trained, rank_metrics, feedback_metrics
+    )
 
 
 def _cell(text: str) -> str:

@@ -320,12 +320,13 @@ class CompiledSampler:
         return response_ids[:, :length], response_mask[:, :length], ended, logprobs[:, :length]
 
 
-def batch_generator(seed: int, batch_index: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The random stream of one batch of sample_k: seeded from (seed, batch_index) through NumPy's
+def batch_generator(seed: int, batch_index: int, device: torch.device | str = "cpu", *purpose: int) -> torch.Generator:
+    """The random stream of one batch: seeded from (seed, batch_index, *purpose) through NumPy's
     SeedSequence, which spreads related seeds into independent streams (O'Neill 2015, PCG). A batch
     draws the same numbers in whichever process or order it runs, so sharded sampling gives
-    exactly the responses of one process."""
-    state = np.random.SeedSequence([seed, batch_index]).generate_state(1, dtype=np.uint64)[0]
+    exactly the responses of one process. `purpose` tells apart streams of one batch number (the
+    evaluation's start and trained policies: 1 and 2); sample_k's have none."""
+    state = np.random.SeedSequence([seed, batch_index, *purpose]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator(device=device).manual_seed(int(state) & (2**63 - 1))
 
 

@@ -8,22 +8,24 @@ and it needs no new service; over accelerate's split because a worker's death re
 group instead of ending the stage.
 
 Worker `rank` takes batches rank, rank + world, ...; each batch's result (one or more named
-tables) is written once, whole (a temporary folder, then a rename), to a parts folder shared by
-the workers. A restarted worker
-skips the batches already on disk, so a killed worker's share is redone and nothing twice. The
-folder remembers what its parts were computed from (the fingerprint); parts of other inputs or
-settings are discarded, never mixed in. Rank 0 gathers the parts in batch order once every
-worker is done, so the result is the one a single process gives when each batch draws from its
-own seeded stream (rlhf.sampling.batch_generator).
+tables) is written once, whole (a temporary folder, then a rename), to a parts folder the workers
+share, under the digest of what the parts are computed from (the fingerprint), so parts of other
+inputs or settings are never mixed in. A restarted worker skips the batches already on disk, so a
+killed worker's share is redone and nothing twice. The workers need no process group: the parts
+folder is their only meeting point. Rank 0 waits until every batch is on disk and gathers them in
+batch order, so the result is the one a single process gives when each batch draws from its own
+seeded stream (rlhf.sampling.batch_generator).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,27 +59,6 @@ class Worker:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return device
 
-    def join(self) -> None:
-        """Join the other workers (gloo: CPU or GPU hosts alike) so that barrier() can wait for them."""
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group("gloo")
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def leave(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
 
 def relaunch_as_workers(module: str, workers: int) -> None:
     """Run `python -m module` with this process's arguments as `workers` processes under torchrun,
@@ -95,30 +76,25 @@ Tables = dict[str, pd.DataFrame]  # a batch's result: named tables (a stage's ou
 
 
 class BatchParts:
-    """One folder per finished batch, `batch-<index>/<table>.parquet`, in `directory`, beside
-    fingerprint.json."""
+    """One folder per finished batch, `<root>/<fingerprint digest>/batch-<index>/<table>.parquet`,
+    beside fingerprint.json (what they were computed from, for people to read)."""
 
-    def __init__(self, directory: str | Path, fingerprint: dict):
-        self.directory = Path(directory)
-        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+    def __init__(self, root: str | Path, fingerprint: dict):
+        self.root = Path(root)
+        self.fingerprint = json.dumps(fingerprint, sort_keys=True, default=str)
+        self.directory = self.root / hashlib.sha256(self.fingerprint.encode()).hexdigest()[:16]
 
     def path(self, index: int) -> Path:
         return self.directory / f"batch-{index:06d}"
 
     def prepare(self) -> int:
-        """Keep the parts computed from the same fingerprint, discard any others; returns how many are kept.
-        Called by rank 0 alone, before the others start."""
-        marker = self.directory / "fingerprint.json"
-        if self.directory.exists():
-            try:
-                same = json.loads(marker.read_text()) == self.fingerprint
-            except (OSError, ValueError):
-                same = False
-            if not same:
-                shutil.rmtree(self.directory)
+        """Make the folder (any worker may, at once); returns how many batches it already holds."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        marker = self.directory / "fingerprint.json"
         if not marker.exists():
-            marker.write_text(json.dumps(self.fingerprint, sort_keys=True, indent=1))
+            partial = marker.with_name(f".fingerprint.{os.getpid()}.partial")
+            partial.write_text(self.fingerprint)
+            os.replace(partial, marker)
         return len(list(self.directory.glob("batch-*[0-9]")))
 
     def done(self, index: int) -> bool:
@@ -131,7 +107,18 @@ class BatchParts:
         partial.mkdir()
         for name, frame in tables.items():
             frame.to_parquet(partial / f"{name}.parquet", index=False)
-        os.rename(partial, target)  # whole or absent: a worker killed mid-write leaves no part
+        try:
+            os.rename(partial, target)  # whole or absent: a worker killed mid-write leaves no part
+        except OSError:
+            if not target.exists():
+                raise
+            shutil.rmtree(partial)  # another worker wrote the same batch first (a restarted group)
+
+    def wait_for(self, count: int, poll_s: float = 0.2) -> None:
+        """Until every batch is on disk (the other workers' shares); torchrun ends the wait by
+        restarting the group if one of them dies."""
+        while not all(self.done(index) for index in range(count)):
+            time.sleep(poll_s)
 
     def gather(self, count: int) -> Tables:
         missing = [index for index in range(count) if not self.done(index)]
@@ -146,7 +133,8 @@ class BatchParts:
         }
 
     def remove(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Every part under the root, this fingerprint's and any older ones'."""
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def run_batches(
@@ -157,24 +145,18 @@ def run_batches(
     progress: Callable[[int, int], None] | None = None,
 ) -> Tables | None:
     """Batches 0..count-1 of `work`, this worker's share computed unless already on disk; the whole
-    result on rank 0 once every worker is done (None on the others). The caller removes the parts
+    result on rank 0 once every batch is on disk (None on the others). The caller removes the parts
     once it has written the result."""
-    worker.join()
-    try:
-        if worker.rank == 0:
-            kept = parts.prepare()
-            if kept:
-                print(f"{parts.directory}: {kept} of {count} batches already done, kept", flush=True)
-        worker.barrier()
-        mine = range(worker.rank, count, worker.world)
-        for done, index in enumerate(mine, start=1):
-            if not parts.done(index):
-                parts.write(index, work(index))
-            if progress:
-                progress(done, len(mine))
-        worker.barrier()
-        if worker.rank != 0:
-            return None
-        return parts.gather(count)
-    finally:
-        worker.leave()
+    kept = parts.prepare()
+    if kept and worker.rank == 0:
+        print(f"{parts.directory}: {kept} of {count} batches already done, kept", flush=True)
+    mine = range(worker.rank, count, worker.world)
+    for done, index in enumerate(mine, start=1):
+        if not parts.done(index):
+            parts.write(index, work(index))
+        if progress:
+            progress(done, len(mine))
+    if worker.rank != 0:
+        return None
+    parts.wait_for(count)
+    return parts.gather(count)

@@ -93,10 +93,10 @@ def test_a_killed_worker_is_restarted_and_its_share_redone_without_duplicates(sa
     )
     try:
         deadline = time.monotonic() + 300
-        while len(list(parts.glob("batch-*[0-9]"))) < 4 and launcher.poll() is None:
+        while len(list(parts.glob("*/batch-*[0-9]"))) < 4 and launcher.poll() is None:
             assert time.monotonic() < deadline, "no batch written in 300 s"
             time.sleep(0.05)
-        done_before_kill = {path.name: path.stat().st_mtime_ns for path in parts.glob("batch-*[0-9]")}
+        done_before_kill = {path.name: path.stat().st_mtime_ns for path in parts.glob("*/batch-*[0-9]")}
         workers = [
             process
             for process in psutil.Process(launcher.pid).children(recursive=True)

@@ -1,13 +1,21 @@
-"""Stage evaluate: the final policy against the bootstrap policy on held-out prompts (rlhf.evaluation)."""
+"""Stage evaluate: the final policy against the bootstrap policy on held-out prompts (rlhf.evaluation).
+
+With `workers.evaluate` above 1 the stage runs itself again as that many processes under torchrun,
+each sampling and scoring its share of the held-out batches (rlhf.sharding); the metrics and the
+report are those one process writes, and a run killed part-way keeps the batches it finished
+(--parts_dir).
+"""
 
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from rlhf.evaluation import evaluate, write_report
+from rlhf.evaluation import SAMPLE_COLUMNS, HeldOut, finish_evaluation, policy_comparison, write_report
+from rlhf.pretrained import checkpoint_hash, resolve_device
+from rlhf.sharding import BatchParts, Worker, relaunch_as_workers, run_batches
 from rlhf.snapshot import read_comparisons
-from rlhf.stages._stage import params_from, parse_paths, run_stage, write_json
+from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json
 
 STAGE = "evaluate"
 
@@ -28,16 +36,35 @@ def main() -> None:
             "gold_png",
             "reward_distribution_png",
         ],
-        ["metrics", "report"],
+        ["metrics", "report", "parts_dir"],
     )
     params = params_from(args)
-    evaluation = evaluate(
+    worker = Worker.from_environment()
+    if params.workers.evaluate > 1 and worker.world == 1:
+        relaunch_as_workers(f"rlhf.stages.{STAGE}", params.workers.evaluate)
+    prompts = pd.read_parquet(args.prompts)
+    held_out = HeldOut.of(prompts, params.evaluate.samples_per_prompt)
+    device = worker.place(resolve_device(params.device))
+    comparison = policy_comparison(params, held_out, args.start_dir, args.policy_dir, args.reward_dir, device)
+    # What the parts were measured from: a part of other policies, prompts or settings is discarded.
+    fingerprint = {
+        "params": params.model_dump(mode="json", include={"seed", "evaluate", "train_policy", "rank_responses"}),
+        "models": [checkpoint_hash(path) for path in (args.start_dir, args.policy_dir, args.reward_dir)],
+        "prompts": held_out.texts,
+    }
+    parts = BatchParts(args.parts_dir, fingerprint)
+    who = f"{STAGE} (worker {worker.rank} of {worker.world})" if worker.world > 1 else STAGE
+    tables = run_batches(
+        len(comparison.batches), comparison.compare_batch, parts, worker, log_progress(f"{who}: batches")
+    )
+    if tables is None:  # not rank 0: rank 0 writes
+        return
+    evaluation = finish_evaluation(
         params,
-        pd.read_parquet(args.prompts),
+        held_out,
+        comparison,
+        tables.get("samples", pd.DataFrame(columns=SAMPLE_COLUMNS)),
         read_comparisons(args.comparisons),
-        args.start_dir,
-        args.policy_dir,
-        args.reward_dir,
         trained=json.loads(Path(args.policy_metrics).read_text()),
         rank_metrics=json.loads(Path(args.rank_metrics).read_text()),
         feedback_metrics=json.loads(Path(args.feedback_metrics).read_text()),
@@ -50,6 +77,7 @@ def main() -> None:
     ]
     section = params.evaluate
     write_report(args.report, evaluation, section.report_samples, section.samples_per_prompt, pictures)
+    parts.remove()
     print(f"{STAGE}: {evaluation.metrics}")
 
 

@@ -70,6 +70,27 @@ def test_second_flow_run_skips_every_stage(flow_outcomes, demo_repo):
     assert set(rlhf_pipeline(str(demo_repo))["stages"].values()) == {"skipped"}
 
 
+def test_workers_change_nothing_dvc_versions_and_give_the_same_bytes(flow_outcomes, demo_repo):
+    """workers.* (rlhf/sharding.py): no stage depends on them, and two workers of sample_responses,
+    rank_responses and evaluate write what one process writes."""
+    outputs = ["data/responses.parquet", "data/rankings.parquet", "metrics/eval.json", "reports/eval.md"]
+    one = {path: (demo_repo / path).read_bytes() for path in outputs}
+    params_file = demo_repo / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["workers"] = {"sample_responses": 2, "rank_responses": 2, "evaluate": 2}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        assert json.loads(dvc("status", "--json", cwd=demo_repo).stdout or "{}") == {}
+        for stage in ("sample_responses", "rank_responses", "evaluate"):
+            output = dvc("repro", "--force", "--single-item", stage, cwd=demo_repo).stdout
+            assert "launching 2 workers" in output, output[-2000:]
+        assert {path: (demo_repo / path).read_bytes() for path in outputs} == one
+        assert not list((demo_repo / "data").glob("*.parts"))  # each stage removed its parts once written
+    finally:
+        params_file.write_text(original)
+
+
 def test_store_holds_every_pair_once_and_reingest_adds_nothing(flow_outcomes, demo_repo):
     from rlhf.store import FeedbackStore
 
