@@ -142,14 +142,20 @@ def main() -> None:
             for engine in engines:  # alternating: each repeat runs every engine once
                 results[engine].append(run_once(directory, engine, settings, args.processes))
     about = {"machine": machine(), "load_average": os.getloadavg(), "settings": settings}
+    baseline = results.get("single")
     for engine, runs in results.items():
         peaks = [run["peaks"] for run in runs]
+        rate = spread([run["episodes_per_second"] for run in runs])
         line = {
             "bench": "engines",
             "engine": engine,
             "processes": len(peaks[0]),
             "repeats": len(runs),
-            "episodes_per_second": spread([run["episodes_per_second"] for run in runs]),
+            "episodes_per_second": rate,
+            # against one process in the same invocation (median over median)
+            "ratio_to_single": round(rate["median"] / spread([r["episodes_per_second"] for r in baseline])["median"], 3)
+            if baseline
+            else None,
             "peak_rss_mb_per_process": [spread([p[rank] for p in peaks]) for rank in range(len(peaks[0]))],
             **about,
         }

@@ -35,6 +35,14 @@ ABOUT = {
         "against the same server with recording off.",
         "python bench/serve_policy.py",
     ),
+    "engines": (
+        "Engines",
+        "The train_policy stage on one tiny PPO run under each launcher, two CPU processes over gloo for all "
+        "but single, alternating: episodes per second of the training loop and each process's peak resident "
+        "memory. On a CPU the processes share its cores: the figures say what each engine's communication and "
+        "sharding cost on one tiny model, not how it scales over GPUs.",
+        "python bench/engines.py --repeats 3",
+    ),
     "sampling_workers": (
         "Sampling over workers",
         "The sample_responses stage with one worker and with two under torchrun, alternating, on the same "

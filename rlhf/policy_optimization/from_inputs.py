@@ -163,6 +163,10 @@ def train_online(
     usage = judge_usage(scorer, accelerator)
     # every process's own peak: under ZeRO-3 / FSDP the shards make them the figure that matters
     peaks = gather_object([peak_rss_mb()])
+    # Every process leaves the group together: one that exited with its gloo threads still running
+    # aborted now and then ("terminate called without an active exception", about 1 FSDP run in 6).
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return None
     for name, counts in usage.items():
