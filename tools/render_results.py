@@ -187,6 +187,9 @@ def flat(line: dict, prefix: str = "") -> dict[str, object]:
             isinstance(value, list) and all(isinstance(item, int | float | str) for item in value) and len(value) <= 12
         ):
             out[name] = ", ".join(_number(item) for item in value)
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value) and len(value) <= 8:
+            for index, item in enumerate(value):  # one per process, say
+                out.update(flat(item, f"{name}.{index}."))
         elif not isinstance(value, list):
             out[name] = _number(value)
     return out
