@@ -1,12 +1,13 @@
 """Feedback store throughput: ingest of K-way rankings into pairs, and the Parquet snapshot.
 
-    python bench/store.py [--pairs 1000000] [--k 4] [--hashed-ids]
+    python bench/store.py [--pairs 1000000] [--k 4] [--repeats 3] [--hashed-ids]
 
 Builds rankings that expand to `--pairs` comparisons, ingests them in one batch (prompts,
 responses, rankings, and the SQL self-join into pairs, all under the store's lock and
 transaction), then snapshots the store to Parquet (pairs, prompts, responses). The baseline
-writes the same pairs as JSON Lines with the standard library, in the same process. Prints one
-JSON line, with the 1-minute load average before and after: the machine's other work moves the
+writes the same pairs as JSON Lines with the standard library, in the same process, after each
+store's snapshot. Each repeat is a fresh store. Prints one JSON line (median, min and max over the
+repeats), with the 1-minute load average before and after: the machine's other work moves the
 figures (the snapshot took 1.3 s at load 0.3 and 4-5 s at load 6 on one 2-core machine).
 
 The ids are sequential hex numbers by default, as the figures quoted in the issue were measured;
@@ -20,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -88,40 +90,64 @@ def jsonl_baseline(pairs: pd.DataFrame, path: Path) -> float:
     return time.perf_counter() - started
 
 
+def measure_once(frames, directory: Path) -> dict[str, float]:
+    """One fresh store: ingest, snapshot, then the JSONL baseline on the same pairs."""
+    directory.mkdir()
+    store = FeedbackStore(directory / "feedback.duckdb")
+    store.counts()  # create the schema outside the timing
+    started = time.perf_counter()
+    added = store.ingest({"run_id": "bench", "stage": "bench"}, *frames)
+    ingest_s = time.perf_counter() - started
+    started = time.perf_counter()
+    rows = store.snapshot_comparisons(directory / "comparisons")
+    snapshot_s = time.perf_counter() - started
+    pairs = read_comparisons(directory / "comparisons")
+    baseline_s = jsonl_baseline(pairs, directory / "pairs.jsonl")
+    return {
+        "pairs": added["comparisons"],
+        "ingest": added["comparisons"] / ingest_s,
+        "baseline": rows / baseline_s,
+        "snapshot_s": snapshot_s,
+    }
+
+
+def spread(values: list[float], digits: int) -> dict:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=3, help="fresh stores measured one after another")
     parser.add_argument("--hashed-ids", action="store_true", help="sha256 ids, as the store's own, in no order")
     args = parser.parse_args()
     frames = rankings_for(args.pairs, args.k, args.hashed_ids)
     load_before = os.getloadavg()[0]
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = FeedbackStore(Path(tmp) / "feedback.duckdb")
-        store.counts()  # create the schema outside the timing
-        started = time.perf_counter()
-        added = store.ingest({"run_id": "bench", "stage": "bench"}, *frames)
-        ingest_s = time.perf_counter() - started
-        started = time.perf_counter()
-        rows = store.snapshot_comparisons(Path(tmp) / "comparisons")
-        snapshot_s = time.perf_counter() - started
-        pairs = read_comparisons(Path(tmp) / "comparisons")
-        baseline_s = jsonl_baseline(pairs, Path(tmp) / "pairs.jsonl")
-    ingest_rate, baseline_rate = added["comparisons"] / ingest_s, rows / baseline_s
+        for repeat in range(args.repeats):
+            runs.append(measure_once(frames, Path(tmp) / f"run-{repeat}"))
+    ingest = [run["ingest"] for run in runs]
+    baseline = [run["baseline"] for run in runs]
+    snapshot_key = f"snapshot_{args.pairs // 1_000_000}m_pairs_s" if args.pairs >= 1_000_000 else "snapshot_s"
     print(
         json.dumps(
             {
                 "bench": "store",
                 "machine": machine(),
-                "pairs": added["comparisons"],
+                "pairs": runs[0]["pairs"],
                 "k": args.k,
                 "ids": "sha256" if args.hashed_ids else "sequential",
-                "ingest_pairs_per_s": round(ingest_rate),
-                "jsonl_baseline_pairs_per_s": round(baseline_rate),
-                "ratio": round(ingest_rate / baseline_rate, 2),
-                f"snapshot_{args.pairs // 1_000_000}m_pairs_s" if args.pairs >= 1_000_000 else "snapshot_s": round(
-                    snapshot_s, 3
-                ),
+                "repeats": args.repeats,
+                "ingest_pairs_per_s": spread(ingest, 0),
+                "jsonl_baseline_pairs_per_s": spread(baseline, 0),
+                "ratio": round(statistics.median(ingest) / statistics.median(baseline), 2),
+                snapshot_key: spread([run["snapshot_s"] for run in runs], 3),
                 "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             }
         )

@@ -27,7 +27,7 @@ ABOUT = {
     "store": (
         "The feedback store",
         "Ingest speed against appending JSONL, and the time to snapshot a million pairs.",
-        "python bench/store.py",
+        "python bench/store.py --repeats 5",
     ),
     "serve_policy": (
         "Serving a policy",
