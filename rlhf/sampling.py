@@ -133,13 +133,17 @@ def sample_from_policy(
     return Generation(batch["input_ids"], batch["attention_mask"], response_ids, response_mask, ended, texts)
 
 
+def drawing_from(generator: torch.Generator | None) -> dict:
+    """torch's `generator=` argument, only when there is one: torch.compile's tracing of a draw
+    given generator=None fails on symbolic sizes (the compiled sampler's batch)."""
+    return {"generator": generator} if generator is not None else {}
+
+
 def sample_categorical(logprobs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One draw per row by inverting the CDF: one uniform per row, where torch.multinomial
     draws an exponential per vocabulary entry (a tenth of the sampling loop on CPU).  (B, V) -> (B,)"""
     cdf = logprobs.exp().cumsum(-1)
-    # generator only when given: torch.compile's tracing of rand(generator=None) fails on symbolic sizes
-    drawn = {"generator": generator} if generator is not None else {}
-    draw = torch.rand(len(cdf), 1, device=cdf.device, dtype=cdf.dtype, **drawn) * cdf[:, -1:]
+    draw = torch.rand(len(cdf), 1, device=cdf.device, dtype=cdf.dtype, **drawing_from(generator)) * cdf[:, -1:]
     return torch.searchsorted(cdf, draw, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
 
 
@@ -171,9 +175,7 @@ def sample_token(
         step_logprobs = nucleus(step_logprobs, top_p)
     if multinomial:  # softmax of the scaled logits itself, as generate computes its probabilities
         probs = step_logprobs.exp() if top_p < 1.0 else torch.softmax(logits.float() / temperature, dim=-1)
-        token = torch.multinomial(
-            probs, num_samples=1, **({"generator": generator} if generator is not None else {})
-        ).squeeze(-1)
+        token = torch.multinomial(probs, num_samples=1, **drawing_from(generator)).squeeze(-1)
     else:
         token = sample_categorical(step_logprobs, generator)
     return token, step_logprobs.gather(-1, token[:, None]).squeeze(-1)

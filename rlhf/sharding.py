@@ -59,6 +59,19 @@ class Worker:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return device
 
+    def label(self, stage: str) -> str:
+        """How this worker names itself in progress lines."""
+        return f"{stage} (worker {self.rank} of {self.world})" if self.world > 1 else stage
+
+
+def start_workers(stage: str, workers: int) -> Worker:
+    """This process's Worker; asked for more than one and not yet among them, the stage
+    (`rlhf.stages.<stage>`) starts again as `workers` processes instead and this process exits."""
+    worker = Worker.from_environment()
+    if workers > 1 and worker.world == 1:
+        relaunch_as_workers(f"rlhf.stages.{stage}", workers)
+    return worker
+
 
 def relaunch_as_workers(module: str, workers: int) -> None:
     """Run `python -m module` with this process's arguments as `workers` processes under torchrun,

@@ -13,9 +13,10 @@ import pandas as pd
 
 from rlhf.evaluation import SAMPLE_COLUMNS, HeldOut, finish_evaluation, policy_comparison, write_report
 from rlhf.pretrained import checkpoint_hash, resolve_device
-from rlhf.sharding import BatchParts, Worker, relaunch_as_workers, run_batches
+from rlhf.sharding import BatchParts, run_batches, start_workers
 from rlhf.snapshot import read_comparisons
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json
+from rlhf.text import content_id
 
 STAGE = "evaluate"
 
@@ -39,9 +40,7 @@ def main() -> None:
         ["metrics", "report", "parts_dir"],
     )
     params = params_from(args)
-    worker = Worker.from_environment()
-    if params.workers.evaluate > 1 and worker.world == 1:
-        relaunch_as_workers(f"rlhf.stages.{STAGE}", params.workers.evaluate)
+    worker = start_workers(STAGE, params.workers.evaluate)
     prompts = pd.read_parquet(args.prompts)
     held_out = HeldOut.of(prompts, params.evaluate.samples_per_prompt)
     device = worker.place(resolve_device(params.device))
@@ -50,12 +49,15 @@ def main() -> None:
     fingerprint = {
         "params": params.model_dump(mode="json", include={"seed", "evaluate", "train_policy", "rank_responses"}),
         "models": [checkpoint_hash(path) for path in (args.start_dir, args.policy_dir, args.reward_dir)],
-        "prompts": held_out.texts,
+        "prompts": content_id(*held_out.texts),
     }
     parts = BatchParts(args.parts_dir, fingerprint)
-    who = f"{STAGE} (worker {worker.rank} of {worker.world})" if worker.world > 1 else STAGE
     tables = run_batches(
-        len(comparison.batches), comparison.compare_batch, parts, worker, log_progress(f"{who}: batches")
+        len(comparison.batches),
+        comparison.compare_batch,
+        parts,
+        worker,
+        log_progress(f"{worker.label(STAGE)}: batches"),
     )
     if tables is None:  # not rank 0: rank 0 writes
         return

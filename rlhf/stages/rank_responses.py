@@ -9,7 +9,7 @@ batches it finished (--parts_dir).
 import pandas as pd
 
 from rlhf.ranking import JudgedBatches, finish_ranking, ranking_judge
-from rlhf.sharding import BatchParts, Worker, relaunch_as_workers, run_batches
+from rlhf.sharding import BatchParts, run_batches, start_workers
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_parquet
 from rlhf.text import content_id
 
@@ -20,9 +20,8 @@ def main() -> None:
     args = parse_paths(STAGE, ["prompts", "responses"], ["rankings", "queue", "metrics", "parts_dir"])
     params = params_from(args)
     config = params.rank_responses
-    worker = Worker.from_environment()
-    if params.workers.rank_responses > 1 and worker.world == 1 and config.judge != "human":
-        relaunch_as_workers(f"rlhf.stages.{STAGE}", params.workers.rank_responses)
+    # people rank on the page: nothing for workers to share
+    worker = start_workers(STAGE, params.workers.rank_responses if config.judge != "human" else 1)
     prompts, responses = pd.read_parquet(args.prompts), pd.read_parquet(args.responses)
     device = params.device  # resolved only for a model judge: the rules need no torch
     if worker.world > 1:
@@ -40,8 +39,9 @@ def main() -> None:
             "responses": content_id(*responses["response_id"]),
         }
         parts = BatchParts(args.parts_dir, fingerprint)
-        who = f"{STAGE} (worker {worker.rank} of {worker.world})" if worker.world > 1 else STAGE
-        tables = run_batches(len(batches.batches), batches.judge_batch, parts, worker, log_progress(f"{who}: batches"))
+        tables = run_batches(
+            len(batches.batches), batches.judge_batch, parts, worker, log_progress(f"{worker.label(STAGE)}: batches")
+        )
         if tables is None:  # not rank 0: rank 0 writes
             return
         rankings, pairs = batches.combine(tables)

@@ -11,7 +11,7 @@ import torch
 from rlhf.frames import RESPONSE_COLUMNS
 from rlhf.pretrained import checkpoint_hash, load_policy, load_tokenizer, resolve_device
 from rlhf.sampling import ResponseSampler
-from rlhf.sharding import BatchParts, Worker, relaunch_as_workers, run_batches
+from rlhf.sharding import BatchParts, run_batches, start_workers
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_parquet
 from rlhf.text import content_id
 
@@ -22,9 +22,7 @@ def main() -> None:
     args = parse_paths(STAGE, ["policy_dir", "prompts"], ["responses", "parts_dir"])
     params = params_from(args)
     section = params.sample_responses
-    worker = Worker.from_environment()
-    if params.workers.sample_responses > 1 and worker.world == 1:
-        relaunch_as_workers(f"rlhf.stages.{STAGE}", params.workers.sample_responses)
+    worker = start_workers(STAGE, params.workers.sample_responses)
     prompts = pd.read_parquet(args.prompts)
     tokenizer = load_tokenizer(args.policy_dir)
     policy = load_policy(args.policy_dir, worker.place(resolve_device(params.device))).eval()
@@ -50,12 +48,11 @@ def main() -> None:
         "torch": torch.__version__,
     }
     parts = BatchParts(args.parts_dir, fingerprint)
-    who = f"{STAGE} (worker {worker.rank} of {worker.world}): batches" if worker.world > 1 else f"{STAGE}: batches"
 
     def sample(index: int) -> dict:
         return {"responses": sampler.sample_batch(index)}
 
-    sampled = run_batches(len(sampler.batches), sample, parts, worker, log_progress(who))
+    sampled = run_batches(len(sampler.batches), sample, parts, worker, log_progress(f"{worker.label(STAGE)}: batches"))
     if sampled is None:  # not rank 0: rank 0 writes
         return
     write_parquet(sampled.get("responses", pd.DataFrame(columns=RESPONSE_COLUMNS)), args.responses)
