@@ -531,6 +531,16 @@ class TrainRewardParams(Section):
     ensemble: int = Field(1, ge=1, le=16)
     """>1: train this many reward models (seeds seed, seed+1, ...) and score with their mean;
     metrics/reward.json then also gives the members' mean accuracy alone."""
+    launcher: Literal["single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"] = "single"
+    """single: one process. Otherwise the stage re-runs itself as `num_processes` processes, as
+    train_policy.launcher does (configs/accelerate/), and TRL's RewardTrainer spreads each step's
+    batch over them; ZeRO-3 and fsdp (FSDP2) shard the weights, which are gathered before saving."""
+    num_processes: int = Field(1, ge=1)
+    """Processes (GPUs) for a multi-process launcher; batch_size stays the pairs of one step in all."""
+    checkpoint_every: int = Field(100, ge=0)
+    """Optimizer steps between resumable checkpoints (the Trainer's own: weights, optimizer,
+    scheduler, every process's RNG) in the stage's --checkpoint_dir. A run killed part-way resumes
+    from the newest when started again with the same params and inputs. 0: none."""
 
     @model_validator(mode="after")
     def _untrained_needs_backbone(self):
@@ -542,6 +552,24 @@ class TrainRewardParams(Section):
     def _binary_labels_train_pairwise(self):
         if self.labels != "pairwise" and self.batching == "kwise":
             raise ValueError(f"labels: {self.labels} needs batching pairwise (a label is no ranking to batch)")
+        return self
+
+    @model_validator(mode="after")
+    def _processes_share_the_batch(self):
+        if self.launcher == "single" and self.num_processes != 1:
+            raise ValueError(
+                "num_processes: needs a multi-process launcher (ddp, deepspeed_zero2, deepspeed_zero3, fsdp)"
+            )
+        if self.batch_size % self.num_processes:
+            raise ValueError(f"batch_size: must be a multiple of num_processes ({self.num_processes})")
+        if self.launcher != "single" and self.batching == "kwise":
+            raise ValueError(f"batching: kwise trains in one process only (launcher {self.launcher}); use pairwise")
+        if self.launcher != "single" and self.lora_rank:
+            raise ValueError(f"lora_rank: LoRA trains in one process only (launcher {self.launcher})")
+        if self.launcher != "single" and self.ensemble > 1:
+            raise ValueError(f"ensemble: members train one after another in one process (launcher {self.launcher})")
+        if self.launcher != "single" and not self.train:
+            raise ValueError(f"launcher: {self.launcher} trains, and train is false")
         return self
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
+import sys
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -48,3 +50,9 @@ def machine() -> dict:
         # The threads each torch process runs (OMP_NUM_THREADS where set, else torch's default).
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since it started, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
+    return kilobytes / 1024

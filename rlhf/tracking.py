@@ -184,9 +184,10 @@ class Tracker:
         for table in self.tables.values():
             table.keep_up_to(step)
 
-    def trainer_callback(self) -> TrainerCallback:
-        """For a transformers/TRL Trainer (with `report_to=[]`): its logs, at its global step, go here."""
-        return _trainer_logs_class()(self)
+    def trainer_callback(self, resumed: bool = False) -> TrainerCallback:
+        """For a transformers/TRL Trainer (with `report_to=[]`): its logs, at its global step, go here.
+        `resumed`: the Trainer resumes from a checkpoint, whose logs go in again first."""
+        return _trainer_logs_class()(self, resumed)
 
     def close_trackers(self) -> None:
         """The other trackers' runs, ended (DVCLive's files are left as they are)."""
@@ -264,10 +265,22 @@ def _trainer_logs_class() -> type[TrainerCallback]:
     from transformers import TrainerCallback
 
     class TrainerLogs(TrainerCallback):
-        def __init__(self, tracker: Tracker):
-            self.tracker = tracker
+        def __init__(self, tracker: Tracker, resumed: bool = False):
+            self.tracker, self.replay_pending = tracker, resumed
+
+        def replay(self, state) -> None:
+            """Resumed from a checkpoint: DVCLive started its files anew, so the rows the Trainer
+            logged before it (its log_history, loaded once training starts) go in again first."""
+            if self.replay_pending and state.is_world_process_zero:
+                for row in state.log_history:
+                    self.tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, row["step"])
+            self.replay_pending = False
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.replay(state)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            self.replay(state)
             if state.is_world_process_zero and logs:
                 self.tracker.log_metrics(logs, state.global_step)
 

@@ -95,6 +95,23 @@ def test_keep_best_is_refused_under_a_sharded_launcher(raw):
     assert str(caught.value) == "params.yaml: train_policy.keep: best is not supported under fsdp (sharded weights)"
 
 
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"num_processes": 2}, "train_reward.num_processes: needs a multi-process launcher"),
+        ({"launcher": "ddp", "num_processes": 3}, "train_reward.batch_size: must be a multiple of num_processes"),
+        ({"launcher": "fsdp", "num_processes": 2, "batching": "kwise"}, "train_reward.batching: kwise trains in one"),
+        ({"launcher": "ddp", "num_processes": 2, "lora_rank": 8}, "train_reward.lora_rank: LoRA trains in one"),
+        ({"launcher": "ddp", "num_processes": 2, "ensemble": 3}, "train_reward.ensemble: members train one after"),
+    ],
+)
+def test_reward_training_over_processes_refuses_what_it_cannot_share(raw, changes, expected):
+    bad = copy.deepcopy(raw)
+    bad["train_reward"].update(changes)
+    with pytest.raises(ConfigError, match=rf"^params.yaml: {expected}"):
+        parse_params(bad)
+
+
 def test_malformed_yaml_names_the_line(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("seed: 0\ntrain_policy:\n  kl_coef: [1,\n")

@@ -43,6 +43,13 @@ ABOUT = {
         "sharding cost on one tiny model, not how it scales over GPUs.",
         "python bench/engines.py --repeats 3",
     ),
+    "reward_engines": (
+        "Engines for the reward model",
+        "The train_reward stage (TRL's RewardTrainer) on one tiny run under each launcher, two CPU processes "
+        "over gloo for all but single, alternating: preference pairs per second of training (model load, "
+        "engine set-up and steps) and each process's peak resident memory.",
+        "python bench/engines.py --stage train_reward --repeats 3",
+    ),
     "sampling_workers": (
         "Sampling over workers",
         "The sample_responses stage with one worker and with two under torchrun, alternating, on the same "

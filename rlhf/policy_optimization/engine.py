@@ -7,28 +7,24 @@ Nothing here depends on the algorithm; the trainer (trainer.py) and the update (
 from __future__ import annotations
 
 import contextlib
-import os
-import resource
-import sys
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType
+from accelerate import Accelerator
 
 from rlhf.config import TrainPolicyParams
+from rlhf.launch import sharded_on_cpu, shards_weights, start_sharded_engine_on_cpu, zero_stage
+from rlhf.machine import peak_rss_mb
 from rlhf.policy_optimization.models import PolicyModels
-
-SHARDED_LAUNCHERS = ("deepspeed_zero2", "deepspeed_zero3", "fsdp")
 
 
 def make_accelerator(params: TrainPolicyParams, device: torch.device) -> Accelerator:
     bf16 = params.mixed_precision == "bf16" or (params.mixed_precision == "auto" and device.type == "cuda")
-    sharded_on_cpu = device.type == "cpu" and params.launcher in SHARDED_LAUNCHERS and "WORLD_SIZE" in os.environ
-    if sharded_on_cpu:
+    sharded = sharded_on_cpu(params.launcher, device)
+    if sharded:
         start_sharded_engine_on_cpu()
     accelerator = Accelerator(
-        cpu=device.type == "cpu" and not sharded_on_cpu,
+        cpu=device.type == "cpu" and not sharded,
         mixed_precision="bf16" if bf16 else "no",
         gradient_accumulation_steps=params.minibatch_size // params.micro_batch,
     )
@@ -86,17 +82,6 @@ def fsdp_units(trained: torch.nn.Module) -> list[str]:
     return sorted(names)
 
 
-def start_sharded_engine_on_cpu() -> None:
-    """The process group over gloo for DeepSpeed or FSDP on CPU, before the Accelerator is built.
-
-    accelerate 1.15 picks no backend for a non-CPU launch without a GPU (so it counts one process)
-    and turns on FSDP only over GPU-like process groups; `Accelerator(cpu=True)` would give plain
-    DDP. So the shared state is started over gloo, and for FSDP marked as a multi-device run."""
-    state = PartialState(backend="gloo")
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        state.distributed_type = DistributedType.MULTI_GPU  # only so that AcceleratorState turns FSDP on
-
-
 def save_policy(models: PolicyModels, accelerator: Accelerator, tokenizer, directory: str | Path) -> None:
     """Write the trained policy as a plain transformers model: LoRA merged, ZeRO-3 / FSDP shards gathered."""
     accelerator.wait_for_everyone()
@@ -131,22 +116,12 @@ def _is_fsdp_unit(module: torch.nn.Module | None) -> bool:
     return isinstance(module, FSDPModule)
 
 
-def _zero_stage(accelerator: Accelerator) -> int:
-    plugin = accelerator.state.deepspeed_plugin
-    return plugin.zero_stage if plugin is not None else 0
-
-
-def shards_weights(accelerator: Accelerator) -> bool:
-    """ZeRO-3 and FSDP hold a shard of each trained weight per process; ZeRO-2 and DDP hold them whole."""
-    return _zero_stage(accelerator) == 3 or accelerator.distributed_type == DistributedType.FSDP
-
-
 @contextlib.contextmanager
 def gathered(accelerator: Accelerator, module: torch.nn.Module):
     """`module`'s whole weights in every process for the block: ZeRO-3 gathers its shards; FSDP2
     keeps each layer's gathered weights across the block's forwards (generation's decode steps)
     instead of gathering them again per step, then frees them. Nothing to do under the other engines."""
-    if _zero_stage(accelerator) == 3:
+    if zero_stage(accelerator) == 3:
         import deepspeed  # only present where ZeRO is configured
 
         with deepspeed.zero.GatheredParameters(list(module.parameters())):
@@ -180,9 +155,3 @@ def throughput_and_memory(stats: dict, seconds: float, device: torch.device) -> 
     if device.type == "cuda":
         figures["peak_cuda_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return figures
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory since it started, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    kilobytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform == "darwin" else 1)
-    return kilobytes / 1024

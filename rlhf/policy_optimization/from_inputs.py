@@ -24,8 +24,9 @@ from rlhf import chat
 from rlhf.config import Params
 from rlhf.errors import ConfigError
 from rlhf.judges import RuleJudge, make_judge
+from rlhf.machine import peak_rss_mb
 from rlhf.policy_optimization.algorithms import algorithm_for
-from rlhf.policy_optimization.engine import make_accelerator, offloaded, peak_rss_mb, save_policy
+from rlhf.policy_optimization.engine import make_accelerator, offloaded, save_policy
 from rlhf.policy_optimization.in_loop_eval import WinRateVsStart
 from rlhf.policy_optimization.models import PolicyModels, count_parameters, critic_start
 from rlhf.policy_optimization.rollout import RewardScorer

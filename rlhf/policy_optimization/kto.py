@@ -257,7 +257,7 @@ def train_from_inputs(
     round's start, the bootstrap policy as reference, the labelled responses `labelled_responses` reads."""
     from accelerate.utils import set_seed
 
-    from rlhf.policy_optimization.engine import peak_rss_mb
+    from rlhf.machine import peak_rss_mb
     from rlhf.policy_optimization.models import count_parameters
     from rlhf.pretrained import load_policy, load_tokenizer, resolve_device
 

@@ -10,11 +10,14 @@ sequence-classifier backbone instead, and `train: false` takes a trained reward 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
+from accelerate.utils import gather_object
 from datasets import Dataset
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -22,6 +25,8 @@ from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import TrainRewardParams
 from rlhf.errors import EmptyComparisonsError, InputError
+from rlhf.launch import sharded_on_cpu, shards_weights, start_sharded_engine_on_cpu, zero_stage
+from rlhf.machine import peak_rss_mb
 from rlhf.pretrained import load_scalar_head_model, load_tokenizer
 from rlhf.reward_models.binary import (
     PairsAndLabelsCollator,
@@ -34,6 +39,7 @@ from rlhf.reward_models.ensemble import RewardEnsemble, save_reward_models
 from rlhf.reward_models.kwise import rankings_from_comparisons, train_on_rankings
 from rlhf.reward_models.pairs import preference_pairs, score_pairs
 from rlhf.reward_models.report import render_reward_distribution, reward_report
+from rlhf.reward_models.resumable import MarkWholeCheckpoints, RewardCheckpoints
 from rlhf.scoring import encode
 from rlhf.tracking import Tracker
 
@@ -61,9 +67,12 @@ def train_reward_model(
     progress: Callable[[int, int], None] | None = None,
     tracker: Tracker | None = None,
     binary_labels: pd.DataFrame | None = None,
-) -> dict:
+    checkpoints: RewardCheckpoints | None = None,
+) -> dict | None:
     """Train on the train split's strict pairs, or binary labels, or both (`params.labels`), save to
     out_dir, and report on the test split: held-out pairs, and held-out binary labels where given.
+    In a multi-process run (`params.launcher`) every process trains; the main one saves, reports
+    and returns the metrics, the others return None. `checkpoints`: where the run resumes from.
 
     The split is by prompt, so no held-out pair shares a prompt with a training pair. `init_from`
     is the bootstrap policy; `params.backbone`, where set, replaces it. `binary_labels`: the binary
@@ -79,14 +88,28 @@ def train_reward_model(
     labels_train = train_labels(binary_labels, params) if params.labels != "pairwise" else None
     tokenizer = load_tokenizer(init_from)
     pairs = preference_pairs(train, tokenizer) if train is not None else None
-    members, losses = [], []
+    members, losses, peaks = [], [], []
+    started = time.perf_counter()
     for member in range(params.ensemble):
         member_tracker = tracker.with_prefix(f"member{member}/") if tracker and params.ensemble > 1 else tracker
-        model, loss = train_one(
-            train, pairs, tokenizer, init_from, params, seed + member, device, progress, member_tracker, labels_train
+        model, loss, peaks = train_one(
+            train,
+            pairs,
+            tokenizer,
+            init_from,
+            params,
+            seed + member,
+            device,
+            progress,
+            member_tracker,
+            labels_train,
+            (checkpoints, member) if checkpoints else None,
         )
+        if model is None:  # not the main process of a multi-process run
+            return None
         members.append(model.eval())
         losses.append(loss)
+    train_wall_s = round(time.perf_counter() - started, 1)  # model loads, engine set-up and steps
     save_reward_models(members, tokenizer, out_dir)
     scorer = members[0] if len(members) == 1 else RewardEnsemble(members)
     held_out_pairs = params.labels != "binary" or (~test["tie"]).any()  # binary alone may have no pairs
@@ -104,6 +127,9 @@ def train_reward_model(
         "train_pairs": len(pairs) if pairs is not None else 0,
         **({"train_labels": len(labels_train)} if labels_train is not None else {}),
         "train_loss": train_loss,
+        "launcher": params.launcher,
+        "train_wall_s": train_wall_s,
+        "peak_rss_mb_per_process": peaks,  # each process's, at the end of the last member's training
         **report,
     }
 
@@ -174,9 +200,12 @@ def train_one(
     progress: Callable[[int, int], None] | None,
     tracker: Tracker | None = None,
     labels: pd.DataFrame | None = None,
-) -> tuple[PreTrainedModel, float]:
-    """One reward model from `init_from` with a fresh head: (model, mean training loss). `labels`:
-    binary labels to train on beside `pairs` (or instead of them: `train` and `pairs` None)."""
+    resume: tuple[RewardCheckpoints, int] | None = None,
+) -> tuple[PreTrainedModel | None, float, list[float]]:
+    """One reward model from `init_from` with a fresh head: (model, mean training loss, each
+    process's peak resident MiB), the model None on a process other than the main one. `labels`:
+    binary labels to train on beside `pairs` (or instead of them: `train` and `pairs` None).
+    `resume`: the checkpoints and this member's number in them."""
     torch.manual_seed(seed)
     model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
     if params.lora_rank:
@@ -194,13 +223,19 @@ def train_one(
             progress=progress,
             tracker=tracker,
         )
-        train_loss = stats["train_loss"]
+        train_loss, peaks = stats["train_loss"], [round(peak_rss_mb(), 1)]
     else:
-        train_loss = train_with_trl(model, tokenizer, pairs, params, seed, device, tracker, labels)
+        trained = train_with_trl(model, tokenizer, pairs, params, seed, device, tracker, labels, resume)
+        if trained.state is None:
+            return None, trained.loss, trained.peaks
+        if trained.state:  # gathered from the processes' shards: into a plain model of the same build
+            model = load_scalar_head_model(init_from, device, tokenizer.pad_token_id)
+            model.load_state_dict(trained.state)
+        train_loss, peaks = trained.loss, trained.peaks
     if params.lora_rank:
         model = model.merge_and_unload()  # a plain model again: PPO, judges and evaluate load it as is
     model.config.scoring_max_length = params.max_length  # scoring cuts where training did (rlhf.scoring)
-    return model, train_loss
+    return model, train_loss, peaks
 
 
 def with_lora(model: PreTrainedModel, params: TrainRewardParams) -> PreTrainedModel:
@@ -215,6 +250,17 @@ def with_lora(model: PreTrainedModel, params: TrainRewardParams) -> PreTrainedMo
     return get_peft_model(model, config)
 
 
+@dataclass
+class TrainedWeights:
+    """What one Trainer run leaves in this process. `state`: None on a process other than the main
+    one; empty where the model passed in trained whole in place (one process, DDP, ZeRO-2); else the
+    whole weights gathered from ZeRO-3's or FSDP's shards. `peaks`: every process's peak resident MiB."""
+
+    state: dict[str, torch.Tensor] | None
+    loss: float
+    peaks: list[float]
+
+
 def train_with_trl(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -224,27 +270,43 @@ def train_with_trl(
     device: torch.device,
     tracker: Tracker | None = None,
     labels: pd.DataFrame | None = None,
-) -> float:
+    resume: tuple[RewardCheckpoints, int] | None = None,
+) -> TrainedWeights:
     """Plain pairwise Bradley-Terry with TRL's RewardTrainer, or with binary `labels` its subclass
-    whose loss adds (or, `pairs` None, is) the binary loss (rlhf.reward_models.binary); returns the
-    mean training loss."""
+    whose loss adds (or, `pairs` None, is) the binary loss (rlhf.reward_models.binary). Under a
+    multi-process launcher the Trainer runs on the launcher's engine, each process taking its share
+    of every step's `params.batch_size` pairs; with `resume`, it checkpoints every
+    `params.checkpoint_every` steps and starts from the newest whole checkpoint."""
+    sharded = sharded_on_cpu(params.launcher, device)
+    if sharded:
+        start_sharded_engine_on_cpu()
+    checkpoints, member = resume if resume else (None, 0)
+    checkpointing = checkpoints is not None and params.checkpoint_every > 0
     args = RewardConfig(
-        output_dir=tempfile.mkdtemp(prefix="reward-"),
+        output_dir=str(checkpoints.member_dir(member)) if checkpoints else tempfile.mkdtemp(prefix="reward-"),
         num_train_epochs=params.epochs,
-        per_device_train_batch_size=params.batch_size,
+        per_device_train_batch_size=params.batch_size // params.num_processes,
         learning_rate=params.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,  # a float below 1 is a share of the total steps
         logging_steps=10,
-        save_strategy="no",
+        save_strategy="steps" if checkpointing else "no",
+        save_steps=params.checkpoint_every or 1,
+        save_total_limit=2,  # the newest, and the one before it while the newest is being written
         report_to=[],  # the trackers get the logs through rlhf.tracking's callback
         seed=seed,
-        use_cpu=device.type == "cpu",
+        use_cpu=device.type == "cpu" and not sharded,
+        # On a CPU the Trainer keeps the gloo group start_sharded_engine_on_cpu made, instead of
+        # starting one without a backend (one process, rlhf/launch.py says why).
+        accelerator_config={"use_configured_state": sharded},
         bf16=False,
         gradient_checkpointing=False,
         max_length=None,  # tokenized_pairs cut them already, as scoring does
     )
-    callbacks = [tracker.trainer_callback()] if tracker else None
+    newest = checkpoints.newest(member) if checkpointing else None
+    callbacks = [tracker.trainer_callback(resumed=newest is not None)] if tracker else []
+    if checkpointing:
+        callbacks.append(MarkWholeCheckpoints())
     if labels is None:
         trainer = RewardTrainer(
             model=model,
@@ -263,7 +325,25 @@ def train_with_trl(
             callbacks=callbacks,
             class_weights=balanced_class_weights(labels["label"]),
         )
-    return round(trainer.train().training_loss, 4)
+    if newest is not None and trainer.is_world_process_zero():
+        print(f"train_reward: resuming from {newest}", flush=True)
+    loss = round(trainer.train(resume_from_checkpoint=str(newest) if newest else None).training_loss, 4)
+    if params.launcher == "single":
+        return TrainedWeights({}, loss, [round(peak_rss_mb(), 1)])
+    accelerator = trainer.accelerator
+    whole = accelerator.get_state_dict(trainer.model_wrapped) if shards_weights(accelerator) else {}
+    peaks = [round(peak, 1) for peak in gather_object([peak_rss_mb()])]
+    # Every process leaves the group together (a gloo peer gone early can abort the others).
+    accelerator.wait_for_everyone()
+    main = accelerator.is_main_process
+    accelerator.end_training()
+    if zero_stage(accelerator):
+        # The Trainer registered its DeepSpeed config with transformers, which would otherwise load
+        # every later model (the plain one the gathered weights go into) already partitioned.
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    return TrainedWeights(whole if main else None, loss, peaks)
 
 
 def evaluate_reward_model(

@@ -18,43 +18,19 @@ The work is rlhf.policy_optimization.from_inputs (train_online, train_offline); 
 the arguments, starts the processes and writes the curve, its figures and the metrics.
 """
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 
 from rlhf.config import Params
+from rlhf.launch import is_launched_process, relaunch_as_processes
 from rlhf.plots import render_curve, render_gold_vs_proxy
 from rlhf.policy_optimization.from_inputs import PolicyInputs, PolicyOutcome, train_offline, train_online
 from rlhf.pretrained import resolve_device
 from rlhf.stages._stage import log_progress, params_from, parse_paths, run_stage, write_json, write_whole
 
 STAGE = "train_policy"
-ACCELERATE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
 INPUTS = ["prompts", "comparisons", "policy_dir", "reference_dir", "reward_dir", "cost_dir"]
-
-
-def relaunch_as_processes(params: Params) -> None:
-    """Run this same command as `num_processes` processes: `accelerate launch` with the launcher's
-    config (on CPU the trainer joins the processes over gloo), except DDP on CPU, which runs under
-    torchrun (accelerate would want MPI there)."""
-    config = params.train_policy
-    if os.environ.get("RLHF_LAUNCHED"):
-        raise RuntimeError("train_policy: the launcher started a single process; see configs/accelerate/")
-    if resolve_device(params.device).type == "cpu" and config.launcher == "ddp":
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-        launch += [str(config.num_processes)]
-    else:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(config.num_processes)]
-        # port 0: accelerate picks a free one, so runs side by side on one machine do not collide
-        launch += ["--config_file", str(ACCELERATE_CONFIGS / f"{config.launcher}.yaml"), "--main_process_port", "0"]
-    print(f"{STAGE}: launching {config.num_processes} processes ({config.launcher})", flush=True)
-    env = {**os.environ, "RLHF_LAUNCHED": "1"}
-    done = subprocess.run([*launch, "-m", f"rlhf.stages.{STAGE}", *sys.argv[1:]], env=env, check=False)
-    sys.exit(done.returncode)
 
 
 def write_outputs(args, outcome: PolicyOutcome) -> None:
@@ -84,8 +60,9 @@ def main() -> None:
         write_outputs(args, outcome)
         print(f"{STAGE}: {outcome.metrics}", flush=True)
         return
-    if params.train_policy.launcher != "single" and "WORLD_SIZE" not in os.environ:
-        relaunch_as_processes(params)
+    config = params.train_policy
+    if config.launcher != "single" and not is_launched_process():
+        relaunch_as_processes(STAGE, config.launcher, config.num_processes, resolve_device(params.device))
     outcome = train_online(params, inputs, args.model_dir, args.checkpoint_dir, args.live_dir)
     if outcome is None:  # not the main process
         return

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
-import time
 
 import pandas as pd
-import psutil
 import pytest
 import torch
 
 from rlhf.pretrained import load_policy
-from tests.support.policy_runs import STAGE_ENV, measured, run_stage
+from tests.support.policy_runs import kill_whole_stage_once, measured, run_stage
 
 ENGINES = ["deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 # Three iterations, a checkpoint each; no clipping (DeepSpeed clips policy and critic under one norm,
@@ -63,21 +60,6 @@ def assert_close_to(reference: dict, other: dict, what: str) -> None:
         assert difference <= 1e-5 * scale, f"{what}: {name} differs by {difference}"
 
 
-def kill_after_checkpoint(command, root, project_root, iteration: int) -> None:
-    process = subprocess.Popen(
-        command, cwd=project_root, env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 240
-    while not (root / "ckpt" / f"iteration-{iteration:06d}").exists():
-        assert process.poll() is None and time.time() < deadline, "the stage ended before the checkpoint"
-        time.sleep(0.02)
-    # the stage, its launcher and both workers at once: what a machine's failure does to them
-    tree = psutil.Process(process.pid)
-    for member in [*tree.children(recursive=True), tree]:
-        member.send_signal(signal.SIGKILL)
-    process.wait()
-
-
 # Where each engine writes every process's own share of the checkpoint
 SHARD_OF_RANK_1 = {
     "deepspeed_zero2": "zero_pp_rank_1_*optim_states.pt",
@@ -102,7 +84,7 @@ def test_ppo_under_the_engine_resumes_after_sigkill_where_an_uninterrupted_run_e
     uninterrupted, uninterrupted_curve = trained_policy(root), pd.read_csv(root / "policy.csv")
     subprocess.run(["rm", "-rf", str(root / "policy")], check=True)
 
-    kill_after_checkpoint(command(**run), root, project_root, iteration=1)
+    kill_whole_stage_once(command(**run), project_root, root / "ckpt" / "iteration-000001")
     checkpoint = sorted((root / "ckpt").glob("iteration-*"))[-1]
     assert list(checkpoint.rglob(SHARD_OF_RANK_1[engine])), sorted(p.name for p in checkpoint.rglob("*"))
     resumed = run_stage(command(**run), project_root)

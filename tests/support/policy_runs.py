@@ -78,6 +78,24 @@ def run_stage(command, project_root):
     )
 
 
+def kill_whole_stage_once(command, project_root, ready, timeout: float = 240) -> None:
+    """Start the stage and, once the path `ready` exists, SIGKILL it, its launcher and every worker
+    at once: what a machine's failure does to them."""
+    import psutil
+
+    process = subprocess.Popen(
+        command, cwd=project_root, env=STAGE_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + timeout
+    while not ready.exists():
+        assert process.poll() is None and time.time() < deadline, f"the stage ended before {ready} existed"
+        time.sleep(0.02)
+    tree = psutil.Process(process.pid)
+    for member in [*tree.children(recursive=True), tree]:
+        member.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def kill_after_third_checkpoint(command, root, project_root) -> None:
     """Start the stage and SIGKILL it once its third checkpoint is on disk."""
     process = subprocess.Popen(
