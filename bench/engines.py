@@ -19,6 +19,7 @@ communication and sharding cost on one tiny model, not how it scales over GPUs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -198,9 +199,12 @@ def main() -> None:
     results: dict[str, list[dict]] = {engine: [] for engine in engines}
     with tempfile.TemporaryDirectory() as scratch:
         directory = Path(scratch)
-        write_fixture(directory)
-        if args.stage == "train_reward":
-            write_comparisons(directory)
+        # stdout carries only the JSON lines: what the fixture's imports log (DeepSpeed's logger
+        # binds stdout as it loads) goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            write_fixture(directory)
+            if args.stage == "train_reward":
+                write_comparisons(directory)
         for _ in range(args.repeats):
             for engine in engines:  # alternating: each repeat runs every engine once
                 results[engine].append(run_once(directory, args.stage, engine, settings, args.processes))

@@ -225,7 +225,7 @@ def lines_table(lines: list[dict]) -> list[str]:
 
 def bench_section(bench: str, lines: list[dict]) -> list[str]:
     title, what, command = ABOUT.get(bench, (bench, "", f"python bench/{bench}.py"))
-    out = [f"## {title}", "", what, "", f"`{command}` (`bench/{bench}.py`)", ""] if what else [f"## {title}", ""]
+    out = [f"## {title}", "", what, "", f"`{command}`", ""] if what else [f"## {title}", ""]
     if bench == "efficacy":
         out += headline_table(lines[-1]) + ["", f"![Each seed's shares, start and trained]({SEED_PLOT})", ""]
         return out
