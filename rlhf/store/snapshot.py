@@ -88,12 +88,14 @@ SCOPED = "SELECT prompt_id, response_id FROM rankings WHERE ranking_id IN (SELEC
 # The snapshot is three files, each row once: the labelled pairs of the rankings in scope, and their
 # prompts and responses (with a scope, a fourth: scope.json, what it took).
 # Texts are not repeated per pair (a response is in K - 1 pairs): the files stay small and a
-# 1M-pair snapshot takes about a second. `rlhf.snapshot.read_comparisons` joins them back. Each file
-# has its own COPY options: the pairs' hash ids gain nothing from Parquet's dictionary encoding.
+# 1M-pair snapshot takes under a second. `rlhf.snapshot.read_comparisons` joins them back. Each file
+# has its own COPY options: ids and texts that are each one row's own gain nothing from Parquet's
+# dictionary encoding, and trying it costs a tenth of the responses file's write.
+# `{pairs_in_scope}`: the pairs' filter by `in_scope`, left out where the scope is every ranking.
 SNAPSHOT_FILES = {
     "pairs": (
         f"""SELECT ranking_id, prompt_id, chosen_id, rejected_id, margin, tie, weight, judge, judge_version
-            FROM ({MERGED_PAIRS}) WHERE ranking_id IN (SELECT ranking_id FROM in_scope)
+            FROM ({MERGED_PAIRS}) {{pairs_in_scope}}
             ORDER BY ranking_id, chosen_id, rejected_id""",
         "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1",
     ),
@@ -108,9 +110,10 @@ SNAPSHOT_FILES = {
         f"""SELECT r.response_id, r.prompt_id, r.response, r.messages, r.policy_checkpoint, s.unsafe
             FROM responses r LEFT JOIN ({UNSAFE_LABELS}) s USING (response_id)
             WHERE response_id IN (SELECT response_id FROM scoped) ORDER BY response_id""",
-        "FORMAT parquet",
+        "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1",
     ),
 }
+PAIRS_IN_SCOPE = "WHERE ranking_id IN (SELECT ranking_id FROM in_scope)"
 # Every labelled pair with its texts, in the snapshot's order (exports and the DataFrame API).
 COMPARISONS_QUERY = f"""
 SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id,
@@ -185,9 +188,11 @@ def write(con: duckdb.DuckDBPyConnection, out_dir: Path, current_ranking_ids: It
             scope_arguments(scope) + [judges, judges],
         )
     con.execute(f"CREATE OR REPLACE TEMP TABLE scoped AS {SCOPED}")
+    # Every labelled pair comes from a ranking, so with every ranking in scope the filter keeps all.
+    pairs_in_scope = "" if scope is None else PAIRS_IN_SCOPE
     for name, (query, options) in SNAPSHOT_FILES.items():
         target = str(out_dir / f"{name}.parquet").replace("'", "''")  # COPY binds no target
-        con.execute(f"COPY ({query}) TO '{target}' ({options})")
+        con.execute(f"COPY ({query.replace('{pairs_in_scope}', pairs_in_scope)}) TO '{target}' ({options})")
     rows = con.execute("SELECT count(*) FROM read_parquet(?)", [str(out_dir / "pairs.parquet")]).fetchone()[0]
     if scope is not None:
         sources = con.execute(SCOPE_SOURCES)
