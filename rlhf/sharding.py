@@ -12,9 +12,9 @@ tables) is written once, whole (a temporary folder, then a rename), to a parts f
 share, under the digest of what the parts are computed from (the fingerprint), so parts of other
 inputs or settings are never mixed in. A restarted worker skips the batches already on disk, so a
 killed worker's share is redone and nothing twice. The workers need no process group: the parts
-folder is their only meeting point. Rank 0 waits until every batch is on disk and gathers them in
-batch order, so the result is the one a single process gives when each batch draws from its own
-seeded stream (rlhf.sampling.batch_generator).
+folder is their only meeting point. Rank 0 waits until every batch is on disk and every worker
+has marked its share finished, and gathers them in batch order, so the result is the one a single
+process gives when each batch draws from its own seeded stream (rlhf.sampling.batch_generator).
 """
 
 from __future__ import annotations
@@ -45,11 +45,16 @@ LAUNCHED = "RLHF_WORKERS_LAUNCHED"
 class Worker:
     rank: int
     world: int
+    attempt: int = 0  # torchrun's restarts of the group so far
 
     @classmethod
     def from_environment(cls) -> Worker:
         """This process's place among torchrun's workers (rank 0 of 1 outside torchrun)."""
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+        return cls(
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)),
+        )
 
     def place(self, device: torch.device) -> torch.device:
         """This worker's device: on CUDA, its own GPU (LOCAL_RANK); on CPU, the CPU."""
@@ -127,10 +132,17 @@ class BatchParts:
                 raise
             shutil.rmtree(partial)  # another worker wrote the same batch first (a restarted group)
 
-    def wait_for(self, count: int, poll_s: float = 0.2) -> None:
-        """Until every batch is on disk (the other workers' shares); torchrun ends the wait by
-        restarting the group if one of them dies."""
-        while not all(self.done(index) for index in range(count)):
+    def finish(self, worker: Worker) -> None:
+        """Mark this worker's share done: after this it touches the folder no more."""
+        (self.directory / f".finished-{worker.attempt}-{worker.rank}").touch()
+
+    def wait_for(self, count: int, worker: Worker, poll_s: float = 0.2) -> None:
+        """Until every batch is on disk and every worker of this attempt has finished; torchrun
+        ends the wait by restarting the group if one of them dies. Waiting for the batches alone
+        is not enough: a worker with no batch left to do, still starting, would make the folder
+        again after rank 0 removed it."""
+        finished = [self.directory / f".finished-{worker.attempt}-{rank}" for rank in range(worker.world)]
+        while not (all(self.done(index) for index in range(count)) and all(f.exists() for f in finished)):
             time.sleep(poll_s)
 
     def gather(self, count: int) -> Tables:
@@ -169,7 +181,8 @@ def run_batches(
             parts.write(index, work(index))
         if progress:
             progress(done, len(mine))
+    parts.finish(worker)
     if worker.rank != 0:
         return None
-    parts.wait_for(count)
+    parts.wait_for(count, worker)
     return parts.gather(count)

@@ -166,3 +166,30 @@ def test_two_workers_judge_exactly_what_one_process_judges(sampling_stage, proje
     assert metrics["judge"] == "llm" and metrics["prompts"] == 24
     assert metrics["pairs_judged"] == 24 * 6  # every pair of 4 responses, once, summed over the workers
     assert len(pd.read_parquet(tmp_path / "rank-2.rankings")) == 24 * SAMPLING["k"]
+
+
+@pytest.mark.timeout(60)
+def test_rank_0_gathers_only_once_every_worker_has_finished_so_none_makes_the_parts_again(tmp_path):
+    """A worker with no batch left to do (more workers than batches, or its share kept on disk) may
+    still be starting when rank 0 has every batch: were rank 0 to gather, write and remove the parts
+    then, that worker would make the folder again. Rank 0 waits for every worker's finish mark."""
+    import threading
+
+    from rlhf.sharding import BatchParts, Worker, run_batches
+
+    def work(index: int):
+        return {"rows": pd.DataFrame({"batch": [index]})}
+
+    root, fingerprint = tmp_path / "x.parts", {"inputs": "the same"}
+    gathered = {}
+    rank_0 = threading.Thread(
+        target=lambda: gathered.update(tables=run_batches(1, work, BatchParts(root, fingerprint), Worker(0, 2)))
+    )
+    rank_0.start()
+    rank_0.join(timeout=1.0)
+    assert rank_0.is_alive() and not gathered  # batch 0 is on disk; worker 1 has not finished
+    assert run_batches(1, work, BatchParts(root, fingerprint), Worker(1, 2)) is None  # nothing to do
+    rank_0.join(timeout=10)
+    assert not rank_0.is_alive() and list(gathered["tables"]["rows"]["batch"]) == [0]
+    BatchParts(root, fingerprint).remove()
+    assert not root.exists()
