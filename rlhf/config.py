@@ -22,6 +22,16 @@ PARAMS_FILE = "params.yaml"
 ROUNDS_FILE = "rounds.yaml"  # the round state, beside params.yaml (RoundParams)
 
 
+# How a training stage runs (rlhf/launch.py): one process, or several under DDP, ZeRO or FSDP2.
+Launcher = Literal["single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+
+
+def check_processes(launcher: str, num_processes: int) -> None:
+    """More than one process needs a launcher that starts them (train_policy's and train_reward's rule)."""
+    if launcher == "single" and num_processes != 1:
+        raise ValueError("num_processes: needs a multi-process launcher (ddp, deepspeed_zero2, deepspeed_zero3, fsdp)")
+
+
 class Section(BaseModel):
     # Each field's docstring is the comment params.yaml carries above its key (rlhf/params_file.py
     # reads them from this file's source; pydantic's use_attribute_docstrings would do it on every
@@ -531,7 +541,7 @@ class TrainRewardParams(Section):
     ensemble: int = Field(1, ge=1, le=16)
     """>1: train this many reward models (seeds seed, seed+1, ...) and score with their mean;
     metrics/reward.json then also gives the members' mean accuracy alone."""
-    launcher: Literal["single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"] = "single"
+    launcher: Launcher = "single"
     """single: one process. Otherwise the stage re-runs itself as `num_processes` processes, as
     train_policy.launcher does (configs/accelerate/), and TRL's RewardTrainer spreads each step's
     batch over them; ZeRO-3 and fsdp (FSDP2) shard the weights, which are gathered before saving."""
@@ -556,10 +566,7 @@ class TrainRewardParams(Section):
 
     @model_validator(mode="after")
     def _processes_share_the_batch(self):
-        if self.launcher == "single" and self.num_processes != 1:
-            raise ValueError(
-                "num_processes: needs a multi-process launcher (ddp, deepspeed_zero2, deepspeed_zero3, fsdp)"
-            )
+        check_processes(self.launcher, self.num_processes)
         if self.batch_size % self.num_processes:
             raise ValueError(f"batch_size: must be a multiple of num_processes ({self.num_processes})")
         if self.launcher != "single" and self.batching == "kwise":
@@ -846,7 +853,7 @@ class TrainPolicyParams(Section):
     al. 2021)."""
     lora_target_modules: list[str] | Literal["all-linear"] = "all-linear"
     """Which linear layers get LoRA adapters: all-linear, or module names such as [c_attn, c_proj]."""
-    launcher: Literal["single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"] = "single"
+    launcher: Launcher = "single"
     """single: one process. Otherwise the stage re-runs itself under `accelerate launch` (configs/accelerate/);
     on CPU ddp runs under torchrun, the others over gloo. ZeRO-3 and fsdp (FSDP2) shard the trained weights."""
     num_processes: int = Field(1, ge=1)
@@ -896,10 +903,7 @@ class TrainPolicyParams(Section):
             raise ValueError(
                 f"compile_generation: not with launcher {self.launcher}, whose gathered weights move between rollouts"
             )
-        if self.launcher == "single" and self.num_processes != 1:
-            raise ValueError(
-                "num_processes: needs a multi-process launcher (ddp, deepspeed_zero2, deepspeed_zero3, fsdp)"
-            )
+        check_processes(self.launcher, self.num_processes)
         if self.keep == "best" and (self.eval_every == 0 or self.algorithm in OFFLINE):
             raise ValueError(
                 "keep: best needs the in-loop evaluation of an online algorithm (eval_every > 0, not dpo or kto)"

@@ -1,6 +1,6 @@
 """A training stage as several processes: the launch command and, on a CPU, the process group.
 
-`train_policy.launcher` and `train_reward.launcher` name one of LAUNCHERS. Other than `single`,
+`train_policy.launcher` and `train_reward.launcher` (rlhf.config.Launcher) name the engine. Other than `single`,
 the stage runs itself again under `accelerate launch` with the matching file in
 configs/accelerate/ (DDP on CPU under torchrun instead: accelerate would want MPI there), and each
 process finds itself a member by WORLD_SIZE in its environment.
@@ -17,7 +17,6 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
 
-LAUNCHERS = ("single", "ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp")
 SHARDED_LAUNCHERS = ("deepspeed_zero2", "deepspeed_zero3", "fsdp")
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 
@@ -44,20 +43,20 @@ def relaunch_as_processes(stage: str, launcher: str, num_processes: int, device:
     sys.exit(done.returncode)
 
 
-def sharded_on_cpu(launcher: str, device: torch.device) -> bool:
-    """A launched DeepSpeed or FSDP process on a CPU, whose process group start_sharded_engine_on_cpu makes."""
-    return device.type == "cpu" and launcher in SHARDED_LAUNCHERS and is_launched_process()
-
-
-def start_sharded_engine_on_cpu() -> None:
-    """The process group over gloo for DeepSpeed or FSDP on CPU, before the Accelerator is built.
+def start_sharded_engine_on_cpu(launcher: str, device: torch.device) -> bool:
+    """In a launched DeepSpeed or FSDP process on a CPU, the process group over gloo, started before
+    the Accelerator (or a Trainer's) is built; returns whether it was (the caller then must not ask
+    accelerate for a CPU run).
 
     accelerate 1.15 picks no backend for a non-CPU launch without a GPU (so it counts one process)
     and turns on FSDP only over GPU-like process groups; `Accelerator(cpu=True)` would give plain
     DDP. So the shared state is started over gloo, and for FSDP marked as a multi-device run."""
+    if not (device.type == "cpu" and launcher in SHARDED_LAUNCHERS and is_launched_process()):
+        return False
     state = PartialState(backend="gloo")
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         state.distributed_type = DistributedType.MULTI_GPU  # only so that AcceleratorState turns FSDP on
+    return True
 
 
 def zero_stage(accelerator: Accelerator) -> int:

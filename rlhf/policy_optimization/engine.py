@@ -13,16 +13,14 @@ import torch
 from accelerate import Accelerator
 
 from rlhf.config import TrainPolicyParams
-from rlhf.launch import sharded_on_cpu, shards_weights, start_sharded_engine_on_cpu, zero_stage
+from rlhf.launch import shards_weights, start_sharded_engine_on_cpu, zero_stage
 from rlhf.machine import peak_rss_mb
 from rlhf.policy_optimization.models import PolicyModels
 
 
 def make_accelerator(params: TrainPolicyParams, device: torch.device) -> Accelerator:
     bf16 = params.mixed_precision == "bf16" or (params.mixed_precision == "auto" and device.type == "cuda")
-    sharded = sharded_on_cpu(params.launcher, device)
-    if sharded:
-        start_sharded_engine_on_cpu()
+    sharded = start_sharded_engine_on_cpu(params.launcher, device)
     accelerator = Accelerator(
         cpu=device.type == "cpu" and not sharded,
         mixed_precision="bf16" if bf16 else "no",

@@ -26,14 +26,15 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 class RewardCheckpoints:
-    def __init__(self, directory: str | Path, fingerprint: dict):
-        self.directory, self.fingerprint = Path(directory), fingerprint
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
 
-    def prepare(self) -> None:
-        """Keep this configuration's whole checkpoints, clear anything else; called once, before
-        the training processes start (so no two processes rewrite the folder at once)."""
+    def prepare(self, fingerprint: dict) -> None:
+        """Keep the whole checkpoints of the configuration `fingerprint` names, clear anything else;
+        called once, before the training processes start (so no two processes rewrite the folder at
+        once, and only one hashes the inputs)."""
         stamp = self.directory / "fingerprint.json"
-        if stamp.exists() and json.loads(stamp.read_text()) == self.fingerprint:
+        if stamp.exists() and json.loads(stamp.read_text()) == fingerprint:
             for member in self.directory.glob("member-*"):
                 for checkpoint in member.iterdir():
                     if _CHECKPOINT.match(checkpoint.name) and not (checkpoint / WHOLE).exists():
@@ -42,7 +43,7 @@ class RewardCheckpoints:
         if self.directory.exists():
             shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True)
-        stamp.write_text(json.dumps(self.fingerprint, indent=2, sort_keys=True))
+        stamp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
 
     def member_dir(self, member: int) -> Path:
         return self.directory / f"member-{member}"

@@ -25,7 +25,7 @@ from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import TrainRewardParams
 from rlhf.errors import EmptyComparisonsError, InputError
-from rlhf.launch import sharded_on_cpu, shards_weights, start_sharded_engine_on_cpu, zero_stage
+from rlhf.launch import shards_weights, start_sharded_engine_on_cpu, zero_stage
 from rlhf.machine import peak_rss_mb
 from rlhf.pretrained import load_scalar_head_model, load_tokenizer
 from rlhf.reward_models.binary import (
@@ -277,9 +277,7 @@ def train_with_trl(
     multi-process launcher the Trainer runs on the launcher's engine, each process taking its share
     of every step's `params.batch_size` pairs; with `resume`, it checkpoints every
     `params.checkpoint_every` steps and starts from the newest whole checkpoint."""
-    sharded = sharded_on_cpu(params.launcher, device)
-    if sharded:
-        start_sharded_engine_on_cpu()
+    sharded = start_sharded_engine_on_cpu(params.launcher, device)
     checkpoints, member = resume if resume else (None, 0)
     checkpointing = checkpoints is not None and params.checkpoint_every > 0
     args = RewardConfig(

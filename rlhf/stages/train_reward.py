@@ -59,9 +59,10 @@ def main() -> None:
     device = resolve_device(params.device)
     comparisons = read_comparisons(args.comparisons)
     labels = read_binary_labels(args.comparisons) if config.labels != "pairwise" else None
-    checkpoints = RewardCheckpoints(args.checkpoint_dir, fingerprint(params, args.comparisons, args.init_dir))
+    checkpoints = RewardCheckpoints(args.checkpoint_dir)
     if not is_launched_process():  # once, before any training process starts
-        checkpoints.prepare()
+        if config.train and config.checkpoint_every:
+            checkpoints.prepare(fingerprint(params, args.comparisons, args.init_dir))
         if config.launcher != "single":
             relaunch_as_processes(STAGE, config.launcher, config.num_processes, device)
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -81,7 +82,7 @@ def main() -> None:
             progress=log_progress(f"{STAGE}: steps"),
             tracker=tracker,
             binary_labels=labels,
-            checkpoints=checkpoints if config.train else None,
+            checkpoints=checkpoints,
         )
     if metrics is None:  # not the main process
         return

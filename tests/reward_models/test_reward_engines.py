@@ -134,16 +134,16 @@ def test_reward_training_under_the_engine_resumes_after_sigkill_and_matches_ddp(
 def test_checkpoints_of_other_settings_or_half_written_are_never_resumed(tmp_path):
     from rlhf.reward_models.resumable import WHOLE, RewardCheckpoints
 
-    checkpoints = RewardCheckpoints(tmp_path / "ckpt", {"seed": 0})
-    checkpoints.prepare()
+    checkpoints = RewardCheckpoints(tmp_path / "ckpt")
+    checkpoints.prepare({"seed": 0})
     whole = checkpoints.member_dir(0) / "checkpoint-4"
     whole.mkdir(parents=True)
     (whole / WHOLE).touch()
     half = checkpoints.member_dir(0) / "checkpoint-8"  # killed while the Trainer wrote it
     half.mkdir()
     assert checkpoints.newest(0) == whole and checkpoints.newest(1) is None
-    RewardCheckpoints(tmp_path / "ckpt", {"seed": 0}).prepare()  # the same run started again
+    RewardCheckpoints(tmp_path / "ckpt").prepare({"seed": 0})  # the same run started again
     assert whole.exists() and not half.exists()
-    other = RewardCheckpoints(tmp_path / "ckpt", {"seed": 1})
-    other.prepare()
+    other = RewardCheckpoints(tmp_path / "ckpt")
+    other.prepare({"seed": 1})
     assert other.newest(0) is None and not whole.exists()
