@@ -23,6 +23,7 @@ from rlhf import chat
 from rlhf.errors import InputError
 from rlhf.store.ingest import insert_run
 from rlhf.store.schema import EVENT_COLUMNS
+from rlhf.store.scope import BINARY_LABELS_IN_SCOPE, binary_scope_arguments
 from rlhf.text import content_id, split_of
 
 # The columns a caller passes: prompt and response (strings or chat messages), desirable, annotator;
@@ -30,28 +31,11 @@ from rlhf.text import content_id, split_of
 REQUIRED_COLUMNS = ("prompt", "response", "desirable", "annotator")
 OPTIONAL_COLUMNS = ("response_id", "reason", "policy_checkpoint", "item_id", "split")
 
-# The labels a snapshot scope (rlhf.store.scope.snapshot_scope) takes. Every binary label is a
-# person's (a page's annotator, a deployment's user, an import's rater), so the scope's
-# label_sources keep them where they name `human`. Parameters: scope_parameters(scope).
-IN_SCOPE = """
-SELECT * FROM binary_labels
-WHERE (CAST(? AS BOOLEAN)
-       OR list_contains(CAST(? AS VARCHAR[]), source)
-       OR list_contains(CAST(? AS VARCHAR[]), policy_checkpoint)
-       OR list_contains(CAST(? AS VARCHAR[]), policy_checkpoint))
-  AND (CAST(? AS VARCHAR[]) IS NULL OR list_contains(CAST(? AS VARCHAR[]), 'human'))
-"""
-
 # The snapshot's columns: TRL's unpaired preference format first, then what our stages read
 # (messages for rlhf.scoring, the split for held-out reports) and the provenance.
 SNAPSHOT_COLUMNS = """
 prompt, response AS completion, desirable AS label, prompt_messages, response_messages AS completion_messages,
 split, label_id, prompt_id, response_id, reason, source, annotator, policy_checkpoint
-"""
-
-# What DVC would see of the labels a scope takes: a count and an order-free digest of their rows.
-SCOPE_DIGEST = f"""
-SELECT count(*), coalesce(bit_xor(hash(label_id, desirable, reason)), 0) FROM ({IN_SCOPE})
 """
 
 
@@ -186,21 +170,11 @@ def binary_labels(con: duckdb.DuckDBPyConnection, source: str | None = None) -> 
     ).df()
 
 
-def scope_parameters(scope: dict) -> list:
-    """IN_SCOPE's parameters for a snapshot scope: every label?, the imports' sources, this round's
-    policies, the earlier rounds' policies, the judges (twice)."""
-    judges = scope["label_sources"]
-    # An import set is the source import:<name>; a deployed policy's thumbs are the source
-    # `deployed`, which store.snapshot.imports names as its pairs' import set (rlhf.store.exchanges).
-    imports = [f"import:{name}" for name in scope["imports"]] + [n for n in scope["imports"] if n == "deployed"]
-    return [scope["rankings"] == "all", imports, scope["policies"], scope["earlier_policies"], judges, judges]
-
-
 def _scoped(scope: dict | None) -> tuple[str, list]:
     """The labels `scope` takes, as SQL and its parameters; None: every label."""
     if scope is None:
         return "SELECT * FROM binary_labels", []
-    return IN_SCOPE, scope_parameters(scope)
+    return BINARY_LABELS_IN_SCOPE, binary_scope_arguments(scope)
 
 
 def snapshot_binary_labels(con: duckdb.DuckDBPyConnection, path: Path, scope: dict | None) -> int:
@@ -217,13 +191,6 @@ def snapshot_binary_labels(con: duckdb.DuckDBPyConnection, path: Path, scope: di
     )
     partial.replace(path)
     return con.execute("SELECT count(*) FROM read_parquet(?)", [str(path)]).fetchone()[0]
-
-
-def scope_digest(con: duckdb.DuckDBPyConnection, scope: dict) -> dict:
-    """What a scope takes of the binary labels, as the scope file would record it: a count and an
-    order-free digest (a new label, a turned thumb or a new reason changes it)."""
-    rows, digest = con.execute(SCOPE_DIGEST, scope_parameters(scope)).fetchone()
-    return {"binary_labels": int(rows), "binary_digest": f"{int(digest):016x}"}
 
 
 # --- the ranking page's binary mode: a queue item of one response, labelled good or bad ---

@@ -1,6 +1,6 @@
-"""The snapshot's scope, as DVC sees it: which rankings a snapshot takes from the store beyond this
-configuration's own, and the scope file `<store>.scope.json` (a dependency of store_comparisons)
-that every write keeps up to date with a digest of those rankings."""
+"""The snapshot's scope, as DVC sees it: which rankings and thumbs up/down a snapshot takes from the
+store beyond this configuration's own, and the scope file `<store>.scope.json` (a dependency of
+store_comparisons) that every write keeps up to date with a digest of those rows."""
 
 from __future__ import annotations
 
@@ -28,6 +28,24 @@ WHERE (CAST(? AS BOOLEAN)
 SCOPE_DIGEST = f"""
 SELECT count(*), coalesce(bit_xor(hash(ranking_id, response_id, rank, score, reasons, judge, judge_version)), 0)
 FROM rankings WHERE ranking_id IN ({STORE_SIDE_RANKINGS})
+"""
+
+# The binary labels (thumbs up/down, rlhf.store.binary) a scope takes. Every one is a person's (a
+# page's annotator, a deployment's user, an import's rater), so the scope's label_sources keep them
+# where they name `human`. Parameters: binary_scope_arguments(scope).
+BINARY_LABELS_IN_SCOPE = """
+SELECT * FROM binary_labels
+WHERE (CAST(? AS BOOLEAN)
+       OR list_contains(CAST(? AS VARCHAR[]), source)
+       OR list_contains(CAST(? AS VARCHAR[]), policy_checkpoint)
+       OR list_contains(CAST(? AS VARCHAR[]), policy_checkpoint))
+  AND (CAST(? AS VARCHAR[]) IS NULL OR list_contains(CAST(? AS VARCHAR[]), 'human'))
+"""
+
+# What DVC sees of those labels: a count and an order-free digest (a new label, a turned thumb or
+# a new reason changes it), so a thumb given after the last snapshot makes store_comparisons run.
+BINARY_SCOPE_DIGEST = f"""
+SELECT count(*), coalesce(bit_xor(hash(label_id, desirable, reason)), 0) FROM ({BINARY_LABELS_IN_SCOPE})
 """
 
 # Which rankings a snapshot took, by source (the snapshot's scope.json): this configuration's are
@@ -75,9 +93,28 @@ def scope_arguments(scope: dict) -> list:
     return [scope["rankings"] == "all", runs, scope["policies"], scope["earlier_policies"], judges, judges]
 
 
+def binary_scope_arguments(scope: dict) -> list:
+    """BINARY_LABELS_IN_SCOPE's parameters for `scope`: every label?, the imports' sources, this
+    round's policies, the earlier rounds' policies, the judges (twice)."""
+    judges = scope["label_sources"]
+    # An import set is the source import:<name>; a deployed policy's thumbs are the source
+    # `deployed`, which a scope names as its pairs' import set (rlhf.store.exchanges).
+    imports = [f"import:{name}" for name in scope["imports"]] + [n for n in scope["imports"] if n == "deployed"]
+    return [scope["rankings"] == "all", imports, scope["policies"], scope["earlier_policies"], judges, judges]
+
+
 def scope_fingerprint(con: duckdb.DuckDBPyConnection, scope: dict) -> dict:
+    """What the scope file records: the scope, and the count and digest of the rankings and of
+    the binary labels it takes from the store."""
     rows, digest = con.execute(SCOPE_DIGEST, scope_arguments(scope)).fetchone()
-    return {"scope": scope, "store_rows": int(rows), "digest": f"{int(digest):016x}"}
+    labels, label_digest = con.execute(BINARY_SCOPE_DIGEST, binary_scope_arguments(scope)).fetchone()
+    return {
+        "scope": scope,
+        "store_rows": int(rows),
+        "digest": f"{int(digest):016x}",
+        "binary_labels": int(labels),
+        "binary_digest": f"{int(label_digest):016x}",
+    }
 
 
 def recorded_scope(store_path: str | Path) -> dict | None:

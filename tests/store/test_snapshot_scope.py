@@ -70,7 +70,14 @@ def test_the_scope_file_changes_with_what_the_scope_takes_and_nothing_else(tmp_p
     scope = default_scope(["sft"], imports=["hh"])
     store.snapshot_comparisons(tmp_path / "snap", current[2]["ranking_id"], scope)
     recorded = scope_file(store.path).read_text()
-    assert json.loads(recorded) == {"scope": scope, "store_rows": 0, "digest": f"{0:016x}"}
+    empty = f"{0:016x}"
+    assert json.loads(recorded) == {
+        "scope": scope,
+        "store_rows": 0,
+        "digest": empty,
+        "binary_labels": 0,
+        "binary_digest": empty,
+    }
     # an import the scope does not name, and an AI run of another policy: the file stays as it was
     store.ingest({"run_id": "import-other", "stage": "import"}, *frames("other", "import:x", 2, "human", "c"))
     store.ingest({"run_id": "run-2", "stage": "store_comparisons"}, *frames("elsewhere", "rl", 3))
@@ -93,6 +100,41 @@ def test_the_scope_file_changes_with_what_the_scope_takes_and_nothing_else(tmp_p
     assert first != json.dumps(after_import)
     store.record_human_ranking("alice", "i", {"sft-a0": 2, "sft-a1": 1}, [], "page")
     assert scope_file(store.path).read_text() != first
+
+
+def thumbs(response: str, desirable: bool, policy: str, reason: str | None = None) -> pd.DataFrame:
+    row = {"prompt": "prompt a", "response": response, "desirable": desirable, "annotator": "alice"}
+    return pd.DataFrame([{**row, "policy_checkpoint": policy, "reason": reason}])
+
+
+def test_a_thumb_the_scope_takes_changes_the_scope_file_so_dvc_reruns_the_snapshot(tmp_path):
+    """Binary labels are store-side rows too: given after the last snapshot, they must reach DVC."""
+    store = FeedbackStore(tmp_path / "feedback.duckdb")
+    current = frames("cur", "sft", 3)
+    store.ingest({"run_id": "run-1", "stage": "store_comparisons"}, *current)
+    scope = default_scope(["sft"], imports=["hh"])
+    store.snapshot_comparisons(tmp_path / "snap", current[2]["ranking_id"], scope)
+    before = scope_file(store.path).read_text()
+    # a thumb on another policy's response, from a source the scope does not name: nothing changes
+    store.add_binary_labels(thumbs("elsewhere", True, "rl"), "page", "run-page")
+    assert scope_file(store.path).read_text() == before
+    # a thumb on this round's policy: the file says so
+    store.add_binary_labels(thumbs("a answer 0", False, "sft"), "page", "run-page")
+    after_page = json.loads(scope_file(store.path).read_text())
+    assert after_page["binary_labels"] == 1 and after_page["binary_digest"] != f"{0:016x}"
+    assert (after_page["store_rows"], after_page["digest"]) == (
+        json.loads(before)["store_rows"],
+        json.loads(before)["digest"],
+    )
+    # the same thumb with a reason now: changed again; an import the scope names: counted
+    store.add_binary_labels(thumbs("a answer 0", False, "sft", "rude"), "page", "run-page")
+    with_reason = json.loads(scope_file(store.path).read_text())
+    assert with_reason["binary_labels"] == 1 and with_reason["binary_digest"] != after_page["binary_digest"]
+    store.add_binary_labels(thumbs("imported", True, "import:hh"), "import:hh", "import-hh-thumbs")
+    assert json.loads(scope_file(store.path).read_text())["binary_labels"] == 2
+    # and the next snapshot takes exactly those two
+    store.snapshot_comparisons(tmp_path / "snap", current[2]["ranking_id"], scope)
+    assert store.snapshot_binary_labels(tmp_path / "snap" / "binary_labels.parquet", scope) == 2
 
 
 def test_label_sources_limit_the_snapshot_to_those_judges(tmp_path):
