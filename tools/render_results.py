@@ -22,7 +22,7 @@ ABOUT = {
         "The default pipeline over seeds",
         "The whole pipeline (`dvc repro`) once per seed in a fresh copy: every evaluation metric's mean "
         "and standard deviation over the seeds.",
-        "OMP_NUM_THREADS=1 python bench/efficacy.py --rev HEAD --jobs 3",
+        "python bench/efficacy.py --rev HEAD",
     ),
     "store": (
         "The feedback store",
