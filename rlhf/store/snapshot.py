@@ -75,23 +75,32 @@ FROM ({LABELLED_PAIRS}) l LEFT JOIN ({HUMAN_RATERS}) h USING (ranking_id)
 """
 
 # A LIKE, not a JSON parse: reasons are written by json.dumps, and this runs over every ranking row.
-# The snapshot's rankings are those of the `in_scope` relation (snapshot_comparisons).
+# `{rankings_in_scope}`: the ranking rows the snapshot takes (see IN_SCOPE).
 UNSAFE_LABELS = """
 SELECT response_id, bool_or(reasons LIKE '%"unsafe": true%') AS unsafe
-FROM rankings ANTI JOIN superseded USING (ranking_id)
-WHERE reasons LIKE '%"unsafe": %' AND ranking_id IN (SELECT ranking_id FROM in_scope) GROUP BY response_id
+FROM {rankings_in_scope} ANTI JOIN superseded USING (ranking_id)
+WHERE reasons LIKE '%"unsafe": %' GROUP BY response_id
 """
 # The prompt and response of every ranking row in scope, kept as the temp table `scoped`: the
 # prompts and the responses file both select by it.
 SCOPED = "SELECT prompt_id, response_id FROM rankings WHERE ranking_id IN (SELECT ranking_id FROM in_scope)"
+# Each file's query reads the rankings in scope through these relations: with a scope, the temp
+# tables `in_scope` (ranking ids) and `scoped`; with every ranking in scope, the rankings table
+# itself, which saves building both (a tenth of a 1M-pair snapshot). Every labelled pair comes
+# from a ranking, so then the pairs need no filter at all.
+IN_SCOPE = {
+    "pairs_in_scope": "WHERE ranking_id IN (SELECT ranking_id FROM in_scope)",
+    "rankings_in_scope": "(SELECT * FROM rankings WHERE ranking_id IN (SELECT ranking_id FROM in_scope))",
+    "scoped": "scoped",
+}
+EVERY_RANKING = {"pairs_in_scope": "", "rankings_in_scope": "rankings", "scoped": "rankings"}
 
 # The snapshot is three files, each row once: the labelled pairs of the rankings in scope, and their
 # prompts and responses (with a scope, a fourth: scope.json, what it took).
 # Texts are not repeated per pair (a response is in K - 1 pairs): the files stay small and a
-# 1M-pair snapshot takes under a second. `rlhf.snapshot.read_comparisons` joins them back. Each file
+# 1M-pair snapshot takes about a second on 2 cores. `rlhf.snapshot.read_comparisons` joins them back. Each file
 # has its own COPY options: ids and texts that are each one row's own gain nothing from Parquet's
 # dictionary encoding, and trying it costs a tenth of the responses file's write.
-# `{pairs_in_scope}`: the pairs' filter by `in_scope`, left out where the scope is every ranking.
 SNAPSHOT_FILES = {
     "pairs": (
         f"""SELECT ranking_id, prompt_id, chosen_id, rejected_id, margin, tie, weight, judge, judge_version
@@ -101,7 +110,7 @@ SNAPSHOT_FILES = {
     ),
     "prompts": (
         """SELECT prompt_id, prompt, messages, topic, split FROM prompts
-            WHERE prompt_id IN (SELECT prompt_id FROM scoped) ORDER BY prompt_id""",
+            WHERE prompt_id IN (SELECT prompt_id FROM {scoped}) ORDER BY prompt_id""",
         "FORMAT parquet",
     ),
     # unsafe: the harmlessness label (Safe RLHF's cost model): true if any ranking of the response
@@ -109,11 +118,10 @@ SNAPSHOT_FILES = {
     "responses": (
         f"""SELECT r.response_id, r.prompt_id, r.response, r.messages, r.policy_checkpoint, s.unsafe
             FROM responses r LEFT JOIN ({UNSAFE_LABELS}) s USING (response_id)
-            WHERE response_id IN (SELECT response_id FROM scoped) ORDER BY response_id""",
+            WHERE response_id IN (SELECT response_id FROM {{scoped}}) ORDER BY response_id""",
         "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1",
     ),
 }
-PAIRS_IN_SCOPE = "WHERE ranking_id IN (SELECT ranking_id FROM in_scope)"
 # Every labelled pair with its texts, in the snapshot's order (exports and the DataFrame API).
 COMPARISONS_QUERY = f"""
 SELECT c.ranking_id, c.prompt_id, c.chosen_id, c.rejected_id,
@@ -176,9 +184,7 @@ def replacing(out_dir: Path) -> Iterator[Path]:
 def write(con: duckdb.DuckDBPyConnection, out_dir: Path, current_ranking_ids: Iterable[str], scope: dict | None) -> int:
     """Write the snapshot's files into `out_dir` (see FeedbackStore.snapshot_comparisons); the number of pairs."""
     note_superseded(con, current_ranking_ids)
-    if scope is None:
-        con.execute("CREATE OR REPLACE TEMP TABLE in_scope AS SELECT DISTINCT ranking_id FROM rankings")
-    else:
+    if scope is not None:
         judges = scope["label_sources"]
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE in_scope AS
@@ -187,12 +193,13 @@ def write(con: duckdb.DuckDBPyConnection, out_dir: Path, current_ranking_ids: It
                       (SELECT ranking_id FROM rankings WHERE list_contains(CAST(? AS VARCHAR[]), judge))""",
             scope_arguments(scope) + [judges, judges],
         )
-    con.execute(f"CREATE OR REPLACE TEMP TABLE scoped AS {SCOPED}")
-    # Every labelled pair comes from a ranking, so with every ranking in scope the filter keeps all.
-    pairs_in_scope = "" if scope is None else PAIRS_IN_SCOPE
+        con.execute(f"CREATE OR REPLACE TEMP TABLE scoped AS {SCOPED}")
+    relations = EVERY_RANKING if scope is None else IN_SCOPE
     for name, (query, options) in SNAPSHOT_FILES.items():
         target = str(out_dir / f"{name}.parquet").replace("'", "''")  # COPY binds no target
-        con.execute(f"COPY ({query.replace('{pairs_in_scope}', pairs_in_scope)}) TO '{target}' ({options})")
+        for placeholder, relation in relations.items():
+            query = query.replace(f"{{{placeholder}}}", relation)
+        con.execute(f"COPY ({query}) TO '{target}' ({options})")
     rows = con.execute("SELECT count(*) FROM read_parquet(?)", [str(out_dir / "pairs.parquet")]).fetchone()[0]
     if scope is not None:
         sources = con.execute(SCOPE_SOURCES)
