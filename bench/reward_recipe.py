@@ -1,6 +1,7 @@
 """The reward-model recipe for an encoder on real human preferences: tuned on validation, measured on test.
 
-    python bench/reward_recipe.py [--candidates today,two_epochs,...] [--validation-seeds 1] [--seeds 3]
+    python bench/reward_recipe.py [--candidates base_128,long_256,...] [--validation-seeds 1] [--seeds 3]
+    python bench/reward_recipe.py --recipe ensemble_3 --seeds 1 --first-seed 2   # one test seed of one recipe
 
 Data: `../shared/data/hh-rlhf-harmless-sample.jsonl.gz` through the pipeline's own path (import ->
 FeedbackStore -> snapshot, bench/reward_backbones.hh_comparisons), split by a hash of the prompt
@@ -39,15 +40,22 @@ import torch
 
 from bench.reward_backbones import HH_SAMPLE, hh_comparisons, longer_line, minilm_dir
 from rlhf.config import TrainRewardParams
+from rlhf.machine import machine
 from rlhf.reward_models.train import train_reward_model
 
 VALIDATION_SHARE = 0.2
-# The candidates: today's bench setting first, then longer training at lower rates, more tokens.
+# The candidates: the first recipe (128 tokens, one epoch), then longer training at lower rates, more tokens, ensembles.
 CANDIDATES = {
-    "today": {"max_length": 128, "epochs": 1.0, "learning_rate": 2e-4, "batch_size": 8},
+    "base_128": {"max_length": 128, "epochs": 1.0, "learning_rate": 2e-4, "batch_size": 8},
     "two_epochs": {"max_length": 128, "epochs": 2.0, "learning_rate": 1e-4, "batch_size": 8},
     "long_256": {"max_length": 256, "epochs": 1.0, "learning_rate": 1e-4, "batch_size": 8},
     "short_64": {"max_length": 64, "epochs": 2.0, "learning_rate": 1e-4, "batch_size": 8},
+    # BERT's usual fine-tuning rate (Devlin et al. 2019: 2e-5 to 5e-5, 2 to 4 epochs).
+    "gentle_3ep": {"max_length": 128, "epochs": 3.0, "learning_rate": 5e-5, "batch_size": 8},
+    # The first recipe, three members averaged (train_reward.ensemble): the seed's spread averages out.
+    "ensemble_3": {"max_length": 128, "epochs": 1.0, "learning_rate": 2e-4, "batch_size": 8, "ensemble": 3},
+    "long_384": {"max_length": 384, "epochs": 1.0, "learning_rate": 1e-4, "batch_size": 8},
+    "long_256_ensemble_3": {"max_length": 256, "epochs": 1.0, "learning_rate": 1e-4, "batch_size": 8, "ensemble": 3},
 }
 
 
@@ -83,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
     parser.add_argument("--validation-seeds", type=int, default=1)
-    parser.add_argument("--seeds", type=int, default=3, help="of the chosen recipe on the test split")
+    parser.add_argument("--seeds", type=int, default=3, help="of the chosen recipe on the test split (0: tune only)")
     parser.add_argument("--recipe", help="skip tuning: measure this candidate on the test split")
     parser.add_argument("--first-seed", type=int, default=0, help="of the test seeds (to run seeds as separate jobs)")
     args = parser.parse_args()
@@ -100,6 +108,7 @@ def main() -> None:
             validation[name] = statistics.mean(run["accuracy"] for run in runs)
             line = {
                 "bench": "reward_recipe",
+                "machine": machine(),
                 "phase": "validation",
                 "candidate": name,
                 **CANDIDATES[name],
@@ -109,6 +118,8 @@ def main() -> None:
                 "wall_s": round(statistics.median(run["wall_s"] for run in runs), 1),
             }
             print(json.dumps(line), flush=True)
+        if not args.seeds:  # tuning only
+            return
         best = args.recipe or max(validation, key=validation.get)
         recipe, runs = CANDIDATES[best], []
         # A line per seed as it ends: a slow machine still leaves figures.
@@ -118,6 +129,7 @@ def main() -> None:
                 json.dumps(
                     {
                         "bench": "reward_recipe",
+                        "machine": machine(),
                         "phase": "test_seed",
                         "recipe": best,
                         "seed": seed,
@@ -131,6 +143,7 @@ def main() -> None:
         accuracy = spread([run["accuracy"] for run in runs])
         line = {
             "bench": "reward_recipe",
+            "machine": machine(),
             "phase": "test",
             "recipe": best,
             **CANDIDATES[best],

@@ -57,6 +57,13 @@ ABOUT = {
         "every run wrote the same bytes.",
         "python bench/sampling_workers.py --prompts 384",
     ),
+    "reward_recipe": (
+        "The reward-model recipe for an encoder",
+        "all-MiniLM-L6-v2 through train_reward_model on every HH-RLHF harmless sample pair (exchanges cut "
+        "from the left): each candidate recipe scored on a validation split of the train prompts (seed 0), "
+        "the best one then on the test split over seeds, beside longer-is-better on the same pairs.",
+        "python bench/reward_recipe.py --candidates base_128,long_256,long_384,ensemble_3,long_256_ensemble_3",
+    ),
     "kto_vs_dpo": (
         "KTO against DPO",
         "Both offline algorithms on the demo at the same label budget, over seeds.",
