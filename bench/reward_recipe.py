@@ -55,6 +55,8 @@ CANDIDATES = {
     # The first recipe, three members averaged (train_reward.ensemble): the seed's spread averages out.
     "ensemble_3": {"max_length": 128, "epochs": 1.0, "learning_rate": 2e-4, "batch_size": 8, "ensemble": 3},
     "long_384": {"max_length": 384, "epochs": 1.0, "learning_rate": 1e-4, "batch_size": 8},
+    "long_256_2ep": {"max_length": 256, "epochs": 2.0, "learning_rate": 5e-5, "batch_size": 8},
+    "long_256_lr2e4": {"max_length": 256, "epochs": 1.0, "learning_rate": 2e-4, "batch_size": 8},
     "long_256_ensemble_3": {"max_length": 256, "epochs": 1.0, "learning_rate": 1e-4, "batch_size": 8, "ensemble": 3},
 }
 

@@ -62,7 +62,7 @@ ABOUT = {
         "all-MiniLM-L6-v2 through train_reward_model on every HH-RLHF harmless sample pair (exchanges cut "
         "from the left): each candidate recipe scored on a validation split of the train prompts (seed 0), "
         "the best one then on the test split over seeds, beside longer-is-better on the same pairs.",
-        "python bench/reward_recipe.py --candidates base_128,long_256,long_384,ensemble_3,long_256_ensemble_3",
+        "python bench/reward_recipe.py --candidates base_128,gentle_3ep,ensemble_3,long_256,long_384,long_256_ensemble_3,long_256_2ep,long_256_lr2e4",
     ),
     "kto_vs_dpo": (
         "KTO against DPO",
