@@ -86,21 +86,24 @@ def snapshot_scope(
     }
 
 
-def scope_arguments(scope: dict) -> list:
-    """STORE_SIDE_RANKINGS' parameters for `scope`."""
+def _arguments(scope: dict, imports: list[str]) -> list:
+    """The parameters both scope queries take: everything?, the imports (as each table names
+    them), this round's policies, the earlier rounds' policies, the judges (twice)."""
     judges = scope["label_sources"]
-    runs = [f"import-{name}" for name in scope["imports"]]
-    return [scope["rankings"] == "all", runs, scope["policies"], scope["earlier_policies"], judges, judges]
+    return [scope["rankings"] == "all", imports, scope["policies"], scope["earlier_policies"], judges, judges]
+
+
+def scope_arguments(scope: dict) -> list:
+    """STORE_SIDE_RANKINGS' parameters for `scope`: an import's rankings are those of its run."""
+    return _arguments(scope, [f"import-{name}" for name in scope["imports"]])
 
 
 def binary_scope_arguments(scope: dict) -> list:
-    """BINARY_LABELS_IN_SCOPE's parameters for `scope`: every label?, the imports' sources, this
-    round's policies, the earlier rounds' policies, the judges (twice)."""
-    judges = scope["label_sources"]
-    # An import set is the source import:<name>; a deployed policy's thumbs are the source
-    # `deployed`, which a scope names as its pairs' import set (rlhf.store.exchanges).
-    imports = [f"import:{name}" for name in scope["imports"]] + [n for n in scope["imports"] if n == "deployed"]
-    return [scope["rankings"] == "all", imports, scope["policies"], scope["earlier_policies"], judges, judges]
+    """BINARY_LABELS_IN_SCOPE's parameters for `scope`. An import set's labels are the source
+    import:<name>; a deployed policy's thumbs are the source `deployed`, which a scope names as
+    its pairs' import set (rlhf.store.exchanges)."""
+    names = scope["imports"]
+    return _arguments(scope, [f"import:{name}" for name in names] + [n for n in names if n == "deployed"])
 
 
 def scope_fingerprint(con: duckdb.DuckDBPyConnection, scope: dict) -> dict:

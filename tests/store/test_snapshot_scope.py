@@ -63,12 +63,19 @@ def test_the_default_scope_takes_this_configurations_rankings_as_a_fresh_store_w
     assert old.snapshot_comparisons(tmp_path / "c", ids, {**scope, "rankings": "all"}) == 2 * (3 + 6)
 
 
-def test_the_scope_file_changes_with_what_the_scope_takes_and_nothing_else(tmp_path):
+def snapshotted_store(tmp_path):
+    """A store holding this configuration's rankings (policy sft), snapshotted under a scope that
+    also names the import hh: (store, the current frames, the scope)."""
     store = FeedbackStore(tmp_path / "feedback.duckdb")
     current = frames("cur", "sft", 3)
     store.ingest({"run_id": "run-1", "stage": "store_comparisons"}, *current)
     scope = default_scope(["sft"], imports=["hh"])
     store.snapshot_comparisons(tmp_path / "snap", current[2]["ranking_id"], scope)
+    return store, current, scope
+
+
+def test_the_scope_file_changes_with_what_the_scope_takes_and_nothing_else(tmp_path):
+    store, current, scope = snapshotted_store(tmp_path)
     recorded = scope_file(store.path).read_text()
     empty = f"{0:016x}"
     assert json.loads(recorded) == {
@@ -109,11 +116,7 @@ def thumbs(response: str, desirable: bool, policy: str, reason: str | None = Non
 
 def test_a_thumb_the_scope_takes_changes_the_scope_file_so_dvc_reruns_the_snapshot(tmp_path):
     """Binary labels are store-side rows too: given after the last snapshot, they must reach DVC."""
-    store = FeedbackStore(tmp_path / "feedback.duckdb")
-    current = frames("cur", "sft", 3)
-    store.ingest({"run_id": "run-1", "stage": "store_comparisons"}, *current)
-    scope = default_scope(["sft"], imports=["hh"])
-    store.snapshot_comparisons(tmp_path / "snap", current[2]["ranking_id"], scope)
+    store, current, scope = snapshotted_store(tmp_path)
     before = scope_file(store.path).read_text()
     # a thumb on another policy's response, from a source the scope does not name: nothing changes
     store.add_binary_labels(thumbs("elsewhere", True, "rl"), "page", "run-page")
