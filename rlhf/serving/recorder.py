@@ -42,14 +42,28 @@ class Recorder:
         self.store, self.max_batch = store, max_batch
         self.rewritten_batches = 0  # batches rolled back by one job's exception, written again without it
         self.jobs: queue.Queue[tuple[Job, Future] | None] = queue.Queue()
+        self._pending, self._pending_lock = 0, threading.Lock()
         self.thread = threading.Thread(target=self._write_forever, name="exchange-recorder", daemon=True)
         self.thread.start()
 
     def submit(self, job: Job, timeout_s: float | None = None) -> Any:
         """The job's result once it is committed; its exception (or the store's) if it failed."""
         done: Future = Future()
+        with self._pending_lock:
+            self._pending += 1
+        done.add_done_callback(self._answered)
         self.jobs.put((job, done))
         return done.result(timeout=timeout_s)
+
+    @property
+    def pending(self) -> int:
+        """Jobs submitted and not answered yet: queued, or in the batch being written."""
+        with self._pending_lock:
+            return self._pending
+
+    def _answered(self, _done: Future) -> None:
+        with self._pending_lock:
+            self._pending -= 1
 
     def close(self) -> None:
         """Finish the jobs queued so far, then stop the writer."""

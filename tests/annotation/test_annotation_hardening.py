@@ -180,12 +180,14 @@ def test_fuzz_the_page_api_finds_no_5xx(store):
             },
         )
 
-        # Two explicit examples run first, so that every kind of answer is met whatever the draws: the
-        # served item ranked (200), then ranked again (409); the generated ones add the 422s and the rest.
+        # Explicit examples run first, so that every kind of answer is met whatever the draws: the served
+        # item ranked (200), the same again (200, idempotent), then ranked otherwise (409: the first
+        # stands); the generated ones add the 422s and the rest.
         @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(path=st.sampled_from(["/api/submit", "/api/skip"]), body=SUBMISSION | served)
         @example(path="/api/submit", body=ranking(item)).via("the served item, ranked")
         @example(path="/api/submit", body=ranking(item)).via("the served item, ranked again")
+        @example(path="/api/submit", body={**ranking(item), "order": ids[::-1]}).via("ranked otherwise")
         def run(path, body):
             answer = client.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
             seen["examples"] += 1
