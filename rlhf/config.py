@@ -500,9 +500,10 @@ class TrainRewardParams(Section):
     the bootstrap GPT-2. The recipe for a pretrained encoder on real preferences: backbone <MiniLM
     dir> (all-MiniLM-L6-v2), max_length 256 cut from the left (the end holds the response the score
     is read for), epochs 1, batch_size 8, learning_rate 1e-4, the classifier's [CLS] pooler. It was
-    chosen by bench/reward_recipe.py on a validation split of the HH-RLHF harmless sample's train
-    prompts, against 128 and 384 tokens, three epochs at 5e-5 and three-member ensembles; its
-    held-out accuracy, beside longer-is-better's, is on the results page (docs/results.md)."""
+    chosen by bench/reward_recipe.py on the HH-RLHF harmless sample's train prompts, against 128 and
+    384 tokens, three epochs at 5e-5, three-member ensembles, LoRA at rank 16 and batches of 16 (the
+    last three by five-fold cross-validation); its held-out accuracy, beside longer-is-better's, is
+    on the results page (docs/results.md)."""
 
     backbone: str | None = None
     """null: start from the bootstrap policy (InstructGPT's choice). Else a local path or hub id of

@@ -61,7 +61,11 @@ ABOUT = {
         "The reward-model recipe for an encoder",
         "all-MiniLM-L6-v2 through train_reward_model on every HH-RLHF harmless sample pair (exchanges cut "
         "from the left): each candidate recipe scored on a validation split of the train prompts (seed 0), "
-        "the best one then on the test split over seeds, beside longer-is-better on the same pairs.",
+        "the best one then on the test split over seeds, beside longer-is-better on the same pairs. The "
+        "lines with `folds` 5 score every train pair once, by five trainings that each hold out a fifth "
+        "of the train prompts (`python bench/reward_recipe.py --folds 5 --seeds 0 --candidates "
+        "long_256,long_256_lora16,long_256_bs16,long_256_ensemble_3`, two candidates at a time, one "
+        "thread each).",
         "python bench/reward_recipe.py --candidates base_128,gentle_3ep,ensemble_3,long_256,long_384,long_256_ensemble_3,long_256_2ep,long_256_lr2e4",
     ),
     "kto_vs_dpo": (
