@@ -46,6 +46,24 @@ def test_a_bench_line_without_its_machine_is_refused(tmp_path, monkeypatch):
         render_results.read_lines()
 
 
+def test_columns_that_read_alike_are_told_apart_by_a_switch_not_a_figure():
+    machine = {"cpu": "x", "cores": 2}
+    base = {"bench": "b", "machine": machine, "phase": "validation", "candidate": "long", "max_length": 256}
+    lines = [
+        {**base, "accuracy": {"mean": 0.63, "per_seed": [0.63]}},
+        {**base, "accuracy": {"mean": 0.61, "per_seed": [0.61]}, "folds": 5},
+        {**base, "candidate": "short", "max_length": 128, "accuracy": {"mean": 0.6, "per_seed": [0.6]}},
+        {**base, "phase": "test", "accuracy": {"mean": 0.64, "per_seed": [0.64]}},
+    ]
+    header = render_results.lines_table(lines)[0]
+    assert header.split(" | ")[1:] == [
+        "phase validation, candidate long, max_length 256",
+        "phase validation, candidate long, max_length 256, folds 5",  # not the accuracy, which differs too
+        "phase validation, candidate short, max_length 128",
+        "phase test, candidate long, max_length 256 |",
+    ]
+
+
 def test_the_readme_reads_in_five_minutes():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) < 200

@@ -213,6 +213,28 @@ def flat(line: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def column_headers(figures: list[dict[str, object]], settings: list[str]) -> list[str]:
+    """Each line's header: its first three settings, then, while two lines read the same, the later
+    setting that tells some of them apart with the fewest values (a switch such as `folds` before a
+    figure); a setting a line lacks is left out."""
+
+    def header(figure: dict[str, object], keys: list[str]) -> str:
+        return ", ".join(f"{key.rsplit('.', 1)[-1]} {figure[key]}" for key in keys if figure.get(key) not in (None, ""))
+
+    def distinct(keys: list[str]) -> int:
+        return len({header(figure, keys) for figure in figures})
+
+    keys, rest = settings[:3], settings[3:]
+    while distinct(keys) < len(figures):
+        telling = [key for key in rest if distinct([*keys, key]) > distinct(keys)]
+        if not telling:
+            break
+        key = min(telling, key=lambda key: len({str(figure.get(key)) for figure in figures}))
+        keys.append(key)
+        rest.remove(key)
+    return [header(figure, keys) or f"line {i + 1}" for i, figure in enumerate(figures)]
+
+
 def lines_table(lines: list[dict]) -> list[str]:
     """A bench's lines side by side: a column per line, headed by what sets it apart from the
     others, a row per figure; the machine under the table (or a row, where the lines differ)."""
@@ -220,10 +242,7 @@ def lines_table(lines: list[dict]) -> list[str]:
     names = list(dict.fromkeys(name for figure in figures for name in figure))
     differing = [name for name in names if len({str(figure.get(name)) for figure in figures}) > 1]
     settings = [name for name in differing if not any("±" in str(figure.get(name, "")) for figure in figures)]
-    headers = [
-        ", ".join(f"{key.rsplit('.', 1)[-1]} {figure.get(key, '')}" for key in settings[:3]) or f"line {i + 1}"
-        for i, figure in enumerate(figures)
-    ]
+    headers = column_headers(figures, settings)
     rows = ["| figure | " + " | ".join(headers) + " |", "|" + " --- |" * (len(lines) + 1)]
     rows += [f"| `{name}` | " + " | ".join(str(figure.get(name, "")) for figure in figures) + " |" for name in names]
     machines = {machine_text(line["machine"]) for line in lines}
