@@ -139,7 +139,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=3, help="of the chosen recipe on the test split (0: tune only)")
     parser.add_argument("--recipe", help="skip tuning: measure this candidate on the test split")
-    parser.add_argument("--first-seed", type=int, default=0, help="of the test seeds (to run seeds as separate jobs)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="of the validation and the test seeds (to run seeds as separate jobs)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="reward-recipe-") as tmp:
         work = Path(tmp)
@@ -148,7 +150,7 @@ def main() -> None:
         for name in [] if args.recipe else args.candidates.split(","):
             runs = [
                 cross_validated(comparisons, CANDIDATES[name], seed, args.folds, work / f"{name}-{seed}")
-                for seed in range(args.validation_seeds)
+                for seed in range(args.first_seed, args.first_seed + args.validation_seeds)
             ]
             validation[name] = statistics.mean(run["accuracy"] for run in runs)
             line = {
@@ -158,6 +160,7 @@ def main() -> None:
                 "candidate": name,
                 **CANDIDATES[name],
                 "validation_accuracy": spread([run["accuracy"] for run in runs]),
+                **({"seeds": list(range(args.first_seed, args.first_seed + len(runs)))} if args.first_seed else {}),
                 "validation_pairs": runs[0]["pairs"],
                 "train_pairs": runs[0]["train_pairs"],
                 **({"folds": args.folds, "per_fold": runs[0]["per_fold"]} if args.folds > 1 else {}),

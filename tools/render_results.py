@@ -65,7 +65,7 @@ ABOUT = {
         "lines with `folds` 5 score every train pair once, by five trainings that each hold out a fifth "
         "of the train prompts (`python bench/reward_recipe.py --folds 5 --seeds 0 --candidates "
         "long_256,long_256_lora16,long_256_bs16,long_256_ensemble_3`, two candidates at a time, one "
-        "thread each).",
+        "thread each; the line with `seeds` 1 is long_256 again at seed 1, `--first-seed 1`).",
         "python bench/reward_recipe.py --candidates base_128,gentle_3ep,ensemble_3,long_256,long_384,long_256_ensemble_3,long_256_2ep,long_256_lr2e4",
     ),
     "kto_vs_dpo": (
