@@ -82,6 +82,11 @@ def validation_fold(prompt_id: str, folds: int) -> int:
     return min(int(int.from_bytes(digest[:8], "big") / 2**64 * folds), folds - 1)
 
 
+def in_validation(prompt_id: str) -> bool:
+    """Whether a train prompt is in the single validation split (VALIDATION_SHARE of them)."""
+    return validation_fold(prompt_id, round(1 / VALIDATION_SHARE)) == 0
+
+
 def tuning_split(comparisons: pd.DataFrame, fold: int = 0, folds: int = round(1 / VALIDATION_SHARE)) -> pd.DataFrame:
     """The train split only, the prompts of validation fold `fold` relabelled 'test' (train_reward_model
     scores those)."""

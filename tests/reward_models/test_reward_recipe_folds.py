@@ -8,7 +8,7 @@ import hashlib
 import pandas as pd
 import pytest
 
-from bench.reward_recipe import VALIDATION_SHARE, tuning_split, validation_fold
+from bench.reward_recipe import VALIDATION_SHARE, in_validation, tuning_split, validation_fold
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,6 +49,7 @@ def test_the_first_of_five_folds_is_the_single_validation_split(comparisons):
     assert round(1 / VALIDATION_SHARE) == 5
     for prompt_id in comparisons["prompt_id"]:
         assert (validation_fold(prompt_id, 5) == 0) == in_the_single_validation_split(prompt_id)
+        assert in_validation(prompt_id) == in_the_single_validation_split(prompt_id)  # label_efficiency's
     single = tuning_split(comparisons)  # the default: the single split
     held_out = single.loc[single["split"] == "test", "prompt_id"]
     assert len(held_out) and held_out.map(in_the_single_validation_split).all()
