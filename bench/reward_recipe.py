@@ -47,6 +47,7 @@ from rlhf.machine import machine
 from rlhf.reward_models.train import train_reward_model
 
 VALIDATION_SHARE = 0.2
+SINGLE_SPLIT_FOLDS = round(1 / VALIDATION_SHARE)  # the single validation split is fold 0 of these
 # The candidates: the first recipe (128 tokens, one epoch), then longer training at lower rates, more tokens, ensembles.
 CANDIDATES = {
     "base_128": {"max_length": 128, "epochs": 1.0, "learning_rate": 2e-4, "batch_size": 8},
@@ -77,17 +78,17 @@ CANDIDATES = {
 
 def validation_fold(prompt_id: str, folds: int) -> int:
     """The fold a train prompt is held out in, by a hash independent of the importer's test split.
-    With 1/VALIDATION_SHARE folds, fold 0 is the single validation split (folds=1) exactly."""
+    With SINGLE_SPLIT_FOLDS folds, fold 0 is the single validation split (folds=1) exactly."""
     digest = hashlib.sha256(f"validation:{prompt_id}".encode()).digest()
     return min(int(int.from_bytes(digest[:8], "big") / 2**64 * folds), folds - 1)
 
 
 def in_validation(prompt_id: str) -> bool:
     """Whether a train prompt is in the single validation split (VALIDATION_SHARE of them)."""
-    return validation_fold(prompt_id, round(1 / VALIDATION_SHARE)) == 0
+    return validation_fold(prompt_id, SINGLE_SPLIT_FOLDS) == 0
 
 
-def tuning_split(comparisons: pd.DataFrame, fold: int = 0, folds: int = round(1 / VALIDATION_SHARE)) -> pd.DataFrame:
+def tuning_split(comparisons: pd.DataFrame, fold: int = 0, folds: int = SINGLE_SPLIT_FOLDS) -> pd.DataFrame:
     """The train split only, the prompts of validation fold `fold` relabelled 'test' (train_reward_model
     scores those)."""
     train = comparisons[comparisons["split"] == "train"].copy()
@@ -100,7 +101,7 @@ def cross_validated(comparisons: pd.DataFrame, recipe: dict, seed: int, folds: i
     """Accuracy over every train pair, each scored by the model that did not train on its prompt:
     `folds` trainings, pooled (the single split's 171 pairs read ±0.037, too coarse to tell recipes
     apart). folds=1: the single validation split."""
-    partitions = folds if folds > 1 else round(1 / VALIDATION_SHARE)
+    partitions = folds if folds > 1 else SINGLE_SPLIT_FOLDS
     runs = [
         train_and_score(tuning_split(comparisons, fold, partitions), recipe, seed, out / f"fold-{fold}")
         for fold in range(folds)
