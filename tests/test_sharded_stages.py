@@ -100,7 +100,7 @@ def test_a_killed_worker_is_restarted_and_its_share_redone_without_duplicates(sa
         workers = [
             process
             for process in psutil.Process(launcher.pid).children(recursive=True)
-            if "rlhf.stages.sample_responses" in " ".join(process.cmdline()) and "RANK=1" in environ_of(process)
+            if "rlhf.stages.sample_responses" in command_line_of(process) and "RANK=1" in environ_of(process)
         ]
         assert workers, "rank 1 not found"
         os.kill(workers[0].pid, signal.SIGKILL)
@@ -113,6 +113,14 @@ def test_a_killed_worker_is_restarted_and_its_share_redone_without_duplicates(sa
     assert pair_out.read_bytes() == single_out.read_bytes()
     assert pd.read_parquet(pair_out)["response_id"].is_unique
     assert 4 <= len(done_before_kill) < 24  # killed part-way
+
+
+def command_line_of(process: psutil.Process) -> str:
+    """A child that ended since it was listed (a short-lived helper) has no command line to read."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
 
 
 def environ_of(process: psutil.Process) -> str:

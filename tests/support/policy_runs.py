@@ -1,5 +1,6 @@
 """Policy optimisation on the toy domain: prompts, a token-counting reward, tiny models, the stage as a process."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -92,7 +93,9 @@ def kill_whole_stage_once(command, project_root, ready, timeout: float = 240) ->
         time.sleep(0.02)
     tree = psutil.Process(process.pid)
     for member in [*tree.children(recursive=True), tree]:
-        member.send_signal(signal.SIGKILL)
+        # A short-lived helper (a compiler probe, a git call) may end between listing and killing.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.send_signal(signal.SIGKILL)
     process.wait()
 
 
