@@ -513,7 +513,8 @@ class TrainRewardParams(Section):
     """false: use `backbone` as a trained reward model as it is; its held-out accuracy is still reported."""
     label_sources: list[str] | None = None
     """Train only on pairs whose judge is one of these (e.g. [human] for imported and page labels);
-    null: every label. The held-out report keeps every source (by source)."""
+    null: every label. A name that labels no pair of the snapshot is an error, not a silent
+    drop. The held-out report keeps every source (by source)."""
     batching: Literal["kwise", "pairwise"] = "pairwise"
     """pairwise: one element per pair with TRL's RewardTrainer; kwise: one batch element per ranking,
     its K responses scored once and all its pairs' losses averaged (InstructGPT)."""

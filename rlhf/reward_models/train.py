@@ -138,11 +138,14 @@ def train_pairs(comparisons: pd.DataFrame, params: TrainRewardParams) -> pd.Data
     """The train split's pairs from `params.label_sources`; EmptyComparisonsError if none is strict."""
     train = comparisons[comparisons["split"] == "train"]
     if params.label_sources is not None:
+        judges = sorted(comparisons["judge"].unique())
+        # A misspelt source beside a known one would otherwise train on fewer labels without a word.
+        unknown = [source for source in params.label_sources if source not in judges]
         train = train[train["judge"].isin(params.label_sources)]
-        if train.empty:
+        if unknown or train.empty:
             raise EmptyComparisonsError(
-                f"train_reward.label_sources: no train pairs labelled by {params.label_sources} "
-                f"(the snapshot's judges: {sorted(comparisons['judge'].unique())})"
+                f"train_reward.label_sources: no train pairs labelled by {unknown or params.label_sources} "
+                f"(the snapshot's judges: {judges})"
             )
     if train["tie"].all():
         raise EmptyComparisonsError("comparisons snapshot: no non-tie pairs in the train split")

@@ -222,11 +222,8 @@ def test_an_unknown_label_source_is_one_clear_error(tmp_path, two_sources):
     assert not (tmp_path / "reward").exists()  # refused before loading or writing anything
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rlhf/reward_models/train.py refuses only when no listed source matches; a typo beside one passes",
-)
 def test_a_misspelt_label_source_beside_a_known_one_is_an_error(tmp_path, two_sources):
     comparisons, policy = two_sources
-    with pytest.raises(EmptyComparisonsError, match="humans"):
+    with pytest.raises(EmptyComparisonsError, match=r"labelled by \['humans'\] \(the snapshot's judges"):
         train_tiny(comparisons, policy, tmp_path / "reward", label_sources=["human", "humans"])
+    assert not (tmp_path / "reward").exists()
