@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(the format for a model with one). Every TRL format carries the pair's margin, which TRL's "
         "RewardTrainer subtracts (drop the column for plain Bradley-Terry); csv is every column, for analysis.",
     )
-    exports.add_argument("out", help="the file (a directory for hf-dataset) to write")
+    exports.add_argument(
+        "out",
+        help="the file (a directory for hf-dataset) to write; it replaces an earlier export there, "
+        "never a directory of other files or the store",
+    )
     exports.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="fmt")
     exports.add_argument("--split", default="all", choices=["all", "train", "test"])
     exports.add_argument(
@@ -530,7 +534,9 @@ def store_command(args: argparse.Namespace) -> int:
         elif args.action == "export":
             from rlhf.exporters import export_pairs
 
-            rows = export_pairs(store.comparisons(), args.out, args.fmt, args.split, export_tokenizer(args.tokenizer))
+            rows = export_pairs(
+                store.comparisons(), args.out, args.fmt, args.split, export_tokenizer(args.tokenizer), store.path
+            )
             print(f"exported {rows} pairs to {args.out} ({args.fmt})")
         elif args.action == "import":
             import_rankings(store, args)

@@ -39,6 +39,8 @@ rank). TRL's RewardTrainer reads a `margin` column and subtracts it inside the s
 so for the same loss drop the column (`dataset.remove_columns("margin")`).
 
 TRL formats leave ties out (they state no preference). Each output appears whole or not at all.
+An export replaces an earlier export at `out` (a file, or an hf-dataset directory), never
+anything else: a directory that is not a saved dataset, or the store itself, is refused.
 """
 
 from __future__ import annotations
@@ -58,37 +60,79 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
+# What `datasets.Dataset.save_to_disk` writes beside its Arrow files: how an earlier hf-dataset
+# export is told from any other directory.
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json")
+
+
 def export_pairs(
-    pairs: pd.DataFrame, out: str | Path, fmt: str, split: str = "all", tokenizer: PreTrainedTokenizerBase | None = None
+    pairs: pd.DataFrame,
+    out: str | Path,
+    fmt: str,
+    split: str = "all",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    store_path: str | Path | None = None,
 ) -> int:
     """Write `pairs` (the comparisons snapshot's columns) to `out`; returns how many rows were written.
-    `tokenizer` renders the trl and hf-dataset formats (None: the plain format); see the module doc."""
+    `tokenizer` renders the trl and hf-dataset formats (None: the plain format); see the module doc.
+    `store_path`: the store the pairs come from, which `out` must not name."""
     out = Path(out)
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
+    refuse_unless_replaceable(out, fmt, store_path)
     if split != "all":
         pairs = pairs[pairs["split"] == split]
     if fmt != "csv":
         pairs = pairs[~pairs["tie"]]
     records = [] if fmt == "csv" else trl_records(pairs, tokenizer, fmt == "trl-conversational")
     partial = out.with_name(out.name + ".partial")
-    if partial.is_dir():
-        shutil.rmtree(partial)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        pairs.to_csv(partial, index=False)
-    elif fmt == "hf-dataset":
-        from datasets import Dataset
+    try:
+        remove(partial)  # a crashed export's leftover
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "csv":
+            pairs.to_csv(partial, index=False)
+        elif fmt == "hf-dataset":
+            from datasets import Dataset
 
-        columns = ["prompt", "chosen", "rejected", "margin"]
-        Dataset.from_dict({c: [r[c] for r in records] for c in columns}).save_to_disk(str(partial))
-    else:
-        with partial.open("w") as handle:
-            handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    if out.is_dir():
-        shutil.rmtree(out)
-    partial.replace(out)
+            columns = ["prompt", "chosen", "rejected", "margin"]
+            Dataset.from_dict({c: [r[c] for r in records] for c in columns}).save_to_disk(str(partial))
+        else:
+            with partial.open("w") as handle:
+                handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        remove(out)  # only an earlier export gets here (refuse_unless_replaceable)
+        partial.replace(out)
+    except OSError as error:
+        remove(partial)
+        raise InputError(f"{out}: cannot write the export ({error.strerror or error})") from None
     return len(pairs)
+
+
+def refuse_unless_replaceable(out: Path, fmt: str, store_path: str | Path | None) -> None:
+    """An InputError unless writing `out` can replace at most an earlier export: never the store,
+    never a directory of other files (a typo such as `data/` must not cost its contents)."""
+    if not out.name or out.name in (".", ".."):
+        raise InputError(f"{out}: name a file to export to (a directory for hf-dataset), not {str(out)!r}")
+    if store_path is not None:
+        store = Path(store_path).resolve()
+        if out.resolve() in (store, store.with_name(store.name + ".wal")):
+            raise InputError(f"{out}: that is the feedback store itself; export to another path")
+    if out.is_dir():
+        earlier_dataset = all((out / name).is_file() for name in SAVED_DATASET_FILES)
+        if fmt != "hf-dataset" or not earlier_dataset:
+            raise InputError(
+                f"{out}: is a directory"
+                + ("" if fmt == "hf-dataset" else f"; --format {fmt} writes one file, name it")
+                + ("; it is not an earlier hf-dataset export, so it is left as it is" if fmt == "hf-dataset" else "")
+            )
+    elif out.exists() and fmt == "hf-dataset":
+        raise InputError(f"{out}: is a file; --format hf-dataset writes a directory, name a new one")
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def trl_records(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerBase | None, conversational: bool) -> list[dict]:

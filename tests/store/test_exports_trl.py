@@ -179,6 +179,49 @@ def test_a_template_whose_turn_does_not_end_with_eos_is_sent_to_the_conversation
         export_pairs(store.comparisons(), Path("/nonexistent/never-written.jsonl"), "trl", tokenizer=chatml)
 
 
+# --- An export replaces an earlier export, and nothing else ------------------------------------
+
+
+def export_command(store: FeedbackStore, out: Path, fmt: str) -> list[str]:
+    return ["store", "--path", str(store.path), "export", str(out), "--format", fmt]
+
+
+@pytest.mark.parametrize("fmt", ["trl", "csv", "hf-dataset"])
+def test_an_export_never_replaces_a_directory_of_other_files(store, tmp_path, capsys, fmt):
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "f.txt").write_text("keep me")
+    assert main(export_command(store, data, fmt)) == 2
+    error = capsys.readouterr().err
+    assert f"{data}: is a directory" in error and "Traceback" not in error
+    assert (data / "sub" / "f.txt").read_text() == "keep me"
+    assert [path.name for path in tmp_path.iterdir()] == ["data"]  # no .partial left beside it
+
+
+def test_an_export_never_writes_over_the_store(store, capsys):
+    before = store.counts()
+    assert main(export_command(store, store.path, "csv")) == 2
+    assert "the feedback store itself" in capsys.readouterr().err
+    assert store.counts() == before
+
+
+def test_an_export_replaces_an_earlier_export_of_its_format(store, tmp_path, capsys):
+    dataset, pairs = tmp_path / "hf", tmp_path / "pairs.jsonl"
+    for _ in range(2):  # the second replaces the first, whole
+        assert main(export_command(store, dataset, "hf-dataset")) == 0
+        assert main(export_command(store, pairs, "trl")) == 0
+    assert len(load_from_disk(str(dataset))) == len(pairs.read_text().splitlines()) == 6
+    assert main(export_command(store, pairs, "hf-dataset")) == 2  # a file where a directory would go
+    assert "is a file" in capsys.readouterr().err and pairs.is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hf", "pairs.jsonl"]
+
+
+def test_an_unwritable_export_path_is_one_error_naming_it(store, capsys):
+    assert main(export_command(store, Path("/proc/pairs.csv"), "csv")) == 2
+    error = capsys.readouterr().err
+    assert "/proc/pairs.csv: cannot write the export" in error and "Traceback" not in error
+
+
 # --- Saved tokenizers state the model's context -----------------------------------------------
 
 
