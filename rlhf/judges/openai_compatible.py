@@ -10,6 +10,7 @@ in the Authorization header only and is scrubbed from every error message.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -58,11 +59,19 @@ class ChatCompletionsAPI:
     def complete(self, body: dict) -> dict:
         """The first choice of the answer to `body`, its tokens counted."""
         answer = self._post(body)
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            # A proxy's page, an {"error": ...} sent with 200, an empty list: the URL is not a chat API.
+            raise JudgeEndpointError(
+                f"{self.where}: {self.url} answered 200 without a chat completion (no choices): "
+                f"{self._scrub(json.dumps(answer)[:200])}"
+            )
+        usage = answer.get("usage") or {}
         with self._lock:
             self.usage["requests"] += 1
-            self.usage["prompt_tokens"] += answer.get("usage", {}).get("prompt_tokens", 0)
-            self.usage["completion_tokens"] += answer.get("usage", {}).get("completion_tokens", 0)
-        return answer["choices"][0]
+            self.usage["prompt_tokens"] += usage.get("prompt_tokens") or 0
+            self.usage["completion_tokens"] += usage.get("completion_tokens") or 0
+        return choices[0]
 
     def count_unparsed(self) -> None:
         with self._lock:
@@ -76,12 +85,20 @@ class ChatCompletionsAPI:
                     self.usage["retries"] += 1
             try:
                 response = self._client.post(self.url, json=body)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as error:  # no retry mends the URL
+                raise JudgeEndpointError(f"{self.where}.base_url: {self.url} is not an http(s) URL ({error})") from None
             except (httpx.TimeoutException, httpx.TransportError) as error:
                 reason = f"{type(error).__name__}"
                 time.sleep(self._backoff(attempt))
                 continue
             if response.status_code == 200:
-                return response.json()
+                try:
+                    return response.json()
+                except ValueError:
+                    raise JudgeEndpointError(
+                        f"{self.where}: {self.url} answered 200 with something other than JSON: "
+                        f"{self._scrub(response.text[:200])!r}"
+                    ) from None
             reason = f"HTTP {response.status_code}: {self._scrub(response.text[:200])}"
             if response.status_code not in RETRYABLE_STATUS:
                 break

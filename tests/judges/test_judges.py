@@ -4,6 +4,7 @@
 import json
 import math
 import threading
+import time
 from http.server import ThreadingHTTPServer
 
 import pytest
@@ -17,7 +18,14 @@ from rlhf.judges.openai_compatible import OpenAICompatibleJudge
 from rlhf.judges.pairwise import PairwiseJudge, comparison_text
 from rlhf.judges.reward_model import RewardModelJudge
 from tests.support.heavy_imports import heavy_modules_loaded_by
-from tests.support.judge_api import PROMPT, RESPONSES, SECRET, ScriptedAPI, digit_splitting_tokenizer
+from tests.support.judge_api import (
+    NOT_A_CHAT_COMPLETION,
+    PROMPT,
+    RESPONSES,
+    SECRET,
+    ScriptedAPI,
+    digit_splitting_tokenizer,
+)
 from tests.support.tiny import tiny_gpt2_config
 
 
@@ -135,6 +143,26 @@ def test_openai_judge_gives_one_clear_error_when_the_endpoint_keeps_failing(api)
     message = str(failure.value)
     assert message.startswith(f"rank_responses.openai: {api}/chat/completions did not answer after 3 attempt(s)")
     assert "HTTP 429" in message and SECRET not in message and "***" in message
+
+
+@pytest.mark.parametrize("answer", sorted(NOT_A_CHAT_COMPLETION))
+def test_a_200_that_is_not_a_chat_completion_is_one_clear_error(api, answer):
+    ScriptedAPI.script = [answer]
+    judge = OpenAICompatibleJudge(api, "m", "p", api_key_env="JUDGE_TEST_KEY", max_retries=2, backoff_s=0.0)
+    with pytest.raises(JudgeEndpointError) as failure:
+        judge.rank_batch([(PROMPT, None, RESPONSES[:2])])
+    message = str(failure.value)
+    assert message.startswith(f"rank_responses.openai: {api}/chat/completions answered 200 ")
+    assert ("nginx" if answer == "html" else "model not found" if answer == "error" else "[]") in message
+    assert judge.usage["retries"] == 0  # not retried: the same URL answers the same
+
+
+def test_a_base_url_without_a_scheme_is_refused_at_once():
+    judge = OpenAICompatibleJudge("127.0.0.1:9/v1", "m", "p", max_retries=5, backoff_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(JudgeEndpointError, match=r"rank_responses.openai.base_url: .* is not an http\(s\) URL"):
+        judge.rank_batch([(PROMPT, None, RESPONSES[:2])])
+    assert time.monotonic() - started < 1.0 and judge.usage["retries"] == 0
 
 
 def test_hybrid_routing_sends_exactly_the_low_confidence_pairs_to_people(tmp_path):

@@ -10,6 +10,14 @@ from typing import ClassVar
 SECRET = "sk-test-not-a-real-key-1234567890"
 
 
+# What a wrong URL or a broken server answers with 200: a page, an error object, no choices.
+NOT_A_CHAT_COMPLETION = {
+    "html": "<html><body>Welcome to nginx!</body></html>",
+    "error": {"error": {"message": "model not found"}},
+    "no-choices": {"choices": [], "usage": None},
+}
+
+
 class ScriptedAPI(BaseHTTPRequestHandler):
     script: ClassVar[list[str]] = []  # what to do with each request, in order: "sleep", "429", then "answer"
     seen: ClassVar[list[dict]] = []
@@ -27,6 +35,8 @@ class ScriptedAPI(BaseHTTPRequestHandler):
             return self._send(500, {"error": "too late"})
         if action in ("429", "503"):
             return self._send(int(action), {"error": {"message": f"slow down, {SECRET}"}}, {"Retry-After": "0"})
+        if action in NOT_A_CHAT_COMPLETION:  # 200, but not what a chat API answers
+            return self._send(200, NOT_A_CHAT_COMPLETION[action])
         self.answer(body, action)
 
     def answer(self, body: dict, action: str) -> None:
@@ -48,7 +58,7 @@ class ScriptedAPI(BaseHTTPRequestHandler):
         self._send(200, answer)
 
     def _send(self, status, payload, headers=None):
-        data = json.dumps(payload).encode()
+        data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
         try:
             self.send_response(status)
             for key, value in (headers or {}).items():
