@@ -45,8 +45,19 @@ def _file_lock(path: Path) -> threading.RLock:
         return _FILES.setdefault(str(path.resolve()), threading.RLock())
 
 
+# DuckDB's IOException also means a file no retry will open; these words say which.
+NOT_A_STORE = ("not a valid DuckDB database", "Is a directory")
+
+
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(str(path), read_only=read_only)
+    """A connection; StoreError at once when `path` is no DuckDB file (a lock is retried by the caller)."""
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as error:
+        if any(words in str(error) for words in NOT_A_STORE):
+            kind = "a directory" if path.is_dir() else "not a DuckDB database file"
+            raise StoreError(f"{path}: {kind}, not a feedback store") from None
+        raise
 
 
 def _writing_here(path: Path) -> bool:

@@ -179,3 +179,21 @@ def test_one_turn_messages_are_the_bytes_chat_to_json_writes(role, as_messages):
     assert one_turn_json(role, texts, as_messages) == [chat.to_json(as_messages(t)) for t in texts]
     messages = [{"role": "user", "content": "a list of messages takes chat's own path"}]
     assert one_turn_json(role, [messages], as_messages) == [chat.to_json(as_messages(messages))]
+
+
+@pytest.mark.parametrize("kind", ["a text file", "a directory"])
+def test_a_store_path_that_is_no_duckdb_file_is_refused_at_once(tmp_path, kind):
+    """A mistyped --store (another file, a folder) is not a busy store: no waiting for a lock."""
+    from rlhf.cli import main
+
+    wrong = tmp_path / "notes.duckdb"
+    wrong.mkdir() if kind == "a directory" else wrong.write_text("not a database\n")
+    rankings = tmp_path / "rankings.csv"
+    rankings.write_text("prompt,response,rank\nhi,a,1\nhi,b,2\n")
+    for action in (["stats"], ["query", "SELECT 1"], ["import", str(rankings), "--format", "csv"]):
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=rf"{wrong}: (a directory|not a DuckDB database file), not a feedback"):
+            FeedbackStore(wrong).counts() if action == ["stats"] else FeedbackStore(wrong).query("SELECT 1")
+        assert main(["store", "--store", str(wrong), *action]) == 2
+        assert time.monotonic() - started < 5.0, action
+    assert wrong.is_dir() or wrong.read_text() == "not a database\n"  # left as it was
