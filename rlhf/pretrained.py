@@ -20,6 +20,8 @@ from transformers import (
 )
 from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
 
+from rlhf.errors import InputError
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """params.yaml's device name as a torch.device (a torch.device passes through)."""
@@ -32,9 +34,26 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+# What a saved tokenizer or model directory holds at least one of (save_pretrained's layouts;
+# adapter_config.json: a PEFT adapter, which transformers loads with its base model).
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")
+MODEL_FILES = ("config.json", "adapter_config.json")
+
+
+def refuse_a_directory_without(name_or_path: str | Path, files: tuple[str, ...], what: str) -> None:
+    """InputError when `name_or_path` is a local directory holding none of `files`: transformers
+    would otherwise fail further on with a misleading hint (install sentencepiece, for an empty folder)."""
+    path = Path(name_or_path)
+    if path.is_dir() and not any((path / name).is_file() for name in files):
+        raise InputError(
+            f"{path}: no saved {what} here (none of {', '.join(files)}); name the directory save_pretrained wrote"
+        )
+
+
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer of a model directory (or hub id), its `model_max_length` the model's context
     (`context_length`): every stage loads its tokenizers here, so every tokenizer it saves states it."""
+    refuse_a_directory_without(name_or_path, TOKENIZER_FILES, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     if tokenizer.pad_token is None:  # many causal LMs ship without one; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
@@ -63,12 +82,14 @@ def context_length(name_or_path: str | Path) -> int | None:
 
 
 def load_policy(name_or_path: str | Path, device: torch.device) -> PreTrainedModel:
+    refuse_a_directory_without(name_or_path, MODEL_FILES, "model")
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path))
     return model.to(device)
 
 
 def load_scalar_head_model(name_or_path: str | Path, device: torch.device, pad_token_id: int) -> PreTrainedModel:
     """A model with one scalar output: a reward model, or a critic initialised from one."""
+    refuse_a_directory_without(name_or_path, MODEL_FILES, "model")
     model = AutoModelForSequenceClassification.from_pretrained(str(name_or_path), num_labels=1)
     model.config.pad_token_id = pad_token_id
     return model.to(device)

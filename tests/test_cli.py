@@ -57,3 +57,21 @@ def test_every_command_that_uses_the_store_takes_it_before_or_after_its_action()
         assert before.store == after.store == "a.duckdb", (command, action)
     # the earlier spelling still reads
     assert build_parser().parse_args(["store", "--path", "old.duckdb", "stats"]).store == "old.duckdb"
+
+
+def test_a_model_directory_with_no_saved_model_is_one_error_naming_it(tmp_path, capsys, tiny_tokenizer):
+    """An empty folder, or the parent of the model's: one line, not transformers' hint to install
+    sentencepiece."""
+    from rlhf.cli import main
+    from rlhf.errors import InputError
+    from rlhf.pretrained import load_policy, load_scalar_head_model
+
+    empty, tokenizer_only = tmp_path / "empty", tmp_path / "tokenizer-only"
+    empty.mkdir()
+    tiny_tokenizer.save_pretrained(tokenizer_only)
+    assert main(["serve", "reward", "--model", str(empty)]) == 2
+    error = capsys.readouterr().err
+    assert f"{empty}: no saved tokenizer here" in error and "sentencepiece" not in error
+    for load in (lambda path: load_policy(path, "cpu"), lambda path: load_scalar_head_model(path, "cpu", 0)):
+        with pytest.raises(InputError, match=f"{tokenizer_only}: no saved model here"):
+            load(tokenizer_only)
