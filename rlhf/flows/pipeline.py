@@ -12,6 +12,7 @@ rest; the store's content-hash keys make the re-run of a half-done stage add no 
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,16 +131,13 @@ def rlhf_pipeline(
     Returns:
         {"rounds": [{"round", "stages", "tag"}], "stages": <last round's>, "metrics": [...], "pushed_to"}.
     """
-    if rounds < 1:
-        raise ValueError(f"rounds: must be at least 1 (got {rounds})")
+    check_before_starting(root, rounds, commit_rounds)
     logger = get_run_logger()
     root_path = Path(root).resolve()
     stages = pipeline_stages(root_path)
     stage_names = [stage.name for stage in stages]
     paths = artifact_paths(root_path)
     progress = artifacts.RunProgress(stage_names, rounds)
-    if commit_rounds and not is_git_repo(root_path):
-        raise RuntimeError(f"{root_path}: commit_rounds needs a git repository")
     history = []
     store_path = root_path / load_params(root_path / "params.yaml").store.path
     with one_run_at_a_time(store_path, store_wait_s):
@@ -187,10 +185,23 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def check_before_starting(root: str, rounds: int, commit_rounds: bool) -> None:
+    """InputError for what would stop the run before its first stage: the arguments, params.yaml."""
+    if rounds < 1:
+        raise InputError(f"rounds: must be at least 1 (got {rounds})")
+    if commit_rounds and not is_git_repo(Path(root).resolve()):
+        raise InputError(f"{Path(root).resolve()}: commit_rounds needs a git repository")
+    load_params(Path(root) / "params.yaml")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = flow_parser(rlhf_pipeline, prog="python -m rlhf.flows.pipeline", positional=("root",))
     arguments = flow_arguments(rlhf_pipeline, parser, argv)
     try:
+        # Before Prefect starts the flow: a flow run that fails logs the error with its traceback.
+        given = inspect.signature(rlhf_pipeline.fn).bind(**arguments)
+        given.apply_defaults()
+        check_before_starting(given.arguments["root"], given.arguments["rounds"], given.arguments["commit_rounds"])
         result = rlhf_pipeline(**arguments)
     except InputError as error:  # bad params.yaml: the flow's log has the trace, the terminal one line
         print(f"rlhf-pipeline: error: {error}", file=sys.stderr)

@@ -8,6 +8,8 @@ against that schema, and a value given on the command line is checked to reach t
 import importlib
 import pkgutil
 import re
+import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -129,20 +131,20 @@ def test_a_bad_value_is_one_error_naming_its_option(capsys):
     assert "--stage-timeout-s: Input should be a valid number" in error
 
 
-def test_the_command_lines_values_are_the_flow_runs_parameters(prefect_harness, tmp_path):
+def test_the_command_lines_values_are_the_flow_runs_parameters(prefect_harness, project_root, tmp_path):
     """`python -m rlhf.flows.pipeline` with every option set starts a flow run whose parameters (what
-    the UI shows for the run) are those values. `--rounds 0` makes the flow refuse at once, before
-    it touches the directory."""
+    the UI shows for the run) are those values. The directory has a valid params.yaml in a git
+    repository but no dvc.yaml, so the run gets past the command line's checks and fails at once."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentTaskRunId
     from prefect.client.schemas.sorting import FlowRunSort
 
     from rlhf.flows.pipeline import main, rlhf_pipeline
 
+    shutil.copy(project_root / "params.yaml", tmp_path)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     argv, expected = non_default_arguments(rlhf_pipeline, str(tmp_path))
-    argv[argv.index("--rounds") + 1] = "0"
-    expected["rounds"] = 0
-    with pytest.raises(ValueError, match=r"rounds: must be at least 1 \(got 0\)"):
+    with pytest.raises(Exception, match="not inside of a DVC repository"):
         main(argv)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
@@ -153,3 +155,26 @@ def test_the_command_lines_values_are_the_flow_runs_parameters(prefect_harness, 
     [run] = [run for run in runs if run.parameters.get("root") == str(tmp_path)]
     assert run.parameters == expected
     assert run.state.is_failed()
+
+
+@pytest.mark.parametrize("problem", ["rounds", "params", "commit_rounds"])
+def test_what_stops_a_run_before_its_first_stage_is_one_line_and_no_flow_run(project_root, tmp_path, capsys, problem):
+    """A typo in params.yaml, --rounds 0, --commit-rounds outside git: one line naming it, exit 2, and
+    no flow run whose failure logs a traceback."""
+    from rlhf.flows.pipeline import main
+
+    params = (project_root / "params.yaml").read_text()
+    if problem == "params":
+        params = params.replace("algorithm: ppo\n", "algorithm: ppoo\n", 1)
+    (tmp_path / "params.yaml").write_text(params)
+    argv = {"rounds": ["--rounds", "0"], "params": [], "commit_rounds": ["--commit-rounds"]}[problem]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1, error
+    assert {
+        "rounds": "rounds: must be at least 1 (got 0)",
+        "params": "train_policy.algorithm: Input should be",
+        "commit_rounds": "commit_rounds needs a git repository",
+    }[problem] in error
