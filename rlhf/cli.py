@@ -155,7 +155,7 @@ def add_annotate_commands(commands) -> None:
     )
     serve.add_argument("--tokens", help="JSON file: token -> annotator name (the earlier way; stored hashed on start)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--port", type=port_number, default=8765)
     serve.add_argument(
         "--overlap",
         type=int,
@@ -211,7 +211,7 @@ def add_serve_commands(commands) -> None:
     )
     reward.add_argument("--model", default="models/reward", help="the reward model directory (default: models/reward)")
     reward.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    reward.add_argument("--port", type=int, default=8000)
+    reward.add_argument("--port", type=port_number, default=8000)
     reward.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     reward.add_argument("--batch-size", type=int, default=64, help="exchanges per forward pass")
     add_reward_server_flags(reward)
@@ -249,7 +249,7 @@ def add_policy_server_command(served) -> None:
         help="an environment variable that holds the upstream's API key (never on the command line)",
     )
     policy.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    policy.add_argument("--port", type=int, default=8080)
+    policy.add_argument("--port", type=port_number, default=8080)
     policy.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     policy.add_argument("--no-record", action="store_true", help="serve without storing exchanges (feedback: 404)")
     for flag, value, text in [
@@ -299,6 +299,30 @@ def add_reward_server_flags(reward) -> None:
     )
 
 
+def port_number(text: str) -> int:
+    """argparse's type for --port: a TCP port, so a typo is a usage error rather than an OverflowError."""
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
+def refuse_a_taken_address(host: str, port: int) -> None:
+    """InputError when host:port cannot be bound (another server has it), before the success line
+    is printed; uvicorn would say so only after it, and exit 3."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise InputError(
+                f"--host {host} --port {port}: cannot listen there ({error.strerror}); pass another --port"
+            ) from None
+
+
 def serve_annotation_page(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -308,6 +332,7 @@ def serve_annotation_page(args: argparse.Namespace) -> None:
     from rlhf.http_auth import check_host
     from rlhf.store import FeedbackStore
 
+    refuse_a_taken_address(args.host, args.port)  # before the store is created or changed
     store = FeedbackStore(args.store)
     tokens = load_tokens(args.tokens) if args.tokens else None
     guidelines = load_guidelines(principles_from_params(args.params), args.guidelines)
@@ -345,6 +370,8 @@ def annotate_command(args: argparse.Namespace) -> None:
     # Only the commands that write may create the store; the others refuse a missing one.
     store = FeedbackStore(args.store, create=args.action in ("serve", "add-annotator"))
     if args.action == "serve":
+        if not store.path.exists():  # a mistyped --store would otherwise serve an empty queue unnoticed
+            print(f"rlhf: {store.path} does not exist yet; the page creates it, empty", file=sys.stderr, flush=True)
         serve_annotation_page(args)
     elif args.action == "add-annotator":
         created = not store.path.exists()
@@ -455,6 +482,7 @@ def serve_reward(args: argparse.Namespace) -> None:
     if warning:
         print(warning, file=sys.stderr, flush=True)
     limits = Limits(args.max_body_bytes, args.max_queries, args.max_chars, args.max_tokens, args.rate_limit)
+    refuse_a_taken_address(args.host, args.port)
     print(f"rlhf: reward model {args.model} on http://{args.host}:{args.port}/get_reward", flush=True)
     serve_reward_model(args.model, args.host, args.port, args.device, args.batch_size, limits, hashes, args.docs)
 
@@ -475,6 +503,7 @@ def serve_policy(args: argparse.Namespace) -> None:
     warning = check_host(args.host, True, False, "policy server")  # every call needs a client token
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    refuse_a_taken_address(args.host, args.port)  # before the policy loads
     from rlhf.serving.backends import LocalPolicy, Upstream
     from rlhf.serving.policy_server import serve
 

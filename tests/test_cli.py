@@ -75,3 +75,24 @@ def test_a_model_directory_with_no_saved_model_is_one_error_naming_it(tmp_path, 
     for load in (lambda path: load_policy(path, "cpu"), lambda path: load_scalar_head_model(path, "cpu", 0)):
         with pytest.raises(InputError, match=f"{tokenizer_only}: no saved model here"):
             load(tokenizer_only)
+
+
+def test_a_server_on_a_taken_port_or_no_port_is_one_error_before_it_starts(tmp_path, capsys):
+    import socket
+
+    from rlhf.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        reward = ["serve", "reward", "--model", str(tmp_path), "--port", port]
+        page = ["annotate", "--store", str(tmp_path / "feedback.duckdb"), "serve", "--port", port]
+        for command in (reward, [*page, "--params", str(tmp_path / "none.yaml")]):
+            assert main(command) == 2, command
+            error = capsys.readouterr()
+            assert f"--port {port}: cannot listen there" in error.err and "http://" not in error.out + error.err
+        assert not (tmp_path / "feedback.duckdb").exists()  # refused before the page made its store
+    with pytest.raises(SystemExit) as usage:
+        main(["serve", "reward", "--port", "99999"])
+    assert usage.value.code == 2 and "99999 is not a TCP port" in capsys.readouterr().err

@@ -255,10 +255,12 @@ def test_api_docs_are_off_unless_asked_for(tiny_reward):
 
 
 def test_a_reachable_host_without_tokens_is_refused_unless_insecure(tmp_path, capsys, monkeypatch):
+    import rlhf.cli
     import rlhf.rewards.server as server
 
     served = []
     monkeypatch.setattr(server, "serve_reward_model", lambda *args: served.append(args))
+    monkeypatch.setattr(rlhf.cli, "refuse_a_taken_address", lambda *args: None)  # 10.1.2.3 is not this machine's
     assert main(["serve", "reward", "--model", str(tmp_path), "--host", "0.0.0.0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "rlhf: error: --host 0.0.0.0: other machines could call the reward server with no token; pass --tokens "
