@@ -6,13 +6,15 @@ labels carry their source like labels from the ranking page. Prompts and respons
 conversations (rlhf.chat): a prompt keeps its turns as chat messages, a response the turns that
 follow the prompt (several when one dialogue goes on longer than the other).
 
-- csv / jsonl: one row per response: `prompt`, `response`, `rank` (1 best; equal ranks tie), and
-  optionally `annotator`. Rows of the same prompt and annotator are one ranking. `columns` maps
-  these names to the file's own (e.g. {"prompt": "question"}). In JSONL, `prompt` and `response`
-  may also be chat-message lists.
+- csv / jsonl: one row per response: `prompt`, `response`, `rank` (a whole number, 1 best; equal
+  ranks tie), and optionally `annotator`. Rows of the same prompt and annotator are one ranking.
+  `columns` maps these names to the file's own (e.g. {"prompt": "question"}). In JSONL, `prompt`
+  and `response` may also be chat-message lists. A CSV field left empty is missing.
 - argilla: a JSON list (or JSONL) of Argilla FeedbackDataset records: `fields` holding the prompt
-  and responses, `responses` holding each annotator's submitted `ranking` value
-  (`[{"value": <field name>, "rank": n}, ...]`).
+  and responses, `responses` holding each annotator's submitted `ranking` value: Argilla 1.x's
+  list of answers (`values.ranking.value` = `[{"value": <field name>, "rank": n}, ...]`), or 2.x's
+  `Record.to_dict` answers by question (`{"ranking": [{"value": [<field name>, ...]}]}`, best first:
+  2.x's SDK drops the rank numbers, so its ties come out as the order it lists them in).
 - hh-rlhf: Anthropic HH-RLHF JSONL (`.jsonl.gz` is read as is): `chosen` and `rejected`, each a
   whole dialogue ("\\n\\nHuman: ...\\n\\nAssistant: ..."). The prompt is the turns both dialogues
   share, up to their last shared Human turn; each response is the rest of its dialogue.
@@ -30,19 +32,29 @@ follow the prompt (several when one dialogue goes on longer than the other).
   reports and `train_reward.label_sources: [human]` do not count them as human labels.
 
 Odd rows: a real dump has rows that cannot be taken (identical chosen and rejected, no shared
-Human turn, a missing key, a line that is not JSON, a prompt with one response). Each becomes an
-OddRow (file, line or record, reason). `on_bad_row="skip"` (the default) leaves them out and lists
-them: one bad row in 160,000 should not cost the other 159,999, and the list says what was left.
+Human turn, a missing key, a line that is not JSON or not UTF-8, a CSV row with a field too many,
+a prompt with one response). Each becomes an OddRow (file, line or record, reason).
+`on_bad_row="skip"` (the default) leaves them out and lists them: one bad row in 160,000 should
+not cost the other 159,999, and the list says what was left.
 `"fail"` refuses the file, naming its first odd row. A file that cannot be read at all, or has no
 row to take, is always refused. Either way the rows taken are written in one transaction, all or
 nothing.
+
+Text files are UTF-8, with or without a byte-order mark. JSONL is decoded line by line and CSV row
+by row, so a stray Latin-1 byte costs its row. A CSV quote that is never closed swallows the lines
+after it; the csv module refuses that row, and reading starts again on the line after it.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import gzip
+import io
 import json
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +67,6 @@ from rlhf.cli_choices import IMPORT_FORMATS as FORMATS
 from rlhf.cli_choices import ON_BAD_ROW
 from rlhf.errors import InputError
 from rlhf.frames import RANKING_COLUMNS, RESPONSE_COLUMNS
-from rlhf.jsonl import read_text
 from rlhf.prompts import PROMPT_COLUMNS, split_of
 from rlhf.store import HUMAN_JUDGE
 from rlhf.text import content_id
@@ -244,8 +255,7 @@ def _each_row(
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
-    """(row, object) of a JSONL file (gzipped or not) or a Parquet file; a line that is not a JSON
-    object is an OddRow, so one broken line does not cost the file."""
+    """(row, object) of a JSONL file (gzipped or not) or a Parquet file."""
     if path.suffix == ".parquet":
         try:
             table = pd.read_parquet(path)
@@ -253,22 +263,35 @@ def _records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
             raise ImportFileError(f"{path}: not readable as Parquet ({error})") from None
         yield from enumerate(table.to_dict("records"), start=1)
         return
-    for number, line in enumerate(_text(path).splitlines(), start=1):
+    yield from _json_lines(path, _bytes(path))
+
+
+def _json_lines(path: Path, data: bytes) -> Iterator[tuple[int, dict | OddRow]]:
+    """(line, object) of each non-blank line. Each line is decoded alone, so a line that is not
+    UTF-8, not JSON or not an object is an OddRow and does not cost the file."""
+    for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))  # -sig: a BOM opens line 1
+        except UnicodeDecodeError as failure:
+            yield number, OddRow(str(path), number, f"not UTF-8 ({failure})")
+            continue
         except json.JSONDecodeError as failure:
             yield number, OddRow(str(path), number, f"not valid JSON ({failure.msg})")
             continue
         yield number, record if isinstance(record, dict) else OddRow(str(path), number, "not a JSON object")
 
 
-def _text(path: Path) -> str:
+def _bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when its name ends in .gz; decoding is left to the reader, per line or row."""
     try:
-        return read_text(path)
-    except (OSError, UnicodeDecodeError, EOFError) as error:  # gzip.BadGzipFile is an OSError
-        raise ImportFileError(f"{path}: not readable as text ({error})") from None
+        if path.suffix == ".gz":
+            with gzip.open(path) as handle:
+                return handle.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:  # a directory, a bad or cut-off gzip file
+        raise ImportFileError(f"{path}: not readable ({error})") from None
 
 
 def _missing(value: object) -> bool:
@@ -406,33 +429,99 @@ def _table_rankings(path: Path, fmt: str, columns: dict[str, str]) -> Iterator[R
 
 
 def _table_records(path: Path, fmt: str) -> Iterator[tuple[int, dict | OddRow]]:
-    if fmt == "jsonl":
-        return _records(path)
+    return _records(path) if fmt == "jsonl" else _csv_records(path)
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
+    """(file line where the row starts, row) of each row under the header; a row the csv module
+    refuses, with another number of fields than the header, or with bytes that are not UTF-8 is an
+    OddRow. An empty field is missing (None), as a key left out of a JSONL row is."""
+    # surrogateescape keeps a byte that is not UTF-8 in its field, so it costs its row, not the file
+    text = _bytes(path).decode("utf-8-sig", errors="surrogateescape")
+    rows = ((line, fields) for line, fields in _csv_rows(path, text) if fields != [])  # []: a blank line
+    header_line, header = next(rows, (1, None))
+    if not isinstance(header, list) or not all(map(_is_utf8, header)):
+        raise ImportFileError(f"{path}: line {header_line}: not readable as CSV (no header of UTF-8 column names)")
+    for line, fields in rows:
+        if isinstance(fields, OddRow):
+            yield line, fields
+        elif len(fields) != len(header):
+            yield line, OddRow(str(path), line, f"{_count(fields, 'field')} where the header has {len(header)}")
+        elif not all(map(_is_utf8, fields)):
+            column = next(name for name, value in zip(header, fields) if not _is_utf8(value))
+            yield line, OddRow(str(path), line, f"not UTF-8 (a byte in `{column}`)")
+        else:
+            yield line, {name: value or None for name, value in zip(header, fields)}
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str] | OddRow]]:
+    """(file line where it starts, fields) of each CSV row, or an OddRow for a row the csv module
+    refuses. A refused row that ran over several lines is most likely a quote never closed that
+    swallowed the lines after it, so reading starts again on its second line. The csv module's
+    field size limit (128 KiB) is kept: it bounds what an open quote reads before it is refused."""
+    lines = io.StringIO(text, newline="").readlines()  # newline="": the csv module reads \r\n itself
+    start = 0  # the index in `lines` where the reader starts
+    while start < len(lines):
+        reader = csv.reader((lines[index] for index in range(start, len(lines))), strict=True)
+        while True:
+            first = start + reader.line_num + 1  # the 1-based line the next row starts on
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                last = start + reader.line_num
+                if last == first:  # the reader drops the rest of the line and goes on with the next
+                    yield first, OddRow(str(path), first, f"not valid CSV ({error})")
+                    continue
+                reason = f"not valid CSV ({error}) in a row from here to line {last}: a quote left open?"
+                yield first, OddRow(str(path), first, f"{reason} Lines {first + 1}-{last} are read again")
+                start = first  # 0-based: the line after `first`
+                break
+            yield first, fields
+
+
+def _is_utf8(text: str) -> bool:
+    """False where decoding with surrogateescape kept a byte that is not UTF-8."""
     try:
-        table = pd.read_csv(path, dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ImportFileError(f"{path}: not readable as CSV ({error})") from None
-    return ((number + 2, row) for number, row in enumerate(table.to_dict("records")))  # +2: the header, 1-based
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _table_row(record: dict, row: int, path: Path) -> tuple[chat.Conversation, Reply, str]:
     prompt, response, rank = _required(record, "prompt", "response", "rank")
-    try:
-        rank = int(rank)
-    except (TypeError, ValueError):
-        raise _Odd(f"rank must be a whole number (got {rank!r})") from None
     annotator = path.name if _missing(record.get("annotator")) else str(record["annotator"]) or path.name
-    reply = Reply(f"the response of row {row}", _turns(response, "response"), rank, {})
+    reply = Reply(f"the response of row {row}", _turns(response, "response"), _rank(rank), {})
     return chat.as_conversation(prompt), reply, annotator
 
 
+def _rank(value: object) -> int:
+    """A rank: a whole number, 1 or more. CSV's "2" and JSON's 2.0 are taken; 1.7, true and 1e400
+    are not (int() would make them 1, 1 and an OverflowError)."""
+    rank = value
+    if isinstance(value, str):
+        try:
+            rank = int(value)
+        except ValueError:
+            pass
+    elif isinstance(value, float) and value.is_integer():  # is_integer: False for inf and nan
+        rank = int(value)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise _Odd(f"rank must be a whole number, 1 or more (got {value!r})")
+    return rank
+
+
 def _argilla_records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
-    text = _text(path)
-    if not text.lstrip().startswith("["):  # JSONL
-        yield from _records(path)
+    data = _bytes(path)
+    if not data.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):  # JSONL
+        yield from _json_lines(path, data)
         return
     try:
-        records = json.loads(text)
+        records = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:  # one JSON list: a bad byte cannot be left out like a JSONL line
+        raise ImportFileError(f"{path}: not UTF-8 ({error})") from None
     except json.JSONDecodeError as error:  # a broken JSON list cannot be read past the break
         raise ImportFileError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
     for number, record in enumerate(records, start=1):
@@ -443,20 +532,63 @@ def _argilla_rankings(record: dict, number: int, file_name: str) -> list[Ranking
     fields = record.get("fields")
     if not isinstance(fields, dict) or "prompt" not in fields:
         raise _Odd("expected `fields` with a `prompt`")
-    rankings = []
-    for answer in record.get("responses") or []:
-        if answer.get("status", "submitted") != "submitted":
-            continue
-        ranking = ((answer.get("values") or {}).get("ranking") or {}).get("value")
-        if not isinstance(ranking, list):
-            raise _Odd("a response has no `values.ranking.value` list")
-        try:
-            replies = [
-                Reply(item["value"], _turns(str(fields[item["value"]]), "field"), int(item["rank"]), {})
-                for item in ranking
-            ]
-        except (KeyError, TypeError, ValueError):
-            raise _Odd("a ranking names a field that is not there") from None
-        annotator = str(answer.get("user_id") or file_name)
-        rankings.append(Ranking(chat.as_conversation(str(fields["prompt"])), annotator, replies, number))
-    return rankings
+    prompt = chat.as_conversation(str(fields["prompt"]))
+    return [
+        Ranking(prompt, str(user_id or file_name), _argilla_replies(ranking, fields), number)
+        for user_id, ranking in _submitted_answers(record.get("responses"))
+    ]
+
+
+def _submitted_answers(responses: object) -> Iterator[tuple[object, object]]:
+    """(user id, ranking) of each submitted answer; a draft's ranking is not read (it may be half
+    made). Argilla 1.x lists a record's answers, each with its values by question; 2.x's
+    Record.to_dict lists the answers by question, without a status:
+        1.x: [{"user_id": u, "status": "submitted", "values": {"ranking": {"value": [...]}}}, ...]
+        2.x: {"ranking": [{"user_id": u, "value": [...]}, ...]}"""
+    by_question = isinstance(responses, dict) and bool(responses)  # Argilla 2.x
+    if by_question and "ranking" not in responses:
+        raise _Odd(f"`responses` has no `ranking` question (it has {', '.join(map(repr, responses))})")
+    answers = responses["ranking"] if by_question else responses
+    if not answers:  # no one has answered yet
+        return
+    where = "`responses.ranking`" if by_question else "`responses`"
+    if not isinstance(answers, list):
+        raise _Odd(f"{where} must be a list of answer objects (got {_json_type(answers)})")
+    for number, answer in enumerate(answers, start=1):
+        if not isinstance(answer, dict):
+            raise _Odd(f"{where} must be a list of answer objects (answer {number} is {_json_type(answer)})")
+        if answer.get("status", "submitted") == "submitted":
+            yield answer.get("user_id"), answer.get("value") if by_question else _values_ranking(answer)
+
+
+def _values_ranking(answer: dict) -> object:
+    """An Argilla 1.x answer's `values.ranking.value`."""
+    values = answer.get("values")
+    if not isinstance(values, dict):
+        raise _Odd(f"a response's `values` must be an object (got {_json_type(values)})")
+    ranking = values.get("ranking")
+    return ranking.get("value") if isinstance(ranking, dict) else None
+
+
+def _argilla_replies(ranking: object, fields: dict) -> list[Reply]:
+    """1.x ranks as [{"value": <field name>, "rank": n}, ...]; 2.x as field names, best first."""
+    if not isinstance(ranking, list):
+        raise _Odd(f"a response's ranking must be a list (got {_json_type(ranking)})")
+    replies = []
+    for position, item in enumerate(ranking, start=1):
+        if not isinstance(item, (str, dict)):
+            raise _Odd(f"a ranking's items must be field names or objects (got {_json_type(item)})")
+        name = item if isinstance(item, str) else item.get("value")
+        if not isinstance(name, str) or name not in fields:
+            raise _Odd(f"a ranking names a field that is not there ({name!r})")
+        rank = position if isinstance(item, str) else _rank(item.get("rank"))
+        replies.append(Reply(name, _turns(str(fields[name]), "field"), rank, {}))
+    return replies
+
+
+JSON_TYPES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _json_type(value: object) -> str:
+    """What a value is, for a reason, without the value itself (it may be long)."""
+    return "null" if value is None else JSON_TYPES.get(type(value), type(value).__name__)

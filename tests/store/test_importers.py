@@ -357,7 +357,11 @@ def test_csv_rows_of_a_prompt_and_annotator_form_a_ranking_through_the_cli(tmp_p
     ("fmt", "content", "message"),
     [
         ("csv", "prompt,response\nq,a\n", "bad.csv:2: missing `rank`"),
-        ("csv", "prompt,response,rank\nq,a,first\nq,b,2\n", "bad.csv:2: rank must be a whole number (got 'first')"),
+        (
+            "csv",
+            "prompt,response,rank\nq,a,first\nq,b,2\n",
+            "bad.csv:2: rank must be a whole number, 1 or more (got 'first')",
+        ),
         ("jsonl", '{"prompt": "q", "response": "a", "rank": 1}\n{oops\n', "bad.jsonl:1: only one response"),
         ("hh-rlhf", '{"chosen": "no turns here", "rejected": "x"}\n', "bad.hh-rlhf:1: chosen is not an HH-RLHF"),
         ("argilla", '[{"fields": {}}]', "bad.argilla:1: expected `fields` with a `prompt`"),
@@ -393,6 +397,181 @@ def test_an_unreadable_file_is_refused_whole(tmp_path):
     not_parquet.write_text("prompt,chosen,rejected\n")
     with pytest.raises(ImportFileError, match="prefs.parquet: not readable as Parquet"):
         read_rankings(not_parquet, "trl")
+
+
+def ranks_by_prompt(imported) -> dict[tuple[str, str], int]:
+    """(prompt, response) -> rank of an import's rankings."""
+    prompts = imported.prompts.set_index("prompt_id")["prompt"]
+    responses = imported.responses.set_index("response_id")
+    return {
+        (prompts[responses.loc[response_id, "prompt_id"]], responses.loc[response_id, "response"]): rank
+        for response_id, rank in zip(imported.rankings["response_id"], imported.rankings["rank"])
+    }
+
+
+JSON_LINE_FORMATS = {
+    "trl": TRL_STANDARD,
+    "hh-rlhf": [HH[0], {"chosen": hh("hi", "Hello!"), "rejected": hh("hi", "Go away.")}],
+    "ultrafeedback": ULTRAFEEDBACK[:2],
+    "jsonl": [{"prompt": "q", "response": "a", "rank": 1}, {"prompt": "q", "response": "b", "rank": 2}],
+    "argilla": ARGILLA,
+}
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+@pytest.mark.parametrize("fmt", list(JSON_LINE_FORMATS))
+def test_a_line_that_is_not_utf8_is_an_odd_row_and_the_other_lines_import(tmp_path, capsys, fmt, suffix):
+    rows = [json.dumps(row).encode() for row in JSON_LINE_FORMATS[fmt]]
+    latin1 = '{"prompt": "café"}'.encode("latin-1")  # é as the one byte 0xe9, which UTF-8 cannot start a character with
+    data = b"\n".join([rows[0], latin1, *rows[1:]]) + b"\n"
+    path = tmp_path / f"rows{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix == ".jsonl.gz" else data)
+    imported = read_rankings(path, fmt)
+    clean = read_rankings(write_jsonl(tmp_path / "clean.jsonl", JSON_LINE_FORMATS[fmt]), fmt)
+    assert ranks_by_prompt(imported) == ranks_by_prompt(clean)
+    reason = "not UTF-8 ('utf-8' codec can't decode byte 0xe9 in position 15: invalid continuation byte)"
+    assert [str(odd) for odd in imported.odd_rows] == [f"{path}:2: {reason}"]
+    assert import_cli(store_at(tmp_path), path, fmt) == 0
+    assert capsys.readouterr().err.splitlines() == [f"rlhf: skipped {path}:2: {reason}"]
+
+
+def test_csv_rows_with_a_field_too_many_or_a_quote_left_open_are_odd_rows_on_their_file_lines(tmp_path, capsys):
+    path = tmp_path / "ranks.csv"
+    path.write_text(
+        "prompt,response,rank\n"
+        "q,a,1,extra\n"  # 2: an unquoted comma
+        'q,"b\nand more",1\n'  # 3-4: a quoted newline, one row
+        "q,c,2\n"  # 5
+        'r,"a,1\n'  # 6: a quote left open swallows the lines up to the quote on line 9
+        "r,b,1\n"  # 7
+        "r,c,2\n"  # 8
+        's,"x,1\n'  # 9: a quote left open to the end of the file
+    )
+    imported = read_rankings(path, "csv")
+    assert ranks_by_prompt(imported) == {("q", "b\nand more"): 1, ("q", "c"): 2, ("r", "b"): 1, ("r", "c"): 2}
+    assert [str(odd) for odd in imported.odd_rows] == [
+        f"{path}:2: 4 fields where the header has 3",
+        f"{path}:6: not valid CSV (',' expected after '\"') in a row from here to line 9: a quote left open? "
+        "Lines 7-9 are read again",
+        f"{path}:9: not valid CSV (unexpected end of data)",
+    ]
+    store = store_at(tmp_path)
+    assert import_cli(store, path, "csv", "--on-bad-row", "fail") == 2
+    error = capsys.readouterr().err.strip()
+    assert error == f"rlhf: error: {path}:2: 4 fields where the header has 3 (nothing imported; 3 odd rows in the file)"
+    assert import_cli(store, path, "csv") == 0
+    assert "2 rankings, 3 odd rows skipped" in capsys.readouterr().out
+    assert store.counts()["comparisons"] == 2
+
+
+def test_a_csv_byte_that_is_not_utf8_costs_its_row(tmp_path):
+    path = tmp_path / "ranks.csv"
+    path.write_bytes("prompt,response,rank\nq,a,1\nq,café,2\nq,c,2\n".encode("latin-1"))
+    imported = read_rankings(path, "csv")
+    assert ranks_by_prompt(imported) == {("q", "a"): 1, ("q", "c"): 2}
+    assert [str(odd) for odd in imported.odd_rows] == [f"{path}:3: not UTF-8 (a byte in `response`)"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "hh-rlhf", "argilla"])
+def test_a_directory_is_refused_in_one_line_in_every_format(tmp_path, capsys, fmt):
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    store = store_at(tmp_path)
+    assert import_cli(store, folder, fmt) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"rlhf: error: {folder}: not readable ([Errno 21] Is a directory: '{folder}')"
+    ]
+    assert not store.path.exists()
+
+
+@pytest.mark.parametrize("rank", ["1e400", "1.7", "true", "0", "-2"])
+def test_a_rank_that_is_not_a_whole_number_from_1_is_an_odd_row(tmp_path, capsys, rank):
+    path = write_jsonl(
+        tmp_path / "ranks.jsonl",
+        [
+            f'{{"prompt": "q", "response": "a", "rank": {rank}}}',
+            {"prompt": "q", "response": "b", "rank": "2"},  # a string of digits, as CSV gives
+            {"prompt": "q", "response": "c", "rank": 1.0},  # a whole float
+        ],
+    )
+    imported = read_rankings(path, "jsonl")
+    assert ranks_by_prompt(imported) == {("q", "b"): 2, ("q", "c"): 1}
+    reason = f"rank must be a whole number, 1 or more (got {json.loads(rank)!r})"
+    assert [str(odd) for odd in imported.odd_rows] == [f"{path}:1: {reason}"]
+    assert import_cli(store_at(tmp_path), path, "jsonl") == 0
+    assert capsys.readouterr().err.splitlines() == [f"rlhf: skipped {path}:1: {reason}"]
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "text"),
+    [
+        ("prefs.jsonl", "trl", "\n".join(json.dumps(row) for row in TRL_STANDARD)),
+        ("ranks.csv", "csv", "prompt,response,rank\nq,a,1\nq,b,2\n"),
+        ("records.json", "argilla", json.dumps(ARGILLA)),
+        ("records.jsonl", "argilla", json.dumps(ARGILLA[0])),
+    ],
+)
+def test_a_byte_order_mark_opening_the_file_is_read_past(tmp_path, name, fmt, text):
+    with_mark, plain = tmp_path / name, tmp_path / f"plain-{name}"
+    with_mark.write_text(text, encoding="utf-8-sig")
+    plain.write_text(text, encoding="utf-8")
+    imported = read_rankings(with_mark, fmt)
+    assert imported.odd_rows == []
+    assert ranks_by_prompt(imported) == ranks_by_prompt(read_rankings(plain, fmt))
+
+
+ANOTHER_ARGILLA_RECORD = {"fields": {**ARGILLA[0]["fields"], "prompt": "tell me about dogs"}}
+
+
+@pytest.mark.parametrize(
+    ("responses", "reason"),
+    [
+        ("ann ranked it", "`responses` must be a list of answer objects (got a string)"),
+        (["ann"], "`responses` must be a list of answer objects (answer 1 is a string)"),
+        ([{"user_id": "ann", "values": "response-1"}], "a response's `values` must be an object (got a string)"),
+        ({"rating": [{"user_id": "ann", "value": 4}]}, "`responses` has no `ranking` question (it has 'rating')"),
+        ({"ranking": "response-1"}, "`responses.ranking` must be a list of answer objects (got a string)"),
+        (
+            {"ranking": [{"user_id": "ann", "value": "response-1"}]},
+            "a response's ranking must be a list (got a string)",
+        ),
+        (
+            [{"values": {"ranking": {"value": [{"value": "response-1", "rank": 1.5}]}}}],
+            "rank must be a whole number, 1 or more (got 1.5)",
+        ),
+    ],
+)
+def test_an_argilla_record_of_another_shape_is_an_odd_row_saying_what_is_wrong(tmp_path, capsys, responses, reason):
+    path = tmp_path / "argilla.json"
+    path.write_text(json.dumps([{**ANOTHER_ARGILLA_RECORD, "responses": responses}, *ARGILLA]))
+    imported = read_rankings(path, "argilla")
+    assert [str(odd) for odd in imported.odd_rows] == [f"{path}:1: {reason}"]
+    assert imported.taken == 1
+    assert import_cli(store_at(tmp_path), path, "argilla") == 0
+    assert capsys.readouterr().err.splitlines() == [f"rlhf: skipped {path}:1: {reason}"]
+
+
+def test_argilla_2_records_list_their_answers_by_question_best_first(tmp_path):
+    record = {
+        "id": "r-1",
+        **ANOTHER_ARGILLA_RECORD,
+        "metadata": {},
+        "suggestions": {},
+        "responses": {"ranking": [{"value": ["response-3", "response-1", "response-2"], "user_id": "cy"}]},
+        "vectors": {},
+    }
+    path = tmp_path / "argilla.json"
+    path.write_text(json.dumps([record, *ARGILLA]))
+    imported = read_rankings(path, "argilla")
+    assert imported.odd_rows == [] and set(imported.rankings["judge_version"]) == {"ann", "cy"}
+    assert ranks_by_prompt(imported) == {
+        ("tell me about dogs", "cats sleep a lot"): 1,
+        ("tell me about dogs", "cats purr"): 2,
+        ("tell me about dogs", "whatever"): 3,
+        ("tell me about cats", "cats purr"): 1,
+        ("tell me about cats", "cats sleep a lot"): 1,
+        ("tell me about cats", "whatever"): 3,
+    }
 
 
 def test_hh_rlhf_gz_and_column_mapping(tmp_path):
