@@ -10,6 +10,7 @@ and the trainer rely on the validated object.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -36,7 +37,24 @@ class Section(BaseModel):
     # Each field's docstring is the comment params.yaml carries above its key (rlhf/params_file.py
     # reads them from this file's source; pydantic's use_attribute_docstrings would do it on every
     # import, for ~0.1 s of each command's start).
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def a_number_is_not_a_boolean(cls, raw: object) -> object:
+        """pydantic reads YAML's true as 1 for a number; `batch_size: true` is a slip, not a size.
+        (A model validator: a field validator on every field would clash with the discriminators.)"""
+        for key, value in raw.items() if isinstance(raw, dict) else ():
+            field = cls.model_fields.get(key)
+            if isinstance(value, bool) and field is not None and _is_a_number(field.annotation):
+                raise ValueError(f"{key}: should be a number, not {str(value).lower()}")
+        return raw
+
+
+def _is_a_number(annotation: object) -> bool:
+    """int, float, or one of them or None (a Literal or a model is not a number)."""
+    kinds = set(typing.get_args(annotation)) - {type(None)} if typing.get_origin(annotation) else {annotation}
+    return bool(kinds) and kinds <= {int, float}
 
 
 # A key params.yaml writes only where its value is not the default: the settings of a judge or a
@@ -430,7 +448,7 @@ class HumanSelectionParams(Section):
     (an ensemble, train_reward.ensemble > 1, e.g. a previous round's models/reward)."""
     per_prompt: int = Field(1, ge=1)
     """Diversity: at most this many pairs of one prompt until every candidate prompt has had its turn."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """random's draw."""
 
 
@@ -1041,7 +1059,7 @@ class WorkersParams(Section):
 
 
 class Params(Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """The seed of every stage's random draws."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """cpu | cuda | auto (cuda when a CUDA device is visible, else cpu)."""
@@ -1087,7 +1105,7 @@ def parse_params(raw: object, source: str = PARAMS_FILE) -> Params:
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found") from None
     except yaml.YAMLError as error:
@@ -1111,20 +1129,40 @@ def yaml_error_line(path: str | Path, error: yaml.YAMLError) -> str:
     return f"{path}: line {mark.line + 1} not valid YAML (column {mark.column + 1}: {problem})"
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, refusing a key written twice in one mapping: safe_load keeps the last, so a
+    second `train_reward:` section would silently drop the first one's settings."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> object:
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+
+
 def check_yaml_syntax(*paths: str | Path) -> None:
     """A ConfigError in one line (yaml_error_line) for the first of `paths` that exists and is not
     valid YAML: for callers that hand the files to DVC, whose own error is a long trace."""
     for path in paths:
         if Path(path).is_file():
             try:
-                yaml.safe_load(Path(path).read_text())
+                load_yaml(Path(path).read_text())
             except yaml.YAMLError as error:
                 raise ConfigError(yaml_error_line(path, error)) from None
 
 
 def _read_yaml(path: Path) -> dict:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(yaml_error_line(path, error)) from None
     if not isinstance(raw, dict):

@@ -63,6 +63,11 @@ def test_the_params_file_command_checks_and_writes(tmp_path, project_root):
         ),
         ("train_policy", "klcoef", 0.1, "params.yaml: train_policy.klcoef: Extra inputs are not permitted"),
         ("sample_responses", "k", "four", "params.yaml: sample_responses.k: Input should be a valid integer"),
+        ("train_reward", "batch_size", True, "params.yaml: train_reward.batch_size: should be a number, not true"),
+        ("train_reward", "ensemble", False, "params.yaml: train_reward.ensemble: should be a number, not false"),
+        ("train_reward", "epochs", float("inf"), "params.yaml: train_reward.epochs: Input should be a finite number"),
+        ("train_policy", "kl_coef", float("nan"), "params.yaml: train_policy.kl_coef: Input should be a finite number"),
+        ("", "seed", -1, "params.yaml: seed: Input should be greater than or equal to 0"),
         (
             "train_policy",
             "minibatch_size",
@@ -73,11 +78,37 @@ def test_the_params_file_command_checks_and_writes(tmp_path, project_root):
 )
 def test_bad_value_names_the_key(raw, section, key, value, expected):
     bad = copy.deepcopy(raw)
-    bad[section][key] = value
+    (bad[section] if section else bad)[key] = value
     with pytest.raises(ConfigError) as caught:
         parse_params(bad)
     message = str(caught.value)
     assert message.startswith(expected) and "\n" not in message
+
+
+def test_a_boolean_is_still_a_boolean_and_a_number_may_be_null(raw):
+    good = copy.deepcopy(raw)
+    good["train_reward"].update(train=False, backbone="models/reward")  # a bool field
+    good["train_policy"]["micro_batch_size"] = None  # an int | None field
+    parsed = parse_params(good)
+    assert parsed.train_reward.train is False and parsed.train_policy.micro_batch_size is None
+    good["train_policy"]["micro_batch_size"] = True
+    with pytest.raises(ConfigError, match="train_policy.micro_batch_size: should be a number, not true"):
+        parse_params(good)
+
+
+def test_a_key_written_twice_names_its_line(tmp_path, project_root):
+    """yaml.safe_load keeps the last of two equal keys: a second section would drop the first's settings."""
+    path = tmp_path / "params.yaml"
+    text = (project_root / "params.yaml").read_text()
+    path.write_text(text + "train_reward:\n  epochs: 2.0\n")
+    line = len(text.splitlines()) + 1
+    with pytest.raises(
+        ConfigError, match=rf"params.yaml: line {line} not valid YAML \(column 1: 'train_reward' is set twice\)"
+    ):
+        load_params(path)
+    path.write_text("seed: 0\nseed: 1\n")
+    with pytest.raises(ConfigError, match="line 2 not valid YAML .*'seed' is set twice"):
+        load_params(path)
 
 
 def test_compiled_generation_is_refused_under_zero3_naming_both_keys(raw):
