@@ -426,7 +426,11 @@ def print_agreement(report: dict) -> None:
 def import_rankings(store: FeedbackStore, args: argparse.Namespace) -> None:
     from rlhf.importers import read_rankings
 
-    columns = dict(pair.split("=", 1) for pair in args.map.split(",") if "=" in pair)
+    entries = [entry.strip() for entry in args.map.split(",") if entry.strip()]
+    malformed = [entry for entry in entries if not all(part.strip() for part in entry.partition("=")[::2])]
+    if malformed:
+        raise InputError(f"--map {malformed[0]!r}: write ours=theirs, e.g. --map prompt=question,rank=position")
+    columns = {ours.strip(): theirs.strip() for ours, _, theirs in (entry.partition("=") for entry in entries)}
     imported = read_rankings(args.file, args.fmt, columns=columns, on_bad_row=args.on_bad_row)
     # The import set's name is its run: store.snapshot.imports takes it by that name.
     run = {"run_id": f"import-{args.name or import_name(args.file)}", "stage": "import"}

@@ -138,6 +138,7 @@ def read_rankings(
         raise ImportFileError(f"{path}: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if on_bad_row not in ON_BAD_ROW:
         raise ImportFileError(f"on_bad_row must be one of {', '.join(ON_BAD_ROW)} (got {on_bad_row!r})")
+    _refuse_unknown_columns(fmt, columns or {})
     rankings, odd = _taken_and_odd(path, _read(path, fmt, columns or {}))
     if odd and on_bad_row == "fail":
         raise ImportFileError(f"{odd[0]} (nothing imported; {_count(odd, 'odd row')} in the file)")
@@ -146,6 +147,23 @@ def read_rankings(
         raise ImportFileError(f"{path}: no rankings in the file{first}")
     frames = _frames(rankings, f"import:{path.name}", test_fraction)
     return ImportedRankings(*frames, odd_rows=odd, taken=len(rankings))
+
+
+# The names a csv or jsonl row has, which `columns` (--map) may rename.
+TABLE_COLUMNS = ("prompt", "response", "rank", "annotator")
+
+
+def _refuse_unknown_columns(fmt: str, columns: dict[str, str]) -> None:
+    """A misspelt name (promt=question) would otherwise only show as every row missing `prompt`."""
+    if not columns:
+        return
+    if fmt not in ("csv", "jsonl"):
+        raise ImportFileError(f"columns (--map): only csv and jsonl rows are renamed; {fmt} has its own fields")
+    unknown = sorted(set(columns) - set(TABLE_COLUMNS))
+    if unknown:
+        raise ImportFileError(
+            f"columns (--map): {', '.join(map(repr, unknown))} is not one of {', '.join(TABLE_COLUMNS)}"
+        )
 
 
 def _count(items: list, noun: str) -> str:
@@ -492,7 +510,11 @@ def _is_utf8(text: str) -> bool:
 
 def _table_row(record: dict, row: int, path: Path) -> tuple[chat.Conversation, Reply, str]:
     prompt, response, rank = _required(record, "prompt", "response", "rank")
-    annotator = path.name if _missing(record.get("annotator")) else str(record["annotator"]) or path.name
+    annotator = record.get("annotator")
+    if not _missing(annotator) and (not isinstance(annotator, (str, int)) or isinstance(annotator, bool)):
+        # str() would store a list as "['u']"
+        raise _Odd(f"annotator must be a name or a number (got {_json_type(annotator)})")
+    annotator = path.name if _missing(annotator) else str(annotator) or path.name
     reply = Reply(f"the response of row {row}", _turns(response, "response"), _rank(rank), {})
     return chat.as_conversation(prompt), reply, annotator
 

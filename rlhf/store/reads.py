@@ -45,7 +45,10 @@ def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None, externa
     if not external_access:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
-    return con.execute(sql, params or []).df()
+    result = con.execute(sql, params or [])
+    if result is None:  # DuckDB's answer to a text with no statement in it (empty, a comment)
+        raise duckdb.InvalidInputException("no statement to run (the SQL is empty or only a comment)")
+    return result.df()
 
 
 def query_in_memory(sql: str) -> pd.DataFrame:

@@ -585,6 +585,38 @@ def test_hh_rlhf_gz_and_column_mapping(tmp_path):
     assert sorted(imported.responses["response"]) == ["hello", "yo"] and sorted(imported.rankings["rank"]) == [1, 2]
 
 
+def test_a_column_map_naming_no_known_column_or_written_wrong_is_one_error(tmp_path, capsys):
+    mapped = tmp_path / "mapped.jsonl"
+    mapped.write_text('{"q": "hi", "a": "hello", "pos": 1}\n{"q": "hi", "a": "yo", "pos": 2}\n')
+    with pytest.raises(ImportFileError, match=r"columns \(--map\): 'promt' is not one of prompt, response"):
+        read_rankings(mapped, "jsonl", columns={"promt": "q", "response": "a", "rank": "pos"})
+    with pytest.raises(ImportFileError, match="only csv and jsonl rows are renamed; hh-rlhf"):
+        read_rankings(mapped, "hh-rlhf", columns={"prompt": "q"})
+    store = str(tmp_path / "feedback.duckdb")
+    for bad in ("prompt=q,response", "prompt=", "=q"):
+        assert main(["store", "--path", store, "import", str(mapped), "--format", "jsonl", "--map", bad]) == 2
+        assert "write ours=theirs" in capsys.readouterr().err
+    command = ["store", "--path", store, "import", str(mapped), "--format", "jsonl"]
+    assert main([*command, "--map", " prompt=q, response=a ,rank=pos,"]) == 0  # spaces and a trailing comma
+    assert not capsys.readouterr().err
+
+
+def test_an_annotator_that_is_not_a_name_is_an_odd_row(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        '{"prompt": "hi", "response": "a", "rank": 1, "annotator": ["u"]}\n'
+        '{"prompt": "hi", "response": "b", "rank": 2, "annotator": ["u"]}\n'
+        '{"prompt": "hey", "response": "c", "rank": 1, "annotator": 7}\n'
+        '{"prompt": "hey", "response": "d", "rank": 2, "annotator": 7}\n'
+    )
+    imported = read_rankings(rows, "jsonl")
+    assert [(odd.row, odd.reason) for odd in imported.odd_rows] == [
+        (1, "annotator must be a name or a number (got a list)"),
+        (2, "annotator must be a name or a number (got a list)"),
+    ]
+    assert set(imported.rankings["judge_version"]) == {"7"}  # the annotator is the human judge's version
+
+
 def test_export_trl_standard_conversational_hf_dataset_and_csv(tmp_path, capsys):
     from datasets import load_from_disk
 

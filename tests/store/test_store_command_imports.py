@@ -45,6 +45,8 @@ def store_path(tmp_path_factory) -> Path:
         (["store", "stats"], 0),
         (["store", "query", "SELEC 1"], 2),  # DuckDB refuses it before any frame is made
         (["store", "query", "SELECT * FROM no_such_table"], 2),
+        (["store", "query", ""], 2),  # no statement at all
+        (["store", "query", "-- a comment"], 2),
     ],
 )
 def test_a_store_command_that_makes_no_frame_loads_no_pandas(store_path, argv, status):
