@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and reason; the rows taken are written in one transaction, all or nothing.",
     )
     imports.add_argument(
-        "file", help="the rankings file (.jsonl, .jsonl.gz, .csv, .json, or .parquet for trl/ultrafeedback)"
+        "file",
+        help="the rankings file: .csv, or JSON lines or one JSON list of records (gzipped as .gz or not), "
+        "or .parquet for trl/ultrafeedback",
     )
     imports.add_argument("--format", required=True, choices=IMPORT_FORMATS, dest="fmt")
     imports.add_argument(

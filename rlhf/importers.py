@@ -40,7 +40,8 @@ not cost the other 159,999, and the list says what was left.
 row to take, is always refused. Either way the rows taken are written in one transaction, all or
 nothing.
 
-Text files are UTF-8, with or without a byte-order mark. JSONL is decoded line by line and CSV row
+Every JSON format reads JSON lines or one JSON list of records (a dataset's `to_json(lines=False)`,
+Argilla's export). Text files are UTF-8, with or without a byte-order mark. JSONL is decoded line by line and CSV row
 by row, so a stray Latin-1 byte costs its row. A CSV quote that is never closed swallows the lines
 after it; the csv module refuses that row, and reading starts again on the line after it.
 """
@@ -174,7 +175,7 @@ def _read(path: Path, fmt: str, columns: dict[str, str]) -> Iterator[Ranking | O
     if fmt in ("csv", "jsonl"):
         return _table_rankings(path, fmt, columns)
     if fmt == "argilla":
-        return _each_row(path, _argilla_records(path), lambda record, row: _argilla_rankings(record, row, path.name))
+        return _each_row(path, _records(path), lambda record, row: _argilla_rankings(record, row, path.name))
     to_rankings = {"hh-rlhf": _hh_ranking, "trl": _trl_ranking, "ultrafeedback": _ultrafeedback_ranking}[fmt]
     return _each_row(path, _records(path), lambda record, row: [to_rankings(record, row, path.name)])
 
@@ -273,7 +274,7 @@ def _each_row(
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
-    """(row, object) of a JSONL file (gzipped or not) or a Parquet file."""
+    """(row, object) of a JSONL file or a JSON list (gzipped or not), or a Parquet file."""
     if path.suffix == ".parquet":
         try:
             table = pd.read_parquet(path)
@@ -281,7 +282,19 @@ def _records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
             raise ImportFileError(f"{path}: not readable as Parquet ({error})") from None
         yield from enumerate(table.to_dict("records"), start=1)
         return
-    yield from _json_lines(path, _bytes(path))
+    data = _bytes(path)
+    if not data.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):  # JSONL
+        yield from _json_lines(path, data)
+        return
+    # One JSON list (Argilla's export, a dataset's to_json(lines=False)): its records are numbered.
+    try:
+        records = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:  # one JSON list: a bad byte cannot be left out like a JSONL line
+        raise ImportFileError(f"{path}: not UTF-8 ({error})") from None
+    except json.JSONDecodeError as error:  # a broken JSON list cannot be read past the break
+        raise ImportFileError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
+    for number, record in enumerate(records, start=1):
+        yield number, record if isinstance(record, dict) else OddRow(str(path), number, "not a JSON object")
 
 
 def _json_lines(path: Path, data: bytes) -> Iterator[tuple[int, dict | OddRow]]:
@@ -533,21 +546,6 @@ def _rank(value: object) -> int:
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise _Odd(f"rank must be a whole number, 1 or more (got {value!r})")
     return rank
-
-
-def _argilla_records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
-    data = _bytes(path)
-    if not data.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):  # JSONL
-        yield from _json_lines(path, data)
-        return
-    try:
-        records = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as error:  # one JSON list: a bad byte cannot be left out like a JSONL line
-        raise ImportFileError(f"{path}: not UTF-8 ({error})") from None
-    except json.JSONDecodeError as error:  # a broken JSON list cannot be read past the break
-        raise ImportFileError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
-    for number, record in enumerate(records, start=1):
-        yield number, record if isinstance(record, dict) else OddRow(str(path), number, "not a JSON object")
 
 
 def _argilla_rankings(record: dict, number: int, file_name: str) -> list[Ranking]:

@@ -601,6 +601,17 @@ def test_a_column_map_naming_no_known_column_or_written_wrong_is_one_error(tmp_p
     assert not capsys.readouterr().err
 
 
+def test_a_json_list_of_records_reads_as_its_lines_do(tmp_path):
+    pairs = [{"prompt": "hi", "chosen": " hello", "rejected": " go away"}, {"prompt": "q", "chosen": " a"}]
+    as_list, as_lines = tmp_path / "pairs.json", tmp_path / "pairs.jsonl"
+    as_list.write_text(json.dumps(pairs, indent=2))
+    as_lines.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    from_list, from_lines = read_rankings(as_list, "trl"), read_rankings(as_lines, "trl")
+    texts = [list(imported.responses["response"]) for imported in (from_list, from_lines)]
+    assert texts[0] == texts[1] and sorted(texts[0]) == [" go away", " hello"]
+    assert [(odd.row, odd.reason) for odd in from_list.odd_rows] == [(2, "missing `rejected`")]
+
+
 def test_an_annotator_that_is_not_a_name_is_an_odd_row(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(
