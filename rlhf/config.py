@@ -531,7 +531,8 @@ class TrainRewardParams(Section):
     """false: use `backbone` as a trained reward model as it is; its held-out accuracy is still reported."""
     label_sources: list[str] | None = None
     """Train only on pairs whose judge is one of these (e.g. [human] for imported and page labels);
-    null: every label. A name that labels no pair of the snapshot is an error, not a silent
+    null: every label. A name that is neither a judge of the snapshot nor one the project writes
+    (rules, llm, openai, reward_model, human, deployed, ultrafeedback) is an error, not a silent
     drop. The held-out report keeps every source (by source)."""
     batching: Literal["kwise", "pairwise"] = "pairwise"
     """pairwise: one element per pair with TRL's RewardTrainer; kwise: one batch element per ranking,

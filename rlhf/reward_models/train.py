@@ -134,13 +134,20 @@ def train_reward_model(
     }
 
 
+# Every judge name the project writes on a ranking: rank_responses' judges (rlhf.config), people
+# (rlhf.store.HUMAN_JUDGE), a deployed model's users (rlhf.store.exchanges.DEPLOYED_JUDGE) and
+# UltraFeedback's GPT-4 ratings (rlhf.importers.AI_RATED_JUDGE); tests/reward_models keeps it whole.
+PROJECT_JUDGES = frozenset({"rules", "llm", "openai", "reward_model", "human", "deployed", "ultrafeedback"})
+
+
 def train_pairs(comparisons: pd.DataFrame, params: TrainRewardParams) -> pd.DataFrame:
     """The train split's pairs from `params.label_sources`; EmptyComparisonsError if none is strict."""
     train = comparisons[comparisons["split"] == "train"]
     if params.label_sources is not None:
         judges = sorted(comparisons["judge"].unique())
-        # A misspelt source beside a known one would otherwise train on fewer labels without a word.
-        unknown = [source for source in params.label_sources if source not in judges]
+        # A misspelt source beside a known one would otherwise train on fewer labels without a word;
+        # a judge of this project's that labels nothing yet (deployed, before anyone used the model) is no typo.
+        unknown = [s for s in params.label_sources if s not in judges and s not in PROJECT_JUDGES]
         train = train[train["judge"].isin(params.label_sources)]
         if unknown or train.empty:
             raise EmptyComparisonsError(

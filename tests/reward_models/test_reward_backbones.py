@@ -227,3 +227,19 @@ def test_a_misspelt_label_source_beside_a_known_one_is_an_error(tmp_path, two_so
     with pytest.raises(EmptyComparisonsError, match=r"labelled by \['humans'\] \(the snapshot's judges"):
         train_tiny(comparisons, policy, tmp_path / "reward", label_sources=["human", "humans"])
     assert not (tmp_path / "reward").exists()
+    # A judge of the project's that labels nothing in this snapshot yet is not a typo.
+    metrics = train_tiny(comparisons, policy, tmp_path / "reward", label_sources=["human", "deployed"])
+    assert metrics["train_pairs"] == len(comparisons.query("split == 'train' and not tie and judge == 'human'"))
+
+
+def test_the_project_judges_are_every_judge_the_project_writes():
+    import typing
+
+    from rlhf.config import RankResponsesParams
+    from rlhf.importers import AI_RATED_JUDGE
+    from rlhf.reward_models.train import PROJECT_JUDGES
+    from rlhf.store import HUMAN_JUDGE
+    from rlhf.store.exchanges import DEPLOYED_JUDGE
+
+    ai_judges = set(typing.get_args(RankResponsesParams.model_fields["ai_judge"].annotation))
+    assert PROJECT_JUDGES == ai_judges | {HUMAN_JUDGE, DEPLOYED_JUDGE, AI_RATED_JUDGE}
