@@ -50,8 +50,8 @@ from __future__ import annotations
 
 import codecs
 import csv
-import gzip
 import io
+import itertools
 import json
 import math
 import re
@@ -68,6 +68,7 @@ from rlhf.cli_choices import IMPORT_FORMATS as FORMATS
 from rlhf.cli_choices import ON_BAD_ROW
 from rlhf.errors import InputError
 from rlhf.frames import RANKING_COLUMNS, RESPONSE_COLUMNS
+from rlhf.jsonl import read_bytes
 from rlhf.prompts import PROMPT_COLUMNS, split_of
 from rlhf.store import HUMAN_JUDGE
 from rlhf.text import content_id
@@ -291,7 +292,11 @@ def _records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
         records = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as error:  # one JSON list: a bad byte cannot be left out like a JSONL line
         raise ImportFileError(f"{path}: not UTF-8 ({error})") from None
-    except json.JSONDecodeError as error:  # a broken JSON list cannot be read past the break
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data":  # JSON lines whose first line is a list: that line is odd, not the file
+            yield from _json_lines(path, data)
+            return
+        # a broken JSON list cannot be read past the break
         raise ImportFileError(f"{path}: line {error.lineno}: not valid JSON ({error.msg})") from None
     for number, record in enumerate(records, start=1):
         yield number, record if isinstance(record, dict) else OddRow(str(path), number, "not a JSON object")
@@ -317,10 +322,7 @@ def _json_lines(path: Path, data: bytes) -> Iterator[tuple[int, dict | OddRow]]:
 def _bytes(path: Path) -> bytes:
     """The file's bytes, gunzipped when its name ends in .gz; decoding is left to the reader, per line or row."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path) as handle:
-                return handle.read()
-        return path.read_bytes()
+        return read_bytes(path)
     except (OSError, EOFError, zlib.error) as error:  # a directory, a bad or cut-off gzip file
         raise ImportFileError(f"{path}: not readable ({error})") from None
 
@@ -473,6 +475,9 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
     header_line, header = next(rows, (1, None))
     if not isinstance(header, list) or not all(map(_is_utf8, header)):
         raise ImportFileError(f"{path}: line {header_line}: not readable as CSV (no header of UTF-8 column names)")
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:  # a row would keep only the last of the two columns
+        raise ImportFileError(f"{path}: line {header_line}: the header names {', '.join(map(repr, twice))} twice")
     for line, fields in rows:
         if isinstance(fields, OddRow):
             yield line, fields
@@ -485,15 +490,27 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict | OddRow]]:
             yield line, {name: value or None for name, value in zip(header, fields)}
 
 
+# What the csv module says of a quote never closed: it read to the end of the file, or past the
+# field size limit. Any other refusal is a stray character beside a quoted field ("Explain" ,...).
+OPEN_QUOTE_ERRORS = ("unexpected end of data", "field larger than field limit")
+# A closing quote with spaces before the next comma or line end, which strict mode refuses and
+# pandas read: the one stray character a quoted field spanning lines is read past for.
+SPACE_AFTER_A_QUOTE = re.compile(r'"[ \t]+(?=,|\r?\n|$)')
+# A field may hold a long response: pandas read any size; the csv module stops at 128 KiB by default.
+CSV_FIELD_LIMIT = 16 * 1024 * 1024
+
+
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str] | OddRow]]:
-    """(file line where it starts, fields) of each CSV row, or an OddRow for a row the csv module
-    refuses. A refused row that ran over several lines is most likely a quote never closed that
-    swallowed the lines after it, so reading starts again on its second line. The csv module's
-    field size limit (128 KiB) is kept: it bounds what an open quote reads before it is refused."""
+    """(file line where it starts, fields) of each CSV row, or an OddRow. A one-line row refused for
+    a stray character beside a quoted field, or a row spanning lines whose quote is followed by
+    spaces, is read again leniently, as pandas read it. Otherwise a row spanning lines is a quote
+    never closed that swallowed the lines after it: an OddRow, and reading starts again on its
+    second line."""
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     lines = io.StringIO(text, newline="").readlines()  # newline="": the csv module reads \r\n itself
     start = 0  # the index in `lines` where the reader starts
     while start < len(lines):
-        reader = csv.reader((lines[index] for index in range(start, len(lines))), strict=True)
+        reader = csv.reader(itertools.islice(lines, start, None), strict=True)
         while True:
             first = start + reader.line_num + 1  # the 1-based line the next row starts on
             try:
@@ -502,14 +519,26 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, list[str] | OddRow]]
                 return
             except csv.Error as error:
                 last = start + reader.line_num
-                if last == first:  # the reader drops the rest of the line and goes on with the next
-                    yield first, OddRow(str(path), first, f"not valid CSV ({error})")
-                    continue
-                reason = f"not valid CSV ({error}) in a row from here to line {last}: a quote left open?"
-                yield first, OddRow(str(path), first, f"{reason} Lines {first + 1}-{last} are read again")
-                start = first  # 0-based: the line after `first`
+                row_text = "".join(lines[first - 1 : last])
+                stray_space = last == first or SPACE_AFTER_A_QUOTE.search(row_text)
+                if stray_space and not any(words in str(error) for words in OPEN_QUOTE_ERRORS):
+                    yield from _lenient_rows(lines[first - 1 : last], first)
+                    start = last
+                else:  # the quote that ended this row opened another one: this row's was left open
+                    again = f"; line {first + 1} on is read again" if last > first else ""
+                    yield first, OddRow(str(path), first, f"not valid CSV ({error}): a quote left open?{again}")
+                    start = first  # 0-based: the line after `first`
                 break
             yield first, fields
+
+
+def _lenient_rows(lines: list[str], first: int) -> Iterator[tuple[int, list[str]]]:
+    """The rows of `lines` (from file line `first`) as the csv module reads them without strict mode."""
+    reader = csv.reader(lines)
+    line = first
+    for fields in reader:
+        yield line, fields
+        line = first + reader.line_num
 
 
 def _is_utf8(text: str) -> bool:
@@ -523,24 +552,28 @@ def _is_utf8(text: str) -> bool:
 
 def _table_row(record: dict, row: int, path: Path) -> tuple[chat.Conversation, Reply, str]:
     prompt, response, rank = _required(record, "prompt", "response", "rank")
-    annotator = record.get("annotator")
-    if not _missing(annotator) and (not isinstance(annotator, (str, int)) or isinstance(annotator, bool)):
-        # str() would store a list as "['u']"
-        raise _Odd(f"annotator must be a name or a number (got {_json_type(annotator)})")
-    annotator = path.name if _missing(annotator) else str(annotator) or path.name
+    annotator = path.name if _missing(record.get("annotator")) else _annotator(record["annotator"]) or path.name
     reply = Reply(f"the response of row {row}", _turns(response, "response"), _rank(rank), {})
     return chat.as_conversation(prompt), reply, annotator
+
+
+def _annotator(value: object) -> str:
+    """A name, or a whole-number id (Parquet makes an id column with gaps floats: 3.0 is "3");
+    str() would store a list as "['u']"."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return str(value)
+    shown = repr(value) if isinstance(value, float) else _json_type(value)
+    raise _Odd(f"annotator must be a name or a whole-number id (got {shown})")
 
 
 def _rank(value: object) -> int:
     """A rank: a whole number, 1 or more. CSV's "2" and JSON's 2.0 are taken; 1.7, true and 1e400
     are not (int() would make them 1, 1 and an OverflowError)."""
     rank = value
-    if isinstance(value, str):
-        try:
-            rank = int(value)
-        except ValueError:
-            pass
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):  # not int()'s "1_0" or "+2"
+        rank = int(value)
     elif isinstance(value, float) and value.is_integer():  # is_integer: False for inf and nan
         rank = int(value)
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:

@@ -8,12 +8,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def read_text(path: Path) -> str:
-    """The file's text, gunzipped when its name ends in .gz."""
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when its name ends in .gz."""
     if path.suffix == ".gz":
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
+        with gzip.open(path) as handle:
             return handle.read()
-    return path.read_text()
+    return path.read_bytes()
+
+
+def read_text(path: Path) -> str:
+    """The file's text (UTF-8), gunzipped when its name ends in .gz."""
+    return read_bytes(path).decode("utf-8")
 
 
 def json_objects(path: Path, error: type[Exception]) -> Iterator[tuple[int, dict]]:

@@ -451,9 +451,8 @@ def test_csv_rows_with_a_field_too_many_or_a_quote_left_open_are_odd_rows_on_the
     assert ranks_by_prompt(imported) == {("q", "b\nand more"): 1, ("q", "c"): 2, ("r", "b"): 1, ("r", "c"): 2}
     assert [str(odd) for odd in imported.odd_rows] == [
         f"{path}:2: 4 fields where the header has 3",
-        f"{path}:6: not valid CSV (',' expected after '\"') in a row from here to line 9: a quote left open? "
-        "Lines 7-9 are read again",
-        f"{path}:9: not valid CSV (unexpected end of data)",
+        f"{path}:6: not valid CSV (',' expected after '\"'): a quote left open?; line 7 on is read again",
+        f"{path}:9: not valid CSV (unexpected end of data): a quote left open?",
     ]
     store = store_at(tmp_path)
     assert import_cli(store, path, "csv", "--on-bad-row", "fail") == 2
@@ -462,6 +461,44 @@ def test_csv_rows_with_a_field_too_many_or_a_quote_left_open_are_odd_rows_on_the
     assert import_cli(store, path, "csv") == 0
     assert "2 rankings, 3 odd rows skipped" in capsys.readouterr().out
     assert store.counts()["comparisons"] == 2
+
+
+def test_csv_read_as_pandas_read_it_where_strict_mode_refuses_a_space(tmp_path):
+    """A space after a closing quote (a spreadsheet's export), on one line or after a quoted newline."""
+    path = tmp_path / "ranks.csv"
+    path.write_text(
+        'prompt,response,rank\n"Explain\nrecursion" ,good answer,1\n"Explain\nrecursion" ,bad answer,2\n'
+        'q,"a" ,1\nq,b,2\n'
+    )
+    imported = read_rankings(path, "csv")
+    assert not imported.odd_rows
+    assert ranks_by_prompt(imported) == {
+        ("Explain\nrecursion ", "good answer"): 1,
+        ("Explain\nrecursion ", "bad answer"): 2,
+        ("q", "a "): 1,
+        ("q", "b"): 2,
+    }
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "ranks.csv"
+    path.write_text("prompt,response,rank,response\nq,a,1,b\n")
+    with pytest.raises(ImportFileError, match="line 1: the header names 'response' twice"):
+        read_rankings(path, "csv")
+
+
+def test_a_long_csv_field_and_a_jsonl_file_opening_with_a_list_keep_their_rows(tmp_path):
+    long = "x" * 200_000  # past the csv module's default 128 KiB field limit
+    path = tmp_path / "ranks.csv"
+    path.write_text(f"prompt,response,rank\nq,{long},1\nq,b,2\n")
+    assert ranks_by_prompt(read_rankings(path, "csv")) == {("q", long): 1, ("q", "b"): 2}
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        '["junk"]\n{"prompt": "p", "response": "a", "rank": 1}\n{"prompt": "p", "response": "b", "rank": 2}\n'
+    )
+    imported = read_rankings(rows, "jsonl")
+    assert [(odd.row, odd.reason) for odd in imported.odd_rows] == [(1, "not a JSON object")]
+    assert ranks_by_prompt(imported) == {("p", "a"): 1, ("p", "b"): 2}
 
 
 def test_a_csv_byte_that_is_not_utf8_costs_its_row(tmp_path):
@@ -484,7 +521,7 @@ def test_a_directory_is_refused_in_one_line_in_every_format(tmp_path, capsys, fm
     assert not store.path.exists()
 
 
-@pytest.mark.parametrize("rank", ["1e400", "1.7", "true", "0", "-2"])
+@pytest.mark.parametrize("rank", ["1e400", "1.7", "true", "0", "-2", '"1_0"', '"+2"'])
 def test_a_rank_that_is_not_a_whole_number_from_1_is_an_odd_row(tmp_path, capsys, rank):
     path = write_jsonl(
         tmp_path / "ranks.jsonl",
@@ -601,6 +638,20 @@ def test_a_column_map_naming_no_known_column_or_written_wrong_is_one_error(tmp_p
     assert not capsys.readouterr().err
 
 
+def test_a_whole_float_annotator_id_is_its_number_and_another_float_is_odd(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"prompt": prompt, "response": response, "rank": rank, "annotator": annotator}) + "\n"
+            for prompt, annotator in (("hi", 3.0), ("hey", 1.5))
+            for response, rank in (("a", 1), ("b", 2))
+        )
+    )
+    imported = read_rankings(rows, "jsonl")
+    assert set(imported.rankings["judge_version"]) == {"3"}  # Parquet's float id column with gaps
+    assert {odd.reason for odd in imported.odd_rows} == {"annotator must be a name or a whole-number id (got 1.5)"}
+
+
 def test_a_json_list_of_records_reads_as_its_lines_do(tmp_path):
     pairs = [{"prompt": "hi", "chosen": " hello", "rejected": " go away"}, {"prompt": "q", "chosen": " a"}]
     as_list, as_lines = tmp_path / "pairs.json", tmp_path / "pairs.jsonl"
@@ -622,8 +673,8 @@ def test_an_annotator_that_is_not_a_name_is_an_odd_row(tmp_path):
     )
     imported = read_rankings(rows, "jsonl")
     assert [(odd.row, odd.reason) for odd in imported.odd_rows] == [
-        (1, "annotator must be a name or a number (got a list)"),
-        (2, "annotator must be a name or a number (got a list)"),
+        (1, "annotator must be a name or a whole-number id (got a list)"),
+        (2, "annotator must be a name or a whole-number id (got a list)"),
     ]
     assert set(imported.rankings["judge_version"]) == {"7"}  # the annotator is the human judge's version
 
