@@ -312,6 +312,7 @@ def port_number(text: str) -> int:
 def refuse_a_taken_address(host: str, port: int) -> None:
     """InputError when host:port cannot be bound (another server has it), before the success line
     is printed; uvicorn would say so only after it, and exit 3."""
+    import errno
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -320,9 +321,10 @@ def refuse_a_taken_address(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise InputError(
-                f"--host {host} --port {port}: cannot listen there ({error.strerror}); pass another --port"
-            ) from None
+            # EADDRINUSE: another server has the port; anything else (no such address here, a
+            # name that does not resolve) is the host's doing
+            fix = "pass another --port" if error.errno == errno.EADDRINUSE else "pass an address of this machine"
+            raise InputError(f"--host {host} --port {port}: cannot listen there ({error.strerror}); {fix}") from None
 
 
 def serve_annotation_page(args: argparse.Namespace) -> None:
@@ -336,6 +338,8 @@ def serve_annotation_page(args: argparse.Namespace) -> None:
 
     refuse_a_taken_address(args.host, args.port)  # before the store is created or changed
     store = FeedbackStore(args.store)
+    if not store.path.exists():  # a mistyped --store would otherwise serve an empty queue unnoticed
+        print(f"rlhf: {store.path} does not exist yet; the page creates it, empty", file=sys.stderr, flush=True)
     tokens = load_tokens(args.tokens) if args.tokens else None
     guidelines = load_guidelines(principles_from_params(args.params), args.guidelines)
     if args.overlap is not None:
@@ -372,8 +376,6 @@ def annotate_command(args: argparse.Namespace) -> None:
     # Only the commands that write may create the store; the others refuse a missing one.
     store = FeedbackStore(args.store, create=args.action in ("serve", "add-annotator"))
     if args.action == "serve":
-        if not store.path.exists():  # a mistyped --store would otherwise serve an empty queue unnoticed
-            print(f"rlhf: {store.path} does not exist yet; the page creates it, empty", file=sys.stderr, flush=True)
         serve_annotation_page(args)
     elif args.action == "add-annotator":
         created = not store.path.exists()
@@ -509,15 +511,15 @@ def serve_policy(args: argparse.Namespace) -> None:
     warning = check_host(args.host, True, False, "policy server")  # every call needs a client token
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    refuse_a_taken_address(args.host, args.port)  # before the policy loads
     from rlhf.serving.backends import LocalPolicy, Upstream
     from rlhf.serving.policy_server import serve
 
-    if args.checkpoint is not None:
-        backend = LocalPolicy(args.checkpoint, args.device)
-    else:
+    if args.checkpoint is None:  # checks the URL; loads nothing
         key = os.environ[args.upstream_key_env] if args.upstream_key_env else None
         backend = Upstream(args.upstream, args.upstream_model, key)
+    refuse_a_taken_address(args.host, args.port)  # before the policy loads
+    if args.checkpoint is not None:
+        backend = LocalPolicy(args.checkpoint, args.device)
     recording = "not recording" if args.no_record else f"recording to {args.store}"
     print(f"rlhf: policy {backend.name} on http://{args.host}:{args.port}/v1 ({recording})", flush=True)
     serve(backend, args.store, args.host, args.port, limits, record=not args.no_record)

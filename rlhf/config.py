@@ -1140,6 +1140,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat keys on purpose
                 continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):  # super() refuses it with its line
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"{key!r} is set twice", key_node.start_mark)
             seen.add(key)

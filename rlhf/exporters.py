@@ -39,8 +39,8 @@ rank). TRL's RewardTrainer reads a `margin` column and subtracts it inside the s
 so for the same loss drop the column (`dataset.remove_columns("margin")`).
 
 TRL formats leave ties out (they state no preference). Each output appears whole or not at all.
-An export replaces an earlier export at `out` (a file, or an hf-dataset directory), never
-anything else: a directory that is not a saved dataset, or the store itself, is refused.
+An export replaces a file at `out`, or an earlier hf-dataset export there; a directory that is not
+a saved dataset, or the store itself, is refused.
 """
 
 from __future__ import annotations
@@ -99,11 +99,13 @@ def export_pairs(
         else:
             with partial.open("w") as handle:
                 handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        remove(out)  # only an earlier export gets here (refuse_unless_replaceable)
+        if out.is_dir():  # an earlier hf-dataset export (refuse_unless_replaceable); a file is replaced atomically
+            remove(out)
         partial.replace(out)
     except OSError as error:
-        remove(partial)
         raise InputError(f"{out}: cannot write the export ({error.strerror or error})") from None
+    finally:
+        remove(partial)  # whatever stopped the write (gone once it was renamed to out)
     return len(pairs)
 
 

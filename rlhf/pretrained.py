@@ -36,7 +36,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 # What a saved tokenizer or model directory holds at least one of (save_pretrained's layouts;
 # adapter_config.json: a PEFT adapter, which transformers loads with its base model).
-TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "spm.model",
+)
 MODEL_FILES = ("config.json", "adapter_config.json")
 
 

@@ -64,7 +64,7 @@ class ChatCompletionsAPI:
             # A proxy's page, an {"error": ...} sent with 200, an empty list: the URL is not a chat API.
             raise JudgeEndpointError(
                 f"{self.where}: {self.url} answered 200 without a chat completion (no choices): "
-                f"{self._scrub(json.dumps(answer)[:200])}"
+                f"{self._scrub(json.dumps(answer))[:200]}"
             )
         usage = answer.get("usage") or {}
         with self._lock:
@@ -97,9 +97,9 @@ class ChatCompletionsAPI:
                 except ValueError:
                     raise JudgeEndpointError(
                         f"{self.where}: {self.url} answered 200 with something other than JSON: "
-                        f"{self._scrub(response.text[:200])!r}"
+                        f"{self._scrub(response.text)[:200]!r}"
                     ) from None
-            reason = f"HTTP {response.status_code}: {self._scrub(response.text[:200])}"
+            reason = f"HTTP {response.status_code}: {self._scrub(response.text)[:200]}"
             if response.status_code not in RETRYABLE_STATUS:
                 break
             time.sleep(self._retry_after(response) if response.status_code == 429 else self._backoff(attempt))

@@ -195,5 +195,5 @@ def test_a_store_path_that_is_no_duckdb_file_is_refused_at_once(tmp_path, kind):
         with pytest.raises(StoreError, match=rf"{wrong}: (a directory|not a DuckDB database file), not a feedback"):
             FeedbackStore(wrong).counts() if action == ["stats"] else FeedbackStore(wrong).query("SELECT 1")
         assert main(["store", "--store", str(wrong), *action]) == 2
-        assert time.monotonic() - started < 5.0, action
+        assert time.monotonic() - started < 20.0, action  # a lock's wait was 30 s (import) or 60 s
     assert wrong.is_dir() or wrong.read_text() == "not a database\n"  # left as it was
