@@ -107,13 +107,16 @@ def cross_validated(comparisons: pd.DataFrame, recipe: dict, seed: int, folds: i
         for fold in range(folds)
     ]
     pairs = sum(run["pairs"] for run in runs)
-    return {
+    pooled = {
         "accuracy": sum(run["accuracy"] * run["pairs"] for run in runs) / pairs,
         "pairs": pairs,
         "per_fold": [round(run["accuracy"], 4) for run in runs],
         "train_pairs": runs[0]["train_pairs"],
         "wall_s": sum(run["wall_s"] for run in runs),
     }
+    if "member_accuracy" in runs[0]:
+        pooled["member_accuracy"] = sum(run["member_accuracy"] * run["pairs"] for run in runs) / pairs
+    return pooled
 
 
 def train_and_score(comparisons: pd.DataFrame, recipe: dict, seed: int, out: Path) -> dict:
@@ -125,6 +128,8 @@ def train_and_score(comparisons: pd.DataFrame, recipe: dict, seed: int, out: Pat
         "pairs": metrics["test_pairs"],
         "train_pairs": metrics["train_pairs"],
         "wall_s": time.perf_counter() - start,
+        # An ensemble's members scored alone on the same pairs: does averaging them help?
+        **({"member_accuracy": metrics["member_test_accuracy_mean"]} if "ensemble" in metrics else {}),
     }
 
 
@@ -166,6 +171,11 @@ def main() -> None:
                 "candidate": name,
                 **CANDIDATES[name],
                 "validation_accuracy": spread([run["accuracy"] for run in runs]),
+                **(
+                    {"member_accuracy": spread([run["member_accuracy"] for run in runs])}
+                    if "member_accuracy" in runs[0]
+                    else {}
+                ),
                 **({"seeds": list(range(args.first_seed, args.first_seed + len(runs)))} if args.first_seed else {}),
                 "validation_pairs": runs[0]["pairs"],
                 "train_pairs": runs[0]["train_pairs"],
