@@ -118,15 +118,11 @@ def refuse_unless_replaceable(out: Path, fmt: str, store_path: str | Path | None
         store = Path(store_path).resolve()
         if out.resolve() in (store, store.with_name(store.name + ".wal")):
             raise InputError(f"{out}: that is the feedback store itself; export to another path")
-    if out.is_dir():
-        earlier_dataset = all((out / name).is_file() for name in SAVED_DATASET_FILES)
-        if fmt != "hf-dataset" or not earlier_dataset:
-            raise InputError(
-                f"{out}: is a directory"
-                + ("" if fmt == "hf-dataset" else f"; --format {fmt} writes one file, name it")
-                + ("; it is not an earlier hf-dataset export, so it is left as it is" if fmt == "hf-dataset" else "")
-            )
-    elif out.exists() and fmt == "hf-dataset":
+    if out.is_dir() and fmt != "hf-dataset":
+        raise InputError(f"{out}: is a directory; --format {fmt} writes one file, name it")
+    if out.is_dir() and not all((out / name).is_file() for name in SAVED_DATASET_FILES):
+        raise InputError(f"{out}: is a directory; it is not an earlier hf-dataset export, so it is left as it is")
+    if out.exists() and not out.is_dir() and fmt == "hf-dataset":
         raise InputError(f"{out}: is a file; --format hf-dataset writes a directory, name a new one")
 
 

@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from rlhf.config import load_params
+from rlhf.config import Params, load_params
 from rlhf.errors import InputError
 from rlhf.flows import artifacts, gates
 from rlhf.flows.command_line import flow_arguments, flow_parser
@@ -131,7 +131,7 @@ def rlhf_pipeline(
     Returns:
         {"rounds": [{"round", "stages", "tag"}], "stages": <last round's>, "metrics": [...], "pushed_to"}.
     """
-    check_before_starting(root, rounds, commit_rounds)
+    params = check_before_starting(root, rounds, commit_rounds)
     logger = get_run_logger()
     root_path = Path(root).resolve()
     stages = pipeline_stages(root_path)
@@ -139,7 +139,7 @@ def rlhf_pipeline(
     paths = artifact_paths(root_path)
     progress = artifacts.RunProgress(stage_names, rounds)
     history = []
-    store_path = root_path / load_params(root_path / "params.yaml").store.path
+    store_path = root_path / params.store.path
     with one_run_at_a_time(store_path, store_wait_s):
         for index in range(rounds):
             if index > 0 or new_round:
@@ -185,13 +185,14 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def check_before_starting(root: str, rounds: int, commit_rounds: bool) -> None:
-    """InputError for what would stop the run before its first stage: the arguments, params.yaml."""
+def check_before_starting(root: str, rounds: int, commit_rounds: bool) -> Params:
+    """The run's params; InputError for what would stop the run before its first stage: the
+    arguments, params.yaml."""
     if rounds < 1:
         raise InputError(f"rounds: must be at least 1 (got {rounds})")
     if commit_rounds and not is_git_repo(Path(root).resolve()):
         raise InputError(f"{Path(root).resolve()}: commit_rounds needs a git repository")
-    load_params(Path(root) / "params.yaml")
+    return load_params(Path(root) / "params.yaml")
 
 
 def main(argv: list[str] | None = None) -> None:
